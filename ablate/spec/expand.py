@@ -1,0 +1,248 @@
+"""Expand a grid into a plan: a pure function from a ``GridSpec`` to cells and shared steps."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Iterable
+
+from ablate.spec.load import SpecError
+from ablate.spec.plan import Cell, Plan, Step
+from ablate.spec.schema import (
+    BoNConfig, CellRule, DataRef, DPOConfig, GridSpec, PPOConfig, PromptSetRef, RewardModelSpec,
+)
+
+BUILTIN_ALGORITHMS = {"dpo": DPOConfig(), "ppo": PPOConfig(), "bon": BoNConfig()}
+AXIS_NAMES = ("model", "data", "algorithm", "reward_model", "prompts", "seed")
+SHORT = {"model": "model", "data": "data", "algorithm": "alg", "reward_model": "rm",
+         "prompts": "prompts", "seed": "seed"}
+
+
+def _matches(rule: CellRule, cell: dict[str, Any]) -> bool:
+    for axis in AXIS_NAMES:
+        want = getattr(rule, axis)
+        if want is None or want == "*":
+            continue
+        options = want if isinstance(want, list) else [want]
+        if cell[axis] not in options:
+            return False
+    return True
+
+
+def _algorithm(grid: GridSpec, name: str):
+    if name in grid.algorithms:
+        return grid.algorithms[name]
+    if name in BUILTIN_ALGORITHMS:
+        return BUILTIN_ALGORITHMS[name]
+    valid = sorted(set(grid.algorithms) | set(BUILTIN_ALGORITHMS))
+    raise SpecError(f"grid {grid.name!r}: unknown algorithm {name!r}; valid: {', '.join(valid)}")
+
+
+def _apply_overrides(grid: GridSpec, cell: dict[str, Any], algo):
+    applied = []
+    for override in grid.overrides:
+        if not _matches(override.match, cell):
+            continue
+        data = algo.model_dump()
+        for key, value in override.set.items():
+            if key not in data:
+                raise SpecError(f"grid {grid.name!r}: override {override.name!r} sets unknown key "
+                                f"{key!r} of {type(algo).__name__}; valid: {', '.join(sorted(data))}")
+            data[key] = value
+        algo = type(algo).model_validate(data)
+        applied.append(override.name)
+    return algo, applied
+
+
+def _data(grid: GridSpec, name: str) -> DataRef:
+    return grid.datasets.get(name) or DataRef(name=name)
+
+
+def _model(grid: GridSpec, name: str):
+    if name not in grid.models:
+        raise SpecError(f"grid {grid.name!r}: unknown model {name!r}; "
+                        f"valid: {', '.join(sorted(grid.models))}")
+    return grid.models[name]
+
+
+def _rm_step(grid: GridSpec, rm_name: str, cell: dict[str, Any]) -> Step:
+    if rm_name not in grid.reward_models:
+        raise SpecError(f"grid {grid.name!r}: unknown reward model {rm_name!r}; "
+                        f"valid: {', '.join(sorted(grid.reward_models)) or '(none defined)'}")
+    rm: RewardModelSpec = grid.reward_models[rm_name]
+    data = _data(grid, cell["data"]) if rm.data == "cell" else rm.data
+    base = _model(grid, rm.base or cell["model"])
+    config = {"model": base.model_dump(), "data": data.model_dump(),
+              "train": rm.train.model_dump(), "seed": rm.seed}
+    label = f"rm={rm_name}" + (f",data={cell['data']}" if rm.data == "cell" else "")
+    return Step(kind="train_rm", name=f"train_rm {label}", config=config)
+
+
+def _prompts(grid: GridSpec, name: str, cell: dict[str, Any]) -> dict[str, Any]:
+    if name in ("cell", "none"):
+        data = _data(grid, cell["data"])
+        return {"source": "preference_data", "name": data.name, "max_rows": data.max_rows,
+                "sample_seed": data.sample_seed}
+    ref = grid.prompt_sets.get(name) or PromptSetRef(name=name)
+    return {"source": "prompt_set", **ref.model_dump()}
+
+
+def _eval_steps(grid: GridSpec, label: str, model_config: dict[str, Any] | None,
+                inputs: dict[str, str], sampler: dict[str, Any]) -> dict[str, Step]:
+    steps = {}
+    for bench in grid.eval.benchmarks:
+        config = {"benchmark": bench, "protocol": grid.eval.protocol,
+                  "limit": grid.eval.limit.get(bench), "seed": grid.eval.seed,
+                  "max_new_tokens": grid.eval.max_new_tokens.get(bench),
+                  "judge": grid.eval.judge, "sampler": sampler}
+        if model_config is not None:
+            config["model"] = model_config
+        steps[bench] = Step(kind="eval", name=f"eval {bench} of {label}", config=config,
+                            inputs=dict(inputs))
+    return steps
+
+
+def cell_name(cell: dict[str, Any], show_model: bool) -> str:
+    axes = [a for a in AXIS_NAMES if a != "model" or show_model]
+    return ",".join(f"{SHORT[a]}={cell[a]}" for a in axes)
+
+
+def expand(grid: GridSpec) -> Plan:
+    """Every combination of the axes, normalised, filtered by include/exclude, steps shared."""
+    axes = grid.axes
+    show_model = len(axes.model) > 1
+    steps: dict[str, Step] = {}
+    cells: list[Cell] = []
+    seen_cells: set[str] = set()
+
+    def add(step: Step) -> str:
+        steps.setdefault(step.id, step)
+        return step.id
+
+    if grid.baseline:
+        for model_name in axes.model:
+            model = _model(grid, model_name)
+            label = f"{model_name} (SFT baseline)"
+            evals = _eval_steps(grid, label, model.model_dump(), {}, {"kind": "greedy"})
+            cells.append(Cell(name=f"sft={model_name}" if show_model else "sft", axes={
+                "model": model_name, "data": "none", "algorithm": "sft", "reward_model": "none",
+                "prompts": "none", "seed": None}, model_step=None,
+                evals={b: add(s) for b, s in evals.items()}, is_baseline=True))
+
+    for values in itertools.product(axes.model, axes.data, axes.algorithm, axes.reward_model,
+                                     axes.prompts, axes.seed):
+        cell = dict(zip(AXIS_NAMES, values))
+        if cell["algorithm"] == "none":
+            continue
+        algo = _algorithm(grid, cell["algorithm"])
+        # Axes an algorithm does not use collapse to "none", so the product does not repeat it.
+        if isinstance(algo, DPOConfig):
+            cell.update(reward_model="none", prompts="none")
+        elif isinstance(algo, BoNConfig):
+            cell.update(prompts="none")
+        if isinstance(algo, (PPOConfig, BoNConfig)) and cell["reward_model"] == "none":
+            continue  # PPO and best-of-N need a reward model; "none" on that axis is for DPO
+        if isinstance(algo, PPOConfig) and cell["prompts"] == "none":
+            cell["prompts"] = "cell"
+        if grid.include and not any(_matches(r, cell) for r in grid.include):
+            continue
+        if any(_matches(r, cell) for r in grid.exclude):
+            continue
+        name = cell_name(cell, show_model)
+        if name in seen_cells:
+            continue
+        seen_cells.add(name)
+        algo, applied = _apply_overrides(grid, cell, algo)
+        model = _model(grid, cell["model"])
+        data = _data(grid, cell["data"])
+
+        if isinstance(algo, DPOConfig):
+            train = Step(kind="train_dpo", name=f"train_dpo {name}", config={
+                "model": model.model_dump(), "data": data.model_dump(),
+                "algorithm": algo.model_dump(), "seed": cell["seed"]})
+            model_step = add(train)
+            evals = _eval_steps(grid, name, None, {"model": model_step}, {"kind": "greedy"})
+        elif isinstance(algo, PPOConfig):
+            rm_id = add(_rm_step(grid, cell["reward_model"], cell))
+            train = Step(kind="train_ppo", name=f"train_ppo {name}", config={
+                "model": model.model_dump(), "prompts": _prompts(grid, cell["prompts"], cell),
+                "algorithm": algo.model_dump(), "seed": cell["seed"]},
+                inputs={"reward_model": rm_id})
+            model_step = add(train)
+            evals = _eval_steps(grid, name, None, {"model": model_step}, {"kind": "greedy"})
+        else:  # best-of-N over the base model: no training, a different sampler at eval time
+            rm_id = add(_rm_step(grid, cell["reward_model"], cell))
+            model_step = None
+            sampler = {"kind": "best_of_n", "n": algo.n, "temperature": algo.temperature,
+                       "seed": cell["seed"]}
+            evals = _eval_steps(grid, name, model.model_dump(), {"reward_model": rm_id}, sampler)
+        cells.append(Cell(name=name, axes={**cell, "overrides": applied}, model_step=model_step,
+                          evals={b: add(s) for b, s in evals.items()}))
+
+    if not cells:
+        raise SpecError(_why_empty(grid))
+    if not any(s.kind == "eval" for s in steps.values()) and not any(
+            s.kind.startswith("train") for s in steps.values()):
+        raise SpecError(f"grid {grid.name!r} expands to cells with no steps: "
+                        "eval.benchmarks is empty and nothing is trained")
+    return Plan(grid=grid.name, cells=tuple(cells), steps=steps)
+
+
+def _why_empty(grid: GridSpec) -> str:
+    reasons = []
+    if not grid.baseline:
+        reasons.append("baseline is false")
+    if set(grid.axes.algorithm) <= {"none"}:
+        reasons.append("axes.algorithm has no algorithm")
+    if grid.include:
+        reasons.append(f"{len(grid.include)} include rule(s) match no cell")
+    if grid.exclude:
+        reasons.append(f"{len(grid.exclude)} exclude rule(s) may remove every cell")
+    if any(a in ("ppo", "bon") for a in grid.axes.algorithm) and set(grid.axes.reward_model) <= {"none"}:
+        reasons.append("PPO and best-of-N need a reward model but axes.reward_model is only 'none'")
+    return f"grid {grid.name!r} expands to zero jobs: " + ("; ".join(reasons) or "no cells")
+
+
+def check_names(grid: GridSpec, *, datasets: Iterable[str], prompt_sets: Iterable[str],
+                benchmarks: Iterable[str], builtin_models: Iterable[str]) -> None:
+    """Names the registries know. The registries live in upper layers, so they are passed in."""
+    datasets, prompt_sets = sorted(datasets), sorted(prompt_sets)
+    benchmarks, builtin_models = sorted(benchmarks), sorted(builtin_models)
+
+    def fail(what: str, name: str, where: str, valid: list[str]) -> None:
+        raise SpecError(f"grid {grid.name!r}: unknown {what} {name!r} in {where}; "
+                        f"valid: {', '.join(valid)}")
+
+    for name, model in grid.models.items():
+        if sum(x is not None for x in (model.builtin, model.path, model.hub)) != 1:
+            raise SpecError(f"grid {grid.name!r}: models.{name} needs exactly one of "
+                            "builtin, path, hub")
+        if model.builtin and model.builtin not in builtin_models:
+            fail("built-in model", model.builtin, f"models.{name}", builtin_models)
+    for name in grid.axes.model:
+        if name not in grid.models:
+            fail("model", name, "axes.model", sorted(grid.models))
+    refs = [(f"datasets.{k}", v.name) for k, v in grid.datasets.items()]
+    refs += [("axes.data", n) for n in grid.axes.data if n != "none" and n not in grid.datasets]
+    refs += [(f"reward_models.{k}.data", v.data.name) for k, v in grid.reward_models.items()
+             if isinstance(v.data, DataRef)]
+    for where, name in refs:
+        if name not in datasets:
+            fail("dataset", name, where, datasets)
+    for name in grid.axes.prompts:
+        if name in ("none", "cell"):
+            continue
+        ref = grid.prompt_sets.get(name)
+        if (ref.name if ref else name) not in prompt_sets:
+            fail("prompt set", ref.name if ref else name, "axes.prompts", prompt_sets)
+    for name in grid.axes.algorithm:
+        if name != "none":
+            _algorithm(grid, name)
+    for name in grid.axes.reward_model:
+        if name != "none" and name not in grid.reward_models:
+            fail("reward model", name, "axes.reward_model", sorted(grid.reward_models))
+    for name in grid.eval.benchmarks:
+        if name not in benchmarks:
+            fail("benchmark", name, "eval.benchmarks", benchmarks)
+    for name in grid.eval.limit:
+        if name not in grid.eval.benchmarks:
+            fail("benchmark", name, "eval.limit", list(grid.eval.benchmarks))

@@ -1,0 +1,113 @@
+"""Strict YAML loading: every error names the file, the line and what was expected."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ablate.spec.schema import GridSpec
+
+
+class SpecError(ValueError):
+    """A grid or profile file that cannot be used, with a message meant for the user."""
+
+
+def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
+    """The 1-based line of the YAML node at a pydantic error location, as deep as it resolves."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if k.value == str(key)), None)
+            if match is None:
+                key_node = next((k for k, _ in node.value if k.value == str(key)), None)
+                return key_node.start_mark.line + 1 if key_node is not None else line
+            node = match
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field at ``loc`` (for suggesting valid keys)."""
+    current: Any = model
+    for key in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(str(key))
+        if field is None:
+            return None
+        current = _first_model(field.annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _first_model(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _first_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def format_validation_error(err: ValidationError, model: type[BaseModel], path: Path,
+                            root: yaml.Node | None) -> str:
+    lines = [f"{path}: invalid {model.__name__} ({err.error_count()} problem(s))"]
+    for item in err.errors():
+        loc = tuple(item["loc"])
+        # Discriminated unions put the tag in the location; drop it for the YAML lookup.
+        yaml_loc = tuple(k for k in loc if k not in ("dpo", "ppo", "bon", "rm"))
+        where = ".".join(str(k) for k in loc) or "(top level)"
+        line = _line_of(root, yaml_loc)
+        at = f"line {line}: " if line else ""
+        if item["type"] == "extra_forbidden":
+            owner = _model_at(model, yaml_loc[:-1])
+            valid = sorted(owner.model_fields) if owner else []
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            listing = f" (valid keys: {', '.join(valid)})" if valid else ""
+            lines.append(f"  {at}unknown key {where!r}{hint}{listing}")
+        elif item["type"] == "missing":
+            lines.append(f"  {at}missing required key {where!r}")
+        else:
+            lines.append(f"  {at}{where}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: no such file")
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"{path}: YAML syntax error at {where}{problem}") from None
+    return data, root
+
+
+def load_model(model: type[BaseModel], path: Path | str) -> Any:
+    """Load and validate a YAML file into a frozen pydantic model, or raise ``SpecError``."""
+    path = Path(path)
+    data, root = read_yaml(path)
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err, model, path, root)) from None
+
+
+def load_grid(path: Path | str) -> GridSpec:
+    return load_model(GridSpec, path)

@@ -1,0 +1,204 @@
+"""Typed, frozen configuration for grids and the steps they expand into.
+
+Everything here is data: pydantic models with ``extra="forbid"`` so that a typo in a YAML file is an
+error at load time, and ``frozen=True`` so that a resolved config cannot drift after its hash is
+taken. The paper's hyperparameters (Ivison et al., 2024) are the defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- models and data
+
+
+class ModelSpec(Frozen):
+    """Where a model comes from: a built-in name, a local folder, or a hub id at a revision."""
+
+    builtin: str | None = None
+    path: str | None = None
+    hub: str | None = None
+    revision: str | None = None
+
+    def describe(self) -> str:
+        if self.builtin:
+            return f"builtin:{self.builtin}"
+        if self.path:
+            return f"path:{self.path}"
+        return f"hub:{self.hub}@{self.revision or 'main'}"
+
+
+class DataRef(Frozen):
+    """A named preference dataset from ``ablate.data``'s registry, optionally downsampled."""
+
+    name: str
+    max_rows: int | None = Field(default=None, gt=0)
+    sample_seed: int = 0
+
+
+# ---------------------------------------------------------------- algorithms
+
+
+class DPOConfig(Frozen):
+    """DPO and its variants. Defaults: the paper's Tulu 2 13B DPO recipe."""
+
+    kind: Literal["dpo"] = "dpo"
+    loss: Literal["sigmoid", "cdpo", "ipo", "ln_dpo", "simpo"] = "sigmoid"
+    beta: float = Field(default=0.1, gt=0)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=0.5)
+    simpo_gamma: float = 0.5
+    lr: float = Field(default=5e-7, gt=0)
+    warmup_ratio: float = Field(default=0.1, ge=0, le=1)
+    epochs: float = Field(default=3, gt=0)
+    batch_size: int = Field(default=32, gt=0, description="effective batch in pairs")
+    micro_batch_size: int = Field(default=8, gt=0)
+    max_length: int = Field(default=4096, gt=0)
+    max_prompt_length: int = Field(default=2048, gt=0)
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    ref_logps: Literal["precompute", "online"] = "precompute"
+    gradient_checkpointing: bool = False
+    eval_fraction: float = Field(default=0.05, ge=0, lt=1)
+    save_every_steps: int = Field(default=200, gt=0)
+
+
+class RMConfig(Frozen):
+    """Bradley-Terry reward model training. Defaults: the paper's RM recipe."""
+
+    kind: Literal["rm"] = "rm"
+    lr: float = Field(default=1e-5, gt=0)
+    warmup_ratio: float = Field(default=0.03, ge=0, le=1)
+    epochs: float = Field(default=1, gt=0)
+    batch_size: int = Field(default=64, gt=0)
+    micro_batch_size: int = Field(default=8, gt=0)
+    max_length: int = Field(default=4096, gt=0)
+    margin: bool = False
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    gradient_checkpointing: bool = False
+    eval_fraction: float = Field(default=0.05, ge=0, lt=1)
+    save_every_steps: int = Field(default=200, gt=0)
+
+
+class PPOConfig(Frozen):
+    """PPO against a reward model. Defaults: the paper's PPO recipe."""
+
+    kind: Literal["ppo"] = "ppo"
+    lr: float = Field(default=1e-6, gt=0)
+    beta: float = Field(default=0.05, ge=0, description="KL penalty coefficient")
+    prompts_per_batch: int = Field(default=512, gt=0)
+    minibatch_size: int = Field(default=64, gt=0)
+    micro_batch_size: int = Field(default=8, gt=0)
+    ppo_epochs: int = Field(default=1, gt=0)
+    epochs: float = Field(default=1, gt=0, description="passes over the prompt set")
+    max_prompt_length: int = Field(default=1024, gt=0)
+    max_response_length: int = Field(default=1024, gt=0)
+    temperature: float = Field(default=0.7, gt=0)
+    no_eos_penalty: float = -10.0
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_ratio: float = 0.2
+    value_clip: float = 0.2
+    value_coef: float = 0.1
+    whiten_advantages: bool = True
+    value_init: Literal["reward_model", "policy"] = "reward_model"
+    max_kl: float = Field(default=100.0, gt=0, description="stop the run if KL passes this")
+    max_grad_norm: float = 1.0
+    save_every_steps: int = Field(default=10, gt=0)
+
+
+class BoNConfig(Frozen):
+    """Best-of-N: sample N responses from the SFT model, keep the one the RM scores highest."""
+
+    kind: Literal["bon"] = "bon"
+    n: int = Field(default=16, gt=0)
+    temperature: float = Field(default=0.7, gt=0)
+
+
+AlgorithmConfig = Annotated[Union[DPOConfig, PPOConfig, BoNConfig], Field(discriminator="kind")]
+
+
+class RewardModelSpec(Frozen):
+    """A reward model: trained by ablate from a base model on preference data."""
+
+    data: DataRef | Literal["cell"] = "cell"
+    base: str | None = None  # a model name of the grid; None means the cell's base model
+    train: RMConfig = RMConfig()
+    seed: int = 1  # fixed, not the cell's seed, so that every PPO cell shares one RM
+
+
+class PromptSetRef(Frozen):
+    """Policy-training prompts for PPO: a named prompt set, or the prompts of the cell's data."""
+
+    name: str  # a prompt-set name from ablate.data, or "cell" (the cell's preference data)
+    max_rows: int | None = Field(default=None, gt=0)
+    sample_seed: int = 0
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+class EvalConfig(Frozen):
+    protocol: Literal["paper", "full"] = "paper"
+    benchmarks: tuple[str, ...] = (
+        "mmlu", "gsm8k", "bbh", "humaneval_plus", "mbpp_plus", "truthfulqa",
+        "toxigen", "xstest", "alpaca_eval_1", "alpaca_eval_2", "ifeval",
+    )
+    limit: dict[str, int] = Field(default_factory=dict, description="items per benchmark")
+    max_new_tokens: dict[str, int] = Field(default_factory=dict)
+    seed: int = 42
+    judge: str | None = None  # a judge name configured in the grid or environment
+
+
+# ---------------------------------------------------------------- the grid
+
+
+class Axes(Frozen):
+    model: tuple[str, ...]
+    data: tuple[str, ...] = ("none",)
+    algorithm: tuple[str, ...] = ("none",)
+    reward_model: tuple[str, ...] = ("none",)
+    prompts: tuple[str, ...] = ("none",)
+    seed: tuple[int, ...] = (1,)
+
+
+class CellRule(Frozen):
+    """Matches cells by axis value; a value of ``"*"`` matches anything, a list matches any of it."""
+
+    model: str | list[str] | None = None
+    data: str | list[str] | None = None
+    algorithm: str | list[str] | None = None
+    reward_model: str | list[str] | None = None
+    prompts: str | list[str] | None = None
+    seed: int | list[int] | None = None
+
+
+class Override(Frozen):
+    """Named hyperparameter changes for the cells a rule matches, e.g. a smaller β for one data set."""
+
+    name: str
+    match: CellRule
+    set: dict[str, object]  # dotted keys into the algorithm config, e.g. {"beta": 0.0325}
+
+
+class GridSpec(Frozen):
+    name: str
+    description: str = ""
+    models: dict[str, ModelSpec]
+    datasets: dict[str, DataRef] = Field(default_factory=dict)
+    algorithms: dict[str, AlgorithmConfig] = Field(default_factory=dict)
+    reward_models: dict[str, RewardModelSpec] = Field(default_factory=dict)
+    prompt_sets: dict[str, PromptSetRef] = Field(default_factory=dict)
+    axes: Axes
+    include: tuple[CellRule, ...] = ()
+    exclude: tuple[CellRule, ...] = ()
+    overrides: tuple[Override, ...] = ()
+    baseline: bool = True  # evaluate each base model as the SFT baseline
+    eval: EvalConfig = EvalConfig()

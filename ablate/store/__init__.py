@@ -1,0 +1,9 @@
+"""The run store: one folder per step, done when DONE.json exists, results written atomically."""
+
+from ablate.store.context import StepContext
+from ablate.store.store import (
+    RunStore, atomic_write_json, atomic_write_jsonl, atomic_write_text, environment, read_json,
+)
+
+__all__ = ["RunStore", "StepContext", "atomic_write_json", "atomic_write_jsonl",
+           "atomic_write_text", "environment", "read_json"]
