@@ -17,44 +17,67 @@ class SpecError(ValueError):
 
 
 def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
-    """The 1-based line of the YAML node at a pydantic error location, as deep as it resolves."""
+    """The 1-based line of the YAML node at a pydantic error location, as deep as it resolves.
+
+    Keys absent from the YAML (the tag pydantic adds for tagged unions) are skipped."""
     line = node.start_mark.line + 1 if node is not None else None
     for key in loc:
         if isinstance(node, yaml.MappingNode):
-            match = next((v for k, v in node.value if k.value == str(key)), None)
-            if match is None:
-                key_node = next((k for k, _ in node.value if k.value == str(key)), None)
-                return key_node.start_mark.line + 1 if key_node is not None else line
-            node = match
+            pair = next(((k, v) for k, v in node.value if k.value == str(key)), None)
+            if pair is None:
+                continue
+            node = pair[1]
+            line = pair[0].start_mark.line + 1
         elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
             node = node.value[key]
+            line = node.start_mark.line + 1
         else:
             break
-        line = node.start_mark.line + 1
     return line
 
 
 def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
-    """The pydantic model class that owns the field at ``loc`` (for suggesting valid keys)."""
+    """The pydantic model class that owns the field at ``loc`` (for suggesting valid keys).
+
+    Walks fields, dict values (``algorithms.<name>``), and tagged unions (pydantic puts the tag,
+    e.g. ``dpo``, into the location)."""
     current: Any = model
     for key in loc:
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return None
-        field = current.model_fields.get(str(key))
-        if field is None:
-            return None
-        current = _first_model(field.annotation)
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(key))
+            if field is None:
+                return None
+            current = field.annotation
+            continue
+        args = getattr(current, "__args__", ()) or ()
+        origin = getattr(current, "__origin__", None)
+        if origin is dict and len(args) == 2:
+            current = args[1]
+            continue
+        members = [m for m in _models_in(current)]
+        tagged = [m for m in members if getattr(m.model_fields.get("kind"), "default", None) == key]
+        if tagged:
+            current = tagged[0]
+            continue
+        if members:
+            current = members[0]
+            field = current.model_fields.get(str(key))
+            if field is None:
+                return None
+            current = field.annotation
+            continue
+        return None
+    found = _models_in(current)
+    return found[0] if found else None
 
 
-def _first_model(annotation: Any) -> Any:
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
+        return [annotation]
+    found: list[type[BaseModel]] = []
     for arg in getattr(annotation, "__args__", ()) or ():
-        found = _first_model(arg)
-        if found is not None:
-            return found
-    return None
+        found.extend(_models_in(arg))
+    return found
 
 
 def format_validation_error(err: ValidationError, model: type[BaseModel], path: Path,
@@ -62,13 +85,11 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], path: 
     lines = [f"{path}: invalid {model.__name__} ({err.error_count()} problem(s))"]
     for item in err.errors():
         loc = tuple(item["loc"])
-        # Discriminated unions put the tag in the location; drop it for the YAML lookup.
-        yaml_loc = tuple(k for k in loc if k not in ("dpo", "ppo", "bon", "rm"))
         where = ".".join(str(k) for k in loc) or "(top level)"
-        line = _line_of(root, yaml_loc)
+        line = _line_of(root, loc)
         at = f"line {line}: " if line else ""
         if item["type"] == "extra_forbidden":
-            owner = _model_at(model, yaml_loc[:-1])
+            owner = _model_at(model, loc[:-1])
             valid = sorted(owner.model_fields) if owner else []
             close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""

@@ -1,0 +1,168 @@
+"""The `ablate` command line: grid, status, validate, report, eval, data, model, cancel, logs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ablate.spec import GridSpec, Plan, SpecError, check_names, expand, load_grid
+from ablate.store import RunStore
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Evaluation-first ablations of learning from preference feedback.")
+model_app = typer.Typer(no_args_is_help=True, help="Built-in and local models.")
+app.add_typer(model_app, name="model")
+console = Console()
+
+StoreOption = typer.Option(None, "--store", help="Run store folder [default: $ABLATE_STORE or ./runs]")
+
+
+def store_at(path: Optional[Path]) -> RunStore:
+    return RunStore(path or os.environ.get("ABLATE_STORE", "runs"))
+
+
+def fail(message: str, code: int = 2) -> None:
+    console.print(f"[red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def load_checked(path: Path) -> tuple[GridSpec, Plan]:
+    """Load, check every name against the registries, expand. Writes nothing."""
+    from ablate.data import dataset_names, prompt_set_names
+    from ablate.evals import benchmark_names
+    from ablate.models import BUILTIN_MODELS
+
+    try:
+        grid = load_grid(path)
+        check_names(grid, datasets=dataset_names(), prompt_sets=prompt_set_names(),
+                    benchmarks=benchmark_names(), builtin_models=BUILTIN_MODELS)
+        plan = expand(grid)
+    except SpecError as exc:
+        if str(path) not in str(exc):
+            exc = SpecError(f"{path}: {exc}")
+        fail(str(exc))
+    return grid, plan
+
+
+def step_table(plan: Plan, store: RunStore) -> Table:
+    table = Table(title=f"grid {plan.grid}: {len(plan.steps)} steps, {len(plan.cells)} cells")
+    for column in ("id", "kind", "step", "inputs", "state"):
+        table.add_column(column)
+    for step in plan.order():
+        state = store.state(step)["state"]
+        table.add_row(step.id, step.kind, step.name, ",".join(step.inputs.values()) or "-", state)
+    return table
+
+
+@app.command()
+def grid(file: Path = typer.Argument(..., help="Grid spec (YAML)"),
+         submit: bool = typer.Option(False, "--submit", help="Submit to SLURM via submitit"),
+         cluster: Optional[Path] = typer.Option(None, "--cluster", help="SLURM profile (slurm/*.yaml)"),
+         dry_run: bool = typer.Option(False, "--dry-run", help="Print the expanded jobs and exit"),
+         force: List[str] = typer.Option([], "--force", help="Redo a step (kind, benchmark, id "
+                                         "prefix or 'all') and what depends on it"),
+         store: Optional[Path] = StoreOption) -> None:
+    """Expand a grid and run every step that is not done yet (locally, or on SLURM with --submit)."""
+    spec, plan = load_checked(file)
+    run_store = store_at(store)
+    if dry_run and not submit:
+        console.print(step_table(plan, run_store))
+        for cell in plan.cells:
+            console.print(f"  cell {cell.name}: model step {cell.model_step or '(base model)'}, "
+                          f"evals {', '.join(cell.evals)}")
+        return
+    if submit:
+        from ablate.launch.slurm import submit_from_cli
+
+        submit_from_cli(plan, run_store, cluster, dry_run=dry_run, force=force, console=console,
+                        source=str(file))
+        return
+    from ablate.launch.local import run_plan
+
+    run_store.save_plan(plan, source=str(file))
+    try:
+        summary = run_plan(plan, run_store, force=force, console=console)
+    except ValueError as exc:
+        fail(str(exc))
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def validate(file: Path = typer.Argument(..., help="Grid spec (YAML)")) -> None:
+    """Check a grid spec without running or writing anything."""
+    spec, plan = load_checked(file)
+    kinds = {}
+    for step in plan.steps.values():
+        kinds[step.kind] = kinds.get(step.kind, 0) + 1
+    console.print(f"[green]ok[/] {file}: grid {spec.name!r}, {len(plan.cells)} cells, "
+                  f"{len(plan.steps)} steps ({', '.join(f'{v} {k}' for k, v in sorted(kinds.items()))})")
+
+
+@app.command()
+def status(file: Path = typer.Argument(..., help="Grid spec (YAML)"),
+           steps: bool = typer.Option(False, "--steps", help="One row per step instead of per cell"),
+           store: Optional[Path] = StoreOption) -> None:
+    """Every cell × step of a grid with its state (from the store, and SLURM where submitted)."""
+    spec, plan = load_checked(file)
+    run_store = store_at(store)
+    states = {sid: run_store.state(s) for sid, s in plan.steps.items()}
+    try:
+        from ablate.launch.slurm import refresh_states
+
+        states = refresh_states(plan, run_store, states)
+    except ImportError:
+        pass
+    if steps:
+        console.print(step_table(plan, run_store))
+        return
+    benches = list(spec.eval.benchmarks)
+    table = Table(title=f"grid {plan.grid} ({run_store.root})")
+    for column in ("cell", "train", *benches):
+        table.add_column(column)
+    style = {"done": "green", "failed": "red", "running": "cyan", "pending": "dim",
+             "submitted": "yellow", "queued": "yellow"}
+    problems = []
+
+    def show(sid: str | None) -> str:
+        if sid is None:
+            return "-"
+        state = states[sid].get("state", "unknown")
+        if state == "failed":
+            problems.append((plan.steps[sid].name, states[sid]))
+        return f"[{style.get(state, 'white')}]{state}[/]"
+
+    for cell in plan.cells:
+        table.add_row(cell.name, show(cell.model_step), *(show(cell.evals.get(b)) for b in benches))
+    console.print(table)
+    for name, state in problems:
+        console.print(f"[red]failed[/] {name}: {state.get('error', '')}\n  log: {state.get('log', '')}")
+
+
+@model_app.command("prepare")
+def model_prepare(name: str = typer.Argument("smollm2-135m-instruct")) -> None:
+    """Convert a built-in model into a transformers folder in the cache (done once)."""
+    from ablate.models import ModelError, prepare_builtin
+
+    try:
+        console.print(str(prepare_builtin(name)))
+    except ModelError as exc:
+        fail(str(exc))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    try:
+        app()
+    except SpecError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,105 @@
+"""The job callable every executor runs: one step of a saved plan, in this process.
+
+``StepJob`` is picklable and self-contained (store root, grid name, step id), so the same object
+runs in-process for the local executor and inside a submitit job on SLURM. Its ``checkpoint()``
+asks submitit to requeue it on preemption or time-out; the step then resumes from the
+``checkpoints/`` folder it left in its own step folder.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ablate.spec.plan import Plan, Step
+from ablate.store import RunStore, StepContext
+
+# Step kind -> "module:function". Imported lazily: `ablate status` must not pay for torch.
+RUNNERS = {
+    "train_dpo": "ablate.train.dpo:run_step",
+    "train_rm": "ablate.train.rm:run_step",
+    "train_ppo": "ablate.train.ppo:run_step",
+    "eval": "ablate.evals.runner:run_step",
+}
+
+
+def runner_for(kind: str) -> Callable[[StepContext], None]:
+    if kind not in RUNNERS:
+        raise KeyError(f"no runner for step kind {kind!r}; known: {', '.join(RUNNERS)}")
+    module, _, name = RUNNERS[kind].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def run_step(store: RunStore, plan: Plan, step: Step,
+             progress: Callable[..., None] | None = None) -> str:
+    """Run one step unless it is done; returns "skipped" or "done", raises on failure."""
+    if store.is_done(step):
+        return "skipped"
+    missing = [role for role, sid in step.inputs.items() if not store.is_done(plan.steps[sid])]
+    if missing:
+        raise RuntimeError(f"step {step.name!r}: inputs not done yet: {', '.join(missing)}")
+    folder = store.begin(step)
+    log_path = folder / "log.txt"
+    handler = logging.FileHandler(log_path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger(f"ablate.step.{step.id}")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    # Library loggers (ablate.train.*, ablate.evals.*) go to the same file while this step runs.
+    package_logger = logging.getLogger("ablate")
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
+    started = time.time()
+    store.set_state(step, "running", started=started, host=os.uname().nodename,
+                    slurm_job_id=os.environ.get("SLURM_JOB_ID"))
+    ctx = StepContext(step=step, out_dir=folder,
+                      inputs={role: store.step_dir(plan.steps[sid]) for role, sid in step.inputs.items()},
+                      cache_dir=store.cache_dir, log=logger,
+                      progress=progress or (lambda *a, **k: None))
+    logger.info("start %s (%s)", step.name, step.id)
+    try:
+        runner_for(step.kind)(ctx)
+    except BaseException as exc:
+        logger.error("failed: %s\n%s", exc, traceback.format_exc())
+        store.set_state(step, "failed", error=f"{type(exc).__name__}: {exc}",
+                        log=str(log_path), log_tail=log_tail(log_path))
+        raise
+    finally:
+        logger.removeHandler(handler)
+        package_logger.removeHandler(handler)
+        handler.close()
+    store.mark_done(step, started=started)
+    store.set_state(step, "done", seconds=round(time.time() - started, 3))
+    return "done"
+
+
+@dataclass
+class StepJob:
+    store_root: str
+    grid: str
+    step_id: str
+
+    def __call__(self) -> str:
+        store = RunStore(self.store_root)
+        plan = store.load_plan(self.grid)
+        return run_step(store, plan, plan.steps[self.step_id])
+
+    def checkpoint(self, *args, **kwargs):
+        """Called by submitit on preemption or time-out: requeue; the step resumes from its
+        checkpoints."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(StepJob(self.store_root, self.grid, self.step_id))

@@ -1,0 +1,127 @@
+"""Run a plan on this machine, in dependency order, with progress bars and a summary."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ablate.launch.job import run_step
+from ablate.spec.plan import Plan, Step
+from ablate.store import RunStore
+
+
+@dataclass
+class Outcome:
+    step: Step
+    status: str  # done | skipped | failed | blocked
+    seconds: float = 0.0
+    error: str = ""
+
+
+@dataclass
+class Summary:
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+    @property
+    def ok(self) -> bool:
+        return not any(o.status in ("failed", "blocked") for o in self.outcomes)
+
+
+def select_steps(plan: Plan, selectors: Iterable[str]) -> set[str]:
+    """Step ids matched by ``--force`` selectors (a step kind, a benchmark, an id prefix, or
+    ``all``), plus everything downstream of them: retraining a model invalidates its evals."""
+    chosen: set[str] = set()
+    for sel in selectors:
+        hits = {sid for sid, s in plan.steps.items()
+                if sel == "all" or s.kind == sel or sid.startswith(sel)
+                or s.config.get("benchmark") == sel}
+        if not hits:
+            kinds = sorted({s.kind for s in plan.steps.values()})
+            benches = sorted({s.config["benchmark"] for s in plan.steps.values() if s.kind == "eval"})
+            raise ValueError(f"--force {sel!r} matches no step of grid {plan.grid!r}; use a step "
+                             f"kind ({', '.join(kinds)}), a benchmark ({', '.join(benches)}), "
+                             "a step id prefix, or 'all'")
+        chosen |= hits
+    changed = True
+    while changed:
+        downstream = {sid for sid, s in plan.steps.items()
+                      if sid not in chosen and set(s.inputs.values()) & chosen}
+        changed = bool(downstream)
+        chosen |= downstream
+    return chosen
+
+
+def run_plan(plan: Plan, store: RunStore, force: Iterable[str] = (),
+             console: Console | None = None) -> Summary:
+    console = console or Console()
+    for sid in select_steps(plan, force):
+        store.reset(plan.steps[sid])
+    ordered = plan.order()
+    todo = [s for s in ordered if not store.is_done(s)]
+    summary = Summary([Outcome(s, "skipped") for s in ordered if store.is_done(s)])
+    if not todo:
+        console.print(f"[green]Nothing to do:[/] all {len(ordered)} steps of grid "
+                      f"{plan.grid!r} are done (use --force STEP to redo one).")
+        return summary
+    if summary.outcomes:
+        console.print(f"{len(summary.outcomes)} of {len(ordered)} steps already done; "
+                      f"running the other {len(todo)}.")
+    failed: set[str] = set()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as bars:
+        overall = bars.add_task(f"grid {plan.grid}", total=len(todo))
+        for step in todo:
+            blocked_by = [sid for sid in step.inputs.values() if sid in failed]
+            if blocked_by:
+                failed.add(step.id)
+                summary.outcomes.append(Outcome(step, "blocked",
+                                                error=f"input failed: {blocked_by[0]}"))
+                bars.advance(overall)
+                continue
+            current = bars.add_task(f"  {step.name}", total=None)
+
+            def progress(done, total=None, desc=None, _task=current):
+                bars.update(_task, completed=done, total=total)
+
+            started = time.time()
+            try:
+                run_step(store, plan, step, progress=progress)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # one failed step must not stop unrelated ones
+                failed.add(step.id)
+                summary.outcomes.append(Outcome(step, "failed", time.time() - started,
+                                                f"{type(exc).__name__}: {exc}"))
+                console.print(f"[red]failed[/] {step.name}: {type(exc).__name__}: {exc}\n"
+                              f"  log: {store.step_dir(step) / 'log.txt'}")
+            else:
+                summary.outcomes.append(Outcome(step, "done", time.time() - started))
+            bars.update(current, visible=False)
+            bars.advance(overall)
+    print_summary(summary, console)
+    return summary
+
+
+def print_summary(summary: Summary, console: Console) -> None:
+    table = Table(title="steps", show_lines=False)
+    for column in ("step", "kind", "status", "seconds"):
+        table.add_column(column)
+    style = {"done": "green", "skipped": "dim", "failed": "red", "blocked": "yellow"}
+    for o in summary.outcomes:
+        table.add_row(o.step.name, o.step.kind, f"[{style[o.status]}]{o.status}[/]",
+                      f"{o.seconds:.1f}" if o.seconds else "", )
+    console.print(table)
+    console.print(f"done {summary.count('done')}, skipped (already done) {summary.count('skipped')}, "
+                  f"failed {summary.count('failed')}, blocked {summary.count('blocked')}")
+    for o in summary.outcomes:
+        if o.error:
+            console.print(f"[red]{o.status}[/] {o.step.name}: {o.error}")

@@ -1,0 +1,107 @@
+"""The local executor: dependency order, skip what is done, resume after an interruption,
+--force redoes a step and what depends on it, one failure does not stop unrelated steps."""
+
+import json
+
+import pytest
+from rich.console import Console
+
+import ablate.launch.job as job
+from ablate.launch.local import run_plan, select_steps
+from ablate.spec.schema import GridSpec
+from ablate.spec import expand
+from ablate.store import RunStore, atomic_write_json
+
+CALLS: list[str] = []
+
+
+def fake_runner(ctx):
+    CALLS.append(ctx.step.name)
+    for role, folder in ctx.inputs.items():
+        assert (folder / "DONE.json").is_file(), f"{role} input not done"
+    if ctx.step.kind.startswith("train"):
+        (ctx.out_dir / "model").mkdir(exist_ok=True)
+    if ctx.step.config.get("benchmark") == "boom":
+        raise RuntimeError("benchmark exploded")
+    if ctx.step.name == INTERRUPT_AT[0]:
+        raise KeyboardInterrupt
+    atomic_write_json(ctx.out_dir / "result.json", {"value": 1.0})
+
+
+INTERRUPT_AT = [""]
+
+
+@pytest.fixture
+def plan():
+    grid = GridSpec.model_validate({
+        "name": "t", "models": {"m": {"builtin": "tiny-llama"}},
+        "axes": {"model": ["m"], "data": ["a", "b"], "algorithm": ["dpo"]},
+        "eval": {"benchmarks": ["gsm8k", "mmlu"]}})
+    return expand(grid)
+
+
+@pytest.fixture(autouse=True)
+def fake_runners(monkeypatch):
+    CALLS.clear()
+    INTERRUPT_AT[0] = ""
+    monkeypatch.setattr(job, "runner_for", lambda kind: fake_runner)
+
+
+def quiet():
+    return Console(file=open("/dev/null", "w"))
+
+
+def test_runs_in_order_then_skips_everything(tmp_path, plan):
+    store = RunStore(tmp_path)
+    summary = run_plan(plan, store, console=quiet())
+    assert summary.ok and summary.count("done") == len(plan.steps) == 8
+    assert CALLS.index("train_dpo data=a,alg=dpo,rm=none,prompts=none,seed=1") < \
+        CALLS.index("eval gsm8k of data=a,alg=dpo,rm=none,prompts=none,seed=1")
+    CALLS.clear()
+    again = run_plan(plan, store, console=quiet())
+    assert CALLS == [] and again.count("skipped") == 8
+
+
+def test_interrupted_run_resumes_without_redoing(tmp_path, plan):
+    store = RunStore(tmp_path)
+    INTERRUPT_AT[0] = "eval mmlu of data=a,alg=dpo,rm=none,prompts=none,seed=1"
+    with pytest.raises(KeyboardInterrupt):
+        run_plan(plan, store, console=quiet())
+    finished = list(CALLS[:-1])
+    assert finished
+    CALLS.clear()
+    INTERRUPT_AT[0] = ""
+    summary = run_plan(plan, store, console=quiet())
+    assert summary.ok
+    assert not set(finished) & set(CALLS)
+    assert len(finished) + len(CALLS) == 8
+
+
+def test_force_redoes_step_and_its_dependents(tmp_path, plan):
+    store = RunStore(tmp_path)
+    run_plan(plan, store, console=quiet())
+    CALLS.clear()
+    run_plan(plan, store, force=["mmlu"], console=quiet())
+    assert sorted(CALLS) == sorted(s.name for s in plan.steps.values()
+                                   if s.config.get("benchmark") == "mmlu")
+    train_a = next(s for s in plan.steps.values() if s.name.startswith("train_dpo data=a"))
+    chosen = select_steps(plan, [train_a.id[:6]])
+    assert len(chosen) == 3  # the training step and its two evals
+    with pytest.raises(ValueError, match="matches no step"):
+        select_steps(plan, ["nonsense"])
+
+
+def test_failure_blocks_dependents_only(tmp_path):
+    grid = GridSpec.model_validate({
+        "name": "t", "models": {"m": {"builtin": "tiny-llama"}},
+        "axes": {"model": ["m"], "data": ["a"], "algorithm": ["dpo"]},
+        "eval": {"benchmarks": ["gsm8k", "boom"]}})
+    plan = expand(grid)
+    store = RunStore(tmp_path)
+    summary = run_plan(plan, store, console=quiet())
+    assert not summary.ok
+    assert summary.count("failed") == 2 and summary.count("done") == 3
+    failed = next(o.step for o in summary.outcomes if o.status == "failed")
+    state = store.state(failed)
+    assert state["state"] == "failed" and "benchmark exploded" in state["error"]
+    assert "benchmark exploded" in state["log_tail"]

@@ -1,0 +1,116 @@
+"""Expansion is a pure function: cells, shared steps, stable ids, readable names."""
+
+from pathlib import Path
+
+import pytest
+
+from ablate.spec import SpecError, check_names, expand, load_grid
+from ablate.spec.schema import GridSpec
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def grid(**overrides) -> GridSpec:
+    data = {
+        "name": "t",
+        "models": {"m": {"builtin": "tiny-llama"}},
+        "reward_models": {"same": {"data": "cell"}},
+        "axes": {"model": ["m"], "data": ["a", "b"], "algorithm": ["dpo", "ppo"],
+                 "reward_model": ["none", "same"], "seed": [1, 2]},
+        "eval": {"benchmarks": ["gsm8k", "mmlu"]},
+    }
+    data.update(overrides)
+    return GridSpec.model_validate(data)
+
+
+def test_dpo_and_ppo_cells_collapse_unused_axes():
+    plan = expand(grid())
+    names = [c.name for c in plan.cells]
+    # baseline + data(2) x seeds(2) x {dpo, ppo with rm=same}
+    assert len(names) == 1 + 2 * 2 * 2
+    assert "data=a,alg=dpo,rm=none,prompts=none,seed=1" in names
+    assert "data=a,alg=ppo,rm=same,prompts=cell,seed=2" in names
+    assert len(set(names)) == len(names)
+
+
+def test_shared_steps_appear_once():
+    plan = expand(grid())
+    kinds = [s.kind for s in plan.steps.values()]
+    assert kinds.count("train_rm") == 2  # one RM per data set, shared by both seeds of PPO
+    assert kinds.count("train_dpo") == 4 and kinds.count("train_ppo") == 4
+    # the baseline evals: one per benchmark, not one per cell
+    baseline = plan.cells[0]
+    assert baseline.is_baseline and baseline.model_step is None
+    assert kinds.count("eval") == 2 + 8 * 2
+    rm_inputs = {s.inputs["reward_model"] for s in plan.steps.values() if s.kind == "train_ppo"}
+    assert len(rm_inputs) == 2
+
+
+def test_ids_are_hashes_of_resolved_config():
+    first, second = expand(grid()), expand(grid())
+    assert list(first.steps) == list(second.steps)
+    changed = expand(grid(algorithms={"dpo": {"kind": "dpo", "beta": 0.2}}))
+    dpo_ids = {sid for sid, s in first.steps.items() if s.kind == "train_dpo"}
+    changed_ids = {sid for sid, s in changed.steps.items() if s.kind == "train_dpo"}
+    assert not dpo_ids & changed_ids
+    # PPO steps did not change, so their ids did not either
+    assert {s for s, st in first.steps.items() if st.kind == "train_ppo"} == \
+           {s for s, st in changed.steps.items() if st.kind == "train_ppo"}
+
+
+def test_order_puts_inputs_first():
+    plan = expand(grid())
+    position = {s.id: i for i, s in enumerate(plan.order())}
+    for step in plan.steps.values():
+        for dep in step.inputs.values():
+            assert position[dep] < position[step.id]
+
+
+def test_include_exclude_and_overrides():
+    plan = expand(grid(exclude=[{"algorithm": "ppo", "data": "b"}],
+                       overrides=[{"name": "small-beta", "match": {"data": "a", "algorithm": "ppo"},
+                                   "set": {"beta": 0.0325}}]))
+    assert not any("data=b,alg=ppo" in c.name for c in plan.cells)
+    ppo = [s for s in plan.steps.values() if s.kind == "train_ppo"]
+    assert ppo and all(s.config["algorithm"]["beta"] == 0.0325 for s in ppo)
+    cell = next(c for c in plan.cells if "alg=ppo" in c.name)
+    assert cell.axes["overrides"] == ["small-beta"]
+
+
+def test_override_of_unknown_key_is_an_error():
+    with pytest.raises(SpecError, match="unknown key 'betta'"):
+        expand(grid(overrides=[{"name": "x", "match": {"algorithm": "dpo"}, "set": {"betta": 1}}]))
+
+
+def test_zero_jobs_says_why():
+    with pytest.raises(SpecError, match="zero jobs.*exclude"):
+        expand(grid(baseline=False, exclude=[{"algorithm": "*"}]))
+    with pytest.raises(SpecError, match="need a reward model"):
+        expand(grid(baseline=False, axes={"model": ["m"], "data": ["a"], "algorithm": ["ppo"]}))
+
+
+def test_check_names_lists_valid_ones():
+    g = grid()
+    kwargs = dict(datasets=["a", "b"], prompt_sets=[], benchmarks=["gsm8k", "mmlu"],
+                  builtin_models=["tiny-llama"])
+    check_names(g, **kwargs)
+    with pytest.raises(SpecError, match=r"unknown dataset 'a'.*valid: b"):
+        check_names(g, **{**kwargs, "datasets": ["b"]})
+    with pytest.raises(SpecError, match=r"unknown benchmark 'mmlu'.*valid: gsm8k"):
+        check_names(g, **{**kwargs, "benchmarks": ["gsm8k"]})
+    with pytest.raises(SpecError, match="unknown algorithm 'sft'"):
+        check_names(grid(axes={"model": ["m"], "algorithm": ["sft"]}), **kwargs)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "grids").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_grid_expands(path):
+    from ablate.data import dataset_names, prompt_set_names
+    from ablate.evals import benchmark_names
+    from ablate.models import BUILTIN_MODELS
+
+    spec = load_grid(path)
+    check_names(spec, datasets=dataset_names(), prompt_sets=prompt_set_names(),
+                benchmarks=benchmark_names(), builtin_models=BUILTIN_MODELS)
+    plan = expand(spec)
+    assert plan.cells and plan.steps
+    plan.order()
