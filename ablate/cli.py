@@ -156,6 +156,53 @@ def model_prepare(name: str = typer.Argument("smollm2-135m-instruct")) -> None:
         fail(str(exc))
 
 
+# ---------------------------------------------------------------- SLURM: cancel, logs
+# (written with ablate/launch/slurm.py; `grid --submit` and `status` above call into it too)
+
+
+@app.command()
+def cancel(file: Path = typer.Argument(..., help="Grid spec (YAML)"),
+           store: Optional[Path] = StoreOption) -> None:
+    """Cancel the grid's SLURM jobs that are queued or running (finished steps are kept)."""
+    from ablate.launch.slurm import SlurmError, cancel_plan
+
+    spec, plan = load_checked(file)
+    try:
+        cancelled = cancel_plan(plan, store_at(store))
+    except SlurmError as exc:
+        fail(str(exc))
+    if cancelled:
+        console.print(f"cancelled {len(cancelled)} job(s): {' '.join(cancelled)}")
+    else:
+        console.print(f"nothing to cancel: no job of grid {plan.grid!r} is queued or running")
+
+
+@app.command()
+def logs(job: str = typer.Argument(..., help="A step id (or prefix) or a SLURM job id"),
+         store: Optional[Path] = StoreOption) -> None:
+    """Print a step's log and its SLURM job's output."""
+    from ablate.launch.slurm import SlurmError, job_log
+
+    try:
+        text = job_log(store_at(store), job)
+    except SlurmError as exc:
+        fail(str(exc))
+    sys.stdout.write(text)
+
+
+def _mount_subcommands() -> None:
+    from ablate.data.cli import app as data_app
+    from ablate.evals.cli import eval_command
+    from ablate.report.cli import report_command
+
+    app.command("report", help="Rebuild the paper's tables and figures from the run store.")(report_command)
+    app.command("eval", help="Evaluate one model on benchmarks, outside any grid.")(eval_command)
+    app.add_typer(data_app, name="data")
+
+
+_mount_subcommands()
+
+
 def main() -> None:  # pragma: no cover - console entry point
     try:
         app()

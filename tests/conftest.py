@@ -15,6 +15,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# submitit runs logging.config.dictConfig when first imported, which closes every existing
+# handler; absl's handler (lm-eval -> rouge_score -> absl) then closes the stream it holds, and
+# inside a CliRunner test that stream is pytest's own capture file ("lost sys.stderr"). Importing
+# submitit first, before any test can import absl, keeps that from happening.
+import submitit  # noqa: E402,F401
+
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:

@@ -1,0 +1,41 @@
+"""The paper's 11-benchmark suite: a registry of benchmarks by name, the step runner, aggregation.
+
+Adding a benchmark is a module with a ``Benchmark`` subclass plus one line in ``BENCHMARKS``.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from ablate.evals.aggregate import BENCHMARK_CATEGORY, CATEGORIES, average, category_scores
+from ablate.evals.base import PROTOCOLS, Benchmark, EvalEnv, EvalError, ItemResult, Summary
+
+BENCHMARKS: dict[str, str] = {  # name -> "module:class", imported only when used
+    "mmlu": "ablate.evals.mmlu:MMLU",
+    "gsm8k": "ablate.evals.gsm8k:GSM8K",
+    "bbh": "ablate.evals.bbh:BBH",
+    "humaneval_plus": "ablate.evals.code:HumanEvalPlus",
+    "mbpp_plus": "ablate.evals.code:MBPPPlus",
+    "truthfulqa": "ablate.evals.truthfulqa:TruthfulQA",
+    "toxigen": "ablate.evals.toxigen:ToxiGen",
+    "xstest": "ablate.evals.xstest:XSTest",
+    "alpaca_eval_1": "ablate.evals.alpaca:AlpacaEval1",
+    "alpaca_eval_2": "ablate.evals.alpaca:AlpacaEval2",
+    "ifeval": "ablate.evals.ifeval:IFEval",
+}
+
+
+def benchmark_names() -> list[str]:
+    return list(BENCHMARKS)
+
+
+def get_benchmark(name: str) -> Benchmark:
+    if name not in BENCHMARKS:
+        raise EvalError(f"unknown benchmark {name!r}; valid: {', '.join(BENCHMARKS)}")
+    module, cls = BENCHMARKS[name].split(":")
+    return getattr(import_module(module), cls)()
+
+
+__all__ = ["BENCHMARKS", "BENCHMARK_CATEGORY", "CATEGORIES", "PROTOCOLS", "Benchmark", "EvalEnv",
+           "EvalError", "ItemResult", "Summary", "average", "benchmark_names", "category_scores",
+           "get_benchmark"]

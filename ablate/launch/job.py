@@ -29,11 +29,33 @@ RUNNERS = {
 }
 
 
+def runner_overrides() -> dict[str, str]:
+    """``ABLATE_RUNNERS="eval=pkg.mod:fn,train_dpo=..."``: replace a kind's runner in this process
+    and in every job it submits (SLURM jobs inherit the environment). For plugins and for tests
+    that need a runner to fail inside a scheduler's job, where monkeypatching cannot reach."""
+    overrides = {}
+    for item in filter(None, os.environ.get("ABLATE_RUNNERS", "").split(",")):
+        kind, sep, target = item.strip().partition("=")
+        if not sep or ":" not in target:
+            raise ValueError(f"ABLATE_RUNNERS: expected KIND=module:function, got {item!r}")
+        overrides[kind] = target
+    return overrides
+
+
 def runner_for(kind: str) -> Callable[[StepContext], None]:
-    if kind not in RUNNERS:
-        raise KeyError(f"no runner for step kind {kind!r}; known: {', '.join(RUNNERS)}")
-    module, _, name = RUNNERS[kind].partition(":")
+    runners = {**RUNNERS, **runner_overrides()}
+    if kind not in runners:
+        raise KeyError(f"no runner for step kind {kind!r}; known: {', '.join(runners)}")
+    module, _, name = runners[kind].partition(":")
     return getattr(importlib.import_module(module), name)
+
+
+def current_slurm_job_id() -> str | None:
+    """This process's SLURM job id as squeue shows it: ``<array job>_<task>`` in a job array."""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array_job and task:
+        return f"{array_job}_{task}"
+    return os.environ.get("SLURM_JOB_ID")
 
 
 def log_tail(path: Path, lines: int = 30) -> str:
@@ -44,8 +66,11 @@ def log_tail(path: Path, lines: int = 30) -> str:
 
 
 def run_step(store: RunStore, plan: Plan, step: Step,
-             progress: Callable[..., None] | None = None) -> str:
-    """Run one step unless it is done; returns "skipped" or "done", raises on failure."""
+             progress: Callable[..., None] | None = None,
+             runner: Callable[[StepContext], None] | None = None) -> str:
+    """Run one step unless it is done; returns "skipped" or "done", raises on failure.
+
+    ``runner`` replaces the kind's runner (the SLURM launcher passes one that starts torchrun)."""
     if store.is_done(step):
         return "skipped"
     missing = [role for role, sid in step.inputs.items() if not store.is_done(plan.steps[sid])]
@@ -57,28 +82,27 @@ def run_step(store: RunStore, plan: Plan, step: Step,
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger = logging.getLogger(f"ablate.step.{step.id}")
     logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    # Library loggers (ablate.train.*, ablate.evals.*) go to the same file while this step runs.
+    # The step's logger is a child of "ablate": the handler there writes its lines (once), and
+    # library loggers (ablate.train.*, ablate.evals.*) go to the same file while this step runs.
     package_logger = logging.getLogger("ablate")
     package_logger.addHandler(handler)
     package_logger.setLevel(logging.INFO)
     started = time.time()
     store.set_state(step, "running", started=started, host=os.uname().nodename,
-                    slurm_job_id=os.environ.get("SLURM_JOB_ID"))
+                    slurm_job_id=current_slurm_job_id())
     ctx = StepContext(step=step, out_dir=folder,
                       inputs={role: store.step_dir(plan.steps[sid]) for role, sid in step.inputs.items()},
                       cache_dir=store.cache_dir, log=logger,
                       progress=progress or (lambda *a, **k: None))
     logger.info("start %s (%s)", step.name, step.id)
     try:
-        runner_for(step.kind)(ctx)
+        (runner or runner_for(step.kind))(ctx)
     except BaseException as exc:
         logger.error("failed: %s\n%s", exc, traceback.format_exc())
         store.set_state(step, "failed", error=f"{type(exc).__name__}: {exc}",
                         log=str(log_path), log_tail=log_tail(log_path))
         raise
     finally:
-        logger.removeHandler(handler)
         package_logger.removeHandler(handler)
         handler.close()
     store.mark_done(step, started=started)

@@ -1,0 +1,132 @@
+"""``ablate data``: list, inspect and export the named preference datasets and prompt sets."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+
+from ablate.data.load import DataUnavailable, load_preferences, load_prompts
+from ablate.data.registry import MIXTURES, PROMPT_SETS, SOURCES, dataset_names, prompt_set_names
+from ablate.data.rows import SchemaError, render_messages
+from ablate.spec.schema import DataRef
+from ablate.store import atomic_write_jsonl
+
+app = typer.Typer(no_args_is_help=True, help="Preference datasets and prompt sets.")
+console = Console()
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _load(name: str, split: str, max_rows: Optional[int], seed: int):
+    """Rows of a preference dataset or a prompt set, plus skip counts (None for prompt sets)."""
+    try:
+        if name in PROMPT_SETS:
+            rows = load_prompts({"source": "prompt_set", "name": name, "max_rows": max_rows,
+                                 "sample_seed": seed})
+            return rows, None
+        if name in SOURCES or name in MIXTURES:
+            data = load_preferences(DataRef(name=name, max_rows=max_rows, sample_seed=seed), split)
+            return data.rows, data.skipped
+    except (DataUnavailable, SchemaError, ValueError) as exc:
+        _fail(str(exc))
+    _fail(f"unknown dataset or prompt set {name!r}; datasets: {', '.join(dataset_names())}; "
+          f"prompt sets: {', '.join(prompt_set_names())}")
+
+
+def _length_row(label: str, lengths: list[int]) -> list[str]:
+    if not lengths:
+        return [label, "-", "-", "-", "-"]
+    return [label, f"{statistics.mean(lengths):.0f}", f"{statistics.median(lengths):.0f}",
+            str(min(lengths)), str(max(lengths))]
+
+
+@app.command("list")
+def list_names() -> None:
+    """Every dataset and prompt set, with its source and the paper's size."""
+    table = Table(title="preference datasets")
+    for column in ("name", "group", "source", "paper rows", "licence"):
+        table.add_column(column)
+    for name, s in sorted(SOURCES.items()):
+        table.add_row(name, s.group, f"{s.hub_id}@{s.revision[:12]}",
+                      f"{s.paper_rows:,}" if s.paper_rows else "-", s.licence)
+    for name, m in sorted(MIXTURES.items()):
+        table.add_row(name, "mixture", " + ".join(n for n, _ in m.components), "-", "per component")
+    console.print(table)
+    prompts = Table(title="prompt sets")
+    for column in ("name", "source", "note"):
+        prompts.add_column(column)
+    for name, p in sorted(PROMPT_SETS.items()):
+        prompts.add_row(name, p.from_preferences and f"prompts of {p.from_preferences}"
+                        or f"{p.hub_id}:{p.split}", p.note)
+    console.print(prompts)
+
+
+@app.command()
+def show(name: str = typer.Argument(..., help="dataset or prompt-set name"),
+         split: str = typer.Option("train", "--split", help="train or test (held out)"),
+         n_examples: int = typer.Option(2, "--n-examples", help="examples to print"),
+         max_rows: Optional[int] = typer.Option(None, "--max-rows"),
+         seed: int = typer.Option(0, "--seed")) -> None:
+    """Counts, length statistics (characters), skipped rows per reason and a few examples."""
+    rows, skipped = _load(name, split, max_rows, seed)
+    what = "prompt set" if skipped is None else f"dataset, split {split}"
+    console.print(f"[bold]{name}[/] ({what}): {len(rows):,} rows", highlight=False)
+    source = SOURCES.get(name)
+    if source and source.paper_rows:
+        console.print(f"paper (Table 1): {source.paper_rows:,} rows; source {source.hub_id}")
+    lengths = Table(title="length in characters")
+    for column in ("field", "mean", "median", "min", "max"):
+        lengths.add_column(column)
+    lengths.add_row(*_length_row("prompt", [len(render_messages(r["prompt"])) for r in rows]))
+    if skipped is not None:
+        for key in ("chosen", "rejected"):
+            lengths.add_row(*_length_row(key, [len(render_messages(r[key])) for r in rows]))
+        turns = [sum(m["role"] == "user" for m in r["prompt"]) for r in rows]
+        if turns:
+            console.print(f"user turns per prompt: mean {statistics.mean(turns):.2f}, max {max(turns)}")
+    console.print(lengths)
+    if skipped is not None:
+        table = Table(title="skipped rows")
+        table.add_column("reason")
+        table.add_column("count", justify="right")
+        for reason, count in sorted(skipped.items(), key=lambda kv: -kv[1]):
+            table.add_row(reason, f"{count:,}")
+        if not skipped:
+            table.add_row("(none)", "0")
+        console.print(table)
+    for i, row in enumerate(rows[:n_examples]):
+        body = f"[bold]prompt[/]\n{escape(render_messages(row['prompt']))}"
+        if skipped is None:
+            body += f"\n\n[bold]reference[/] {escape(str(row.get('reference')))}"
+        else:
+            body += (f"\n\n[bold green]chosen[/]\n{escape(render_messages(row['chosen']))}"
+                     f"\n\n[bold red]rejected[/]\n{escape(render_messages(row['rejected']))}")
+            if row.get("margin") is not None:
+                body += f"\n\nmargin {row['margin']}"
+        console.print(Panel(body, title=f"example {i}", expand=False), highlight=False, markup=True)
+
+
+@app.command()
+def export(name: str = typer.Argument(..., help="dataset or prompt-set name"),
+           file: Path = typer.Argument(..., help="output .jsonl"),
+           split: str = typer.Option("train", "--split"),
+           max_rows: Optional[int] = typer.Option(None, "--max-rows"),
+           seed: int = typer.Option(0, "--seed")) -> None:
+    """Write the converted rows, one JSON object per line."""
+    rows, _ = _load(name, split, max_rows, seed)
+    atomic_write_jsonl(file, rows)
+    console.print(f"wrote {len(rows):,} rows to {file}", highlight=False)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,165 @@
+"""The named preference datasets, mixtures and prompt sets, with where each comes from.
+
+Names are what grids use (``DataRef.name``). ``paper_rows`` is the size Table 1 of Ivison et al.
+(2024) reports, for ``ablate data show`` to compare against. ``revision`` is the hub revision the
+loader asks for; a commit hash pins it, ``main`` is used where no commit could be checked from
+here. ``local_files`` are glob patterns, relative to ``$ABLATE_DATA_DIR`` (or to the shipped
+slices folder when ``packaged``), that replace the hub when present.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ablate.data import converters as c
+from ablate.data import ultrafeedback as uf
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    hub_id: str
+    convert: Callable
+    licence: str
+    group: str  # web | human | synthetic | slice
+    revision: str = "main"
+    config: str | None = None
+    data_dir: str | None = None
+    hub_splits: dict[str, str] = field(default_factory=lambda: {"train": "train"})
+    local_files: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    packaged: bool = False
+    converter_version: int = 1
+    paper_rows: int | None = None
+    restrict_to_prompts_of: str | None = None  # keep only prompts that this other dataset has
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """Datasets concatenated with per-component row caps (each component's weight is its size)."""
+
+    name: str
+    components: tuple[tuple[str, int | None], ...]
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class PromptSource:
+    name: str
+    licence: str
+    hub_id: str | None = None
+    convert: Callable | None = None
+    revision: str = "main"
+    config: str | None = None
+    split: str = "train"
+    local_files: tuple[str, ...] = ()
+    packaged: bool = False
+    from_preferences: str | None = None  # the prompts of this preference dataset
+    converter_version: int = 1
+    note: str = ""
+
+
+TULU25_PROMPTS = "allenai/tulu-2.5-prompts"
+TULU25_PROMPTS_REVISION = "de267afac62d4131ce50f8529c6d6a4f29c5787b"
+
+SOURCES: dict[str, Source] = {s.name: s for s in [
+    # web
+    Source("shp-2", "stanfordnlp/SHP-2", c.shp2, group="web", paper_rows=500_000,
+           hub_splits={"train": "train", "test": "test"},
+           licence="Reddit data: Reddit API terms; StackExchange data: CC-BY-SA-4.0",
+           note="the paper downsamples to 500k (set max_rows)"),
+    Source("stack-exchange", "lvwerra/stack-exchange-paired", c.stack_exchange_paired,
+           group="web", paper_rows=500_000, licence="CC-BY-SA-4.0",
+           note="the paper downsamples to 500k (set max_rows)"),
+    # human
+    Source("prm800k", "openai/prm800k (step-level, denormalized)", c.prm800k_pairs, group="human",
+           paper_rows=6_949, licence="MIT",
+           hub_splits={"train": "phase2_train", "test": "phase1_test"},
+           local_files={"train": ("prm800k_stepwise_critic/phase2_train*.parquet",),
+                        "test": ("prm800k_stepwise_critic/phase1_test*.parquet",)},
+           note="pairs of a good and a bad step after the same prefix; the hub id names the "
+                "denormalized step-level layout (columns instruction, responses, next_response, "
+                "rating) and needs a local copy (ABLATE_DATA_DIR)"),
+    Source("chatbot-arena-2023", "lmsys/chatbot_arena_conversations", c.chatbot_arena_2023,
+           group="human", paper_rows=20_465,
+           licence="prompts CC-BY-4.0, model outputs CC-BY-NC-4.0 (gated: accept terms on the hub)"),
+    Source("chatbot-arena-2024", "lmsys/lmsys-arena-human-preference-55k", c.chatbot_arena_2024,
+           group="human", paper_rows=34_269, licence="Apache-2.0"),
+    Source("alpacafarm-human", "tatsu-lab/alpaca_farm", c.alpaca_farm("alpacafarm-human"),
+           group="human", paper_rows=9_686, config="alpaca_human_preference",
+           hub_splits={"train": "preference"}, licence="CC-BY-NC-4.0"),
+    Source("hh-rlhf", "Anthropic/hh-rlhf", c.hh_rlhf("hh-rlhf"), group="human",
+           paper_rows=158_530, hub_splits={"train": "train", "test": "test"}, licence="MIT",
+           local_files={"train": ("hh_rlhf/*/train.jsonl.gz",), "test": ("hh_rlhf/*/test.jsonl.gz",)}),
+    Source("helpsteer", "nvidia/HelpSteer", c.helpsteer, group="human", paper_rows=9_270,
+           hub_splits={"train": "train", "test": "validation"}, licence="CC-BY-4.0",
+           note="per prompt: best mean of the aspects except verbosity vs a random lower one"),
+    # synthetic
+    Source("alpacafarm-gpt4", "tatsu-lab/alpaca_farm", c.alpaca_farm("alpacafarm-gpt4"),
+           group="synthetic", paper_rows=19_465, config="alpaca_gpt4_preference",
+           hub_splits={"train": "preference"}, licence="CC-BY-NC-4.0"),
+    Source("capybara-7k", "argilla/distilabel-capybara-dpo-7k-binarized", c.capybara,
+           group="synthetic", paper_rows=7_563, licence="Apache-2.0"),
+    Source("orca-pairs", "Intel/orca_dpo_pairs", c.orca_pairs, group="synthetic",
+           paper_rows=12_859, licence="Apache-2.0"),
+    Source("nectar", "berkeley-nest/Nectar", c.nectar, group="synthetic", paper_rows=180_099,
+           licence="Apache-2.0 (outputs also under the generating models' terms)",
+           note="top-ranked of 7 answers vs a random lower-ranked one"),
+    Source("ultrafeedback-overall", "HuggingFaceH4/ultrafeedback_binarized", uf.ultrafeedback_h4,
+           group="synthetic", paper_rows=60_908, licence="MIT",
+           hub_splits={"train": "train_prefs", "test": "test_prefs"},
+           restrict_to_prompts_of="ultrafeedback-fg",
+           note="H4's overall-score binarization, restricted to the fine-grained set's prompts"),
+    Source("ultrafeedback-fg", "argilla/ultrafeedback-binarized-preferences-cleaned",
+           uf.ultrafeedback_argilla_cleaned, group="synthetic", paper_rows=60_908, licence="MIT",
+           revision="7954623b01b203283b386d4f3184c1d7d8c7e213",
+           note="best mean of the 4 aspect ratings vs a random lower mean; ties and TruthfulQA "
+                "prompts removed"),
+    Source("ultrafeedback-fg-raw", "openbmb/UltraFeedback", uf.ultrafeedback_mean_aspects,
+           group="synthetic", licence="MIT",
+           note="the fine-grained binarization rebuilt from the raw ratings (keeps all 4 aspects)"),
+    # shipped slices (see ablate/data/slices/LICENSES.md)
+    Source("ultrafeedback-slice", "trl-lib/ultrafeedback_binarized", uf.ultrafeedback_trl_slice,
+           group="slice", packaged=True, licence="MIT",
+           local_files={"train": ("ultrafeedback_train.jsonl.gz",),
+                        "test": ("ultrafeedback_test.jsonl.gz",)},
+           note="200 + 50 rows of a seed-42 sample of trl-lib/ultrafeedback_binarized"),
+    Source("hh-rlhf-slice", "Anthropic/hh-rlhf", c.hh_rlhf("hh-rlhf"), group="slice",
+           packaged=True, licence="MIT",
+           local_files={"train": ("hh_rlhf_helpful_base_train.jsonl.gz",),
+                        "test": ("hh_rlhf_helpful_base_test.jsonl.gz",)},
+           note="rows 0-199 (train) and 200-249 (test) of HH-RLHF helpful-base test"),
+]}
+
+MIXTURES: dict[str, Mixture] = {m.name: m for m in [
+    Mixture("rm-mix", (("ultrafeedback-fg", 60_908), ("helpsteer", None), ("nectar", 60_908),
+                       ("stack-exchange", 60_908), ("hh-rlhf", 60_908), ("prm800k", None)),
+            note="the 'Mix' reward-model data of Table 3: the best-performing sources, the large "
+                 "ones downsampled to 60,908 pairs"),
+]}
+
+PROMPT_SETS: dict[str, PromptSource] = {p.name: p for p in [
+    PromptSource("ultrafeedback-prompts", licence="MIT", from_preferences="ultrafeedback-fg",
+                 note="the prompts of the fine-grained UltraFeedback set"),
+    PromptSource("gsm8k-train", licence="MIT", hub_id="openai/gsm8k", config="main",
+                 convert=uf.gsm8k_prompts, local_files=("gsm8k/train.jsonl",)),
+    PromptSource("gsm8k-train-slice", licence="MIT", hub_id="openai/gsm8k", config="main",
+                 convert=uf.gsm8k_prompts, packaged=True, local_files=("gsm8k_train.jsonl.gz",),
+                 note="the first 200 GSM8k train questions, shipped"),
+    PromptSource("math-mined", licence="ODC-BY", hub_id=TULU25_PROMPTS,
+                 revision=TULU25_PROMPTS_REVISION, split="math_prompts_20k",
+                 convert=uf.chat_prompts, note="math prompts mined from several datasets (hub only)"),
+    PromptSource("mixed", licence="ODC-BY", hub_id=TULU25_PROMPTS,
+                 revision=TULU25_PROMPTS_REVISION, split="ultrafeedback_code_math_prompts",
+                 convert=uf.chat_prompts,
+                 note="UltraFeedback + math + code prompts, downsampled to the UltraFeedback size"),
+]}
+
+
+def dataset_names() -> list[str]:
+    return sorted([*SOURCES, *MIXTURES])
+
+
+def prompt_set_names() -> list[str]:
+    return sorted(PROMPT_SETS)

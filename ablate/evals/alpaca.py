@@ -1,0 +1,164 @@
+"""AlpacaEval 1 and 2: the model's answers to 805 instructions against a reference model's, judged
+pairwise; win rates by alpaca-eval's own ``get_winrate`` and ``get_length_controlled_winrate``.
+
+Judges (``judge`` in the eval config): an OpenAI-compatible endpoint defined in judges.yaml, which
+sees alpaca-eval's ``alpaca_eval_clf_gpt4_turbo`` prompt with the two outputs in a seeded random
+order and answers "m" or "M" (its top log-probabilities give a weighted preference when the
+endpoint returns them), or ``reward_model`` (the run's reward-model input, or a judges.yaml entry
+of kind reward_model): preference = 1 + sigmoid(r_model - r_reference), no network.
+
+The length-controlled win rate needs alpaca-eval's instruction-difficulty table (``df_gamed.csv``
+from the hub dataset tatsu-lab/alpaca_eval): give its path in ``options.df_gamed`` or
+``$ABLATE_ALPACA_DF_GAMED``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import re
+from importlib.resources import files
+from pathlib import Path
+
+from ablate.evals.base import Benchmark, EvalEnv, EvalError, ItemResult, Summary
+from ablate.evals.data import read_json
+
+MESSAGE = re.compile(r"<\|im_start\|>(\w+)\n(.*?)\n?<\|im_end\|>", re.DOTALL)
+
+
+def judge_messages(instruction: str, output_1: str, output_2: str) -> list[dict]:
+    template = (files("alpaca_eval") / "evaluators_configs" / "alpaca_eval_clf_gpt4_turbo"
+                / "alpaca_eval_clf.txt").read_text()
+    fill = lambda text: (text.replace("{instruction}", instruction)
+                         .replace("{output_1}", output_1).replace("{output_2}", output_2))
+    return [{"role": role, "content": fill(content)} for role, content in MESSAGE.findall(template)]
+
+
+def parse_preference(answer: dict | None) -> float | None:
+    """1 = output_1 better, 2 = output_2 better, fractional from log-probabilities; None if the
+    judge's answer is neither "m" nor "M"."""
+    if not answer:
+        return None
+    top = answer.get("top_logprobs") or []
+    probs = {t["token"].strip(): math.exp(t["logprob"]) for t in top
+             if isinstance(t, dict) and t.get("token", "").strip() in ("m", "M")}
+    if probs:
+        return 1.0 + probs.get("M", 0.0) / sum(probs.values())
+    text = (answer.get("text") or "").strip()
+    return {"m": 1.0, "M": 2.0}.get(text)
+
+
+def winrates(annotations: list[dict], df_gamed: Path | None) -> dict[str, float]:
+    """alpaca-eval's win rate, and its length-controlled one when the difficulty file is there."""
+    import pandas as pd
+    from alpaca_eval import metrics
+
+    frame = pd.DataFrame(annotations)
+    result = {k: float(v) for k, v in metrics.get_winrate(frame).items()
+              if isinstance(v, (int, float))}
+    if df_gamed is None:
+        return result
+    if not Path(df_gamed).is_file():
+        raise EvalError(f"alpaca_eval: instruction-difficulty file {df_gamed} does not exist")
+    from alpaca_eval.metrics import glm_winrate
+
+    original = glm_winrate.hf_hub_download
+    glm_winrate.hf_hub_download = lambda *a, **k: str(df_gamed)  # alpaca-eval fetches it itself
+    try:
+        lc = metrics.get_length_controlled_winrate(frame, save_weights_dir=None,
+                                                   is_add_glm_preference_inplace=False)
+    finally:
+        glm_winrate.hf_hub_download = original
+    result["length_controlled_winrate"] = float(lc["length_controlled_winrate"])
+    return result
+
+
+class _AlpacaEval(Benchmark):
+    category = "inst_following"
+    hub_id = "tatsu-lab/alpaca_eval"
+    data_revision = "github:tatsu-lab/alpaca_eval@cd543a149df89434d8a54582c0151c0b945c3d20"
+    libraries = ("alpaca_eval",)
+    reference_file = ""
+    default_max_new_tokens = 2048
+
+    @property
+    def required_files(self):
+        return (f"alpaca_eval/{self.reference_file}",)
+
+    def items(self, protocol: str, data_dir: Path) -> list[dict]:
+        rows = read_json(data_dir / "alpaca_eval" / self.reference_file)
+        if not isinstance(rows, list) or not all("instruction" in r and "output" in r for r in rows):
+            raise EvalError(f"{self.reference_file}: expected a list of {{instruction, output}}")
+        return [{"item_id": str(k), "index": k, "instruction": r["instruction"],
+                 "reference": r["output"], "reference_generator": r.get("generator", "reference"),
+                 "dataset": r.get("dataset", "")} for k, r in enumerate(rows)]
+
+    def evaluate(self, items: list[dict], env: EvalEnv) -> list[ItemResult]:
+        self._options = dict(env.options)
+        if not env.judge:
+            raise EvalError(f"{self.name} needs a judge: set judge to a name in judges.yaml or to "
+                            "'reward_model' (with a reward_model input)")
+        from ablate.evals.judges import RewardModelJudge, get_judge
+
+        judge = get_judge(env.judge, env.cache_dir, env.reward_model_dir)
+        prompts = [env.chat(i["instruction"]) for i in items]
+        replies = env.generate(prompts, env.new_tokens(self.default_max_new_tokens),
+                               rm_prompts=[i["instruction"] for i in items])
+        outputs = [r[0] for r in replies]
+        if isinstance(judge, RewardModelJudge):
+            preferences = judge.prefer([i["instruction"] for i in items],
+                                       [i["reference"] for i in items], outputs)
+        else:
+            rng = random.Random(env.seed)
+            swapped = [rng.random() < 0.5 for _ in items]  # the judge sees a random order
+            requests = [judge_messages(i["instruction"], *((o, i["reference"]) if s
+                                                            else (i["reference"], o)))
+                        for i, o, s in zip(items, outputs, swapped)]
+            answers = judge.complete_full(requests, max_tokens=1, logprobs=True)
+            preferences = []
+            for answer, s in zip(answers, swapped):
+                p = parse_preference(answer)
+                preferences.append(None if p is None else (3.0 - p if s else p))
+        return [ItemResult(i["item_id"], 0.0 if p is None else p - 1.0, prompt, [o],
+                           {"preference": p, "index": i["index"], "judge_failed": p is None,
+                            "output_1": i["reference"], "generator_1": i["reference_generator"]})
+                for i, prompt, o, p in zip(items, prompts, outputs, preferences)]
+
+    def annotations(self, results: list[ItemResult]) -> list[dict]:
+        return [{"preference": r.extra["preference"], "output_1": r.extra["output_1"],
+                 "output_2": r.outputs[0], "index": r.extra["index"],
+                 "generator_1": r.extra["generator_1"], "generator_2": "model",
+                 "annotator": "ablate"} for r in results if r.extra["preference"] is not None]
+
+    def summarize(self, results: list[ItemResult]) -> Summary:
+        failed = sum(r.extra["judge_failed"] for r in results)
+        annotations = self.annotations(results)
+        if not annotations:
+            raise EvalError(f"{self.name}: every judgement failed ({failed} of {len(results)})")
+        rates = winrates(annotations, self._difficulty_file())
+        key = "length_controlled_winrate" if self.metric == "length_controlled_winrate" \
+            else "win_rate"
+        if key not in rates:
+            raise EvalError(
+                f"{self.name}: the length-controlled win rate needs alpaca-eval's instruction-"
+                "difficulty file df_gamed.csv (hub dataset tatsu-lab/alpaca_eval), which is not "
+                "configured: set options.df_gamed or ABLATE_ALPACA_DF_GAMED to its path. Judgements "
+                f"are cached, so rerunning costs nothing. Raw win rate: {rates['win_rate']:.2f}")
+        return Summary(rates[key], {k: v for k, v in rates.items() if k != key}, n_failed=failed)
+
+    _options: dict = {}
+
+    def _difficulty_file(self) -> Path | None:
+        path = self._options.get("df_gamed") or os.environ.get("ABLATE_ALPACA_DF_GAMED")
+        return Path(path) if path else None
+
+
+class AlpacaEval1(_AlpacaEval):
+    name, metric = "alpaca_eval_1", "win_rate"
+    reference_file = "text_davinci_003_reference_outputs.json"
+
+
+class AlpacaEval2(_AlpacaEval):
+    name, metric = "alpaca_eval_2", "length_controlled_winrate"
+    reference_file = "gpt4_turbo_reference_outputs.json"

@@ -1,0 +1,151 @@
+"""What a benchmark is: a data source, an ordered item list per protocol, prompts, and a metric.
+
+A benchmark module subclasses ``Benchmark`` and is registered by name in ``ablate.evals``. The
+runner hands it an ``EvalEnv`` (the model behind a generation backend, the sampler, the judge) and
+writes whatever it returns; the benchmark never touches the step folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+PROTOCOLS = ("paper", "full")
+
+
+class EvalError(RuntimeError):
+    """Bad benchmark name, protocol, data file or judge answer; the message says which and why."""
+
+
+@dataclass
+class ItemResult:
+    item_id: str
+    score: float  # this item's contribution to the primary metric, 0..1 for mean metrics
+    prompt: str = ""
+    outputs: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # secondary per-item metrics, labels
+
+    def score_row(self) -> dict:
+        return {"item_id": self.item_id, "score": self.score, **self.extra}
+
+    def output_row(self) -> dict:
+        return {"item_id": self.item_id, "prompt": self.prompt, "outputs": self.outputs}
+
+
+@dataclass(frozen=True)
+class Summary:
+    value: float  # primary metric in percent
+    secondary: dict[str, float] = field(default_factory=dict)
+    n_failed: int = 0  # items whose judgement or execution failed (scored as 0)
+
+
+@dataclass
+class EvalEnv:
+    """The model and the run's settings as a benchmark sees them."""
+
+    model_dir: Path
+    protocol: str = "paper"
+    seed: int = 0
+    max_new_tokens: int | None = None  # overrides the benchmark's default when set
+    judge: str | None = None
+    sampler: Mapping[str, Any] = field(default_factory=lambda: {"kind": "greedy"})
+    options: Mapping[str, Any] = field(default_factory=dict)  # benchmark-specific extras
+    reward_model_dir: Path | None = None
+    data_root: Path | None = None  # the full data folder, None when items came from a slice
+    cache_dir: Path = Path(".ablate-cache")
+    backend_kind: str = "auto"
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("ablate.evals"))
+    progress: Callable[[int, int], None] = lambda done, total: None
+    _backend: Any = None
+
+    @property
+    def backend(self):
+        if self._backend is None:
+            from ablate.generate import load_backend
+            self._backend = load_backend(self.model_dir, self.backend_kind)
+        return self._backend
+
+    @property
+    def tokenizer(self):
+        return self.backend.tokenizer
+
+    def new_tokens(self, default: int) -> int:
+        return self.max_new_tokens or default
+
+    def chat(self, user: str, assistant_prefix: str = "") -> str:
+        from ablate.generate import chat_prompt
+        return chat_prompt(self.tokenizer, user, assistant_prefix)
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = (),
+                 n: int = 1, temperature: float = 0.0,
+                 rm_prompts: Sequence[str] | None = None) -> list[list[str]]:
+        """``n`` completions per prompt; under a best-of-N sampler a single greedy answer is
+        replaced by the reward model's favourite of N samples."""
+        from ablate.generate import SamplingParams
+
+        best_of = self.sampler.get("kind", "greedy")
+        if best_of not in ("greedy", "best_of_n"):
+            raise EvalError(f"sampler.kind must be greedy or best_of_n, got {best_of!r}")
+        if best_of == "best_of_n" and n == 1 and temperature == 0.0:
+            return self._best_of_n(prompts, max_new_tokens, stop, rm_prompts or prompts)
+        params = SamplingParams(max_new_tokens=max_new_tokens, n=n, temperature=temperature,
+                                seed=self.seed, stop=tuple(stop))
+        return self.backend.generate(list(prompts), params, progress=self.progress)
+
+    def _best_of_n(self, prompts, max_new_tokens, stop, rm_prompts) -> list[list[str]]:
+        from ablate.generate import SamplingParams
+
+        if self.reward_model_dir is None:
+            raise EvalError("a best_of_n sampler needs a reward_model input")
+        from ablate.train.rm import RewardScorer  # written by the trainer; heavy, so imported late
+
+        n = int(self.sampler["n"])
+        params = SamplingParams(max_new_tokens=max_new_tokens, n=n,
+                                temperature=float(self.sampler.get("temperature", 0.7)),
+                                seed=int(self.sampler.get("seed", self.seed)), stop=tuple(stop))
+        samples = self.backend.generate(list(prompts), params, progress=self.progress)
+        scorer = RewardScorer(self.reward_model_dir)
+        flat_prompts = [p for p, s in zip(rm_prompts, samples) for _ in s]
+        scores = scorer.score(flat_prompts, [x for s in samples for x in s])
+        best, k = [], 0
+        for s in samples:
+            chunk = list(scores[k:k + len(s)])
+            best.append([s[chunk.index(max(chunk))]])
+            k += len(s)
+        return best
+
+
+class Benchmark(ABC):
+    name: str
+    category: str
+    metric: str
+    higher_is_better: bool = True
+    data_revision: str = ""  # the source's revision the item list comes from
+    libraries: tuple[str, ...] = ()  # packages whose versions go into result.json
+    hub_id: str = ""
+    required_files: tuple[str, ...] = ()  # relative to a data folder
+
+    @abstractmethod
+    def items(self, protocol: str, data_dir: Path) -> list[dict]:
+        """The protocol's full item list in a fixed order; each a JSON dict with ``item_id``."""
+
+    @abstractmethod
+    def evaluate(self, items: list[dict], env: EvalEnv) -> list[ItemResult]:
+        ...
+
+    def summarize(self, results: list[ItemResult]) -> Summary:
+        if not results:
+            raise EvalError(f"{self.name}: no items were evaluated")
+        return Summary(100.0 * sum(r.score for r in results) / len(results))
+
+    def category_score(self, value: float) -> float:
+        return value if self.higher_is_better else 100.0 - value
+
+
+def check_protocol(protocol: str) -> str:
+    if protocol not in PROTOCOLS:
+        raise EvalError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    return protocol

@@ -1,0 +1,108 @@
+"""MMLU: 0-shot (or 5-shot) next-token choice over A/B/C/D, accuracy averaged over subjects.
+
+The question goes in one user turn, the chat template is applied and the assistant's turn opens
+with "The answer is:"; the prediction is the most likely of " A", " B", " C", " D" there (lm-eval's
+``multiple_choice`` ``acc`` on the same prompt). Items interleave the subjects (the first item of
+every subject, then the second, ...), so a ``limit`` still samples many subjects.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from ablate.evals.base import Benchmark, EvalEnv, EvalError, ItemResult, Summary
+from ablate.evals.data import read_csv
+
+LETTERS = ("A", "B", "C", "D")
+COLUMNS = ("question", "choice0", "choice1", "choice2", "choice3", "answer")
+
+
+def format_question(row: dict, with_answer: bool = False) -> str:
+    text = row["question"].strip() + "".join(
+        f"\n{letter}. {choice}" for letter, choice in zip(LETTERS, row["choices"]))
+    text += "\nAnswer:"
+    return text + (f" {LETTERS[row['answer']]}\n\n" if with_answer else "")
+
+
+def subject_title(subject: str) -> str:
+    return subject.replace("_", " ")
+
+
+def build_user_turn(item: dict, shots: list[dict]) -> str:
+    header = ("The following are multiple choice questions (with answers) about "
+              f"{subject_title(item['subject'])}.\n\n")
+    return header + "".join(format_question(s, True) for s in shots) + format_question(item)
+
+
+def macro_accuracy(results: list[ItemResult]) -> tuple[float, float, dict[str, float]]:
+    """(mean over subjects, mean over questions, per-subject accuracy), all in percent."""
+    by_subject: dict[str, list[float]] = defaultdict(list)
+    for r in results:
+        by_subject[r.extra["subject"]].append(r.score)
+    per_subject = {s: 100.0 * sum(v) / len(v) for s, v in sorted(by_subject.items())}
+    macro = sum(per_subject.values()) / len(per_subject)
+    micro = 100.0 * sum(r.score for r in results) / len(results)
+    return macro, micro, per_subject
+
+
+class MMLU(Benchmark):
+    name, category, metric = "mmlu", "factuality", "accuracy"
+    hub_id = "cais/mmlu"
+    data_revision = "github:hendrycks/test (final release; re-formatted copy HaeChan0305/MLILAB-FedLLM@d92730e8)"
+    required_files = ("mmlu/test",)
+
+    def _read(self, folder: Path, split: str) -> dict[str, list[dict]]:
+        files = sorted(folder.glob(f"*_{split}.csv"))
+        if not files:
+            raise EvalError(f"no *_{split}.csv files in {folder}")
+        subjects = {}
+        for path in files:
+            rows = []
+            for n, row in enumerate(read_csv(path, COLUMNS), 1):
+                try:
+                    answer = int(row["answer"])
+                    assert 0 <= answer < 4
+                except (ValueError, AssertionError):
+                    raise EvalError(f"{path} row {n}: answer must be 0-3, got "
+                                    f"{row['answer']!r}") from None
+                rows.append({"question": row["question"], "answer": answer,
+                             "choices": [row[f"choice{k}"] for k in range(4)]})
+            subjects[path.name[: -len(f"_{split}.csv")]] = rows
+        return subjects
+
+    def items(self, protocol: str, data_dir: Path) -> list[dict]:
+        test = self._read(data_dir / "mmlu" / "test", "test")
+        items, depth = [], max(len(rows) for rows in test.values())
+        for k in range(depth):
+            for subject, rows in test.items():
+                if k < len(rows):
+                    items.append({"item_id": f"{subject}/{k}", "subject": subject, **rows[k]})
+        return items
+
+    def evaluate(self, items: list[dict], env: EvalEnv) -> list[ItemResult]:
+        shots = int(env.options.get("shots", 0))
+        if shots not in (0, 5):
+            raise EvalError(f"mmlu: options.shots must be 0 or 5, got {shots}")
+        dev: dict[str, list[dict]] = {}
+        if shots:
+            if env.data_root is None:
+                raise EvalError("mmlu 5-shot needs the dev split: set ABLATE_DATA_DIR to the full "
+                                "data (the shipped slice has the test items only)")
+            dev = self._read(env.data_root / "mmlu" / "dev", "dev")
+        prompts = [env.chat(build_user_turn(item, dev.get(item["subject"], [])[:shots]),
+                            "The answer is:") for item in items]
+        scores = env.backend.loglikelihood([(p, [f" {x}" for x in LETTERS]) for p in prompts],
+                                           progress=env.progress)
+        results = []
+        for item, prompt, lls in zip(items, prompts, scores):
+            predicted = max(range(4), key=lambda k: lls[k])
+            results.append(ItemResult(item["item_id"], float(predicted == item["answer"]), prompt,
+                                      [f" {LETTERS[predicted]}"],
+                                      {"subject": item["subject"], "prediction": predicted,
+                                       "target": item["answer"], "loglikelihoods": lls}))
+        return results
+
+    def summarize(self, results: list[ItemResult]) -> Summary:
+        macro, micro, per_subject = macro_accuracy(results)
+        return Summary(macro, {"accuracy_micro": micro, "n_subjects": float(len(per_subject))})

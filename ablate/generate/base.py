@@ -1,0 +1,92 @@
+"""The one interface every generation backend offers: batched sampling and log-likelihood scoring.
+
+Prompts are plain strings that already carry the model's chat template where a benchmark wants one
+(``chat_prompt``), so the backend never guesses; stop strings cut a completion where lm-eval would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+Progress = Callable[[int, int], None]
+
+
+class GenerationError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int
+    n: int = 1  # samples per prompt
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.n < 1:
+            raise GenerationError(f"max_new_tokens and n must be >= 1, got {self}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise GenerationError(f"temperature must be >= 0 and top_p in (0, 1], got {self}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+class Backend(Protocol):
+    name: str
+
+    def generate(self, prompts: Sequence[str], params: SamplingParams,
+                 progress: Progress | None = None) -> list[list[str]]:
+        """``params.n`` completions for each prompt, stop strings and EOS removed."""
+
+    def loglikelihood(self, requests: Sequence[tuple[str, Sequence[str]]],
+                      progress: Progress | None = None) -> list[list[float]]:
+        """For each (context, continuations): sum of log p(continuation tokens | context)."""
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
+    """Cut at the earliest stop string, as lm-eval's ``generate_until`` does."""
+    cut = len(text)
+    for s in stop:
+        if s:
+            at = text.find(s)
+            if at != -1:
+                cut = min(cut, at)
+    return text[:cut]
+
+
+def chat_prompt(tokenizer, user: str, assistant_prefix: str = "",
+                system: str | None = None) -> str:
+    """The model's own chat template around one user turn, ready for the assistant's reply."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        # A base model without a template gets the Tulu format the paper's eval code falls back to.
+        return f"<|user|>\n{user}\n<|assistant|>\n{assistant_prefix}"
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": user}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return text + assistant_prefix
+
+
+def load_backend(model_dir: Path | str, kind: str = "auto", **options) -> Backend:
+    """``vllm`` when requested (or ``auto`` on a GPU machine with vllm installed), else transformers."""
+    if kind not in ("auto", "hf", "vllm"):
+        raise GenerationError(f"unknown backend {kind!r}; valid: auto, hf, vllm")
+    if kind == "vllm" or (kind == "auto" and _vllm_usable()):
+        from ablate.generate.vllm_backend import VLLMBackend
+        return VLLMBackend(model_dir, **options)
+    from ablate.generate.hf import HFBackend
+    return HFBackend(model_dir, **options)
+
+
+def _vllm_usable() -> bool:
+    from importlib.util import find_spec
+
+    if find_spec("vllm") is None:
+        return False
+    import torch
+    return torch.cuda.is_available()

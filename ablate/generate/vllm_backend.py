@@ -1,0 +1,62 @@
+"""vLLM backend for GPU machines (an optional extra; never imported on CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from ablate.generate.base import GenerationError, Progress, SamplingParams, truncate_at_stop
+
+
+class VLLMBackend:
+    name = "vllm"
+
+    def __init__(self, model_dir: Path | str, gpu_memory_utilization: float = 0.85,
+                 max_model_len: int | None = None, **_ignored):
+        try:
+            from vllm import LLM
+        except ImportError as exc:
+            raise GenerationError("the vllm backend needs `pip install vllm` on a GPU machine "
+                                  f"({exc})") from None
+        self.llm = LLM(model=str(model_dir), gpu_memory_utilization=gpu_memory_utilization,
+                       max_model_len=max_model_len, seed=0)
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def generate(self, prompts: Sequence[str], params: SamplingParams,
+                 progress: Progress | None = None) -> list[list[str]]:
+        from vllm import SamplingParams as VSampling
+        from vllm.inputs import TokensPrompt
+
+        sampling = VSampling(n=params.n, temperature=params.temperature, top_p=params.top_p,
+                             seed=params.seed, stop=list(params.stop) or None,
+                             max_tokens=params.max_new_tokens)
+        inputs = [TokensPrompt(prompt_token_ids=self.tokenizer(p, add_special_tokens=False)
+                               ["input_ids"]) for p in prompts]
+        outputs = self.llm.generate(inputs, sampling, use_tqdm=False)
+        if progress:
+            progress(len(prompts), len(prompts))
+        return [[truncate_at_stop(c.text, params.stop) for c in o.outputs] for o in outputs]
+
+    def loglikelihood(self, requests: Sequence[tuple[str, Sequence[str]]],
+                      progress: Progress | None = None) -> list[list[float]]:
+        from vllm import SamplingParams as VSampling
+        from vllm.inputs import TokensPrompt
+
+        flat, spans = [], []
+        for context, options in requests:
+            ctx = self.tokenizer(context, add_special_tokens=False)["input_ids"]
+            for option in options:
+                whole = self.tokenizer(context + option, add_special_tokens=False)["input_ids"]
+                flat.append(TokensPrompt(prompt_token_ids=whole))
+                spans.append((len(ctx), whole))
+        outputs = self.llm.generate(flat, VSampling(max_tokens=1, prompt_logprobs=0),
+                                    use_tqdm=False)
+        scores = [sum(o.prompt_logprobs[t][whole[t]].logprob for t in range(start, len(whole)))
+                  for o, (start, whole) in zip(outputs, spans)]
+        result, k = [], 0
+        for _, options in requests:
+            result.append(scores[k:k + len(options)])
+            k += len(options)
+        if progress:
+            progress(len(requests), len(requests))
+        return result

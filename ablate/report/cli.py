@@ -1,0 +1,49 @@
+"""``ablate report``: the paper's tables and figures from the run store.
+
+The lead mounts ``report_command`` on the top-level app: ``app.command("report")(report_command)``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from ablate.report.build import ReportError, build_report
+from ablate.report.figures import FIGURES
+from ablate.report.render import markdown
+from ablate.report.tables import TABLES
+
+console = Console()
+
+
+def report_command(
+        table: List[str] = typer.Option([], "--table", help="Table: " + ", ".join([*TABLES, "cost"])),
+        figure: List[str] = typer.Option([], "--figure", help="Figure: " + ", ".join(FIGURES)),
+        everything: bool = typer.Option(False, "--all", help="Every table and figure of the grid, and the cost table"),
+        grid: Optional[str] = typer.Option(None, "--grid", help="Grid name in the store [default: the table's own grid]"),
+        store: Optional[Path] = typer.Option(None, "--store", help="Run store [default: $ABLATE_STORE or ./runs]"),
+        fmt: List[str] = typer.Option(["all"], "--format", help="md, csv, latex, html or all"),
+        out: Optional[Path] = typer.Option(None, "--out", help="Output folder [default: reports/<grid>/]"),
+        paper: Optional[Path] = typer.Option(None, "--paper", help="Build tables 1, 2, 5 from the paper's "
+                                             "per-category CSVs in this folder instead of the store"),
+) -> None:
+    """Rebuild the paper's tables and figures from the run store, with 95% CIs and noise marks."""
+    if not (table or figure or everything or paper):
+        console.print("[red]error:[/] say what to build: --table NAME, --figure NAME or --all "
+                      f"(tables: {', '.join([*TABLES, 'cost'])}; figures: {', '.join(FIGURES)})", soft_wrap=True)
+        raise typer.Exit(2)
+    root = store or Path(os.environ.get("ABLATE_STORE", "runs"))
+    try:
+        report = build_report(root, grid, list(table), list(figure), list(fmt), out, everything, paper)
+    except (ReportError, FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    for built in report.tables:
+        typer.echo(markdown(built))
+    for note in report.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {len(report.files)} files to {report.out_dir}", highlight=False)

@@ -1,0 +1,188 @@
+"""The paper's figures with matplotlib (Agg): each returns a Figure, or None with no data for it.
+
+Figure 1: gain from each recipe component (data, algorithm, RM, prompts) on GSM8k and the average.
+Figure 2: reward vs KL from the training logs (and win rate vs sampling temperature where present).
+Figure 3: GSM8k by policy-training prompt set, per reward model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ablate.report.frame import Results  # noqa: E402
+from ablate.report.groups import Stat  # noqa: E402
+from ablate.report.tables import PROMPT_LABELS, RM_LABELS, recipe_label  # noqa: E402
+
+FIGURES = ("1", "2", "3", "kl-frontier")
+BLUE, ORANGE, GREY = "#3b6fb6", "#e8853d", "#888888"
+
+
+def _err(stat: Stat) -> list[list[float]]:
+    if stat.ci is None:
+        return [[0.0], [0.0]]
+    return [[max(0.0, stat.value - stat.ci[0])], [max(0.0, stat.ci[1] - stat.value)]]
+
+
+def _reasoning_key(results: Results) -> tuple[str, str]:
+    return ("bench:gsm8k", "GSM8k") if "gsm8k" in results.benchmarks else ("reasoning", "Reasoning")
+
+
+def figure_1(results: Results, stats: dict[str, dict[str, Stat]]):
+    """Each step of the recipe (groups in plan order, baseline first) and its gain over the last."""
+    groups = results.group_order()
+    info = {c.group: c for c in reversed(results.cells)}
+    groups = [g for g in groups if info[g].is_baseline] + [g for g in groups if not info[g].is_baseline]
+    first_key, first_label = _reasoning_key(results)
+    panels = [(first_key, first_label), ("average", "Average")]
+    steps = [g for g in groups if all(stats[g][k].value is not None for k, _ in panels)]
+    if len(steps) < 2:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, (key, title) in zip(axes, panels):
+        values = [stats[g][key].value for g in steps]
+        colors = [GREY] + [BLUE if b >= a else ORANGE for a, b in zip(values, values[1:])]
+        ax.bar(range(len(steps)), values, color=colors,
+               yerr=[sum((_err(stats[g][key])[i] for g in steps), []) for i in (0, 1)], capsize=3)
+        for i in range(1, len(steps)):
+            ax.annotate(f"{values[i] - values[i - 1]:+.1f}", (i, values[i]), ha="center",
+                        va="bottom", xytext=(0, 4), textcoords="offset points", fontsize=8)
+        ax.set_xticks(range(len(steps)), [recipe_label(info[g]) for g in steps], rotation=25,
+                      ha="right", fontsize=7)
+        low = min(values)
+        ax.set_ylim(max(0.0, low - 0.15 * (max(values) - low + 1) - 2), max(values) + 3)
+        ax.set_title(f"{title}: gain from each component")
+    fig.tight_layout()
+    return fig
+
+
+def training_logs(results: Results) -> dict[str, list[dict]]:
+    """cell -> its training step's ``metrics.jsonl`` rows that log a KL and a reward."""
+    if results.store_root is None or results.plan is None:
+        return {}
+    out = {}
+    for cell in results.cells:
+        step = results.plan.steps.get(cell.model_step or "")
+        if step is None:
+            continue
+        path = Path(results.store_root) / "steps" / step.kind / step.id / "metrics.jsonl"
+        if not path.is_file():
+            continue
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            reward = row.get("reward", row.get("rm_score"))
+            if isinstance(row.get("kl"), (int, float)) and isinstance(reward, (int, float)):
+                rows.append({"kl": float(row["kl"]), "reward": float(reward),
+                             "step": row.get("step", len(rows)), "kind": step.kind})
+        if rows:
+            out[cell.name] = rows
+    return out
+
+
+def win_rate_by_temperature(results: Results) -> dict[str, list[tuple[float, float]]]:
+    if results.plan is None:
+        return {}
+    points: dict[str, list[tuple[float, float]]] = {}
+    done = results.frame[(results.frame.status == "done")
+                         & results.frame.benchmark.str.startswith("alpaca_eval")]
+    for row in done.itertuples():
+        sampler = results.plan.steps[row.eval_step].config.get("sampler") or {}
+        if "temperature" in sampler:
+            points.setdefault(f"{row.group} {row.benchmark}", []).append(
+                (float(sampler["temperature"]), float(row.value)))
+    return {k: sorted(v) for k, v in points.items()}
+
+
+def figure_2(results: Results, stats=None):
+    logs = training_logs(results)
+    temps = win_rate_by_temperature(results)
+    if not logs and not temps:
+        return None
+    fig, axes = plt.subplots(1, 2 if temps else 1, figsize=(11 if temps else 6, 4.2), squeeze=False)
+    ax = axes[0][0]
+    for cell, rows in sorted(logs.items()):
+        rows = sorted(rows, key=lambda r: r["step"])
+        kind = rows[0]["kind"]
+        ax.plot([r["kl"] for r in rows], [r["reward"] for r in rows],
+                marker="o" if kind == "train_dpo" else ".", markersize=4,
+                linestyle="-" if kind == "train_ppo" else "none", label=cell)
+    ax.set_xlabel("KL(policy ‖ reference)")
+    ax.set_ylabel("reward (RM score)")
+    ax.set_title("Reward vs KL frontier")
+    if logs:
+        ax.legend(fontsize=6)
+    if temps:
+        ax2 = axes[0][1]
+        for name, pts in sorted(temps.items()):
+            ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        ax2.set_xlabel("sampling temperature")
+        ax2.set_ylabel("win rate (%)")
+        ax2.set_title("Win rate vs temperature")
+        ax2.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def figure_3(results: Results, stats: dict[str, dict[str, Stat]]):
+    """GSM8k per reward model, one bar per prompt set, the SFT baseline as a line."""
+    key, name = _reasoning_key(results)
+    info = {c.group: c for c in reversed(results.cells)}
+    bars: dict[str, dict[str, str]] = {}
+    for group in results.group_order():
+        axes = info[group].axes
+        if info[group].is_baseline or axes.get("algorithm") != "ppo":
+            continue
+        if stats[group][key].value is not None:
+            bars.setdefault(str(axes.get("reward_model")), {})[str(axes.get("prompts"))] = group
+    if not bars:
+        return None
+    prompt_sets = sorted({p for by in bars.values() for p in by})
+    rms = list(bars)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    width = 0.8 / len(prompt_sets)
+    for j, prompts in enumerate(prompt_sets):
+        xs, ys, errs = [], [], [[], []]
+        for i, rm in enumerate(rms):
+            if prompts in bars[rm]:
+                stat = stats[bars[rm][prompts]][key]
+                xs.append(i + (j - (len(prompt_sets) - 1) / 2) * width)
+                ys.append(stat.value)
+                low, high = _err(stat)
+                errs[0] += low
+                errs[1] += high
+        ax.bar(xs, ys, width, yerr=errs, capsize=3,
+               label=f"{PROMPT_LABELS.get(prompts, prompts)} prompts")
+    base = [g for g in results.group_order() if info[g].is_baseline]
+    if base and stats[base[0]][key].value is not None:
+        ax.axhline(stats[base[0]][key].value, color=GREY, linestyle="--", label="SFT")
+    ax.set_xticks(range(len(rms)), [RM_LABELS.get(r, r) for r in rms], fontsize=8)
+    ax.set_ylabel(name)
+    ax.set_title(f"{name} by policy-training prompts, per reward model")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def make_figure(name: str, results: Results, stats):
+    if name not in FIGURES:
+        raise KeyError(f"unknown figure {name!r}; valid: {', '.join(FIGURES)}")
+    return {"1": figure_1, "2": figure_2, "kl-frontier": figure_2, "3": figure_3}[name](results, stats)
+
+
+def save_figure(fig, stem: Path) -> list[Path]:
+    """PNG and PDF, without timestamps in the PDF so reruns differ only where the data does."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    png, pdf = stem.with_suffix(".png"), stem.with_suffix(".pdf")
+    fig.savefig(png, dpi=150, metadata={"Software": None})
+    fig.savefig(pdf, metadata={"CreationDate": None, "ModDate": None})
+    plt.close(fig)
+    return [png, pdf]

@@ -1,0 +1,227 @@
+"""The run store -> one tidy pandas frame: a row per grid cell x benchmark.
+
+Only ``ablate.spec`` and ``ablate.store`` are imported: reports never load torch. A missing result
+is a row with ``status`` ``missing`` and no value (never a zero); a corrupt file is named in
+``Results.problems`` and its row is ``corrupt``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ablate.report.categories import category_of
+from ablate.report.stats import bootstrap_means, item_scale, percentile_ci, stable_seed
+from ablate.spec.plan import Plan
+from ablate.store import RunStore, read_json
+
+RESULT_KEYS = ("benchmark", "value", "category_score")
+COLUMNS = ["grid", "cell", "group", "seed", "is_baseline", "benchmark", "category", "status",
+           "value", "category_score", "higher_is_better", "metric", "n_items", "ci_low", "ci_high",
+           "eval_step", "model_step", "run_ids", "seconds", "judge_calls", "result_file"]
+
+
+@dataclass
+class CellInfo:
+    """What the HTML report shows about a cell besides its numbers."""
+
+    name: str
+    group: str  # the cell without its seed: seeds of one group are averaged
+    seed: Any
+    axes: dict
+    is_baseline: bool
+    model_step: str | None = None
+    config: dict = field(default_factory=dict)
+    labels: dict = field(default_factory=dict)  # paper rows: display columns (source, # samples)
+
+
+@dataclass
+class Results:
+    grid: str
+    frame: pd.DataFrame
+    cells: list[CellInfo]
+    benchmarks: list[str]
+    item_scores: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    examples: dict[tuple[str, str], list[dict]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    missing_jobs: list[str] = field(default_factory=list)
+    source: str = "store"  # or "paper"
+    store_root: Path | None = None
+    plan: Plan | None = None
+    grid_file: str | None = None
+    reported: dict[tuple[str, str], float] = field(default_factory=dict)  # (group, key) -> number
+    rm_scores: dict[str, float] = field(default_factory=dict)  # cell -> its RM's held-out accuracy
+    value_replicates: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # cache
+
+    def group_order(self) -> list[str]:
+        seen: list[str] = []
+        for cell in self.cells:
+            if cell.group not in seen:
+                seen.append(cell.group)
+        return seen
+
+    def cell_info(self, name: str) -> CellInfo:
+        return next(c for c in self.cells if c.name == name)
+
+
+def group_name(cell_name: str) -> str:
+    return re.sub(r"(^|,)seed=[^,]*", "", cell_name).strip(",") or cell_name
+
+
+class CorruptResult(ValueError):
+    pass
+
+
+def read_result(path: Path) -> dict:
+    """A result.json with the fields reports need, or ``CorruptResult`` naming what is wrong."""
+    try:
+        data = read_json(path)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CorruptResult(f"{path}: unreadable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CorruptResult(f"{path}: expected a JSON object")
+    for key in RESULT_KEYS:
+        if key not in data:
+            raise CorruptResult(f"{path}: missing field {key!r}")
+    for key in ("value", "category_score"):
+        if not isinstance(data[key], (int, float)) or isinstance(data[key], bool):
+            raise CorruptResult(f"{path}: field {key!r} must be a number, got {data[key]!r}")
+    return data
+
+
+def read_scores(path: Path) -> dict[str, float]:
+    """``scores.jsonl``: item id -> score. Raises ``CorruptResult`` naming the bad line."""
+    scores: dict[str, float] = {}
+    with open(path) as handle:
+        for lineno, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                scores[str(row["item_id"])] = float(row["score"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                raise CorruptResult(f"{path}:{lineno}: expected {{\"item_id\", \"score\"}} "
+                                    f"({type(exc).__name__}: {exc})") from None
+    return scores
+
+
+def read_examples(path: Path, limit: int = 2, chars: int = 400) -> list[dict]:
+    """The first few prompts and generations, shortened, for the HTML report."""
+    out = []
+    try:
+        with open(path) as handle:
+            for line in handle:
+                if len(out) >= limit:
+                    break
+                row = json.loads(line)
+                out.append({k: (str(v)[:chars] + ("…" if len(str(v)) > chars else ""))
+                            for k, v in row.items() if k in ("item_id", "prompt", "generation",
+                                                             "output", "target", "score")})
+    except (OSError, json.JSONDecodeError):
+        return out
+    return out
+
+
+def value_replicates(value: float, scores: dict[str, float], label: str) -> np.ndarray:
+    """Bootstrap replicates of a run's reported value from its per-item scores."""
+    items = np.array([scores[k] for k in sorted(scores)])
+    return bootstrap_means(items, seed=stable_seed(label)) * item_scale(value, float(items.mean()))
+
+
+def load_results(store: RunStore | Path | str, grid: str) -> Results:
+    """Read a grid's plan and every eval result of its cells from the store."""
+    store = store if isinstance(store, RunStore) else RunStore(store)
+    plan = store.load_plan(grid)
+    raw_plan = read_json(store.plan_path(grid))
+    benchmarks: list[str] = []
+    for cell in plan.cells:
+        benchmarks += [b for b in cell.evals if b not in benchmarks]
+    results = Results(grid=grid, frame=pd.DataFrame(columns=COLUMNS), cells=[],
+                      benchmarks=benchmarks, store_root=store.root, plan=plan,
+                      grid_file=raw_plan.get("source"))
+    rows = []
+    for cell in plan.cells:
+        group = group_name(cell.name)
+        config_step = plan.steps.get(cell.model_step) if cell.model_step else None
+        first_eval = plan.steps.get(next(iter(cell.evals.values()), ""))
+        config = dict((config_step or first_eval).config) if (config_step or first_eval) else {}
+        results.cells.append(CellInfo(cell.name, group, cell.axes.get("seed"), dict(cell.axes),
+                                      cell.is_baseline, cell.model_step, config))
+        for bench in benchmarks:
+            rows.append(_eval_row(store, plan, results, cell, group, bench))
+        _read_rm_score(store, plan, results, cell)
+    results.frame = pd.DataFrame(rows, columns=COLUMNS)
+    return results
+
+
+def _eval_row(store: RunStore, plan: Plan, results: Results, cell, group: str, bench: str) -> dict:
+    row = dict.fromkeys(COLUMNS)
+    row.update(grid=plan.grid, cell=cell.name, group=group, seed=cell.axes.get("seed"),
+               is_baseline=cell.is_baseline, benchmark=bench, category=category_of(bench),
+               model_step=cell.model_step, status="missing")
+    step_id = cell.evals.get(bench)
+    if step_id is None or step_id not in plan.steps:
+        results.missing_jobs.append(f"{cell.name}: no {bench} eval in the plan")
+        return row
+    step = plan.steps[step_id]
+    folder = store.step_dir(step)
+    row.update(eval_step=step_id, run_ids=" ".join(plan.upstream(step_id)),
+               result_file=str(folder / "result.json"))
+    if not store.is_done(step):
+        pending = [sid for sid in plan.upstream(step_id) if not store.is_done(plan.steps[sid])]
+        states = ", ".join(f"{plan.steps[s].kind} {s} ({store.state(plan.steps[s])['state']})"
+                           for s in pending)
+        results.missing_jobs.append(f"{cell.name} / {bench}: run {states}")
+        return row
+    try:
+        result = read_result(folder / "result.json")
+    except CorruptResult as exc:
+        results.problems.append(f"corrupt result skipped: {exc}")
+        row["status"] = "corrupt"
+        return row
+    done = store.done_info(step) or {}
+    row.update(status="done", value=float(result["value"]),
+               category_score=float(result["category_score"]),
+               higher_is_better=bool(result.get("higher_is_better", True)),
+               metric=result.get("metric"), n_items=result.get("n_items"),
+               seconds=done.get("seconds", result.get("seconds")),
+               judge_calls=result.get("judge_calls", (result.get("secondary") or {}).get("judge_calls")))
+    scores_path = folder / result.get("scores_file", "scores.jsonl")
+    if scores_path.is_file():
+        try:
+            scores = read_scores(scores_path)
+        except CorruptResult as exc:
+            results.problems.append(f"corrupt per-item scores skipped (no CI): {exc}")
+        else:
+            if scores:
+                results.item_scores[(cell.name, bench)] = scores
+                reps = value_replicates(float(result["value"]), scores, bench)
+                results.value_replicates[(cell.name, bench)] = reps
+                row["ci_low"], row["ci_high"] = percentile_ci(reps)
+                row["n_items"] = row["n_items"] or len(scores)
+    results.examples[(cell.name, bench)] = read_examples(folder / "outputs.jsonl")
+    return row
+
+
+def _read_rm_score(store: RunStore, plan: Plan, results: Results, cell) -> None:
+    """Table 3's RewardBench column: the held-out accuracy of the cell's reward model."""
+    users = [cell.model_step, *cell.evals.values()]
+    rm_id = next((plan.steps[s].inputs["reward_model"] for s in users
+                  if s in plan.steps and "reward_model" in plan.steps[s].inputs), None)
+    if rm_id is None or rm_id not in plan.steps or not store.is_done(plan.steps[rm_id]):
+        return
+    path = store.step_dir(plan.steps[rm_id]) / "result.json"
+    try:
+        data = read_json(path)
+        value = data["value"] if "value" in data else data["accuracy"]
+        value = float(value) * (100 if float(value) <= 1 else 1)
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        results.problems.append(f"corrupt reward-model result skipped: {path} ({exc})")
+        return
+    results.rm_scores[cell.name] = value

@@ -1,0 +1,137 @@
+"""Uncertainty for reports: bootstrap CIs, seed spread, paired tests against a baseline.
+
+Everything works on *replicates*: for one run and one benchmark, the means of ``n_boot`` resamples
+of its per-item scores. Category and overall averages get their CIs by averaging replicates the
+same way the point estimates are averaged, and a paired test resamples the items two runs share
+with the same indices for both. Seeds are fixed and derived from names, so the same store always
+gives the same intervals.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence, TypeVar
+
+import numpy as np
+
+from ablate.report.categories import CATEGORIES, category_of
+
+N_BOOT = 2000
+BASE_SEED = 20240612
+LEVEL = 0.95
+X = TypeVar("X", float, np.ndarray)
+
+
+def stable_seed(*parts: str) -> int:
+    """A seed from names (not Python's salted ``hash``): same names, same resamples, every run."""
+    return zlib.crc32("\x1f".join(parts).encode()) ^ BASE_SEED
+
+
+def bootstrap_means(scores: Sequence[float] | np.ndarray, n_boot: int = N_BOOT,
+                    seed: int = BASE_SEED) -> np.ndarray:
+    """Means of ``n_boot`` resamples (with replacement) of ``scores``."""
+    values = np.asarray(scores, dtype=float)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"bootstrap needs a non-empty 1-d array of scores, got shape {values.shape}")
+    rng = np.random.default_rng(seed)
+    out = np.empty(n_boot)
+    chunk = max(1, 4_000_000 // values.size)  # bound the index matrix to ~32 MB
+    for start in range(0, n_boot, chunk):
+        rows = min(chunk, n_boot - start)
+        out[start:start + rows] = values[rng.integers(0, values.size, (rows, values.size))].mean(1)
+    return out
+
+
+def percentile_ci(replicates: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    tail = (1 - level) / 2
+    low, high = np.quantile(replicates, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def bootstrap_ci(scores: Sequence[float] | np.ndarray, level: float = LEVEL, n_boot: int = N_BOOT,
+                 seed: int = BASE_SEED) -> tuple[float, float]:
+    """Percentile-bootstrap CI of the mean of ``scores``."""
+    return percentile_ci(bootstrap_means(scores, n_boot, seed), level)
+
+
+def paired_differences(a: Mapping[str, float], b: Mapping[str, float]) -> np.ndarray:
+    """Per-item ``a - b`` over the items both have, in sorted item order."""
+    shared = sorted(set(a) & set(b))
+    if not shared:
+        raise ValueError("the two runs share no item_id: they cannot be paired")
+    return np.array([a[k] - b[k] for k in shared], dtype=float)
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    delta: float  # mean of a - b
+    ci_low: float
+    ci_high: float
+    p_value: float
+    n_pairs: int
+
+    @property
+    def within_noise(self) -> bool:
+        return self.ci_low <= 0.0 <= self.ci_high
+
+
+def paired_from_replicates(delta: float, replicates: np.ndarray, n_pairs: int,
+                         level: float = LEVEL) -> PairedTest:
+    """Paired-bootstrap CI of the difference and a two-sided p-value (how often a resampled
+    difference lands on the other side of zero)."""
+    low, high = percentile_ci(replicates, level)
+    below, above = float(np.mean(replicates <= 0)), float(np.mean(replicates >= 0))
+    return PairedTest(delta, low, high, min(1.0, 2 * min(below, above)), n_pairs)
+
+
+def paired_bootstrap(a: Mapping[str, float], b: Mapping[str, float], n_boot: int = N_BOOT,
+                     seed: int = BASE_SEED, level: float = LEVEL) -> PairedTest:
+    """Is run ``a`` different from run ``b`` on the same items? Pairs by item id."""
+    diffs = paired_differences(a, b)
+    return paired_from_replicates(float(diffs.mean()), bootstrap_means(diffs, n_boot, seed),
+                                diffs.size, level)
+
+
+def mean_sd(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (NaN for a single value) across seeds."""
+    arr = np.asarray(list(values), dtype=float)
+    if arr.size == 0:
+        raise ValueError("mean_sd of no values")
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else math.nan
+
+
+def item_scale(value: float, item_mean: float) -> float:
+    """How per-item scores map onto the reported value: percent (x100) for mean metrics, or the
+    observed ratio when the metric is not a plain mean of the items (e.g. a length-controlled
+    win rate), so that replicates are centred on the reported value."""
+    if item_mean == 0 or abs(item_mean * 100 - value) <= 0.05:
+        return 100.0
+    return value / item_mean
+
+
+def to_category_scale(value_replicates: X, value: float, category_score: float,
+                      higher_is_better: bool) -> X:
+    """Replicates of a benchmark's value -> replicates of its category score (ToxiGen's is
+    100 - % toxic, so the spread flips around the point estimate)."""
+    sign = 1.0 if higher_is_better else -1.0
+    return category_score + sign * (value_replicates - value)
+
+
+def aggregate(per_benchmark: Mapping[str, X | None], benchmarks: Iterable[str]) -> dict[str, X | None]:
+    """Category means over the grid's ``benchmarks`` and the overall average over its categories.
+
+    Works on floats and on replicate arrays alike. A category with any of its benchmarks missing
+    is missing, and so is the average: a partial mean would silently change what is compared.
+    """
+    members: dict[str, list[str]] = {}
+    for bench in benchmarks:
+        members.setdefault(category_of(bench), []).append(bench)
+    out: dict[str, X | None] = {}
+    for category in [c for c in CATEGORIES if c in members]:
+        values = [per_benchmark.get(b) for b in members[category]]
+        out[category] = None if any(v is None for v in values) else sum(values) / len(values)
+    cats = list(out.values())
+    out["average"] = None if not cats or any(v is None for v in cats) else sum(cats) / len(cats)
+    return out

@@ -1,0 +1,299 @@
+"""Each of the paper's tables, defined once: rows, columns, baseline, which results feed a cell.
+
+``build_table(spec, results, stats)`` turns a spec and a grid's results into a ``TableResult``
+that every renderer (Markdown, CSV, LaTeX, HTML) prints without further decisions: shading
+(better or worse than the baseline, on the displayed precision), within-noise marks, the Avg. Δ
+row, and notes on missing results.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Callable
+
+from ablate.report.categories import CATEGORIES, label
+from ablate.report.frame import CellInfo, Results
+from ablate.report.groups import Stat
+
+DATA_LABELS = {
+    "shp-2": "SHP-2", "stack-exchange": "StackExchange", "prm800k": "PRM800k",
+    "chatbot-arena-2023": "Chatbot Arena (2023)", "chatbot-arena-2024": "Chatbot Arena (2024)",
+    "alpacafarm-human": "AlpacaF. Human Pref", "hh-rlhf": "HH-RLHF", "helpsteer": "HelpSteer",
+    "alpacafarm-gpt4": "AlpacaF. GPT-4 Pref", "capybara-7k": "Capybara 7k",
+    "orca-pairs": "Orca Pairs", "nectar": "Nectar", "uf-overall": "UltraF. (overall)",
+    "uf-fg": "UltraF. (fine-grained)",
+}
+RM_LABELS = {"uf-13b": "13B UltraF. RM", "mix-13b": "13B Mix RM", "uf-70b": "70B UltraF. RM",
+             "mix-70b": "70B Mix RM", "same-data-13b": "13B RM (same data)"}
+PROMPT_LABELS = {"uf": "UF", "mixed": "Mixed", "cell": "same data"}
+
+
+def fmt(value: float | None, digits: int = 1, signed: bool = False) -> str:
+    """Round half up on the decimal value (not the binary float), as a table is read."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    text = str(Decimal(repr(round(float(value), 9))).quantize(Decimal(1).scaleb(-digits),
+                                                               rounding=ROUND_HALF_UP))
+    if text.startswith("-") and Decimal(text) == 0:
+        text = text[1:]
+    return f"+{text}" if signed and not text.startswith("-") else text
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str  # a Stat key ("bench:gsm8k", a category, "average"), "rm:accuracy" or "delta:<key>"
+    label: str
+    where: tuple[tuple[str, str], ...] = ()  # axis filters, for tables whose columns mix cells
+
+
+def category_columns(results: Results) -> list[Column]:
+    present = [c for c in CATEGORIES if any(results.frame.category == c)]
+    return [Column(c, label(c)) for c in present] + [Column("average", "Average")]
+
+
+def benchmark_and_category_columns(results: Results) -> list[Column]:
+    return [Column(f"bench:{b}", label(b)) for b in results.benchmarks] + category_columns(results)
+
+
+def _axis(cell: CellInfo, name: str) -> str:
+    return str(cell.axes.get(name, ""))
+
+
+def data_label(cell: CellInfo) -> str:
+    if "Source" in cell.labels:
+        return cell.labels["Source"]
+    if cell.is_baseline:
+        return f"{_axis(cell, 'model')} (SFT)"
+    return DATA_LABELS.get(_axis(cell, "data"), _axis(cell, "data"))
+
+
+def recipe_label(cell: CellInfo) -> str:
+    if "Model" in cell.labels:
+        return cell.labels["Model"]
+    if cell.is_baseline:
+        return f"{_axis(cell, 'model')} (SFT)"
+    text = f"+{_axis(cell, 'algorithm').upper()} on {DATA_LABELS.get(_axis(cell, 'data'), _axis(cell, 'data'))}"
+    if _axis(cell, "reward_model") not in ("", "none"):
+        text += f", {RM_LABELS.get(_axis(cell, 'reward_model'), _axis(cell, 'reward_model'))}"
+    if _axis(cell, "prompts") not in ("", "none", "uf", "cell"):
+        text += f", {PROMPT_LABELS.get(_axis(cell, 'prompts'), _axis(cell, 'prompts'))} prompts"
+    return text
+
+
+def rm_label(cell: CellInfo) -> str:
+    return "Tulu 2 SFT" if cell.is_baseline else RM_LABELS.get(_axis(cell, "reward_model"),
+                                                               _axis(cell, "reward_model"))
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    title: str
+    grid: str  # the grid it is usually built from (``--grid`` overrides)
+    lead: tuple[tuple[str, Callable[[CellInfo], str]], ...]
+    columns: Callable[[Results], list[Column]] = category_columns
+    row_axes: tuple[str, ...] = ()  # empty: one row per group; else pivot groups by these axes
+    include_baseline: bool = True
+    delta_row: tuple[str, str, str, str] | None = None  # (axis, minus, plus, pair-by axis)
+
+
+TABLES: dict[str, TableSpec] = {spec.name: spec for spec in (
+    TableSpec("1", "Table 1: which preference data? DPO from Tulu 2 13B SFT", "table1",
+              (("Source", data_label),
+               ("# Samples", lambda c: c.labels.get("# Samples", "")))),
+    TableSpec("2", "Table 2: which algorithm? DPO vs PPO on the same data", "table2",
+              (("Data", data_label),
+               ("Alg.", lambda c: c.labels.get("Alg.", "" if c.is_baseline
+                                               else _axis(c, "algorithm").upper()))),
+              delta_row=("algorithm", "dpo", "ppo", "data")),
+    TableSpec("3", "Table 3: which reward model? Best-of-N over SFT and PPO with each RM", "table3",
+              (("Reward model", rm_label),),
+              columns=lambda r: [
+                  Column("rm:accuracy", "RM held-out acc."),
+                  Column("average", "BoN Avg.", (("algorithm", "bon"),)),
+                  Column("delta:average", "BoN Δ SFT", (("algorithm", "bon"),)),
+                  Column("bench:gsm8k", "PPO GSM8k", (("algorithm", "ppo"),)),
+                  Column("bench:alpaca_eval_2", "PPO AE2", (("algorithm", "ppo"),)),
+                  Column("average", "PPO Avg.", (("algorithm", "ppo"),))],
+              row_axes=("reward_model",), include_baseline=False),
+    TableSpec("4", "Table 4: which policy-training prompts? PPO per reward model", "table4",
+              (("Reward model", rm_label),
+               ("Prompts", lambda c: "" if c.is_baseline
+                else PROMPT_LABELS.get(_axis(c, "prompts"), _axis(c, "prompts")))),
+              columns=lambda r: [Column("bench:gsm8k", "GSM8k", (("algorithm", "ppo"),)),
+                                 Column("coding", "Coding", (("algorithm", "ppo"),)),
+                                 Column("average", "Avg. (all evals)", (("algorithm", "ppo"),))],
+              row_axes=("reward_model", "prompts")),
+    TableSpec("5", "Table 5: the recipe, step by step", "table5", (("Model", recipe_label),)),
+    TableSpec("smoke", "Smoke grid: SFT vs DPO on shipped slices", "smoke",
+              (("Cell", lambda c: c.labels.get("Cell", recipe_label(c))),),
+              columns=benchmark_and_category_columns),
+)}
+
+
+@dataclass
+class TableCell:
+    stat: Stat | None
+    text: str  # the number as printed (with ± sd across seeds when there are several)
+    shade: str | None = None  # "better" | "worse" | None (same as baseline at this precision)
+    within_noise: bool = False
+    group: str | None = None  # where its numbers come from (None for a summary row)
+    key: str = ""
+
+    @property
+    def missing(self) -> bool:
+        return self.stat is None or self.stat.value is None
+
+
+@dataclass
+class TableRow:
+    lead: list[str]
+    cells: list[TableCell]
+    groups: list[str]
+    is_baseline: bool = False
+    is_summary: bool = False
+
+
+@dataclass
+class TableResult:
+    spec: TableSpec
+    grid: str
+    columns: list[Column]
+    rows: list[TableRow]
+    notes: list[str]
+
+    @property
+    def lead_labels(self) -> list[str]:
+        return [name for name, _ in self.spec.lead]
+
+
+NOISE_MARK = "†"
+
+
+def _shade(value: float | None, reference: float | None, higher_is_better: bool = True) -> str | None:
+    if value is None or reference is None:
+        return None
+    diff = Decimal(fmt(value)) - Decimal(fmt(reference))
+    if diff == 0:
+        return None
+    return "better" if (diff > 0) == higher_is_better else "worse"
+
+
+def _text(stat: Stat | None, signed: bool = False) -> str:
+    if stat is None or stat.value is None:
+        return ""
+    text = fmt(stat.value, signed=signed)
+    return f"{text} ± {fmt(stat.sd)}" if stat.n_seeds > 1 and not math.isnan(stat.sd) else text
+
+
+def _matches(cell: CellInfo, where: tuple[tuple[str, str], ...]) -> bool:
+    return all(str(cell.axes.get(axis)) == value for axis, value in where)
+
+
+def build_table(spec: TableSpec, results: Results, stats: dict[str, dict[str, Stat]]) -> TableResult:
+    columns = spec.columns(results)
+    info = {c.group: c for c in reversed(results.cells)}  # first cell of each group
+    base_groups = [g for g in results.group_order() if info[g].is_baseline]
+    base = stats[base_groups[0]] if base_groups else {}
+    groups = [g for g in results.group_order() if spec.include_baseline or g not in base_groups]
+
+    def make_cell(group: str | None, column: Column) -> TableCell:
+        if group is None:
+            return TableCell(None, "", key=column.key)
+        own = stats[group]
+        is_base = group in base_groups
+        if column.key == "rm:accuracy":
+            scores = [results.rm_scores[c] for c in own[next(iter(own))].cells if c in results.rm_scores]
+            stat = Stat(sum(scores) / len(scores), n_seeds=len(scores)) if scores else Stat(None)
+            return TableCell(stat, _text(stat), group=group, key=column.key)
+        if column.key.startswith("delta:"):
+            key = column.key[len("delta:"):]
+            ref = base.get(key)
+            mine = own.get(key)
+            if is_base or mine is None or mine.value is None or ref is None or ref.value is None:
+                return TableCell(Stat(None), "", group=group, key=column.key)
+            stat = Stat(mine.value - ref.value, test=mine.test, n_seeds=1)
+            return TableCell(stat, _text(stat, signed=True), _shade(stat.value, 0.0),
+                             mine.within_noise, group, column.key)
+        stat = own.get(column.key)
+        ref = base.get(column.key)
+        shade = None if is_base or stat is None else _shade(
+            stat.value, ref.value if ref else None, stat.higher_is_better)
+        return TableCell(stat, _text(stat), shade, bool(stat and stat.within_noise), group, column.key)
+
+    rows: list[TableRow] = []
+    if not spec.row_axes:
+        for group in groups:
+            cell = info[group]
+            rows.append(TableRow([fn(cell) for _, fn in spec.lead],
+                                 [make_cell(group, col) for col in columns], [group],
+                                 is_baseline=group in base_groups))
+    else:
+        def row_key(group: str) -> tuple:
+            if group in base_groups:  # the SFT row is its own row whatever its axes say
+                return ("<baseline>",)
+            return tuple(str(info[group].axes.get(a)) for a in spec.row_axes)
+
+        keys: list[tuple] = []
+        for group in groups:
+            if row_key(group) not in keys:
+                keys.append(row_key(group))
+        for key in keys:
+            members = [g for g in groups if row_key(g) == key]
+            is_base = all(g in base_groups for g in members)
+            chosen = []
+            for col in columns:
+                hits = [g for g in members if is_base or _matches(info[g], col.where)]
+                if col.key == "rm:accuracy":
+                    hits = [g for g in hits if any(c.group == g and c.name in results.rm_scores
+                                                   for c in results.cells)]
+                chosen.append(hits[0] if hits else None)
+            if not any(chosen):
+                continue  # groups this table does not compare (e.g. DPO rows in the RM table)
+            rows.append(TableRow([fn(info[members[0]]) for _, fn in spec.lead],
+                                 [make_cell(g, col) for g, col in zip(chosen, columns)],
+                                 sorted({g for g in chosen if g}), is_baseline=is_base))
+    if spec.delta_row:
+        rows.append(_delta_row(spec, results, stats, columns, groups, info))
+    return TableResult(spec, results.grid, columns, rows, _notes(spec, results, rows, columns))
+
+
+def _delta_row(spec: TableSpec, results: Results, stats, columns, groups, info) -> TableRow:
+    axis, minus, plus, pair_by = spec.delta_row
+    pairs: dict[str, dict[str, str]] = {}
+    for group in groups:
+        cell = info[group]
+        if str(cell.axes.get(axis)) in (minus, plus):
+            pairs.setdefault(str(cell.axes.get(pair_by)), {})[str(cell.axes.get(axis))] = group
+    cells = []
+    for col in columns:
+        diffs = []
+        for pair in pairs.values():
+            if minus in pair and plus in pair:
+                a, b = stats[pair[plus]].get(col.key), stats[pair[minus]].get(col.key)
+                if a and b and a.value is not None and b.value is not None:
+                    diffs.append(a.value - b.value)
+        stat = Stat(sum(diffs) / len(diffs) if diffs else None, n_seeds=1)
+        cells.append(TableCell(stat, _text(stat, signed=True), _shade(stat.value, 0.0), key=col.key))
+    lead = [f"Avg. Δ ({plus.upper()} − {minus.upper()})"] + [""] * (len(spec.lead) - 1)
+    return TableRow(lead, cells, [], is_summary=True)
+
+
+def _notes(spec: TableSpec, results: Results, rows: list[TableRow], columns: list[Column]) -> list[str]:
+    notes = []
+    if any(c.within_noise for r in rows for c in r.cells):
+        notes.append(f"{NOISE_MARK} within noise of the SFT baseline: the 95% paired-bootstrap CI "
+                     "of the difference includes 0.")
+    if any(c.stat and c.stat.n_seeds > 1 for r in rows for c in r.cells):
+        notes.append("a ± b: mean ± sd across seeds.")
+    missing = [f"{' '.join(r.lead).strip()} / {col.label}" for r in rows if not r.is_summary
+               for col, c in zip(columns, r.cells) if c.missing]
+    if missing:
+        notes.append(f"missing (not zero): {len(missing)} cell(s): " + "; ".join(missing))
+    if results.missing_jobs:
+        where = f"`ablate grid {results.grid_file or 'grids/' + results.grid + '.yaml'}`"
+        notes.append(f"jobs to run ({where} runs them): " + "; ".join(results.missing_jobs))
+    notes.extend(results.problems)
+    return notes

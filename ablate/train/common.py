@@ -1,0 +1,468 @@
+"""What the DPO and reward-model recipes share: preference pairs tokenised with the chat template,
+length-aware micro-batches, log-probs without full-vocabulary logits, the optimiser and schedule,
+checkpoints and the metrics log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ablate.store import atomic_write_json
+from ablate.train import fsdp
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------- tokenising preference pairs
+
+
+@dataclass(frozen=True)
+class TokenizedPair:
+    index: int  # row number in the data the pair came from
+    prompt_ids: tuple[int, ...]
+    chosen_ids: tuple[int, ...]
+    rejected_ids: tuple[int, ...]
+    margin: float | None = None
+
+    @property
+    def length(self) -> int:
+        """Tokens of the longer of the two sequences: what the pair costs in a padded batch."""
+        return len(self.prompt_ids) + max(len(self.chosen_ids), len(self.rejected_ids))
+
+    @property
+    def real_tokens(self) -> int:
+        return 2 * len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids)
+
+
+def as_messages(value: Any, role: str) -> list[dict] | None:
+    """Rows carry chat messages; a bare string is one message of ``role``. None when empty."""
+    if isinstance(value, str):
+        value = [{"role": role, "content": value}] if value.strip() else []
+    if not isinstance(value, list) or not value:
+        return None
+    for message in value:
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str) \
+                or "role" not in message:
+            return None
+    if not any(m["content"].strip() for m in value):
+        return None
+    return value
+
+
+def encode_chat(tokenizer, prompt: list[dict], answers: list[list[dict]], where: str = ""):
+    """Token ids of the prompt (with the generation prompt) and of each answer's completion: the
+    template's text after the generation prompt, end-of-turn tokens included."""
+    prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    completions = []
+    for answer in answers:
+        full = tokenizer.apply_chat_template(prompt + answer, tokenize=False)
+        if not full.startswith(prompt_text):
+            raise TrainingError(f"{where or 'a row'}: the chat template renders the prompt "
+                                "differently once an answer follows; cannot split off the "
+                                "completion")
+        completions.append(tokenizer(full[len(prompt_text):], add_special_tokens=False)
+                           ["input_ids"])
+    return (tokenizer(prompt_text, add_special_tokens=False)["input_ids"], *completions)
+
+
+def tokenize_pairs(rows: Sequence[dict], tokenizer, max_length: int, max_prompt_length: int,
+                   drop_truncated: bool = False) -> tuple[list[TokenizedPair], Counter]:
+    """Apply the chat template and split each row into prompt, chosen and rejected token ids.
+
+    The completion is the template's text after the generation prompt, so the end-of-turn tokens
+    are trained on and the prompt is not. Over-long pairs lose the start of the prompt (down to
+    ``max_prompt_length``) and then the end of the completions, as the paper's training code does;
+    with ``drop_truncated`` (the paper's RM recipe) they are dropped instead. Returns the pairs and
+    a count of skipped rows by reason; nothing is skipped silently.
+    """
+    skipped: Counter = Counter()
+    pairs: list[TokenizedPair] = []
+    for index, row in enumerate(rows):
+        prompt = as_messages(row.get("prompt"), "user") if isinstance(row, dict) else None
+        chosen = as_messages(row.get("chosen"), "assistant") if isinstance(row, dict) else None
+        rejected = as_messages(row.get("rejected"), "assistant") if isinstance(row, dict) else None
+        if prompt is None or chosen is None or rejected is None:
+            field = "prompt" if prompt is None else "chosen" if chosen is None else "rejected"
+            skipped[f"empty or missing {field}"] += 1
+            continue
+        if chosen == rejected:
+            skipped["identical chosen and rejected"] += 1
+            continue
+        prompt_ids, chosen_ids, rejected_ids = encode_chat(tokenizer, prompt, [chosen, rejected],
+                                                           where=f"row {index}")
+        too_long = len(prompt_ids) + max(len(chosen_ids), len(rejected_ids)) > max_length
+        if too_long and drop_truncated:
+            skipped["longer than max_length"] += 1
+            continue
+        if too_long:
+            prompt_ids = prompt_ids[-max_prompt_length:]
+            room = max_length - len(prompt_ids)
+            chosen_ids, rejected_ids = chosen_ids[:room], rejected_ids[:room]
+        if not chosen_ids or not rejected_ids:
+            skipped["fully truncated by max_length"] += 1
+            continue
+        if chosen_ids == rejected_ids:
+            skipped["identical after truncation"] += 1
+            continue
+        margin = row.get("margin")
+        pairs.append(TokenizedPair(index, tuple(prompt_ids), tuple(chosen_ids),
+                                   tuple(rejected_ids), None if margin is None else float(margin)))
+    return pairs, skipped
+
+
+def split_heldout(pairs: list[TokenizedPair], fraction: float, seed: int):
+    """A seeded held-out slice (at least one pair when ``fraction`` > 0 and two pairs exist)."""
+    if fraction <= 0 or len(pairs) < 2:
+        return pairs, []
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    n_eval = min(len(pairs) - 1, max(1, round(fraction * len(pairs))))
+    held = set(order[:n_eval])
+    return ([p for i, p in enumerate(pairs) if i not in held],
+            [p for i, p in enumerate(pairs) if i in held])
+
+
+def pairs_digest(pairs: Iterable[TokenizedPair]) -> str:
+    digest = hashlib.sha256()
+    for p in pairs:
+        digest.update(json.dumps([p.index, p.prompt_ids, p.chosen_ids, p.rejected_ids]).encode())
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- batching
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The pair order of one epoch: a pure function of (seed, epoch), so a resumed run sees the
+    same batches as an uninterrupted one."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=generator).tolist()
+
+
+def plan_batches(n_pairs: int, batch_size: int, epochs: float, seed: int) -> list[list[int]]:
+    """All optimiser steps of the run, each a list of pair positions; a fractional epoch count
+    stops part-way through the last epoch."""
+    steps_per_epoch = math.ceil(n_pairs / batch_size)
+    total = max(1, math.ceil(epochs * steps_per_epoch))
+    batches: list[list[int]] = []
+    epoch = 0
+    while len(batches) < total:
+        order = epoch_order(n_pairs, seed, epoch)
+        batches += [order[i:i + batch_size] for i in range(0, n_pairs, batch_size)]
+        epoch += 1
+    return batches[:total]
+
+
+def micro_batches(pairs: Sequence[TokenizedPair], positions: Sequence[int],
+                  micro_batch_size: int) -> list[list[int]]:
+    """Split one optimiser step's pairs into micro-batches of similar length, so that padding
+    within a micro-batch is small. The step's gradient is a sum over its pairs, so how they are
+    grouped does not change it."""
+    ranked = sorted(positions, key=lambda i: (pairs[i].length, i))
+    return [ranked[i:i + micro_batch_size] for i in range(0, len(ranked), micro_batch_size)]
+
+
+@dataclass
+class SequenceBatch:
+    """Chosen sequences first, then rejected, right-padded to the longest in the batch."""
+
+    input_ids: Tensor  # [2B, T]
+    attention_mask: Tensor  # [2B, T]
+    completion_mask: Tensor  # [2B, T]: 1 on completion tokens (the ones scored)
+    completion_lengths: Tensor  # [2B]
+    margins: Tensor | None  # [B]
+    real_tokens: int
+
+    def to(self, device) -> "SequenceBatch":
+        return SequenceBatch(self.input_ids.to(device), self.attention_mask.to(device),
+                             self.completion_mask.to(device), self.completion_lengths.to(device),
+                             None if self.margins is None else self.margins.to(device),
+                             self.real_tokens)
+
+
+def collate_pairs(pairs: Sequence[TokenizedPair], pad_token_id: int) -> SequenceBatch:
+    sequences = [(p.prompt_ids, p.chosen_ids) for p in pairs] + \
+                [(p.prompt_ids, p.rejected_ids) for p in pairs]
+    width = max(len(a) + len(b) for a, b in sequences)
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    completion_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, (prompt, completion) in enumerate(sequences):
+        n_prompt, n = len(prompt), len(prompt) + len(completion)
+        input_ids[row, :n] = torch.tensor(prompt + completion)
+        attention_mask[row, :n] = 1
+        completion_mask[row, n_prompt:n] = 1
+    margins = None
+    if all(p.margin is not None for p in pairs):
+        margins = torch.tensor([p.margin for p in pairs], dtype=torch.float32)
+    return SequenceBatch(input_ids, attention_mask, completion_mask, completion_mask.sum(1),
+                         margins, int(attention_mask.sum()))
+
+
+# ---------------------------------------------------------------- log-probs
+
+
+class _TokenLogps(torch.autograd.Function):
+    """log softmax(h Wᵀ)[target] per token, a chunk of tokens at a time.
+
+    The full-vocabulary logits of a chunk live only inside this function: backward recomputes them
+    instead of keeping [tokens, vocab] floats alive between forward and backward.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, chunk: int) -> Tensor:
+        acc = torch.promote_types(hidden.dtype, torch.float32)  # softmax at least in fp32
+        out = torch.empty(hidden.shape[0], dtype=acc, device=hidden.device)
+        lse = torch.empty_like(out)
+        for start in range(0, hidden.shape[0], chunk):
+            logits = (hidden[start:start + chunk] @ weight.T).to(acc)
+            lse[start:start + chunk] = torch.logsumexp(logits, dim=-1)
+            out[start:start + chunk] = logits.gather(
+                1, targets[start:start + chunk, None]).squeeze(1) - lse[start:start + chunk]
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.chunk = chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        hidden, weight, targets, lse = ctx.saved_tensors
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        acc = lse.dtype
+        grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) \
+            if ctx.needs_input_grad[1] else None
+        for start in range(0, hidden.shape[0], ctx.chunk):
+            h = hidden[start:start + ctx.chunk]
+            g = grad_out[start:start + ctx.chunk].to(acc)
+            logits = (h @ weight.T).to(acc)
+            # d logp[t] / d logits = onehot(t) - softmax; scaled by the incoming gradient
+            grad_logits = torch.exp(logits - lse[start:start + ctx.chunk, None]).mul_(-g[:, None])
+            grad_logits.scatter_add_(1, targets[start:start + ctx.chunk, None], g[:, None])
+            grad_logits = grad_logits.to(h.dtype)
+            if grad_hidden is not None:
+                grad_hidden[start:start + ctx.chunk] = grad_logits @ weight
+            if grad_weight is not None:
+                grad_weight += (grad_logits.T @ h).to(acc)
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
+        return grad_hidden, grad_weight, None, None
+
+
+def token_logps(hidden: Tensor, weight: Tensor, targets: Tensor, chunk: int = 1024) -> Tensor:
+    """Per-token log-probs of ``targets`` [N] given final hidden states [N, H] and the output
+    embedding [V, H]. Under autocast the matmuls run in the autocast dtype, the softmax in fp32."""
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+    else:
+        hidden = hidden.to(weight.dtype)
+    with torch.autocast(device_type, enabled=False):
+        return _TokenLogps.apply(hidden, weight, targets, chunk)
+
+
+class CompletionLogps(nn.Module):
+    """A causal LM that returns each sequence's summed completion log-prob.
+
+    Only the hidden states of completion positions go through the output layer, chunk by chunk;
+    prompt and padding positions never get vocabulary logits. Wrapping the LM in a module (rather
+    than calling its parts from outside) gives FSDP one root whose forward covers the embeddings
+    and output layer.
+    """
+
+    def __init__(self, causal_lm: nn.Module, chunk: int = 1024):
+        super().__init__()
+        self.lm = causal_lm
+        self.chunk = chunk
+        head = causal_lm.get_output_embeddings()
+        if getattr(head, "bias", None) is not None:
+            raise TrainingError("output layers with a bias are not supported by CompletionLogps")
+        if getattr(causal_lm.config, "final_logit_softcapping", None):
+            raise TrainingError("models with logit soft-capping are not supported yet")
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor) -> Tensor:
+        hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                    use_cache=False).last_hidden_state
+        scored = completion_mask[:, 1:].bool()  # token t is predicted at position t - 1
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None]
+        rows = rows.expand_as(scored)[scored]
+        logps = token_logps(hidden[:, :-1][scored], self.lm.get_output_embeddings().weight,
+                            input_ids[:, 1:][scored], self.chunk)
+        return torch.zeros(input_ids.shape[0], dtype=logps.dtype,
+                           device=input_ids.device).index_add(0, rows, logps)
+
+
+# ---------------------------------------------------------------- optimiser and schedule
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW; biases and norms get no weight decay."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 else decay).append(param)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+
+
+def linear_warmup_decay(optimizer, total_steps: int, warmup_ratio: float):
+    """Linear warm-up over ``warmup_ratio`` of the steps, then linear decay to zero."""
+    warmup = math.ceil(warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def check_finite(loss: Tensor, step: int, micro: int, pair_indices: Sequence[int]) -> None:
+    if not torch.isfinite(loss).all():
+        raise TrainingError(f"non-finite loss ({loss.item()}) at optimiser step {step}, "
+                            f"micro-batch {micro} (data rows {list(pair_indices)}); the run "
+                            "stopped and the last good checkpoint is kept")
+
+
+def device_for_training() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", fsdp.local_rank())
+    return torch.device("cpu")
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on GPU; float32 on CPU (CPU bf16 is slower here and less exact)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+# ---------------------------------------------------------------- checkpoints and logs
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    folder = Path(folder)
+    found = sorted(folder.glob("step_*"), key=lambda p: int(p.name.split("_")[1])) \
+        if folder.is_dir() else []
+    found = [p for p in found if (p / "trainer_state.json").is_file()]
+    return found[-1] if found else None
+
+
+def save_checkpoint(folder: Path, step: int, model: nn.Module, optimizer, scheduler,
+                    extra: dict) -> Path:
+    """Model, optimiser, schedule, data position and RNG, under ``step_<n>``; written to a temp
+    folder and renamed, and only then are older checkpoints removed."""
+    folder = Path(folder)
+    target = folder / f"step_{step}"
+    tmp = folder / f".step_{step}.tmp"
+    if fsdp.is_main_process():
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    fsdp.barrier()
+    fsdp.save_train_state(tmp, model, optimizer)
+    if fsdp.is_main_process():
+        torch.save({"scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                    "python_rng": random.getstate()}, tmp / "schedule_rng.pt")
+        atomic_write_json(tmp / "trainer_state.json", {"step": step, **extra})
+        publish_checkpoint(tmp, target)
+    fsdp.barrier()
+    return target
+
+
+def publish_checkpoint(tmp: Path, target: Path) -> None:
+    """Move a fully written checkpoint into place, then drop older ones: a kill at any moment
+    leaves at least one complete checkpoint."""
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    for old in target.parent.glob("step_*"):
+        if old != target:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def pad_sequences(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[Tensor, Tensor]:
+    """Right-padded ``input_ids`` and ``attention_mask`` for token lists of unequal length."""
+    width = max(len(seq) for seq in sequences)
+    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, seq in enumerate(sequences):
+        ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, :len(seq)] = 1
+    return ids, mask
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler) -> dict:
+    fsdp.load_train_state(path, model, optimizer)
+    extra = torch.load(path / "schedule_rng.pt", weights_only=False)
+    scheduler.load_state_dict(extra["scheduler"])
+    torch.set_rng_state(extra["rng"])
+    random.setstate(extra["python_rng"])
+    return json.loads((path / "trainer_state.json").read_text())
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one line per optimiser step, appended and flushed (a resumed run keeps
+    the lines before its checkpoint and drops the ones after)."""
+
+    def __init__(self, path: Path, resume_step: int = 0):
+        self.path = Path(path)
+        self.enabled = fsdp.is_main_process()
+        if self.enabled and self.path.is_file():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+class Throughput:
+    """Wall and CPU time of the training steps (CPU time, summed over threads, is the steadier
+    figure on a shared machine), with the real tokens and pairs they processed."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self.cpu_seconds = 0.0
+        self.tokens = 0
+        self.pairs = 0
+        self._start = self._cpu_start = None
+
+    def __enter__(self):
+        self._start, self._cpu_start = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds += time.perf_counter() - self._start
+        self.cpu_seconds += time.process_time() - self._cpu_start
+
+    def summary(self) -> dict:
+        return {"train_seconds": round(self.seconds, 3),
+                "train_cpu_seconds": round(self.cpu_seconds, 3), "real_tokens": self.tokens,
+                "pairs": self.pairs,
+                "tokens_per_second": round(self.tokens / self.seconds, 2) if self.seconds else None,
+                "pairs_per_second": round(self.pairs / self.seconds, 4) if self.seconds else None}
+
+
+def model_identity(model_dir: Path) -> str:
+    """What identifies a model's weights cheaply: its config and its weight files' sizes and
+    modification times."""
+    model_dir = Path(model_dir)
+    parts = [(model_dir / "config.json").read_text()]
+    for weights in sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin")):
+        stat = weights.stat()
+        parts.append(f"{weights.name}:{stat.st_size}:{int(stat.st_mtime)}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()

@@ -1,0 +1,242 @@
+"""DPO and its variants (cDPO, IPO, length-normalised DPO, SimPO) on preference pairs.
+
+Chosen and rejected completions go through the policy in one concatenated forward; the reference
+log-probs are computed once, before training, by the initial policy in a no-grad pass and cached
+under ``<cache>/ref_logps`` keyed by the model, the data and the tokenizer (the token ids), so no
+reference model is held in memory while training (``ref_logps: online`` keeps a frozen copy
+instead).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ablate.spec.schema import DPOConfig
+from ablate.store import atomic_write_json
+from ablate.train import fsdp
+from ablate.train.common import (
+    CompletionLogps, TokenizedPair, TrainingError, autocast, collate_pairs, device_for_training,
+    model_identity, pairs_digest, split_heldout, tokenize_pairs,
+)
+from ablate.train.losses import NEEDS_REFERENCE, preference_loss, preference_metrics
+from ablate.train.loop import LoopConfig, train_loop
+
+_log = logging.getLogger("ablate.train.dpo")
+
+
+def _no_progress(*args, **kwargs) -> None:
+    return None
+
+
+@torch.no_grad()
+def sequence_logps(module: CompletionLogps, pairs: Sequence[TokenizedPair], batch_size: int,
+                   pad_token_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed completion log-probs of every pair's chosen and rejected answer, in ``pairs`` order.
+    Processes share the pairs between them and sum the results."""
+    chosen = torch.zeros(len(pairs), dtype=torch.float64)
+    rejected = torch.zeros(len(pairs), dtype=torch.float64)
+    order = sorted(range(len(pairs)), key=lambda i: (pairs[i].length, i))
+    mine = order[fsdp.rank()::fsdp.world_size()]
+    n_batches = math.ceil(math.ceil(len(pairs) / fsdp.world_size()) / batch_size)
+    was_training = module.training
+    module.eval()
+    for b in range(n_batches):
+        group = mine[b * batch_size:(b + 1) * batch_size]
+        batch = collate_pairs([pairs[i] for i in (group or order[:1])], pad_token_id).to(device)
+        with autocast(device):
+            logps = module(batch.input_ids, batch.attention_mask, batch.completion_mask).cpu()
+        if group:
+            chosen[group] = logps[:len(group)].double()
+            rejected[group] = logps[len(group):].double()
+    module.train(was_training)
+    fsdp.reshard(module)
+    return fsdp.all_reduce_sum(chosen).float(), fsdp.all_reduce_sum(rejected).float()
+
+
+def _cached_reference(module, pairs, cfg: DPOConfig, pad_token_id, device, model_dir: Path,
+                      cache_dir: Path, log) -> tuple[torch.Tensor, torch.Tensor]:
+    from ablate.spec.plan import config_hash
+
+    key = config_hash({"model": model_identity(model_dir), "pairs": pairs_digest(pairs)}, 24)
+    path = Path(cache_dir) / "ref_logps" / f"{key}.pt"
+    if path.is_file():
+        cached = torch.load(path, weights_only=True)
+        log.info("reference log-probs from the cache (%s)", path)
+        return cached["chosen"], cached["rejected"]
+    started = time.perf_counter()
+    chosen, rejected = sequence_logps(module, pairs, cfg.micro_batch_size * 2, pad_token_id,
+                                      device)
+    log.info("reference log-probs of %d pairs in %.1f s", len(pairs),
+             time.perf_counter() - started)
+    if fsdp.is_main_process():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{fsdp.rank()}.tmp")
+        torch.save({"chosen": chosen, "rejected": rejected}, tmp)
+        tmp.replace(path)
+    return chosen, rejected
+
+
+def _heldout_metrics(module, pairs, ref_chosen, ref_rejected, cfg: DPOConfig, pad_token_id,
+                     device) -> dict | None:
+    if not pairs:
+        return None
+    chosen, rejected = sequence_logps(module, pairs, cfg.micro_batch_size * 2, pad_token_id,
+                                      device)
+    lengths_c = torch.tensor([len(p.chosen_ids) for p in pairs])
+    lengths_r = torch.tensor([len(p.rejected_ids) for p in pairs])
+    losses, chosen_rewards, rejected_rewards = preference_loss(
+        cfg.loss, chosen, rejected, ref_chosen, ref_rejected, beta=cfg.beta,
+        label_smoothing=cfg.label_smoothing, simpo_gamma=cfg.simpo_gamma,
+        chosen_lengths=lengths_c, rejected_lengths=lengths_r)
+    metrics = preference_metrics(chosen_rewards, rejected_rewards)
+    return {"n_pairs": len(pairs), "loss": losses.mean().item(),
+            "reward_accuracy": metrics["rewards/accuracy"], "reward_margin": metrics["rewards/margin"],
+            "logps_chosen": chosen.mean().item(), "logps_rejected": rejected.mean().item()}
+
+
+def _save_model(module: CompletionLogps, tokenizer, target: Path) -> None:
+    state = fsdp.full_state_dict(module)
+    if fsdp.is_main_process():
+        state = {k.removeprefix("lm."): v for k, v in state.items()}
+        tmp = target.parent / f".{target.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        module.lm.config.use_cache = True  # off for training; generation wants it
+        module.lm.save_pretrained(tmp, state_dict=state)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    fsdp.barrier()
+
+
+def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, out_dir: Path,
+              cache_dir: Path, log=_log, progress=_no_progress, data_skipped: dict | None = None,
+              stop_after_steps: int | None = None) -> dict:
+    """Train ``model_dir``'s model on ``rows`` with ``cfg``; writes ``out_dir/model``,
+    ``metrics.jsonl``, ``checkpoints/`` and ``train_summary.json``, and returns the summary."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out_dir, model_dir = Path(out_dir), Path(model_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fsdp.init_from_env()
+    torch.manual_seed(seed)
+    random.seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
+        else tokenizer.eos_token_id
+    pairs, skipped = tokenize_pairs(rows, tokenizer, cfg.max_length, cfg.max_prompt_length)
+    skipped = Counter(data_skipped or {}) + skipped
+    log.info("DPO (%s): %d usable pairs of %d rows; skipped: %s", cfg.loss, len(pairs), len(rows),
+             dict(skipped) or "none")
+    if not pairs:
+        raise TrainingError(f"no usable preference pairs ({len(rows)} rows; skipped: "
+                            f"{dict(skipped)})")
+    train_pairs, heldout = split_heldout(pairs, cfg.eval_fraction, seed)
+    all_pairs = train_pairs + heldout
+
+    device = device_for_training()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.config.use_cache = False
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    policy = fsdp.shard(CompletionLogps(model), model, device)
+
+    needs_ref = NEEDS_REFERENCE[cfg.loss]
+    ref_started, ref_cpu_started = time.perf_counter(), time.process_time()
+    reference = None
+    ref_chosen = ref_rejected = None
+    held_ref = (None, None)
+    if needs_ref and cfg.ref_logps == "precompute":
+        ref_chosen, ref_rejected = _cached_reference(policy, all_pairs, cfg, pad_token_id, device,
+                                                     model_dir, cache_dir, log)
+        held_ref = (ref_chosen[len(train_pairs):], ref_rejected[len(train_pairs):])
+    elif needs_ref:  # a frozen copy scores each micro-batch as it comes
+        frozen = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        frozen.requires_grad_(False)
+        reference = fsdp.shard(CompletionLogps(frozen), frozen, device).eval()
+        held_ref = sequence_logps(reference, heldout, cfg.micro_batch_size * 2, pad_token_id,
+                                  device) if heldout else (None, None)
+    ref_seconds = time.perf_counter() - ref_started
+    ref_cpu_seconds = time.process_time() - ref_cpu_started
+    n_train = len(train_pairs)
+
+    def reference_logps(group: list[int], batch) -> tuple[torch.Tensor, torch.Tensor]:
+        if reference is None:
+            index = torch.tensor(group)
+            return ref_chosen[index].to(device), ref_rejected[index].to(device)
+        with torch.no_grad(), autocast(device):
+            logps = reference(batch.input_ids, batch.attention_mask, batch.completion_mask)
+        fsdp.reshard(reference)
+        return logps[:len(group)], logps[len(group):]
+
+    before_path = out_dir / "heldout_before.json"
+    if before_path.is_file():
+        before = json.loads(before_path.read_text())
+    else:
+        before = _heldout_metrics(policy, heldout, *held_ref, cfg, pad_token_id, device)
+        if fsdp.is_main_process():
+            atomic_write_json(before_path, before)
+
+    def micro_loss(group: list[int]):
+        batch = collate_pairs([train_pairs[i] for i in group], pad_token_id).to(device)
+        with autocast(device):
+            logps = policy(batch.input_ids, batch.attention_mask, batch.completion_mask)
+        chosen, rejected = logps[:len(group)], logps[len(group):]
+        ref_c, ref_r = reference_logps(group, batch) if needs_ref else (None, None)
+        lengths = batch.completion_lengths
+        losses, chosen_rewards, rejected_rewards = preference_loss(
+            cfg.loss, chosen, rejected, ref_c, ref_r, beta=cfg.beta,
+            label_smoothing=cfg.label_smoothing, simpo_gamma=cfg.simpo_gamma,
+            chosen_lengths=lengths[:len(group)], rejected_lengths=lengths[len(group):])
+        n = len(group)
+        metrics = preference_metrics(chosen_rewards, rejected_rewards)
+        stats = {"loss": losses.detach().sum().item(),
+                 **{k: v * n for k, v in metrics.items()},
+                 "logps/chosen": chosen.detach().sum().item(),
+                 "logps/rejected": rejected.detach().sum().item()}
+        return losses.sum(), stats
+
+    loop_cfg = LoopConfig(lr=cfg.lr, warmup_ratio=cfg.warmup_ratio, epochs=cfg.epochs,
+                          batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size,
+                          weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
+                          save_every_steps=cfg.save_every_steps, seed=seed)
+    trained = train_loop(policy, train_pairs, loop_cfg, micro_loss, out_dir, log, progress, "dpo",
+                         stop_after_steps=stop_after_steps)
+    after = _heldout_metrics(policy, heldout, *held_ref, cfg, pad_token_id, device)
+    _save_model(policy, tokenizer, out_dir / "model")
+    summary = {"loss": cfg.loss, "rows": len(rows), "train_pairs": n_train,
+               "heldout_pairs": len(heldout), "skipped": dict(skipped),
+               "heldout_before": before, "heldout_after": after,
+               "world_size": fsdp.world_size(), "device": str(device),
+               "ref_logps_seconds": round(ref_seconds, 3),
+               "ref_logps_cpu_seconds": round(ref_cpu_seconds, 3), **trained}
+    if fsdp.is_main_process():
+        atomic_write_json(out_dir / "train_summary.json", summary)
+    log.info("DPO done: held-out accuracy %s -> %s, margin %s -> %s",
+             *(None if m is None else round(m[k], 4) for k in ("reward_accuracy",)
+               for m in (before, after)),
+             *(None if m is None else round(m[k], 4) for k in ("reward_margin",)
+               for m in (before, after)))
+    return summary
+
+
+def run_step(ctx) -> None:
+    """The ``train_dpo`` step: config ``model``, ``data``, ``algorithm`` (DPOConfig), ``seed``."""
+    from ablate.data import load_preferences
+    from ablate.models import resolve_model
+
+    config = ctx.config
+    cfg = DPOConfig.model_validate(config["algorithm"])
+    data = load_preferences(config["data"], "train")
+    train_dpo(resolve_model(config["model"]), data.rows, cfg, int(config.get("seed", 1)),
+              ctx.out_dir, ctx.cache_dir, log=ctx.log, progress=ctx.progress,
+              data_skipped=getattr(data, "skipped", None))

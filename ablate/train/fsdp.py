@@ -1,0 +1,221 @@
+"""Sharded training with FSDP2: the only module of ablate that touches ``torch.distributed``.
+
+A run is one process per device, started by ``torchrun`` (one node) or ``srun`` (several; the
+SLURM variables are read when torchrun's are absent)::
+
+    torchrun --nproc_per_node 8 -m ablate.train.fsdp dpo --config step.json --out DIR
+
+Without those variables everything here degrades to a single process and plain ``torch.save``
+checkpoints, so the recipes call these helpers unconditionally. On CPU the backend is gloo, which
+is how the tests run two processes on one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def _env_int(*names: str, default: int) -> int:
+    for name in names:
+        if os.environ.get(name):
+            return int(os.environ[name])
+    return default
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def local_rank() -> int:
+    return _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def init_from_env() -> bool:
+    """Join the process group the launcher describes; False when this is a single process."""
+    if dist.is_initialized():
+        return True
+    size = _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
+    if size <= 1:
+        return False
+    os.environ.setdefault("RANK", str(_env_int("RANK", "SLURM_PROCID", default=0)))
+    os.environ.setdefault("WORLD_SIZE", str(size))
+    os.environ.setdefault("LOCAL_RANK", str(local_rank()))
+    if "MASTER_ADDR" not in os.environ:
+        raise RuntimeError("multi-process run without MASTER_ADDR/MASTER_PORT: launch with "
+                           "torchrun, or export them in the sbatch script before srun")
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group(backend)
+    return True
+
+
+def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value)
+    return value
+
+
+def _decoder_layers(hf_model: nn.Module) -> list[nn.Module]:
+    names = set(getattr(hf_model, "_no_split_modules", None) or ())
+    layers = [m for m in hf_model.modules() if type(m).__name__ in names]
+    if not layers:
+        raise RuntimeError(f"{type(hf_model).__name__} declares no decoder-layer class "
+                           "(_no_split_modules); cannot shard it per layer")
+    return layers
+
+
+def shard(root: nn.Module, hf_model: nn.Module, device: torch.device) -> nn.Module:
+    """``fully_shard`` each decoder layer, then the root (which then owns the embeddings and the
+    output layer). bf16 compute with fp32 gradient reduction on GPU; plain fp32 on CPU. A single
+    process returns the module moved to ``device``, unsharded."""
+    root.to(device)
+    if not dist.is_initialized():
+        return root
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+        if device.type == "cuda" else MixedPrecisionPolicy()
+    for layer in _decoder_layers(hf_model):
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(root, mp_policy=policy)
+    return root
+
+
+def reshard(module: nn.Module) -> None:
+    """Put sharded parameters back after a no-grad forward. FSDP2 keeps the root's parameters
+    gathered after forward (backward would need them); without a backward they stay gathered,
+    and an optimiser built then would hold the gathered copies instead of the shards."""
+    if hasattr(module, "reshard"):
+        module.reshard()
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if hasattr(norm, "full_tensor"):  # a DTensor when the grads are sharded
+        norm = norm.full_tensor()
+    return float(norm)
+
+
+def save_train_state(folder: Path, model: nn.Module, optimizer) -> None:
+    """Model and optimiser state: one file each for a single process, a sharded
+    ``torch.distributed.checkpoint`` folder (each rank writes its shards) otherwise."""
+    if not dist.is_initialized():
+        torch.save(model.state_dict(), Path(folder) / "model.pt")
+        torch.save(optimizer.state_dict(), Path(folder) / "optimizer.pt")
+        return
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optim_state},
+             checkpoint_id=str(Path(folder) / "sharded"))
+
+
+def load_train_state(folder: Path, model: nn.Module, optimizer) -> None:
+    folder = Path(folder)
+    if not dist.is_initialized():
+        if not (folder / "model.pt").is_file():
+            raise RuntimeError(f"{folder} holds a sharded checkpoint: resume it with the same "
+                               "number of processes under torchrun")
+        model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+        return
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    if not (folder / "sharded").is_dir():
+        raise RuntimeError(f"{folder} holds a single-process checkpoint; resume it without "
+                           "torchrun")
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optimizer": optim_state}
+    dcp.load(state, checkpoint_id=str(folder / "sharded"))
+    set_state_dict(model, optimizer, model_state_dict=state["model"],
+                   optim_state_dict=state["optimizer"])
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """The whole model's weights on CPU, on the main process (None elsewhere)."""
+    if not dist.is_initialized():
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
+                                                                 cpu_offload=True))
+    if not is_main_process():
+        return None
+    # Tied weights (input and output embeddings) come back as two tensors; keep one name, as
+    # the unsharded model's own state dict would.
+    aliases = {name for name, _ in model.named_parameters(remove_duplicate=False)} - \
+        {name for name, _ in model.named_parameters()}
+    return {k: v for k, v in state.items() if k not in aliases}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run one training step's recipe in every process of a torchrun/srun launch."""
+    import importlib
+    import logging
+
+    from ablate.spec.plan import Step
+    from ablate.store.context import StepContext
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("recipe", choices=["dpo", "rm"])
+    parser.add_argument("--config", required=True, type=Path, help="the step's config (JSON)")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--cache", type=Path, default=Path(".ablate-cache"))
+    parser.add_argument("--rows", type=Path, help="preference rows (JSONL) to train on instead "
+                                                  "of the config's `data`")
+    parser.add_argument("--stop-after-steps", type=int, help=argparse.SUPPRESS)  # tests: a "kill"
+    args = parser.parse_args(argv)
+    init_from_env()
+    logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING)
+    try:
+        config = json.loads(args.config.read_text())
+        recipe = importlib.import_module(f"ablate.train.{args.recipe}")
+        if args.rows is None:
+            step = Step(kind=f"train_{args.recipe}", name=f"{args.recipe} (torchrun)",
+                        config=config)
+            recipe.run_step(StepContext(step=step, out_dir=args.out, cache_dir=args.cache))
+        else:
+            from ablate.models import resolve_model
+            from ablate.spec.schema import DPOConfig, RMConfig
+
+            rows = [json.loads(line) for line in args.rows.read_text().splitlines()
+                    if line.strip()]
+            model_dir, seed = resolve_model(config["model"]), int(config.get("seed", 1))
+            if args.recipe == "dpo":
+                recipe.train_dpo(model_dir, rows, DPOConfig.model_validate(config["algorithm"]),
+                                 seed, args.out, args.cache,
+                                 stop_after_steps=args.stop_after_steps)
+            else:
+                recipe.train_rm(model_dir, rows, RMConfig.model_validate(config["train"]), seed,
+                                args.out, stop_after_steps=args.stop_after_steps)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

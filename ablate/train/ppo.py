@@ -1,0 +1,395 @@
+"""PPO against a reward model, as the paper ran it (Ivison et al., 2024, following Ouyang et al.).
+
+Four models: the policy and a frozen reference (both from the SFT model), a frozen scorer (the
+reward model, or a programmatic reward for checkable runs) and a value model (initialised from the
+RM, the paper's choice, or from the policy). Each iteration samples a batch of prompts, generates
+one response per prompt, scores it at its final token (−10 when it never ends), subtracts the
+per-token KL penalty β·(log π − log π_ref), computes whitened GAE advantages, then runs PPO epochs
+over minibatches with the clipped policy and value losses. ``metrics.jsonl`` gets one line per
+iteration; its ``kl`` and ``rm_score`` are what the reward-vs-KL frontier plots.
+
+Single process: the policy is small enough on one device for every model this project trains with
+PPO; sharding it (as DPO does) is not done here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ablate.spec.schema import PPOConfig
+from ablate.store import atomic_write_json
+from ablate.train import fsdp
+from ablate.train.common import (
+    publish_checkpoint,
+    MetricsLog, TrainingError, autocast, latest_checkpoint, linear_warmup_decay, make_optimizer,
+    plan_batches, token_logps,
+)
+from ablate.train.losses import (
+    clipped_policy_loss, clipped_value_loss, explained_variance, gae_advantages,
+    kl_penalized_rewards, masked_mean, masked_whiten,
+)
+from ablate.train.rollout import (
+    PromptItem, Rollout, VLLMGenerator, generate_transformers, make_scorer, tokenize_prompts,
+    vllm_usable,
+)
+
+_log = logging.getLogger("ablate.train.ppo")
+
+
+class StopRequested(Exception):
+    """Raised by ``stop_after``: the tests' stand-in for a run killed mid-way."""
+
+
+# ---------------------------------------------------------------- per-token forwards
+
+
+def _hidden(model: nn.Module, batch: Rollout) -> Tensor:
+    """Final hidden states at the columns that predict the response tokens: [B, R, H]."""
+    out = model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                           position_ids=batch.position_ids, use_cache=False)
+    p, r = batch.prompt_width, batch.responses.shape[1]
+    return out.last_hidden_state[:, p - 1:p + r - 1]
+
+
+def response_logps(lm: nn.Module, batch: Rollout, temperature: float,
+                   hidden: Tensor | None = None) -> Tensor:
+    """log π(token) of each response token under the sampling temperature: [B, R]."""
+    hidden = _hidden(lm, batch) if hidden is None else hidden
+    flat = hidden.reshape(-1, hidden.shape[-1]) / temperature
+    logps = token_logps(flat, lm.get_output_embeddings().weight, batch.responses.reshape(-1))
+    return logps.view(batch.responses.shape)
+
+
+@torch.no_grad()
+def response_entropy(lm: nn.Module, hidden: Tensor, temperature: float, chunk: int = 256
+                     ) -> Tensor:
+    """Entropy of the sampling distribution at each response position, from the hidden states
+    ``_hidden`` returned: [B, R]."""
+    flat = hidden.reshape(-1, hidden.shape[-1]).float() / temperature
+    weight = lm.get_output_embeddings().weight.float()
+    out = torch.empty(flat.shape[0], device=flat.device)
+    for start in range(0, flat.shape[0], chunk):
+        logits = flat[start:start + chunk] @ weight.T
+        logp = torch.log_softmax(logits, dim=-1)
+        out[start:start + chunk] = -(logp.exp() * logp).sum(-1)
+    return out.view(hidden.shape[:2])
+
+
+def response_values(value_model: nn.Module, batch: Rollout) -> Tensor:
+    """The value head at every position that precedes a response token: [B, R]."""
+    return value_model.score(_hidden(value_model, batch)).squeeze(-1).float()
+
+
+# ---------------------------------------------------------------- models
+
+
+def _load_models(policy_dir: Path, reward_model_dir: Path | None, cfg: PPOConfig, device, log):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, \
+        AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    policy = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
+    reference = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
+    reference.requires_grad_(False)
+    value_from = cfg.value_init
+    if value_from == "reward_model" and reward_model_dir is None:
+        log.info("no reward model to initialise the value model from (programmatic reward): "
+                 "initialising it from the policy instead")
+        value_from = "policy"
+    if value_from == "reward_model" and \
+            AutoTokenizer.from_pretrained(reward_model_dir).get_vocab() != tokenizer.get_vocab():
+        raise TrainingError(f"value_init=reward_model needs a reward model that shares the "
+                            f"policy's tokenizer (the value model reads the policy's tokens); "
+                            f"{reward_model_dir} has a different one: use value_init: policy")
+    value_dir = reward_model_dir if value_from == "reward_model" else policy_dir
+    value_model = AutoModelForSequenceClassification.from_pretrained(value_dir, num_labels=1,
+                                                                     dtype=torch.float32)
+    if not hasattr(value_model, "score"):
+        raise TrainingError(f"{type(value_model).__name__} has no `score` head to use as the "
+                            "value head")
+    for model in (policy, reference, value_model):
+        model.to(device).eval()  # no dropout: old and new log-probs must be comparable
+    return tokenizer, policy, reference, value_model, value_from
+
+
+# ---------------------------------------------------------------- one iteration
+
+
+@dataclass
+class Experience:
+    rollout: Rollout
+    logps: Tensor
+    values: Tensor
+    advantages: Tensor
+    returns: Tensor
+    prompt_rows: list[int]  # rows of the prompt set, for error messages
+
+
+@torch.no_grad()
+def _score_rollout(policy, reference, value_model, rollout: Rollout, scores: Tensor,
+                   cfg: PPOConfig, device) -> tuple[Experience, dict]:
+    logps, ref_logps, values, entropy = [], [], [], []
+    for start in range(0, len(rollout.texts), cfg.micro_batch_size):
+        rows = range(start, min(start + cfg.micro_batch_size, len(rollout.texts)))
+        part = rollout.select(rows).to(device)
+        width = rollout.responses.shape[1]
+
+        def padded(t: Tensor) -> Tensor:
+            return torch.nn.functional.pad(t.float().cpu(), (0, width - t.shape[1]))
+
+        with autocast(device):
+            hidden = _hidden(policy, part)
+            logps.append(padded(response_logps(policy, part, cfg.temperature, hidden)))
+            entropy.append(padded(response_entropy(policy, hidden, cfg.temperature)))
+            ref_logps.append(padded(response_logps(reference, part, cfg.temperature)))
+            values.append(padded(response_values(value_model, part)))
+    logps, ref_logps = torch.cat(logps), torch.cat(ref_logps)
+    values, entropy = torch.cat(values), torch.cat(entropy)
+    mask = rollout.response_mask.float()
+    penalized = scores + cfg.no_eos_penalty * (~rollout.ended_with_eos).float()
+    rewards, kl = kl_penalized_rewards(penalized, logps, ref_logps, mask, cfg.beta)
+    advantages, returns = gae_advantages(rewards, values, mask, cfg.gamma, cfg.lam)
+    if cfg.whiten_advantages:
+        advantages = masked_whiten(advantages, mask)
+    kl_per_sequence = kl.sum(1)
+    stats = {
+        "rm_score": scores.mean().item(),
+        "kl": kl_per_sequence.mean().item(),
+        "reward": (penalized - cfg.beta * kl_per_sequence).mean().item(),
+        "score_with_penalty": penalized.mean().item(),
+        "entropy": masked_mean(entropy, mask).item(),
+        "response_length": mask.sum(1).mean().item(),
+        "no_eos_share": (~rollout.ended_with_eos).float().mean().item(),
+        "explained_variance": explained_variance(values, returns, mask),
+        "value_mean": masked_mean(values, mask).item(),
+    }
+    return Experience(rollout, logps, values, advantages, returns, []), stats
+
+
+def _ppo_update(policy, value_model, optimizers, schedulers, exp: Experience, cfg: PPOConfig,
+                generator: torch.Generator, device, iteration: int) -> dict:
+    n = len(exp.rollout.texts)
+    minibatch = min(cfg.minibatch_size, n)
+    sums = {"policy_loss": 0.0, "value_loss": 0.0, "policy_clipfrac": 0.0, "value_clipfrac": 0.0,
+            "approx_kl_old": 0.0}
+    tokens_seen = 0.0
+    updates = 0
+    for _ in range(cfg.ppo_epochs):
+        order = torch.randperm(n, generator=generator).tolist()
+        for start in range(0, n, minibatch):
+            rows = order[start:start + minibatch]
+            # The loss is a mean over the minibatch's response tokens, however it is micro-batched.
+            n_tokens = exp.rollout.response_mask[rows].sum().clamp(min=1).float().item()
+            for micro in range(0, len(rows), cfg.micro_batch_size):
+                part_rows = rows[micro:micro + cfg.micro_batch_size]
+                part = exp.rollout.select(part_rows).to(device)
+                width = part.responses.shape[1]
+                take = torch.as_tensor(part_rows)
+                old_logps = exp.logps[take, :width].to(device)
+                old_values = exp.values[take, :width].to(device)
+                advantages = exp.advantages[take, :width].to(device)
+                returns = exp.returns[take, :width].to(device)
+                mask = part.response_mask.float()
+                with autocast(device):
+                    logps = response_logps(policy, part, cfg.temperature)
+                    values = response_values(value_model, part)
+                pg, pg_clipped = clipped_policy_loss(logps.float(), old_logps, advantages, mask,
+                                                     cfg.clip_ratio)
+                vf, vf_clipped = clipped_value_loss(values, old_values, returns, mask,
+                                                    cfg.value_clip)
+                loss = (pg.sum() + cfg.value_coef * vf.sum()) / n_tokens
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"non-finite PPO loss at iteration {iteration} (prompt "
+                                        f"rows {[exp.prompt_rows[r] for r in part_rows]}); "
+                                        "the run stopped and the last good checkpoint is kept")
+                loss.backward()
+                sums["policy_loss"] += pg.sum().item()
+                sums["value_loss"] += vf.sum().item()
+                sums["policy_clipfrac"] += pg_clipped.sum().item()
+                sums["value_clipfrac"] += vf_clipped.sum().item()
+                sums["approx_kl_old"] += ((old_logps - logps.detach().float()) * mask).sum().item()
+                tokens_seen += mask.sum().item()
+            grad_norms = [fsdp.clip_grad_norm(m, cfg.max_grad_norm)
+                          for m in (policy, value_model)]
+            if not all(math.isfinite(g) for g in grad_norms):
+                raise TrainingError(f"non-finite gradient norm at iteration {iteration}; the run "
+                                    "stopped and the last good checkpoint is kept")
+            lr = schedulers[0].get_last_lr()[0]
+            for optimizer, scheduler in zip(optimizers, schedulers):
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            updates += 1
+    stats = {k: v / max(tokens_seen, 1.0) for k, v in sums.items()}
+    stats.update(policy_grad_norm=grad_norms[0], value_grad_norm=grad_norms[1], updates=updates,
+                 lr=lr)
+    return stats
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _save(folder: Path, iteration: int, policy, value_model, policy_opt, value_opt, schedulers,
+          extra: dict) -> Path:
+    """Both models, both optimisers, the schedules and the RNG under ``step_<iteration>``, written
+    to a temp
+    folder and renamed; only then are older checkpoints removed."""
+    target, tmp = folder / f"step_{iteration}", folder / f".step_{iteration}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "policy").mkdir(parents=True)
+    (tmp / "value").mkdir()
+    fsdp.save_train_state(tmp / "policy", policy, policy_opt)
+    fsdp.save_train_state(tmp / "value", value_model, value_opt)
+    torch.save({"rng": torch.get_rng_state(), "python_rng": random.getstate(),
+                "schedulers": [s.state_dict() for s in schedulers]}, tmp / "rng.pt")
+    atomic_write_json(tmp / "trainer_state.json", {"step": iteration, **extra})
+    publish_checkpoint(tmp, target)
+    return target
+
+
+def _load(path: Path, policy, value_model, policy_opt, value_opt, schedulers) -> int:
+    import json
+
+    fsdp.load_train_state(path / "policy", policy, policy_opt)
+    fsdp.load_train_state(path / "value", value_model, value_opt)
+    rng = torch.load(path / "rng.pt", weights_only=False)
+    torch.set_rng_state(rng["rng"])
+    random.setstate(rng["python_rng"])
+    for scheduler, state in zip(schedulers, rng["schedulers"]):
+        scheduler.load_state_dict(state)
+    return int(json.loads((path / "trainer_state.json").read_text())["step"])
+
+
+def _save_model(model, tokenizer, target: Path) -> None:
+    tmp = target.parent / f".{target.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+
+
+# ---------------------------------------------------------------- the run
+
+
+def train_ppo(policy_dir: Path, rows: Sequence[dict], cfg: PPOConfig, seed: int, out_dir: Path,
+              *, reward: str = "reward_model", reward_model_dir: Path | None = None,
+              log: logging.Logger = _log, progress: Callable[..., None] = lambda *a: None,
+              stop_after: int | None = None, device: torch.device | None = None) -> dict:
+    """Run PPO from ``policy_dir`` on prompt ``rows`` (``{"prompt": messages, "reference":
+    str | None}``); returns the summary also written to ``train_summary.json``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = device or (torch.device("cuda") if torch.cuda.is_available()
+                        else torch.device("cpu"))
+    torch.manual_seed(seed)  # a value head initialised from the policy is random
+    random.seed(seed)
+    tokenizer, policy, reference, value_model, value_from = _load_models(
+        Path(policy_dir), None if reward_model_dir is None else Path(reward_model_dir), cfg,
+        device, log)
+    items, skipped = tokenize_prompts(rows, tokenizer, cfg.max_prompt_length)
+    if skipped:
+        log.info("dropped %d of %d prompts: %s", sum(skipped.values()), len(rows), dict(skipped))
+    if not items:
+        raise TrainingError(f"no usable prompts: all {len(rows)} were dropped ({dict(skipped)})")
+    scorer = make_scorer(reward, reward_model_dir, device, tokenizer, log)
+    batches = plan_batches(len(items), cfg.prompts_per_batch, cfg.epochs, seed)
+    total = len(batches)
+    policy_opt = make_optimizer(policy, cfg.lr, 0.0)
+    value_opt = make_optimizer(value_model, cfg.lr, 0.0)
+    # linear decay to zero over all of the run's optimiser updates, as the paper's PPO code does
+    updates = sum(cfg.ppo_epochs * math.ceil(len(b) / min(cfg.minibatch_size, len(b)))
+                  for b in batches)
+    schedulers = [linear_warmup_decay(o, updates, 0.0) for o in (policy_opt, value_opt)]
+    checkpoints = out_dir / "checkpoints"
+    start = 0
+    found = latest_checkpoint(checkpoints)
+    if found is not None:
+        start = _load(found, policy, value_model, policy_opt, value_opt, schedulers)
+        log.info("resuming PPO from %s (iteration %d of %d)", found, start, total)
+    backend = os.environ.get("ABLATE_PPO_GENERATOR") or \
+        ("vllm" if vllm_usable() and device.type == "cuda" else "transformers")
+    vllm = VLLMGenerator(policy_dir, tokenizer, cfg.max_prompt_length
+                         + cfg.max_response_length) if backend == "vllm" else None
+    metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=start)
+    last: dict = {}
+    for iteration in range(start, total):
+        prompts: list[PromptItem] = [items[i] for i in batches[iteration]]
+        rollout_seed = seed * 1_000_003 + iteration
+        began = time.perf_counter()
+        if vllm is not None:
+            rollout = vllm.generate(policy, prompts, temperature=cfg.temperature,
+                                    max_new_tokens=cfg.max_response_length, seed=rollout_seed)
+        else:
+            rollout = generate_transformers(policy, tokenizer, prompts,
+                                            temperature=cfg.temperature,
+                                            max_new_tokens=cfg.max_response_length,
+                                            seed=rollout_seed, batch_size=cfg.minibatch_size)
+        generation_seconds = time.perf_counter() - began
+        began = time.perf_counter()
+        scores = scorer(prompts, rollout.texts).float()
+        experience, stats = _score_rollout(policy, reference, value_model, rollout, scores, cfg,
+                                           device)
+        experience.prompt_rows = [p.index for p in prompts]
+        if not all(math.isfinite(v) for k, v in stats.items() if k != "explained_variance"):
+            raise TrainingError(f"non-finite rollout statistics at iteration {iteration}: {stats};"
+                                " the run stopped and the last good checkpoint is kept")
+        if stats["kl"] > cfg.max_kl:
+            raise TrainingError(f"KL to the reference reached {stats['kl']:.3f} at iteration "
+                                f"{iteration}, past max_kl={cfg.max_kl}: the policy collapsed; "
+                                "the run stopped and the last good checkpoint is kept")
+        generator = torch.Generator().manual_seed(rollout_seed)
+        stats.update(_ppo_update(policy, value_model, (policy_opt, value_opt), schedulers,
+                                 experience, cfg, generator, device, iteration))
+        training_seconds = time.perf_counter() - began
+        response_tokens = int(rollout.response_mask.sum())
+        last = {"step": iteration + 1, **stats, "prompts": len(prompts),
+                "response_tokens": response_tokens,
+                "generation_seconds": round(generation_seconds, 4),
+                "training_seconds": round(training_seconds, 4),
+                "rollout_tokens_per_second": round(response_tokens / generation_seconds, 2)}
+        metrics.write(last)
+        progress(iteration + 1, total, "ppo")
+        if (iteration + 1) % cfg.save_every_steps == 0 and iteration + 1 < total:
+            _save(checkpoints, iteration + 1, policy, value_model, policy_opt, value_opt,
+                  schedulers, {"total": total})
+        if stop_after is not None and iteration + 1 >= stop_after:
+            raise StopRequested(f"stopped after iteration {iteration + 1}")
+    _save_model(policy, tokenizer, out_dir / "model")
+    summary = {"iterations": total, "resumed_from": start, "prompts": len(items),
+               "prompts_dropped": dict(skipped), "reward": reward, "value_init": value_from,
+               "generator": backend, "last": last}
+    atomic_write_json(out_dir / "train_summary.json", summary)
+    return summary
+
+
+def run_step(ctx) -> None:
+    """The ``train_ppo`` step: config ``model``, ``prompts``, ``algorithm`` (PPOConfig),
+    ``seed`` and optionally ``reward`` (default ``reward_model``; or a programmatic reward
+    name from ``ablate.train.rollout.PROGRAMMATIC_REWARDS``); input ``reward_model``."""
+    from ablate.data import load_prompts
+    from ablate.models import resolve_model
+
+    config = ctx.config
+    cfg = PPOConfig.model_validate(config["algorithm"])
+    reward = config.get("reward", "reward_model")
+    reward_model_dir = ctx.input_model_dir("reward_model") if "reward_model" in ctx.inputs \
+        else None
+    loaded = load_prompts(config["prompts"])
+    rows = getattr(loaded, "rows", loaded)
+    train_ppo(resolve_model(config["model"]), rows, cfg, int(config.get("seed", 1)), ctx.out_dir,
+              reward=reward, reward_model_dir=reward_model_dir, log=ctx.log,
+              progress=ctx.progress)

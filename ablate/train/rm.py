@@ -1,0 +1,218 @@
+"""Bradley-Terry reward models: a scalar head on the base LM, trained on preference pairs.
+
+The checkpoint is a plain ``AutoModelForSequenceClassification`` folder with one label, so PPO can
+load it as both the reward and the value model. The reward of a sequence is the head's output at
+its last real token (the end of the assistant turn): ``LastTokenReward`` computes exactly that for
+right-padded batches and ``RewardScorer`` applies it to chat prompts and responses.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ablate.spec.schema import RMConfig
+from ablate.store import atomic_write_json
+from ablate.train import fsdp
+from ablate.train.common import (
+    pad_sequences,
+    TokenizedPair, TrainingError, as_messages, autocast, collate_pairs, device_for_training,
+    encode_chat, split_heldout, tokenize_pairs,
+)
+from ablate.train.losses import bradley_terry_loss
+from ablate.train.loop import LoopConfig, train_loop
+
+_log = logging.getLogger("ablate.train.rm")
+
+
+class LastTokenReward(nn.Module):
+    """A sequence-classification model's scalar at each sequence's last attended token.
+
+    transformers' own pooling looks for the last token that is not the pad token; with chat models
+    whose pad token is their end-of-turn token that would score the token before the end of the
+    turn, so pooling here follows the attention mask instead (batches are right-padded).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.rm = model
+        if not hasattr(model, "score"):
+            raise TrainingError(f"{type(model).__name__} has no `score` head")
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        hidden = self.rm.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                    use_cache=False).last_hidden_state
+        last = attention_mask.sum(dim=1) - 1
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return self.rm.score(pooled).squeeze(-1).float()
+
+
+def load_reward_model(model_dir: Path, dtype=torch.float32):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1,
+                                                               dtype=dtype)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
+            else tokenizer.eos_token_id
+    return model, tokenizer
+
+
+@torch.no_grad()
+def pair_rewards(module: LastTokenReward, pairs: Sequence[TokenizedPair], batch_size: int,
+                 pad_token_id: int, device) -> tuple[Tensor, Tensor]:
+    """Rewards of each pair's chosen and rejected answer (single process or every rank alike)."""
+    chosen = torch.zeros(len(pairs))
+    rejected = torch.zeros(len(pairs))
+    order = sorted(range(len(pairs)), key=lambda i: (pairs[i].length, i))
+    was_training = module.training
+    module.eval()
+    for start in range(0, len(order), batch_size):
+        group = order[start:start + batch_size]
+        batch = collate_pairs([pairs[i] for i in group], pad_token_id).to(device)
+        with autocast(device):
+            rewards = module(batch.input_ids, batch.attention_mask).cpu()
+        chosen[group], rejected[group] = rewards[:len(group)], rewards[len(group):]
+    module.train(was_training)
+    fsdp.reshard(module)
+    return chosen, rejected
+
+
+def train_rm(model_dir: Path, rows: Sequence[dict], cfg: RMConfig, seed: int, out_dir: Path,
+             log=_log, progress=lambda *a, **k: None, data_skipped: dict | None = None,
+             stop_after_steps: int | None = None) -> dict:
+    """Train a reward model on ``rows``; writes ``out_dir/model``, ``metrics.jsonl``,
+    ``checkpoints/`` and ``result.json`` (held-out pair accuracy), and returns the result."""
+    out_dir, model_dir = Path(out_dir), Path(model_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fsdp.init_from_env()
+    torch.manual_seed(seed)
+    random.seed(seed)
+    model, tokenizer = load_reward_model(model_dir)
+    pad_token_id = model.config.pad_token_id
+    # The paper's RM recipe drops pairs that do not fit rather than truncating them.
+    pairs, skipped = tokenize_pairs(rows, tokenizer, cfg.max_length, cfg.max_length,
+                                    drop_truncated=True)
+    skipped = Counter(data_skipped or {}) + skipped
+    log.info("RM: %d usable pairs of %d rows; skipped: %s", len(pairs), len(rows),
+             dict(skipped) or "none")
+    if not pairs:
+        raise TrainingError(f"no usable preference pairs ({len(rows)} rows; skipped: "
+                            f"{dict(skipped)})")
+    if cfg.margin and any(p.margin is None for p in pairs):
+        missing = [p.index for p in pairs if p.margin is None][:5]
+        raise TrainingError(f"margin: true needs a 'margin' on every row; rows {missing} have "
+                            "none")
+    train_pairs, heldout = split_heldout(pairs, cfg.eval_fraction, seed)
+    device = device_for_training()
+    model.config.use_cache = False
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    scorer = fsdp.shard(LastTokenReward(model), model, device)
+
+    def heldout_accuracy() -> float | None:
+        if not heldout:
+            return None
+        chosen, rejected = pair_rewards(scorer, heldout, cfg.micro_batch_size * 2, pad_token_id,
+                                        device)
+        return (chosen > rejected).float().mean().item()
+
+    before = heldout_accuracy()
+
+    def micro_loss(group: list[int]):
+        batch = collate_pairs([train_pairs[i] for i in group], pad_token_id).to(device)
+        with autocast(device):
+            rewards = scorer(batch.input_ids, batch.attention_mask)
+        chosen, rejected = rewards[:len(group)], rewards[len(group):]
+        losses = bradley_terry_loss(chosen, rejected, batch.margins if cfg.margin else None)
+        stats = {"loss": losses.detach().sum().item(),
+                 "accuracy": (chosen > rejected).float().sum().item(),
+                 "rewards/chosen": chosen.detach().sum().item(),
+                 "rewards/rejected": rejected.detach().sum().item()}
+        return losses.sum(), stats
+
+    loop_cfg = LoopConfig(lr=cfg.lr, warmup_ratio=cfg.warmup_ratio, epochs=cfg.epochs,
+                          batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size,
+                          weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
+                          save_every_steps=cfg.save_every_steps, seed=seed)
+    trained = train_loop(scorer, train_pairs, loop_cfg, micro_loss, out_dir, log, progress, "rm",
+                         stop_after_steps=stop_after_steps)
+    after = heldout_accuracy()
+    state = fsdp.full_state_dict(scorer)
+    if fsdp.is_main_process():
+        state = {k.removeprefix("rm."): v for k, v in state.items()}
+        target, tmp = out_dir / "model", out_dir / ".model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, state_dict=state)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    fsdp.barrier()
+    result = {"metric": "heldout_pair_accuracy", "value": after, "heldout_accuracy": after,
+              "heldout_accuracy_before": before, "heldout_pairs": len(heldout),
+              "train_pairs": len(train_pairs), "rows": len(rows), "skipped": dict(skipped),
+              "world_size": fsdp.world_size(), **trained}
+    if fsdp.is_main_process():
+        atomic_write_json(out_dir / "result.json", result)
+    log.info("RM done: held-out pair accuracy %s -> %s", before, after)
+    return result
+
+
+def run_step(ctx) -> None:
+    """The ``train_rm`` step: config ``model``, ``data``, ``train`` (RMConfig), ``seed``."""
+    from ablate.data import load_preferences
+    from ablate.models import resolve_model
+
+    config = ctx.config
+    cfg = RMConfig.model_validate(config["train"])
+    data = load_preferences(config["data"], "train")
+    train_rm(resolve_model(config["model"]), data.rows, cfg, int(config.get("seed", 1)),
+             ctx.out_dir, log=ctx.log, progress=ctx.progress,
+             data_skipped=getattr(data, "skipped", None))
+
+
+class RewardScorer:
+    """Score chat responses with a trained reward model (best-of-N, PPO, RewardBench)."""
+
+    def __init__(self, model_dir: Path | str, device: str | torch.device | None = None,
+                 batch_size: int = 8, max_length: int | None = None):
+        self.device = torch.device(device) if device else \
+            torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model, self.tokenizer = load_reward_model(Path(model_dir))
+        self.module = LastTokenReward(model).to(self.device).eval()
+        self.pad_token_id = model.config.pad_token_id
+        self.batch_size = batch_size
+        self.max_length = max_length or getattr(model.config, "max_position_embeddings", 4096)
+
+    def _tokens(self, prompt: list[dict] | str, response: str) -> list[int]:
+        prompt_messages = as_messages(prompt, "user")
+        if prompt_messages is None:
+            raise ValueError(f"cannot score a response to an empty prompt: {prompt!r}")
+        prompt_ids, completion = encode_chat(self.tokenizer, prompt_messages,
+                                             [[{"role": "assistant", "content": response}]])
+        completion = completion[:self.max_length // 2]
+        return (prompt_ids[-(self.max_length - len(completion)):] + completion)
+
+    @torch.no_grad()
+    def score(self, prompts: list[list[dict]], responses: list[str]) -> list[float]:
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        sequences = [self._tokens(p, r) for p, r in zip(prompts, responses)]
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        scores = [0.0] * len(sequences)
+        for start in range(0, len(order), self.batch_size):
+            group = order[start:start + self.batch_size]
+            ids, mask = pad_sequences([sequences[i] for i in group], self.pad_token_id)
+            with autocast(self.device):
+                rewards = self.module(ids.to(self.device), mask.to(self.device)).cpu().tolist()
+            for i, reward in zip(group, rewards):
+                scores[i] = float(reward)
+        return scores

@@ -1,0 +1,296 @@
+"""PPO's experience: prompts tokenised with the chat template, sampled responses (batched
+transformers ``generate``, or vLLM on a GPU where it is installed), and their scores (a trained
+reward model, or a programmatic reward for checkable runs).
+
+Layout shared by every tensor here: a batch row is ``[left padding | prompt | response | right
+padding]``; every prompt ends at column ``P - 1`` and response token ``j`` sits at column
+``P + j``, so the logits that score it are at column ``P + j - 1`` for every row alike.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ablate.train.common import TrainingError, as_messages, pad_sequences
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    index: int  # row number in the prompt set
+    messages: tuple  # chat messages (dicts), as the prompt set gave them
+    ids: tuple[int, ...]  # chat-templated prompt with the generation prompt
+    reference: str | None  # a checkable answer (GSM8k), when the prompt set has one
+
+
+def tokenize_prompts(rows: Sequence[dict], tokenizer, max_prompt_length: int
+                     ) -> tuple[list[PromptItem], Counter]:
+    """Apply the chat template with the generation prompt. Prompts longer than
+    ``max_prompt_length`` tokens are dropped (truncating a prompt changes the question) and
+    counted, as are empty ones."""
+    items: list[PromptItem] = []
+    skipped: Counter = Counter()
+    for index, row in enumerate(rows):
+        messages = as_messages(row.get("prompt"), "user") if isinstance(row, dict) else None
+        if messages is None:
+            skipped["empty or malformed prompt"] += 1
+            continue
+        ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
+                                            return_dict=False)
+        if len(ids) > max_prompt_length:
+            skipped[f"prompt longer than max_prompt_length={max_prompt_length}"] += 1
+            continue
+        reference = row.get("reference")
+        items.append(PromptItem(index, tuple(messages), tuple(int(i) for i in ids),
+                                None if reference is None else str(reference)))
+    return items, skipped
+
+
+@dataclass
+class Rollout:
+    input_ids: Tensor  # [B, P + R]: left-padded prompts, then right-padded responses
+    attention_mask: Tensor  # [B, P + R]
+    prompt_width: int  # P
+    responses: Tensor  # [B, R] response token ids, pad after the end
+    response_mask: Tensor  # [B, R] 1 up to and including the first EOS
+    ended_with_eos: Tensor  # [B] bool
+    texts: list[str]  # decoded responses, special tokens removed
+
+    @property
+    def position_ids(self) -> Tensor:
+        # Left padding must not shift positions: generate counted them from the first real token.
+        return (self.attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+    def select(self, rows: Sequence[int]) -> "Rollout":
+        """A subset of the rows, trimmed to its own longest response."""
+        rows_t = torch.as_tensor(list(rows), dtype=torch.long)
+        mask = self.response_mask[rows_t]
+        width = max(1, int(mask.sum(1).max()))
+        keep = self.prompt_width + width
+        return Rollout(self.input_ids[rows_t, :keep], self.attention_mask[rows_t, :keep],
+                       self.prompt_width, self.responses[rows_t, :width], mask[:, :width],
+                       self.ended_with_eos[rows_t], [self.texts[i] for i in rows])
+
+    def to(self, device) -> "Rollout":
+        return Rollout(self.input_ids.to(device), self.attention_mask.to(device),
+                       self.prompt_width, self.responses.to(device),
+                       self.response_mask.to(device), self.ended_with_eos.to(device), self.texts)
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int) -> tuple[Tensor, Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        mask[row, width - len(prompt):] = 1
+    return ids, mask
+
+
+def build_rollout(prompt_ids: Tensor, prompt_mask: Tensor, generated: Tensor, eos_ids: set[int],
+                  pad_token_id: int, tokenizer) -> Rollout:
+    """Cut each sampled continuation after its first EOS token (kept: the policy chose it)."""
+    batch, width = generated.shape
+    is_eos = torch.zeros_like(generated, dtype=torch.bool)
+    for eos in eos_ids:
+        is_eos |= generated == eos
+    has_eos = is_eos.any(dim=1)
+    first_eos = torch.where(has_eos, is_eos.float().argmax(dim=1),
+                            torch.full((batch,), width - 1, dtype=torch.long))
+    columns = torch.arange(width)[None, :]
+    response_mask = (columns <= first_eos[:, None]).long()
+    responses = torch.where(response_mask.bool(), generated, torch.full_like(generated,
+                                                                              pad_token_id))
+    texts = tokenizer.batch_decode([r[m.bool()] for r, m in zip(responses, response_mask)],
+                                   skip_special_tokens=True)
+    return Rollout(torch.cat([prompt_ids, responses], dim=1),
+                   torch.cat([prompt_mask, response_mask], dim=1), prompt_ids.shape[1],
+                   responses, response_mask, has_eos, texts)
+
+
+def eos_token_ids(tokenizer, model_config) -> set[int]:
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model_config, "generation_config", None) or model_config,
+                         "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(configured)
+    return {i for i in ids if i is not None}
+
+
+@torch.no_grad()
+def generate_transformers(model, tokenizer, prompts: Sequence[PromptItem], *, temperature: float,
+                          max_new_tokens: int, seed: int, batch_size: int) -> Rollout:
+    """Sample one response per prompt: plain temperature sampling (no top-k/top-p), so that the
+    log-probs PPO computes later are those of the distribution that sampled."""
+    from transformers import GenerationConfig
+
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = eos_token_ids(tokenizer, model)
+    config = GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                              max_new_tokens=max_new_tokens, pad_token_id=pad,
+                              eos_token_id=sorted(eos))
+    torch.manual_seed(seed)
+    prompt_ids, prompt_mask = left_pad([p.ids for p in prompts], pad)
+    chunks = []
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(prompts), batch_size):
+        ids = prompt_ids[start:start + batch_size].to(device)
+        mask = prompt_mask[start:start + batch_size].to(device)
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+        chunks.append(out[:, prompt_ids.shape[1]:].cpu())
+    model.train(was_training)
+    width = max(c.shape[1] for c in chunks)
+    generated = torch.cat([torch.nn.functional.pad(c, (0, width - c.shape[1]), value=pad)
+                           for c in chunks])
+    return build_rollout(prompt_ids, prompt_mask, generated, eos, pad, tokenizer)
+
+
+class VLLMGenerator:
+    """Rollouts with vLLM on a GPU, the policy's weights pushed into the engine each iteration.
+
+    Only used when vllm is importable and CUDA is there; it has not been run in this project's
+    CPU-only checks, so a failure here names itself rather than falling back silently."""
+
+    def __init__(self, model_dir, tokenizer, max_model_len: int, gpu_memory_utilization=0.3):
+        from vllm import LLM
+
+        self.tokenizer = tokenizer
+        self.llm = LLM(model=str(model_dir), max_model_len=max_model_len, enforce_eager=True,
+                       gpu_memory_utilization=gpu_memory_utilization, dtype="bfloat16")
+
+    def sync_weights(self, policy) -> None:
+        weights = [(name, p.detach()) for name, p in policy.state_dict().items()]
+        try:
+            engine_model = (self.llm.llm_engine.model_executor.driver_worker.worker
+                            .model_runner.model)
+            engine_model.load_weights(weights)
+        except AttributeError as exc:
+            raise TrainingError("this vLLM version does not expose its model for in-place weight "
+                                f"sync ({exc}); set ABLATE_PPO_GENERATOR=transformers") from None
+
+    def generate(self, policy, prompts: Sequence[PromptItem], *, temperature: float,
+                 max_new_tokens: int, seed: int) -> Rollout:
+        from vllm import SamplingParams
+
+        self.sync_weights(policy)
+        params = SamplingParams(temperature=temperature, top_k=-1, top_p=1.0, seed=seed,
+                                max_tokens=max_new_tokens)
+        outputs = self.llm.generate([{"prompt_token_ids": list(p.ids)} for p in prompts], params,
+                                    use_tqdm=False)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
+            else self.tokenizer.eos_token_id
+        sampled = [list(o.outputs[0].token_ids) or [pad] for o in outputs]
+        width = max(len(s) for s in sampled)
+        generated = torch.tensor([s + [pad] * (width - len(s)) for s in sampled])
+        prompt_ids, prompt_mask = left_pad([p.ids for p in prompts], pad)
+        return build_rollout(prompt_ids, prompt_mask, generated,
+                             eos_token_ids(self.tokenizer, policy), pad, self.tokenizer)
+
+
+def vllm_usable() -> bool:
+    return torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
+
+
+# ---------------------------------------------------------------- rewards
+
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def last_number(text: str) -> str | None:
+    """The last number in a text, commas removed and a trailing ``.0`` dropped."""
+    found = _NUMBER.findall(text)
+    if not found:
+        return None
+    number = found[-1].replace(",", "")
+    return number[:-2] if number.endswith(".0") else number
+
+
+def gsm8k_exact(item: PromptItem, response: str) -> float:
+    """1 when the response's last number equals the reference's final answer (after ``####``
+    when the reference is a full GSM8k solution), else 0."""
+    if item.reference is None:
+        raise TrainingError(f"prompt row {item.index} has no reference answer; the gsm8k_exact "
+                            "reward needs prompts that carry one")
+    target = last_number(item.reference.split("####")[-1])
+    return float(target is not None and last_number(response) == target)
+
+
+def uppercase_share(item: PromptItem, response: str) -> float:
+    """Share of the response's ASCII letters that are capitals: a dense, checkable reward that
+    even a random tiny model can climb (about 0.06 for uniformly random SmolLM2 tokens), used by
+    the tests and the CPU proof."""
+    letters = [c for c in response if c.isascii() and c.isalpha()]
+    return sum(c.isupper() for c in letters) / len(letters) if letters else 0.0
+
+
+PROGRAMMATIC_REWARDS: dict[str, Callable[[PromptItem, str], float]] = {
+    "gsm8k_exact": gsm8k_exact,
+    "uppercase_share": uppercase_share,
+}
+
+
+class RewardModelScorer:
+    """A trained RM's scalar at the last token of the chat-templated (prompt, response).
+
+    The text goes through the RM's own tokenizer and chat template, exactly as in RM training,
+    so an RM whose tokenizer differs from the policy's scores the same text, not mismatched ids.
+    """
+
+    def __init__(self, model_dir, device, policy_tokenizer, log, batch_size: int = 8):
+        from ablate.train.rm import LastTokenReward, load_reward_model
+
+        model, self.tokenizer = load_reward_model(model_dir)
+        model.requires_grad_(False)
+        self.module = LastTokenReward(model).to(device).eval()
+        self.device = device
+        self.batch_size = batch_size
+        self.pad = model.config.pad_token_id
+        self.max_length = getattr(model.config, "max_position_embeddings", 4096)
+        if self.tokenizer.get_vocab() != policy_tokenizer.get_vocab():
+            log.info("the reward model's tokenizer differs from the policy's: responses are "
+                     "decoded and re-tokenised with the RM's tokenizer before scoring")
+
+    def _ids(self, item: PromptItem, response: str) -> list[int]:
+        messages = list(item.messages) + [{"role": "assistant", "content": response}]
+        ids = self.tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
+        return list(ids)[-self.max_length:]
+
+    @torch.no_grad()
+    def __call__(self, items: Sequence[PromptItem], responses: Sequence[str]) -> Tensor:
+        from ablate.train.common import autocast
+
+        sequences = [self._ids(i, r) for i, r in zip(items, responses)]
+        scores = torch.zeros(len(sequences))
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        for start in range(0, len(order), self.batch_size):
+            group = order[start:start + self.batch_size]
+            ids, mask = pad_sequences([sequences[i] for i in group], self.pad)
+            with autocast(self.device):
+                values = self.module(ids.to(self.device), mask.to(self.device)).float().cpu()
+            scores[torch.tensor(group)] = values
+        return scores
+
+
+def make_scorer(reward: str, reward_model_dir, device, policy_tokenizer, log
+                ) -> Callable[[Sequence[PromptItem], Sequence[str]], Tensor]:
+    if reward == "reward_model":
+        if reward_model_dir is None:
+            raise TrainingError("PPO with reward 'reward_model' needs a reward_model input")
+        return RewardModelScorer(reward_model_dir, device, policy_tokenizer, log)
+    if reward not in PROGRAMMATIC_REWARDS:
+        raise TrainingError(f"unknown reward {reward!r}; valid: reward_model, "
+                            f"{', '.join(PROGRAMMATIC_REWARDS)}")
+    function = PROGRAMMATIC_REWARDS[reward]
+    return lambda items, responses: torch.tensor([function(i, r) for i, r in
+                                                  zip(items, responses)], dtype=torch.float32)

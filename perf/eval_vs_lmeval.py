@@ -1,0 +1,150 @@
+"""ablate's transformers backend against lm-eval's ``hf`` backend: same model, items, prompts, greedy.
+
+    python perf/eval_vs_lmeval.py [--quick] [--json PATH] [--model smollm2-135m-instruct]
+
+Both sides get the prompts ablate builds (chat template applied, rendered to text) through an
+lm-eval task defined on a local JSON file, share one loaded model object, and are scored by the
+same function; the run fails if the scores differ. Timings exclude model loading.
+- GSM8k 8-shot CoT (the paper's protocol: ≤ 512 new tokens, stop at a blank line or "Question:").
+- MMLU 0-shot: a fixed subset (the first N of ablate's interleaved item list), " A".." D".
+``ratio`` = lm-eval's GSM8k time over ablate's (> 1: ablate is faster), ``ratio_mmlu`` likewise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+from ablate.evals import get_benchmark
+from ablate.evals.base import EvalEnv
+from ablate.evals.data import load_items
+from ablate.evals.gsm8k import STOP, is_correct
+from ablate.evals.mmlu import LETTERS, build_user_turn
+from ablate.generate import SamplingParams, chat_prompt
+from ablate.generate.hf import HFBackend
+from ablate.models import prepare_builtin
+
+
+def lm_eval_task_yaml(folder: Path, name: str, data: Path, body: str) -> None:
+    (folder / f"{name}.yaml").write_text(
+        f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+        f"test_split: test\ndoc_to_text: \"{{{{prompt}}}}\"\n{body}")
+
+
+def run_lm_eval(model, tokenizer, folder: Path, task: str, batch_size: int, limit: int):
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    started = time.perf_counter()
+    out = simple_evaluate(model=lm, tasks=[task], task_manager=TaskManager(include_path=str(folder)),
+                          log_samples=True, limit=limit)
+    seconds = time.perf_counter() - started
+    samples = sorted(out["samples"][task], key=lambda s: s["doc_id"])
+    return seconds, samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer items (CPU, < 5 min)")
+    parser.add_argument("--json", type=Path, help="write both sides' figures here")
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--gsm8k-items", type=int)
+    parser.add_argument("--mmlu-items", type=int)
+    parser.add_argument("--lm-eval-batch-size", type=int, default=8)
+    args = parser.parse_args()
+    n_gsm8k = args.gsm8k_items or (8 if args.quick else 40)
+    n_mmlu = args.mmlu_items or (100 if args.quick else 500)
+
+    model_dir = prepare_builtin(args.model) if not Path(args.model).exists() else Path(args.model)
+    backend = HFBackend(model_dir)
+    tokenizer, model = backend.tokenizer, backend.model
+    env = EvalEnv(model_dir=model_dir, _backend=backend)
+    gsm8k, mmlu = get_benchmark("gsm8k"), get_benchmark("mmlu")
+    gsm_items, _ = load_items(gsm8k, "paper", n_gsm8k)
+    mmlu_items, _ = load_items(mmlu, "paper", n_mmlu)
+    gsm_prompts = gsm8k.prompts(gsm_items, env)
+    mmlu_prompts = [chat_prompt(tokenizer, build_user_turn(i, []), "The answer is:")
+                    for i in mmlu_items]
+    report: dict = {"model": str(args.model), "machine": f"{platform.node()} {platform.machine()}, "
+                    f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
+                    "torch": torch.__version__, "quick": args.quick}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        gsm_data, mmlu_data = folder / "gsm8k.jsonl", folder / "mmlu.jsonl"
+        gsm_data.write_text("".join(json.dumps({"prompt": p, "target": i["target"]}) + "\n"
+                                    for p, i in zip(gsm_prompts, gsm_items)))
+        mmlu_data.write_text("".join(json.dumps({"prompt": p, "answer": i["answer"]}) + "\n"
+                                     for p, i in zip(mmlu_prompts, mmlu_items)))
+        until = json.dumps(list(STOP))
+        lm_eval_task_yaml(folder, "ablate_gsm8k", gsm_data,
+                          "output_type: generate_until\ndoc_to_target: \"{{target}}\"\n"
+                          f"generation_kwargs:\n  until: {until}\n  do_sample: false\n"
+                          "  max_gen_toks: 512\nmetric_list:\n  - metric: exact_match\n")
+        lm_eval_task_yaml(folder, "ablate_mmlu", mmlu_data,
+                          "output_type: multiple_choice\ndoc_to_target: answer\n"
+                          "doc_to_choice: [\"A\", \"B\", \"C\", \"D\"]\ntarget_delimiter: \" \"\n"
+                          "metric_list:\n  - metric: acc\n")
+
+        # Warm both code paths (first calls pay one-time allocation and dispatch costs).
+        backend.generate(gsm_prompts[:1], SamplingParams(max_new_tokens=2, stop=STOP))
+        run_lm_eval(model, tokenizer, folder, "ablate_mmlu", args.lm_eval_batch_size, 1)
+
+        # ---- GSM8k
+        started = time.perf_counter()
+        ours = backend.generate(gsm_prompts, SamplingParams(max_new_tokens=512, stop=STOP))
+        ours_s = time.perf_counter() - started
+        theirs_s, samples = run_lm_eval(model, tokenizer, folder, "ablate_gsm8k",
+                                        args.lm_eval_batch_size, n_gsm8k)
+        theirs = [s["resps"][0][0] for s in samples]
+        our_scores = [is_correct(o[0], i["target"]) for o, i in zip(ours, gsm_items)]
+        their_scores = [is_correct(t, i["target"]) for t, i in zip(theirs, gsm_items)]
+        report["gsm8k"] = {
+            "items": n_gsm8k, "ablate_s": ours_s, "lm_eval_s": theirs_s,
+            "ablate_exact_match": 100 * sum(our_scores) / n_gsm8k,
+            "lm_eval_exact_match": 100 * sum(their_scores) / n_gsm8k,
+            "identical_outputs": sum(o[0] == t for o, t in zip(ours, theirs)),
+            "same_scores": our_scores == their_scores,
+            "prompt_tokens_mean": sum(len(backend.encode(p)) for p in gsm_prompts) / n_gsm8k,
+            "output_tokens_mean": sum(len(backend.encode(o[0])) for o in ours) / n_gsm8k}
+
+        # ---- MMLU
+        started = time.perf_counter()
+        lls = backend.loglikelihood([(p, [f" {x}" for x in LETTERS]) for p in mmlu_prompts])
+        ours_s = time.perf_counter() - started
+        our_pred = [max(range(4), key=lambda k: ll[k]) for ll in lls]
+        theirs_s, samples = run_lm_eval(model, tokenizer, folder, "ablate_mmlu",
+                                        args.lm_eval_batch_size, n_mmlu)
+        their_pred = [max(range(4), key=lambda k: s["resps"][k][0][0]) for s in samples]
+        gold = [i["answer"] for i in mmlu_items]
+        report["mmlu"] = {
+            "items": n_mmlu, "ablate_s": ours_s, "lm_eval_s": theirs_s,
+            "ablate_accuracy": 100 * sum(p == g for p, g in zip(our_pred, gold)) / n_mmlu,
+            "lm_eval_accuracy": 100 * sum(p == g for p, g in zip(their_pred, gold)) / n_mmlu,
+            "same_predictions": sum(a == b for a, b in zip(our_pred, their_pred)),
+            "same_scores": our_pred == their_pred}
+
+    report["ratio"] = report["gsm8k"]["lm_eval_s"] / report["gsm8k"]["ablate_s"]
+    report["ratio_mmlu"] = report["mmlu"]["lm_eval_s"] / report["mmlu"]["ablate_s"]
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+    if not (report["gsm8k"]["same_scores"] and report["mmlu"]["same_scores"]):
+        raise SystemExit("the two backends' scores differ (see the JSON)")
+
+
+if __name__ == "__main__":
+    main()

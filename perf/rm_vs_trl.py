@@ -1,0 +1,123 @@
+"""ablate's reward-model trainer against TRL's RewardTrainer, one epoch each over the same pairs,
+in one process.
+
+Both sides train a 1-label sequence-classification head on the same model from the same
+tokenised pairs (TRL gets ablate's token ids as a processed dataset, so the tokens are identical),
+same batch and micro-batch, float32, no gradient checkpointing (TRL's default turns it on, which
+is slower for a small model). Timed: the training epoch only. Figures as in ``dpo_vs_trl.py``.
+
+    python perf/rm_vs_trl.py --quick --json /tmp/rm.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dpo_vs_trl import PeakRSS, fitting_pairs  # noqa: E402
+
+
+def run_trl(model_dir, pairs, tokenizer, args, out: Path) -> dict:
+    import trl
+    from datasets import Dataset
+
+    from ablate.train.rm import load_reward_model
+
+    model, _ = load_reward_model(model_dir)
+    config = trl.RewardConfig(
+        output_dir=str(out), use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available(), learning_rate=args.lr, lr_scheduler_type="linear",
+        warmup_steps=0, num_train_epochs=1, per_device_train_batch_size=args.micro_batch_size,
+        gradient_accumulation_steps=args.batch_size // args.micro_batch_size,
+        gradient_checkpointing=False, max_length=args.max_length, save_strategy="no",
+        logging_steps=1, report_to=[], seed=args.seed, dataloader_num_workers=0)
+    dataset = Dataset.from_list([{"chosen_ids": list(p.prompt_ids + p.chosen_ids),
+                                  "rejected_ids": list(p.prompt_ids + p.rejected_ids)}
+                                 for p in pairs])
+    trainer = trl.RewardTrainer(model=model, args=config, train_dataset=dataset,
+                                processing_class=tokenizer)
+    with PeakRSS() as memory:
+        started, cpu_started = time.perf_counter(), time.process_time()
+        trainer.train()
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss_gib": memory.gib,
+            "losses": losses}
+
+
+def run_ablate(model_dir, rows, args, out: Path) -> dict:
+    from ablate.spec.schema import RMConfig
+    from ablate.train.rm import train_rm
+
+    cfg = RMConfig(lr=args.lr, warmup_ratio=0.0, epochs=1, batch_size=args.batch_size,
+                   micro_batch_size=args.micro_batch_size, max_length=args.max_length,
+                   eval_fraction=0.0, save_every_steps=10**6)
+    with PeakRSS() as memory:
+        result = train_rm(model_dir, rows, cfg, args.seed, out)
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").open()]
+    return {"seconds": result["train_seconds"], "cpu_seconds": result["train_cpu_seconds"],
+            "peak_rss_gib": memory.gib, "losses": losses}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="CPU-sized run (< 5 minutes)")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--pairs", type=int, default=64)
+    parser.add_argument("--max-length", type=int, default=384)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--micro-batch-size", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.pairs, args.max_length = 16, 256
+
+    from ablate.models import prepare_builtin
+
+    model_dir = Path(args.model) if Path(args.model).is_dir() else prepare_builtin(args.model)
+    rows, pairs, tokenizer = fitting_pairs(model_dir, args.pairs, args.max_length,
+                                           args.max_length)
+    real_tokens = sum(p.real_tokens for p in pairs)
+    with tempfile.TemporaryDirectory() as tmp:
+        trl_side = run_trl(model_dir, pairs, tokenizer, args, Path(tmp) / "trl")
+        print(f"trl: {trl_side['seconds']:.1f} s", flush=True)
+        ablate = run_ablate(model_dir, rows, args, Path(tmp) / "ablate")
+        print(f"ablate: {ablate['seconds']:.1f} s", flush=True)
+    for side in (ablate, trl_side):
+        side["pairs_per_second"] = round(len(pairs) / side["seconds"], 4)
+        side["real_tokens_per_second"] = round(real_tokens / side["seconds"], 1)
+        side["seconds"] = round(side["seconds"], 2)
+        side["cpu_seconds"] = round(side["cpu_seconds"], 2)
+    result = {
+        "benchmark": "rm_vs_trl", "model": args.model, "pairs": len(pairs),
+        "real_tokens": real_tokens, "max_length": args.max_length,
+        "batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size,
+        "precision": "bf16" if torch.cuda.is_available() else "float32",
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else
+        f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
+        "machine": platform.node(), "ablate": ablate, "trl": trl_side,
+        "ratio": round(ablate["pairs_per_second"] / trl_side["pairs_per_second"], 3),
+        "cpu_ratio": round(trl_side["cpu_seconds"] / ablate["cpu_seconds"], 3),
+        "memory_ratio": round(ablate["peak_rss_gib"] / max(trl_side["peak_rss_gib"], 1e-9), 3),
+    }
+    print(json.dumps(result, indent=1))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    main()

@@ -1,0 +1,102 @@
+"""Judges (cache, retries, failures) and AlpacaEval's win rates against the official leaderboard."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from ablate.evals import EvalError
+from ablate.evals.alpaca import judge_messages, parse_preference, winrates
+from ablate.evals.judges import OpenAIJudge, get_judge
+
+
+class FakeEndpoint(BaseHTTPRequestHandler):
+    script: list = []  # status codes to answer before succeeding
+    seen: list = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        FakeEndpoint.seen.append((self.headers["Authorization"], body))
+        if FakeEndpoint.script:
+            self.send_response(FakeEndpoint.script.pop(0))
+            self.end_headers()
+            return
+        content = body["messages"][-1]["content"]
+        text = "M" if "pick-M" in content else ("m" if "pick-m" in content else "no idea")
+        payload = {"choices": [{"message": {"content": text}, "logprobs": None}]}
+        data = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def endpoint():
+    server = HTTPServer(("127.0.0.1", 0), FakeEndpoint)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    FakeEndpoint.script, FakeEndpoint.seen = [], []
+    yield f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+
+
+def test_openai_judge_retries_caches_and_counts_failures(endpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("JUDGE_KEY", "secret-123")
+    judge = OpenAIJudge(endpoint, "judge-model", "JUDGE_KEY", tmp_path, backoff_s=0.01,
+                        concurrency=1)
+    FakeEndpoint.script = [429, 503]
+    assert judge.complete(["pick-M please"]) == ["M"]
+    assert judge.calls == 3 and FakeEndpoint.seen[-1][0] == "Bearer secret-123"
+    again = OpenAIJudge(endpoint, "judge-model", "JUDGE_KEY", tmp_path, backoff_s=0.01)
+    assert again.complete(["pick-M please"]) == ["M"] and again.calls == 0  # from the disk cache
+    FakeEndpoint.script = [400]
+    assert judge.complete(["pick-m now"]) == [None]  # not retryable: one failed judgement
+    assert "secret-123" not in (tmp_path / "judgements" / "openai.jsonl").read_text()
+    monkeypatch.delenv("JUDGE_KEY")
+    with pytest.raises(EvalError, match="JUDGE_KEY"):
+        OpenAIJudge(endpoint, "other", "JUDGE_KEY", tmp_path).complete(["x"])
+
+
+def test_judges_yaml_and_unknown_judge(tmp_path, monkeypatch, endpoint):
+    config = tmp_path / "judges.yaml"
+    config.write_text(f"j: {{kind: openai, base_url: '{endpoint}', model: m, api_key_env: K}}\n")
+    monkeypatch.setenv("ABLATE_JUDGES", str(config))
+    assert isinstance(get_judge("j", tmp_path), OpenAIJudge)
+    with pytest.raises(EvalError, match="unknown judge 'nope'"):
+        get_judge("nope", tmp_path)
+
+
+def test_preference_parsing():
+    assert parse_preference({"text": "m"}) == 1.0 and parse_preference({"text": "M"}) == 2.0
+    assert parse_preference({"text": "the second"}) is None and parse_preference(None) is None
+    weighted = parse_preference({"top_logprobs": [{"token": "M", "logprob": -0.1},
+                                                  {"token": "m", "logprob": -2.0}]})
+    assert 1.8 < weighted < 1.9
+    messages = judge_messages("Say hi", "hello", "hey")
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert '"""Say hi"""' in messages[1]["content"] and '"""hey"""' in messages[1]["content"]
+
+
+def test_win_rate_reproduces_the_alpaca_eval_1_leaderboard(shared_data):
+    rows = json.loads((shared_data / "alpaca_eval" / "annotations"
+                       / "tulu-2-dpo-13b__alpaca_eval_gpt4.json").read_text())
+    annotations = [{"preference": float(r["preference"]) if r["preference"] is not None else None,
+                    "output_1": r["output_1"], "output_2": r["output_2"], "index": k,
+                    "generator_1": r["generator_1"], "generator_2": r["generator_2"]}
+                   for k, r in enumerate(rows)]
+    rates = winrates([a for a in annotations if a["preference"] is not None], None)
+    assert rates["win_rate"] == pytest.approx(88.12189054726367, abs=1e-6)
+
+
+def test_missing_difficulty_file_is_a_clear_error(tmp_path):
+    annotations = [{"preference": 2.0, "output_1": "a", "output_2": "bb", "index": 0,
+                    "generator_1": "ref", "generator_2": "model"}]
+    with pytest.raises(EvalError, match="does not exist"):
+        winrates(annotations, tmp_path / "df_gamed.csv")

@@ -1,0 +1,40 @@
+"""Step runners for the SLURM tests, selected in the jobs by ``ABLATE_RUNNERS`` (jobs inherit the
+environment; monkeypatching cannot reach a process SLURM starts).
+
+``weights_eval`` stands in for a benchmark where the real evaluation runner is not needed: its
+value is a checksum of the evaluated model's weights, so two runs agree only if they trained the
+same model. ``ABLATE_TEST_FAIL_BENCHMARK=NAME`` makes that benchmark's evaluation fail.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from ablate.store import atomic_write_json
+
+
+def weights_eval(ctx) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from ablate.models import resolve_model
+
+    benchmark = ctx.config["benchmark"]
+    if benchmark == os.environ.get("ABLATE_TEST_FAIL_BENCHMARK"):
+        raise RuntimeError(f"benchmark {benchmark} exploded (test hook)")
+    folder = ctx.input_model_dir("model") if "model" in ctx.inputs else resolve_model(ctx.config["model"])
+    weights = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        weights.update(load_file(path))
+    checksum = sum(float(t.double().abs().sum()) for _, t in sorted(weights.items()))
+    ctx.log.info("weights checksum of %s: %r", folder, checksum)
+    atomic_write_json(ctx.out_dir / "result.json",
+                      {"benchmark": benchmark, "metric": "weights_checksum", "value": checksum,
+                       "torch": torch.__version__})
+
+
+def sleep_train(ctx) -> None:
+    """A training step that takes long enough to be cancelled."""
+    time.sleep(float(os.environ.get("ABLATE_TEST_SLEEP", "120")))
+    (ctx.out_dir / "model").mkdir(exist_ok=True)

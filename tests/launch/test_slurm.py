@@ -1,0 +1,276 @@
+"""`ablate grid --submit` against a real SLURM scheduler (the local one-node cluster): the grid
+runs to the local executor's results, a requeued training resumes from its checkpoint, a failing
+evaluation is retried then shown failed, and submitting twice does not duplicate work.
+
+Training is the real DPO recipe on the tiny Llama; evaluations are ``slurm_runners.weights_eval``
+(a checksum of the evaluated weights: equal only if the same model was trained), selected in the
+jobs through ``ABLATE_RUNNERS``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from ablate.cli import app
+from ablate.launch.local import run_plan
+from ablate.launch.profile import load_profile
+from ablate.launch.slurm import cancel_plan, slurm_states, submit_plan
+from ablate.spec import expand, load_grid
+from ablate.store import RunStore
+from ablate.train.common import latest_checkpoint
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+LOCAL_PROFILE = REPO / "slurm" / "local.yaml"
+
+pytestmark = pytest.mark.slurm
+
+GRID = """\
+name: {name}
+models:
+  tiny: {{builtin: tiny-llama}}
+datasets:
+  uf: {{name: ultrafeedback-slice, max_rows: {rows}}}
+algorithms:
+  dpo: {{kind: dpo, lr: 1.0e-4, epochs: 1, batch_size: 2, micro_batch_size: 2, max_length: 128,
+        max_prompt_length: 64, save_every_steps: 2}}
+axes: {{model: [tiny], data: [uf], algorithm: [dpo]}}
+baseline: {baseline}
+eval: {{benchmarks: [gsm8k, mmlu], limit: {{gsm8k: 4, mmlu: 4}}}}
+"""
+
+
+def write_grid(folder: Path, name: str, baseline: bool = True, rows: int = 24) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(GRID.format(name=name, baseline=str(baseline).lower(), rows=rows))
+    return path
+
+
+@pytest.fixture
+def job_env(monkeypatch):
+    """What the jobs inherit: the test runners importable, and chosen for evaluations."""
+    monkeypatch.setenv("PYTHONPATH", str(HERE))
+    monkeypatch.setenv("ABLATE_RUNNERS", "eval=slurm_runners:weights_eval")
+    monkeypatch.syspath_prepend(str(HERE))
+
+
+def quiet() -> Console:
+    return Console(file=open("/dev/null", "w"))
+
+
+def release_requeued() -> None:
+    """SLURM holds a requeued job for ~2 minutes (reason BeginTime); start it now instead."""
+    out = subprocess.run(["squeue", "--noheader", "--array", "--format=%i|%r"],
+                         capture_output=True, text=True)
+    for line in out.stdout.splitlines():
+        job_id, _, reason = line.partition("|")
+        if reason.strip() == "BeginTime":
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"],
+                           capture_output=True)
+
+
+def recorded_jobs(plan, store) -> list[str]:
+    return [j for s in plan.steps.values() if (j := store.state(s).get("slurm_job_id"))]
+
+
+def wait_settled(plan, store, timeout: float = 900) -> None:
+    """Until none of the plan's jobs is queued or running any more."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        release_requeued()
+        if not slurm_states(recorded_jobs(plan, store)):
+            return
+        time.sleep(1)
+    raise AssertionError(f"jobs still queued after {timeout} s: {slurm_states(recorded_jobs(plan, store))}")
+
+
+def results(plan, store) -> dict:
+    """Eval values by step name, and the training summary's final metrics."""
+    out = {}
+    for step in plan.steps.values():
+        folder = store.step_dir(step)
+        if step.kind == "eval":
+            out[step.name] = json.loads((folder / "result.json").read_text())["value"]
+        else:
+            summary = json.loads((folder / "train_summary.json").read_text())
+            out[step.name] = {"last": summary["last"], "heldout_after": summary["heldout_after"]}
+    return out
+
+
+@pytest.fixture(scope="module")
+def local_reference(tmp_path_factory):
+    """The grid run by the local executor, uninterrupted: what SLURM runs must match it."""
+    folder = tmp_path_factory.mktemp("local")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ABLATE_RUNNERS", "eval=slurm_runners:weights_eval")
+    mp.syspath_prepend(str(HERE))
+    try:
+        plan = expand(load_grid(write_grid(folder, "slurmgrid")))
+        store = RunStore(folder / "store")
+        assert run_plan(plan, store, console=quiet()).ok
+        yield results(plan, store)
+    finally:
+        mp.undo()
+
+
+@pytest.mark.slow
+def test_grid_through_sbatch_matches_local_and_is_not_duplicated(
+        slurm_cluster, job_env, local_reference, tmp_path):
+    grid = write_grid(tmp_path, "slurmgrid")
+    store_dir = tmp_path / "store"
+    cli = CliRunner()
+    first = cli.invoke(app, ["grid", str(grid), "--submit", "--cluster", str(LOCAL_PROFILE),
+                             "--store", str(store_dir)])
+    assert first.exit_code == 0, first.output
+    plan, store = expand(load_grid(grid)), RunStore(store_dir)
+    submitted = recorded_jobs(plan, store)
+    assert len(submitted) == 5
+    # One training job, then the evaluations of each model as one array: 3 sbatch submissions.
+    assert len({j.split("_")[0] for j in submitted}) == 3
+    train = next(s for s in plan.steps.values() if s.kind == "train_dpo")
+    dependent = [s for s in plan.steps.values() if train.id in s.inputs.values()]
+    assert all(store.state(s)["after"] == [store.state(train)["slurm_job_id"]] for s in dependent)
+
+    # Submitting again while the jobs are queued or running submits nothing.
+    again = submit_plan(plan, store, load_profile(LOCAL_PROFILE))
+    assert not [r for r in again if r["action"] == "submitted"], again
+    assert sorted(recorded_jobs(plan, store)) == sorted(submitted)
+
+    wait_settled(plan, store)
+    assert all(store.is_done(s) for s in plan.steps.values()), \
+        {s.name: store.state(s) for s in plan.steps.values()}
+    assert results(plan, store) == local_reference
+
+    # And once everything is done, again nothing.
+    done = submit_plan(plan, store, load_profile(LOCAL_PROFILE))
+    assert {r["action"] for r in done} == {"done"}
+    status = cli.invoke(app, ["status", str(grid), "--store", str(store_dir)])
+    assert status.exit_code == 0 and "done" in status.output and "failed" not in status.output
+
+
+@pytest.mark.slow
+def test_requeued_training_resumes_from_its_checkpoint(slurm_cluster, job_env, local_reference,
+                                                       tmp_path):
+    grid = write_grid(tmp_path, "slurmgrid")
+    plan, store = expand(load_grid(grid)), RunStore(tmp_path / "store")
+    submit_plan(plan, store, load_profile(LOCAL_PROFILE))
+    train = next(s for s in plan.steps.values() if s.kind == "train_dpo")
+    job_id = store.state(train)["slurm_job_id"]
+    checkpoints = store.step_dir(train) / "checkpoints"
+    deadline = time.time() + 600
+    while latest_checkpoint(checkpoints) is None:
+        assert time.time() < deadline and not store.is_done(train), "no checkpoint seen"
+        time.sleep(0.2)
+    # The scheduler takes the node back mid-run, as a preemption does.
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    wait_settled(plan, store)
+
+    assert store.is_done(train), store.state(train)
+    summary = json.loads((store.step_dir(train) / "train_summary.json").read_text())
+    assert summary["resumed_from_step"] >= 2
+    log = (store.step_dir(train) / "log.txt").read_text()
+    assert log.count(f"start {train.name}") >= 2
+    assert results(plan, store) == local_reference
+
+
+@pytest.mark.slow
+def test_failing_evaluation_is_retried_then_failed_while_others_finish(slurm_cluster, job_env,
+                                                                        monkeypatch, tmp_path):
+    monkeypatch.setenv("ABLATE_TEST_FAIL_BENCHMARK", "mmlu")
+    # A quick stand-in for training: this test is about the evaluation's retries.
+    monkeypatch.setenv("ABLATE_RUNNERS", "eval=slurm_runners:weights_eval,"
+                       "train_dpo=slurm_runners:sleep_train")
+    monkeypatch.setenv("ABLATE_TEST_SLEEP", "0")
+    grid = write_grid(tmp_path, "failgrid", baseline=False)
+    store_dir = tmp_path / "store"
+    cli = CliRunner()
+    out = cli.invoke(app, ["grid", str(grid), "--submit", "--cluster", str(LOCAL_PROFILE),
+                           "--store", str(store_dir)])
+    assert out.exit_code == 0, out.output
+    plan, store = expand(load_grid(grid)), RunStore(store_dir)
+    wait_settled(plan, store)
+
+    mmlu = next(s for s in plan.steps.values() if s.config.get("benchmark") == "mmlu")
+    others = [s for s in plan.steps.values() if s.id != mmlu.id]
+    assert all(store.is_done(s) for s in others)
+    state = store.state(mmlu)
+    assert state["state"] == "failed" and state["failures"] == 2  # local.yaml: max_attempts 2
+    assert "exploded" in state["error"] and "exploded" in state["log_tail"]
+    assert (store.step_dir(mmlu) / "log.txt").read_text().count(f"start {mmlu.name}") == 2
+
+    status = cli.invoke(app, ["status", str(grid), "--store", str(store_dir)])
+    assert "failed" in status.output and "exploded" in status.output, status.output
+    logs = cli.invoke(app, ["logs", mmlu.id[:8], "--store", str(store_dir)])
+    assert logs.exit_code == 0, logs.output
+    assert "exploded" in logs.output and "SLURM job output" in logs.output
+
+    # Fixed, then submitted again: only the failed step runs.
+    monkeypatch.delenv("ABLATE_TEST_FAIL_BENCHMARK")
+    rows = submit_plan(plan, store, load_profile(LOCAL_PROFILE))
+    assert [r["step"] for r in rows if r["action"] == "submitted"] == [mmlu.id]
+    wait_settled(plan, store)
+    assert store.is_done(mmlu)
+
+
+def test_cancel_stops_queued_and_running_jobs(slurm_cluster, job_env, monkeypatch, tmp_path):
+    monkeypatch.setenv("ABLATE_RUNNERS", "train_dpo=slurm_runners:sleep_train")
+    monkeypatch.setenv("ABLATE_TEST_SLEEP", "300")
+    grid = write_grid(tmp_path, "cancelgrid", baseline=False)
+    plan, store = expand(load_grid(grid)), RunStore(tmp_path / "store")
+    rows = submit_plan(plan, store, load_profile(LOCAL_PROFILE))
+    assert {r["action"] for r in rows} == {"submitted"}
+    cancelled = cancel_plan(plan, store)
+    assert len(cancelled) == 3  # the training job and its two evaluations (array tasks)
+    deadline = time.time() + 60
+    while slurm_states(cancelled) and time.time() < deadline:
+        time.sleep(0.5)
+    live = {j: s for j, s in slurm_states(cancelled).items() if s["state"] != "COMPLETING"}
+    assert not live
+    assert {store.state(s)["state"] for s in plan.steps.values()} == {"cancelled"}
+
+
+def test_unknown_partition_is_refused_before_anything_is_submitted(slurm_cluster, tmp_path):
+    profile = tmp_path / "wrong.yaml"
+    profile.write_text("partition: nosuchpartition\n")
+    grid = write_grid(tmp_path, "badpart")
+    store_dir = tmp_path / "store"
+    out = CliRunner().invoke(app, ["grid", str(grid), "--submit", "--cluster", str(profile),
+                                   "--store", str(store_dir)])
+    assert out.exit_code == 2
+    text = " ".join(out.output.split())
+    assert "wrong.yaml" in text and "Invalid partition name" in text
+    assert not (store_dir / "steps").exists() and not (store_dir / "grids").exists()
+
+
+@pytest.mark.slow
+def test_multi_process_training_runs_torchrun_inside_the_job(slurm_cluster, job_env, tmp_path):
+    """train.procs_per_node: 2 -> one submitit task on the node starts torchrun with two workers
+    (gloo on CPU); the result matches the single-process run of the local executor."""
+    profile = tmp_path / "two-procs.yaml"
+    profile.write_text("partition: debug\nnode_gpus: 0\n"
+                       "train: {procs_per_node: 2, cpus_per_task: 2, mem_gb: 4, time_min: 30}\n"
+                       "eval: {cpus_per_task: 1, mem_gb: 2, time_min: 30}\n")
+    # 16 rows: 15 training pairs in steps of 4, so that each of the two ranks has a pair in every
+    # step (a rank without one trips ablate.train.loop's stats all-reduce: reported to its owner).
+    grid = write_grid(tmp_path, "twoprocs", baseline=False, rows=16)
+    grid.write_text(grid.read_text().replace("batch_size: 2,", "batch_size: 4,"))
+    plan = expand(load_grid(grid))
+    local = RunStore(tmp_path / "local")
+    assert run_plan(plan, local, console=quiet()).ok
+    store = RunStore(tmp_path / "store")
+    submit_plan(plan, store, load_profile(profile))
+    wait_settled(plan, store)
+    train = next(s for s in plan.steps.values() if s.kind == "train_dpo")
+    assert store.is_done(train), store.state(train)
+    summary = json.loads((store.step_dir(train) / "train_summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert "DPO done" in (store.step_dir(train) / "torchrun-node0.log").read_text()
+    reference = results(plan, local)[train.name]["heldout_after"]
+    assert summary["heldout_after"] == pytest.approx(reference, rel=1e-4, abs=1e-6)

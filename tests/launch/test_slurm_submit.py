@@ -1,0 +1,156 @@
+"""The SLURM launcher without a cluster: profiles, bad input caught before anything is submitted,
+the dry run's sbatch scripts, grouping into jobs and arrays, and how squeue's answers read."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+import ablate.launch.slurm as slurm
+from ablate.cli import app
+from ablate.launch.profile import load_profile, resource_class
+from ablate.launch.slurm import (
+    SlurmError, _gpus_in_gres, group_steps, preflight, refresh_states, submit_plan,
+)
+from ablate.spec import SpecError, expand
+from ablate.spec.schema import GridSpec
+from ablate.store import RunStore
+
+from test_slurm import LOCAL_PROFILE, REPO, write_grid
+
+
+@pytest.fixture
+def plan():
+    return expand(GridSpec.model_validate({
+        "name": "g", "models": {"m": {"builtin": "tiny-llama"}},
+        "axes": {"model": ["m"], "data": ["a", "b"], "algorithm": ["dpo"]},
+        "eval": {"benchmarks": ["gsm8k", "mmlu", "alpaca_eval_2"]}}))
+
+
+def test_shipped_profiles_load():
+    for path in sorted((REPO / "slurm").glob("*.yaml")):
+        profile = load_profile(path)
+        assert profile.config.train.time_min > 0, path
+
+
+def test_missing_and_malformed_profiles(tmp_path):
+    with pytest.raises(SpecError, match="no such cluster profile.*local.yaml"):
+        load_profile(LOCAL_PROFILE.parent / "nope.yaml")
+    with pytest.raises(SpecError, match="--cluster slurm/NAME.yaml"):
+        load_profile(None)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("partition: debug\ntrain:\n  gpus_per_nod: 2\n")
+    with pytest.raises(SpecError, match=r"line 3: unknown key 'train.gpus_per_nod'; did you mean "
+                                        r"'gpus_per_node'"):
+        load_profile(bad)
+    bad.write_text("partition: [debug\n")
+    with pytest.raises(SpecError, match="YAML syntax error"):
+        load_profile(bad)
+    bad.write_text("eval: {nodes: 2}\n")
+    with pytest.raises(SpecError, match="evaluation jobs run on one node"):
+        load_profile(bad)
+
+
+def test_no_sbatch_on_path_fails_before_writing(plan, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    store = RunStore(tmp_path / "store")
+    with pytest.raises(SlurmError, match="no `sbatch`.*on the PATH"):
+        submit_plan(plan, store, load_profile(LOCAL_PROFILE))
+    assert not store.root.exists()
+
+
+def test_more_gpus_per_node_than_the_nodes_have(plan, tmp_path):
+    profile = tmp_path / "big.yaml"
+    profile.write_text("partition: gpu\nnode_gpus: 4\ntrain: {gpus_per_node: 8}\n")
+    with pytest.raises(SlurmError, match=r"big.yaml: the grid's train jobs ask for 8 GPUs per node"
+                                         r".*partition gpu has 4"):
+        preflight(plan, list(plan.steps.values()), load_profile(profile), dry_run=True)
+    # Through the CLI: exit code 2, nothing written.
+    grid = write_grid(tmp_path, "gpus")
+    out = CliRunner().invoke(app, ["grid", str(grid), "--submit", "--cluster", str(profile),
+                                   "--dry-run", "--store", str(tmp_path / "store")])
+    assert out.exit_code == 2 and "8 GPUs per node" in " ".join(out.output.split())
+    assert not (tmp_path / "store").exists()
+
+
+def test_multi_process_training_only_for_recipes_that_support_it(tmp_path):
+    ppo = expand(GridSpec.model_validate({
+        "name": "p", "models": {"m": {"builtin": "tiny-llama"}},
+        "datasets": {"a": {"name": "a"}},
+        "algorithms": {"ppo": {"kind": "ppo"}},
+        "reward_models": {"rm": {}},
+        "axes": {"model": ["m"], "data": ["a"], "algorithm": ["ppo"], "reward_model": ["rm"]},
+        "eval": {"benchmarks": ["gsm8k"]}}))
+    profile = tmp_path / "multi.yaml"
+    profile.write_text("train: {nodes: 2, gpus_per_node: 8}\nnode_gpus: 8\n")
+    with pytest.raises(SlurmError, match="train_ppo steps train in one process"):
+        preflight(ppo, list(ppo.steps.values()), load_profile(profile), dry_run=True)
+
+
+def test_dry_run_prints_scripts_and_table_and_submits_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # a dry run needs no SLURM client
+    monkeypatch.setenv("COLUMNS", "200")
+    grid = write_grid(tmp_path, "dry")
+    out = CliRunner().invoke(app, ["grid", str(grid), "--submit", "--cluster", str(LOCAL_PROFILE),
+                                   "--dry-run", "--store", str(tmp_path / "store")])
+    assert out.exit_code == 0, out.output
+    assert out.output.count("#!/bin/bash") == 3  # one training job, two evaluation arrays
+    assert "#SBATCH --array=0-1%2" in out.output
+    assert "#SBATCH --dependency=afterok:new0" in out.output
+    assert "#SBATCH --partition=debug" in out.output and "#SBATCH --requeue" in out.output
+    assert "would submit" in out.output and "dry run: nothing submitted" in out.output
+    assert not (tmp_path / "store").exists()
+
+
+def test_jobs_group_training_alone_and_evaluations_per_model(plan):
+    groups = group_steps(plan.order())
+    train = [g for g in groups if g.klass == "train"]
+    assert len(train) == 2 and all(len(g.steps) == 1 for g in train)
+    assert groups[:2] == train  # training is submitted first
+    evals = [g for g in groups if g.klass == "eval"]
+    # the baseline and two trained models: gsm8k + mmlu of each as one array
+    assert len(evals) == 3 and all(len(g.steps) == 2 for g in evals)
+    judged = [g for g in groups if g.klass == "judge"]
+    assert len(judged) == 3 and all(s.config["benchmark"] == "alpaca_eval_2"
+                                    for g in judged for s in g.steps)
+    for group in evals + judged:
+        assert len({tuple(sorted(s.inputs.values())) for s in group.steps}) == 1
+    assert {resource_class(s) for s in plan.steps.values()} == {"train", "eval", "judge"}
+
+
+def test_gres_parsing():
+    assert _gpus_in_gres("gpu:a100:8(S:0-1)") == 8
+    assert _gpus_in_gres("gpu:4,shard:8") == 4
+    assert _gpus_in_gres("(null)") == 0
+
+
+def test_status_reads_squeue_and_the_store(plan, tmp_path, monkeypatch):
+    store = RunStore(tmp_path)
+    steps = plan.order()
+    for n, step in enumerate(steps[:4]):
+        store.set_state(step, "submitted", slurm_job_id=str(100 + n), slurm_log=f"/logs/{n}")
+    monkeypatch.setattr(slurm.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    monkeypatch.setattr(slurm, "slurm_states", lambda ids: {
+        "100": {"state": "RUNNING", "reason": "None"},
+        "101": {"state": "PENDING", "reason": "Dependency"},
+        "102": {"state": "PENDING", "reason": "DependencyNeverSatisfied"}})
+    states = refresh_states(plan, store, {s.id: store.state(s) for s in steps})
+    assert [states[s.id]["state"] for s in steps[:4]] == ["running", "queued", "blocked", "lost"]
+    assert "gone from the queue" in states[steps[3].id]["error"]
+    assert states[steps[0].id]["log"] == "/logs/0"
+    assert states[steps[4].id]["state"] == "pending"
+
+
+def test_status_shows_dependents_of_a_failed_step_as_blocked(plan, tmp_path, monkeypatch):
+    store = RunStore(tmp_path)
+    train = next(s for s in plan.order() if s.kind == "train_dpo")
+    users = [s for s in plan.order() if train.id in s.inputs.values()]
+    store.set_state(train, "failed", slurm_job_id="7", error="RuntimeError: boom")
+    for n, step in enumerate(users):
+        store.set_state(step, "submitted", slurm_job_id=f"8_{n}")
+    monkeypatch.setattr(slurm.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    monkeypatch.setattr(slurm, "slurm_states", lambda ids: {})  # SLURM cancelled them
+    states = refresh_states(plan, store, {s.id: store.state(s) for s in plan.order()})
+    assert states[train.id]["state"] == "failed"
+    assert {states[s.id]["state"] for s in users} == {"blocked"}
+    assert states[users[0].id]["error"] == f"input failed: {train.name}"

@@ -1,0 +1,183 @@
+"""Reports from run stores built in code: formats, determinism, seeds, noise, bad input, CLI."""
+
+import json
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from ablate.report.build import ReportError, build_report
+from ablate.report.cli import report_command
+from ablate.report.frame import load_results
+from ablate.report.groups import group_stats
+from report_store import build_plan, detail_json, fill_store, read
+
+PPO_MIXED = "data=uf,alg=ppo,rm=uf-13b,prompts=mixed,seed=1"
+
+
+def report(store, out, **kw):
+    args = dict(tables=["smoke"], figures=[], formats=["all"])
+    args.update(kw)
+    return build_report(store, "toy", out_dir=out, **args)
+
+
+def test_frame_is_tidy_with_cis_and_run_ids(toy_store):
+    results = load_results(toy_store, "toy")
+    frame = results.frame
+    assert len(frame) == 5 * 3 and set(frame.status) == {"done"}
+    row = frame[(frame.cell == "sft") & (frame.benchmark == "gsm8k")].iloc[0]
+    assert row.category == "reasoning" and row.ci_low < row.value < row.ci_high
+    assert row.eval_step in row.run_ids.split()
+    ppo = frame[frame.cell.str.contains("prompts=uf")].iloc[0]
+    assert len(ppo.run_ids.split()) == 3  # rm -> ppo -> eval
+    assert frame.groupby("group").cell.nunique()["data=uf,alg=dpo"] == 2
+
+
+def test_seeds_noise_and_shading(toy_store):
+    results = load_results(toy_store, "toy")
+    stats = group_stats(results)
+    dpo = stats["data=uf,alg=dpo"]
+    assert dpo["bench:mmlu"].n_seeds == 2 and dpo["bench:mmlu"].sd > 0
+    # MMLU 0.50 -> 0.71: real; ToxiGen (lower is better) 0.20 -> 0.11: real and oriented
+    assert not dpo["bench:mmlu"].within_noise and dpo["bench:mmlu"].test.delta > 15
+    assert dpo["safety"].test.delta > 0 and not dpo["safety"].within_noise
+    assert dpo["average"].ci[0] < dpo["average"].value < dpo["average"].ci[1]
+    ppo = stats["data=uf,alg=ppo,rm=uf-13b,prompts=uf"]
+    assert ppo["bench:mmlu"].within_noise  # same probability as SFT: noise
+    assert stats["sft"]["average"].test is None
+
+
+def test_all_formats_and_determinism(toy_store, tmp_path):
+    first = report(toy_store, tmp_path / "a", tables=["smoke", "4", "cost"], figures=["1", "2", "3"])
+    report(toy_store, tmp_path / "b", tables=["smoke", "4", "cost"], figures=["1", "2", "3"])
+    names = sorted(p.name for p in first.files)
+    for expected in ("tablesmoke.md", "tablesmoke.csv", "tablesmoke.tex", "table4.md", "tablecost.csv",
+                     "tables.tex", "index.html", "figure1.png", "figure2.pdf", "figure3.png"):
+        assert expected in names
+    for name in names:
+        if name.endswith((".md", ".csv", ".tex")):
+            assert read(tmp_path / "a" / name) == read(tmp_path / "b" / name), name
+    md = read(tmp_path / "a" / "tablesmoke.md")
+    assert "± " in md and "†" in md and "within noise" in md
+    tex = read(tmp_path / "a" / "tablesmoke.tex")
+    assert r"\cellcolor{blue!15}" in tex and r"\cellcolor{orange!25}" in tex and r"$^\dagger$" in tex
+    csv_lines = read(tmp_path / "a" / "tablesmoke.csv").splitlines()
+    assert csv_lines[0].startswith("table,grid,row,Cell,column,key,value,shown,sd,n_seeds,ci_low")
+    assert any(",1,better," in line or ",0,better," in line for line in csv_lines)
+
+
+def test_html_is_self_contained_with_cell_details(toy_store, tmp_path):
+    report(toy_store, tmp_path, tables=["smoke"], figures=["1", "3"])
+    page = read(tmp_path / "index.html")
+    assert page.count("data:image/png;base64,") == 2
+    assert "http://" not in page and "https://" not in page and "<link" not in page
+    details = detail_json(page)
+    dpo = next(d for d in details.values() if d["title"].startswith("+DPO") and d["benchmarks"])
+    assert "95% CI" in dpo["summary"] and "vs SFT" in dpo["summary"]
+    assert dpo["seeds"] == "1, 2" and len(dpo["runs"].split()) >= 4
+    assert dpo["examples"] and dpo["examples"][0]["href"].endswith("outputs.jsonl")
+    assert "GSM8k" in [b[0] for b in dpo["benchmarks"]]
+
+
+def test_missing_cells_are_missing_not_zero(tmp_path):
+    store = fill_store(tmp_path / "runs", build_plan(), skip=(f"{PPO_MIXED}/mmlu",))
+    out = report(store, tmp_path / "out")
+    md = read(tmp_path / "out" / "tablesmoke.md")
+    row = next(line for line in md.splitlines() if "Mixed prompts" in line)
+    assert row.count("—") == 3 and " 0.0 " not in row  # MMLU, Factuality, Average
+    assert "missing (not zero): 3 cell(s)" in md
+    assert "jobs to run (`ablate grid grids/toy.yaml` runs them)" in md and "mmlu: run eval" in md
+    assert not out.notes
+
+
+def test_corrupt_result_is_named_and_skipped(toy_store, tmp_path):
+    plan = build_plan()
+    cell = next(c for c in plan.cells if c.name == PPO_MIXED)
+    bad = toy_store.step_dir(plan.steps[cell.evals["gsm8k"]]) / "result.json"
+    bad.write_text("{not json")
+    scores = toy_store.step_dir(plan.steps[cell.evals["mmlu"]]) / "scores.jsonl"
+    scores.write_text('{"item_id": "x"}\n')
+    out = report(toy_store, tmp_path / "out")
+    assert any(str(bad) in note and "corrupt result skipped" in note for note in out.notes)
+    assert any(f"{scores}:1" in note for note in out.notes)
+    md = read(tmp_path / "out" / "tablesmoke.md")
+    assert str(bad) in md
+    row = next(line for line in md.splitlines() if "Mixed prompts" in line)
+    assert row.split("|")[2].strip() == "—"  # GSM8k missing, MMLU still shown (without CI)
+
+
+def test_cost_table(toy_store, tmp_path):
+    out = report(toy_store, tmp_path, tables=["cost"], formats=["csv", "md"])
+    md = read(tmp_path / "tablecost.md")
+    assert "| data=uf,alg=ppo,rm=uf-13b,prompts=uf,seed=1 | 7200.0 | 180.0 | 2.050 | 4.000 |" in md
+    assert "| sft | 0.0 | 180.0 | 0.050 | — |" in md
+    assert not (tmp_path / "index.html").exists() and out.files
+
+
+def test_tables_3_and_4_pivot(toy_store, tmp_path):
+    out = report(toy_store, tmp_path, tables=["3", "4"], formats=["md"])
+    t3, t4 = out.tables
+    assert [r.lead[0] for r in t3.rows] == ["13B UltraF. RM"]
+    assert t3.rows[0].cells[0].text == "71.0"  # the RM's held-out accuracy, in percent
+    assert [r.lead for r in t4.rows] == [["Tulu 2 SFT", ""], ["13B UltraF. RM", "UF"],
+                                         ["13B UltraF. RM", "Mixed"]]
+    assert t4.rows[2].cells[0].shade == "better"
+
+
+def test_unknown_names_and_missing_grid(toy_store, tmp_path):
+    with pytest.raises(ReportError, match="valid tables: 1, 2, 3, 4, 5, smoke, cost"):
+        report(toy_store, tmp_path, tables=["6"])
+    with pytest.raises(ReportError, match="valid figures: 1, 2, 3, kl-frontier"):
+        report(toy_store, tmp_path, figures=["9"])
+    with pytest.raises(FileNotFoundError, match="no plan for grid 'nope'"):
+        build_report(toy_store, "nope", ["smoke"], [], ["md"], tmp_path)
+
+
+def test_cli(toy_store, tmp_path, monkeypatch):
+    app = typer.Typer()
+    app.command("report")(report_command)
+    app.command("other")(lambda: None)
+    runner = CliRunner()
+    monkeypatch.setenv("ABLATE_STORE", str(toy_store.root))
+    result = runner.invoke(app, ["report", "--all", "--grid", "toy", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert "Smoke grid" in result.output and (tmp_path / "r" / "index.html").is_file()
+    assert (tmp_path / "r" / "figure2.png").is_file() and (tmp_path / "r" / "tablecost.md").is_file()
+    bad = runner.invoke(app, ["report", "--figure", "7", "--grid", "toy"])
+    assert bad.exit_code == 2 and "valid figures: 1, 2, 3, kl-frontier" in bad.output
+    none = runner.invoke(app, ["report"])
+    assert none.exit_code == 2 and "tables: 1, 2, 3, 4, 5, smoke, cost" in none.output
+
+
+def test_report_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, ablate.report.cli, ablate.report.build; "
+            "bad = [m for m in sys.modules if m.split('.')[0] == 'torch' or m.startswith("
+            "('ablate.evals', 'ablate.train', 'ablate.launch', 'ablate.models'))]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.replace("'", '"')) == []
+
+
+def test_smoke_grid_table_from_its_real_plan(tmp_path):
+    """The demo's `ablate report --table smoke --grid smoke` on the real smoke plan."""
+    from pathlib import Path
+
+    from ablate.spec import expand, load_grid
+    from ablate.store import RunStore
+    from report_store import write_eval
+
+    plan = expand(load_grid(Path(__file__).resolve().parents[2] / "grids" / "smoke.yaml"))
+    store = RunStore(tmp_path / "runs")
+    store.save_plan(plan, source="grids/smoke.yaml")
+    for i, cell in enumerate(plan.cells):
+        for j, (bench, sid) in enumerate(cell.evals.items()):
+            if cell.is_baseline or i == 1:  # the hh cell is not evaluated yet
+                write_eval(store, plan.steps[sid], bench, 0.3 + 0.1 * i, seed=10 * i + j)
+    out = build_report(store, "smoke", ["smoke"], [], ["md"], tmp_path / "out")
+    md = (tmp_path / "out" / "tablesmoke.md").read_text()
+    assert "| GSM8k | MMLU | Factuality | Reasoning | Average |" in md
+    assert "+DPO on uf" in md and md.count("—") == 5  # the hh cell: 2 benchmarks, 2 categories, avg
+    assert "train_dpo" in md and "(pending)" in md  # which jobs to run
+    assert out.tables[0].rows[0].is_baseline

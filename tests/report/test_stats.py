@@ -1,0 +1,81 @@
+import math
+
+import numpy as np
+import pytest
+
+from ablate.report.stats import (
+    aggregate, bootstrap_ci, bootstrap_means, mean_sd, paired_bootstrap, to_category_scale,
+)
+from ablate.report.tables import fmt
+
+
+def test_bootstrap_ci_covers_the_mean_and_shrinks_with_more_items():
+    rng = np.random.default_rng(0)
+    small = (rng.random(50) < 0.4).astype(float)
+    large = (rng.random(2000) < 0.4).astype(float)
+    low_s, high_s = bootstrap_ci(small)
+    low_l, high_l = bootstrap_ci(large)
+    assert low_s <= small.mean() <= high_s and low_l <= large.mean() <= high_l
+    assert (high_l - low_l) < (high_s - low_s) / 3
+    # a binomial proportion's 95% half-width is about 1.96 * sqrt(p(1-p)/n)
+    assert (high_l - low_l) / 2 == pytest.approx(1.96 * math.sqrt(0.24 / 2000), rel=0.15)
+
+
+def test_bootstrap_is_deterministic_for_a_seed():
+    scores = [0, 1, 1, 0, 1]
+    assert np.array_equal(bootstrap_means(scores, 100, seed=3), bootstrap_means(scores, 100, seed=3))
+    assert not np.array_equal(bootstrap_means(scores, 100, seed=3), bootstrap_means(scores, 100, seed=4))
+    with pytest.raises(ValueError, match="non-empty"):
+        bootstrap_means([])
+
+
+def test_paired_bootstrap_separates_real_differences_from_noise():
+    rng = np.random.default_rng(1)
+    base = {f"q{i}": float(rng.random() < 0.5) for i in range(400)}
+    same_flipped = dict(base)
+    for key in list(base)[:6]:  # 6 of 400 items flip: noise
+        same_flipped[key] = 1.0 - base[key]
+    better = {k: 1.0 if i % 3 else v for i, (k, v) in enumerate(base.items())}
+    noise = paired_bootstrap(same_flipped, base)
+    real = paired_bootstrap(better, base)
+    assert noise.within_noise and noise.p_value > 0.05
+    assert not real.within_noise and real.p_value < 0.01 and real.delta > 0.2
+    assert real.n_pairs == 400
+    with pytest.raises(ValueError, match="share no item_id"):
+        paired_bootstrap({"a": 1.0}, {"b": 1.0})
+
+
+def test_mean_sd_across_seeds():
+    assert mean_sd([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2)))
+    mean, sd = mean_sd([5.0])
+    assert mean == 5.0 and math.isnan(sd)
+
+
+def test_aggregate_categories_and_average_and_missing():
+    benches = ["gsm8k", "bbh", "mmlu"]
+    out = aggregate({"gsm8k": 40.0, "bbh": 50.0, "mmlu": 60.0}, benches)
+    assert out == {"factuality": 60.0, "reasoning": 45.0, "average": 52.5}
+    partial = aggregate({"gsm8k": 40.0, "bbh": None, "mmlu": 60.0}, benches)
+    assert partial["reasoning"] is None and partial["average"] is None and partial["factuality"] == 60.0
+    reps = aggregate({"gsm8k": np.array([1.0, 2.0]), "bbh": np.array([3.0, 4.0]),
+                      "mmlu": np.array([5.0, 6.0])}, benches)
+    assert np.allclose(reps["average"], [3.5, 4.5])
+
+
+def test_category_scale_flips_lower_is_better():
+    reps = np.array([8.0, 12.0])
+    assert np.allclose(to_category_scale(reps, 10.0, 90.0, higher_is_better=False), [92.0, 88.0])
+    assert np.allclose(to_category_scale(reps, 10.0, 10.0, higher_is_better=True), reps)
+
+
+def test_fmt_rounds_half_up_on_decimals():
+    assert fmt(57.25) == "57.3" and fmt(0.15) == "0.2" and fmt(2.675, 2) == "2.68"
+    assert fmt(-0.04, signed=True) == "+0.0" and fmt(1.3, signed=True) == "+1.3"
+    assert fmt(None) == "" and fmt(float("nan")) == ""
+
+
+def test_category_map_matches_the_evals_layer():
+    aggregate_mod = pytest.importorskip("ablate.evals.aggregate")
+    from ablate.report.categories import CATEGORY_OF
+
+    assert aggregate_mod.BENCHMARK_CATEGORY == CATEGORY_OF

@@ -1,0 +1,53 @@
+"""The CLI on good and bad input: clear errors, nothing written into the store."""
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ablate.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_table2_dry_run_lists_ten_cells_and_baseline(tmp_path):
+    result = invoke("grid", REPO / "grids" / "table2.yaml", "--dry-run", "--store", tmp_path)
+    assert result.exit_code == 0, result.output
+    cells = [line for line in result.output.splitlines() if line.strip().startswith("cell ")]
+    assert len(cells) == 11
+    assert sum("alg=ppo" in c for c in cells) == 5 and sum("alg=dpo" in c for c in cells) == 5
+    assert not any(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_validate_ok():
+    result = invoke("validate", REPO / "grids" / "smoke.yaml")
+    assert result.exit_code == 0, result.output
+    assert "3 cells" in result.output
+
+
+@pytest.mark.parametrize("change, expected", [
+    (("  algorithm: [dpo]", "  algorithm: [dpox]"), "unknown algorithm 'dpox'"),
+    (("benchmarks: [gsm8k, mmlu]", "benchmarks: [gsm8k, mmluu]"), "unknown benchmark 'mmluu'"),
+    (("name: ultrafeedback-slice", "name: ultrafeedback-slise"),
+     "unknown dataset 'ultrafeedback-slise'"),
+    (("{builtin: smollm2-135m-instruct}", "{builtin: smollm3}"), "unknown built-in model"),
+    (("  seed: [1]", "  sed: [1]"), "did you mean 'seed'"),
+    (("  seed: [1]", "  seed: [1"), "YAML syntax error"),
+    (("  algorithm: [dpo]", "  algorithm: [none]"), "zero jobs"),
+])
+def test_bad_input_is_named_and_writes_nothing(tmp_path, change, expected):
+    text = (REPO / "grids" / "smoke.yaml").read_text()
+    assert change[0] in text
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace(change[0], change[1]).replace("baseline: true", "")
+                   + ("baseline: false\n" if expected == "zero jobs" else ""))
+    store = tmp_path / "store"
+    result = invoke("grid", bad, "--store", store)
+    assert result.exit_code == 2
+    assert expected in result.output and str(bad) in result.output
+    assert not store.exists()

@@ -1,0 +1,124 @@
+import pytest
+import torch
+
+from ablate.train.common import (
+    CompletionLogps, TokenizedPair, collate_pairs, linear_warmup_decay, micro_batches,
+    plan_batches, split_heldout, token_logps, tokenize_pairs,
+)
+
+
+def msg(role, text):
+    return [{"role": role, "content": text}]
+
+
+def row(prompt="Say hi", chosen="Hi!", rejected="Go away.", **extra):
+    return {"prompt": msg("user", prompt), "chosen": msg("assistant", chosen),
+            "rejected": msg("assistant", rejected), "source": "test", "margin": None, **extra}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def test_tokenize_masks_the_prompt_and_keeps_the_end_of_turn(tokenizer):
+    pairs, skipped = tokenize_pairs([row()], tokenizer, 512, 256)
+    assert not skipped and len(pairs) == 1
+    pair = pairs[0]
+    full = tokenizer.apply_chat_template(msg("user", "Say hi") + msg("assistant", "Hi!"),
+                                         tokenize=False)
+    assert tokenizer.decode(pair.prompt_ids + pair.chosen_ids) == full
+    assert tokenizer.decode(pair.chosen_ids).startswith("Hi!<|im_end|>")
+    assert tokenizer.decode(pair.prompt_ids).endswith("<|im_start|>assistant\n")
+
+
+def test_bad_rows_are_counted_and_skipped(tokenizer):
+    rows = [row(), row(prompt=""), {"chosen": "x", "rejected": "y"}, row(chosen=""),
+            {"prompt": "p", "chosen": "x"}, row(chosen="Same", rejected="Same"), "not a dict",
+            {"prompt": "Plain strings work", "chosen": "yes", "rejected": "no"}]
+    pairs, skipped = tokenize_pairs(rows, tokenizer, 512, 256)
+    assert [p.index for p in pairs] == [0, 7]
+    assert skipped == {"empty or missing prompt": 3, "empty or missing chosen": 1,
+                       "empty or missing rejected": 1, "identical chosen and rejected": 1}
+
+
+def test_truncation_and_fully_truncated_pairs(tokenizer):
+    long_prompt = "word " * 200
+    rows = [row(prompt=long_prompt, chosen="A fine answer here.", rejected="A poor answer."),
+            row(chosen="alpha " * 50, rejected="alpha " * 50 + "beta")]
+    pairs, skipped = tokenize_pairs(rows, tokenizer, max_length=60, max_prompt_length=40)
+    assert len(pairs) == 1 and len(pairs[0].prompt_ids) == 40
+    assert pairs[0].length <= 60
+    # the second pair differs only after the cut
+    assert skipped == {"identical after truncation": 1}
+    pairs, skipped = tokenize_pairs(rows[:1], tokenizer, max_length=40, max_prompt_length=40)
+    assert skipped == {"fully truncated by max_length": 1}
+    pairs, skipped = tokenize_pairs(rows[:1], tokenizer, max_length=60, max_prompt_length=40,
+                                    drop_truncated=True)
+    assert skipped == {"longer than max_length": 1}
+
+
+def test_token_logps_value_and_gradient_match_log_softmax():
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 50, (37,))
+    upstream = torch.randn(37, dtype=torch.float64)
+    ours = token_logps(hidden, weight, targets, chunk=8)
+    (ours * upstream).sum().backward()
+    grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    naive = torch.log_softmax(hidden @ weight.T, -1).gather(1, targets[:, None]).squeeze(1)
+    (naive * upstream).sum().backward()
+    torch.testing.assert_close(ours.double(), naive, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grads[0], hidden.grad)
+    torch.testing.assert_close(grads[1], weight.grad)
+
+
+def test_completion_logps_match_the_full_forward(tiny_model_dir, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    pairs, _ = tokenize_pairs([row(), row(prompt="Longer prompt, please answer",
+                                          chosen="A longer chosen answer", rejected="No")],
+                              tokenizer, 512, 256)
+    batch = collate_pairs(pairs, tokenizer.pad_token_id)
+    ours = CompletionLogps(model, chunk=3)(batch.input_ids, batch.attention_mask,
+                                           batch.completion_mask)
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    per_token = torch.log_softmax(logits[:, :-1].float(), -1).gather(
+        2, batch.input_ids[:, 1:, None]).squeeze(2)
+    expected = (per_token * batch.completion_mask[:, 1:]).sum(1)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-4)
+    assert batch.real_tokens == sum(p.real_tokens for p in pairs)
+
+
+def test_batch_plan_is_seeded_and_covers_each_epoch():
+    plan = plan_batches(10, batch_size=4, epochs=2, seed=3)
+    assert [len(b) for b in plan] == [4, 4, 2, 4, 4, 2]
+    assert sorted(sum(plan[:3], [])) == list(range(10))
+    assert plan == plan_batches(10, batch_size=4, epochs=2, seed=3)
+    assert plan != plan_batches(10, batch_size=4, epochs=2, seed=4)
+    assert len(plan_batches(10, batch_size=4, epochs=0.5, seed=3)) == 2
+
+
+def test_micro_batches_group_similar_lengths():
+    pairs = [TokenizedPair(i, (1,) * n, (2,), (3,)) for i, n in enumerate([9, 1, 8, 2])]
+    assert micro_batches(pairs, [0, 1, 2, 3], 2) == [[1, 3], [2, 0]]
+
+
+def test_heldout_split_and_schedule():
+    pairs = [TokenizedPair(i, (1,), (2,), (3,)) for i in range(20)]
+    train, held = split_heldout(pairs, 0.1, seed=1)
+    assert len(held) == 2 and len(train) == 18
+    assert not {p.index for p in train} & {p.index for p in held}
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = linear_warmup_decay(opt, total_steps=10, warmup_ratio=0.2)
+    lrs = []
+    for _ in range(10):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125])
