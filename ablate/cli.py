@@ -40,8 +40,13 @@ def load_checked(path: Path) -> tuple[GridSpec, Plan]:
 
     try:
         grid = load_grid(path)
+        rewards = None
+        if any(rm.programmatic for rm in grid.reward_models.values()):
+            from ablate.train.rollout import PROGRAMMATIC_REWARDS  # imports torch: only if needed
+
+            rewards = PROGRAMMATIC_REWARDS
         check_names(grid, datasets=dataset_names(), prompt_sets=prompt_set_names(),
-                    benchmarks=benchmark_names(), builtin_models=BUILTIN_MODELS)
+                    benchmarks=benchmark_names(), builtin_models=BUILTIN_MODELS, rewards=rewards)
         plan = expand(grid)
     except SpecError as exc:
         if str(path) not in str(exc):

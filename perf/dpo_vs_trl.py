@@ -10,11 +10,18 @@ compares CPU seconds (summed over threads), which a busy shared machine distorts
 time.
 
     python perf/dpo_vs_trl.py --quick --json /tmp/dpo.json   # CPU, SmolLM2-135M, < 5 minutes
+
+On CUDA both sides run bf16 autocast over float32 weights (TRL: ``bf16=True``; ablate: its
+autocast), each side's model is moved to the GPU before its clock starts, the GPU is synchronised
+before each reading, a short bf16 warm-up runs before the first side, and the JSON adds per side
+the peak ``torch.cuda.max_memory_allocated`` (reset between sides) and the useful-FLOP
+utilisation (``cuda_figures``). ``perf/gpu_check.sh`` runs it that way on a 1.7B-shaped model.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import gc
 import json
@@ -67,10 +74,108 @@ class PeakRSS:
         return round((self.peak - self.base) / 2**30, 3)
 
 
+# ---------------------------------------------------------------- CUDA-only helpers
+
+PEAK_BF16_FLOPS = (  # dense bf16 tensor-core peak by device-name fragment, first match wins
+    ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
+    ("H800", 989e12), ("A100", 312e12), ("L40S", 362e12))
+
+
+def on_cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+def peak_bf16_flops() -> tuple[float | None, str]:
+    """The bf16 dense peak assumed for the utilisation figures, and where it came from."""
+    if os.environ.get("ABLATE_PEAK_FLOPS"):
+        return float(os.environ["ABLATE_PEAK_FLOPS"]), "ABLATE_PEAK_FLOPS"
+    name = torch.cuda.get_device_name()
+    for fragment, flops in PEAK_BF16_FLOPS:
+        if fragment in name:
+            return flops, (f"assumed dense bf16 peak {flops / 1e12:g} TFLOP/s for {name!r} "
+                           f"(matched {fragment!r}; H100 SXM and H200 figure is 989)")
+    return None, f"no bf16 peak known for {name!r}; set ABLATE_PEAK_FLOPS"
+
+
+def count_parameters(model_dir: Path, sequence_classification: bool = False) -> int:
+    """Parameters that take part in matrix products per token, counted on the meta device: all
+    distinct ones for a causal LM (a tied embedding counts once, as the output layer); without
+    the input embedding (a lookup) for a sequence classifier."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(model_dir)
+    if sequence_classification:
+        config.num_labels = 1
+    cls = AutoModelForSequenceClassification if sequence_classification else AutoModelForCausalLM
+    with torch.device("meta"):
+        model = cls.from_config(config)
+    total = sum(p.numel() for p in model.parameters())
+    if sequence_classification:
+        total -= model.get_input_embeddings().weight.numel()
+    return total
+
+
+def cuda_reset() -> None:
+    """Free what the last side left and restart the peak-memory counter."""
+    gc.collect()
+    if on_cuda():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def cuda_sync() -> None:
+    if on_cuda():
+        torch.cuda.synchronize()
+
+
+def cuda_memory() -> dict:
+    return {"peak_gpu_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
+            "peak_gpu_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3)}
+
+
+def cuda_warmup(seconds: float = 2.0) -> None:
+    """CUDA context, cuBLAS handles and clocks up before the first side's clock starts."""
+    a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for _ in range(20):
+            a = (a @ a).clamp_(-1, 1)
+        torch.cuda.synchronize()
+    del a
+    cuda_reset()
+
+
+def utilisation(flops: float, seconds: float, peak: float | None) -> float | None:
+    return None if not peak or not seconds else round(flops / seconds / peak, 4)
+
+
+@contextlib.contextmanager
+def skipped_model_saves(enabled: bool):
+    """With ``enabled``, model and tokenizer ``save_pretrained`` only create the folder: the
+    trainers' final save of a multi-GB model is untimed and irrelevant to the comparison."""
+    if not enabled:
+        yield
+        return
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    def no_save(self, save_directory, *args, **kwargs):
+        Path(save_directory).mkdir(parents=True, exist_ok=True)
+
+    saved = PreTrainedModel.save_pretrained, PreTrainedTokenizerBase.save_pretrained
+    PreTrainedModel.save_pretrained = PreTrainedTokenizerBase.save_pretrained = no_save
+    try:
+        yield
+    finally:
+        PreTrainedModel.save_pretrained, PreTrainedTokenizerBase.save_pretrained = saved
+
+
 def fitting_pairs(model_dir: Path, n: int, max_length: int, max_prompt_length: int,
-                  data_name: str = "ultrafeedback-slice", drop_truncated_only: bool = False):
+                  data_name: str = "ultrafeedback-slice", drop_truncated_only: bool = False,
+                  allow_fewer: bool = False):
     """The first ``n`` preference rows whose pair fits ``max_length`` untruncated, with their
-    tokenisation (ablate's, which TRL's reproduces token for token on these rows)."""
+    tokenisation (ablate's, which TRL's reproduces token for token on these rows). With
+    ``allow_fewer``, too few fitting pairs is a warning and all that fit are used."""
     from transformers import AutoTokenizer
 
     from ablate.data import load_preferences
@@ -80,18 +185,25 @@ def fitting_pairs(model_dir: Path, n: int, max_length: int, max_prompt_length: i
     rows = load_preferences({"name": data_name}, "train").rows
     pairs, _ = tokenize_pairs(rows, tokenizer, 10**9, 10**9)
     keep = [p for p in pairs if p.length <= max_length and len(p.prompt_ids) <= max_prompt_length]
-    if len(keep) < n:
+    if len(keep) < n and not (allow_fewer and keep):
         raise SystemExit(f"only {len(keep)} pairs of {data_name} fit max length {max_length}")
+    if len(keep) < n:
+        print(f"WARNING: only {len(keep)} pairs of {data_name} fit max length {max_length} "
+              f"(prompt {max_prompt_length}); using {len(keep)} instead of {n}", flush=True)
     keep = keep[:n]
     return [rows[p.index] for p in keep], keep, tokenizer
 
 
 def run_trl(model_dir, rows, tokenizer, args, out: Path) -> dict:
     import trl
+    import trl.trainer.dpo_trainer as dpo_trainer_module
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
+    cuda_reset()
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if on_cuda():
+        model.to("cuda")  # as ablate's side: the host-to-device copy is not timed
     config = trl.DPOConfig(
         output_dir=str(out), use_cpu=not torch.cuda.is_available(),
         bf16=torch.cuda.is_available(), beta=0.1, loss_type=["sigmoid"], learning_rate=args.lr,
@@ -104,17 +216,45 @@ def run_trl(model_dir, rows, tokenizer, args, out: Path) -> dict:
         dataset_num_proc=None)
     dataset = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")}
                                  for r in rows])
-    with PeakRSS() as memory:
-        started, cpu_started = time.perf_counter(), time.process_time()
-        trainer = trl.DPOTrainer(model=model, args=config, train_dataset=dataset,
-                                 processing_class=tokenizer)
-        ref_done = time.perf_counter()
-        trainer.train()
-        finished, cpu_finished = time.perf_counter(), time.process_time()
+    # TRL hashes every weight to key its reference-log-prob cache; time it so it can be told apart
+    hash_seconds = []
+    original_hash = dpo_trainer_module.hash_module
+
+    def timed_hash(module):
+        begun = time.perf_counter()
+        try:
+            return original_hash(module)
+        finally:
+            hash_seconds.append(time.perf_counter() - begun)
+
+    dpo_trainer_module.hash_module = timed_hash
+    try:
+        with PeakRSS() as memory:
+            cuda_sync()
+            started, cpu_started = time.perf_counter(), time.process_time()
+            trainer = trl.DPOTrainer(model=model, args=config, train_dataset=dataset,
+                                     processing_class=tokenizer)
+            cuda_sync()
+            ref_done = time.perf_counter()
+            trainer.train()
+            cuda_sync()
+            finished, cpu_finished = time.perf_counter(), time.process_time()
+    finally:
+        dpo_trainer_module.hash_module = original_hash
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"seconds": finished - started, "ref_seconds": ref_done - started,
-            "train_seconds": finished - ref_done, "cpu_seconds": cpu_finished - cpu_started,
-            "peak_rss_gib": memory.gib, "losses": losses}
+    result = {"seconds": finished - started, "ref_seconds": ref_done - started,
+              "train_seconds": finished - ref_done, "cpu_seconds": cpu_finished - cpu_started,
+              "peak_rss_gib": memory.gib, "losses": losses}
+    if on_cuda():
+        param = next(trainer.model.parameters())
+        result.update(cuda_memory())
+        result["checks"] = {
+            "trainer_device": str(trainer.args.device), "model_device": str(param.device),
+            "weights_dtype": str(param.dtype), "bf16": trainer.args.bf16,
+            "mixed_precision": str(trainer.accelerator.mixed_precision),
+            "hash_module_seconds": round(sum(hash_seconds), 2)}
+    del trainer, model
+    return result
 
 
 def run_ablate(model_dir, rows, args, out: Path) -> dict:
@@ -125,13 +265,35 @@ def run_ablate(model_dir, rows, args, out: Path) -> dict:
                     micro_batch_size=args.micro_batch_size, max_length=args.max_length,
                     max_prompt_length=args.max_prompt_length, eval_fraction=0.0,
                     save_every_steps=10**6)
-    with PeakRSS() as memory:
+    cuda_reset()
+    with PeakRSS() as memory, skipped_model_saves(args.skip_save):
         summary = train_dpo(model_dir, rows, cfg, args.seed, out, out / "cache")
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").open()]
-    return {"seconds": summary["ref_logps_seconds"] + summary["train_seconds"],
-            "ref_seconds": summary["ref_logps_seconds"], "train_seconds": summary["train_seconds"],
-            "cpu_seconds": summary["ref_logps_cpu_seconds"] + summary["train_cpu_seconds"],
-            "peak_rss_gib": memory.gib, "losses": losses}
+    result = {"seconds": summary["ref_logps_seconds"] + summary["train_seconds"],
+              "ref_seconds": summary["ref_logps_seconds"],
+              "train_seconds": summary["train_seconds"],
+              "cpu_seconds": summary["ref_logps_cpu_seconds"] + summary["train_cpu_seconds"],
+              "peak_rss_gib": memory.gib, "losses": losses}
+    if on_cuda():
+        result.update(cuda_memory())
+        result["checks"] = {"trainer_device": summary["device"],
+                            "weights_dtype": "torch.float32", "autocast": "bf16"}
+    return result
+
+
+def cuda_figures(side: dict, params: int, real_tokens: int, peak: float | None,
+                 train_multiplier: int = 6, ref_multiplier: int = 2) -> dict:
+    """Useful-FLOP utilisation: (train_multiplier + ref_multiplier)·params·real tokens over the
+    timed seconds, and train_multiplier·params·real tokens over the training seconds alone."""
+    useful = (train_multiplier + ref_multiplier) * params * real_tokens
+    figures = {"useful_flops": float(useful),
+               "flop_utilisation": utilisation(useful, side["seconds"], peak),
+               "train_flop_utilisation": utilisation(train_multiplier * params * real_tokens,
+                                                     side["train_seconds"], peak)}
+    if ref_multiplier:
+        figures["flop_utilisation_over_train_seconds"] = utilisation(
+            useful, side["train_seconds"], peak)
+    return figures
 
 
 def describe(side: dict, n_pairs: int, real_tokens: int) -> dict:
@@ -157,6 +319,10 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=5e-6)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--order", choices=["trl-first", "ablate-first"], default="trl-first")
+    parser.add_argument("--allow-fewer", action="store_true", help="use all fitting pairs when "
+                        "fewer than --pairs fit, instead of stopping")
+    parser.add_argument("--skip-save", action="store_true", help="skip ablate's final model save "
+                        "(untimed; saves minutes on a multi-GB model)")
     args = parser.parse_args(argv)
     if args.quick:
         args.pairs, args.max_length, args.max_prompt_length = 16, 256, 128
@@ -165,8 +331,10 @@ def main(argv=None):
 
     model_dir = Path(args.model) if Path(args.model).is_dir() else prepare_builtin(args.model)
     rows, pairs, tokenizer = fitting_pairs(model_dir, args.pairs, args.max_length,
-                                           args.max_prompt_length)
+                                           args.max_prompt_length, allow_fewer=args.allow_fewer)
     real_tokens = sum(p.real_tokens for p in pairs)
+    if on_cuda():
+        cuda_warmup()
     with tempfile.TemporaryDirectory() as tmp:
         sides = {}
         order = ["trl", "ablate"] if args.order == "trl-first" else ["ablate", "trl"]
@@ -176,7 +344,27 @@ def main(argv=None):
             else:
                 sides["ablate"] = run_ablate(model_dir, rows, args, Path(tmp) / "ablate")
             print(f"{side}: {sides[side]['seconds']:.1f} s", flush=True)
+            cuda_reset()
     ablate, trl_side = (describe(sides[k], len(pairs), real_tokens) for k in ("ablate", "trl"))
+    extra = {}
+    if on_cuda():
+        params = count_parameters(model_dir)
+        peak, peak_note = peak_bf16_flops()
+        for side in (ablate, trl_side):
+            side.update(cuda_figures(side, params, real_tokens, peak))
+        extra = {"params": params, "peak_bf16_flops": peak, "peak_note": peak_note,
+                 "flops_note": "useful FLOPs = 8 x params x real tokens (6 for the training "
+                 "forward+backward, 2 for the reference forward), attention and padding not "
+                 "counted; flop_utilisation divides by ref+train seconds, "
+                 "train_flop_utilisation is 6 x params x tokens over train seconds, "
+                 "flop_utilisation_over_train_seconds is 8 x params x tokens over train seconds",
+                 "timing_note": "TRL's seconds include DPOTrainer construction (tokenising, "
+                 "hashing the weights, reference pass); ablate's are its reference pass plus "
+                 "its training loop as it reports them (its last optimiser step is not "
+                 "synchronised)",
+                 "torch": torch.__version__,
+                 "memory_ratio_gpu": round(ablate["peak_gpu_allocated_gib"]
+                                           / max(trl_side["peak_gpu_allocated_gib"], 1e-9), 3)}
     result = {
         "benchmark": "dpo_vs_trl", "model": args.model, "pairs": len(pairs),
         "real_tokens": real_tokens, "max_length": args.max_length,
@@ -190,6 +378,7 @@ def main(argv=None):
         "train_ratio": round(trl_side["train_seconds"] / ablate["train_seconds"], 3),
         "cpu_ratio": round(trl_side["cpu_seconds"] / ablate["cpu_seconds"], 3),
         "memory_ratio": round(ablate["peak_rss_gib"] / max(trl_side["peak_rss_gib"], 1e-9), 3),
+        **extra,
     }
     print(json.dumps({k: v for k, v in result.items()}, indent=1))
     if args.json:

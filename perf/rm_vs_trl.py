@@ -7,6 +7,10 @@ same batch and micro-batch, float32, no gradient checkpointing (TRL's default tu
 is slower for a small model). Timed: the training epoch only. Figures as in ``dpo_vs_trl.py``.
 
     python perf/rm_vs_trl.py --quick --json /tmp/rm.json
+
+On CUDA: bf16 autocast on both sides, the GPU synchronised around the timed epoch, and the JSON
+adds each side's peak ``torch.cuda.max_memory_allocated`` (reset between sides) and its
+useful-FLOP utilisation (6 x params x real tokens over the epoch's seconds).
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dpo_vs_trl import PeakRSS, fitting_pairs  # noqa: E402
+from dpo_vs_trl import (  # noqa: E402
+    PeakRSS, count_parameters, cuda_figures, cuda_memory, cuda_reset, cuda_sync, cuda_warmup,
+    fitting_pairs, on_cuda, peak_bf16_flops, skipped_model_saves,
+)
 
 
 def run_trl(model_dir, pairs, tokenizer, args, out: Path) -> dict:
@@ -32,7 +39,10 @@ def run_trl(model_dir, pairs, tokenizer, args, out: Path) -> dict:
 
     from ablate.train.rm import load_reward_model
 
+    cuda_reset()
     model, _ = load_reward_model(model_dir)
+    if on_cuda():
+        model.to("cuda")
     config = trl.RewardConfig(
         output_dir=str(out), use_cpu=not torch.cuda.is_available(),
         bf16=torch.cuda.is_available(), learning_rate=args.lr, lr_scheduler_type="linear",
@@ -46,12 +56,23 @@ def run_trl(model_dir, pairs, tokenizer, args, out: Path) -> dict:
     trainer = trl.RewardTrainer(model=model, args=config, train_dataset=dataset,
                                 processing_class=tokenizer)
     with PeakRSS() as memory:
+        cuda_sync()
         started, cpu_started = time.perf_counter(), time.process_time()
         trainer.train()
+        cuda_sync()
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss_gib": memory.gib,
-            "losses": losses}
+    result = {"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss_gib": memory.gib,
+              "losses": losses}
+    if on_cuda():
+        param = next(trainer.model.parameters())
+        result.update(cuda_memory())
+        result["checks"] = {
+            "trainer_device": str(trainer.args.device), "model_device": str(param.device),
+            "weights_dtype": str(param.dtype), "bf16": trainer.args.bf16,
+            "mixed_precision": str(trainer.accelerator.mixed_precision)}
+    del trainer, model
+    return result
 
 
 def run_ablate(model_dir, rows, args, out: Path) -> dict:
@@ -61,11 +82,15 @@ def run_ablate(model_dir, rows, args, out: Path) -> dict:
     cfg = RMConfig(lr=args.lr, warmup_ratio=0.0, epochs=1, batch_size=args.batch_size,
                    micro_batch_size=args.micro_batch_size, max_length=args.max_length,
                    eval_fraction=0.0, save_every_steps=10**6)
-    with PeakRSS() as memory:
+    cuda_reset()
+    with PeakRSS() as memory, skipped_model_saves(args.skip_save):
         result = train_rm(model_dir, rows, cfg, args.seed, out)
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").open()]
-    return {"seconds": result["train_seconds"], "cpu_seconds": result["train_cpu_seconds"],
+    side = {"seconds": result["train_seconds"], "cpu_seconds": result["train_cpu_seconds"],
             "peak_rss_gib": memory.gib, "losses": losses}
+    if on_cuda():
+        side.update(cuda_memory())
+    return side
 
 
 def main(argv=None):
@@ -79,6 +104,10 @@ def main(argv=None):
     parser.add_argument("--micro-batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--allow-fewer", action="store_true", help="use all fitting pairs when "
+                        "fewer than --pairs fit, instead of stopping")
+    parser.add_argument("--skip-save", action="store_true", help="skip ablate's final model save "
+                        "(untimed; saves minutes on a multi-GB model)")
     args = parser.parse_args(argv)
     if args.quick:
         args.pairs, args.max_length = 16, 256
@@ -87,18 +116,36 @@ def main(argv=None):
 
     model_dir = Path(args.model) if Path(args.model).is_dir() else prepare_builtin(args.model)
     rows, pairs, tokenizer = fitting_pairs(model_dir, args.pairs, args.max_length,
-                                           args.max_length)
+                                           args.max_length, allow_fewer=args.allow_fewer)
     real_tokens = sum(p.real_tokens for p in pairs)
+    if on_cuda():
+        cuda_warmup()
     with tempfile.TemporaryDirectory() as tmp:
         trl_side = run_trl(model_dir, pairs, tokenizer, args, Path(tmp) / "trl")
         print(f"trl: {trl_side['seconds']:.1f} s", flush=True)
+        cuda_reset()
         ablate = run_ablate(model_dir, rows, args, Path(tmp) / "ablate")
         print(f"ablate: {ablate['seconds']:.1f} s", flush=True)
+        cuda_reset()
     for side in (ablate, trl_side):
         side["pairs_per_second"] = round(len(pairs) / side["seconds"], 4)
         side["real_tokens_per_second"] = round(real_tokens / side["seconds"], 1)
         side["seconds"] = round(side["seconds"], 2)
         side["cpu_seconds"] = round(side["cpu_seconds"], 2)
+    extra = {}
+    if on_cuda():
+        params = count_parameters(model_dir, sequence_classification=True)
+        peak, peak_note = peak_bf16_flops()
+        for side in (ablate, trl_side):
+            side["train_seconds"] = side["seconds"]
+            side.update(cuda_figures(side, params, real_tokens, peak, ref_multiplier=0))
+        extra = {"params": params, "peak_bf16_flops": peak, "peak_note": peak_note,
+                 "flops_note": "useful FLOPs = 6 x params x real tokens over the training "
+                 "epoch's seconds (params without the input embedding, a lookup); attention and "
+                 "padding not counted",
+                 "torch": torch.__version__,
+                 "memory_ratio_gpu": round(ablate["peak_gpu_allocated_gib"]
+                                           / max(trl_side["peak_gpu_allocated_gib"], 1e-9), 3)}
     result = {
         "benchmark": "rm_vs_trl", "model": args.model, "pairs": len(pairs),
         "real_tokens": real_tokens, "max_length": args.max_length,
@@ -110,6 +157,7 @@ def main(argv=None):
         "ratio": round(ablate["pairs_per_second"] / trl_side["pairs_per_second"], 3),
         "cpu_ratio": round(trl_side["cpu_seconds"] / ablate["cpu_seconds"], 3),
         "memory_ratio": round(ablate["peak_rss_gib"] / max(trl_side["peak_rss_gib"], 1e-9), 3),
+        **extra,
     }
     print(json.dumps(result, indent=1))
     if args.json:

@@ -51,3 +51,22 @@ def test_bad_input_is_named_and_writes_nothing(tmp_path, change, expected):
     assert result.exit_code == 2
     assert expected in result.output and str(bad) in result.output
     assert not store.exists()
+
+
+def test_unknown_programmatic_reward_is_refused_at_load(tmp_path):
+    grid = tmp_path / "prog.yaml"
+    grid.write_text(
+        "name: prog\nmodels:\n  tiny: {builtin: tiny-llama}\n"
+        "datasets:\n  uf: {name: ultrafeedback-slice, max_rows: 8}\n"
+        "reward_models:\n  checkable: {programmatic: gsm8k_exactt}\n"
+        "axes: {model: [tiny], data: [uf], algorithm: [ppo], reward_model: [checkable],\n"
+        "       prompts: [gsm8k-train-slice]}\neval: {benchmarks: [gsm8k]}\n")
+    result = invoke("grid", grid, "--store", tmp_path / "store")
+    assert result.exit_code == 2
+    assert "unknown programmatic reward 'gsm8k_exactt'" in result.output
+    assert "gsm8k_exact" in result.output and not (tmp_path / "store").exists()
+    fixed = grid.read_text().replace("gsm8k_exactt", "gsm8k_exact")
+    grid.write_text(fixed)
+    dry = invoke("grid", grid, "--dry-run", "--store", tmp_path / "store")
+    assert dry.exit_code == 0, dry.output
+    assert "train_ppo" in dry.output and "train_rm" not in dry.output

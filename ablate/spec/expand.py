@@ -64,11 +64,15 @@ def _model(grid: GridSpec, name: str):
     return grid.models[name]
 
 
-def _rm_step(grid: GridSpec, rm_name: str, cell: dict[str, Any]) -> Step:
+def _reward_model(grid: GridSpec, rm_name: str) -> RewardModelSpec:
     if rm_name not in grid.reward_models:
         raise SpecError(f"grid {grid.name!r}: unknown reward model {rm_name!r}; "
                         f"valid: {', '.join(sorted(grid.reward_models)) or '(none defined)'}")
-    rm: RewardModelSpec = grid.reward_models[rm_name]
+    return grid.reward_models[rm_name]
+
+
+def _rm_step(grid: GridSpec, rm_name: str, cell: dict[str, Any]) -> Step:
+    rm = _reward_model(grid, rm_name)
     data = _data(grid, cell["data"]) if rm.data == "cell" else rm.data
     base = _model(grid, rm.base or cell["model"])
     config = {"model": base.model_dump(), "data": data.model_dump(),
@@ -162,14 +166,27 @@ def expand(grid: GridSpec) -> Plan:
             model_step = add(train)
             evals = _eval_steps(grid, name, None, {"model": model_step}, {"kind": "greedy"})
         elif isinstance(algo, PPOConfig):
-            rm_id = add(_rm_step(grid, cell["reward_model"], cell))
-            train = Step(kind="train_ppo", name=f"train_ppo {name}", config={
-                "model": model.model_dump(), "prompts": _prompts(grid, cell["prompts"], cell),
-                "algorithm": algo.model_dump(), "seed": cell["seed"]},
-                inputs={"reward_model": rm_id})
+            config = {"model": model.model_dump(),
+                      "prompts": _prompts(grid, cell["prompts"], cell),
+                      "algorithm": algo.model_dump(), "seed": cell["seed"]}
+            programmatic = _reward_model(grid, cell["reward_model"]).programmatic
+            if programmatic is not None:  # a checkable reward: no RM to train or to read
+                config["reward"] = programmatic
+                inputs = {}
+            else:
+                inputs = {"reward_model": add(_rm_step(grid, cell["reward_model"], cell))}
+            train = Step(kind="train_ppo", name=f"train_ppo {name}", config=config,
+                         inputs=inputs)
             model_step = add(train)
             evals = _eval_steps(grid, name, None, {"model": model_step}, {"kind": "greedy"})
         else:  # best-of-N over the base model: no training, a different sampler at eval time
+            programmatic = _reward_model(grid, cell["reward_model"]).programmatic
+            if programmatic is not None:
+                raise SpecError(f"grid {grid.name!r}: best-of-N cell {name!r} uses reward model "
+                                f"{cell['reward_model']!r}, a programmatic reward "
+                                f"({programmatic!r}); best-of-N ranks its samples with a trained "
+                                "reward model, so give it one that is trained (no "
+                                "`programmatic`), or exclude the cell")
             rm_id = add(_rm_step(grid, cell["reward_model"], cell))
             model_step = None
             sampler = {"kind": "best_of_n", "n": algo.n, "temperature": algo.temperature,
@@ -203,8 +220,10 @@ def _why_empty(grid: GridSpec) -> str:
 
 
 def check_names(grid: GridSpec, *, datasets: Iterable[str], prompt_sets: Iterable[str],
-                benchmarks: Iterable[str], builtin_models: Iterable[str]) -> None:
-    """Names the registries know. The registries live in upper layers, so they are passed in."""
+                benchmarks: Iterable[str], builtin_models: Iterable[str],
+                rewards: Iterable[str] | None = None) -> None:
+    """Names the registries know. The registries live in upper layers, so they are passed in;
+    ``rewards`` (programmatic reward names) is checked only when given."""
     datasets, prompt_sets = sorted(datasets), sorted(prompt_sets)
     benchmarks, builtin_models = sorted(benchmarks), sorted(builtin_models)
 
@@ -240,6 +259,12 @@ def check_names(grid: GridSpec, *, datasets: Iterable[str], prompt_sets: Iterabl
     for name in grid.axes.reward_model:
         if name != "none" and name not in grid.reward_models:
             fail("reward model", name, "axes.reward_model", sorted(grid.reward_models))
+    if rewards is not None:
+        rewards = sorted(rewards)
+        for name, rm in grid.reward_models.items():
+            if rm.programmatic is not None and rm.programmatic not in rewards:
+                fail("programmatic reward", rm.programmatic,
+                     f"reward_models.{name}.programmatic", rewards)
     for name in grid.eval.benchmarks:
         if name not in benchmarks:
             fail("benchmark", name, "eval.benchmarks", benchmarks)

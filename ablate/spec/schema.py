@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Frozen(BaseModel):
@@ -126,12 +126,26 @@ AlgorithmConfig = Annotated[Union[DPOConfig, PPOConfig, BoNConfig], Field(discri
 
 
 class RewardModelSpec(Frozen):
-    """A reward model: trained by ablate from a base model on preference data."""
+    """A reward model: trained by ablate from a base model on preference data, or, with
+    ``programmatic``, a checkable reward computed from the text, for which no reward model is
+    trained."""
 
     data: DataRef | Literal["cell"] = "cell"
     base: str | None = None  # a model name of the grid; None means the cell's base model
     train: RMConfig = RMConfig()
     seed: int = 1  # fixed, not the cell's seed, so that every PPO cell shares one RM
+    # A checkable reward by name (``ablate.train.rollout.PROGRAMMATIC_REWARDS``, e.g.
+    # ``gsm8k_exact``): PPO scores its samples with it and no reward model is trained, so the
+    # fields above do not apply. Best-of-N cannot use one (it ranks samples with a trained RM).
+    programmatic: str | None = None
+
+    @model_validator(mode="after")
+    def _programmatic_trains_nothing(self) -> "RewardModelSpec":
+        unused = sorted({"data", "base", "train", "seed"} & self.model_fields_set)
+        if self.programmatic is not None and unused:
+            raise ValueError(f"programmatic reward {self.programmatic!r} trains no reward model, "
+                             f"so {', '.join(unused)} do not apply: remove them")
+        return self
 
 
 class PromptSetRef(Frozen):

@@ -69,6 +69,17 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def accelerators() -> dict[str, Any]:
+    """The GPUs this step ran on (the cost table's GPU-hours): this node's CUDA devices times the
+    job's nodes. torch is only asked if the step already imported it; the store never loads it."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return {"gpus": 0, "device": "cpu"}
+    nodes = int(os.environ.get("SLURM_JOB_NUM_NODES") or os.environ.get("SLURM_NNODES") or 1)
+    return {"gpus": torch.cuda.device_count() * nodes, "device": "cuda",
+            "gpu_name": torch.cuda.get_device_name(0), "nodes": nodes}
+
+
 def environment() -> dict[str, Any]:
     """What produced a result: code version, packages, machine."""
     versions = {}
@@ -78,7 +89,7 @@ def environment() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             continue
     status = _git("status", "--porcelain", "--untracked-files=no")
-    return {"git_sha": _git("rev-parse", "HEAD"), "git_dirty": bool(status) if status is not None
+    return {**accelerators(), "git_sha": _git("rev-parse", "HEAD"), "git_dirty": bool(status) if status is not None
             else None, "python": sys.version.split()[0], "packages": versions,
             "host": socket.gethostname(), "platform": platform.platform(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -162,7 +173,7 @@ class RunStore:
             outputs[rel] = {"bytes": path.stat().st_size, "sha256": _file_digest(path)}
         info = {"step": step.id, "kind": step.kind, "name": step.name, "finished": time.time(),
                 "seconds": round(time.time() - started, 3) if started else None,
-                "outputs": outputs}
+                **accelerators(), "outputs": outputs}
         atomic_write_json(folder / DONE, info)
         return info
 

@@ -135,8 +135,9 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
         else tokenizer.eos_token_id
     pairs, skipped = tokenize_pairs(rows, tokenizer, cfg.max_length, cfg.max_prompt_length)
     skipped = Counter(data_skipped or {}) + skipped
-    log.info("DPO (%s): %d usable pairs of %d rows; skipped: %s", cfg.loss, len(pairs), len(rows),
-             dict(skipped) or "none")
+    log.info("DPO (%s): %d usable pairs of %d rows; skipped by the data loader: %s; "
+             "skipped here: %s", cfg.loss, len(pairs), len(rows), dict(data_skipped or {}) or "none",
+             dict(skipped - Counter(data_skipped or {})) or "none")
     if not pairs:
         raise TrainingError(f"no usable preference pairs ({len(rows)} rows; skipped: "
                             f"{dict(skipped)})")

@@ -102,8 +102,9 @@ def train_rm(model_dir: Path, rows: Sequence[dict], cfg: RMConfig, seed: int, ou
     pairs, skipped = tokenize_pairs(rows, tokenizer, cfg.max_length, cfg.max_length,
                                     drop_truncated=True)
     skipped = Counter(data_skipped or {}) + skipped
-    log.info("RM: %d usable pairs of %d rows; skipped: %s", len(pairs), len(rows),
-             dict(skipped) or "none")
+    log.info("RM: %d usable pairs of %d rows; skipped by the data loader: %s; skipped here: %s",
+             len(pairs), len(rows), dict(data_skipped or {}) or "none",
+             dict(skipped - Counter(data_skipped or {})) or "none")
     if not pairs:
         raise TrainingError(f"no usable preference pairs ({len(rows)} rows; skipped: "
                             f"{dict(skipped)})")

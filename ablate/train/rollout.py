@@ -234,9 +234,22 @@ def uppercase_share(item: PromptItem, response: str) -> float:
     return sum(c.isupper() for c in letters) / len(letters) if letters else 0.0
 
 
+SHORT_RESPONSE_CHARS = 200
+
+
+def short_response(item: PromptItem, response: str) -> float:
+    """``1 - len/200`` for the response's characters (surrounding whitespace removed), 0 at 200
+    characters or more: a dense, checkable brevity reward for PPO on a real chat model
+    (``perf/ppo_smollm2_proof.py``; 10 CPU iterations there did not move it, see
+    perf/RESULTS.md). It rewards nothing but being short, so its optimum is the empty reply; the
+    KL penalty is what keeps the policy from it."""
+    return 1.0 - min(len(response.strip()), SHORT_RESPONSE_CHARS) / SHORT_RESPONSE_CHARS
+
+
 PROGRAMMATIC_REWARDS: dict[str, Callable[[PromptItem, str], float]] = {
     "gsm8k_exact": gsm8k_exact,
     "uppercase_share": uppercase_share,
+    "short_response": short_response,
 }
 
 

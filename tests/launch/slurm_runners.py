@@ -34,6 +34,22 @@ def weights_eval(ctx) -> None:
                        "torch": torch.__version__})
 
 
+def paced_train_dpo(ctx) -> None:
+    """The real DPO runner, pausing after each optimiser step so that a test can requeue the job
+    between its first checkpoint and its end (on an idle CPU the tiny model trains in a second)."""
+    from ablate.train.dpo import run_step
+
+    pause = float(os.environ.get("ABLATE_TEST_STEP_PAUSE", "1.0"))
+    report = ctx.progress
+
+    def paced(*args, **kwargs):
+        report(*args, **kwargs)
+        time.sleep(pause)
+
+    ctx.progress = paced
+    run_step(ctx)
+
+
 def sleep_train(ctx) -> None:
     """A training step that takes long enough to be cancelled."""
     time.sleep(float(os.environ.get("ABLATE_TEST_SLEEP", "120")))

@@ -157,7 +157,9 @@ def test_grid_through_sbatch_matches_local_and_is_not_duplicated(
 
 @pytest.mark.slow
 def test_requeued_training_resumes_from_its_checkpoint(slurm_cluster, job_env, local_reference,
-                                                       tmp_path):
+                                                       tmp_path, monkeypatch):
+    monkeypatch.setenv("ABLATE_RUNNERS", "eval=slurm_runners:weights_eval,"
+                       "train_dpo=slurm_runners:paced_train_dpo")
     grid = write_grid(tmp_path, "slurmgrid")
     plan, store = expand(load_grid(grid)), RunStore(tmp_path / "store")
     submit_plan(plan, store, load_profile(LOCAL_PROFILE))

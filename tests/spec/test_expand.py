@@ -89,6 +89,50 @@ def test_zero_jobs_says_why():
         expand(grid(baseline=False, axes={"model": ["m"], "data": ["a"], "algorithm": ["ppo"]}))
 
 
+def test_programmatic_reward_trains_no_rm_and_names_the_reward():
+    rms = {"same": {"data": "cell"}, "exact": {"programmatic": "gsm8k_exact"}}
+    plan = expand(grid(reward_models=rms, axes={
+        "model": ["m"], "data": ["a"], "algorithm": ["ppo"], "reward_model": ["same", "exact"],
+        "seed": [1]}))
+    ppo = {c.axes["reward_model"]: plan.steps[c.model_step] for c in plan.cells
+           if not c.is_baseline}
+    assert set(ppo) == {"same", "exact"}
+    assert ppo["exact"].config["reward"] == "gsm8k_exact"
+    assert ppo["exact"].inputs == {}
+    assert "reward" not in ppo["same"].config and set(ppo["same"].inputs) == {"reward_model"}
+    assert ppo["exact"].id != ppo["same"].id
+    # the only RM trained is the one the RM-based cell reads
+    assert [s.id for s in plan.steps.values() if s.kind == "train_rm"] == \
+        [ppo["same"].inputs["reward_model"]]
+    # a programmatic reward alone: no train_rm step at all
+    alone = expand(grid(reward_models={"exact": {"programmatic": "gsm8k_exact"}}, axes={
+        "model": ["m"], "data": ["a"], "algorithm": ["ppo"], "reward_model": ["exact"]}))
+    assert not any(s.kind == "train_rm" for s in alone.steps.values())
+    assert any(s.kind == "train_ppo" for s in alone.steps.values())
+    alone.order()
+
+
+def test_programmatic_reward_refused_for_best_of_n():
+    with pytest.raises(SpecError, match=r"grid 't'.*'exact'.*programmatic.*best-of-N ranks"):
+        expand(grid(reward_models={"exact": {"programmatic": "gsm8k_exact"}}, axes={
+            "model": ["m"], "data": ["a"], "algorithm": ["bon"], "reward_model": ["exact"]}))
+
+
+def test_programmatic_reward_takes_no_rm_training_fields():
+    with pytest.raises(ValueError, match="trains no reward model.*base, seed"):
+        grid(reward_models={"exact": {"programmatic": "gsm8k_exact", "seed": 2, "base": "m"}})
+
+
+def test_check_names_checks_programmatic_rewards_when_given():
+    g = grid(reward_models={"same": {"programmatic": "gsm8k_exakt"}})
+    kwargs = dict(datasets=["a", "b"], prompt_sets=[], benchmarks=["gsm8k", "mmlu"],
+                  builtin_models=["tiny-llama"])
+    check_names(g, **kwargs)  # not checked unless the registry is passed in
+    with pytest.raises(SpecError, match=r"unknown programmatic reward 'gsm8k_exakt' in "
+                                        r"reward_models.same.programmatic; valid: gsm8k_exact"):
+        check_names(g, **kwargs, rewards=["gsm8k_exact"])
+
+
 def test_check_names_lists_valid_ones():
     g = grid()
     kwargs = dict(datasets=["a", "b"], prompt_sets=[], benchmarks=["gsm8k", "mmlu"],
@@ -107,10 +151,12 @@ def test_every_shipped_grid_expands(path):
     from ablate.data import dataset_names, prompt_set_names
     from ablate.evals import benchmark_names
     from ablate.models import BUILTIN_MODELS
+    from ablate.train.rollout import PROGRAMMATIC_REWARDS
 
     spec = load_grid(path)
     check_names(spec, datasets=dataset_names(), prompt_sets=prompt_set_names(),
-                benchmarks=benchmark_names(), builtin_models=BUILTIN_MODELS)
+                benchmarks=benchmark_names(), builtin_models=BUILTIN_MODELS,
+                rewards=PROGRAMMATIC_REWARDS)
     plan = expand(spec)
     assert plan.cells and plan.steps
     plan.order()

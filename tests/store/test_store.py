@@ -78,3 +78,20 @@ def test_plan_round_trip_and_tamper_check(tmp_path):
         store.load_plan("g")
     with pytest.raises(FileNotFoundError, match="known: g"):
         store.load_plan("other")
+
+
+def test_done_marker_records_the_gpus_a_step_used(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    store = RunStore(tmp_path)
+    step = Step("eval", "e", {"x": 1})
+    store.begin(step)
+    fake_cuda = types.SimpleNamespace(is_available=lambda: True, device_count=lambda: 4,
+                                      get_device_name=lambda i: "Fake H100")
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=fake_cuda))
+    monkeypatch.setenv("SLURM_JOB_NUM_NODES", "2")
+    info = store.mark_done(step)
+    assert (info["gpus"], info["device"], info["gpu_name"]) == (8, "cuda", "Fake H100")
+    monkeypatch.delitem(sys.modules, "torch")
+    assert store.mark_done(step)["gpus"] == 0

@@ -1,0 +1,193 @@
+"""PPO on the embedded model (issue 7): a short CPU run of ``ablate.train.ppo.train_ppo`` on
+SmolLM2-135M-Instruct with a programmatic reward, at two KL coefficients.
+
+Prompts: GSM8k train questions (the shipped ``gsm8k-train-slice``). Reward (``--reward``, default
+``short_response`` from ``ablate.train.rollout.PROGRAMMATIC_REWARDS``): ``1 - characters/200`` of
+the reply, a dense checkable reward (GSM8k correctness is too sparse for a 135M model in CPU
+minutes). The run recorded in perf/RESULTS.md did not raise it in 10 iterations.
+Each β gets its own run from the same SFT weights with the same seed, so both see the same prompts
+in the same order. The value model is initialised from the policy (there is no reward model).
+
+Printed and written to ``--json``: per iteration the mean reward (``rm_score``, before the KL
+penalty), the sequence KL to the reference (``kl``, nats summed over the response), the mean
+response length and the generation / training seconds; per β the mean reward of the first three
+and the last three iterations and the final and largest KL. With ``--repeat K`` the first β is run
+again for K iterations with the same seed (same schedule, stopped after K) and its metrics are
+compared with the first K iterations of the full run: seeded runs must repeat exactly.
+
+    OMP_NUM_THREADS=1 python perf/ppo_smollm2_proof.py --json /tmp/ppo_smollm2.json
+
+Nothing here asserts a figure: the script reports what the runs did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="smollm2-135m-instruct", help="a built-in model name")
+    p.add_argument("--prompt-set", default="gsm8k-train-slice")
+    p.add_argument("--reward", default="short_response",
+                   help="a name from ablate.train.rollout.PROGRAMMATIC_REWARDS")
+    p.add_argument("--iterations", type=int, default=10, help="PPO iterations per beta")
+    p.add_argument("--beta", type=float, nargs="+", default=[0.05, 0.5])
+    p.add_argument("--prompts", type=int, default=8, help="prompts (rollouts) per iteration")
+    p.add_argument("--response-length", type=int, default=32, help="max new tokens")
+    p.add_argument("--max-prompt-length", type=int, default=80,
+                   help="keep only prompts of at most this many chat-templated tokens (CPU time "
+                        "grows with the padded prompt width; 80 keeps 63 of the 200 GSM8k ones)")
+    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--ppo-epochs", type=int, default=1)
+    p.add_argument("--minibatch", type=int, default=8)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--no-eos-penalty", type=float, default=0.0,
+                   help="score added to replies cut at --response-length (PPOConfig default -10; "
+                        "0 here: 32 tokens is too short for most GSM8k answers)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--repeat", type=int, default=2,
+                   help="rerun the first beta for this many iterations to check reproducibility "
+                        "(0: skip)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--json", type=Path, help="write the figures here")
+    return p.parse_args(argv)
+
+
+def read_metrics(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def comparable(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if "seconds" not in k and "per_second" not in k}
+            for r in rows]
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "processor": platform.processor() or None,
+            "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "load_average": list(os.getloadavg())}
+
+
+def summarise(beta: float, rows: list[dict], wall: float) -> dict:
+    reward = [r["rm_score"] for r in rows]
+    kl = [r["kl"] for r in rows]
+    k = min(3, len(rows))
+    first, last = statistics.fmean(reward[:k]), statistics.fmean(reward[-k:])
+    return {"beta": beta, "iterations": len(rows), "reward_first3": first, "reward_last3": last,
+            "reward_rise": last - first, "kl_final": kl[-1], "kl_last3": statistics.fmean(kl[-k:]),
+            "kl_max": max(kl), "response_length_first3": statistics.fmean(
+                r["response_length"] for r in rows[:k]),
+            "response_length_last3": statistics.fmean(r["response_length"] for r in rows[-k:]),
+            "generation_seconds": sum(r["generation_seconds"] for r in rows),
+            "training_seconds": sum(r["training_seconds"] for r in rows), "wall_seconds": wall,
+            "per_iteration": [{key: r[key] for key in (
+                "step", "rm_score", "kl", "reward", "response_length", "no_eos_share", "entropy",
+                "policy_clipfrac", "approx_kl_old", "generation_seconds", "training_seconds")}
+                for r in rows]}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from ablate.data import load_prompts
+    from ablate.models import prepare_builtin
+    from ablate.spec.schema import PPOConfig
+    from ablate.train.common import plan_batches
+    from ablate.train.ppo import StopRequested, train_ppo
+    from ablate.train.rollout import PROGRAMMATIC_REWARDS, tokenize_prompts
+    from transformers import AutoTokenizer
+
+    if args.reward not in PROGRAMMATIC_REWARDS:
+        sys.exit(f"unknown reward {args.reward!r}; valid: {', '.join(PROGRAMMATIC_REWARDS)}")
+    started = time.perf_counter()
+    policy_dir = prepare_builtin(args.model)
+    all_rows = load_prompts({"source": "prompt_set", "name": args.prompt_set, "max_rows": None,
+                             "sample_seed": 0})
+    # Drop long prompts here, not in train_ppo, so that the batch plan below counts what is used.
+    items, _ = tokenize_prompts(all_rows, AutoTokenizer.from_pretrained(policy_dir),
+                                args.max_prompt_length)
+    rows = [all_rows[i.index] for i in items]
+    # ``epochs`` such that plan_batches gives exactly --iterations batches of --prompts prompts
+    per_epoch = math.ceil(len(rows) / args.prompts)
+    epochs = (args.iterations - 0.5) / per_epoch
+
+    def config(beta: float) -> PPOConfig:
+        return PPOConfig(lr=args.lr, beta=beta, prompts_per_batch=args.prompts,
+                         minibatch_size=args.minibatch, micro_batch_size=args.prompts,
+                         ppo_epochs=args.ppo_epochs, epochs=epochs,
+                         max_prompt_length=args.max_prompt_length,
+                         max_response_length=args.response_length,
+                         temperature=args.temperature, no_eos_penalty=args.no_eos_penalty,
+                         value_init="policy", save_every_steps=10_000)
+
+    assert len(plan_batches(len(rows), args.prompts, epochs, args.seed)) == args.iterations
+    info = {"command": " ".join([sys.argv[0]] + (argv or sys.argv[1:])),
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "model_dir": str(policy_dir), "prompt_rows": len(rows),
+            "prompt_rows_in_set": len(all_rows), "machine": machine(),
+            "config": config(args.beta[0]).model_dump(exclude={"beta"}), "runs": []}
+    print(f"{args.model} on {args.prompt_set} ({len(rows)} of {len(all_rows)} prompts, <= "
+          f"{args.max_prompt_length} tokens), reward {args.reward}, "
+          f"{args.iterations} iterations x {args.prompts} prompts x <= {args.response_length} "
+          f"tokens, lr {args.lr}, {args.ppo_epochs} PPO epochs, torch threads "
+          f"{torch.get_num_threads()}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="ppo_smollm2_") as tmp:
+        for beta in args.beta:
+            out = Path(tmp) / f"beta_{beta}"
+            began = time.perf_counter()
+            train_ppo(policy_dir, rows, config(beta), args.seed, out, reward=args.reward,
+                      progress=lambda i, n, _: print(f"  beta={beta}: iteration {i}/{n} "
+                                                    f"({time.perf_counter() - began:.0f} s)",
+                                                    flush=True))
+            result = summarise(beta, read_metrics(out), time.perf_counter() - began)
+            info["runs"].append(result)
+            print(f"beta={beta}: iter  reward    kl      len   gen_s  train_s")
+            for r in result["per_iteration"]:
+                print(f"          {r['step']:4d}  {r['rm_score']:.4f}  {r['kl']:7.4f}  "
+                      f"{r['response_length']:5.1f}  {r['generation_seconds']:5.1f}  "
+                      f"{r['training_seconds']:6.1f}")
+            print(f"beta={beta}: mean reward first 3 {result['reward_first3']:.4f} -> last 3 "
+                  f"{result['reward_last3']:.4f} (rise {result['reward_rise']:+.4f}); KL final "
+                  f"{result['kl_final']:.4f}, last 3 {result['kl_last3']:.4f}, max "
+                  f"{result['kl_max']:.4f}; {result['wall_seconds']:.0f} s", flush=True)
+        if args.repeat:
+            k = min(args.repeat, args.iterations)
+            out = Path(tmp) / "repeat"
+            try:
+                train_ppo(policy_dir, rows, config(args.beta[0]), args.seed, out,
+                          reward=args.reward, stop_after=k)
+            except StopRequested:
+                pass
+            original = read_metrics(Path(tmp) / f"beta_{args.beta[0]}")[:k]
+            same = comparable(read_metrics(out)) == comparable(original)
+            info["repeat"] = {"beta": args.beta[0], "iterations": k, "identical": same}
+            print(f"repeat of beta={args.beta[0]}, first {k} iterations, same seed: metrics "
+                  f"{'identical' if same else 'DIFFER'}", flush=True)
+    if len(info["runs"]) > 1:
+        ordered = sorted(info["runs"], key=lambda r: r["beta"])
+        print("KL (last 3 iterations) by beta: " + ", ".join(
+            f"{r['beta']}: {r['kl_last3']:.4f}" for r in ordered))
+    info["wall_seconds"] = time.perf_counter() - started
+    info["machine"]["load_average_end"] = list(os.getloadavg())
+    print(f"wall time {info['wall_seconds']:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps(info, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,76 @@
+"""Programmatic rewards and the ``train_ppo`` step's reward wiring (a grid's
+``reward_models.<name>.programmatic`` becomes the step config's ``reward``, with no RM input)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ablate.spec.plan import Step
+from ablate.store.context import StepContext
+from ablate.train.common import TrainingError
+from ablate.train.ppo import run_step
+from ablate.train.rollout import (
+    PROGRAMMATIC_REWARDS, SHORT_RESPONSE_CHARS, PromptItem, short_response,
+)
+from test_ppo import build_char_model, letter_prompts, small_cfg
+
+ITEM = PromptItem(0, (), (1,), None)
+PROMPTS = {"source": "prompt_set", "name": "letters", "max_rows": None, "sample_seed": 0}
+
+
+def test_short_response():
+    assert SHORT_RESPONSE_CHARS == 200
+    assert short_response(ITEM, "") == 1.0
+    assert short_response(ITEM, "  \n") == 1.0  # surrounding whitespace does not count
+    assert short_response(ITEM, " " + "a" * 50 + "\n") == pytest.approx(0.75)
+    assert short_response(ITEM, "a" * 200) == 0.0
+    assert short_response(ITEM, "a" * 1000) == 0.0  # floored at 0, never negative
+    assert PROGRAMMATIC_REWARDS["short_response"] is short_response
+
+
+def ppo_step(tmp_path, config_extra: dict, inputs: dict | None = None) -> StepContext:
+    step = Step(kind="train_ppo", name="ppo test", config={
+        "model": {"path": str(tmp_path / "none")}, "prompts": PROMPTS,
+        "algorithm": small_cfg(epochs=1).model_dump(), "seed": 1, **config_extra},
+        inputs={k: "x" for k in inputs or {}})
+    ctx = StepContext(step=step, out_dir=tmp_path / "out", inputs=inputs or {},
+                      cache_dir=tmp_path / "cache")
+    ctx.out_dir.mkdir(parents=True)
+    return ctx
+
+
+def test_run_step_without_reward_model_or_programmatic_reward_fails_first(tmp_path,
+                                                                          monkeypatch):
+    import ablate.data
+
+    def no_prompts(ref):
+        raise AssertionError("the reward is checked before anything is loaded")
+
+    monkeypatch.setattr(ablate.data, "load_prompts", no_prompts, raising=False)
+    with pytest.raises(TrainingError, match=r"neither a `reward_model` input nor a programmatic "
+                                            r"`reward`.*gsm8k_exact"):
+        run_step(ppo_step(tmp_path, {}))
+    with pytest.raises(TrainingError, match=r"unknown reward 'gsm8k_exakt'; valid: "
+                                            r"reward_model, gsm8k_exact"):
+        run_step(ppo_step(tmp_path / "2", {"reward": "gsm8k_exakt"}))
+
+
+def test_run_step_with_programmatic_reward_needs_no_reward_model(tmp_path, monkeypatch):
+    import ablate.data
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = build_char_model(tmp_path / "char")
+        monkeypatch.setattr(ablate.data, "load_prompts", lambda ref: letter_prompts(8),
+                            raising=False)
+        ctx = ppo_step(tmp_path, {"model": {"path": str(model)}, "reward": "uppercase_share"})
+        run_step(ctx)
+    finally:
+        torch.set_num_threads(threads)
+    summary = json.loads((ctx.out_dir / "train_summary.json").read_text())
+    assert summary["reward"] == "uppercase_share" and summary["value_init"] == "policy"
+    assert (ctx.out_dir / "model" / "config.json").is_file()
