@@ -4,7 +4,16 @@ SmolLM2-135M-Instruct with a programmatic reward, at two KL coefficients.
 Prompts: GSM8k train questions (the shipped ``gsm8k-train-slice``). Reward (``--reward``, default
 ``short_response`` from ``ablate.train.rollout.PROGRAMMATIC_REWARDS``): ``1 - characters/200`` of
 the reply, a dense checkable reward (GSM8k correctness is too sparse for a 135M model in CPU
-minutes). The run recorded in perf/RESULTS.md did not raise it in 10 iterations.
+minutes). The run recorded in perf/RESULTS.md did not raise it in 10 iterations: every reply hit
+the 32-token cap, so a length reward could not move. ``--reward digit_share`` (the share of the
+reply's visible characters that are digits) is a per-character property the policy can change
+within a capped reply; the second run in perf/RESULTS.md uses it with more, shorter rollouts
+(it did not raise that reward either: 0.022 -> 0.011 over 12 iterations):
+
+    OMP_NUM_THREADS=1 python perf/ppo_smollm2_proof.py --reward digit_share --beta 0.05 \
+        --iterations 12 --prompts 16 --response-length 20 --minibatch 16 --ppo-epochs 2 \
+        --lr 5e-5 --repeat 0 --show-replies 4 --json /tmp/ppo_smollm2_digits.json
+
 Each β gets its own run from the same SFT weights with the same seed, so both see the same prompts
 in the same order. The value model is initialised from the policy (there is no reward model).
 
@@ -13,7 +22,9 @@ penalty), the sequence KL to the reference (``kl``, nats summed over the respons
 response length and the generation / training seconds; per β the mean reward of the first three
 and the last three iterations and the final and largest KL. With ``--repeat K`` the first β is run
 again for K iterations with the same seed (same schedule, stopped after K) and its metrics are
-compared with the first K iterations of the full run: seeded runs must repeat exactly.
+compared with the first K iterations of the full run: seeded runs must repeat exactly. Every
+reply of the first and the last iteration of each run goes to ``--json`` with its reward
+(``--show-replies N`` prints N of each).
 
     OMP_NUM_THREADS=1 python perf/ppo_smollm2_proof.py --json /tmp/ppo_smollm2.json
 
@@ -60,6 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=2,
                    help="rerun the first beta for this many iterations to check reproducibility "
                         "(0: skip)")
+    p.add_argument("--show-replies", type=int, default=0,
+                   help="print this many replies of each run's first and last iteration")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--json", type=Path, help="write the figures here")
     return p.parse_args(argv)
@@ -145,15 +158,37 @@ def main(argv=None) -> int:
           f"{args.iterations} iterations x {args.prompts} prompts x <= {args.response_length} "
           f"tokens, lr {args.lr}, {args.ppo_epochs} PPO epochs, torch threads "
           f"{torch.get_num_threads()}", flush=True)
+    # Record the replies the reward scores: train_ppo looks its programmatic reward up in
+    # PROGRAMMATIC_REWARDS when it starts, so a recording wrapper there sees every reply.
+    reward_function = PROGRAMMATIC_REWARDS[args.reward]
+    scored: list[dict] = []
+
+    def recording(item, response):
+        value = reward_function(item, response)
+        scored.append({"reply": response, "reward": value})
+        return value
+
     with tempfile.TemporaryDirectory(prefix="ppo_smollm2_") as tmp:
         for beta in args.beta:
             out = Path(tmp) / f"beta_{beta}"
             began = time.perf_counter()
-            train_ppo(policy_dir, rows, config(beta), args.seed, out, reward=args.reward,
-                      progress=lambda i, n, _: print(f"  beta={beta}: iteration {i}/{n} "
-                                                    f"({time.perf_counter() - began:.0f} s)",
-                                                    flush=True))
+            replies: list[list[dict]] = []
+
+            def progress(i, n, _):
+                replies.append(list(scored))
+                scored.clear()
+                print(f"  beta={beta}: iteration {i}/{n} ({time.perf_counter() - began:.0f} s)",
+                      flush=True)
+
+            PROGRAMMATIC_REWARDS[args.reward] = recording
+            try:
+                train_ppo(policy_dir, rows, config(beta), args.seed, out, reward=args.reward,
+                          progress=progress)
+            finally:
+                PROGRAMMATIC_REWARDS[args.reward] = reward_function
+                scored.clear()
             result = summarise(beta, read_metrics(out), time.perf_counter() - began)
+            result["replies_first"], result["replies_last"] = replies[0], replies[-1]
             info["runs"].append(result)
             print(f"beta={beta}: iter  reward    kl      len   gen_s  train_s")
             for r in result["per_iteration"]:
@@ -164,6 +199,9 @@ def main(argv=None) -> int:
                   f"{result['reward_last3']:.4f} (rise {result['reward_rise']:+.4f}); KL final "
                   f"{result['kl_final']:.4f}, last 3 {result['kl_last3']:.4f}, max "
                   f"{result['kl_max']:.4f}; {result['wall_seconds']:.0f} s", flush=True)
+            for label, key in (("first", "replies_first"), ("last", "replies_last")):
+                for r in result[key][:args.show_replies]:
+                    print(f"  {label} iteration, reward {r['reward']:.3f}: {r['reply']!r}")
         if args.repeat:
             k = min(args.repeat, args.iterations)
             out = Path(tmp) / "repeat"

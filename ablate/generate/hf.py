@@ -160,7 +160,7 @@ class HFBackend:
     def _prefix_cache(self, prefix: list[int]):
         out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True,
                          logits_to_keep=1)
-        return [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        return [(layer.keys, layer.values) for layer in out.cache.layers]
 
     def _expanded_cache(self, prefix_kv, rows: int, capacity: int | None = None):
         from transformers import DynamicCache
@@ -328,7 +328,7 @@ class HFBackend:
                 scores[k] = float(first[o[0]])
             if longest == 1:
                 continue
-            kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+            kv = [(layer.keys, layer.values) for layer in out.cache.layers]
             cache = self._expanded_cache(kv, len(members))
             width = longest - 1  # the last token of an option is predicted, never fed
             ids = torch.full((len(members), width), self.pad_id, dtype=torch.long)

@@ -246,10 +246,20 @@ def short_response(item: PromptItem, response: str) -> float:
     return 1.0 - min(len(response.strip()), SHORT_RESPONSE_CHARS) / SHORT_RESPONSE_CHARS
 
 
+def digit_share(item: PromptItem, response: str) -> float:
+    """Share of the response's non-whitespace characters that are ASCII digits (0 for a reply with
+    none): a dense, per-character reward that a chat model can move within a capped reply of a few
+    dozen tokens, unlike a length reward when every reply hits the cap
+    (``perf/ppo_smollm2_proof.py``). Its optimum is a reply of digits only."""
+    visible = [c for c in response if not c.isspace()]
+    return sum("0" <= c <= "9" for c in visible) / len(visible) if visible else 0.0
+
+
 PROGRAMMATIC_REWARDS: dict[str, Callable[[PromptItem, str], float]] = {
     "gsm8k_exact": gsm8k_exact,
     "uppercase_share": uppercase_share,
     "short_response": short_response,
+    "digit_share": digit_share,
 }
 
 

@@ -13,7 +13,7 @@ from ablate.store.context import StepContext
 from ablate.train.common import TrainingError
 from ablate.train.ppo import run_step
 from ablate.train.rollout import (
-    PROGRAMMATIC_REWARDS, SHORT_RESPONSE_CHARS, PromptItem, short_response,
+    PROGRAMMATIC_REWARDS, SHORT_RESPONSE_CHARS, PromptItem, digit_share, short_response,
 )
 from test_ppo import build_char_model, letter_prompts, small_cfg
 
@@ -29,6 +29,16 @@ def test_short_response():
     assert short_response(ITEM, "a" * 200) == 0.0
     assert short_response(ITEM, "a" * 1000) == 0.0  # floored at 0, never negative
     assert PROGRAMMATIC_REWARDS["short_response"] is short_response
+
+
+def test_digit_share():
+    assert digit_share(ITEM, "") == 0.0
+    assert digit_share(ITEM, " \n\t") == 0.0  # no visible characters: 0, not a division by 0
+    assert digit_share(ITEM, "42") == 1.0
+    assert digit_share(ITEM, "a1 b2") == pytest.approx(0.5)  # the space does not count
+    assert digit_share(ITEM, "x = 3.5\n") == pytest.approx(2 / 5)  # '.' and '=' count, not digits
+    assert digit_share(ITEM, "\u0663\u0664") == 0.0  # non-ASCII digits (Arabic-Indic) do not count
+    assert PROGRAMMATIC_REWARDS["digit_share"] is digit_share
 
 
 def ppo_step(tmp_path, config_extra: dict, inputs: dict | None = None) -> StepContext:
