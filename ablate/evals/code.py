@@ -8,6 +8,8 @@ one user turn, the chat template, and the assistant's turn opened with the funct
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -65,11 +67,13 @@ class _CodeBenchmark(Benchmark):
     default_max_new_tokens, paper_samples, paper_temperature, k = 512, 20, 0.8, 10
     limits = Limits()
 
+    @abstractmethod
     def program(self, item: dict, completion: str) -> str:
-        raise NotImplementedError
+        """The whole program to run: the completion plus the item's tests."""
 
+    @abstractmethod
     def prompt_parts(self, item: dict) -> tuple[str, str, tuple[str, ...]]:
-        raise NotImplementedError
+        """(user turn, assistant prefix, stop strings) of the item's prompt."""
 
     def evaluate(self, items: list[dict], env: EvalEnv) -> list[ItemResult]:
         n = int(env.options.get("n_samples", self.paper_samples))

@@ -143,6 +143,9 @@ class HFBackend:
                                                           attn_implementation="sdpa")
         self.model.to(self.device).eval()
         self.token_budget, self.max_batch = token_budget, max_batch
+        # Scoring on a CPU is fastest in small batches (measured with SmolLM2 on MMLU prompts of
+        # ~140 tokens: 22 s at 8 rows, 28 s at 16, 55 s at 64); a GPU wants them large.
+        self.score_max_batch = max_batch if self.device.type == "cuda" else min(max_batch, 8)
         self.min_shared_prefix = min_shared_prefix
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
@@ -295,12 +298,10 @@ class HFBackend:
         done = 0
         if single:
             lengths = [len(pairs[r][0][0]) for r in single]
-            for batch in pack_by_budget(lengths, self.token_budget, self.max_batch):
+            for batch in pack_by_budget(lengths, self.token_budget, self.score_max_batch):
                 members = [single[k] for k in batch]
-                ids, mask, positions = self._left_padded([pairs[r][0][0] for r in members], 0)
-                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                    logits_to_keep=1).logits[:, -1, :].float()
-                logprobs = torch.log_softmax(logits, dim=-1)
+                logprobs = torch.log_softmax(
+                    self._last_token_logits([pairs[r][0][0] for r in members]), dim=-1)
                 for local, r in enumerate(members):
                     results[r] = [float(logprobs[local, o[0]]) for _, o in pairs[r]]
                 done += len(members)
@@ -312,6 +313,25 @@ class HFBackend:
             if progress:
                 progress(done, len(requests))
         return results
+
+    def _last_token_logits(self, rows: list[list[int]]) -> torch.Tensor:
+        """Next-token logits after each row. Rows are right-padded and run without an attention
+        mask: causal attention never lets a real token see the padding after it, and without a
+        mask SDPA takes its fused causal kernel instead of the much slower masked path. Only the
+        last real position of each row goes through the output layer."""
+        decoder, head = self.model.get_decoder(), self.model.get_output_embeddings()
+        if decoder is None or head is None or getattr(self.model.config, "final_logit_softcapping",
+                                                      None):
+            ids, mask, positions = self._left_padded(rows, 0)
+            return self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                              logits_to_keep=1).logits[:, -1, :].float()
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        for k, r in enumerate(rows):
+            ids[k, :len(r)] = torch.tensor(r)
+        hidden = decoder(input_ids=ids.to(self.device), use_cache=False).last_hidden_state
+        last = torch.tensor([len(r) - 1 for r in rows], device=self.device)
+        return head(hidden[torch.arange(len(rows), device=self.device), last]).float()
 
     def _score_options(self, encoded: list[tuple[list[int], list[int]]]) -> list[float]:
         scores: list[float] = [0.0] * len(encoded)

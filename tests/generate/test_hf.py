@@ -71,3 +71,16 @@ def test_loglikelihood_matches_full_forward(backend):
                 logprobs = torch.log_softmax(backend.model(ids).logits[0].float(), -1)
             expected = sum(float(logprobs[len(ctx) - 1 + t, tok]) for t, tok in enumerate(cont))
             assert score == pytest.approx(expected, abs=1e-4)
+
+
+def test_batched_one_token_options_match_unpadded_forwards(backend):
+    # Questions of different lengths share a right-padded, mask-free batch (the MMLU path).
+    requests = [(f"Question {k}: " + "why " * (3 + 5 * k) + "Answer:", [" A", " B", " C", " D"])
+                for k in range(6)]
+    got = backend.loglikelihood(requests)
+    for (context, options), scores in zip(requests, got):
+        ctx, _ = backend._encode_pair(context, options[0])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(backend.model(torch.tensor([ctx])).logits[0, -1].float(), -1)
+        expected = [float(logprobs[backend._encode_pair(context, o)[1][0]]) for o in options]
+        assert scores == pytest.approx(expected, abs=1e-4)

@@ -1,7 +1,6 @@
 """The local executor: dependency order, skip what is done, resume after an interruption,
 --force redoes a step and what depends on it, one failure does not stop unrelated steps."""
 
-import json
 
 import pytest
 from rich.console import Console
