@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -58,6 +59,20 @@ def current_slurm_job_id() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
+def match_threads_to_allocation() -> int | None:
+    """Inside a SLURM job, use as many CPU threads as the job was given: torch would otherwise
+    start one per core of the node and jobs sharing a node would oversubscribe it. An explicit
+    OMP_NUM_THREADS wins. Returns the thread count set, or None."""
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    if not cpus or not cpus.isdigit() or "OMP_NUM_THREADS" in os.environ:
+        return None
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = cpus
+    torch = sys.modules.get("torch")  # already imported: the variable came too late for it
+    if torch is not None:
+        torch.set_num_threads(int(cpus))
+    return int(cpus)
+
+
 def log_tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -73,6 +88,7 @@ def run_step(store: RunStore, plan: Plan, step: Step,
     ``runner`` replaces the kind's runner (the SLURM launcher passes one that starts torchrun)."""
     if store.is_done(step):
         return "skipped"
+    match_threads_to_allocation()
     missing = [role for role, sid in step.inputs.items() if not store.is_done(plan.steps[sid])]
     if missing:
         raise RuntimeError(f"step {step.name!r}: inputs not done yet: {', '.join(missing)}")

@@ -2,6 +2,8 @@
 --force redoes a step and what depends on it, one failure does not stop unrelated steps."""
 
 
+import os
+
 import pytest
 from rich.console import Console
 
@@ -104,3 +106,24 @@ def test_failure_blocks_dependents_only(tmp_path):
     state = store.state(failed)
     assert state["state"] == "failed" and "benchmark exploded" in state["error"]
     assert "benchmark exploded" in state["log_tail"]
+
+
+def test_slurm_jobs_use_the_cpus_they_were_given(monkeypatch):
+    import torch
+
+    from ablate.launch.job import match_threads_to_allocation
+
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    assert match_threads_to_allocation() is None  # not in a SLURM job: nothing changes
+    before = torch.get_num_threads()
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(name, "0")  # so that the end of the test restores the real value
+        monkeypatch.delenv(name)
+    try:
+        assert match_threads_to_allocation() == 1
+        assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"
+        monkeypatch.setenv("SLURM_CPUS_PER_TASK", "2")
+        assert match_threads_to_allocation() is None  # an explicit OMP_NUM_THREADS wins
+    finally:
+        torch.set_num_threads(before)
