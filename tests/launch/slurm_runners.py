@@ -2,12 +2,13 @@
 environment; monkeypatching cannot reach a process SLURM starts).
 
 ``weights_eval`` stands in for a benchmark where the real evaluation runner is not needed: its
-value is a checksum of the evaluated model's weights, so two runs agree only if they trained the
+value is a digest of the evaluated model's weights, so two runs agree only if they trained the
 same model. ``ABLATE_TEST_FAIL_BENCHMARK=NAME`` makes that benchmark's evaluation fail.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 
@@ -24,10 +25,14 @@ def weights_eval(ctx) -> None:
     if benchmark == os.environ.get("ABLATE_TEST_FAIL_BENCHMARK"):
         raise RuntimeError(f"benchmark {benchmark} exploded (test hook)")
     folder = ctx.input_model_dir("model") if "model" in ctx.inputs else resolve_model(ctx.config["model"])
-    weights = {}
+    # A digest of the exact bytes: a float sum would depend on the thread count's reduction order
+    # (SLURM jobs get one thread per allocated CPU, the test process more).
+    digest = hashlib.sha256()
     for path in sorted(folder.glob("*.safetensors")):
-        weights.update(load_file(path))
-    checksum = sum(float(t.double().abs().sum()) for _, t in sorted(weights.items()))
+        for name, tensor in sorted(load_file(path).items()):
+            digest.update(name.encode())
+            digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+    checksum = int(digest.hexdigest()[:15], 16)
     ctx.log.info("weights checksum of %s: %r", folder, checksum)
     atomic_write_json(ctx.out_dir / "result.json",
                       {"benchmark": benchmark, "metric": "weights_checksum", "value": checksum,
