@@ -281,6 +281,37 @@ def run_ablate(model_dir, rows, args, out: Path) -> dict:
     return result
 
 
+def run_context() -> dict:
+    """Precision, device and machine of this run, for the JSON of every benchmark here."""
+    cuda = torch.cuda.is_available()
+    return {"precision": "bf16" if cuda else "float32",
+            "device": torch.cuda.get_device_name() if cuda else
+            f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
+            "machine": platform.node()}
+
+
+def ratios(ablate: dict, peer: dict) -> dict:
+    """ablate over the peer (> 1: ablate is better) for throughput, CPU time and memory."""
+    out = {"ratio": round(ablate["pairs_per_second"] / peer["pairs_per_second"], 3),
+           "cpu_ratio": round(peer["cpu_seconds"] / ablate["cpu_seconds"], 3),
+           "memory_ratio": round(ablate["peak_rss_gib"] / max(peer["peak_rss_gib"], 1e-9), 3)}
+    if "peak_gpu_allocated_gib" in ablate and "peak_gpu_allocated_gib" in peer:
+        out["memory_ratio_gpu"] = round(ablate["peak_gpu_allocated_gib"]
+                                        / max(peer["peak_gpu_allocated_gib"], 1e-9), 3)
+    return out
+
+
+def emit(result: dict, path: Path | None) -> dict:
+    """Print the result and write it to ``path`` (temp file, then rename)."""
+    print(json.dumps(result, indent=1), flush=True)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        os.replace(tmp, path)
+    return result
+
+
 def cuda_figures(side: dict, params: int, real_tokens: int, peak: float | None,
                  train_multiplier: int = 6, ref_multiplier: int = 2) -> dict:
     """Useful-FLOP utilisation: (train_multiplier + ref_multiplier)·params·real tokens over the
@@ -362,29 +393,17 @@ def main(argv=None):
                  "hashing the weights, reference pass); ablate's are its reference pass plus "
                  "its training loop as it reports them (its last optimiser step is not "
                  "synchronised)",
-                 "torch": torch.__version__,
-                 "memory_ratio_gpu": round(ablate["peak_gpu_allocated_gib"]
-                                           / max(trl_side["peak_gpu_allocated_gib"], 1e-9), 3)}
+                 "torch": torch.__version__}
     result = {
         "benchmark": "dpo_vs_trl", "model": args.model, "pairs": len(pairs),
         "real_tokens": real_tokens, "max_length": args.max_length,
         "batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size,
-        "precision": "bf16" if torch.cuda.is_available() else "float32",
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else
-        f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
-        "machine": platform.node(), "order": args.order,
-        "ablate": ablate, "trl": trl_side,
-        "ratio": round(ablate["pairs_per_second"] / trl_side["pairs_per_second"], 3),
+        **run_context(), "order": args.order, "ablate": ablate, "trl": trl_side,
+        **ratios(ablate, trl_side),
         "train_ratio": round(trl_side["train_seconds"] / ablate["train_seconds"], 3),
-        "cpu_ratio": round(trl_side["cpu_seconds"] / ablate["cpu_seconds"], 3),
-        "memory_ratio": round(ablate["peak_rss_gib"] / max(trl_side["peak_rss_gib"], 1e-9), 3),
         **extra,
     }
-    print(json.dumps({k: v for k, v in result.items()}, indent=1))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -29,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dpo_vs_trl import (  # noqa: E402
     PeakRSS, count_parameters, cuda_figures, cuda_memory, cuda_reset, cuda_sync, cuda_warmup,
-    fitting_pairs, on_cuda, peak_bf16_flops, skipped_model_saves,
+    emit, fitting_pairs, on_cuda, peak_bf16_flops, ratios, run_context, skipped_model_saves,
 )
 
 
@@ -143,27 +141,15 @@ def main(argv=None):
                  "flops_note": "useful FLOPs = 6 x params x real tokens over the training "
                  "epoch's seconds (params without the input embedding, a lookup); attention and "
                  "padding not counted",
-                 "torch": torch.__version__,
-                 "memory_ratio_gpu": round(ablate["peak_gpu_allocated_gib"]
-                                           / max(trl_side["peak_gpu_allocated_gib"], 1e-9), 3)}
+                 "torch": torch.__version__}
     result = {
         "benchmark": "rm_vs_trl", "model": args.model, "pairs": len(pairs),
         "real_tokens": real_tokens, "max_length": args.max_length,
         "batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size,
-        "precision": "bf16" if torch.cuda.is_available() else "float32",
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else
-        f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
-        "machine": platform.node(), "ablate": ablate, "trl": trl_side,
-        "ratio": round(ablate["pairs_per_second"] / trl_side["pairs_per_second"], 3),
-        "cpu_ratio": round(trl_side["cpu_seconds"] / ablate["cpu_seconds"], 3),
-        "memory_ratio": round(ablate["peak_rss_gib"] / max(trl_side["peak_rss_gib"], 1e-9), 3),
+        **run_context(), "ablate": ablate, "trl": trl_side, **ratios(ablate, trl_side),
         **extra,
     }
-    print(json.dumps(result, indent=1))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return emit(result, args.json)
 
 
 if __name__ == "__main__":
