@@ -28,7 +28,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -36,6 +35,9 @@ import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ppo_smollm2_proof import machine  # noqa: E402  (the same machine description)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -74,14 +76,6 @@ def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float] | None:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def machine() -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or None,
-            "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "load_average": list(os.getloadavg())}
 
 
 def split_by_row(n_train: int):
