@@ -1,0 +1,101 @@
+"""HumanEval+/MBPP+ verdicts agree with evalplus's own evaluator on identical programs.
+
+Candidates are each problem's canonical solution and mutants of it (one operator or constant
+changed), so that both verdicts occur; evalplus decides with `check_correctness` (base and plus
+inputs against outputs of the canonical solution, its ground truth computed by `get_groundtruth`),
+ablate with its sandboxed program.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from ablate.evals import get_benchmark
+from ablate.evals.sandbox import run_program
+
+MUTATIONS = (("<=", "<"), ("<", "<="), (">", ">="), ("+ 1", "+ 2"), ("- 1", ""), ("==", "!="),
+             ("True", "False"), ("sorted(", "list("), ("0", "1"))
+PROBLEMS_PER_BENCHMARK = 8
+
+
+def mutants(code: str) -> list[str]:
+    """Each mutation applied at its first occurrence, the ones that change the code."""
+    variants = []
+    for old, new in MUTATIONS:
+        if old in code:
+            variants.append(code.replace(old, new, 1))
+    return variants[:4]
+
+
+def evalplus_verdicts(dataset: str, problems: dict, solutions: list[tuple[str, str]],
+                      cache_dir, monkeypatch) -> list[bool]:
+    import evalplus.evaluate as evalplus_evaluate
+    from evalplus.eval import PASS
+
+    monkeypatch.setattr(evalplus_evaluate, "CACHE_DIR", str(cache_dir))
+    truth = evalplus_evaluate.get_groundtruth(problems, f"ablate-{dataset}-check", [])
+    verdicts = []
+    for k, (task_id, solution) in enumerate(solutions):
+        result = evalplus_evaluate.check_correctness(dataset, k, problems[task_id], solution,
+                                                     truth[task_id])
+        verdicts.append(result["base"][0] == PASS and result["plus"][0] == PASS)
+    return verdicts
+
+
+def read_problems(path, count: int) -> dict:
+    problems = {}
+    with gzip.open(path, "rt") as rows:
+        for line in rows:
+            row = json.loads(line)
+            problems[row["task_id"]] = row
+            if len(problems) == count:
+                break
+    return problems
+
+
+@pytest.mark.slow
+def test_humaneval_plus_verdicts_match_evalplus(shared_data, tmp_path, monkeypatch):
+    bench = get_benchmark("humaneval_plus")
+    items = {i["item_id"]: i for i in bench.items("paper", shared_data)}
+    # evalplus's own format (inputs + canonical solution) of the same problems
+    problems = read_problems(shared_data / "humaneval_plus" / "HumanEvalPlus-v0.1.10.jsonl.gz",
+                             PROBLEMS_PER_BENCHMARK)
+    candidates = [(task_id, body) for task_id, item in items.items() if task_id in problems
+                  for body in [item["canonical_solution"], *mutants(item["canonical_solution"])]]
+    ours = [run_program(bench.program(items[task_id], body), bench.limits).passed
+            for task_id, body in candidates]
+    theirs = evalplus_verdicts("humaneval", problems,
+                               [(task_id, problems[task_id]["prompt"] + body)
+                                for task_id, body in candidates], tmp_path, monkeypatch)
+    assert len(candidates) >= 2 * PROBLEMS_PER_BENCHMARK
+    print(f"humaneval_plus: {len(ours)} programs, {sum(ours)} pass")
+    assert True in ours and False in ours  # both verdicts are exercised
+    disagreements = [c[0] for c, a, b in zip(candidates, ours, theirs) if a != b]
+    assert ours == theirs, f"verdicts differ on {disagreements}"
+
+
+@pytest.mark.slow
+def test_mbpp_plus_verdicts_match_evalplus(shared_data, tmp_path, monkeypatch):
+    bench = get_benchmark("mbpp_plus")
+    items = bench.items("paper", shared_data)[:PROBLEMS_PER_BENCHMARK]
+    problems = {i["item_id"]: {k: v for k, v in i.items() if k != "item_id"} for i in items}
+    for problem in problems.values():  # evalplus's loader decodes these from their JSON strings
+        for key in ("base_input", "plus_input"):
+            if isinstance(problem[key], str):
+                problem[key] = json.loads(problem[key])
+        problem["atol"] = float(problem["atol"] or 0)
+        problem["prompt"] = ""  # the canonical solution is a whole program in MBPP+
+    candidates = [(i["item_id"], code) for i in items
+                  for code in [i["canonical_solution"], *mutants(i["canonical_solution"])]]
+    by_id = {i["item_id"]: i for i in items}
+    ours = [run_program(bench.program(by_id[task_id], code), bench.limits).passed
+            for task_id, code in candidates]
+    theirs = evalplus_verdicts("mbpp", problems, candidates, tmp_path, monkeypatch)
+    assert len(candidates) >= 2 * PROBLEMS_PER_BENCHMARK
+    print(f"mbpp_plus: {len(ours)} programs, {sum(ours)} pass")
+    assert True in ours and False in ours
+    disagreements = [c[0] for c, a, b in zip(candidates, ours, theirs) if a != b]
+    assert ours == theirs, f"verdicts differ on {disagreements}"
