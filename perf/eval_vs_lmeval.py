@@ -47,10 +47,18 @@ def run_lm_eval(model, tokenizer, folder: Path, task: str, batch_size: int, limi
     from lm_eval.tasks import TaskManager
 
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    started = time.perf_counter()
-    out = simple_evaluate(model=lm, tasks=[task], task_manager=TaskManager(include_path=str(folder)),
-                          log_samples=True, limit=limit)
-    seconds = time.perf_counter() - started
+    # lm-eval gets the attention a model it loads itself would have (transformers' sdpa), not
+    # ablate's (which reads grouped KV heads in place and would speed up lm-eval's padded batches).
+    ours = model.config._attn_implementation
+    model.set_attn_implementation("sdpa")
+    try:
+        started = time.perf_counter()
+        out = simple_evaluate(model=lm, tasks=[task],
+                              task_manager=TaskManager(include_path=str(folder)),
+                              log_samples=True, limit=limit)
+        seconds = time.perf_counter() - started
+    finally:
+        model.set_attn_implementation(ours)
     samples = sorted(out["samples"][task], key=lambda s: s["doc_id"])
     return seconds, samples
 
@@ -79,7 +87,9 @@ def main() -> None:
                     for i in mmlu_items]
     report: dict = {"model": str(args.model), "machine": f"{platform.node()} {platform.machine()}, "
                     f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
-                    "torch": torch.__version__, "quick": args.quick}
+                    "torch": torch.__version__, "quick": args.quick,
+                    # Other jobs on a shared machine move these timings: record how busy it was.
+                    "load_average_start": os.getloadavg()}
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -136,6 +146,7 @@ def main() -> None:
             "same_predictions": sum(a == b for a, b in zip(our_pred, their_pred)),
             "same_scores": our_pred == their_pred}
 
+    report["load_average_end"] = os.getloadavg()
     report["ratio"] = report["gsm8k"]["lm_eval_s"] / report["gsm8k"]["ablate_s"]
     report["ratio_mmlu"] = report["mmlu"]["lm_eval_s"] / report["mmlu"]["ablate_s"]
     print(json.dumps(report, indent=2))

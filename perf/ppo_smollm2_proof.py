@@ -14,6 +14,46 @@ within a capped reply; the second run in perf/RESULTS.md uses it with more, shor
         --iterations 12 --prompts 16 --response-length 20 --minibatch 16 --ppo-epochs 2 \
         --lr 5e-5 --repeat 0 --show-replies 4 --json /tmp/ppo_smollm2_digits.json
 
+Third attempt (issue 7), registered here before its PPO run. Base rates first: ``--base-rates
+4`` samples 4 replies of at most 6 tokens per prompt (the 63 prompts below, T = 0.7) from the SFT
+model and counts first words. Measured with an earlier seeding of the same sampler (one seed per
+repeat, not per chunk), 252 replies: "To" 89 (0.353), "Let's" 28 (0.111), "If" 11 (0.044), then
+names and articles. Reward: ``opens_with_lets`` (1 when the first word is "Let's", else 0), base
+rate 0.11: decided by the first one or two tokens, and a minority opener, so that sharpening the
+policy towards its mode ("To") lowers it rather than raises it. Settings, fixed before the run:
+
+    OMP_NUM_THREADS=1 python perf/ppo_smollm2_proof.py --reward opens_with_lets --beta 0.05 \
+        --iterations 15 --prompts 16 --response-length 10 --minibatch 8 --ppo-epochs 1 \
+        --lr 5e-5 --repeat 2 --json /tmp/ppo_lets_b0.05.json     # and --beta 0.5 --repeat 0
+
+i.e. 15 iterations x 16 prompts x at most 10 new tokens, two minibatches of 8 per iteration (30
+optimiser steps, lr 5e-5 decaying linearly to 0), temperature 0.7, seed 1, no-EOS penalty 0, value
+model from the policy. Success criterion: at β = 0.05 the share of "Let's" replies over iterations
+13-15 (48 replies) exceeds that over iterations 1-3 by at least 0.15, with a two-proportion z of
+at least 2; KL stays bounded (every iteration below 10 nats at both β); the mean KL of iterations
+13-15 is smaller at β = 0.5 than at β = 0.05; the seeded repeat of the first 2 iterations is
+identical. Whatever comes out is reported, as for the first two attempts.
+
+Outcome of that run (perf/RESULTS.md, "Third attempt"): stopped after 4 of 15 iterations under a
+load average of 7-9, the reward falling 0.19 -> 0.06 -> 0 -> 0 with 3-4 nats of KL, and the
+random new value head's values (mean 0.8 at iteration 1, explained variance -3 to -22) swamping
+the 0/1 reward in the advantages. Fourth attempt, registered before its run: ``train_ppo`` now
+zeroes a value head it initialises from the policy (first advantages = discounted returns), and
+the learning rate is lower to cut the drift the reward does not pay for:
+
+    OMP_NUM_THREADS=1 python perf/ppo_smollm2_proof.py --reward opens_with_lets --beta 0.05 \
+        --iterations 12 --prompts 16 --response-length 10 --minibatch 8 --ppo-epochs 1 \
+        --lr 3e-5 --repeat 0 --json /tmp/ppo_lets4_b0.05.json      # and --beta 0.5, in parallel
+
+(24 optimiser steps.) Success criterion as above with iterations 10-12 for 13-15; the seeded
+repeat check is that the two β runs, separate processes with the same seed, give identical
+rewards, KL and entropy at iterations 1 and 2 (KL is 0 at iteration 1, so the first update does
+not depend on β).
+
+Outcome (perf/RESULTS.md): at β = 0.05 the share rose 0.458 -> 0.894 (z 5.1) with 5-7 nats of KL,
+most final replies being one template ("Let's break it down step by step:"); at β = 0.5 KL stayed
+at 0.5-1.9 nats and the share fell 0.167 -> 0.021; iterations 1-2 identical in both runs.
+
 Each β gets its own run from the same SFT weights with the same seed, so both see the same prompts
 in the same order. The value model is initialised from the policy (there is no reward model).
 
@@ -73,6 +113,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(0: skip)")
     p.add_argument("--show-replies", type=int, default=0,
                    help="print this many replies of each run's first and last iteration")
+    p.add_argument("--base-rates", type=int, default=0, metavar="K",
+                   help="instead of training: sample K replies per prompt from the SFT model, "
+                        "print the most common first words and every programmatic reward's mean")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--json", type=Path, help="write the figures here")
     return p.parse_args(argv)
@@ -93,6 +136,50 @@ def machine() -> dict:
             "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "load_average": list(os.getloadavg())}
+
+
+def pooled(rewards: list[float]) -> dict:
+    """Mean of per-reply rewards with its standard error (replies taken as independent)."""
+    mean = statistics.fmean(rewards)
+    sd = statistics.stdev(rewards) if len(rewards) > 1 else 0.0
+    return {"n": len(rewards), "mean": mean, "se": sd / math.sqrt(len(rewards))}
+
+
+def reply_spread(replies: list[list[dict]], k: int = 3) -> dict:
+    """First-k vs last-k iterations over the individual replies: means, standard errors and the
+    z of the difference (for a 0/1 reward, a two-proportion z with unpooled variances)."""
+    first = pooled([r["reward"] for it in replies[:k] for r in it])
+    last = pooled([r["reward"] for it in replies[-k:] for r in it])
+    se = math.hypot(first["se"], last["se"])
+    return {"first": first, "last": last, "rise": last["mean"] - first["mean"],
+            "z": (last["mean"] - first["mean"]) / se if se > 0 else float("nan")}
+
+
+def base_rates(args, policy_dir: Path, rows: list[dict]) -> dict:
+    from collections import Counter
+
+    from ablate.train.rollout import PROGRAMMATIC_REWARDS, sample_token_ids, tokenize_prompts
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32).eval()
+    items, _ = tokenize_prompts(rows, tokenizer, args.max_prompt_length)
+    texts: list[str] = []
+    for repeat in range(args.base_rates):
+        _, _, ids, width = sample_token_ids(model, tokenizer, items,
+                                            temperature=args.temperature,
+                                            max_new_tokens=args.response_length,
+                                            seed=args.seed * 1000 + repeat, batch_size=32)
+        texts += tokenizer.batch_decode(ids[:, :width], skip_special_tokens=True)
+    first = Counter((t.split() or [""])[0].rstrip(".,:;!?") for t in texts)
+    means = {name: statistics.fmean(f(i, t) for i, t in zip(items * args.base_rates, texts))
+             for name, f in PROGRAMMATIC_REWARDS.items() if name != "gsm8k_exact"}
+    print(f"{len(texts)} replies ({args.base_rates} per prompt, <= {args.response_length} "
+          f"tokens, T = {args.temperature}); most common first words:")
+    for word, count in first.most_common(12):
+        print(f"  {word!r:14} {count:4d}  {count / len(texts):.3f}")
+    print("programmatic reward means: " + ", ".join(f"{k} {v:.3f}" for k, v in means.items()))
+    return {"replies": len(texts), "first_words": first.most_common(25), "reward_means": means}
 
 
 def summarise(beta: float, rows: list[dict], wall: float) -> dict:
@@ -148,6 +235,12 @@ def main(argv=None) -> int:
                          value_init="policy", save_every_steps=10_000)
 
     assert len(plan_batches(len(rows), args.prompts, epochs, args.seed)) == args.iterations
+    if args.base_rates:
+        found = base_rates(args, policy_dir, rows)
+        if args.json:
+            args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                             "machine": machine(), **found}, indent=1))
+        return 0
     info = {"command": " ".join([sys.argv[0]] + (argv or sys.argv[1:])),
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "model_dir": str(policy_dir), "prompt_rows": len(rows),
@@ -189,6 +282,7 @@ def main(argv=None) -> int:
                 scored.clear()
             result = summarise(beta, read_metrics(out), time.perf_counter() - began)
             result["replies_first"], result["replies_last"] = replies[0], replies[-1]
+            result["reply_spread"] = reply_spread(replies)
             info["runs"].append(result)
             print(f"beta={beta}: iter  reward    kl      len   gen_s  train_s")
             for r in result["per_iteration"]:
@@ -199,6 +293,15 @@ def main(argv=None) -> int:
                   f"{result['reward_last3']:.4f} (rise {result['reward_rise']:+.4f}); KL final "
                   f"{result['kl_final']:.4f}, last 3 {result['kl_last3']:.4f}, max "
                   f"{result['kl_max']:.4f}; {result['wall_seconds']:.0f} s", flush=True)
+            spread = result["reply_spread"]
+            means = [it["rm_score"] for it in result["per_iteration"]]
+            sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0  # noqa: E731
+            print(f"beta={beta}: per reply, first 3 iterations {spread['first']['mean']:.4f} "
+                  f"+- {spread['first']['se']:.4f} (n={spread['first']['n']}), last 3 "
+                  f"{spread['last']['mean']:.4f} +- {spread['last']['se']:.4f} (n="
+                  f"{spread['last']['n']}); rise {spread['rise']:+.4f}, z {spread['z']:.2f}; "
+                  f"iteration means sd first 3 {sd(means[:3]):.4f}, last 3 {sd(means[-3:]):.4f}",
+                  flush=True)
             for label, key in (("first", "replies_first"), ("last", "replies_last")):
                 for r in result[key][:args.show_replies]:
                     print(f"  {label} iteration, reward {r['reward']:.3f}: {r['reply']!r}")

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import sys
 import tempfile
 import time
@@ -91,6 +93,73 @@ def run_ablate(model_dir, rows, args, out: Path) -> dict:
     return side
 
 
+def shared_prompt_ab(model_dir, pairs, args) -> dict:
+    """ablate's RM forward+backward over the same pairs and micro-batches, plain two-sequence
+    layout against the shared-prompt layout (at several pairs per forward), interleaved round by
+    round on one loaded model, with process CPU time (steadier than wall time on a shared
+    machine). No optimiser step, so every round computes the same thing; the first round is a
+    warm-up and not counted."""
+    from ablate.train.common import collate_pairs, collate_shared_prompt, micro_batches
+    from ablate.train.losses import bradley_terry_loss
+    from ablate.train.rm import LastTokenReward, load_reward_model
+
+    model, _ = load_reward_model(model_dir)
+    model.config.use_cache = False
+    scorer = LastTokenReward(model).train()
+    pad = model.config.pad_token_id
+    steps = [list(range(i, min(i + args.batch_size, len(pairs))))
+             for i in range(0, len(pairs), args.batch_size)]
+
+    def epoch(layout: str, per_forward: int) -> float:
+        loss_total = 0.0
+        for step in steps:
+            for group in micro_batches(pairs, step, per_forward):
+                chunk = [pairs[i] for i in group]
+                if layout == "plain":
+                    batch = collate_pairs(chunk, pad)
+                    rewards = scorer(batch.input_ids, batch.attention_mask)
+                    chosen, rejected = rewards[:len(chunk)], rewards[len(chunk):]
+                else:
+                    chosen, rejected = scorer.shared_prompt_rewards(
+                        collate_shared_prompt(chunk, pad))
+                loss = bradley_terry_loss(chosen, rejected).sum()
+                loss.backward()
+                loss_total += loss.item()
+        model.zero_grad(set_to_none=True)
+        return loss_total
+
+    load_start = list(os.getloadavg())
+    variants = [("plain", args.micro_batch_size)] + [("shared", n) for n in args.ab_per_forward]
+    timings: dict[str, dict] = {f"{layout}@{n}": {"wall": [], "cpu": [], "loss": None}
+                                for layout, n in variants}
+    for round_ in range(args.ab_rounds + 1):
+        order = variants if round_ % 2 == 0 else variants[::-1]
+        for layout, n in order:
+            started, cpu_started = time.perf_counter(), time.process_time()
+            loss = epoch(layout, n)
+            wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+            entry = timings[f"{layout}@{n}"]
+            entry["loss"] = loss
+            if round_:
+                entry["wall"].append(round(wall, 2))
+                entry["cpu"].append(round(cpu, 2))
+            print(f"  round {round_} {layout} x{n}: {wall:.1f} s wall, {cpu:.1f} s CPU, "
+                  f"loss {loss:.6f}", flush=True)
+    base = timings[f"plain@{args.micro_batch_size}"]
+    for entry in timings.values():
+        entry["median_wall"] = statistics.median(entry["wall"])
+        entry["median_cpu"] = statistics.median(entry["cpu"])
+        entry["cpu_speedup_vs_plain"] = round(base["median_cpu"] / entry["median_cpu"], 3)
+        entry["wall_speedup_vs_plain"] = round(base["median_wall"] / entry["median_wall"], 3)
+    return {"benchmark": "rm_shared_prompt_ab", "model": args.model, "pairs": len(pairs),
+            "real_tokens": sum(p.real_tokens for p in pairs),
+            "shared_prompt_tokens": sum(p.real_tokens - len(p.prompt_ids) for p in pairs),
+            "max_length": args.max_length, "batch_size": args.batch_size,
+            "rounds": args.ab_rounds, "torch_threads": torch.get_num_threads(),
+            "load_average_start": load_start, "load_average_end": list(os.getloadavg()),
+            **run_context(), "variants": timings}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="CPU-sized run (< 5 minutes)")
@@ -106,6 +175,11 @@ def main(argv=None):
                         "fewer than --pairs fit, instead of stopping")
     parser.add_argument("--skip-save", action="store_true", help="skip ablate's final model save "
                         "(untimed; saves minutes on a multi-GB model)")
+    parser.add_argument("--ab-rounds", type=int, default=0, help="instead of the TRL "
+                        "comparison: this many interleaved rounds of plain vs shared-prompt "
+                        "forward+backward in ablate's RM (after one warm-up round)")
+    parser.add_argument("--ab-per-forward", type=int, nargs="+", default=[1, 2, 4],
+                        help="pairs per forward of the shared-prompt variants in the A/B")
     args = parser.parse_args(argv)
     if args.quick:
         args.pairs, args.max_length = 16, 256
@@ -116,6 +190,8 @@ def main(argv=None):
     rows, pairs, tokenizer = fitting_pairs(model_dir, args.pairs, args.max_length,
                                            args.max_length, allow_fewer=args.allow_fewer)
     real_tokens = sum(p.real_tokens for p in pairs)
+    if args.ab_rounds:
+        return emit(shared_prompt_ab(model_dir, pairs, args), args.json)
     if on_cuda():
         cuda_warmup()
     with tempfile.TemporaryDirectory() as tmp:

@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from ablate.launch.job import StepJob, current_slurm_job_id, run_step
 from ablate.launch.profile import LoadedProfile, Resources, load_profile, resource_class
@@ -44,7 +44,7 @@ LIVE_STATES = frozenset({"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQ
 FAILED_STATES = frozenset({"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
                            "BOOT_FAIL", "DEADLINE", "PREEMPTED"})
 TRACKED = ("submitted", "running", "retrying", "queued")  # store states that have a live job
-MULTI_PROCESS_RECIPES = {"train_dpo": "dpo", "train_rm": "rm"}  # ablate.train.fsdp's recipes
+MULTI_PROCESS_RECIPES = {"train_dpo": "dpo", "train_rm": "rm", "train_ppo": "ppo"}  # ablate.train.fsdp's recipes
 
 
 class SlurmError(RuntimeError):
@@ -233,9 +233,10 @@ class TorchrunStepJob(SlurmStepJob):
     procs_per_node: int = 1
 
     def _runner(self, store: RunStore, step: Step):
-        return lambda ctx: self._torchrun(ctx.out_dir, store.cache_dir, step)
+        return lambda ctx: self._torchrun(ctx.out_dir, store.cache_dir, step, ctx.inputs)
 
-    def _torchrun(self, out_dir: Path, cache_dir: Path, step: Step) -> None:
+    def _torchrun(self, out_dir: Path, cache_dir: Path, step: Step,
+                  inputs: Mapping[str, Path]) -> None:
         import submitit
 
         env = submitit.JobEnvironment()
@@ -249,7 +250,8 @@ class TorchrunStepJob(SlurmStepJob):
                f"--node_rank={env.node}", f"--nproc_per_node={self.procs_per_node}",
                f"--master_addr={env.hostnames[0]}", f"--master_port={port}",
                "-m", "ablate.train.fsdp", MULTI_PROCESS_RECIPES[step.kind],
-               "--config", str(config_path), "--out", str(out_dir), "--cache", str(cache_dir)]
+               "--config", str(config_path), "--out", str(out_dir), "--cache", str(cache_dir),
+               *(arg for role, path in inputs.items() for arg in ("--input", f"{role}={path}"))]
         # The workers' output goes to a file in the step folder; its tail is the error on failure.
         log_path = out_dir / f"torchrun-node{env.node}.log"
         with open(log_path, "a") as log:

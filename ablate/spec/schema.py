@@ -65,6 +65,9 @@ class DPOConfig(Frozen):
     max_grad_norm: float = 1.0
     ref_logps: Literal["precompute", "online"] = "precompute"
     gradient_checkpointing: bool = False
+    shared_prompt: bool = Field(
+        default=True, description="run each pair's prompt once for both answers (exact; "
+        "false: the plain chosen and rejected sequences)")
     eval_fraction: float = Field(default=0.05, ge=0, lt=1)
     save_every_steps: int = Field(default=200, gt=0)
 
@@ -83,6 +86,9 @@ class RMConfig(Frozen):
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = False
+    shared_prompt: bool = Field(
+        default=True, description="run each pair's prompt once for both answers (exact; "
+        "false: the plain chosen and rejected sequences)")
     eval_fraction: float = Field(default=0.05, ge=0, lt=1)
     save_every_steps: int = Field(default=200, gt=0)
 

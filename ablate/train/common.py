@@ -214,6 +214,110 @@ def collate_pairs(pairs: Sequence[TokenizedPair], pad_token_id: int) -> Sequence
                          margins, int(attention_mask.sum()))
 
 
+# ---------------------------------------------------------------- shared-prompt batches
+
+# Segment labels of a shared-prompt row.
+PROMPT, CHOSEN, REJECTED, PADDING = 0, 1, 2, -1
+
+# Attention implementations that take a ready 4-D mask as given (transformers returns a 4-D mask
+# unchanged); flash-attention kernels only read 2-D padding masks.
+SHARED_PROMPT_ATTENTION = ("sdpa", "eager")
+
+
+@dataclass
+class SharedPromptBatch:
+    """Each pair as one row: prompt, then chosen, then rejected, right-padded.
+
+    The prompt appears once. Chosen tokens take positions right after the prompt, rejected tokens
+    take the same positions again (RoPE positions restart after the prompt) and may not attend to
+    the chosen tokens (``shared_prompt_mask``), so every token attends to exactly what it attends
+    to in its own full sequence: hidden states, the loss and its gradient equal those of the plain
+    two-sequence layout up to float rounding, while the prompt's forward and backward run once
+    instead of twice. The prompt's keys and values are ordinary activations of this forward, so
+    the gradient of both answers flows back through them.
+    """
+
+    input_ids: Tensor  # [B, T]
+    position_ids: Tensor  # [B, T]
+    segments: Tensor  # [B, T]: PROMPT, CHOSEN, REJECTED or PADDING
+    chosen_last: Tensor  # [B]: position of the chosen answer's last token
+    rejected_last: Tensor  # [B]
+    prompt_lengths: Tensor  # [B]
+    # [B, T]: the position whose hidden state predicts each answer token (-1 elsewhere): the
+    # previous position, except for the rejected answer's first token, which the prompt's last
+    # position predicts (as it does the chosen answer's first token)
+    predicted_from: Tensor
+    completion_lengths: Tensor  # [2B]: chosen answers first, then rejected
+    margins: Tensor | None  # [B]
+    real_tokens: int  # tokens in this layout (the prompt counted once)
+
+    def to(self, device) -> "SharedPromptBatch":
+        return SharedPromptBatch(
+            self.input_ids.to(device), self.position_ids.to(device), self.segments.to(device),
+            self.chosen_last.to(device), self.rejected_last.to(device),
+            self.prompt_lengths.to(device), self.predicted_from.to(device),
+            self.completion_lengths.to(device),
+            None if self.margins is None else self.margins.to(device), self.real_tokens)
+
+
+def collate_shared_prompt(pairs: Sequence[TokenizedPair], pad_token_id: int) -> SharedPromptBatch:
+    width = max(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    shape = (len(pairs), width)
+    input_ids = torch.full(shape, pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros(shape, dtype=torch.long)
+    segments = torch.full(shape, PADDING, dtype=torch.long)
+    chosen_last = torch.zeros(len(pairs), dtype=torch.long)
+    rejected_last = torch.zeros(len(pairs), dtype=torch.long)
+    predicted_from = torch.full(shape, -1, dtype=torch.long)
+    for row, pair in enumerate(pairs):
+        n_p, n_c, n_r = len(pair.prompt_ids), len(pair.chosen_ids), len(pair.rejected_ids)
+        n = n_p + n_c + n_r
+        input_ids[row, :n] = torch.tensor(pair.prompt_ids + pair.chosen_ids + pair.rejected_ids)
+        position_ids[row, :n_p + n_c] = torch.arange(n_p + n_c)
+        position_ids[row, n_p + n_c:n] = torch.arange(n_p, n_p + n_r)
+        # padding continues the row's positions (it is never attended to by real tokens)
+        position_ids[row, n:] = torch.arange(n_p + n_r, n_p + n_r + width - n)
+        segments[row, :n_p] = PROMPT
+        segments[row, n_p:n_p + n_c] = CHOSEN
+        segments[row, n_p + n_c:n] = REJECTED
+        chosen_last[row], rejected_last[row] = n_p + n_c - 1, n - 1
+        predicted_from[row, n_p:n] = torch.arange(n_p - 1, n - 1)
+        if n_r:
+            predicted_from[row, n_p + n_c] = n_p - 1
+    margins = None
+    if all(p.margin is not None for p in pairs):
+        margins = torch.tensor([p.margin for p in pairs], dtype=torch.float32)
+    return SharedPromptBatch(input_ids, position_ids, segments, chosen_last, rejected_last,
+                             torch.tensor([len(p.prompt_ids) for p in pairs]), predicted_from,
+                             torch.tensor([len(p.chosen_ids) for p in pairs]
+                                          + [len(p.rejected_ids) for p in pairs]),
+                             margins, int((segments != PADDING).sum()))
+
+
+def shared_prompt_mask(segments: Tensor, attention: str, dtype: torch.dtype) -> Tensor:
+    """The 4-D attention mask [B, 1, T, T] of a shared-prompt batch: causal, except that rejected
+    tokens do not see chosen ones. Padding sits after every real token, so causality alone keeps
+    it out of real tokens' view, and each padding query still sees at least itself (no all-masked
+    row, which would give NaN). ``sdpa`` takes a boolean mask (True = attend); ``eager`` adds the
+    mask to its scores, so it gets 0 / the dtype's minimum."""
+    if attention not in SHARED_PROMPT_ATTENTION:
+        raise TrainingError(f"the shared-prompt forward needs one of {SHARED_PROMPT_ATTENTION} "
+                            f"attention, not {attention!r}; set shared_prompt: false")
+    width = segments.shape[1]
+    positions = torch.arange(width, device=segments.device)
+    causal = positions[None, :] <= positions[:, None]  # [query, key]
+    across = (segments[:, :, None] == REJECTED) & (segments[:, None, :] == CHOSEN)
+    allowed = (causal[None] & ~across)[:, None]
+    if attention == "sdpa":
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=segments.device).masked_fill_(
+        ~allowed, torch.finfo(dtype).min)
+
+
+def attention_implementation(model: nn.Module) -> str:
+    return getattr(model.config, "_attn_implementation", None) or "eager"
+
+
 # ---------------------------------------------------------------- log-probs
 
 
@@ -294,16 +398,37 @@ class CompletionLogps(nn.Module):
         if getattr(causal_lm.config, "final_logit_softcapping", None):
             raise TrainingError("models with logit soft-capping are not supported yet")
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor) -> Tensor:
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor | None,
+                position_ids: Tensor | None = None, predicted_from: Tensor | None = None,
+                segments: Tensor | None = None) -> Tensor:
+        """Summed completion log-probs [rows] of right-padded rows (2-D ``attention_mask``,
+        ``completion_mask``); or, for a shared-prompt batch (4-D mask, ``position_ids``,
+        ``predicted_from``, ``segments``), [2B]: each pair's chosen answer, then each rejected."""
         hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                    use_cache=False).last_hidden_state
-        scored = completion_mask[:, 1:].bool()  # token t is predicted at position t - 1
-        rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None]
-        rows = rows.expand_as(scored)[scored]
-        logps = token_logps(hidden[:, :-1][scored], self.lm.get_output_embeddings().weight,
-                            input_ids[:, 1:][scored], self.chunk)
-        return torch.zeros(input_ids.shape[0], dtype=logps.dtype,
-                           device=input_ids.device).index_add(0, rows, logps)
+                                    position_ids=position_ids, use_cache=False).last_hidden_state
+        n_rows = input_ids.shape[0]
+        rows = torch.arange(n_rows, device=input_ids.device)[:, None]
+        if predicted_from is None:
+            scored = completion_mask[:, 1:].bool()  # token t is predicted at position t - 1
+            rows = rows.expand_as(scored)[scored]
+            states, targets, out_rows = hidden[:, :-1][scored], input_ids[:, 1:][scored], rows
+            n_out = n_rows
+        else:
+            scored = predicted_from >= 0
+            rows = rows.expand_as(scored)[scored]
+            states, targets = hidden[rows, predicted_from[scored]], input_ids[scored]
+            out_rows = rows + n_rows * (segments[scored] == REJECTED)
+            n_out = 2 * n_rows
+        logps = token_logps(states, self.lm.get_output_embeddings().weight, targets, self.chunk)
+        return torch.zeros(n_out, dtype=logps.dtype, device=input_ids.device).index_add(
+            0, out_rows, logps)
+
+    def shared_prompt_logps(self, batch: SharedPromptBatch) -> Tensor:
+        """[2B] completion log-probs of a shared-prompt batch (prompt run once)."""
+        mask = shared_prompt_mask(batch.segments, attention_implementation(self.lm),
+                                  next(self.lm.parameters()).dtype)
+        return self(batch.input_ids, mask, None, batch.position_ids, batch.predicted_from,
+                    batch.segments)
 
 
 # ---------------------------------------------------------------- optimiser and schedule

@@ -1,6 +1,8 @@
 """DPO and its variants (cDPO, IPO, length-normalised DPO, SimPO) on preference pairs.
 
-Chosen and rejected completions go through the policy in one concatenated forward; the reference
+Chosen and rejected completions go through the policy in one forward, by default with each pair's
+prompt run once for both (``shared_prompt``: one row per pair, prompt + chosen + rejected, exact up
+to float rounding; ``common.SharedPromptBatch``), else as two concatenated sequences; the reference
 log-probs are computed once, before training, by the initial policy in a no-grad pass and cached
 under ``<cache>/ref_logps`` keyed by the model, the data and the tokenizer (the token ids), so no
 reference model is held in memory while training (``ref_logps: online`` keeps a frozen copy
@@ -25,8 +27,9 @@ from ablate.spec.schema import DPOConfig
 from ablate.store import atomic_write_json
 from ablate.train import fsdp
 from ablate.train.common import (
-    CompletionLogps, TokenizedPair, TrainingError, autocast, collate_pairs, device_for_training,
-    model_identity, pairs_digest, split_heldout, tokenize_pairs,
+    SHARED_PROMPT_ATTENTION, CompletionLogps, SequenceBatch, SharedPromptBatch, TokenizedPair,
+    TrainingError, attention_implementation, autocast, collate_pairs, collate_shared_prompt,
+    device_for_training, model_identity, pairs_digest, split_heldout, tokenize_pairs,
 )
 from ablate.train.losses import NEEDS_REFERENCE, preference_loss, preference_metrics
 from ablate.train.loop import LoopConfig, train_loop
@@ -38,9 +41,25 @@ def _no_progress(*args, **kwargs) -> None:
     return None
 
 
+def collate(pairs: Sequence[TokenizedPair], pad_token_id: int, shared_prompt: bool):
+    """A micro-batch in the plain layout (chosen rows, then rejected rows) or the shared-prompt
+    one (a row per pair, prompt once)."""
+    return collate_shared_prompt(pairs, pad_token_id) if shared_prompt \
+        else collate_pairs(pairs, pad_token_id)
+
+
+def batch_logps(module: CompletionLogps, batch: SequenceBatch | SharedPromptBatch
+                ) -> torch.Tensor:
+    """[2B] summed completion log-probs, chosen answers first, in either layout."""
+    if isinstance(batch, SharedPromptBatch):
+        return module.shared_prompt_logps(batch)
+    return module(batch.input_ids, batch.attention_mask, batch.completion_mask)
+
+
 @torch.no_grad()
 def sequence_logps(module: CompletionLogps, pairs: Sequence[TokenizedPair], batch_size: int,
-                   pad_token_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+                   pad_token_id: int, device: torch.device, shared_prompt: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs of every pair's chosen and rejected answer, in ``pairs`` order.
     Processes share the pairs between them and sum the results."""
     chosen = torch.zeros(len(pairs), dtype=torch.float64)
@@ -52,9 +71,10 @@ def sequence_logps(module: CompletionLogps, pairs: Sequence[TokenizedPair], batc
     module.eval()
     for b in range(n_batches):
         group = mine[b * batch_size:(b + 1) * batch_size]
-        batch = collate_pairs([pairs[i] for i in (group or order[:1])], pad_token_id).to(device)
+        batch = collate([pairs[i] for i in (group or order[:1])], pad_token_id,
+                        shared_prompt).to(device)
         with autocast(device):
-            logps = module(batch.input_ids, batch.attention_mask, batch.completion_mask).cpu()
+            logps = batch_logps(module, batch).cpu()
         if group:
             chosen[group] = logps[:len(group)].double()
             rejected[group] = logps[len(group):].double()
@@ -64,7 +84,8 @@ def sequence_logps(module: CompletionLogps, pairs: Sequence[TokenizedPair], batc
 
 
 def _cached_reference(module, pairs, cfg: DPOConfig, pad_token_id, device, model_dir: Path,
-                      cache_dir: Path, log) -> tuple[torch.Tensor, torch.Tensor]:
+                      cache_dir: Path, log, shared_prompt: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     from ablate.spec.plan import config_hash
 
     key = config_hash({"model": model_identity(model_dir), "pairs": pairs_digest(pairs)}, 24)
@@ -75,7 +96,7 @@ def _cached_reference(module, pairs, cfg: DPOConfig, pad_token_id, device, model
         return cached["chosen"], cached["rejected"]
     started = time.perf_counter()
     chosen, rejected = sequence_logps(module, pairs, cfg.micro_batch_size * 2, pad_token_id,
-                                      device)
+                                      device, shared_prompt)
     log.info("reference log-probs of %d pairs in %.1f s", len(pairs),
              time.perf_counter() - started)
     if fsdp.is_main_process():
@@ -87,11 +108,11 @@ def _cached_reference(module, pairs, cfg: DPOConfig, pad_token_id, device, model
 
 
 def _heldout_metrics(module, pairs, ref_chosen, ref_rejected, cfg: DPOConfig, pad_token_id,
-                     device) -> dict | None:
+                     device, shared_prompt: bool = False) -> dict | None:
     if not pairs:
         return None
     chosen, rejected = sequence_logps(module, pairs, cfg.micro_batch_size * 2, pad_token_id,
-                                      device)
+                                      device, shared_prompt)
     lengths_c = torch.tensor([len(p.chosen_ids) for p in pairs])
     lengths_r = torch.tensor([len(p.rejected_ids) for p in pairs])
     losses, chosen_rewards, rejected_rewards = preference_loss(
@@ -150,6 +171,11 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     policy = fsdp.shard(CompletionLogps(model), model, device)
+    shared_prompt = cfg.shared_prompt and attention_implementation(model) in \
+        SHARED_PROMPT_ATTENTION
+    if cfg.shared_prompt and not shared_prompt:
+        log.warning("DPO: %r attention cannot take the shared-prompt mask; using the plain "
+                    "two-sequence forward", attention_implementation(model))
 
     needs_ref = NEEDS_REFERENCE[cfg.loss]
     ref_started, ref_cpu_started = time.perf_counter(), time.process_time()
@@ -158,14 +184,14 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
     held_ref = (None, None)
     if needs_ref and cfg.ref_logps == "precompute":
         ref_chosen, ref_rejected = _cached_reference(policy, all_pairs, cfg, pad_token_id, device,
-                                                     model_dir, cache_dir, log)
+                                                     model_dir, cache_dir, log, shared_prompt)
         held_ref = (ref_chosen[len(train_pairs):], ref_rejected[len(train_pairs):])
     elif needs_ref:  # a frozen copy scores each micro-batch as it comes
         frozen = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         frozen.requires_grad_(False)
         reference = fsdp.shard(CompletionLogps(frozen), frozen, device).eval()
         held_ref = sequence_logps(reference, heldout, cfg.micro_batch_size * 2, pad_token_id,
-                                  device) if heldout else (None, None)
+                                  device, shared_prompt) if heldout else (None, None)
     ref_seconds = time.perf_counter() - ref_started
     ref_cpu_seconds = time.process_time() - ref_cpu_started
     n_train = len(train_pairs)
@@ -175,7 +201,7 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
             index = torch.tensor(group)
             return ref_chosen[index].to(device), ref_rejected[index].to(device)
         with torch.no_grad(), autocast(device):
-            logps = reference(batch.input_ids, batch.attention_mask, batch.completion_mask)
+            logps = batch_logps(reference, batch)
         fsdp.reshard(reference)
         return logps[:len(group)], logps[len(group):]
 
@@ -183,14 +209,15 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
     if before_path.is_file():
         before = json.loads(before_path.read_text())
     else:
-        before = _heldout_metrics(policy, heldout, *held_ref, cfg, pad_token_id, device)
+        before = _heldout_metrics(policy, heldout, *held_ref, cfg, pad_token_id, device,
+                                  shared_prompt)
         if fsdp.is_main_process():
             atomic_write_json(before_path, before)
 
     def micro_loss(group: list[int]):
-        batch = collate_pairs([train_pairs[i] for i in group], pad_token_id).to(device)
+        batch = collate([train_pairs[i] for i in group], pad_token_id, shared_prompt).to(device)
         with autocast(device):
-            logps = policy(batch.input_ids, batch.attention_mask, batch.completion_mask)
+            logps = batch_logps(policy, batch)
         chosen, rejected = logps[:len(group)], logps[len(group):]
         ref_c, ref_r = reference_logps(group, batch) if needs_ref else (None, None)
         lengths = batch.completion_lengths
@@ -212,7 +239,8 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
                           save_every_steps=cfg.save_every_steps, seed=seed)
     trained = train_loop(policy, train_pairs, loop_cfg, micro_loss, out_dir, log, progress, "dpo",
                          stop_after_steps=stop_after_steps)
-    after = _heldout_metrics(policy, heldout, *held_ref, cfg, pad_token_id, device)
+    after = _heldout_metrics(policy, heldout, *held_ref, cfg, pad_token_id, device,
+                             shared_prompt)
     _save_model(policy, tokenizer, out_dir / "model")
     summary = {"loss": cfg.loss, "rows": len(rows), "train_pairs": n_train,
                "heldout_pairs": len(heldout), "skipped": dict(skipped),

@@ -13,6 +13,7 @@ is how the tests run two processes on one machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -75,6 +76,53 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
         value = value.clone()
         dist.all_reduce(value)
     return value
+
+
+def all_reduce_max(value: int) -> int:
+    if not dist.is_initialized():
+        return value
+    out = torch.tensor([value], dtype=torch.long)
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return int(out)
+
+
+def combine_rows(rows: torch.Tensor, mine: torch.Tensor) -> torch.Tensor:
+    """Each process filled the rows ``mine`` (bool ``[N]``, disjoint between processes) of
+    ``rows``; return the whole tensor, the same on every process. A sum of the processes' rows
+    with zeros elsewhere, so every value arrives exactly."""
+    if not dist.is_initialized():
+        return rows
+    total = torch.where(mine.view(-1, *([1] * (rows.dim() - 1))), rows, torch.zeros_like(rows))
+    dist.all_reduce(total)
+    return total
+
+
+@contextlib.contextmanager
+def gathered(root: nn.Module):
+    """Every parameter of a sharded module gathered on every process for the duration, with no
+    collective inside: for ``generate``, whose number of forwards differs between processes
+    (each samples its own prompts and stops when they end), so per-layer all-gathers would not
+    pair up. Costs the whole model's memory on each process while it lasts. A no-op for a single
+    process."""
+    if not dist.is_initialized():
+        yield root
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in root.modules() if isinstance(m, FSDPModule)]
+    # The root must be initialised as FSDP's root before a submodule runs forward, or the first
+    # decoder layer generate calls would make itself the root (torch 2.13 has no public call).
+    root._get_fsdp_state()._lazy_init()
+    for unit in units:  # the same order on every process: these all-gathers pair up
+        unit.unshard()
+        unit.set_reshard_after_forward(False, recurse=False)  # layers' forwards keep them whole
+    try:
+        yield root
+    finally:
+        for unit in units:
+            if unit is not root:  # the root's own default is to stay gathered after forward
+                unit.set_reshard_after_forward(True, recurse=False)
+            unit.reshard()
 
 
 def _decoder_layers(hf_model: nn.Module) -> list[nn.Module]:
@@ -181,12 +229,14 @@ def main(argv: list[str] | None = None) -> None:
     from ablate.store.context import StepContext
 
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("recipe", choices=["dpo", "rm"])
+    parser.add_argument("recipe", choices=["dpo", "rm", "ppo"])
     parser.add_argument("--config", required=True, type=Path, help="the step's config (JSON)")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--cache", type=Path, default=Path(".ablate-cache"))
-    parser.add_argument("--rows", type=Path, help="preference rows (JSONL) to train on instead "
-                                                  "of the config's `data`")
+    parser.add_argument("--rows", type=Path, help="preference rows (PPO: prompt rows) (JSONL) to "
+                                                  "train on instead of the config's data")
+    parser.add_argument("--input", action="append", default=[], metavar="ROLE=DIR",
+                        help="an upstream step's folder (PPO: reward_model=...)")
     parser.add_argument("--stop-after-steps", type=int, help=argparse.SUPPRESS)  # tests: a "kill"
     args = parser.parse_args(argv)
     init_from_env()
@@ -197,10 +247,12 @@ def main(argv: list[str] | None = None) -> None:
         if args.rows is None:
             step = Step(kind=f"train_{args.recipe}", name=f"{args.recipe} (torchrun)",
                         config=config)
-            recipe.run_step(StepContext(step=step, out_dir=args.out, cache_dir=args.cache))
+            inputs = dict(_role_and_dir(text) for text in args.input)
+            recipe.run_step(StepContext(step=step, out_dir=args.out, cache_dir=args.cache,
+                                        inputs=inputs))
         else:
             from ablate.models import resolve_model
-            from ablate.spec.schema import DPOConfig, RMConfig
+            from ablate.spec.schema import DPOConfig, PPOConfig, RMConfig
 
             rows = [json.loads(line) for line in args.rows.read_text().splitlines()
                     if line.strip()]
@@ -209,12 +261,25 @@ def main(argv: list[str] | None = None) -> None:
                 recipe.train_dpo(model_dir, rows, DPOConfig.model_validate(config["algorithm"]),
                                  seed, args.out, args.cache,
                                  stop_after_steps=args.stop_after_steps)
+            elif args.recipe == "ppo":
+                reward_model = config.get("reward_model_dir")
+                recipe.train_ppo(model_dir, rows, PPOConfig.model_validate(config["algorithm"]),
+                                 seed, args.out, reward=config.get("reward", "reward_model"),
+                                 reward_model_dir=reward_model and Path(reward_model),
+                                 stop_after=args.stop_after_steps)
             else:
                 recipe.train_rm(model_dir, rows, RMConfig.model_validate(config["train"]), seed,
                                 args.out, stop_after_steps=args.stop_after_steps)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _role_and_dir(text: str) -> tuple[str, Path]:
+    role, sep, folder = text.partition("=")
+    if not sep or not role or not folder:
+        raise SystemExit(f"--input {text!r}: expected ROLE=DIR, e.g. reward_model=runs/steps/rm")
+    return role, Path(folder)
 
 
 if __name__ == "__main__":

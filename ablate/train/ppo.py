@@ -8,8 +8,13 @@ per-token KL penalty β·(log π − log π_ref), computes whitened GAE advantag
 over minibatches with the clipped policy and value losses. ``metrics.jsonl`` gets one line per
 iteration; its ``kl`` and ``rm_score`` are what the reward-vs-KL frontier plots.
 
-Single process: the policy is small enough on one device for every model this project trains with
-PPO; sharding it (as DPO does) is not done here.
+Under ``torchrun`` (``python -m ablate.train.fsdp ppo``) the policy, reference and value models
+are sharded with FSDP2 as DPO's policy is, and each process generates, scores and trains on its
+share of every batch: generation chunks of ``minibatch_size`` prompts and micro-batches go to the
+processes in turn, each chunk samples from its own seeded stream, and the sampled tokens and
+per-token statistics are gathered so that every process holds the whole experience. A run with N
+processes therefore samples the same tokens and takes the same optimiser steps as one process, up
+to float rounding in the gradient sums (``tests/train/test_ppo_fsdp.py``).
 """
 
 from __future__ import annotations
@@ -31,17 +36,16 @@ from ablate.spec.schema import PPOConfig
 from ablate.store import atomic_write_json
 from ablate.train import fsdp
 from ablate.train.common import (
-    publish_checkpoint,
-    MetricsLog, TrainingError, autocast, latest_checkpoint, linear_warmup_decay, make_optimizer,
-    plan_batches, token_logps,
+    MetricsLog, TrainingError, autocast, device_for_training, latest_checkpoint,
+    linear_warmup_decay, make_optimizer, plan_batches, publish_checkpoint, token_logps,
 )
 from ablate.train.losses import (
     clipped_policy_loss, clipped_value_loss, explained_variance, gae_advantages,
     kl_penalized_rewards, masked_mean, masked_whiten,
 )
 from ablate.train.rollout import (
-    PROGRAMMATIC_REWARDS, PromptItem, Rollout, VLLMGenerator, generate_transformers, make_scorer,
-    tokenize_prompts, vllm_usable,
+    PROGRAMMATIC_REWARDS, PromptItem, Rollout, VLLMGenerator, build_rollout, eos_token_ids,
+    make_scorer, sample_token_ids, tokenize_prompts, vllm_usable,
 )
 
 _log = logging.getLogger("ablate.train.ppo")
@@ -91,6 +95,44 @@ def response_values(value_model: nn.Module, batch: Rollout) -> Tensor:
     return value_model.score(_hidden(value_model, batch)).squeeze(-1).float()
 
 
+class PolicyScores(nn.Module):
+    """A causal LM as one module whose forward covers the embeddings, the decoder and the output
+    layer, so that FSDP has one root to gather them for: log-probs of a rollout's response tokens
+    and, when asked (no grad), the sampling distribution's entropy at each of them."""
+
+    def __init__(self, lm: nn.Module, temperature: float):
+        super().__init__()
+        self.lm = lm
+        self.temperature = temperature
+
+    def forward(self, batch: Rollout, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+        hidden = _hidden(self.lm, batch)
+        logps = response_logps(self.lm, batch, self.temperature, hidden)
+        entropy = response_entropy(self.lm, hidden, self.temperature) if with_entropy else None
+        # A fresh tensor, not a view: FSDP hooks backward onto a root's output, and warns that an
+        # in-place op on a view would drop that hook.
+        return logps.clone(), entropy
+
+
+class ValueScores(nn.Module):
+    """The value model as one FSDP root (decoder and ``score`` head): values at response tokens."""
+
+    def __init__(self, value_model: nn.Module):
+        super().__init__()
+        self.model = value_model
+
+    def forward(self, batch: Rollout) -> Tensor:
+        return response_values(self.model, batch).clone()  # not a view (see PolicyScores)
+
+
+def my_slots(n_items: int) -> tuple[list[int], int]:
+    """This process's items of ``n_items`` (every world_size-th, from its rank) and how many slots
+    each process runs: the same number everywhere, since sharded forwards and backwards are
+    collective (a process with fewer items runs a stand-in whose result it discards)."""
+    size = fsdp.world_size()
+    return list(range(fsdp.rank(), n_items, size)), -(-n_items // size)
+
+
 # ---------------------------------------------------------------- models
 
 
@@ -120,6 +162,14 @@ def _load_models(policy_dir: Path, reward_model_dir: Path | None, cfg: PPOConfig
     if not hasattr(value_model, "score"):
         raise TrainingError(f"{type(value_model).__name__} has no `score` head to use as the "
                             "value head")
+    if value_from == "policy":
+        # The policy has no value head and a new one is random: on SmolLM2 its values (mean 0.8
+        # at the first iteration, explained variance -3 to -22) swamped a 0/1 reward in the first
+        # advantages (perf/RESULTS.md, PPO third attempt). With the head at zero the first
+        # advantages are the discounted returns, and the head learns from there.
+        with torch.no_grad():
+            for param in value_model.score.parameters():
+                param.zero_()
     for model in (policy, reference, value_model):
         model.to(device).eval()  # no dropout: old and new log-probs must be comparable
     return tokenizer, policy, reference, value_model, value_from
@@ -141,23 +191,29 @@ class Experience:
 @torch.no_grad()
 def _score_rollout(policy, reference, value_model, rollout: Rollout, scores: Tensor,
                    cfg: PPOConfig, device) -> tuple[Experience, dict]:
-    logps, ref_logps, values, entropy = [], [], [], []
-    for start in range(0, len(rollout.texts), cfg.micro_batch_size):
-        rows = range(start, min(start + cfg.micro_batch_size, len(rollout.texts)))
+    n, width = len(rollout.texts), rollout.responses.shape[1]
+    micro = [list(range(start, min(start + cfg.micro_batch_size, n)))
+             for start in range(0, n, cfg.micro_batch_size)]
+    mine, slots = my_slots(len(micro))
+    # rows this process did not score stay 0 and are filled in by the others' sums
+    logps, ref_logps, values, entropy = (torch.zeros(n, width) for _ in range(4))
+    for slot in range(slots):
+        rows = micro[mine[slot]] if slot < len(mine) else micro[0]  # micro[0]: a stand-in
         part = rollout.select(rows).to(device)
-        width = rollout.responses.shape[1]
-
-        def padded(t: Tensor) -> Tensor:
-            return torch.nn.functional.pad(t.float().cpu(), (0, width - t.shape[1]))
-
         with autocast(device):
-            hidden = _hidden(policy, part)
-            logps.append(padded(response_logps(policy, part, cfg.temperature, hidden)))
-            entropy.append(padded(response_entropy(policy, hidden, cfg.temperature)))
-            ref_logps.append(padded(response_logps(reference, part, cfg.temperature)))
-            values.append(padded(response_values(value_model, part)))
-    logps, ref_logps = torch.cat(logps), torch.cat(ref_logps)
-    values, entropy = torch.cat(values), torch.cat(entropy)
+            policy_logps, policy_entropy = policy(part, with_entropy=True)
+            reference_logps, _ = reference(part)
+            part_values = value_model(part)
+        if slot < len(mine):
+            w = part.responses.shape[1]
+            logps[rows, :w] = policy_logps.float().cpu()
+            entropy[rows, :w] = policy_entropy.float().cpu()
+            ref_logps[rows, :w] = reference_logps.float().cpu()
+            values[rows, :w] = part_values.float().cpu()
+    for module in (policy, reference, value_model):
+        fsdp.reshard(module)
+    logps, ref_logps, values, entropy = (fsdp.all_reduce_sum(t) for t in
+                                         (logps, ref_logps, values, entropy))
     mask = rollout.response_mask.float()
     penalized = scores + cfg.no_eos_penalty * (~rollout.ended_with_eos).float()
     rewards, kl = kl_penalized_rewards(penalized, logps, ref_logps, mask, cfg.beta)
@@ -184,17 +240,23 @@ def _ppo_update(policy, value_model, optimizers, schedulers, exp: Experience, cf
     n = len(exp.rollout.texts)
     minibatch = min(cfg.minibatch_size, n)
     sums = {"policy_loss": 0.0, "value_loss": 0.0, "policy_clipfrac": 0.0, "value_clipfrac": 0.0,
-            "approx_kl_old": 0.0}
-    tokens_seen = 0.0
+            "approx_kl_old": 0.0, "tokens": 0.0}
     updates = 0
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(n, generator=generator).tolist()
         for start in range(0, n, minibatch):
             rows = order[start:start + minibatch]
-            # The loss is a mean over the minibatch's response tokens, however it is micro-batched.
+            # The loss is a mean over the minibatch's response tokens, however it is micro-batched
+            # and whatever the number of processes.
             n_tokens = exp.rollout.response_mask[rows].sum().clamp(min=1).float().item()
-            for micro in range(0, len(rows), cfg.micro_batch_size):
-                part_rows = rows[micro:micro + cfg.micro_batch_size]
+            micro = [rows[m:m + cfg.micro_batch_size]
+                     for m in range(0, len(rows), cfg.micro_batch_size)]
+            mine, slots = my_slots(len(micro))
+            for slot in range(slots):
+                part_rows = micro[mine[slot]] if slot < len(mine) else micro[0]  # a stand-in
+                # FSDP averages gradients over processes: scaling by their number makes the step's
+                # gradient the minibatch's, and a stand-in's weight 0 makes it count for nothing.
+                weight = 1.0 if slot < len(mine) else 0.0
                 part = exp.rollout.select(part_rows).to(device)
                 width = part.responses.shape[1]
                 take = torch.as_tensor(part_rows)
@@ -204,8 +266,8 @@ def _ppo_update(policy, value_model, optimizers, schedulers, exp: Experience, cf
                 returns = exp.returns[take, :width].to(device)
                 mask = part.response_mask.float()
                 with autocast(device):
-                    logps = response_logps(policy, part, cfg.temperature)
-                    values = response_values(value_model, part)
+                    logps, _ = policy(part)
+                    values = value_model(part)
                 pg, pg_clipped = clipped_policy_loss(logps.float(), old_logps, advantages, mask,
                                                      cfg.clip_ratio)
                 vf, vf_clipped = clipped_value_loss(values, old_values, returns, mask,
@@ -215,13 +277,15 @@ def _ppo_update(policy, value_model, optimizers, schedulers, exp: Experience, cf
                     raise TrainingError(f"non-finite PPO loss at iteration {iteration} (prompt "
                                         f"rows {[exp.prompt_rows[r] for r in part_rows]}); "
                                         "the run stopped and the last good checkpoint is kept")
-                loss.backward()
-                sums["policy_loss"] += pg.sum().item()
-                sums["value_loss"] += vf.sum().item()
-                sums["policy_clipfrac"] += pg_clipped.sum().item()
-                sums["value_clipfrac"] += vf_clipped.sum().item()
-                sums["approx_kl_old"] += ((old_logps - logps.detach().float()) * mask).sum().item()
-                tokens_seen += mask.sum().item()
+                (loss * (weight * fsdp.world_size())).backward()
+                if weight:
+                    sums["policy_loss"] += pg.sum().item()
+                    sums["value_loss"] += vf.sum().item()
+                    sums["policy_clipfrac"] += pg_clipped.sum().item()
+                    sums["value_clipfrac"] += vf_clipped.sum().item()
+                    sums["approx_kl_old"] += ((old_logps - logps.detach().float()) * mask
+                                              ).sum().item()
+                    sums["tokens"] += mask.sum().item()
             grad_norms = [fsdp.clip_grad_norm(m, cfg.max_grad_norm)
                           for m in (policy, value_model)]
             if not all(math.isfinite(g) for g in grad_norms):
@@ -233,10 +297,36 @@ def _ppo_update(policy, value_model, optimizers, schedulers, exp: Experience, cf
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             updates += 1
-    stats = {k: v / max(tokens_seen, 1.0) for k, v in sums.items()}
+    keys = sorted(sums)
+    totals = dict(zip(keys, fsdp.all_reduce_sum(
+        torch.tensor([sums[k] for k in keys], dtype=torch.float64)).tolist()))
+    tokens_seen = totals.pop("tokens")
+    stats = {k: v / max(tokens_seen, 1.0) for k, v in totals.items()}
     stats.update(policy_grad_norm=grad_norms[0], value_grad_norm=grad_norms[1], updates=updates,
                  lr=lr)
     return stats
+
+
+def _generate(policy: nn.Module, lm: nn.Module, tokenizer, prompts: Sequence[PromptItem],
+              cfg: PPOConfig, seed: int) -> Rollout:
+    """One response per prompt with transformers ``generate``: the generation chunks of
+    ``minibatch_size`` prompts go to the processes in turn, each with its whole policy gathered,
+    and the sampled ids are then shared, so every process holds the same rollout."""
+    batch_size = cfg.minibatch_size
+    chunks, _ = my_slots(-(-len(prompts) // batch_size))
+    with fsdp.gathered(policy):
+        prompt_ids, prompt_mask, generated, width = sample_token_ids(
+            lm, tokenizer, prompts, temperature=cfg.temperature,
+            max_new_tokens=cfg.max_response_length, seed=seed, batch_size=batch_size,
+            chunks=chunks)
+    mine = torch.zeros(len(prompts), dtype=torch.bool)
+    for chunk in chunks:
+        mine[chunk * batch_size:(chunk + 1) * batch_size] = True
+    generated = fsdp.combine_rows(generated, mine)
+    width = fsdp.all_reduce_max(width)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return build_rollout(prompt_ids, prompt_mask, generated[:, :width],
+                         eos_token_ids(tokenizer, lm), pad, tokenizer)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -248,15 +338,19 @@ def _save(folder: Path, iteration: int, policy, value_model, policy_opt, value_o
     to a temp
     folder and renamed; only then are older checkpoints removed."""
     target, tmp = folder / f"step_{iteration}", folder / f".step_{iteration}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "policy").mkdir(parents=True)
-    (tmp / "value").mkdir()
-    fsdp.save_train_state(tmp / "policy", policy, policy_opt)
+    if fsdp.is_main_process():
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "policy").mkdir(parents=True)
+        (tmp / "value").mkdir()
+    fsdp.barrier()
+    fsdp.save_train_state(tmp / "policy", policy, policy_opt)  # every process writes its shards
     fsdp.save_train_state(tmp / "value", value_model, value_opt)
-    torch.save({"rng": torch.get_rng_state(), "python_rng": random.getstate(),
-                "schedulers": [s.state_dict() for s in schedulers]}, tmp / "rng.pt")
-    atomic_write_json(tmp / "trainer_state.json", {"step": iteration, **extra})
-    publish_checkpoint(tmp, target)
+    if fsdp.is_main_process():
+        torch.save({"rng": torch.get_rng_state(), "python_rng": random.getstate(),
+                    "schedulers": [s.state_dict() for s in schedulers]}, tmp / "rng.pt")
+        atomic_write_json(tmp / "trainer_state.json", {"step": iteration, **extra})
+        publish_checkpoint(tmp, target)
+    fsdp.barrier()
     return target
 
 
@@ -273,13 +367,19 @@ def _load(path: Path, policy, value_model, policy_opt, value_opt, schedulers) ->
     return int(json.loads((path / "trainer_state.json").read_text())["step"])
 
 
-def _save_model(model, tokenizer, target: Path) -> None:
-    tmp = target.parent / f".{target.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+def _save_model(policy: PolicyScores, tokenizer, target: Path) -> None:
+    """The policy as a transformers folder, written by the main process from the gathered
+    weights."""
+    state = fsdp.full_state_dict(policy)
+    if fsdp.is_main_process():
+        state = {k.removeprefix("lm."): v for k, v in state.items()}
+        tmp = target.parent / f".{target.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        policy.lm.save_pretrained(tmp, state_dict=state)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    fsdp.barrier()
 
 
 # ---------------------------------------------------------------- the run
@@ -293,13 +393,16 @@ def train_ppo(policy_dir: Path, rows: Sequence[dict], cfg: PPOConfig, seed: int,
     str | None}``); returns the summary also written to ``train_summary.json``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = device or (torch.device("cuda") if torch.cuda.is_available()
-                        else torch.device("cpu"))
+    fsdp.init_from_env()
+    device = device or device_for_training()
     torch.manual_seed(seed)  # a value head initialised from the policy is random
     random.seed(seed)
-    tokenizer, policy, reference, value_model, value_from = _load_models(
+    tokenizer, policy_lm, reference_lm, value_hf, value_from = _load_models(
         Path(policy_dir), None if reward_model_dir is None else Path(reward_model_dir), cfg,
         device, log)
+    policy = fsdp.shard(PolicyScores(policy_lm, cfg.temperature), policy_lm, device)
+    reference = fsdp.shard(PolicyScores(reference_lm, cfg.temperature), reference_lm, device)
+    value_model = fsdp.shard(ValueScores(value_hf), value_hf, device)
     items, skipped = tokenize_prompts(rows, tokenizer, cfg.max_prompt_length)
     if skipped:
         log.info("dropped %d of %d prompts: %s", sum(skipped.values()), len(rows), dict(skipped))
@@ -321,7 +424,11 @@ def train_ppo(policy_dir: Path, rows: Sequence[dict], cfg: PPOConfig, seed: int,
         start = _load(found, policy, value_model, policy_opt, value_opt, schedulers)
         log.info("resuming PPO from %s (iteration %d of %d)", found, start, total)
     backend = os.environ.get("ABLATE_PPO_GENERATOR") or \
-        ("vllm" if vllm_usable() and device.type == "cuda" else "transformers")
+        ("vllm" if vllm_usable() and device.type == "cuda" and fsdp.world_size() == 1
+         else "transformers")
+    if backend == "vllm" and fsdp.world_size() > 1:
+        raise TrainingError("vLLM rollouts are not wired for a sharded (multi-process) PPO run: "
+                            "set ABLATE_PPO_GENERATOR=transformers or run one process")
     vllm = VLLMGenerator(policy_dir, tokenizer, cfg.max_prompt_length
                          + cfg.max_response_length) if backend == "vllm" else None
     metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=start)
@@ -331,13 +438,10 @@ def train_ppo(policy_dir: Path, rows: Sequence[dict], cfg: PPOConfig, seed: int,
         rollout_seed = seed * 1_000_003 + iteration
         began = time.perf_counter()
         if vllm is not None:
-            rollout = vllm.generate(policy, prompts, temperature=cfg.temperature,
+            rollout = vllm.generate(policy_lm, prompts, temperature=cfg.temperature,
                                     max_new_tokens=cfg.max_response_length, seed=rollout_seed)
         else:
-            rollout = generate_transformers(policy, tokenizer, prompts,
-                                            temperature=cfg.temperature,
-                                            max_new_tokens=cfg.max_response_length,
-                                            seed=rollout_seed, batch_size=cfg.minibatch_size)
+            rollout = _generate(policy, policy_lm, tokenizer, prompts, cfg, rollout_seed)
         generation_seconds = time.perf_counter() - began
         began = time.perf_counter()
         scores = scorer(prompts, rollout.texts).float()
@@ -371,8 +475,9 @@ def train_ppo(policy_dir: Path, rows: Sequence[dict], cfg: PPOConfig, seed: int,
     _save_model(policy, tokenizer, out_dir / "model")
     summary = {"iterations": total, "resumed_from": start, "prompts": len(items),
                "prompts_dropped": dict(skipped), "reward": reward, "value_init": value_from,
-               "generator": backend, "last": last}
-    atomic_write_json(out_dir / "train_summary.json", summary)
+               "generator": backend, "world_size": fsdp.world_size(), "last": last}
+    if fsdp.is_main_process():
+        atomic_write_json(out_dir / "train_summary.json", summary)
     return summary
 
 

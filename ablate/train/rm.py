@@ -4,6 +4,11 @@ The checkpoint is a plain ``AutoModelForSequenceClassification`` folder with one
 load it as both the reward and the value model. The reward of a sequence is the head's output at
 its last real token (the end of the assistant turn): ``LastTokenReward`` computes exactly that for
 right-padded batches and ``RewardScorer`` applies it to chat prompts and responses.
+
+Training and the held-out evaluation run each pair as one row by default (``shared_prompt``):
+prompt, chosen, rejected, with a mask that hides the chosen answer from the rejected one, so the
+prompt's forward and backward run once instead of twice. Rewards, loss and gradient equal the
+plain two-sequence forward's up to float rounding (tests/train/test_rm_shared_prompt.py).
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ from ablate.spec.schema import RMConfig
 from ablate.store import atomic_write_json
 from ablate.train import fsdp
 from ablate.train.common import (
-    pad_sequences,
-    TokenizedPair, TrainingError, as_messages, autocast, collate_pairs, device_for_training,
-    encode_chat, split_heldout, tokenize_pairs,
+    SHARED_PROMPT_ATTENTION, SharedPromptBatch, TokenizedPair, TrainingError, as_messages,
+    attention_implementation, autocast, collate_pairs, collate_shared_prompt,
+    device_for_training, encode_chat, pad_sequences, shared_prompt_mask, split_heldout,
+    tokenize_pairs,
 )
 from ablate.train.losses import bradley_terry_loss
 from ablate.train.loop import LoopConfig, train_loop
@@ -46,12 +52,39 @@ class LastTokenReward(nn.Module):
         if not hasattr(model, "score"):
             raise TrainingError(f"{type(model).__name__} has no `score` head")
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    def forward(self, input_ids: Tensor, attention_mask: Tensor,
+                position_ids: Tensor | None = None, score_at: Tensor | None = None) -> Tensor:
+        """Rewards [N] of right-padded rows under a 2-D ``attention_mask``; or, with a 4-D mask,
+        ``position_ids`` and ``score_at`` [B, k] (a shared-prompt batch), the rewards [B, k] of
+        the hidden states at those positions. One forward either way, so FSDP's root hooks run."""
         hidden = self.rm.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                    use_cache=False).last_hidden_state
-        last = attention_mask.sum(dim=1) - 1
-        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+                                    position_ids=position_ids, use_cache=False).last_hidden_state
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        if score_at is None:
+            pooled = hidden[rows, attention_mask.sum(dim=1) - 1]
+        else:
+            pooled = hidden[rows[:, None].expand_as(score_at), score_at]
         return self.rm.score(pooled).squeeze(-1).float()
+
+    def shared_prompt_rewards(self, batch: SharedPromptBatch) -> tuple[Tensor, Tensor]:
+        """Chosen and rejected rewards [B] of a shared-prompt batch (prompt run once)."""
+        model = self.rm
+        mask = shared_prompt_mask(batch.segments, attention_implementation(model),
+                                  next(model.parameters()).dtype)
+        rewards = self(batch.input_ids, mask, batch.position_ids,
+                       torch.stack([batch.chosen_last, batch.rejected_last], dim=1))
+        return rewards[:, 0], rewards[:, 1]
+
+
+def shared_prompt_usable(model: nn.Module, log=None) -> bool:
+    """Whether the model's attention takes the shared-prompt 4-D mask; says why not."""
+    attention = attention_implementation(model)
+    if attention in SHARED_PROMPT_ATTENTION:
+        return True
+    if log is not None:
+        log.warning("RM: %r attention cannot take the shared-prompt mask; using the plain "
+                    "two-sequence forward", attention)
+    return False
 
 
 def load_reward_model(model_dir: Path, dtype=torch.float32):
@@ -68,8 +101,9 @@ def load_reward_model(model_dir: Path, dtype=torch.float32):
 
 @torch.no_grad()
 def pair_rewards(module: LastTokenReward, pairs: Sequence[TokenizedPair], batch_size: int,
-                 pad_token_id: int, device) -> tuple[Tensor, Tensor]:
-    """Rewards of each pair's chosen and rejected answer (single process or every rank alike)."""
+                 pad_token_id: int, device, shared_prompt: bool = False) -> tuple[Tensor, Tensor]:
+    """Rewards of each pair's chosen and rejected answer (single process or every rank alike);
+    ``shared_prompt`` runs each pair as one prompt-once row (same figures up to rounding)."""
     chosen = torch.zeros(len(pairs))
     rejected = torch.zeros(len(pairs))
     order = sorted(range(len(pairs)), key=lambda i: (pairs[i].length, i))
@@ -77,9 +111,14 @@ def pair_rewards(module: LastTokenReward, pairs: Sequence[TokenizedPair], batch_
     module.eval()
     for start in range(0, len(order), batch_size):
         group = order[start:start + batch_size]
-        batch = collate_pairs([pairs[i] for i in group], pad_token_id).to(device)
         with autocast(device):
-            rewards = module(batch.input_ids, batch.attention_mask).cpu()
+            if shared_prompt:
+                batch = collate_shared_prompt([pairs[i] for i in group], pad_token_id)
+                chosen_r, rejected_r = module.shared_prompt_rewards(batch.to(device))
+                rewards = torch.cat([chosen_r, rejected_r]).cpu()
+            else:
+                batch = collate_pairs([pairs[i] for i in group], pad_token_id).to(device)
+                rewards = module(batch.input_ids, batch.attention_mask).cpu()
         chosen[group], rejected[group] = rewards[:len(group)], rewards[len(group):]
     module.train(was_training)
     fsdp.reshard(module)
@@ -118,21 +157,28 @@ def train_rm(model_dir: Path, rows: Sequence[dict], cfg: RMConfig, seed: int, ou
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     scorer = fsdp.shard(LastTokenReward(model), model, device)
+    shared_prompt = cfg.shared_prompt and shared_prompt_usable(model, log)
 
     def heldout_accuracy() -> float | None:
         if not heldout:
             return None
         chosen, rejected = pair_rewards(scorer, heldout, cfg.micro_batch_size * 2, pad_token_id,
-                                        device)
+                                        device, shared_prompt=shared_prompt)
         return (chosen > rejected).float().mean().item()
 
     before = heldout_accuracy()
 
     def micro_loss(group: list[int]):
-        batch = collate_pairs([train_pairs[i] for i in group], pad_token_id).to(device)
-        with autocast(device):
-            rewards = scorer(batch.input_ids, batch.attention_mask)
-        chosen, rejected = rewards[:len(group)], rewards[len(group):]
+        chunk = [train_pairs[i] for i in group]
+        if shared_prompt:
+            batch = collate_shared_prompt(chunk, pad_token_id).to(device)
+            with autocast(device):
+                chosen, rejected = scorer.shared_prompt_rewards(batch)
+        else:
+            batch = collate_pairs(chunk, pad_token_id).to(device)
+            with autocast(device):
+                rewards = scorer(batch.input_ids, batch.attention_mask)
+            chosen, rejected = rewards[:len(group)], rewards[len(group):]
         losses = bradley_terry_loss(chosen, rejected, batch.margins if cfg.margin else None)
         stats = {"loss": losses.detach().sum().item(),
                  "accuracy": (chosen > rejected).float().sum().item(),

@@ -125,11 +125,23 @@ def eos_token_ids(tokenizer, model_config) -> set[int]:
     return {i for i in ids if i is not None}
 
 
+def chunk_seed(seed: int, chunk: int) -> int:
+    """The sampling seed of one generation chunk: each chunk of ``batch_size`` prompts draws from
+    its own seeded stream, so a chunk samples the same tokens whichever process generates it."""
+    return seed * 65_537 + chunk
+
+
 @torch.no_grad()
-def generate_transformers(model, tokenizer, prompts: Sequence[PromptItem], *, temperature: float,
-                          max_new_tokens: int, seed: int, batch_size: int) -> Rollout:
-    """Sample one response per prompt: plain temperature sampling (no top-k/top-p), so that the
-    log-probs PPO computes later are those of the distribution that sampled."""
+def sample_token_ids(model, tokenizer, prompts: Sequence[PromptItem], *, temperature: float,
+                     max_new_tokens: int, seed: int, batch_size: int,
+                     chunks: Sequence[int] | None = None) -> tuple[Tensor, Tensor, Tensor, int]:
+    """Sample one continuation per prompt of the chunks ``chunks`` (all when None) of
+    ``batch_size`` prompts: plain temperature sampling (no top-k/top-p), so that the log-probs PPO
+    computes later are those of the distribution that sampled.
+
+    Returns the left-padded prompts (all of them), their mask, the sampled ids ``[N,
+    max_new_tokens]`` (pad after a chunk's end; rows of chunks not sampled here are 0) and the
+    width the sampled chunks reached. The caller's RNG state is left as it was."""
     from transformers import GenerationConfig
 
     device = next(model.parameters()).device
@@ -138,21 +150,38 @@ def generate_transformers(model, tokenizer, prompts: Sequence[PromptItem], *, te
     config = GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
                               max_new_tokens=max_new_tokens, pad_token_id=pad,
                               eos_token_id=sorted(eos))
-    torch.manual_seed(seed)
     prompt_ids, prompt_mask = left_pad([p.ids for p in prompts], pad)
-    chunks = []
+    generated = torch.zeros(len(prompts), max_new_tokens, dtype=torch.long)
+    width = 0
+    n_chunks = -(-len(prompts) // batch_size)
     was_training = model.training
     model.eval()
-    for start in range(0, len(prompts), batch_size):
-        ids = prompt_ids[start:start + batch_size].to(device)
-        mask = prompt_mask[start:start + batch_size].to(device)
-        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-        chunks.append(out[:, prompt_ids.shape[1]:].cpu())
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for chunk in range(n_chunks) if chunks is None else chunks:
+            rows = slice(chunk * batch_size, min((chunk + 1) * batch_size, len(prompts)))
+            torch.manual_seed(chunk_seed(seed, chunk))
+            out = model.generate(input_ids=prompt_ids[rows].to(device),
+                                 attention_mask=prompt_mask[rows].to(device),
+                                 generation_config=config,
+                                 # no per-step sync between processes: each samples its own chunks
+                                 # with its parameters already gathered (fsdp.gathered)
+                                 synced_gpus=False)[:, prompt_ids.shape[1]:].cpu()
+            generated[rows] = pad
+            generated[rows, :out.shape[1]] = out
+            width = max(width, out.shape[1])
     model.train(was_training)
-    width = max(c.shape[1] for c in chunks)
-    generated = torch.cat([torch.nn.functional.pad(c, (0, width - c.shape[1]), value=pad)
-                           for c in chunks])
-    return build_rollout(prompt_ids, prompt_mask, generated, eos, pad, tokenizer)
+    return prompt_ids, prompt_mask, generated, width
+
+
+def generate_transformers(model, tokenizer, prompts: Sequence[PromptItem], *, temperature: float,
+                          max_new_tokens: int, seed: int, batch_size: int) -> Rollout:
+    """One sampled response per prompt (``sample_token_ids``), cut after its first EOS."""
+    prompt_ids, prompt_mask, generated, width = sample_token_ids(
+        model, tokenizer, prompts, temperature=temperature, max_new_tokens=max_new_tokens,
+        seed=seed, batch_size=batch_size)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return build_rollout(prompt_ids, prompt_mask, generated[:, :width],
+                         eos_token_ids(tokenizer, model), pad, tokenizer)
 
 
 class VLLMGenerator:
@@ -255,11 +284,24 @@ def digit_share(item: PromptItem, response: str) -> float:
     return sum("0" <= c <= "9" for c in visible) / len(visible) if visible else 0.0
 
 
+def opens_with_lets(item: PromptItem, response: str) -> float:
+    """1 when the reply's first word is "Let's" (any case, straight or curly apostrophe, trailing
+    punctuation ignored), else 0. A reward decided by the first one or two reply tokens, with a
+    moderate base rate under SmolLM2-135M-Instruct on GSM8k questions (28 of 252 replies sampled
+    at T = 0.7; most open with "To"), so that a short CPU PPO run can assign credit and move it
+    (``perf/ppo_smollm2_proof.py``). It pays for a minority opener, so sharpening the policy
+    towards its most likely reply does not raise it."""
+    words = response.split()
+    return float(bool(words) and
+                 words[0].replace("\u2019", "'").rstrip(".,:;!?").lower() == "let's")
+
+
 PROGRAMMATIC_REWARDS: dict[str, Callable[[PromptItem, str], float]] = {
     "gsm8k_exact": gsm8k_exact,
     "uppercase_share": uppercase_share,
     "short_response": short_response,
     "digit_share": digit_share,
+    "opens_with_lets": opens_with_lets,
 }
 
 

@@ -73,7 +73,7 @@ def test_more_gpus_per_node_than_the_nodes_have(plan, tmp_path):
     assert not (tmp_path / "store").exists()
 
 
-def test_multi_process_training_only_for_recipes_that_support_it(tmp_path):
+def test_multi_process_training_only_for_recipes_that_support_it(tmp_path, monkeypatch):
     ppo = expand(GridSpec.model_validate({
         "name": "p", "models": {"m": {"builtin": "tiny-llama"}},
         "datasets": {"a": {"name": "a"}},
@@ -83,6 +83,10 @@ def test_multi_process_training_only_for_recipes_that_support_it(tmp_path):
         "eval": {"benchmarks": ["gsm8k"]}}))
     profile = tmp_path / "multi.yaml"
     profile.write_text("train: {nodes: 2, gpus_per_node: 8}\nnode_gpus: 8\n")
+    # every training recipe runs sharded now (PPO included: tests/train/test_ppo_fsdp.py) ...
+    preflight(ppo, list(ppo.steps.values()), load_profile(profile), dry_run=True)
+    # ... and a recipe without a multi-process entry point is refused before anything is queued
+    monkeypatch.delitem(slurm.MULTI_PROCESS_RECIPES, "train_ppo")
     with pytest.raises(SlurmError, match="train_ppo steps train in one process"):
         preflight(ppo, list(ppo.steps.values()), load_profile(profile), dry_run=True)
 

@@ -126,6 +126,30 @@ def test_build_rollout_cuts_after_the_first_eos(char_tokenizer):
     assert r.position_ids[0].tolist() == [0, 0, 1, 2, 2, 2]
 
 
+def test_a_generation_chunk_samples_the_same_tokens_whoever_samples_it(char_model,
+                                                                         char_tokenizer):
+    """What multi-process PPO relies on: each chunk of prompts has its own seeded stream, so
+    chunks sampled separately (one process each) equal all chunks sampled together, and the
+    caller's RNG state is untouched."""
+    from transformers import AutoModelForCausalLM
+
+    from ablate.train.rollout import sample_token_ids
+
+    model = AutoModelForCausalLM.from_pretrained(char_model).eval()
+    items, _ = tokenize_prompts(letter_prompts(7), char_tokenizer, 64)
+    kwargs = dict(temperature=0.7, max_new_tokens=6, seed=5, batch_size=3)  # chunks 3, 3, 1
+    state = torch.get_rng_state()
+    _, _, together, width = sample_token_ids(model, char_tokenizer, items, **kwargs)
+    assert torch.equal(torch.get_rng_state(), state)
+    _, _, first, w1 = sample_token_ids(model, char_tokenizer, items, chunks=[0, 2], **kwargs)
+    _, _, second, w2 = sample_token_ids(model, char_tokenizer, items, chunks=[1], **kwargs)
+    assert torch.equal(first[3:6], torch.zeros(3, 6, dtype=torch.long))  # not sampled here
+    assert torch.equal(first + second, together) and max(w1, w2) == width
+    _, _, other_seed, _ = sample_token_ids(model, char_tokenizer, items,
+                                           **{**kwargs, "seed": 6})
+    assert not torch.equal(other_seed, together)
+
+
 def test_rewards():
     item = PromptItem(0, (), (1,), "She pays 3 + 4 = 7 dollars.\n#### 1,250")
     assert last_number("it is 1,250.0 in total") == "1250"
@@ -191,6 +215,8 @@ def test_seeded_runs_repeat_and_resume_matches(char_model, tmp_path):
     assert a == comparable(tmp_path / "b")
     assert a == comparable(tmp_path / "c")
     assert a[-1]["kl"] != 0  # the policy moved
+    # a value head initialised from the policy starts at zero (not a random head's values)
+    assert read_metrics(tmp_path / "a")[0]["value_mean"] == 0.0 != a[-1]["value_mean"]
     from safetensors.torch import load_file
     wa = load_file(str(tmp_path / "a" / "model" / "model.safetensors"))
     wc = load_file(str(tmp_path / "c" / "model" / "model.safetensors"))
@@ -257,7 +283,8 @@ def test_run_step_with_reward_model(char_model, tmp_path, monkeypatch):
 def test_reward_rises_with_bounded_kl_and_larger_beta_keeps_kl_smaller(char_model, tmp_path):
     """The proof run (a few seconds per β): 16 iterations of 16 prompts, 8 characters each,
     reward = share of capital letters (random policy: about 0.5). Seen: 0.499 -> 0.776, KL over
-    the last 4 iterations 1.81 at β = 0.05 and 0.33 at β = 0.5."""
+    the last 4 iterations 1.81 at β = 0.05 and 0.33 at β = 0.5; since per-chunk sampling seeds
+    and a zeroed new value head: 0.437 -> 0.782, KL 2.16 and 0.16."""
     rows = letter_prompts(64)
     results = {}
     for beta in (0.05, 0.5):

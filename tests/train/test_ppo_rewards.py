@@ -13,7 +13,8 @@ from ablate.store.context import StepContext
 from ablate.train.common import TrainingError
 from ablate.train.ppo import run_step
 from ablate.train.rollout import (
-    PROGRAMMATIC_REWARDS, SHORT_RESPONSE_CHARS, PromptItem, digit_share, short_response,
+    PROGRAMMATIC_REWARDS, SHORT_RESPONSE_CHARS, PromptItem, digit_share, opens_with_lets,
+    short_response,
 )
 from test_ppo import build_char_model, letter_prompts, small_cfg
 
@@ -39,6 +40,20 @@ def test_digit_share():
     assert digit_share(ITEM, "x = 3.5\n") == pytest.approx(2 / 5)  # '.' and '=' count, not digits
     assert digit_share(ITEM, "\u0663\u0664") == 0.0  # non-ASCII digits (Arabic-Indic) do not count
     assert PROGRAMMATIC_REWARDS["digit_share"] is digit_share
+
+
+def test_opens_with_lets():
+    assert opens_with_lets(ITEM, "Let's break down the problem") == 1.0
+    assert opens_with_lets(ITEM, "  \nlet's solve") == 1.0  # any case, leading whitespace
+    assert opens_with_lets(ITEM, "Let\u2019s go") == 1.0  # curly apostrophe
+    assert opens_with_lets(ITEM, "Let's, then:") == 1.0  # trailing punctuation of the word
+    assert opens_with_lets(ITEM, "Let's") == 1.0
+    assert opens_with_lets(ITEM, "Lets go") == 0.0  # no apostrophe: another word
+    assert opens_with_lets(ITEM, "Let us see") == 0.0
+    assert opens_with_lets(ITEM, "To solve this, let's") == 0.0  # only the first word counts
+    assert opens_with_lets(ITEM, "Let'sgo") == 0.0
+    assert opens_with_lets(ITEM, "") == 0.0 and opens_with_lets(ITEM, " \n") == 0.0
+    assert PROGRAMMATIC_REWARDS["opens_with_lets"] is opens_with_lets
 
 
 def ppo_step(tmp_path, config_extra: dict, inputs: dict | None = None) -> StepContext:

@@ -1,0 +1,93 @@
+"""PPO with two processes (gloo, FSDP2 per decoder layer for the policy, reference and value
+models) against one process: the same sampled tokens, the same metrics and the same weights.
+
+What is equal, and why: generation chunks of ``minibatch_size`` prompts each sample from their own
+seeded stream, whichever process runs them, and every forward of a micro-batch sees the same rows
+and padding as in one process; so the sampled tokens, rewards, response lengths and the sequence
+KL of the first iteration are exactly equal. The gradient of a minibatch is summed in another
+order (each process's micro-batches, then the reduce-scatter), so weights and later float metrics
+agree to float rounding, not bit for bit.
+"""
+
+import json
+
+import pytest
+import torch
+
+from ablate.spec.schema import PPOConfig
+from ablate.train.ppo import train_ppo
+from test_fsdp import torchrun
+from test_ppo import letter_prompts, read_metrics
+from train_helpers import assert_same_weights
+
+# Exactly equal when the same tokens were sampled; the rest to float rounding.
+EXACT = {"rm_score", "response_length", "no_eos_share", "prompts", "response_tokens", "step",
+         "updates"}
+TIMING = {"generation_seconds", "training_seconds", "rollout_tokens_per_second"}
+
+
+def ppo_config() -> PPOConfig:
+    # 10 prompts an iteration in generation chunks of 4 (4, 4, 2: process 0 samples two chunks,
+    # process 1 one) and minibatches of 4, 4, 2 in micro-batches of 2 (the last minibatch has one
+    # micro-batch: process 1 runs a stand-in for it). Checkpoint after every iteration.
+    return PPOConfig(lr=1e-3, beta=0.05, prompts_per_batch=10, minibatch_size=4,
+                     micro_batch_size=2, ppo_epochs=1, epochs=2 * 10 / 20, max_prompt_length=64,
+                     max_response_length=6, no_eos_penalty=0.0, value_init="policy",
+                     save_every_steps=1)
+
+
+@pytest.mark.slow
+def test_ppo_world_size_2_equals_1_with_a_sharded_resume(tmp_path, tiny_model_dir):
+    rows, cfg = letter_prompts(20), ppo_config()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = train_ppo(tiny_model_dir, rows, cfg, 1, tmp_path / "one", reward="uppercase_share")
+    finally:
+        torch.set_num_threads(threads)
+    config = {"model": {"path": str(tiny_model_dir)}, "algorithm": cfg.model_dump(), "seed": 1,
+              "reward": "uppercase_share"}
+    # killed after iteration 1 (its sharded checkpoint saved), then resumed by a fresh launch
+    killed = torchrun(tmp_path, "ppo", config, rows, tmp_path / "two",
+                      extra=["--stop-after-steps", "1"], expect_ok=False)
+    assert killed.returncode != 0 and "stopped after iteration 1" in killed.stderr + killed.stdout
+    assert (tmp_path / "two" / "checkpoints" / "step_1" / "policy" / "sharded").is_dir()
+    assert (tmp_path / "two" / "checkpoints" / "step_1" / "value" / "sharded").is_dir()
+    torchrun(tmp_path, "ppo", config, rows, tmp_path / "two")
+    two = json.loads((tmp_path / "two" / "train_summary.json").read_text())
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    assert two["iterations"] == one["iterations"] == 2 and two["resumed_from"] == 1
+
+    m1, m2 = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    assert len(m1) == len(m2) == 2
+    for a, b in zip(m1, m2):
+        assert a.keys() == b.keys()
+        for key in a.keys() - TIMING:
+            if key in EXACT:
+                assert a[key] == b[key], (key, a[key], b[key])
+            else:
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), key
+    assert m1[0]["kl"] == m2[0]["kl"] == 0.0  # first iteration: policy == reference
+    assert m1[1]["kl"] != 0.0  # the policy moved, and moved the same way in both runs
+    assert_same_weights(tmp_path / "one" / "model", tmp_path / "two" / "model", atol=2e-5)
+
+
+def test_torchrun_entry_passes_upstream_folders_to_the_step(tmp_path, monkeypatch):
+    """A SLURM multi-process PPO step gets its reward model as ``--input reward_model=DIR``; the
+    entry point must hand it to run_step as the context's input (else PPO has no reward)."""
+    from ablate.train import fsdp, ppo
+
+    seen = {}
+    monkeypatch.setattr(ppo, "run_step", lambda ctx: seen.update(inputs=dict(ctx.inputs),
+                                                                 kind=ctx.step.kind))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("SLURM_NTASKS", raising=False)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model": {"path": "unused"}}))
+    rm_dir = tmp_path / "steps" / "rm"
+    fsdp.main(["ppo", "--config", str(config), "--out", str(tmp_path / "out"),
+               "--input", f"reward_model={rm_dir}"])
+    assert seen == {"inputs": {"reward_model": rm_dir}, "kind": "train_ppo"}
+    with pytest.raises(SystemExit, match="expected ROLE=DIR"):
+        fsdp.main(["ppo", "--config", str(config), "--out", str(tmp_path / "out"),
+                   "--input", "reward_model"])
