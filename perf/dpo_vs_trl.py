@@ -194,6 +194,15 @@ def fitting_pairs(model_dir: Path, n: int, max_length: int, max_prompt_length: i
     return [rows[p.index] for p in keep], keep, tokenizer
 
 
+def trl_device_checks(trainer) -> dict:
+    """Where a TRL trainer really ran (device, weight dtype, mixed precision): a GPU figure is only
+    comparable if both sides ran as configured."""
+    param = next(trainer.model.parameters())
+    return {"trainer_device": str(trainer.args.device), "model_device": str(param.device),
+            "weights_dtype": str(param.dtype), "bf16": trainer.args.bf16,
+            "mixed_precision": str(trainer.accelerator.mixed_precision)}
+
+
 def run_trl(model_dir, rows, tokenizer, args, out: Path) -> dict:
     import trl
     import trl.trainer.dpo_trainer as dpo_trainer_module
@@ -246,13 +255,9 @@ def run_trl(model_dir, rows, tokenizer, args, out: Path) -> dict:
               "train_seconds": finished - ref_done, "cpu_seconds": cpu_finished - cpu_started,
               "peak_rss_gib": memory.gib, "losses": losses}
     if on_cuda():
-        param = next(trainer.model.parameters())
         result.update(cuda_memory())
-        result["checks"] = {
-            "trainer_device": str(trainer.args.device), "model_device": str(param.device),
-            "weights_dtype": str(param.dtype), "bf16": trainer.args.bf16,
-            "mixed_precision": str(trainer.accelerator.mixed_precision),
-            "hash_module_seconds": round(sum(hash_seconds), 2)}
+        result["checks"] = {**trl_device_checks(trainer),
+                            "hash_module_seconds": round(sum(hash_seconds), 2)}
     del trainer, model
     return result
 

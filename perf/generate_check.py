@@ -46,6 +46,7 @@ def main(argv=None) -> dict:
     from ablate.data import load_prompts
     from ablate.evals.data import read_jsonl
     from ablate.evals.gsm8k import EXEMPLARS, build_user_turn
+    from ablate.generate import hf
     from ablate.generate.base import SamplingParams, chat_prompt, load_backend
     from ablate.models import prepare_builtin
 
@@ -64,15 +65,15 @@ def main(argv=None) -> dict:
                for r in rows]
     prompt_tokens = [len(backend.encode(p)) for p in prompts]
 
+    # Count the tokens each completion chose (drafted tokens accepted in one step count each).
     picked = [0]
-    original_pick = backend._pick
+    original_run = hf._DecodeBatch.run
 
-    def counting_pick(logits, params, generators, alive):
-        chosen = original_pick(logits, params, generators, alive)
-        picked[0] += int(chosen.numel())
-        return chosen
+    def counting_run(batch, rows, progress):
+        original_run(batch, rows, progress)
+        picked[0] += sum(row.picks for row in rows)
 
-    backend._pick = counting_pick
+    hf._DecodeBatch.run = counting_run
 
     started = time.perf_counter()
     backend.generate(prompts[:2], SamplingParams(max_new_tokens=4))
@@ -87,7 +88,7 @@ def main(argv=None) -> dict:
     replies = backend.generate(prompts, SamplingParams(max_new_tokens=args.new_tokens))
     sync()
     seconds = time.perf_counter() - started
-    generated = picked[0]  # tokens sampled, EOS included; a finished row stops sampling
+    generated = picked[0]  # tokens chosen, EOS included; a finished row stops choosing
 
     comparison = None
     if args.compare_tokens:

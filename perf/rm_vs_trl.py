@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dpo_vs_trl import (  # noqa: E402
     PeakRSS, count_parameters, cuda_figures, cuda_memory, cuda_reset, cuda_sync, cuda_warmup,
     emit, fitting_pairs, on_cuda, peak_bf16_flops, ratios, run_context, skipped_model_saves,
+    trl_device_checks,
 )
 
 
@@ -65,12 +66,8 @@ def run_trl(model_dir, pairs, tokenizer, args, out: Path) -> dict:
     result = {"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss_gib": memory.gib,
               "losses": losses}
     if on_cuda():
-        param = next(trainer.model.parameters())
         result.update(cuda_memory())
-        result["checks"] = {
-            "trainer_device": str(trainer.args.device), "model_device": str(param.device),
-            "weights_dtype": str(param.dtype), "bf16": trainer.args.bf16,
-            "mixed_precision": str(trainer.accelerator.mixed_precision)}
+        result["checks"] = trl_device_checks(trainer)
     del trainer, model
     return result
 

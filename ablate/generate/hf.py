@@ -9,7 +9,7 @@ What it does that ``model.generate`` on padded batches does not:
 - greedy decoding verifies drafted tokens (``PromptLookup``: what followed the same few tokens
   earlier in the prompt or reply) several at a time, which turns a small model's long repetitive
   replies into a fraction of the forwards while choosing exactly the tokens one-token steps would;
-- attention reads grouped KV heads in place under a mask on the CPU (``_sdpa_shared_kv_heads``);
+- attention reads grouped KV heads in place under a mask on the CPU (``hf_cache``);
 - scoring computes logits only where they are needed: the last context position for single-token
   options (MMLU's " A".." D"), and the option positions for longer ones, the context run once per
   question for all its options.
@@ -26,134 +26,7 @@ from typing import Sequence
 import torch
 
 from ablate.generate.base import GenerationError, Progress, SamplingParams, truncate_at_stop
-
-
-def _growing_layer_class():
-    from transformers.cache_utils import DynamicLayer
-
-    class GrowingLayer(DynamicLayer):
-        """A KV layer with room reserved up front. DynamicLayer appends with torch.cat, which
-        re-copies the whole cache every decode step (measured here: 0.6 s of a 1.4 s step for
-        SmolLM2 at 10 rows x 1300 positions); this writes the new step in place."""
-
-        capacity = 0
-
-        def lazy_initialization(self, key_states, value_states):
-            self.device = key_states.device
-            rows, heads, _, dim = key_states.shape
-            self._keys = key_states.new_empty((rows, heads, self.capacity, dim))
-            self._values = value_states.new_empty((rows, heads, self.capacity,
-                                                   value_states.shape[-1]))
-            self.length = 0
-            self.is_initialized = True
-
-        @property
-        def keys(self):
-            return self._keys[:, :, :self.length] if getattr(self, "is_initialized", False) else None
-
-        @keys.setter
-        def keys(self, value):
-            if value is not None and getattr(self, "is_initialized", False):
-                raise AttributeError("assign through update()")
-
-        @property
-        def values(self):
-            return self._values[:, :, :self.length] if getattr(self, "is_initialized", False) else None
-
-        @values.setter
-        def values(self, value):
-            if value is not None and getattr(self, "is_initialized", False):
-                raise AttributeError("assign through update()")
-
-        def reserve(self, slots: int) -> None:
-            """Room for ``slots`` positions; out of room, grow by half again (one copy)."""
-            have = self._keys.shape[-2]
-            if slots > have:
-                extra = max(slots - have, have // 2)
-                self._keys = torch.cat([self._keys, self._keys.new_empty(
-                    self._keys.shape[:2] + (extra, self._keys.shape[-1]))], dim=-2)
-                self._values = torch.cat([self._values, self._values.new_empty(
-                    self._values.shape[:2] + (extra, self._values.shape[-1]))], dim=-2)
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            new = key_states.shape[-2]
-            self.reserve(self.length + new)
-            self._keys[:, :, self.length:self.length + new] = key_states
-            self._values[:, :, self.length:self.length + new] = value_states
-            self.length += new
-            return self.keys, self.values
-
-        def get_seq_length(self) -> int:
-            return self.length if self.is_initialized else 0
-
-        def batch_select_indices(self, indices):
-            self._keys, self._values = self._keys[indices], self._values[indices]
-
-        def extend_to(self, slots: int) -> None:
-            """Make the cache ``slots`` long; the new slots hold garbage the caller masks out."""
-            self.reserve(slots)
-            self.length = max(self.length, slots)
-
-        def write_rows(self, rows: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
-            """Put another cache's rows (a newly admitted prompt) into slots 0.. of ``rows``."""
-            n = keys.shape[-2]
-            self.extend_to(n)
-            self._keys[rows, :, :n] = keys
-            self._values[rows, :, :n] = values
-
-        def gather_slots(self, index: torch.Tensor) -> None:
-            """Row r keeps slots ``index[r]`` (in that order) as slots 0..width-1: drops holes."""
-            width = index.shape[1]
-            for name in ("_keys", "_values"):
-                buffer = getattr(self, name)
-                kept = buffer.gather(2, index[:, None, :, None].expand(
-                    -1, buffer.shape[1], -1, buffer.shape[-1]))
-                buffer[:, :, :width] = kept
-            self.length = width
-
-    return GrowingLayer
-
-
-def _growing_cache(capacity: int):
-    from transformers import DynamicCache
-
-    layer = _growing_layer_class()
-    cache = DynamicCache()
-    cache.layer_class_to_replicate = type("Sized", (layer,), {"capacity": capacity})
-    return cache
-
-
-ATTENTION = "ablate_sdpa"
-
-
-def _sdpa_shared_kv_heads(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
-                          is_causal=None, **kwargs):
-    """transformers' SDPA attention, except where several query positions run under a mask on a
-    CPU (draft verification, prompt prefill): there transformers copies each KV head once per
-    query head that reads it (``repeat_kv``), and this lets SDPA read the shared heads in place
-    (``enable_gqa``). Same result bit for bit on the CPU kernel; measured 1.5 ms instead of 3.5 ms
-    per layer at 2 rows x 7 positions x 1,300 keys with SmolLM2's 9 query / 3 KV heads."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    groups = getattr(module, "num_key_value_groups", 1)
-    if (groups == 1 or query.shape[2] == 1 or attention_mask is None or query.device.type != "cpu"
-            or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, is_causal=is_causal, **kwargs)
-    out = torch.nn.functional.scaled_dot_product_attention(
-        query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling,
-        enable_gqa=True)
-    return out.transpose(1, 2).contiguous(), None
-
-
-def _register_attention() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-
-    AttentionInterface.register(ATTENTION, _sdpa_shared_kv_heads)
-    AttentionMaskInterface.register(ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+from ablate.generate.hf_cache import ATTENTION, growing_cache, register_attention
 
 
 def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
@@ -326,7 +199,7 @@ class _DecodeBatch:
         room = mask.shape[1] + (self.params.max_new_tokens + self.spare_slots
                                 if self.cache is None else 0)
         cache = (backend._expanded_cache(self.prefix_kv, n, room) if self.prefix_kv
-                 else _growing_cache(room))
+                 else growing_cache(room))
         out = backend.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                             cache=cache, use_cache=True, logits_to_keep=1)
         return cache, mask.bool(), out.logits[:, -1, :]
@@ -458,7 +331,7 @@ class HFBackend:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        _register_attention()
+        register_attention()
         self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype,
                                                           attn_implementation=ATTENTION)
         self.model.to(self.device).eval()
@@ -493,7 +366,7 @@ class HFBackend:
     def _expanded_cache(self, prefix_kv, rows: int, capacity: int | None = None):
         from transformers import DynamicCache
 
-        cache = _growing_cache(capacity) if capacity else DynamicCache()
+        cache = growing_cache(capacity) if capacity else DynamicCache()
         for index, (keys, values) in enumerate(prefix_kv):
             cache.update(keys.expand(rows, -1, -1, -1).contiguous(),
                          values.expand(rows, -1, -1, -1).contiguous(), index)
