@@ -71,6 +71,14 @@ def init_from_env() -> bool:
     return True
 
 
+def rank_slots(n_items: int) -> tuple[list[int], int]:
+    """This process's items of ``n_items`` (every world_size-th, from its rank) and how many slots
+    each process runs: the same number everywhere, since sharded forwards and backwards are
+    collective (a process with fewer items runs a stand-in whose result it discards)."""
+    size = world_size()
+    return list(range(rank(), n_items, size)), -(-n_items // size)
+
+
 def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         value = value.clone()

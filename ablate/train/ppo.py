@@ -125,14 +125,6 @@ class ValueScores(nn.Module):
         return response_values(self.model, batch).clone()  # not a view (see PolicyScores)
 
 
-def my_slots(n_items: int) -> tuple[list[int], int]:
-    """This process's items of ``n_items`` (every world_size-th, from its rank) and how many slots
-    each process runs: the same number everywhere, since sharded forwards and backwards are
-    collective (a process with fewer items runs a stand-in whose result it discards)."""
-    size = fsdp.world_size()
-    return list(range(fsdp.rank(), n_items, size)), -(-n_items // size)
-
-
 # ---------------------------------------------------------------- models
 
 
@@ -194,7 +186,7 @@ def _score_rollout(policy, reference, value_model, rollout: Rollout, scores: Ten
     n, width = len(rollout.texts), rollout.responses.shape[1]
     micro = [list(range(start, min(start + cfg.micro_batch_size, n)))
              for start in range(0, n, cfg.micro_batch_size)]
-    mine, slots = my_slots(len(micro))
+    mine, slots = fsdp.rank_slots(len(micro))
     # rows this process did not score stay 0 and are filled in by the others' sums
     logps, ref_logps, values, entropy = (torch.zeros(n, width) for _ in range(4))
     for slot in range(slots):
@@ -251,7 +243,7 @@ def _ppo_update(policy, value_model, optimizers, schedulers, exp: Experience, cf
             n_tokens = exp.rollout.response_mask[rows].sum().clamp(min=1).float().item()
             micro = [rows[m:m + cfg.micro_batch_size]
                      for m in range(0, len(rows), cfg.micro_batch_size)]
-            mine, slots = my_slots(len(micro))
+            mine, slots = fsdp.rank_slots(len(micro))
             for slot in range(slots):
                 part_rows = micro[mine[slot]] if slot < len(mine) else micro[0]  # a stand-in
                 # FSDP averages gradients over processes: scaling by their number makes the step's
@@ -313,7 +305,7 @@ def _generate(policy: nn.Module, lm: nn.Module, tokenizer, prompts: Sequence[Pro
     ``minibatch_size`` prompts go to the processes in turn, each with its whole policy gathered,
     and the sampled ids are then shared, so every process holds the same rollout."""
     batch_size = cfg.minibatch_size
-    chunks, _ = my_slots(-(-len(prompts) // batch_size))
+    chunks, _ = fsdp.rank_slots(-(-len(prompts) // batch_size))
     with fsdp.gathered(policy):
         prompt_ids, prompt_mask, generated, width = sample_token_ids(
             lm, tokenizer, prompts, temperature=cfg.temperature,
