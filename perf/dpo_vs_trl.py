@@ -203,6 +203,22 @@ def trl_device_checks(trainer) -> dict:
             "mixed_precision": str(trainer.accelerator.mixed_precision)}
 
 
+def first_step_clock():
+    """A TRL callback class that times the first optimiser step (CUDA synchronised)."""
+    from transformers import TrainerCallback
+
+    class FirstStepClock(TrainerCallback):
+        started: float | None = None
+        seconds: float | None = None
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.seconds is None and self.started is not None:
+                cuda_sync()
+                self.seconds = time.perf_counter() - self.started
+
+    return FirstStepClock()
+
+
 def run_trl(model_dir, rows, tokenizer, args, out: Path) -> dict:
     import trl
     import trl.trainer.dpo_trainer as dpo_trainer_module
@@ -237,14 +253,16 @@ def run_trl(model_dir, rows, tokenizer, args, out: Path) -> dict:
             hash_seconds.append(time.perf_counter() - begun)
 
     dpo_trainer_module.hash_module = timed_hash
+    first_step = first_step_clock()
     try:
         with PeakRSS() as memory:
             cuda_sync()
             started, cpu_started = time.perf_counter(), time.process_time()
             trainer = trl.DPOTrainer(model=model, args=config, train_dataset=dataset,
-                                     processing_class=tokenizer)
+                                     processing_class=tokenizer, callbacks=[first_step])
             cuda_sync()
             ref_done = time.perf_counter()
+            first_step.started = ref_done
             trainer.train()
             cuda_sync()
             finished, cpu_finished = time.perf_counter(), time.process_time()
@@ -253,7 +271,8 @@ def run_trl(model_dir, rows, tokenizer, args, out: Path) -> dict:
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     result = {"seconds": finished - started, "ref_seconds": ref_done - started,
               "train_seconds": finished - ref_done, "cpu_seconds": cpu_finished - cpu_started,
-              "peak_rss_gib": memory.gib, "losses": losses}
+              "peak_rss_gib": memory.gib, "losses": losses, "steps": trainer.state.global_step,
+              "first_step_seconds": first_step.seconds}
     if on_cuda():
         result.update(cuda_memory())
         result["checks"] = {**trl_device_checks(trainer),
@@ -262,14 +281,17 @@ def run_trl(model_dir, rows, tokenizer, args, out: Path) -> dict:
     return result
 
 
-def run_ablate(model_dir, rows, args, out: Path) -> dict:
+def run_ablate(model_dir, rows, args, out: Path, **settings) -> dict:
+    """ablate's side; ``settings`` override DPOConfig fields (the ``--ablate-variants``)."""
     from ablate.spec.schema import DPOConfig
     from ablate.train.dpo import train_dpo
 
-    cfg = DPOConfig(lr=args.lr, warmup_ratio=0.0, epochs=1, batch_size=args.batch_size,
-                    micro_batch_size=args.micro_batch_size, max_length=args.max_length,
-                    max_prompt_length=args.max_prompt_length, eval_fraction=0.0,
-                    save_every_steps=10**6)
+    fields = dict(lr=args.lr, warmup_ratio=0.0, epochs=1, batch_size=args.batch_size,
+                  micro_batch_size=args.micro_batch_size, max_length=args.max_length,
+                  max_prompt_length=args.max_prompt_length, eval_fraction=0.0,
+                  save_every_steps=10**6, length_grouping=args.length_grouping,
+                  pad_multiple=args.pad_multiple)
+    cfg = DPOConfig(**(fields | settings))
     cuda_reset()
     with PeakRSS() as memory, skipped_model_saves(args.skip_save):
         summary = train_dpo(model_dir, rows, cfg, args.seed, out, out / "cache")
@@ -278,7 +300,12 @@ def run_ablate(model_dir, rows, args, out: Path) -> dict:
               "ref_seconds": summary["ref_logps_seconds"],
               "train_seconds": summary["train_seconds"],
               "cpu_seconds": summary["ref_logps_cpu_seconds"] + summary["train_cpu_seconds"],
-              "peak_rss_gib": memory.gib, "losses": losses}
+              "peak_rss_gib": memory.gib, "losses": losses, "steps": summary["steps"],
+              "first_step_seconds": summary.get("first_step_seconds"),
+              "after_first_step_tokens": summary.get("after_first_step_tokens"),
+              "settings": {"length_grouping": cfg.length_grouping,
+                           "pad_multiple": cfg.pad_multiple,
+                           "shared_prompt": cfg.shared_prompt}}
     if on_cuda():
         result.update(cuda_memory())
         result["checks"] = {"trainer_device": summary["device"],
@@ -329,6 +356,15 @@ def cuda_figures(side: dict, params: int, real_tokens: int, peak: float | None,
     if ref_multiplier:
         figures["flop_utilisation_over_train_seconds"] = utilisation(
             useful, side["train_seconds"], peak)
+    # after the first optimiser step (compiling, kernel selection): ablate counts the tokens of
+    # the later steps; for TRL they are estimated as the steps' mean share of the epoch
+    first = side.get("first_step_seconds")
+    if first is not None and side.get("steps", 0) > 1:
+        later_tokens = side.get("after_first_step_tokens") or \
+            real_tokens * (side["steps"] - 1) / side["steps"]
+        figures["after_first_step_train_flop_utilisation"] = utilisation(
+            train_multiplier * params * later_tokens, side["train_seconds"] - first, peak)
+        figures["after_first_step_tokens_estimated"] = not side.get("after_first_step_tokens")
     return figures
 
 
@@ -339,6 +375,18 @@ def describe(side: dict, n_pairs: int, real_tokens: int) -> dict:
             "seconds": round(side["seconds"], 2), "ref_seconds": round(side["ref_seconds"], 2),
             "train_seconds": round(side["train_seconds"], 2),
             "cpu_seconds": round(side["cpu_seconds"], 2)}
+
+
+def parse_settings(spec: str) -> dict:
+    """'shared_prompt=false,length_grouping=0' -> {'shared_prompt': False, 'length_grouping': 0}."""
+    settings = {}
+    for item in spec.split(","):
+        key, sep, value = item.strip().partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--ablate-variants: {item!r} is not KEY=VALUE")
+        settings[key] = int(value) if value.lstrip("-").isdigit() else \
+            {"true": True, "false": False}.get(value.lower(), value)
+    return settings
 
 
 def main(argv=None):
@@ -359,9 +407,20 @@ def main(argv=None):
                         "fewer than --pairs fit, instead of stopping")
     parser.add_argument("--skip-save", action="store_true", help="skip ablate's final model save "
                         "(untimed; saves minutes on a multi-GB model)")
+    parser.add_argument("--length-grouping", type=int, default=16,
+                        help="ablate's DPOConfig.length_grouping (0: plain shuffled batches)")
+    parser.add_argument("--pad-multiple", type=int, default=0,
+                        help="ablate's DPOConfig.pad_multiple (0: 64 on a GPU, none on CPU)")
+    parser.add_argument("--ablate-only", action="store_true", help="run ablate's side alone "
+                        "(no TRL side, no ratio): for comparing ablate settings in fresh processes")
+    parser.add_argument("--ablate-variants", default="", help="after the comparison, ablate "
+                        "alone again with these DPOConfig overrides, e.g. "
+                        "'length_grouping=0;pad_multiple=1' (reported "
+                        "under 'variants', no TRL side)")
     args = parser.parse_args(argv)
     if args.quick:
         args.pairs, args.max_length, args.max_prompt_length = 16, 256, 128
+    variant_settings = [parse_settings(v) for v in args.ablate_variants.split(";") if v.strip()]
 
     from ablate.models import prepare_builtin
 
@@ -374,6 +433,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         sides = {}
         order = ["trl", "ablate"] if args.order == "trl-first" else ["ablate", "trl"]
+        if args.ablate_only:
+            order = ["ablate"]
         for side in order:
             if side == "trl":
                 sides["trl"] = run_trl(model_dir, rows, tokenizer, args, Path(tmp) / "trl")
@@ -381,14 +442,21 @@ def main(argv=None):
                 sides["ablate"] = run_ablate(model_dir, rows, args, Path(tmp) / "ablate")
             print(f"{side}: {sides[side]['seconds']:.1f} s", flush=True)
             cuda_reset()
-    ablate, trl_side = (describe(sides[k], len(pairs), real_tokens) for k in ("ablate", "trl"))
-    extra = {}
+        variants = []
+        for number, settings in enumerate(variant_settings):
+            side = run_ablate(model_dir, rows, args, Path(tmp) / f"variant{number}", **settings)
+            print(f"ablate variant {settings}: {side['seconds']:.1f} s", flush=True)
+            variants.append(describe(side, len(pairs), real_tokens))
+            cuda_reset()
+    ablate = describe(sides["ablate"], len(pairs), real_tokens)
+    trl_side = describe(sides["trl"], len(pairs), real_tokens) if "trl" in sides else None
+    extra = {"variants": variants} if variants else {}
     if on_cuda():
         params = count_parameters(model_dir)
         peak, peak_note = peak_bf16_flops()
-        for side in (ablate, trl_side):
+        for side in (ablate, trl_side, *variants) if trl_side else (ablate, *variants):
             side.update(cuda_figures(side, params, real_tokens, peak))
-        extra = {"params": params, "peak_bf16_flops": peak, "peak_note": peak_note,
+        extra |= {"params": params, "peak_bf16_flops": peak, "peak_note": peak_note,
                  "flops_note": "useful FLOPs = 8 x params x real tokens (6 for the training "
                  "forward+backward, 2 for the reference forward), attention and padding not "
                  "counted; flop_utilisation divides by ref+train seconds, "
@@ -403,11 +471,11 @@ def main(argv=None):
         "benchmark": "dpo_vs_trl", "model": args.model, "pairs": len(pairs),
         "real_tokens": real_tokens, "max_length": args.max_length,
         "batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size,
-        **run_context(), "order": args.order, "ablate": ablate, "trl": trl_side,
-        **ratios(ablate, trl_side),
-        "train_ratio": round(trl_side["train_seconds"] / ablate["train_seconds"], 3),
-        **extra,
+        **run_context(), "order": args.order, "ablate": ablate, **extra,
     }
+    if trl_side:
+        result |= {"trl": trl_side, **ratios(ablate, trl_side),
+                   "train_ratio": round(trl_side["train_seconds"] / ablate["train_seconds"], 3)}
     return emit(result, args.json)
 
 

@@ -11,18 +11,22 @@
 #   1. nvidia-smi, versions, device, imports -> $OUT/env_gpu.json   (stops the check on failure)
 #   2. a random-weight Llama of SmolLM2-1.7B's shape in /tmp, SmolLM2's tokenizer from
 #      .gpu/tokenizer/                                          (stops the check on failure)
-#   3. perf/dpo_vs_trl.py on it: bf16, batch 8, max length 1024 (prompt 512), up to 64 pairs
-#      -> $OUT/dpo_gpu.json   (micro-batch 8 on a GPU with >= 100 GiB, else 4; on failure it is
-#      retried once at half the micro-batch if time allows)
-#   4. perf/generate_check.py: 16 GSM8k 8-shot prompts x 64 greedy tokens -> $OUT/generate_gpu.json
-#   5. perf/rm_vs_trl.py: 32 pairs, same lengths and batches -> $OUT/rm_gpu.json
+#   3. perf/dpo_vs_trl.py on it: bf16, batch 8, max length 1024 (prompt 512), up to 168 pairs
+#      -> $OUT/dpo_gpu.json   (micro-batch 8 on a GPU with >= 100 GiB, else 4), then ablate alone
+#      with the GPU_CHECK_DPO_VARIANTS settings; on failure it is retried once at half the
+#      micro-batch (without variants) if time allows
+#   4. perf/rm_vs_trl.py: 64 pairs, same lengths and batches -> $OUT/rm_gpu.json
+#   5. perf/dpo_step_profile.py: one DPO step's GPU time by kernel group (torch.profiler), eager
+#      against bf16 weights and compiled element-wise regions -> $OUT/profile_gpu.json
+#   6. perf/generate_check.py: 16 GSM8k 8-shot prompts x 64 greedy tokens -> $OUT/generate_gpu.json
 # Everything printed is also in $OUT/gpu_check.log; step outcomes in $OUT/steps.json.
 # Exit status: 0 all ran, 1 setup failed (wheels, preflight, model), 2 a measuring step failed.
 #
 # Settings (environment): GPU_CHECK_SHAPE (smollm2-1.7b | smollm2-135m | tiny), GPU_CHECK_PAIRS,
 # GPU_CHECK_RM_PAIRS, GPU_CHECK_MAX_LENGTH, GPU_CHECK_MAX_PROMPT, GPU_CHECK_BATCH, GPU_CHECK_MICRO
 # (a number or auto), GPU_CHECK_GEN_PROMPTS, GPU_CHECK_GEN_TOKENS, GPU_CHECK_BUDGET,
-# GPU_CHECK_SKIP_WHEELS=1, GPU_CHECK_STEPS (default "dpo generate rm"), PYTHON, OUT.
+# GPU_CHECK_SKIP_WHEELS=1, GPU_CHECK_STEPS (default "dpo rm profile generate"),
+# GPU_CHECK_DPO_VARIANTS, GPU_CHECK_PROFILE_MODES, PYTHON, OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 REPO=$PWD
@@ -39,15 +43,18 @@ if [ "$SMOKE" = 1 ]; then
   PY=${PYTHON:-$REPO/.venv/bin/python}
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # a shared 2-core machine
 else
-  SHAPE=${GPU_CHECK_SHAPE:-smollm2-1.7b}; PAIRS=${GPU_CHECK_PAIRS:-64}
-  RM_PAIRS=${GPU_CHECK_RM_PAIRS:-32}
+  SHAPE=${GPU_CHECK_SHAPE:-smollm2-1.7b}; PAIRS=${GPU_CHECK_PAIRS:-168}
+  RM_PAIRS=${GPU_CHECK_RM_PAIRS:-64}
   MAX_LENGTH=${GPU_CHECK_MAX_LENGTH:-1024}; MAX_PROMPT=${GPU_CHECK_MAX_PROMPT:-512}
   BATCH=${GPU_CHECK_BATCH:-8}; MICRO=${GPU_CHECK_MICRO:-auto}
   GEN_PROMPTS=${GPU_CHECK_GEN_PROMPTS:-16}; GEN_TOKENS=${GPU_CHECK_GEN_TOKENS:-64}
-  BUDGET=${GPU_CHECK_BUDGET:-420}; SKIP_WHEELS=${GPU_CHECK_SKIP_WHEELS:-0}
+  BUDGET=${GPU_CHECK_BUDGET:-480}; SKIP_WHEELS=${GPU_CHECK_SKIP_WHEELS:-0}
   PY=${PYTHON:-python3}
 fi
-STEPS=${GPU_CHECK_STEPS:-dpo generate rm}
+STEPS=${GPU_CHECK_STEPS:-dpo rm profile generate}
+# ablate alone again after the comparison: without length-grouped, padded-to-64 batches
+DPO_VARIANTS=${GPU_CHECK_DPO_VARIANTS-length_grouping=0,pad_multiple=1}
+PROFILE_MODES=${GPU_CHECK_PROFILE_MODES:-eager bf16 pointwise}
 OUT=${OUT:-$(mktemp -d /tmp/gpu_check.XXXXXX)}
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/gpu_check_work.XXXXXX)
@@ -149,24 +156,31 @@ main() {
       dpo)
         step dpo 300 90 "$PY" perf/dpo_vs_trl.py --model "$MODEL" --pairs "$PAIRS" \
           --max-length "$MAX_LENGTH" --max-prompt-length "$MAX_PROMPT" --batch-size "$BATCH" \
-          --micro-batch-size "$micro" --allow-fewer --skip-save --json "$OUT/dpo_gpu.json"
+          --micro-batch-size "$micro" --allow-fewer --skip-save \
+          --ablate-variants "$DPO_VARIANTS" --json "$OUT/dpo_gpu.json"
         local rc=$?
         if [ "$rc" -ne 0 ] && [ "$rc" -ne 99 ] && [ "$micro" -gt 1 ]; then
-          echo "DPO failed at micro-batch $micro; retrying at $((micro / 2))"
+          echo "DPO failed at micro-batch $micro; retrying at $((micro / 2)), no variants"
           step dpo_retry 300 120 "$PY" perf/dpo_vs_trl.py --model "$MODEL" --pairs "$PAIRS" \
             --max-length "$MAX_LENGTH" --max-prompt-length "$MAX_PROMPT" \
             --batch-size "$BATCH" --micro-batch-size "$((micro / 2))" --allow-fewer \
             --skip-save --json "$OUT/dpo_gpu.json"
         fi
         ;;
-      generate)
-        step generate 150 45 "$PY" perf/generate_check.py --model "$MODEL" \
-          --prompts "$GEN_PROMPTS" --new-tokens "$GEN_TOKENS" --json "$OUT/generate_gpu.json"
-        ;;
       rm)
         step rm 240 90 "$PY" perf/rm_vs_trl.py --model "$MODEL" --pairs "$RM_PAIRS" \
           --max-length "$MAX_LENGTH" --batch-size "$BATCH" --micro-batch-size "$micro" \
           --allow-fewer --skip-save --json "$OUT/rm_gpu.json"
+        ;;
+      profile)
+        TORCH_LOGS=${TORCH_LOGS:-recompiles} step profile 200 60 "$PY" perf/dpo_step_profile.py \
+          --model "$MODEL" --pairs "$PAIRS" --max-length "$MAX_LENGTH" \
+          --max-prompt-length "$MAX_PROMPT" --batch-size "$BATCH" --modes $PROFILE_MODES \
+          --json "$OUT/profile_gpu.json"
+        ;;
+      generate)
+        step generate 150 45 "$PY" perf/generate_check.py --model "$MODEL" \
+          --prompts "$GEN_PROMPTS" --new-tokens "$GEN_TOKENS" --json "$OUT/generate_gpu.json"
         ;;
       *) echo "unknown step $name" ;;
     esac

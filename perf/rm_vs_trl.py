@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dpo_vs_trl import (  # noqa: E402
     PeakRSS, count_parameters, cuda_figures, cuda_memory, cuda_reset, cuda_sync, cuda_warmup,
-    emit, fitting_pairs, on_cuda, peak_bf16_flops, ratios, run_context, skipped_model_saves,
+    emit, first_step_clock, fitting_pairs, on_cuda, peak_bf16_flops, ratios, run_context, skipped_model_saves,
     trl_device_checks,
 )
 
@@ -54,17 +54,20 @@ def run_trl(model_dir, pairs, tokenizer, args, out: Path) -> dict:
     dataset = Dataset.from_list([{"chosen_ids": list(p.prompt_ids + p.chosen_ids),
                                   "rejected_ids": list(p.prompt_ids + p.rejected_ids)}
                                  for p in pairs])
+    first_step = first_step_clock()
     trainer = trl.RewardTrainer(model=model, args=config, train_dataset=dataset,
-                                processing_class=tokenizer)
+                                processing_class=tokenizer, callbacks=[first_step])
     with PeakRSS() as memory:
         cuda_sync()
         started, cpu_started = time.perf_counter(), time.process_time()
+        first_step.started = started
         trainer.train()
         cuda_sync()
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     result = {"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss_gib": memory.gib,
-              "losses": losses}
+              "losses": losses, "steps": trainer.state.global_step,
+              "first_step_seconds": first_step.seconds}
     if on_cuda():
         result.update(cuda_memory())
         result["checks"] = trl_device_checks(trainer)
@@ -78,13 +81,18 @@ def run_ablate(model_dir, rows, args, out: Path) -> dict:
 
     cfg = RMConfig(lr=args.lr, warmup_ratio=0.0, epochs=1, batch_size=args.batch_size,
                    micro_batch_size=args.micro_batch_size, max_length=args.max_length,
-                   eval_fraction=0.0, save_every_steps=10**6)
+                   eval_fraction=0.0, save_every_steps=10**6,
+                   length_grouping=args.length_grouping)
     cuda_reset()
     with PeakRSS() as memory, skipped_model_saves(args.skip_save):
         result = train_rm(model_dir, rows, cfg, args.seed, out)
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").open()]
     side = {"seconds": result["train_seconds"], "cpu_seconds": result["train_cpu_seconds"],
-            "peak_rss_gib": memory.gib, "losses": losses}
+            "peak_rss_gib": memory.gib, "losses": losses, "steps": result["steps"],
+            "first_step_seconds": result.get("first_step_seconds"),
+            "after_first_step_tokens": result.get("after_first_step_tokens"),
+            "settings": {"length_grouping": cfg.length_grouping,
+                         "pad_multiple": cfg.pad_multiple}}
     if on_cuda():
         side.update(cuda_memory())
     return side
@@ -172,6 +180,8 @@ def main(argv=None):
                         "fewer than --pairs fit, instead of stopping")
     parser.add_argument("--skip-save", action="store_true", help="skip ablate's final model save "
                         "(untimed; saves minutes on a multi-GB model)")
+    parser.add_argument("--length-grouping", type=int, default=16,
+                        help="ablate's RMConfig.length_grouping (0: plain shuffled batches)")
     parser.add_argument("--ab-rounds", type=int, default=0, help="instead of the TRL "
                         "comparison: this many interleaved rounds of plain vs shared-prompt "
                         "forward+backward in ablate's RM (after one warm-up round)")

@@ -46,7 +46,20 @@ class DataRef(Frozen):
 # ---------------------------------------------------------------- algorithms
 
 
-class DPOConfig(Frozen):
+class PairBatching(Frozen):
+    """How the pair trainers (DPO, RM) cut preference pairs into batches."""
+
+    length_grouping: int = Field(
+        default=16, ge=0, description="each epoch's shuffled pairs are sorted by length within "
+        "windows of this many batches before being cut into batches (less padding); 0 or 1: "
+        "plain shuffled batches")
+    pad_multiple: int = Field(
+        default=0, ge=0, description="right-pad each training micro-batch to a multiple of this "
+        "many tokens (fewer distinct shapes for GPU attention kernels that plan per shape); "
+        "0: 64 on a GPU, no padding on CPU")
+
+
+class DPOConfig(PairBatching):
     """DPO and its variants. Defaults: the paper's Tulu 2 13B DPO recipe."""
 
     kind: Literal["dpo"] = "dpo"
@@ -72,7 +85,7 @@ class DPOConfig(Frozen):
     save_every_steps: int = Field(default=200, gt=0)
 
 
-class RMConfig(Frozen):
+class RMConfig(PairBatching):
     """Bradley-Terry reward model training. Defaults: the paper's RM recipe."""
 
     kind: Literal["rm"] = "rm"

@@ -44,6 +44,12 @@ class TokenizedPair:
         """Tokens of the longer of the two sequences: what the pair costs in a padded batch."""
         return len(self.prompt_ids) + max(len(self.chosen_ids), len(self.rejected_ids))
 
+    def layout_length(self, shared_prompt: bool) -> int:
+        """Tokens of the pair's row in a shared-prompt batch, or of its longer sequence."""
+        if shared_prompt:
+            return len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids)
+        return self.length
+
     @property
     def real_tokens(self) -> int:
         return 2 * len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids)
@@ -154,18 +160,40 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=generator).tolist()
 
 
-def plan_batches(n_pairs: int, batch_size: int, epochs: float, seed: int) -> list[list[int]]:
+def plan_batches(n_pairs: int, batch_size: int, epochs: float, seed: int,
+                 lengths: Sequence[int] | None = None, length_grouping: int = 0
+                 ) -> list[list[int]]:
     """All optimiser steps of the run, each a list of pair positions; a fractional epoch count
-    stops part-way through the last epoch."""
+    stops part-way through the last epoch.
+
+    With ``lengths`` and ``length_grouping`` > 1, each epoch's shuffled order is cut into windows
+    of ``length_grouping`` batches, each window is sorted by length and cut into batches, and the
+    epoch's batches are shuffled again: a batch holds pairs of similar length (little padding)
+    while every pair is still seen once per epoch in a seeded random order of batches."""
     steps_per_epoch = math.ceil(n_pairs / batch_size)
     total = max(1, math.ceil(epochs * steps_per_epoch))
     batches: list[list[int]] = []
     epoch = 0
     while len(batches) < total:
         order = epoch_order(n_pairs, seed, epoch)
-        batches += [order[i:i + batch_size] for i in range(0, n_pairs, batch_size)]
+        if lengths is not None and length_grouping > 1:
+            batches += _length_grouped(order, lengths, batch_size, length_grouping, seed, epoch)
+        else:
+            batches += [order[i:i + batch_size] for i in range(0, n_pairs, batch_size)]
         epoch += 1
     return batches[:total]
+
+
+def _length_grouped(order: list[int], lengths: Sequence[int], batch_size: int, grouping: int,
+                    seed: int, epoch: int) -> list[list[int]]:
+    window = batch_size * grouping
+    epoch_batches = []
+    for start in range(0, len(order), window):
+        ranked = sorted(order[start:start + window], key=lambda i: (-lengths[i], i))
+        epoch_batches += [ranked[i:i + batch_size] for i in range(0, len(ranked), batch_size)]
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch + 7_919)
+    return [epoch_batches[i] for i in torch.randperm(len(epoch_batches),
+                                                     generator=generator).tolist()]
 
 
 def micro_batches(pairs: Sequence[TokenizedPair], positions: Sequence[int],
@@ -195,10 +223,17 @@ class SequenceBatch:
                              self.real_tokens)
 
 
-def collate_pairs(pairs: Sequence[TokenizedPair], pad_token_id: int) -> SequenceBatch:
+def padded_width(width: int, multiple: int) -> int:
+    """``width`` rounded up to a multiple of ``multiple`` (fewer distinct shapes for kernels that
+    plan per shape)."""
+    return -(-width // multiple) * multiple
+
+
+def collate_pairs(pairs: Sequence[TokenizedPair], pad_token_id: int, width_multiple: int = 1
+                  ) -> SequenceBatch:
     sequences = [(p.prompt_ids, p.chosen_ids) for p in pairs] + \
                 [(p.prompt_ids, p.rejected_ids) for p in pairs]
-    width = max(len(a) + len(b) for a, b in sequences)
+    width = padded_width(max(len(a) + len(b) for a, b in sequences), width_multiple)
     input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
     completion_mask = torch.zeros((len(sequences), width), dtype=torch.long)
@@ -260,8 +295,10 @@ class SharedPromptBatch:
             None if self.margins is None else self.margins.to(device), self.real_tokens)
 
 
-def collate_shared_prompt(pairs: Sequence[TokenizedPair], pad_token_id: int) -> SharedPromptBatch:
-    width = max(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+def collate_shared_prompt(pairs: Sequence[TokenizedPair], pad_token_id: int,
+                          width_multiple: int = 1) -> SharedPromptBatch:
+    width = padded_width(max(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids)
+                             for p in pairs), width_multiple)
     shape = (len(pairs), width)
     input_ids = torch.full(shape, pad_token_id, dtype=torch.long)
     position_ids = torch.zeros(shape, dtype=torch.long)
@@ -312,6 +349,12 @@ def shared_prompt_mask(segments: Tensor, attention: str, dtype: torch.dtype) -> 
         return allowed
     return torch.zeros(allowed.shape, dtype=dtype, device=segments.device).masked_fill_(
         ~allowed, torch.finfo(dtype).min)
+
+
+def width_multiple(setting: int, device: torch.device) -> int:
+    """A config's ``pad_multiple``: 0 means 64 on a GPU (where cuDNN attention plans per shape)
+    and none on CPU."""
+    return setting or (64 if device.type == "cuda" else 1)
 
 
 def attention_implementation(model: nn.Module) -> str:
@@ -440,8 +483,13 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.op
     for name, param in model.named_parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 else decay).append(param)
+    # the fused kernel updates all parameters in a few launches; on a GPU the default foreach
+    # path is several passes over the weights and optimiser state per step. Single process
+    # only: the sharded (DTensor) case was not measured on a GPU here.
+    fused = fsdp.world_size() == 1 and all(p.is_cuda for p in decay + no_decay)
     return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr,
+                             fused=fused or None)
 
 
 def linear_warmup_decay(optimizer, total_steps: int, warmup_ratio: float):
@@ -557,13 +605,15 @@ class MetricsLog:
 
 class Throughput:
     """Wall and CPU time of the training steps (CPU time, summed over threads, is the steadier
-    figure on a shared machine), with the real tokens and pairs they processed."""
+    figure on a shared machine), with the real tokens and pairs they processed. The first step
+    (which pays for kernel selection and first allocations) is also reported apart."""
 
     def __init__(self):
         self.seconds = 0.0
         self.cpu_seconds = 0.0
         self.tokens = 0
         self.pairs = 0
+        self.first_step: tuple[float, int] | None = None  # (seconds, tokens)
         self._start = self._cpu_start = None
 
     def __enter__(self):
@@ -574,12 +624,27 @@ class Throughput:
         self.seconds += time.perf_counter() - self._start
         self.cpu_seconds += time.process_time() - self._cpu_start
 
+    def add(self, tokens: int, pairs: int) -> None:
+        """Count a finished step's work; the first call also records the first step."""
+        self.tokens += tokens
+        self.pairs += pairs
+        if self.first_step is None:
+            self.first_step = (self.seconds, tokens)
+
     def summary(self) -> dict:
-        return {"train_seconds": round(self.seconds, 3),
-                "train_cpu_seconds": round(self.cpu_seconds, 3), "real_tokens": self.tokens,
-                "pairs": self.pairs,
-                "tokens_per_second": round(self.tokens / self.seconds, 2) if self.seconds else None,
-                "pairs_per_second": round(self.pairs / self.seconds, 4) if self.seconds else None}
+        out = {"train_seconds": round(self.seconds, 3),
+               "train_cpu_seconds": round(self.cpu_seconds, 3), "real_tokens": self.tokens,
+               "pairs": self.pairs,
+               "tokens_per_second": round(self.tokens / self.seconds, 2) if self.seconds
+               else None,
+               "pairs_per_second": round(self.pairs / self.seconds, 4) if self.seconds else None}
+        if self.first_step is not None:
+            first_seconds, first_tokens = self.first_step
+            steady = self.seconds - first_seconds
+            out.update(first_step_seconds=round(first_seconds, 3),
+                       after_first_step_seconds=round(steady, 3),
+                       after_first_step_tokens=self.tokens - first_tokens)
+        return out
 
 
 def model_identity(model_dir: Path) -> str:

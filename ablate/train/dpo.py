@@ -30,6 +30,7 @@ from ablate.train.common import (
     SHARED_PROMPT_ATTENTION, CompletionLogps, SequenceBatch, SharedPromptBatch, TokenizedPair,
     TrainingError, attention_implementation, autocast, collate_pairs, collate_shared_prompt,
     device_for_training, model_identity, pairs_digest, split_heldout, tokenize_pairs,
+    width_multiple,
 )
 from ablate.train.losses import NEEDS_REFERENCE, preference_loss, preference_metrics
 from ablate.train.loop import LoopConfig, train_loop
@@ -41,11 +42,12 @@ def _no_progress(*args, **kwargs) -> None:
     return None
 
 
-def collate(pairs: Sequence[TokenizedPair], pad_token_id: int, shared_prompt: bool):
+def collate(pairs: Sequence[TokenizedPair], pad_token_id: int, shared_prompt: bool,
+            pad_to: int = 1):
     """A micro-batch in the plain layout (chosen rows, then rejected rows) or the shared-prompt
-    one (a row per pair, prompt once)."""
-    return collate_shared_prompt(pairs, pad_token_id) if shared_prompt \
-        else collate_pairs(pairs, pad_token_id)
+    one (a row per pair, prompt once), its width rounded up to a multiple of ``pad_to``."""
+    return collate_shared_prompt(pairs, pad_token_id, pad_to) if shared_prompt \
+        else collate_pairs(pairs, pad_token_id, pad_to)
 
 
 def batch_logps(module: CompletionLogps, batch: SequenceBatch | SharedPromptBatch
@@ -214,8 +216,11 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
         if fsdp.is_main_process():
             atomic_write_json(before_path, before)
 
+    pad_to = width_multiple(cfg.pad_multiple, device)
+
     def micro_loss(group: list[int]):
-        batch = collate([train_pairs[i] for i in group], pad_token_id, shared_prompt).to(device)
+        batch = collate([train_pairs[i] for i in group], pad_token_id, shared_prompt,
+                        pad_to).to(device)
         with autocast(device):
             logps = batch_logps(policy, batch)
         chosen, rejected = logps[:len(group)], logps[len(group):]
@@ -236,9 +241,11 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
     loop_cfg = LoopConfig(lr=cfg.lr, warmup_ratio=cfg.warmup_ratio, epochs=cfg.epochs,
                           batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size,
                           weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
-                          save_every_steps=cfg.save_every_steps, seed=seed)
+                          save_every_steps=cfg.save_every_steps, seed=seed,
+                          length_grouping=cfg.length_grouping)
     trained = train_loop(policy, train_pairs, loop_cfg, micro_loss, out_dir, log, progress, "dpo",
-                         stop_after_steps=stop_after_steps)
+                         stop_after_steps=stop_after_steps,
+                         lengths=[p.layout_length(shared_prompt) for p in train_pairs])
     after = _heldout_metrics(policy, heldout, *held_ref, cfg, pad_token_id, device,
                              shared_prompt)
     _save_model(policy, tokenizer, out_dir / "model")

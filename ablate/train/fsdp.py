@@ -133,7 +133,7 @@ def gathered(root: nn.Module):
             unit.reshard()
 
 
-def _decoder_layers(hf_model: nn.Module) -> list[nn.Module]:
+def decoder_layers(hf_model: nn.Module) -> list[nn.Module]:
     names = set(getattr(hf_model, "_no_split_modules", None) or ())
     layers = [m for m in hf_model.modules() if type(m).__name__ in names]
     if not layers:
@@ -153,7 +153,7 @@ def shard(root: nn.Module, hf_model: nn.Module, device: torch.device) -> nn.Modu
 
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
         if device.type == "cuda" else MixedPrecisionPolicy()
-    for layer in _decoder_layers(hf_model):
+    for layer in decoder_layers(hf_model):
         fully_shard(layer, mp_policy=policy)
     fully_shard(root, mp_policy=policy)
     return root

@@ -38,6 +38,7 @@ class LoopConfig:
     max_grad_norm: float
     save_every_steps: int
     seed: int
+    length_grouping: int = 0  # see plan_batches
 
 
 class StopRequested(Exception):
@@ -58,8 +59,11 @@ def rank_micro_batches(pairs: Sequence[TokenizedPair], positions: Sequence[int],
 
 def train_loop(module: nn.Module, pairs: Sequence[TokenizedPair], cfg: LoopConfig,
                micro_loss: MicroLoss, out_dir: Path, log, progress, desc: str,
-               stop_after_steps: int | None = None) -> dict:
-    batches = plan_batches(len(pairs), cfg.batch_size, cfg.epochs, cfg.seed)
+               stop_after_steps: int | None = None, lengths: Sequence[int] | None = None
+               ) -> dict:
+    """``lengths``: each pair's token count in the recipe's layout, for length-grouped batches."""
+    batches = plan_batches(len(pairs), cfg.batch_size, cfg.epochs, cfg.seed, lengths,
+                           cfg.length_grouping)
     total_steps = len(batches)
     optimizer = make_optimizer(module, cfg.lr, cfg.weight_decay)
     scheduler = linear_warmup_decay(optimizer, total_steps, cfg.warmup_ratio)
@@ -105,8 +109,7 @@ def train_loop(module: nn.Module, pairs: Sequence[TokenizedPair], cfg: LoopConfi
         keys = sorted(sums)
         reduced = fsdp.all_reduce_sum(torch.tensor([sums[k] for k in keys] + [float(tokens)],
                                                    dtype=torch.float64))
-        speed.tokens += int(reduced[-1])
-        speed.pairs += len(positions)
+        speed.add(int(reduced[-1]), len(positions))
         last = {k: float(v) / len(positions) for k, v in zip(keys, reduced[:-1].tolist())}
         metrics.write({"step": step + 1, "lr": lr, "grad_norm": grad_norm,
                        "pairs": len(positions), "tokens": int(reduced[-1]), **last})

@@ -30,7 +30,7 @@ from ablate.train.common import (
     SHARED_PROMPT_ATTENTION, SharedPromptBatch, TokenizedPair, TrainingError, as_messages,
     attention_implementation, autocast, collate_pairs, collate_shared_prompt,
     device_for_training, encode_chat, pad_sequences, shared_prompt_mask, split_heldout,
-    tokenize_pairs,
+    tokenize_pairs, width_multiple,
 )
 from ablate.train.losses import bradley_terry_loss
 from ablate.train.loop import LoopConfig, train_loop
@@ -168,14 +168,16 @@ def train_rm(model_dir: Path, rows: Sequence[dict], cfg: RMConfig, seed: int, ou
 
     before = heldout_accuracy()
 
+    pad_to = width_multiple(cfg.pad_multiple, device)
+
     def micro_loss(group: list[int]):
         chunk = [train_pairs[i] for i in group]
         if shared_prompt:
-            batch = collate_shared_prompt(chunk, pad_token_id).to(device)
+            batch = collate_shared_prompt(chunk, pad_token_id, pad_to).to(device)
             with autocast(device):
                 chosen, rejected = scorer.shared_prompt_rewards(batch)
         else:
-            batch = collate_pairs(chunk, pad_token_id).to(device)
+            batch = collate_pairs(chunk, pad_token_id, pad_to).to(device)
             with autocast(device):
                 rewards = scorer(batch.input_ids, batch.attention_mask)
             chosen, rejected = rewards[:len(group)], rewards[len(group):]
@@ -189,9 +191,11 @@ def train_rm(model_dir: Path, rows: Sequence[dict], cfg: RMConfig, seed: int, ou
     loop_cfg = LoopConfig(lr=cfg.lr, warmup_ratio=cfg.warmup_ratio, epochs=cfg.epochs,
                           batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size,
                           weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
-                          save_every_steps=cfg.save_every_steps, seed=seed)
+                          save_every_steps=cfg.save_every_steps, seed=seed,
+                          length_grouping=cfg.length_grouping)
     trained = train_loop(scorer, train_pairs, loop_cfg, micro_loss, out_dir, log, progress, "rm",
-                         stop_after_steps=stop_after_steps)
+                         stop_after_steps=stop_after_steps,
+                         lengths=[p.layout_length(shared_prompt) for p in train_pairs])
     after = heldout_accuracy()
     state = fsdp.full_state_dict(scorer)
     if fsdp.is_main_process():

@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from ablate.train.common import (
-    CompletionLogps, TokenizedPair, collate_pairs, linear_warmup_decay, micro_batches,
-    plan_batches, split_heldout, token_logps, tokenize_pairs,
+    CompletionLogps, Throughput, TokenizedPair, collate_pairs, collate_shared_prompt,
+    epoch_order, linear_warmup_decay, micro_batches, plan_batches, split_heldout, token_logps,
+    tokenize_pairs, width_multiple,
 )
 
 
@@ -102,6 +103,67 @@ def test_batch_plan_is_seeded_and_covers_each_epoch():
     assert plan == plan_batches(10, batch_size=4, epochs=2, seed=3)
     assert plan != plan_batches(10, batch_size=4, epochs=2, seed=4)
     assert len(plan_batches(10, batch_size=4, epochs=0.5, seed=3)) == 2
+
+
+def test_length_grouped_plan_sorts_within_windows_and_still_covers_each_epoch():
+    lengths = [int(x) for x in torch.randint(10, 1000, (50,), generator=torch.Generator()
+                                                .manual_seed(0))]
+    plan = plan_batches(50, batch_size=5, epochs=2, seed=3, lengths=lengths, length_grouping=4)
+    assert [len(b) for b in plan] == [5] * 20
+    for epoch in (plan[:10], plan[10:]):
+        assert sorted(sum(epoch, [])) == list(range(50))
+    assert plan == plan_batches(50, 5, 2, 3, lengths=lengths, length_grouping=4)
+    assert plan != plan_batches(50, 5, 2, 4, lengths=lengths, length_grouping=4)
+    # each window of 4 batches is one sorted run: every batch is a contiguous slice of it
+    order = epoch_order(50, 3, 0)
+    windows = [sorted(order[i:i + 20], key=lambda j: (-lengths[j], j)) for i in (0, 20, 40)]
+    slices = [w[i:i + 5] for w in windows for i in range(0, len(w), 5)]
+    assert sorted(map(sorted, plan[:10])) == sorted(map(sorted, slices))
+    # far less spread inside a batch than in plain shuffled batches
+    def spread(batches):
+        return sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)
+    assert spread(plan[:10]) < 0.5 * spread(plan_batches(50, 5, 1, 3))
+    # grouping 0 or 1, or no lengths: the plain plan
+    for kwargs in ({"lengths": lengths, "length_grouping": 1}, {"length_grouping": 4}):
+        assert plan_batches(50, 5, 2, 3, **kwargs) == plan_batches(50, 5, 2, 3)
+
+
+def test_padding_to_a_multiple_changes_shapes_not_logps(tiny_model_dir, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    rows = [row(prompt="Say hi " * k, chosen="Hi! " * (k + 1), rejected="No.") for k in (1, 3)]
+    pairs, _ = tokenize_pairs(rows, tokenizer, 512, 256)
+    torch.manual_seed(0)
+    module = CompletionLogps(AutoModelForCausalLM.from_pretrained(tiny_model_dir,
+                                                                  dtype=torch.float32))
+    pad = tokenizer.pad_token_id
+    plain, padded = collate_pairs(pairs, pad), collate_pairs(pairs, pad, 64)
+    assert padded.input_ids.shape[1] == 64 and plain.input_ids.shape[1] < 64
+    assert padded.real_tokens == plain.real_tokens
+    with torch.no_grad():
+        expected = module(plain.input_ids, plain.attention_mask, plain.completion_mask)
+        got = module(padded.input_ids, padded.attention_mask, padded.completion_mask)
+        shared = collate_shared_prompt(pairs, pad, 64)
+        assert shared.input_ids.shape[1] == 64
+        got_shared = module.shared_prompt_logps(shared)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_shared, expected, rtol=1e-5, atol=1e-5)
+    assert width_multiple(0, torch.device("cpu")) == 1
+    assert width_multiple(0, torch.device("cuda")) == 64
+    assert width_multiple(8, torch.device("cpu")) == 8
+
+
+def test_throughput_reports_the_first_step_apart():
+    speed = Throughput()
+    for tokens in (100, 300, 200):
+        with speed:
+            pass
+        speed.add(tokens, 2)
+    summary = speed.summary()
+    assert summary["real_tokens"] == 600 and summary["pairs"] == 6
+    assert summary["after_first_step_tokens"] == 500
+    assert summary["first_step_seconds"] + summary["after_first_step_seconds"] == \
+        pytest.approx(summary["train_seconds"], abs=2e-3)
 
 
 def test_micro_batches_group_similar_lengths():
