@@ -17,10 +17,12 @@ import torch
 from torch import Tensor, nn
 
 from ablate.train import fsdp
+from ablate.train.checkpoints import (
+    MetricsLog, Throughput, latest_checkpoint, load_checkpoint, save_checkpoint,
+)
 from ablate.train.common import (
-    MetricsLog, Throughput, TokenizedPair, TrainingError, check_finite, latest_checkpoint,
-    linear_warmup_decay, load_checkpoint, make_optimizer, micro_batches, plan_batches,
-    save_checkpoint,
+    TokenizedPair, TrainingError, check_finite, linear_warmup_decay, make_optimizer, micro_batches,
+    plan_batches,
 )
 
 # micro_loss(pair positions) -> (sum of the per-pair losses, summed statistics to log)

@@ -35,9 +35,10 @@ from torch import Tensor, nn
 from ablate.spec.schema import PPOConfig
 from ablate.store import atomic_write_json
 from ablate.train import fsdp
+from ablate.train.checkpoints import MetricsLog, latest_checkpoint, publish_checkpoint
 from ablate.train.common import (
-    MetricsLog, TrainingError, autocast, device_for_training, latest_checkpoint,
-    linear_warmup_decay, make_optimizer, plan_batches, publish_checkpoint, token_logps,
+    TrainingError, autocast, device_for_training, linear_warmup_decay, make_optimizer,
+    plan_batches, token_logps,
 )
 from ablate.train.losses import (
     clipped_policy_loss, clipped_value_loss, explained_variance, gae_advantages,

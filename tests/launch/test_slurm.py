@@ -24,7 +24,7 @@ from ablate.launch.profile import load_profile
 from ablate.launch.slurm import cancel_plan, slurm_states, submit_plan
 from ablate.spec import expand, load_grid
 from ablate.store import RunStore
-from ablate.train.common import latest_checkpoint
+from ablate.train.checkpoints import latest_checkpoint
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

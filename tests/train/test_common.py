@@ -1,8 +1,9 @@
 import pytest
 import torch
 
+from ablate.train.checkpoints import Throughput
 from ablate.train.common import (
-    CompletionLogps, Throughput, TokenizedPair, collate_pairs, collate_shared_prompt,
+    CompletionLogps, TokenizedPair, collate_pairs, collate_shared_prompt,
     epoch_order, linear_warmup_decay, micro_batches, plan_batches, split_heldout, token_logps,
     tokenize_pairs, width_multiple,
 )

@@ -1,0 +1,128 @@
+"""Checkpoints (save, resume, publish atomically), the per-step metrics log and throughput
+counting, shared by the DPO, reward-model and PPO trainers."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ablate.store import atomic_write_json
+from ablate.train import fsdp
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    folder = Path(folder)
+    found = sorted(folder.glob("step_*"), key=lambda p: int(p.name.split("_")[1])) \
+        if folder.is_dir() else []
+    found = [p for p in found if (p / "trainer_state.json").is_file()]
+    return found[-1] if found else None
+
+
+def save_checkpoint(folder: Path, step: int, model: nn.Module, optimizer, scheduler,
+                    extra: dict) -> Path:
+    """Model, optimiser, schedule, data position and RNG, under ``step_<n>``; written to a temp
+    folder and renamed, and only then are older checkpoints removed."""
+    folder = Path(folder)
+    target = folder / f"step_{step}"
+    tmp = folder / f".step_{step}.tmp"
+    if fsdp.is_main_process():
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    fsdp.barrier()
+    fsdp.save_train_state(tmp, model, optimizer)
+    if fsdp.is_main_process():
+        torch.save({"scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                    "python_rng": random.getstate()}, tmp / "schedule_rng.pt")
+        atomic_write_json(tmp / "trainer_state.json", {"step": step, **extra})
+        publish_checkpoint(tmp, target)
+    fsdp.barrier()
+    return target
+
+
+def publish_checkpoint(tmp: Path, target: Path) -> None:
+    """Move a fully written checkpoint into place, then drop older ones: a kill at any moment
+    leaves at least one complete checkpoint."""
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    for old in target.parent.glob("step_*"):
+        if old != target:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler) -> dict:
+    fsdp.load_train_state(path, model, optimizer)
+    extra = torch.load(path / "schedule_rng.pt", weights_only=False)
+    scheduler.load_state_dict(extra["scheduler"])
+    torch.set_rng_state(extra["rng"])
+    random.setstate(extra["python_rng"])
+    return json.loads((path / "trainer_state.json").read_text())
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one line per optimiser step, appended and flushed (a resumed run keeps
+    the lines before its checkpoint and drops the ones after)."""
+
+    def __init__(self, path: Path, resume_step: int = 0):
+        self.path = Path(path)
+        self.enabled = fsdp.is_main_process()
+        if self.enabled and self.path.is_file():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+class Throughput:
+    """Wall and CPU time of the training steps (CPU time, summed over threads, is the steadier
+    figure on a shared machine), with the real tokens and pairs they processed. The first step
+    (which pays for kernel selection and first allocations) is also reported apart."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self.cpu_seconds = 0.0
+        self.tokens = 0
+        self.pairs = 0
+        self.first_step: tuple[float, int] | None = None  # (seconds, tokens)
+        self._start = self._cpu_start = None
+
+    def __enter__(self):
+        self._start, self._cpu_start = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds += time.perf_counter() - self._start
+        self.cpu_seconds += time.process_time() - self._cpu_start
+
+    def add(self, tokens: int, pairs: int) -> None:
+        """Count a finished step's work; the first call also records the first step."""
+        self.tokens += tokens
+        self.pairs += pairs
+        if self.first_step is None:
+            self.first_step = (self.seconds, tokens)
+
+    def summary(self) -> dict:
+        out = {"train_seconds": round(self.seconds, 3),
+               "train_cpu_seconds": round(self.cpu_seconds, 3), "real_tokens": self.tokens,
+               "pairs": self.pairs,
+               "tokens_per_second": round(self.tokens / self.seconds, 2) if self.seconds
+               else None,
+               "pairs_per_second": round(self.pairs / self.seconds, 4) if self.seconds else None}
+        if self.first_step is not None:
+            first_seconds, first_tokens = self.first_step
+            steady = self.seconds - first_seconds
+            out.update(first_step_seconds=round(first_seconds, 3),
+                       after_first_step_seconds=round(steady, 3),
+                       after_first_step_tokens=self.tokens - first_tokens)
+        return out
