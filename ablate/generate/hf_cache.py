@@ -7,6 +7,23 @@ from __future__ import annotations
 import torch
 
 
+def _filled_view(buffer: str) -> property:
+    """The filled part of a preallocated buffer, read as DynamicLayer's ``keys``/``values``.
+    DynamicLayer's own code sets them to None before initialisation; any other assignment would
+    bypass the buffer, so it is refused."""
+
+    def read(layer):
+        if not getattr(layer, "is_initialized", False):
+            return None
+        return getattr(layer, buffer)[:, :, :layer.length]
+
+    def write(layer, value):
+        if value is not None and getattr(layer, "is_initialized", False):
+            raise AttributeError("assign through update()")
+
+    return property(read, write)
+
+
 def growing_layer_class():
     from transformers.cache_utils import DynamicLayer
 
@@ -26,23 +43,8 @@ def growing_layer_class():
             self.length = 0
             self.is_initialized = True
 
-        @property
-        def keys(self):
-            return self._keys[:, :, :self.length] if getattr(self, "is_initialized", False) else None
-
-        @keys.setter
-        def keys(self, value):
-            if value is not None and getattr(self, "is_initialized", False):
-                raise AttributeError("assign through update()")
-
-        @property
-        def values(self):
-            return self._values[:, :, :self.length] if getattr(self, "is_initialized", False) else None
-
-        @values.setter
-        def values(self, value):
-            if value is not None and getattr(self, "is_initialized", False):
-                raise AttributeError("assign through update()")
+        keys = _filled_view("_keys")
+        values = _filled_view("_values")
 
         def reserve(self, slots: int) -> None:
             """Room for ``slots`` positions; out of room, grow by half again (one copy)."""
