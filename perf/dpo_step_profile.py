@@ -7,8 +7,10 @@ slice, in modes run one after another on one loaded model:
 - ``eager``: as ``train_dpo`` runs today; ``torch.profiler`` records ``--profile-steps`` steps
   and the kernels with the most GPU time are printed, grouped as matrix products, attention,
   the output layer's log-probs, the optimiser and the rest (element-wise work);
-- ``pointwise``: RMSNorm, the MLP and rotary embedding compiled as small regions (no attention,
-  no mask inside a graph);
+- ``regions``: the trainer's ``compile_regions`` option (each layer's MLP and norms compiled,
+  per module instance);
+- ``pointwise``: RMSNorm, the MLP and rotary embedding compiled as small regions by patching
+  transformers' Llama classes (the patch stays for later modes: list it last);
 - ``layers``: each decoder layer's forward compiled (``torch.compile(layer.forward,
   dynamic=True)``), with ``TORCH_LOGS=recompiles`` worth setting to see why it is slow where it
   is (perf/RESULTS.md: inductor's size guards recompile it as lengths change);
@@ -82,7 +84,11 @@ def run_mode(mode: str, model_dir: Path, pairs, args, params: int, peak) -> dict
     model.config.use_cache = False
     if mode == "bf16":
         model.to(torch.bfloat16)
-    if mode == "pointwise":
+    if mode == "regions":
+        from ablate.train.common import compile_regions
+
+        compile_regions(model)
+    elif mode == "pointwise":
         compile_pointwise()
     elif mode == "layers":
         compile_layers(model)
@@ -96,7 +102,7 @@ def run_mode(mode: str, model_dir: Path, pairs, args, params: int, peak) -> dict
         batch = collate_shared_prompt([pairs[i] for i in group], pad,
                                       width_multiple(args.pad_multiple, device)).to(device)
         with autocast(device):
-            logps = policy.shared_prompt_logps(batch)
+            logps = policy.batch_logps(batch)
         n = len(group)
         # a fixed reference (zeros) keeps the step's work that of a precomputed-reference run
         zeros = torch.zeros(n, device=device)
@@ -174,8 +180,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="tiny-llama")
     parser.add_argument("--quick", action="store_true", help="CPU, tiny model, few steps")
-    parser.add_argument("--modes", nargs="+", default=["eager", "pointwise"],
-                        choices=["eager", "pointwise", "layers", "bf16"])
+    parser.add_argument("--modes", nargs="+", default=["eager", "regions"],
+                        choices=["eager", "regions", "pointwise", "layers", "bf16"])
     parser.add_argument("--pairs", type=int, default=168)
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--max-prompt-length", type=int, default=512)

@@ -170,19 +170,35 @@ def skipped_model_saves(enabled: bool):
         PreTrainedModel.save_pretrained, PreTrainedTokenizerBase.save_pretrained = saved
 
 
+def rows_from_file(path: Path, data_name: str) -> list[dict]:
+    """Raw rows of a JSONL(.gz) file in ``data_name``'s native format, converted as the
+    registry converts that source (a bigger sample than the shipped slice, e.g. the 1000 rows of
+    ../shared/data/ultrafeedback_binarized_slice/train_1000.jsonl for ultrafeedback-slice)."""
+    import gzip
+
+    from ablate.data.registry import SOURCES
+
+    with (gzip.open if str(path).endswith(".gz") else open)(path, "rt") as lines:
+        raw = [json.loads(line) for line in lines if line.strip()]
+    # rows the converter skips (a missing field) are dropped, as the loader drops them
+    return [row for row in SOURCES[data_name].convert(raw, data_name) if isinstance(row, dict)]
+
+
 def fitting_pairs(model_dir: Path, n: int, max_length: int, max_prompt_length: int,
                   data_name: str = "ultrafeedback-slice", drop_truncated_only: bool = False,
-                  allow_fewer: bool = False):
+                  allow_fewer: bool = False, data_file: Path | None = None):
     """The first ``n`` preference rows whose pair fits ``max_length`` untruncated, with their
     tokenisation (ablate's, which TRL's reproduces token for token on these rows). With
-    ``allow_fewer``, too few fitting pairs is a warning and all that fit are used."""
+    ``allow_fewer``, too few fitting pairs is a warning and all that fit are used. The rows come
+    from the shipped ``data_name``, or from ``data_file`` in its native format."""
     from transformers import AutoTokenizer
 
     from ablate.data import load_preferences
     from ablate.train.common import tokenize_pairs
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    rows = load_preferences({"name": data_name}, "train").rows
+    rows = rows_from_file(data_file, data_name) if data_file else \
+        load_preferences({"name": data_name}, "train").rows
     pairs, _ = tokenize_pairs(rows, tokenizer, 10**9, 10**9)
     keep = [p for p in pairs if p.length <= max_length and len(p.prompt_ids) <= max_prompt_length]
     if len(keep) < n and not (allow_fewer and keep):
@@ -305,7 +321,8 @@ def run_ablate(model_dir, rows, args, out: Path, **settings) -> dict:
               "after_first_step_tokens": summary.get("after_first_step_tokens"),
               "settings": {"length_grouping": cfg.length_grouping,
                            "pad_multiple": cfg.pad_multiple,
-                           "shared_prompt": cfg.shared_prompt}}
+                           "shared_prompt": cfg.shared_prompt,
+                           "compile_regions": cfg.compile_regions}}
     if on_cuda():
         result.update(cuda_memory())
         result["checks"] = {"trainer_device": summary["device"],
@@ -405,6 +422,9 @@ def main(argv=None):
     parser.add_argument("--order", choices=["trl-first", "ablate-first"], default="trl-first")
     parser.add_argument("--allow-fewer", action="store_true", help="use all fitting pairs when "
                         "fewer than --pairs fit, instead of stopping")
+    parser.add_argument("--data-file", type=Path, help="UltraFeedback rows (JSONL, optionally "
+                        "gzipped, trl-lib/ultrafeedback_binarized format) instead of the shipped "
+                        "200-row slice: more pairs make a longer, steadier epoch")
     parser.add_argument("--skip-save", action="store_true", help="skip ablate's final model save "
                         "(untimed; saves minutes on a multi-GB model)")
     parser.add_argument("--length-grouping", type=int, default=16,
@@ -426,7 +446,8 @@ def main(argv=None):
 
     model_dir = Path(args.model) if Path(args.model).is_dir() else prepare_builtin(args.model)
     rows, pairs, tokenizer = fitting_pairs(model_dir, args.pairs, args.max_length,
-                                           args.max_prompt_length, allow_fewer=args.allow_fewer)
+                                           args.max_prompt_length, allow_fewer=args.allow_fewer,
+                                           data_file=args.data_file)
     real_tokens = sum(p.real_tokens for p in pairs)
     if on_cuda():
         cuda_warmup()

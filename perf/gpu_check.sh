@@ -15,9 +15,15 @@
 #      -> $OUT/dpo_gpu.json   (micro-batch 8 on a GPU with >= 100 GiB, else 4), then ablate alone
 #      with the GPU_CHECK_DPO_VARIANTS settings; on failure it is retried once at half the
 #      micro-batch (without variants) if time allows
-#   4. perf/rm_vs_trl.py: 64 pairs, same lengths and batches -> $OUT/rm_gpu.json
+#   3b. dpo_long: ablate's side alone over every pair of GPU_CHECK_DATA_FILE (default
+#      .gpu/data/train_1000.jsonl.gz, the 1000 UltraFeedback rows of ../shared/data, ~850 pairs
+#      fit 1024 tokens) that fits: a longer epoch, closer to a real run -> $OUT/dpo_long_gpu.json
+#   3c. syncs: perf/sync_check.py on a tiny random Llama: every call in a DPO or RM step that
+#      makes the host wait for the GPU before the step's one read -> $OUT/syncs_gpu.json
+#   4. perf/rm_vs_trl.py: 256 pairs of GPU_CHECK_DATA_FILE (64 of the shipped slice without
+#      it), same lengths and batches -> $OUT/rm_gpu.json
 #   5. perf/dpo_step_profile.py: one DPO step's GPU time by kernel group (torch.profiler), eager
-#      against bf16 weights and compiled element-wise regions -> $OUT/profile_gpu.json
+#      against the trainer's compiled regions and bf16 weights -> $OUT/profile_gpu.json
 #   6. perf/generate_check.py: 16 GSM8k 8-shot prompts x 64 greedy tokens -> $OUT/generate_gpu.json
 # Everything printed is also in $OUT/gpu_check.log; step outcomes in $OUT/steps.json.
 # Exit status: 0 all ran, 1 setup failed (wheels, preflight, model), 2 a measuring step failed.
@@ -25,7 +31,8 @@
 # Settings (environment): GPU_CHECK_SHAPE (smollm2-1.7b | smollm2-135m | tiny), GPU_CHECK_PAIRS,
 # GPU_CHECK_RM_PAIRS, GPU_CHECK_MAX_LENGTH, GPU_CHECK_MAX_PROMPT, GPU_CHECK_BATCH, GPU_CHECK_MICRO
 # (a number or auto), GPU_CHECK_GEN_PROMPTS, GPU_CHECK_GEN_TOKENS, GPU_CHECK_BUDGET,
-# GPU_CHECK_SKIP_WHEELS=1, GPU_CHECK_STEPS (default "dpo rm profile generate"),
+# GPU_CHECK_SKIP_WHEELS=1, GPU_CHECK_STEPS (default "dpo dpo_long syncs rm profile generate"),
+# GPU_CHECK_DATA_FILE, GPU_CHECK_LONG_PAIRS,
 # GPU_CHECK_DPO_VARIANTS, GPU_CHECK_PROFILE_MODES, PYTHON, OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -44,17 +51,20 @@ if [ "$SMOKE" = 1 ]; then
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # a shared 2-core machine
 else
   SHAPE=${GPU_CHECK_SHAPE:-smollm2-1.7b}; PAIRS=${GPU_CHECK_PAIRS:-168}
-  RM_PAIRS=${GPU_CHECK_RM_PAIRS:-64}
+  RM_PAIRS=${GPU_CHECK_RM_PAIRS:-256}
   MAX_LENGTH=${GPU_CHECK_MAX_LENGTH:-1024}; MAX_PROMPT=${GPU_CHECK_MAX_PROMPT:-512}
   BATCH=${GPU_CHECK_BATCH:-8}; MICRO=${GPU_CHECK_MICRO:-auto}
   GEN_PROMPTS=${GPU_CHECK_GEN_PROMPTS:-16}; GEN_TOKENS=${GPU_CHECK_GEN_TOKENS:-64}
   BUDGET=${GPU_CHECK_BUDGET:-480}; SKIP_WHEELS=${GPU_CHECK_SKIP_WHEELS:-0}
   PY=${PYTHON:-python3}
 fi
-STEPS=${GPU_CHECK_STEPS:-dpo rm profile generate}
-# ablate alone again after the comparison: without length-grouped, padded-to-64 batches
-DPO_VARIANTS=${GPU_CHECK_DPO_VARIANTS-length_grouping=0,pad_multiple=1}
-PROFILE_MODES=${GPU_CHECK_PROFILE_MODES:-eager bf16 pointwise}
+STEPS=${GPU_CHECK_STEPS:-dpo dpo_long syncs rm profile generate}
+DATA_FILE=${GPU_CHECK_DATA_FILE:-.gpu/data/train_1000.jsonl.gz}
+LONG_PAIRS=${GPU_CHECK_LONG_PAIRS:-2000}  # all that fit
+[ "$SMOKE" = 1 ] && LONG_PAIRS=${GPU_CHECK_LONG_PAIRS:-8}
+# ablate alone again after the comparison: with compiled MLP and norm regions
+DPO_VARIANTS=${GPU_CHECK_DPO_VARIANTS-compile_regions=true}
+PROFILE_MODES=${GPU_CHECK_PROFILE_MODES:-eager regions bf16}
 OUT=${OUT:-$(mktemp -d /tmp/gpu_check.XXXXXX)}
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/gpu_check_work.XXXXXX)
@@ -167,10 +177,28 @@ main() {
             --skip-save --json "$OUT/dpo_gpu.json"
         fi
         ;;
+      dpo_long)
+        if [ ! -f "$DATA_FILE" ]; then
+          echo "=== [dpo_long] SKIPPED: no $DATA_FILE"; continue
+        fi
+        step dpo_long 240 60 "$PY" perf/dpo_vs_trl.py --model "$MODEL" --pairs "$LONG_PAIRS" \
+          --data-file "$DATA_FILE" --max-length "$MAX_LENGTH" --max-prompt-length "$MAX_PROMPT" \
+          --batch-size "$BATCH" --micro-batch-size "$micro" --allow-fewer --skip-save \
+          --ablate-only --json "$OUT/dpo_long_gpu.json"
+        ;;
+      syncs)
+        step syncs_model 60 20 "$PY" perf/random_model.py --shape tiny --out "$WORK/model-tiny" \
+          --tokenizer .gpu/tokenizer \
+          && step syncs 120 30 "$PY" perf/sync_check.py --model "$WORK/model-tiny" \
+            --json "$OUT/syncs_gpu.json"
+        ;;
       rm)
-        step rm 240 90 "$PY" perf/rm_vs_trl.py --model "$MODEL" --pairs "$RM_PAIRS" \
-          --max-length "$MAX_LENGTH" --batch-size "$BATCH" --micro-batch-size "$micro" \
-          --allow-fewer --skip-save --json "$OUT/rm_gpu.json"
+        local rm_data=() rm_pairs=$RM_PAIRS
+        if [ -f "$DATA_FILE" ]; then rm_data=(--data-file "$DATA_FILE")
+        elif [ "$SMOKE" != 1 ]; then rm_pairs=${GPU_CHECK_RM_PAIRS:-64}; fi
+        step rm 240 90 "$PY" perf/rm_vs_trl.py --model "$MODEL" --pairs "$rm_pairs" \
+          "${rm_data[@]}" --max-length "$MAX_LENGTH" --batch-size "$BATCH" \
+          --micro-batch-size "$micro" --allow-fewer --skip-save --json "$OUT/rm_gpu.json"
         ;;
       profile)
         TORCH_LOGS=${TORCH_LOGS:-recompiles} step profile 200 60 "$PY" perf/dpo_step_profile.py \

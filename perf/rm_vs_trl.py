@@ -178,6 +178,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--allow-fewer", action="store_true", help="use all fitting pairs when "
                         "fewer than --pairs fit, instead of stopping")
+    parser.add_argument("--data-file", type=Path, help="UltraFeedback rows (JSONL, optionally "
+                        "gzipped) instead of the shipped slice (as perf/dpo_vs_trl.py)")
     parser.add_argument("--skip-save", action="store_true", help="skip ablate's final model save "
                         "(untimed; saves minutes on a multi-GB model)")
     parser.add_argument("--length-grouping", type=int, default=16,
@@ -195,7 +197,8 @@ def main(argv=None):
 
     model_dir = Path(args.model) if Path(args.model).is_dir() else prepare_builtin(args.model)
     rows, pairs, tokenizer = fitting_pairs(model_dir, args.pairs, args.max_length,
-                                           args.max_length, allow_fewer=args.allow_fewer)
+                                           args.max_length, allow_fewer=args.allow_fewer,
+                                           data_file=args.data_file)
     real_tokens = sum(p.real_tokens for p in pairs)
     if args.ab_rounds:
         return emit(shared_prompt_ab(model_dir, pairs, args), args.json)

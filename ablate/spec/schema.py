@@ -46,8 +46,8 @@ class DataRef(Frozen):
 # ---------------------------------------------------------------- algorithms
 
 
-class PairBatching(Frozen):
-    """How the pair trainers (DPO, RM) cut preference pairs into batches."""
+class PairTraining(Frozen):
+    """What the pair trainers (DPO, RM) share: how pairs become batches and how they run."""
 
     length_grouping: int = Field(
         default=16, ge=0, description="each epoch's shuffled pairs are sorted by length within "
@@ -57,9 +57,18 @@ class PairBatching(Frozen):
         default=0, ge=0, description="right-pad each training micro-batch to a multiple of this "
         "many tokens (fewer distinct shapes for GPU attention kernels that plan per shape); "
         "0: 64 on a GPU, no padding on CPU")
+    shared_prompt: bool = Field(
+        default=True, description="run each pair's prompt once for both answers (exact; "
+        "false: the plain chosen and rejected sequences)")
+    gradient_checkpointing: bool = False
+    compile_regions: bool = Field(
+        default=False, description="torch.compile each decoder layer's MLP and norms (fused "
+        "element-wise kernels; attention and the varying lengths stay outside the graphs)")
+    eval_fraction: float = Field(default=0.05, ge=0, lt=1)
+    save_every_steps: int = Field(default=200, gt=0)
 
 
-class DPOConfig(PairBatching):
+class DPOConfig(PairTraining):
     """DPO and its variants. Defaults: the paper's Tulu 2 13B DPO recipe."""
 
     kind: Literal["dpo"] = "dpo"
@@ -77,15 +86,9 @@ class DPOConfig(PairBatching):
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     ref_logps: Literal["precompute", "online"] = "precompute"
-    gradient_checkpointing: bool = False
-    shared_prompt: bool = Field(
-        default=True, description="run each pair's prompt once for both answers (exact; "
-        "false: the plain chosen and rejected sequences)")
-    eval_fraction: float = Field(default=0.05, ge=0, lt=1)
-    save_every_steps: int = Field(default=200, gt=0)
 
 
-class RMConfig(PairBatching):
+class RMConfig(PairTraining):
     """Bradley-Terry reward model training. Defaults: the paper's RM recipe."""
 
     kind: Literal["rm"] = "rm"
@@ -98,12 +101,6 @@ class RMConfig(PairBatching):
     margin: bool = False
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    gradient_checkpointing: bool = False
-    shared_prompt: bool = Field(
-        default=True, description="run each pair's prompt once for both answers (exact; "
-        "false: the plain chosen and rejected sequences)")
-    eval_fraction: float = Field(default=0.05, ge=0, lt=1)
-    save_every_steps: int = Field(default=200, gt=0)
 
 
 class PPOConfig(Frozen):

@@ -212,22 +212,53 @@ def pad_sequences(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tupl
     return ids, mask
 
 
+def on_device(tensor: Tensor | None, device) -> Tensor | None:
+    """A host batch tensor on ``device`` without waiting for the device: a blocking copy to a GPU
+    synchronises the stream, so the next step's kernels could not queue behind the current ones.
+    The driver stages pageable memory before the call returns, so the host tensor may go."""
+    return None if tensor is None else tensor.to(device, non_blocking=True)
+
+
+@dataclass
+class ScoredTokens:
+    """The answer tokens a forward scores, as flat indices built on the host when a batch is
+    collated: selecting them on the device with a boolean mask would make the host wait for the
+    forward (``nonzero`` must know how many there are), stalling the GPU's queue every step."""
+
+    rows: Tensor  # [N]: batch row of each scored token
+    positions: Tensor  # [N]: the position whose hidden state predicts it
+    targets: Tensor  # [N]: its token id
+    slots: Tensor  # [N]: the output sequence whose log-prob it adds to
+    n_slots: int
+
+    @classmethod
+    def from_lists(cls, rows: list[int], positions: list[int], targets: list[int],
+                   slots: list[int], n_slots: int) -> "ScoredTokens":
+        return cls(*(torch.tensor(v, dtype=torch.long) for v in (rows, positions, targets, slots)),
+                   n_slots)
+
+    def to(self, device) -> "ScoredTokens":
+        return ScoredTokens(*(on_device(t, device) for t in (self.rows, self.positions,
+                                                             self.targets, self.slots)),
+                            self.n_slots)
+
+
 @dataclass
 class SequenceBatch:
     """Chosen sequences first, then rejected, right-padded to the longest in the batch."""
 
     input_ids: Tensor  # [2B, T]
     attention_mask: Tensor  # [2B, T]
-    completion_mask: Tensor  # [2B, T]: 1 on completion tokens (the ones scored)
+    scored: ScoredTokens  # completion tokens; slot = row
     completion_lengths: Tensor  # [2B]
     margins: Tensor | None  # [B]
     real_tokens: int
 
     def to(self, device) -> "SequenceBatch":
-        return SequenceBatch(self.input_ids.to(device), self.attention_mask.to(device),
-                             self.completion_mask.to(device), self.completion_lengths.to(device),
-                             None if self.margins is None else self.margins.to(device),
-                             self.real_tokens)
+        return SequenceBatch(on_device(self.input_ids, device),
+                             on_device(self.attention_mask, device), self.scored.to(device),
+                             on_device(self.completion_lengths, device),
+                             on_device(self.margins, device), self.real_tokens)
 
 
 def padded_width(width: int, multiple: int) -> int:
@@ -243,17 +274,24 @@ def collate_pairs(pairs: Sequence[TokenizedPair], pad_token_id: int, width_multi
     width = padded_width(max(len(a) + len(b) for a, b in sequences), width_multiple)
     input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    completion_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    rows, positions, targets = [], [], []
     for row, (prompt, completion) in enumerate(sequences):
-        n_prompt, n = len(prompt), len(prompt) + len(completion)
-        input_ids[row, :n] = torch.tensor(prompt + completion)
+        tokens = prompt + completion
+        n_prompt, n = len(prompt), len(tokens)
+        input_ids[row, :n] = torch.tensor(tokens)
         attention_mask[row, :n] = 1
-        completion_mask[row, n_prompt:n] = 1
+        # token t is predicted at position t - 1 (a first token has no prediction)
+        scored = range(max(n_prompt, 1), n)
+        rows += [row] * len(scored)
+        positions += [t - 1 for t in scored]
+        targets += [tokens[t] for t in scored]
     margins = None
     if all(p.margin is not None for p in pairs):
         margins = torch.tensor([p.margin for p in pairs], dtype=torch.float32)
-    return SequenceBatch(input_ids, attention_mask, completion_mask, completion_mask.sum(1),
-                         margins, int(attention_mask.sum()))
+    return SequenceBatch(input_ids, attention_mask,
+                         ScoredTokens.from_lists(rows, positions, targets, rows, len(sequences)),
+                         torch.tensor([len(b) for _, b in sequences]), margins,
+                         sum(len(a) + len(b) for a, b in sequences))
 
 
 # ---------------------------------------------------------------- shared-prompt batches
@@ -285,21 +323,21 @@ class SharedPromptBatch:
     chosen_last: Tensor  # [B]: position of the chosen answer's last token
     rejected_last: Tensor  # [B]
     prompt_lengths: Tensor  # [B]
-    # [B, T]: the position whose hidden state predicts each answer token (-1 elsewhere): the
-    # previous position, except for the rejected answer's first token, which the prompt's last
-    # position predicts (as it does the chosen answer's first token)
-    predicted_from: Tensor
+    # the answer tokens: each is predicted from the previous position, except the rejected
+    # answer's first token, which the prompt's last position predicts (as it does the chosen
+    # answer's first token); slot = row for chosen tokens, B + row for rejected ones
+    scored: ScoredTokens
     completion_lengths: Tensor  # [2B]: chosen answers first, then rejected
     margins: Tensor | None  # [B]
     real_tokens: int  # tokens in this layout (the prompt counted once)
 
     def to(self, device) -> "SharedPromptBatch":
         return SharedPromptBatch(
-            self.input_ids.to(device), self.position_ids.to(device), self.segments.to(device),
-            self.chosen_last.to(device), self.rejected_last.to(device),
-            self.prompt_lengths.to(device), self.predicted_from.to(device),
-            self.completion_lengths.to(device),
-            None if self.margins is None else self.margins.to(device), self.real_tokens)
+            *(on_device(t, device) for t in (self.input_ids, self.position_ids, self.segments,
+                                            self.chosen_last, self.rejected_last,
+                                            self.prompt_lengths)),
+            self.scored.to(device), on_device(self.completion_lengths, device),
+            on_device(self.margins, device), self.real_tokens)
 
 
 def collate_shared_prompt(pairs: Sequence[TokenizedPair], pad_token_id: int,
@@ -312,7 +350,7 @@ def collate_shared_prompt(pairs: Sequence[TokenizedPair], pad_token_id: int,
     segments = torch.full(shape, PADDING, dtype=torch.long)
     chosen_last = torch.zeros(len(pairs), dtype=torch.long)
     rejected_last = torch.zeros(len(pairs), dtype=torch.long)
-    predicted_from = torch.full(shape, -1, dtype=torch.long)
+    rows, positions, targets, slots = [], [], [], []
     for row, pair in enumerate(pairs):
         n_p, n_c, n_r = len(pair.prompt_ids), len(pair.chosen_ids), len(pair.rejected_ids)
         n = n_p + n_c + n_r
@@ -325,36 +363,59 @@ def collate_shared_prompt(pairs: Sequence[TokenizedPair], pad_token_id: int,
         segments[row, n_p:n_p + n_c] = CHOSEN
         segments[row, n_p + n_c:n] = REJECTED
         chosen_last[row], rejected_last[row] = n_p + n_c - 1, n - 1
-        predicted_from[row, n_p:n] = torch.arange(n_p - 1, n - 1)
-        if n_r:
-            predicted_from[row, n_p + n_c] = n_p - 1
+        rows += [row] * (n_c + n_r)
+        positions += list(range(n_p - 1, n_p + n_c - 1))
+        positions += ([n_p - 1] + list(range(n_p + n_c, n - 1)))[:n_r]
+        targets += pair.chosen_ids + pair.rejected_ids
+        slots += [row] * n_c + [len(pairs) + row] * n_r
     margins = None
     if all(p.margin is not None for p in pairs):
         margins = torch.tensor([p.margin for p in pairs], dtype=torch.float32)
     return SharedPromptBatch(input_ids, position_ids, segments, chosen_last, rejected_last,
-                             torch.tensor([len(p.prompt_ids) for p in pairs]), predicted_from,
+                             torch.tensor([len(p.prompt_ids) for p in pairs]),
+                             ScoredTokens.from_lists(rows, positions, targets, slots,
+                                                     2 * len(pairs)),
                              torch.tensor([len(p.chosen_ids) for p in pairs]
                                           + [len(p.rejected_ids) for p in pairs]),
-                             margins, int((segments != PADDING).sum()))
+                             margins, sum(p.layout_length(True) for p in pairs))
 
 
 def shared_prompt_mask(segments: Tensor, attention: str, dtype: torch.dtype) -> Tensor:
     """The 4-D attention mask [B, 1, T, T] of a shared-prompt batch: causal, except that rejected
     tokens do not see chosen ones. Padding sits after every real token, so causality alone keeps
     it out of real tokens' view, and each padding query still sees at least itself (no all-masked
-    row, which would give NaN). ``sdpa`` takes a boolean mask (True = attend); ``eager`` adds the
-    mask to its scores, so it gets 0 / the dtype's minimum."""
+    row, which would give NaN)."""
     if attention not in SHARED_PROMPT_ATTENTION:
         raise TrainingError(f"the shared-prompt forward needs one of {SHARED_PROMPT_ATTENTION} "
                             f"attention, not {attention!r}; set shared_prompt: false")
-    width = segments.shape[1]
-    positions = torch.arange(width, device=segments.device)
-    causal = positions[None, :] <= positions[:, None]  # [query, key]
     across = (segments[:, :, None] == REJECTED) & (segments[:, None, :] == CHOSEN)
-    allowed = (causal[None] & ~across)[:, None]
+    return _attention_mask(_causal(segments.shape[1], segments.device)[None] & ~across,
+                           attention, dtype)
+
+
+def padded_causal_mask(attention_mask: Tensor, attention: str, dtype: torch.dtype) -> Tensor:
+    """The 4-D mask [B, 1, T, T] of right-padded rows (causal, padding keys hidden), for the
+    attention implementations that take one. Given the 2-D mask, transformers first checks it for
+    padding, which on a GPU makes the host wait for the device; others get the 2-D mask as is.
+    A padding query still sees its row's real tokens (no all-masked row)."""
+    if attention not in SHARED_PROMPT_ATTENTION:
+        return attention_mask
+    causal = _causal(attention_mask.shape[1], attention_mask.device)
+    return _attention_mask(causal[None] & attention_mask.bool()[:, None, :], attention, dtype)
+
+
+def _causal(width: int, device) -> Tensor:
+    positions = torch.arange(width, device=device)
+    return positions[None, :] <= positions[:, None]  # [query, key]
+
+
+def _attention_mask(allowed: Tensor, attention: str, dtype: torch.dtype) -> Tensor:
+    """[B, T, T] allowed pairs as the implementation takes them: ``sdpa`` a boolean mask (True =
+    attend); ``eager`` adds the mask to its scores, so 0 / the dtype's minimum."""
+    allowed = allowed[:, None]
     if attention == "sdpa":
         return allowed
-    return torch.zeros(allowed.shape, dtype=dtype, device=segments.device).masked_fill_(
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
         ~allowed, torch.finfo(dtype).min)
 
 
@@ -448,37 +509,29 @@ class CompletionLogps(nn.Module):
         if getattr(causal_lm.config, "final_logit_softcapping", None):
             raise TrainingError("models with logit soft-capping are not supported yet")
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor | None,
-                position_ids: Tensor | None = None, predicted_from: Tensor | None = None,
-                segments: Tensor | None = None) -> Tensor:
-        """Summed completion log-probs [rows] of right-padded rows (2-D ``attention_mask``,
-        ``completion_mask``); or, for a shared-prompt batch (4-D mask, ``position_ids``,
-        ``predicted_from``, ``segments``), [2B]: each pair's chosen answer, then each rejected."""
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, scored: ScoredTokens,
+                position_ids: Tensor | None = None) -> Tensor:
+        """Summed log-probs [scored.n_slots] of the ``scored`` tokens, per slot: a row each for
+        right-padded rows (2-D ``attention_mask``); for a shared-prompt batch (4-D mask,
+        ``position_ids``), each pair's chosen answer, then each rejected answer."""
+        if attention_mask.dim() == 2:
+            attention_mask = padded_causal_mask(attention_mask, attention_implementation(self.lm),
+                                                next(self.lm.parameters()).dtype)
         hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
                                     position_ids=position_ids, use_cache=False).last_hidden_state
-        n_rows = input_ids.shape[0]
-        rows = torch.arange(n_rows, device=input_ids.device)[:, None]
-        if predicted_from is None:
-            scored = completion_mask[:, 1:].bool()  # token t is predicted at position t - 1
-            rows = rows.expand_as(scored)[scored]
-            states, targets, out_rows = hidden[:, :-1][scored], input_ids[:, 1:][scored], rows
-            n_out = n_rows
-        else:
-            scored = predicted_from >= 0
-            rows = rows.expand_as(scored)[scored]
-            states, targets = hidden[rows, predicted_from[scored]], input_ids[scored]
-            out_rows = rows + n_rows * (segments[scored] == REJECTED)
-            n_out = 2 * n_rows
-        logps = token_logps(states, self.lm.get_output_embeddings().weight, targets, self.chunk)
-        return torch.zeros(n_out, dtype=logps.dtype, device=input_ids.device).index_add(
-            0, out_rows, logps)
+        logps = token_logps(hidden[scored.rows, scored.positions],
+                            self.lm.get_output_embeddings().weight, scored.targets, self.chunk)
+        return torch.zeros(scored.n_slots, dtype=logps.dtype, device=input_ids.device).index_add(
+            0, scored.slots, logps)
 
-    def shared_prompt_logps(self, batch: SharedPromptBatch) -> Tensor:
-        """[2B] completion log-probs of a shared-prompt batch (prompt run once)."""
+    def batch_logps(self, batch: "SequenceBatch | SharedPromptBatch") -> Tensor:
+        """[2B] summed completion log-probs, chosen answers first, in either layout (the
+        shared-prompt one runs each prompt once)."""
+        if isinstance(batch, SequenceBatch):
+            return self(batch.input_ids, batch.attention_mask, batch.scored)
         mask = shared_prompt_mask(batch.segments, attention_implementation(self.lm),
                                   next(self.lm.parameters()).dtype)
-        return self(batch.input_ids, mask, None, batch.position_ids, batch.predicted_from,
-                    batch.segments)
+        return self(batch.input_ids, mask, batch.scored, batch.position_ids)
 
 
 # ---------------------------------------------------------------- optimiser and schedule
@@ -511,11 +564,29 @@ def linear_warmup_decay(optimizer, total_steps: int, warmup_ratio: float):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def check_finite(loss: Tensor, step: int, micro: int, pair_indices: Sequence[int]) -> None:
-    if not torch.isfinite(loss).all():
-        raise TrainingError(f"non-finite loss ({loss.item()}) at optimiser step {step}, "
-                            f"micro-batch {micro} (data rows {list(pair_indices)}); the run "
-                            "stopped and the last good checkpoint is kept")
+def compile_regions(model: nn.Module) -> int:
+    """``torch.compile`` each decoder layer's MLP and RMSNorms, and the final norm, as small
+    regions: in eager mode their element-wise work (SiLU times the up projection, the norms'
+    float32 arithmetic, the casts) is many small kernels, each a launch and a pass over memory.
+    Attention, the masks and the layer's control flow stay eager, so sequence lengths that vary
+    from batch to batch do not recompile whole layers (compiling each whole layer was measured
+    slower on an H200: perf/RESULTS.md). The layers share one compiled graph per region type.
+    Returns how many modules were compiled."""
+    compiled = 0
+    for layer in fsdp.decoder_layers(model):
+        for name in ("mlp", "input_layernorm", "post_attention_layernorm"):
+            region = getattr(layer, name, None)
+            if isinstance(region, nn.Module):
+                region.compile(dynamic=True)
+                compiled += 1
+    if not compiled:
+        raise TrainingError(f"compile_regions: {type(model).__name__}'s decoder layers have no "
+                            "mlp / input_layernorm / post_attention_layernorm modules")
+    norm = getattr(model.base_model, "norm", None)
+    if isinstance(norm, nn.Module):
+        norm.compile(dynamic=True)
+        compiled += 1
+    return compiled
 
 
 def device_for_training() -> torch.device:

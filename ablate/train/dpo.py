@@ -27,9 +27,9 @@ from ablate.spec.schema import DPOConfig
 from ablate.store import atomic_write_json
 from ablate.train import fsdp
 from ablate.train.common import (
-    SHARED_PROMPT_ATTENTION, CompletionLogps, SequenceBatch, SharedPromptBatch, TokenizedPair,
-    TrainingError, attention_implementation, autocast, collate_pairs, collate_shared_prompt,
-    device_for_training, model_identity, pairs_digest, split_heldout, tokenize_pairs,
+    SHARED_PROMPT_ATTENTION, CompletionLogps, TokenizedPair, TrainingError,
+    attention_implementation, autocast, collate_pairs, collate_shared_prompt, compile_regions,
+    device_for_training, model_identity, on_device, pairs_digest, split_heldout, tokenize_pairs,
     width_multiple,
 )
 from ablate.train.losses import NEEDS_REFERENCE, preference_loss, preference_metrics
@@ -50,38 +50,35 @@ def collate(pairs: Sequence[TokenizedPair], pad_token_id: int, shared_prompt: bo
         else collate_pairs(pairs, pad_token_id, pad_to)
 
 
-def batch_logps(module: CompletionLogps, batch: SequenceBatch | SharedPromptBatch
-                ) -> torch.Tensor:
-    """[2B] summed completion log-probs, chosen answers first, in either layout."""
-    if isinstance(batch, SharedPromptBatch):
-        return module.shared_prompt_logps(batch)
-    return module(batch.input_ids, batch.attention_mask, batch.completion_mask)
-
-
 @torch.no_grad()
 def sequence_logps(module: CompletionLogps, pairs: Sequence[TokenizedPair], batch_size: int,
                    pad_token_id: int, device: torch.device, shared_prompt: bool = False
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs of every pair's chosen and rejected answer, in ``pairs`` order.
     Processes share the pairs between them and sum the results."""
-    chosen = torch.zeros(len(pairs), dtype=torch.float64)
-    rejected = torch.zeros(len(pairs), dtype=torch.float64)
     order = sorted(range(len(pairs)), key=lambda i: (pairs[i].length, i))
     mine = order[fsdp.rank()::fsdp.world_size()]
     n_batches = math.ceil(math.ceil(len(pairs) / fsdp.world_size()) / batch_size)
     was_training = module.training
     module.eval()
+    scored: list[int] = []
+    outputs: list[torch.Tensor] = []  # stay on the device until the end: one transfer
     for b in range(n_batches):
         group = mine[b * batch_size:(b + 1) * batch_size]
         batch = collate([pairs[i] for i in (group or order[:1])], pad_token_id,
                         shared_prompt).to(device)
         with autocast(device):
-            logps = batch_logps(module, batch).cpu()
+            logps = module.batch_logps(batch)
         if group:
-            chosen[group] = logps[:len(group)].double()
-            rejected[group] = logps[len(group):].double()
+            scored += group
+            outputs.append(logps.view(2, -1)[:, :len(group)])
     module.train(was_training)
     fsdp.reshard(module)
+    chosen = torch.zeros(len(pairs), dtype=torch.float64)
+    rejected = torch.zeros(len(pairs), dtype=torch.float64)
+    if outputs:
+        both = torch.cat(outputs, dim=1).double().cpu()
+        chosen[scored], rejected[scored] = both[0], both[1]
     return fsdp.all_reduce_sum(chosen).float(), fsdp.all_reduce_sum(rejected).float()
 
 
@@ -123,7 +120,8 @@ def _heldout_metrics(module, pairs, ref_chosen, ref_rejected, cfg: DPOConfig, pa
         chosen_lengths=lengths_c, rejected_lengths=lengths_r)
     metrics = preference_metrics(chosen_rewards, rejected_rewards)
     return {"n_pairs": len(pairs), "loss": losses.mean().item(),
-            "reward_accuracy": metrics["rewards/accuracy"], "reward_margin": metrics["rewards/margin"],
+            "reward_accuracy": metrics["rewards/accuracy"].item(),
+            "reward_margin": metrics["rewards/margin"].item(),
             "logps_chosen": chosen.mean().item(), "logps_rejected": rejected.mean().item()}
 
 
@@ -172,6 +170,8 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if cfg.compile_regions:
+        log.info("DPO: %d regions compiled", compile_regions(model))
     policy = fsdp.shard(CompletionLogps(model), model, device)
     shared_prompt = cfg.shared_prompt and attention_implementation(model) in \
         SHARED_PROMPT_ATTENTION
@@ -191,6 +191,8 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
     elif needs_ref:  # a frozen copy scores each micro-batch as it comes
         frozen = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         frozen.requires_grad_(False)
+        if cfg.compile_regions:
+            compile_regions(frozen)
         reference = fsdp.shard(CompletionLogps(frozen), frozen, device).eval()
         held_ref = sequence_logps(reference, heldout, cfg.micro_batch_size * 2, pad_token_id,
                                   device, shared_prompt) if heldout else (None, None)
@@ -198,12 +200,15 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
     ref_cpu_seconds = time.process_time() - ref_cpu_started
     n_train = len(train_pairs)
 
+    if ref_chosen is not None:  # on the device once, indexed there step by step
+        ref_on_device = torch.stack([ref_chosen, ref_rejected]).to(device)
+
     def reference_logps(group: list[int], batch) -> tuple[torch.Tensor, torch.Tensor]:
         if reference is None:
-            index = torch.tensor(group)
-            return ref_chosen[index].to(device), ref_rejected[index].to(device)
+            both = ref_on_device[:, on_device(torch.tensor(group), device)]
+            return both[0], both[1]
         with torch.no_grad(), autocast(device):
-            logps = batch_logps(reference, batch)
+            logps = reference.batch_logps(batch)
         fsdp.reshard(reference)
         return logps[:len(group)], logps[len(group):]
 
@@ -222,7 +227,7 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
         batch = collate([train_pairs[i] for i in group], pad_token_id, shared_prompt,
                         pad_to).to(device)
         with autocast(device):
-            logps = batch_logps(policy, batch)
+            logps = policy.batch_logps(batch)
         chosen, rejected = logps[:len(group)], logps[len(group):]
         ref_c, ref_r = reference_logps(group, batch) if needs_ref else (None, None)
         lengths = batch.completion_lengths
@@ -232,10 +237,9 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
             chosen_lengths=lengths[:len(group)], rejected_lengths=lengths[len(group):])
         n = len(group)
         metrics = preference_metrics(chosen_rewards, rejected_rewards)
-        stats = {"loss": losses.detach().sum().item(),
-                 **{k: v * n for k, v in metrics.items()},
-                 "logps/chosen": chosen.detach().sum().item(),
-                 "logps/rejected": rejected.detach().sum().item()}
+        # device tensors: the loop reads every step's figures in one transfer
+        stats = {"loss": losses.detach().sum(), **{k: v * n for k, v in metrics.items()},
+                 "logps/chosen": chosen.detach().sum(), "logps/rejected": rejected.detach().sum()}
         return losses.sum(), stats
 
     loop_cfg = LoopConfig(lr=cfg.lr, warmup_ratio=cfg.warmup_ratio, epochs=cfg.epochs,

@@ -64,7 +64,8 @@ def init_from_env() -> bool:
     if "MASTER_ADDR" not in os.environ:
         raise RuntimeError("multi-process run without MASTER_ADDR/MASTER_PORT: launch with "
                            "torchrun, or export them in the sbatch script before srun")
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    # GPUs talk over NCCL; the loops' host-side sums (CPU tensors) need gloo beside it
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
     dist.init_process_group(backend)
@@ -167,11 +168,12 @@ def reshard(module: nn.Module) -> None:
         module.reshard()
 
 
-def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
+def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
+    """Clip the gradients to ``max_norm``; the norm before clipping, left on the device."""
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     if hasattr(norm, "full_tensor"):  # a DTensor when the grads are sharded
         norm = norm.full_tensor()
-    return float(norm)
+    return norm
 
 
 def save_train_state(folder: Path, model: nn.Module, optimizer) -> None:

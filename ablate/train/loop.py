@@ -21,12 +21,12 @@ from ablate.train.checkpoints import (
     MetricsLog, Throughput, latest_checkpoint, load_checkpoint, save_checkpoint,
 )
 from ablate.train.common import (
-    TokenizedPair, TrainingError, check_finite, linear_warmup_decay, make_optimizer, micro_batches,
-    plan_batches,
+    TokenizedPair, TrainingError, linear_warmup_decay, make_optimizer, micro_batches, plan_batches,
 )
 
-# micro_loss(pair positions) -> (sum of the per-pair losses, summed statistics to log)
-MicroLoss = Callable[[list[int]], tuple[Tensor, dict[str, float]]]
+# micro_loss(pair positions) -> (sum of the per-pair losses, summed statistics to log), all
+# tensors on the training device: reading them there would make the host wait for the GPU
+MicroLoss = Callable[[list[int]], tuple[Tensor, dict[str, Tensor]]]
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,60 @@ def rank_micro_batches(pairs: Sequence[TokenizedPair], positions: Sequence[int],
     return batches + [[] for _ in range(per_rank - len(batches))]
 
 
+@dataclass
+class StepWork:
+    """One optimiser step's forward and backward passes, queued on the device and not yet read."""
+
+    micro_losses: list[Tensor]  # each micro-batch's summed loss
+    micro_rows: list[list[int]]  # the data rows of each micro-batch
+    grad_norm: Tensor  # before clipping
+    sums: dict[str, Tensor]  # the micro-batches' statistics, summed
+    tokens: int
+
+    def read(self, step: int) -> tuple[float, dict[str, float]]:
+        """The step's figures on the host in one transfer, the one place a step waits for the
+        device; a non-finite loss or gradient raises here, before the optimiser changes the
+        weights, naming the micro-batch and its rows."""
+        keys = sorted(self.sums)
+        values = torch.stack([t.detach().double() for t in
+                              [self.grad_norm, *self.micro_losses, *(self.sums[k] for k in keys)]]
+                             ).cpu().tolist()
+        grad_norm, losses = values[0], values[1:1 + len(self.micro_losses)]
+        for micro, (loss, rows) in enumerate(zip(losses, self.micro_rows)):
+            if not math.isfinite(loss):
+                raise TrainingError(f"non-finite loss ({loss}) at optimiser step {step}, "
+                                    f"micro-batch {micro} (data rows {rows}); the run stopped and "
+                                    "the last good checkpoint is kept")
+        if not math.isfinite(grad_norm):
+            raise TrainingError(f"non-finite gradient norm at optimiser step {step} (data rows "
+                                f"{sum(self.micro_rows, [])}); the run stopped and the last good "
+                                "checkpoint is kept")
+        return grad_norm, dict(zip(keys, values[1 + len(self.micro_losses):]))
+
+
+def accumulate_step(module: nn.Module, pairs: Sequence[TokenizedPair], positions: Sequence[int],
+                    micro_batch_size: int, max_grad_norm: float, micro_loss: MicroLoss
+                    ) -> StepWork:
+    """Forward and backward over the step's micro-batches, then gradient clipping; nothing here
+    reads a value back from the device, so the host keeps queueing kernels ahead of the GPU."""
+    work = StepWork([], [], torch.zeros(()), {}, 0)
+    for group in rank_micro_batches(pairs, positions, micro_batch_size):
+        weight = 1.0 if group else 0.0  # an empty slot still joins the collectives
+        loss_sum, stats = micro_loss(group or [positions[0]])
+        # FSDP averages gradients over processes: scale so the step's gradient is the mean
+        # over the effective batch whatever the process count.
+        (loss_sum * (weight * fsdp.world_size() / len(positions))).backward()
+        work.micro_losses.append(loss_sum.detach())
+        work.micro_rows.append([pairs[i].index for i in group])
+        # Every process must all-reduce the same keys, including one whose slots were all
+        # empty, so the stand-in forward's stats count as zero instead of missing.
+        for key, value in stats.items():
+            work.sums[key] = work.sums.get(key, 0.0) + value * weight
+        work.tokens += sum(pairs[i].real_tokens for i in group)
+    work.grad_norm = fsdp.clip_grad_norm(module, max_grad_norm)
+    return work
+
+
 def train_loop(module: nn.Module, pairs: Sequence[TokenizedPair], cfg: LoopConfig,
                micro_loss: MicroLoss, out_dir: Path, log, progress, desc: str,
                stop_after_steps: int | None = None, lengths: Sequence[int] | None = None
@@ -81,35 +135,16 @@ def train_loop(module: nn.Module, pairs: Sequence[TokenizedPair], cfg: LoopConfi
     module.train()
     for step in range(start, total_steps):
         positions = batches[step]
-        sums: dict[str, float] = {}
-        tokens = 0
         with speed:
-            for micro, group in enumerate(rank_micro_batches(pairs, positions,
-                                                             cfg.micro_batch_size)):
-                weight = 1.0 if group else 0.0  # an empty slot still joins the collectives
-                loss_sum, stats = micro_loss(group or [positions[0]])
-                # FSDP averages gradients over processes: scale so the step's gradient is the
-                # mean over the effective batch whatever the process count.
-                loss = loss_sum * (weight * fsdp.world_size() / len(positions))
-                check_finite(loss_sum, step, micro, [pairs[i].index for i in group])
-                loss.backward()
-                # Every process must all-reduce the same keys, including one whose slots were
-                # all empty, so the stand-in forward's stats count as zero instead of missing.
-                for key, value in stats.items():
-                    sums[key] = sums.get(key, 0.0) + (value if group else 0.0)
-                if group:
-                    tokens += sum(pairs[i].real_tokens for i in group)
-            grad_norm = fsdp.clip_grad_norm(module, cfg.max_grad_norm)
-            if not math.isfinite(grad_norm):
-                raise TrainingError(f"non-finite gradient norm at optimiser step {step} (data "
-                                    f"rows {[pairs[i].index for i in positions]}); the run "
-                                    "stopped and the last good checkpoint is kept")
+            work = accumulate_step(module, pairs, positions, cfg.micro_batch_size,
+                                   cfg.max_grad_norm, micro_loss)
+            grad_norm, sums = work.read(step)
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         keys = sorted(sums)
-        reduced = fsdp.all_reduce_sum(torch.tensor([sums[k] for k in keys] + [float(tokens)],
+        reduced = fsdp.all_reduce_sum(torch.tensor([sums[k] for k in keys] + [float(work.tokens)],
                                                    dtype=torch.float64))
         speed.add(int(reduced[-1]), len(positions))
         last = {k: float(v) / len(positions) for k, v in zip(keys, reduced[:-1].tolist())}

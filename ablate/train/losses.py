@@ -109,14 +109,14 @@ def bradley_terry_loss(chosen_rewards: Tensor, rejected_rewards: Tensor,
     return -F.logsigmoid(diff)
 
 
-def preference_metrics(chosen_rewards: Tensor, rejected_rewards: Tensor) -> dict[str, float]:
-    """Means over the batch: the rewards, how often chosen beats rejected (ties count as wrong)
-    and by how much."""
+def preference_metrics(chosen_rewards: Tensor, rejected_rewards: Tensor) -> dict[str, Tensor]:
+    """Means over the batch, as 0-d tensors on the rewards' device (read them together, once):
+    the rewards, how often chosen beats rejected (ties count as wrong) and by how much."""
     chosen_rewards, rejected_rewards = chosen_rewards.detach().float(), rejected_rewards.detach().float()
-    return {"rewards/chosen": chosen_rewards.mean().item(),
-            "rewards/rejected": rejected_rewards.mean().item(),
-            "rewards/accuracy": (chosen_rewards > rejected_rewards).float().mean().item(),
-            "rewards/margin": (chosen_rewards - rejected_rewards).mean().item()}
+    return {"rewards/chosen": chosen_rewards.mean(),
+            "rewards/rejected": rejected_rewards.mean(),
+            "rewards/accuracy": (chosen_rewards > rejected_rewards).float().mean(),
+            "rewards/margin": (chosen_rewards - rejected_rewards).mean()}
 
 
 @torch.no_grad()

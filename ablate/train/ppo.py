@@ -279,7 +279,7 @@ def _ppo_update(policy, value_model, optimizers, schedulers, exp: Experience, cf
                     sums["approx_kl_old"] += ((old_logps - logps.detach().float()) * mask
                                               ).sum().item()
                     sums["tokens"] += mask.sum().item()
-            grad_norms = [fsdp.clip_grad_norm(m, cfg.max_grad_norm)
+            grad_norms = [float(fsdp.clip_grad_norm(m, cfg.max_grad_norm))
                           for m in (policy, value_model)]
             if not all(math.isfinite(g) for g in grad_norms):
                 raise TrainingError(f"non-finite gradient norm at iteration {iteration}; the run "

@@ -28,9 +28,9 @@ from ablate.store import atomic_write_json
 from ablate.train import fsdp
 from ablate.train.common import (
     SHARED_PROMPT_ATTENTION, SharedPromptBatch, TokenizedPair, TrainingError, as_messages,
-    attention_implementation, autocast, collate_pairs, collate_shared_prompt,
-    device_for_training, encode_chat, pad_sequences, shared_prompt_mask, split_heldout,
-    tokenize_pairs, width_multiple,
+    attention_implementation, autocast, collate_pairs, collate_shared_prompt, compile_regions,
+    device_for_training, encode_chat, pad_sequences, padded_causal_mask, shared_prompt_mask,
+    split_heldout, tokenize_pairs, width_multiple,
 )
 from ablate.train.losses import bradley_terry_loss
 from ablate.train.loop import LoopConfig, train_loop
@@ -57,7 +57,9 @@ class LastTokenReward(nn.Module):
         """Rewards [N] of right-padded rows under a 2-D ``attention_mask``; or, with a 4-D mask,
         ``position_ids`` and ``score_at`` [B, k] (a shared-prompt batch), the rewards [B, k] of
         the hidden states at those positions. One forward either way, so FSDP's root hooks run."""
-        hidden = self.rm.base_model(input_ids=input_ids, attention_mask=attention_mask,
+        mask = attention_mask if score_at is not None else padded_causal_mask(
+            attention_mask, attention_implementation(self.rm), next(self.rm.parameters()).dtype)
+        hidden = self.rm.base_model(input_ids=input_ids, attention_mask=mask,
                                     position_ids=position_ids, use_cache=False).last_hidden_state
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         if score_at is None:
@@ -104,24 +106,26 @@ def pair_rewards(module: LastTokenReward, pairs: Sequence[TokenizedPair], batch_
                  pad_token_id: int, device, shared_prompt: bool = False) -> tuple[Tensor, Tensor]:
     """Rewards of each pair's chosen and rejected answer (single process or every rank alike);
     ``shared_prompt`` runs each pair as one prompt-once row (same figures up to rounding)."""
-    chosen = torch.zeros(len(pairs))
-    rejected = torch.zeros(len(pairs))
     order = sorted(range(len(pairs)), key=lambda i: (pairs[i].length, i))
     was_training = module.training
     module.eval()
+    outputs: list[Tensor] = []  # stay on the device until the end: one transfer
     for start in range(0, len(order), batch_size):
         group = order[start:start + batch_size]
         with autocast(device):
             if shared_prompt:
                 batch = collate_shared_prompt([pairs[i] for i in group], pad_token_id)
-                chosen_r, rejected_r = module.shared_prompt_rewards(batch.to(device))
-                rewards = torch.cat([chosen_r, rejected_r]).cpu()
+                outputs.append(torch.stack(module.shared_prompt_rewards(batch.to(device))))
             else:
                 batch = collate_pairs([pairs[i] for i in group], pad_token_id).to(device)
-                rewards = module(batch.input_ids, batch.attention_mask).cpu()
-        chosen[group], rejected[group] = rewards[:len(group)], rewards[len(group):]
+                outputs.append(module(batch.input_ids, batch.attention_mask).view(2, -1))
     module.train(was_training)
     fsdp.reshard(module)
+    chosen = torch.zeros(len(pairs))
+    rejected = torch.zeros(len(pairs))
+    if outputs:
+        both = torch.cat(outputs, dim=1).float().cpu()
+        chosen[order], rejected[order] = both[0], both[1]
     return chosen, rejected
 
 
@@ -156,6 +160,8 @@ def train_rm(model_dir: Path, rows: Sequence[dict], cfg: RMConfig, seed: int, ou
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if cfg.compile_regions:
+        log.info("RM: %d regions compiled", compile_regions(model))
     scorer = fsdp.shard(LastTokenReward(model), model, device)
     shared_prompt = cfg.shared_prompt and shared_prompt_usable(model, log)
 
@@ -182,10 +188,10 @@ def train_rm(model_dir: Path, rows: Sequence[dict], cfg: RMConfig, seed: int, ou
                 rewards = scorer(batch.input_ids, batch.attention_mask)
             chosen, rejected = rewards[:len(group)], rewards[len(group):]
         losses = bradley_terry_loss(chosen, rejected, batch.margins if cfg.margin else None)
-        stats = {"loss": losses.detach().sum().item(),
-                 "accuracy": (chosen > rejected).float().sum().item(),
-                 "rewards/chosen": chosen.detach().sum().item(),
-                 "rewards/rejected": rejected.detach().sum().item()}
+        # device tensors: the loop reads every step's figures in one transfer
+        stats = {"loss": losses.detach().sum(), "accuracy": (chosen > rejected).float().sum(),
+                 "rewards/chosen": chosen.detach().sum(),
+                 "rewards/rejected": rejected.detach().sum()}
         return losses.sum(), stats
 
     loop_cfg = LoopConfig(lr=cfg.lr, warmup_ratio=cfg.warmup_ratio, epochs=cfg.epochs,

@@ -88,11 +88,15 @@ def test_completion_logps_match_the_full_forward(tiny_model_dir, tokenizer):
                               tokenizer, 512, 256)
     batch = collate_pairs(pairs, tokenizer.pad_token_id)
     ours = CompletionLogps(model, chunk=3)(batch.input_ids, batch.attention_mask,
-                                           batch.completion_mask)
+                                           batch.scored)
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     per_token = torch.log_softmax(logits[:, :-1].float(), -1).gather(
         2, batch.input_ids[:, 1:, None]).squeeze(2)
-    expected = (per_token * batch.completion_mask[:, 1:]).sum(1)
+    answers = [(p.prompt_ids, p.chosen_ids) for p in pairs] + \
+        [(p.prompt_ids, p.rejected_ids) for p in pairs]
+    # token t of a row is predicted at t - 1: the answer's tokens are prompt..end
+    expected = torch.stack([per_token[row, len(prompt) - 1:len(prompt) + len(answer) - 1].sum()
+                            for row, (prompt, answer) in enumerate(answers)])
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-4)
     assert batch.real_tokens == sum(p.real_tokens for p in pairs)
 
@@ -142,11 +146,11 @@ def test_padding_to_a_multiple_changes_shapes_not_logps(tiny_model_dir, tokenize
     assert padded.input_ids.shape[1] == 64 and plain.input_ids.shape[1] < 64
     assert padded.real_tokens == plain.real_tokens
     with torch.no_grad():
-        expected = module(plain.input_ids, plain.attention_mask, plain.completion_mask)
-        got = module(padded.input_ids, padded.attention_mask, padded.completion_mask)
+        expected = module(plain.input_ids, plain.attention_mask, plain.scored)
+        got = module(padded.input_ids, padded.attention_mask, padded.scored)
         shared = collate_shared_prompt(pairs, pad, 64)
         assert shared.input_ids.shape[1] == 64
-        got_shared = module.shared_prompt_logps(shared)
+        got_shared = module.batch_logps(shared)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got_shared, expected, rtol=1e-5, atol=1e-5)
     assert width_multiple(0, torch.device("cpu")) == 1

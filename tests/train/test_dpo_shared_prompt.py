@@ -46,11 +46,11 @@ def test_shared_prompt_logps_loss_and_gradient_equal_plain(tiny_model_dir, pairs
     plain = collate_pairs(pairs, pad)
     with torch.no_grad():
         ref = CompletionLogps(reference)(plain.input_ids, plain.attention_mask,
-                                         plain.completion_mask)
+                                         plain.scored)
     plain_logps = CompletionLogps(policy)(plain.input_ids, plain.attention_mask,
-                                          plain.completion_mask)
+                                          plain.scored)
     shared = collate_shared_prompt(pairs, pad)
-    shared_logps = CompletionLogps(other).shared_prompt_logps(shared)
+    shared_logps = CompletionLogps(other).batch_logps(shared)
     assert torch.equal(shared.completion_lengths, plain.completion_lengths)
     assert rel_err(shared_logps, plain_logps) < 1e-5
 

@@ -69,8 +69,8 @@ def test_dpo_loss_and_gradient_match_trl(tmp_path, tiny_model_dir, tokenizer):
     ours_batch = collate_pairs(pairs, tokenizer.pad_token_id)
     with torch.no_grad():
         ref = CompletionLogps(reference)(ours_batch.input_ids, ours_batch.attention_mask,
-                                         ours_batch.completion_mask)
-    logps = ours(ours_batch.input_ids, ours_batch.attention_mask, ours_batch.completion_mask)
+                                         ours_batch.scored)
+    logps = ours(ours_batch.input_ids, ours_batch.attention_mask, ours_batch.scored)
     n = len(pairs)
     losses, _, _ = preference_loss("sigmoid", logps[:n], logps[n:], ref[:n], ref[n:], beta=0.1)
     our_loss = losses.mean()
