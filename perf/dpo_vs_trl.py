@@ -322,7 +322,8 @@ def run_ablate(model_dir, rows, args, out: Path, **settings) -> dict:
               "settings": {"length_grouping": cfg.length_grouping,
                            "pad_multiple": cfg.pad_multiple,
                            "shared_prompt": cfg.shared_prompt,
-                           "compile_regions": cfg.compile_regions}}
+                           "compile_regions": cfg.compile_regions,
+                           "attention_kernel": cfg.attention_kernel}}
     if on_cuda():
         result.update(cuda_memory())
         result["checks"] = {"trainer_device": summary["device"],
@@ -400,7 +401,8 @@ def parse_settings(spec: str) -> dict:
     for item in spec.split(","):
         key, sep, value = item.strip().partition("=")
         if not sep or not key:
-            raise SystemExit(f"--ablate-variants: {item!r} is not KEY=VALUE")
+            raise SystemExit(f"--ablate-settings / --ablate-variants: {item!r} is not "
+                             "KEY=VALUE")
         settings[key] = int(value) if value.lstrip("-").isdigit() else \
             {"true": True, "false": False}.get(value.lower(), value)
     return settings
@@ -433,6 +435,9 @@ def main(argv=None):
                         help="ablate's DPOConfig.pad_multiple (0: 64 on a GPU, none on CPU)")
     parser.add_argument("--ablate-only", action="store_true", help="run ablate's side alone "
                         "(no TRL side, no ratio): for comparing ablate settings in fresh processes")
+    parser.add_argument("--ablate-settings", default="", help="DPOConfig overrides for "
+                        "ablate's main side, e.g. 'attention_kernel=efficient' (fresh-process "
+                        "A/B runs with --ablate-only)")
     parser.add_argument("--ablate-variants", default="", help="after the comparison, ablate "
                         "alone again with these DPOConfig overrides, e.g. "
                         "'length_grouping=0;pad_multiple=1' (reported "
@@ -441,6 +446,7 @@ def main(argv=None):
     if args.quick:
         args.pairs, args.max_length, args.max_prompt_length = 16, 256, 128
     variant_settings = [parse_settings(v) for v in args.ablate_variants.split(";") if v.strip()]
+    main_settings = parse_settings(args.ablate_settings) if args.ablate_settings.strip() else {}
 
     from ablate.models import prepare_builtin
 
@@ -460,7 +466,8 @@ def main(argv=None):
             if side == "trl":
                 sides["trl"] = run_trl(model_dir, rows, tokenizer, args, Path(tmp) / "trl")
             else:
-                sides["ablate"] = run_ablate(model_dir, rows, args, Path(tmp) / "ablate")
+                sides["ablate"] = run_ablate(model_dir, rows, args, Path(tmp) / "ablate",
+                                             **main_settings)
             print(f"{side}: {sides[side]['seconds']:.1f} s", flush=True)
             cuda_reset()
         variants = []

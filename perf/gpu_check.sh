@@ -62,8 +62,10 @@ STEPS=${GPU_CHECK_STEPS:-dpo dpo_long syncs rm profile generate}
 DATA_FILE=${GPU_CHECK_DATA_FILE:-.gpu/data/train_1000.jsonl.gz}
 LONG_PAIRS=${GPU_CHECK_LONG_PAIRS:-2000}  # all that fit
 [ "$SMOKE" = 1 ] && LONG_PAIRS=${GPU_CHECK_LONG_PAIRS:-8}
-# ablate alone again after the comparison: with compiled MLP and norm regions
-DPO_VARIANTS=${GPU_CHECK_DPO_VARIANTS-compile_regions=true}
+# ablate alone again after the comparison: with compiled MLP and norm regions, then with the
+# memory-efficient attention kernel instead of cuDNN (no per-shape plans)
+DPO_VARIANTS=${GPU_CHECK_DPO_VARIANTS-compile_regions=true;attention_kernel=efficient}
+[ "$SMOKE" = 1 ] && DPO_VARIANTS=${GPU_CHECK_DPO_VARIANTS-compile_regions=true;attention_kernel=math}
 PROFILE_MODES=${GPU_CHECK_PROFILE_MODES:-eager regions bf16}
 OUT=${OUT:-$(mktemp -d /tmp/gpu_check.XXXXXX)}
 mkdir -p "$OUT"

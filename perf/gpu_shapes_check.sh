@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Does padding DPO micro-batches to a multiple of 64 tokens speed up a cold process on a GPU?
-# (cuDNN attention builds a plan per distinct shape; length-varying batches meet a new shape at
-# most steps.) ablate's side of perf/dpo_vs_trl.py alone, each setting in a fresh process,
-# alternated: pad 1, 64, 1, 64 -> $OUT/pad<multiple>_<round>.json. Same model and settings as
-# perf/gpu_check.sh's DPO step. On a lent GPU machine (carry [".whl", ".gpu"]):
-#     bash perf/gpu_shapes_check.sh
+# Cold-process A/B of ablate's DPO settings on a GPU: settings that change how many distinct
+# shapes a run meets, or what each new shape costs (cuDNN attention builds a plan per shape), only
+# show in a fresh process. ablate's side of perf/dpo_vs_trl.py alone (--ablate-only), each run a
+# fresh process, alternated A, B, A, B -> $OUT/{a,b}_<round>.json. Same model and settings as
+# perf/gpu_check.sh's DPO step. Settings are DPOConfig overrides (--ablate-settings):
+#   SHAPES_A (default: none, i.e. attention_kernel auto) and SHAPES_B (default
+#   attention_kernel=efficient). Session 4 ran it with pad_multiple=1 against pad_multiple=64.
+# On a lent GPU machine (carry [".whl", ".gpu"]):   bash perf/gpu_shapes_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-$(mktemp -d /tmp/gpu_shapes.XXXXXX)}
+A=${SHAPES_A-}
+B=${SHAPES_B-attention_kernel=efficient}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
@@ -17,12 +21,14 @@ MODEL=/tmp/shapes-model
 python3 perf/random_model.py --shape smollm2-1.7b --out "$MODEL" --tokenizer .gpu/tokenizer \
   >"$OUT/model.log" 2>&1 || { tail -20 "$OUT/model.log"; exit 1; }
 for round in 1 2; do
-  for multiple in 1 64; do
+  for side in a b; do
+    settings=$A
+    [ "$side" = b ] && settings=$B
     python3 perf/dpo_vs_trl.py --model "$MODEL" --pairs 168 --max-length 1024 \
       --max-prompt-length 512 --batch-size 8 --micro-batch-size 8 --allow-fewer --skip-save \
-      --ablate-only --pad-multiple "$multiple" --json "$OUT/pad${multiple}_$round.json" \
-      >"$OUT/pad${multiple}_$round.log" 2>&1
-    python3 - "$OUT/pad${multiple}_$round.json" <<'PY' || tail -5 "$OUT/pad${multiple}_$round.log"
+      --ablate-only --ablate-settings "$settings" --json "$OUT/${side}_$round.json" \
+      >"$OUT/${side}_$round.log" 2>&1
+    python3 - "$OUT/${side}_$round.json" <<'PY' || tail -5 "$OUT/${side}_$round.log"
 import json, sys
 a = json.load(open(sys.argv[1]))["ablate"]
 print({k: a.get(k) for k in ("settings", "ref_seconds", "train_seconds", "first_step_seconds",

@@ -64,6 +64,9 @@ class PairTraining(Frozen):
     compile_regions: bool = Field(
         default=False, description="torch.compile each decoder layer's MLP and norms (fused "
         "element-wise kernels; attention and the varying lengths stay outside the graphs)")
+    attention_kernel: Literal["auto", "cudnn", "efficient", "math"] = Field(
+        default="auto", description="the kernel PyTorch's scaled-dot-product attention may use "
+        "(auto: PyTorch's choice; cudnn and efficient need a CUDA GPU)")
     eval_fraction: float = Field(default=0.05, ge=0, lt=1)
     save_every_steps: int = Field(default=200, gt=0)
 

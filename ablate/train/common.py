@@ -5,6 +5,7 @@ Checkpoints and the metrics log are in ``checkpoints``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -12,7 +13,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -499,10 +500,12 @@ class CompletionLogps(nn.Module):
     and output layer.
     """
 
-    def __init__(self, causal_lm: nn.Module, chunk: int = 1024):
+    def __init__(self, causal_lm: nn.Module, chunk: int = 1024,
+                 attention: Callable[[], ContextManager] = contextlib.nullcontext):
         super().__init__()
         self.lm = causal_lm
         self.chunk = chunk
+        self.attention = attention  # see attention_kernel
         head = causal_lm.get_output_embeddings()
         if getattr(head, "bias", None) is not None:
             raise TrainingError("output layers with a bias are not supported by CompletionLogps")
@@ -517,8 +520,10 @@ class CompletionLogps(nn.Module):
         if attention_mask.dim() == 2:
             attention_mask = padded_causal_mask(attention_mask, attention_implementation(self.lm),
                                                 next(self.lm.parameters()).dtype)
-        hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                                    position_ids=position_ids, use_cache=False).last_hidden_state
+        with self.attention():
+            hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                                        position_ids=position_ids, use_cache=False
+                                        ).last_hidden_state
         logps = token_logps(hidden[scored.rows, scored.positions],
                             self.lm.get_output_embeddings().weight, scored.targets, self.chunk)
         return torch.zeros(scored.n_slots, dtype=logps.dtype, device=input_ids.device).index_add(
@@ -598,6 +603,27 @@ def device_for_training() -> torch.device:
 def autocast(device: torch.device):
     """bf16 autocast on GPU; float32 on CPU (CPU bf16 is slower here and less exact)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def attention_kernel(name: str, device: torch.device) -> Callable[[], ContextManager]:
+    """Contexts that restrict PyTorch's scaled-dot-product attention to one kernel for the
+    forwards run inside them (the backward follows the forward's kernel). ``auto`` leaves the
+    choice to PyTorch, which on recent GPUs takes cuDNN for masked attention; cuDNN builds an
+    execution plan for every new shape, a cost that batches of varying length keep paying
+    early in a run. ``cudnn`` and ``efficient`` exist only on CUDA: asking for them elsewhere
+    is an error here rather than a failure at the first forward."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = {"cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                "math": SDPBackend.MATH}
+    if name == "auto":
+        return contextlib.nullcontext
+    if name not in backends:
+        raise TrainingError(f"attention_kernel {name!r}: expected auto, {', '.join(backends)}")
+    if device.type != "cuda" and name != "math":
+        raise TrainingError(f"attention_kernel {name!r} needs a CUDA GPU; this run is on "
+                            f"{device.type} (use auto or math)")
+    return lambda: sdpa_kernel([backends[name]])
 
 
 # ---------------------------------------------------------------- model identity

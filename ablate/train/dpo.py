@@ -28,9 +28,9 @@ from ablate.store import atomic_write_json
 from ablate.train import fsdp
 from ablate.train.common import (
     SHARED_PROMPT_ATTENTION, CompletionLogps, TokenizedPair, TrainingError,
-    attention_implementation, autocast, collate_pairs, collate_shared_prompt, compile_regions,
-    device_for_training, model_identity, on_device, pairs_digest, split_heldout, tokenize_pairs,
-    width_multiple,
+    attention_implementation, attention_kernel, autocast, collate_pairs, collate_shared_prompt,
+    compile_regions, device_for_training, model_identity, on_device, pairs_digest, split_heldout,
+    tokenize_pairs, width_multiple,
 )
 from ablate.train.losses import NEEDS_REFERENCE, preference_loss, preference_metrics
 from ablate.train.loop import LoopConfig, train_loop
@@ -172,7 +172,8 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
         model.gradient_checkpointing_enable()
     if cfg.compile_regions:
         log.info("DPO: %d regions compiled", compile_regions(model))
-    policy = fsdp.shard(CompletionLogps(model), model, device)
+    kernel = attention_kernel(cfg.attention_kernel, device)
+    policy = fsdp.shard(CompletionLogps(model, attention=kernel), model, device)
     shared_prompt = cfg.shared_prompt and attention_implementation(model) in \
         SHARED_PROMPT_ATTENTION
     if cfg.shared_prompt and not shared_prompt:
@@ -193,7 +194,7 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
         frozen.requires_grad_(False)
         if cfg.compile_regions:
             compile_regions(frozen)
-        reference = fsdp.shard(CompletionLogps(frozen), frozen, device).eval()
+        reference = fsdp.shard(CompletionLogps(frozen, attention=kernel), frozen, device).eval()
         held_ref = sequence_logps(reference, heldout, cfg.micro_batch_size * 2, pad_token_id,
                                   device, shared_prompt) if heldout else (None, None)
     ref_seconds = time.perf_counter() - ref_started

@@ -13,12 +13,13 @@ plain two-sequence forward's up to float rounding (tests/train/test_rm_shared_pr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import shutil
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, ContextManager, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -28,9 +29,9 @@ from ablate.store import atomic_write_json
 from ablate.train import fsdp
 from ablate.train.common import (
     SHARED_PROMPT_ATTENTION, SharedPromptBatch, TokenizedPair, TrainingError, as_messages,
-    attention_implementation, autocast, collate_pairs, collate_shared_prompt, compile_regions,
-    device_for_training, encode_chat, pad_sequences, padded_causal_mask, shared_prompt_mask,
-    split_heldout, tokenize_pairs, width_multiple,
+    attention_implementation, attention_kernel, autocast, collate_pairs, collate_shared_prompt,
+    compile_regions, device_for_training, encode_chat, pad_sequences, padded_causal_mask,
+    shared_prompt_mask, split_heldout, tokenize_pairs, width_multiple,
 )
 from ablate.train.losses import bradley_terry_loss
 from ablate.train.loop import LoopConfig, train_loop
@@ -46,9 +47,11 @@ class LastTokenReward(nn.Module):
     turn, so pooling here follows the attention mask instead (batches are right-padded).
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module,
+                 attention: Callable[[], ContextManager] = contextlib.nullcontext):
         super().__init__()
         self.rm = model
+        self.attention = attention  # see common.attention_kernel
         if not hasattr(model, "score"):
             raise TrainingError(f"{type(model).__name__} has no `score` head")
 
@@ -59,8 +62,10 @@ class LastTokenReward(nn.Module):
         the hidden states at those positions. One forward either way, so FSDP's root hooks run."""
         mask = attention_mask if score_at is not None else padded_causal_mask(
             attention_mask, attention_implementation(self.rm), next(self.rm.parameters()).dtype)
-        hidden = self.rm.base_model(input_ids=input_ids, attention_mask=mask,
-                                    position_ids=position_ids, use_cache=False).last_hidden_state
+        with self.attention():
+            hidden = self.rm.base_model(input_ids=input_ids, attention_mask=mask,
+                                        position_ids=position_ids, use_cache=False
+                                        ).last_hidden_state
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         if score_at is None:
             pooled = hidden[rows, attention_mask.sum(dim=1) - 1]
@@ -162,7 +167,8 @@ def train_rm(model_dir: Path, rows: Sequence[dict], cfg: RMConfig, seed: int, ou
         model.gradient_checkpointing_enable()
     if cfg.compile_regions:
         log.info("RM: %d regions compiled", compile_regions(model))
-    scorer = fsdp.shard(LastTokenReward(model), model, device)
+    scorer = fsdp.shard(LastTokenReward(model, attention_kernel(cfg.attention_kernel, device)),
+                        model, device)
     shared_prompt = cfg.shared_prompt and shared_prompt_usable(model, log)
 
     def heldout_accuracy() -> float | None:

@@ -189,3 +189,26 @@ def test_heldout_split_and_schedule():
         opt.step()
         sched.step()
     assert lrs == pytest.approx([0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125])
+
+
+def test_attention_kernel_restricts_the_forward_and_refuses_gpu_kernels_on_cpu(tiny_model_dir,
+                                                                                tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from ablate.train.common import TrainingError, attention_kernel
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    seen = []
+    model.model.layers[0].self_attn.register_forward_pre_hook(
+        lambda *_: seen.append((torch.backends.cuda.math_sdp_enabled(),
+                                torch.backends.cuda.flash_sdp_enabled())))
+    pairs, _ = tokenize_pairs([row()], tokenizer, 512, 256)
+    batch = collate_shared_prompt(pairs, tokenizer.pad_token_id)
+    cpu = torch.device("cpu")
+    auto = CompletionLogps(model, attention=attention_kernel("auto", cpu)).batch_logps(batch)
+    math_only = CompletionLogps(model, attention=attention_kernel("math", cpu)).batch_logps(batch)
+    assert seen == [(True, True), (True, False)]  # only the math kernel inside the second
+    assert torch.backends.cuda.flash_sdp_enabled()  # and restored after it
+    torch.testing.assert_close(math_only, auto, rtol=1e-5, atol=1e-5)
+    with pytest.raises(TrainingError, match="'efficient' needs a CUDA GPU"):
+        attention_kernel("efficient", cpu)
