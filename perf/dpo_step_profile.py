@@ -108,7 +108,9 @@ def run_mode(mode: str, model_dir: Path, pairs, args, params: int, peak) -> dict
         zeros = torch.zeros(n, device=device)
         losses, _, _ = preference_loss("sigmoid", logps[:n], logps[n:], zeros, zeros, beta=0.1)
         (losses.sum() / n).backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        # the trainer's one read per step (StepWork.read), before the optimiser step
+        torch.stack([losses.detach().sum(), grad_norm]).cpu()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return sum(pairs[i].real_tokens for i in group)
@@ -170,6 +172,8 @@ def profile(step, groups) -> dict:
                                         max_name_column_width=70), flush=True)
     return {"steps": len(groups), "wall_seconds": round(wall, 3),
             "gpu_busy_seconds": round(total / 1e6, 3),
+            # kernel time over wall time: how much of the step the GPU had work queued
+            "gpu_busy_fraction": round(total / 1e6 / wall, 3) if wall else None,
             "groups_seconds": {k: round(v / 1e6, 3) for k, v in
                                sorted(groups_us.items(), key=lambda kv: -kv[1])},
             "top_kernels": [{"name": e.key[:120], "seconds": round(e.self_device_time_total / 1e6, 4),
