@@ -216,8 +216,13 @@ def pad_sequences(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tupl
 def on_device(tensor: Tensor | None, device) -> Tensor | None:
     """A host batch tensor on ``device`` without waiting for the device: a blocking copy to a GPU
     synchronises the stream, so the next step's kernels could not queue behind the current ones.
-    The driver stages pageable memory before the call returns, so the host tensor may go."""
-    return None if tensor is None else tensor.to(device, non_blocking=True)
+    The copy to a GPU starts from pinned memory (PyTorch's caching host allocator, which keeps
+    the block until the copy has run): from pageable memory CUDA may copy synchronously."""
+    if tensor is None:
+        return None
+    if torch.device(device).type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 @dataclass
