@@ -107,7 +107,7 @@ def accumulate_step(module: nn.Module, pairs: Sequence[TokenizedPair], positions
         # Every process must all-reduce the same keys, including one whose slots were all
         # empty, so the stand-in forward's stats count as zero instead of missing.
         for key, value in stats.items():
-            work.sums[key] = work.sums.get(key, 0.0) + value * weight
+            work.sums[key] = work.sums.get(key, 0.0) + (value if group else torch.zeros_like(value))
         work.tokens += sum(pairs[i].real_tokens for i in group)
     work.grad_norm = fsdp.clip_grad_norm(module, max_grad_norm)
     return work
