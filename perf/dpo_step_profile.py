@@ -73,10 +73,9 @@ def compile_pointwise() -> None:
 def run_mode(mode: str, model_dir: Path, pairs, args, params: int, peak) -> dict:
     from transformers import AutoModelForCausalLM
 
-    from ablate.train.common import (
-        CompletionLogps, autocast, collate_shared_prompt, make_optimizer, plan_batches,
-        width_multiple,
-    )
+    from ablate.train.collate import collate_shared_prompt, width_multiple
+    from ablate.train.common import autocast, make_optimizer, plan_batches
+    from ablate.train.logps import CompletionLogps
     from ablate.train.losses import preference_loss
 
     device = torch.device("cuda" if on_cuda() else "cpu")

@@ -104,7 +104,8 @@ def shared_prompt_ab(model_dir, pairs, args) -> dict:
     round on one loaded model, with process CPU time (steadier than wall time on a shared
     machine). No optimiser step, so every round computes the same thing; the first round is a
     warm-up and not counted."""
-    from ablate.train.common import collate_pairs, collate_shared_prompt, micro_batches
+    from ablate.train.collate import collate_pairs, collate_shared_prompt
+    from ablate.train.common import micro_batches
     from ablate.train.losses import bradley_terry_loss
     from ablate.train.rm import LastTokenReward, load_reward_model
 

@@ -2,7 +2,7 @@
 
 Chosen and rejected completions go through the policy in one forward, by default with each pair's
 prompt run once for both (``shared_prompt``: one row per pair, prompt + chosen + rejected, exact up
-to float rounding; ``common.SharedPromptBatch``), else as two concatenated sequences; the reference
+to float rounding; ``collate.SharedPromptBatch``), else as two concatenated sequences; the reference
 log-probs are computed once, before training, by the initial policy in a no-grad pass and cached
 under ``<cache>/ref_logps`` keyed by the model, the data and the tokenizer (the token ids), so no
 reference model is held in memory while training (``ref_logps: online`` keeps a frozen copy
@@ -26,12 +26,15 @@ import torch
 from ablate.spec.schema import DPOConfig
 from ablate.store import atomic_write_json
 from ablate.train import fsdp
-from ablate.train.common import (
-    SHARED_PROMPT_ATTENTION, CompletionLogps, TokenizedPair, TrainingError,
-    attention_implementation, attention_kernel, autocast, collate_pairs, collate_shared_prompt,
-    compile_regions, device_for_training, model_identity, on_device, pairs_digest, split_heldout,
-    tokenize_pairs, width_multiple,
+from ablate.train.collate import (
+    SHARED_PROMPT_ATTENTION, attention_implementation, collate_pairs, collate_shared_prompt,
+    on_device, width_multiple,
 )
+from ablate.train.common import (
+    TokenizedPair, TrainingError, attention_kernel, autocast, compile_regions, device_for_training,
+    model_identity, pairs_digest, split_heldout, tokenize_pairs,
+)
+from ablate.train.logps import CompletionLogps
 from ablate.train.losses import NEEDS_REFERENCE, preference_loss, preference_metrics
 from ablate.train.loop import LoopConfig, train_loop
 

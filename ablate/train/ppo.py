@@ -37,9 +37,9 @@ from ablate.store import atomic_write_json
 from ablate.train import fsdp
 from ablate.train.checkpoints import MetricsLog, latest_checkpoint, publish_checkpoint
 from ablate.train.common import (
-    TrainingError, autocast, device_for_training, linear_warmup_decay, make_optimizer,
-    plan_batches, token_logps,
+    TrainingError, autocast, device_for_training, linear_warmup_decay, make_optimizer, plan_batches,
 )
+from ablate.train.logps import token_logps
 from ablate.train.losses import (
     clipped_policy_loss, clipped_value_loss, explained_variance, gae_advantages,
     kl_penalized_rewards, masked_mean, masked_whiten,

@@ -27,11 +27,13 @@ from torch import Tensor, nn
 from ablate.spec.schema import RMConfig
 from ablate.store import atomic_write_json
 from ablate.train import fsdp
+from ablate.train.collate import (
+    SHARED_PROMPT_ATTENTION, SharedPromptBatch, attention_implementation, collate_pairs,
+    collate_shared_prompt, pad_sequences, padded_causal_mask, shared_prompt_mask, width_multiple,
+)
 from ablate.train.common import (
-    SHARED_PROMPT_ATTENTION, SharedPromptBatch, TokenizedPair, TrainingError, as_messages,
-    attention_implementation, attention_kernel, autocast, collate_pairs, collate_shared_prompt,
-    compile_regions, device_for_training, encode_chat, pad_sequences, padded_causal_mask,
-    shared_prompt_mask, split_heldout, tokenize_pairs, width_multiple,
+    TokenizedPair, TrainingError, as_messages, attention_kernel, autocast, compile_regions,
+    device_for_training, encode_chat, split_heldout, tokenize_pairs,
 )
 from ablate.train.losses import bradley_terry_loss
 from ablate.train.loop import LoopConfig, train_loop

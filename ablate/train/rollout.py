@@ -18,7 +18,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ablate.train.common import TrainingError, as_messages, pad_sequences
+from ablate.train.collate import pad_sequences
+from ablate.train.common import TrainingError, as_messages
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,12 @@ import pytest
 import torch
 
 from ablate.train.checkpoints import Throughput
+from ablate.train.collate import collate_pairs, collate_shared_prompt, width_multiple
 from ablate.train.common import (
-    CompletionLogps, TokenizedPair, collate_pairs, collate_shared_prompt,
-    epoch_order, linear_warmup_decay, micro_batches, plan_batches, split_heldout, token_logps,
-    tokenize_pairs, width_multiple,
+    TokenizedPair, epoch_order, linear_warmup_decay, micro_batches, plan_batches, split_heldout,
+    tokenize_pairs,
 )
+from ablate.train.logps import CompletionLogps, token_logps
 
 
 def msg(role, text):

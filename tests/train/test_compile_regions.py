@@ -5,9 +5,9 @@ with dynamic shapes, so a new length must not change the result)."""
 import pytest
 import torch
 
-from ablate.train.common import (
-    CompletionLogps, TrainingError, collate_shared_prompt, compile_regions, tokenize_pairs,
-)
+from ablate.train.collate import collate_shared_prompt
+from ablate.train.common import TrainingError, compile_regions, tokenize_pairs
+from ablate.train.logps import CompletionLogps
 
 
 @pytest.mark.slow

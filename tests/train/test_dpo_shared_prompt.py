@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from ablate.spec.schema import DPOConfig
-from ablate.train.common import (
-    CompletionLogps, collate_pairs, collate_shared_prompt, tokenize_pairs,
-)
+from ablate.train.collate import collate_pairs, collate_shared_prompt
+from ablate.train.common import tokenize_pairs
+from ablate.train.logps import CompletionLogps
 from ablate.train.dpo import train_dpo
 from ablate.train.losses import preference_loss
 from test_rm_shared_prompt import grads, mixed_rows, rel_err

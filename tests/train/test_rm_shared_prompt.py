@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from ablate.spec.schema import RMConfig
-from ablate.train.common import (
+from ablate.train.collate import (
     CHOSEN, PADDING, PROMPT, REJECTED, collate_pairs, collate_shared_prompt, shared_prompt_mask,
-    tokenize_pairs,
 )
+from ablate.train.common import tokenize_pairs
 from ablate.train.losses import bradley_terry_loss
 from ablate.train.rm import LastTokenReward, load_reward_model, pair_rewards, train_rm
 from train_helpers import arithmetic_rows, assert_same_weights, load_weights
