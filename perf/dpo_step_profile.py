@@ -14,9 +14,13 @@ slice, in modes run one after another on one loaded model:
 - ``layers``: each decoder layer's forward compiled (``torch.compile(layer.forward,
   dynamic=True)``), with ``TORCH_LOGS=recompiles`` worth setting to see why it is slow where it
   is (perf/RESULTS.md: inductor's size guards recompile it as lengths change);
-- ``bf16``: weights, gradients and AdamW state in bf16 (no fp32 master copy, as torchtune's
-  default recipes train): not what ``train_dpo`` does (bf16 autocast over fp32 weights, TRL's
-  setting too), but it shows how much the fp32 residual stream and weight casts cost.
+- ``bf16``: weights, gradients and AdamW state in bf16, no autocast (no fp32 master copy, as
+  torchtune's default recipes train): not what ``train_dpo`` does (bf16 autocast over fp32
+  weights, TRL's setting too), but it shows how much the fp32 residual stream, the weight casts
+  and autocast's dispatch cost: the ceiling of the next mode;
+- ``master``: bf16 weights without autocast, fp32 master copies that AdamW updates (each bf16
+  gradient added into its master's fp32 gradient as soon as it is accumulated, the masters
+  copied back after the step): what a ``bf16 weights`` precision option would cost in full.
 
 Each mode first runs ``--warmup`` passes over the steps it then times (so every shape's cuDNN
 attention plan is built and every compiled shape is compiled: the state of a long run), then
@@ -31,6 +35,7 @@ of ``pointwise`` stay in place for later modes, so list it last.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -70,6 +75,32 @@ def compile_pointwise() -> None:
     llama.apply_rotary_pos_emb = torch.compile(llama.apply_rotary_pos_emb, dynamic=True)
 
 
+class MasterWeights:
+    """fp32 master copies of a model's trainable weights, which are then cast to bf16; the
+    optimiser steps the masters and ``copy_back`` writes them into the bf16 weights."""
+
+    def __init__(self, model):
+        self.weights = [p for p in model.parameters() if p.requires_grad]
+        self.masters = torch.nn.ParameterList(
+            [torch.nn.Parameter(p.detach().float().clone()) for p in self.weights])
+        model.to(torch.bfloat16)  # the same Parameter objects, now bf16
+        for weight, master in zip(self.weights, self.masters):
+            weight.register_post_accumulate_grad_hook(
+                lambda w, m=master: self._accumulate(w, m))
+
+    @staticmethod
+    def _accumulate(weight, master) -> None:
+        if master.grad is None:
+            master.grad = weight.grad.float()
+        else:
+            master.grad.add_(weight.grad)
+        weight.grad = None
+
+    @torch.no_grad()
+    def copy_back(self) -> None:
+        torch._foreach_copy_(self.weights, list(self.masters))
+
+
 def run_mode(mode: str, model_dir: Path, pairs, args, params: int, peak) -> dict:
     from transformers import AutoModelForCausalLM
 
@@ -81,8 +112,11 @@ def run_mode(mode: str, model_dir: Path, pairs, args, params: int, peak) -> dict
     device = torch.device("cuda" if on_cuda() else "cpu")
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.config.use_cache = False
+    masters = None
     if mode == "bf16":
         model.to(torch.bfloat16)
+    if mode == "master":
+        masters = MasterWeights(model)
     if mode == "regions":
         from ablate.train.common import compile_regions
 
@@ -92,7 +126,13 @@ def run_mode(mode: str, model_dir: Path, pairs, args, params: int, peak) -> dict
     elif mode == "layers":
         compile_layers(model)
     policy = CompletionLogps(model).to(device)
-    optimizer = make_optimizer(policy, 1e-7, 0.0)
+    if masters is not None:
+        masters.masters.to(device)
+    optimizer = make_optimizer(policy if masters is None else masters.masters, 1e-7, 0.0)
+    trained = list(policy.parameters() if masters is None else masters.masters)
+    # bf16 weights run without autocast (it would only add dispatch work)
+    precision = (lambda: contextlib.nullcontext()) if mode in ("bf16", "master") else \
+        (lambda: autocast(device))
     batches = plan_batches(len(pairs), args.batch_size, 1, seed=1,
                            lengths=[p.layout_length(True) for p in pairs], length_grouping=16)
     pad = model.config.pad_token_id or 0
@@ -100,18 +140,20 @@ def run_mode(mode: str, model_dir: Path, pairs, args, params: int, peak) -> dict
     def step(group) -> int:
         batch = collate_shared_prompt([pairs[i] for i in group], pad,
                                       width_multiple(args.pad_multiple, device)).to(device)
-        with autocast(device):
+        with precision():
             logps = policy.batch_logps(batch)
         n = len(group)
         # a fixed reference (zeros) keeps the step's work that of a precomputed-reference run
         zeros = torch.zeros(n, device=device)
         losses, _, _ = preference_loss("sigmoid", logps[:n], logps[n:], zeros, zeros, beta=0.1)
         (losses.sum() / n).backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trained, 1.0)
         # the trainer's one read per step (StepWork.read), before the optimiser step
-        torch.stack([losses.detach().sum(), grad_norm]).cpu()
+        torch.stack([losses.detach().sum().float(), grad_norm.float()]).cpu()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if masters is not None:
+            masters.copy_back()
         return sum(pairs[i].real_tokens for i in group)
 
     timed = batches[:args.steps]
@@ -184,7 +226,7 @@ def main(argv=None):
     parser.add_argument("--model", default="tiny-llama")
     parser.add_argument("--quick", action="store_true", help="CPU, tiny model, few steps")
     parser.add_argument("--modes", nargs="+", default=["eager", "regions"],
-                        choices=["eager", "regions", "pointwise", "layers", "bf16"])
+                        choices=["eager", "regions", "pointwise", "layers", "bf16", "master"])
     parser.add_argument("--pairs", type=int, default=168)
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--max-prompt-length", type=int, default=512)

@@ -23,7 +23,8 @@
 #   4. perf/rm_vs_trl.py: 256 pairs of GPU_CHECK_DATA_FILE (64 of the shipped slice without
 #      it), same lengths and batches -> $OUT/rm_gpu.json
 #   5. perf/dpo_step_profile.py: one DPO step's GPU time by kernel group (torch.profiler), eager
-#      against the trainer's compiled regions and bf16 weights -> $OUT/profile_gpu.json
+#      against the trainer's compiled regions, bf16 weights with fp32 masters, and pure bf16
+#      -> $OUT/profile_gpu.json
 #   6. perf/generate_check.py: 16 GSM8k 8-shot prompts x 64 greedy tokens -> $OUT/generate_gpu.json
 # Everything printed is also in $OUT/gpu_check.log; step outcomes in $OUT/steps.json.
 # Exit status: 0 all ran, 1 setup failed (wheels, preflight, model), 2 a measuring step failed.
@@ -66,7 +67,7 @@ LONG_PAIRS=${GPU_CHECK_LONG_PAIRS:-2000}  # all that fit
 # memory-efficient attention kernel instead of cuDNN (no per-shape plans)
 DPO_VARIANTS=${GPU_CHECK_DPO_VARIANTS-compile_regions=true;attention_kernel=efficient}
 [ "$SMOKE" = 1 ] && DPO_VARIANTS=${GPU_CHECK_DPO_VARIANTS-compile_regions=true;attention_kernel=math}
-PROFILE_MODES=${GPU_CHECK_PROFILE_MODES:-eager regions bf16}
+PROFILE_MODES=${GPU_CHECK_PROFILE_MODES:-eager regions master bf16}
 OUT=${OUT:-$(mktemp -d /tmp/gpu_check.XXXXXX)}
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/gpu_check_work.XXXXXX)
