@@ -169,13 +169,13 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
     all_pairs = train_pairs + heldout
 
     device = device_for_training()
+    kernel = attention_kernel(cfg.attention_kernel, device)  # before the load: fails fast
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if cfg.compile_regions:
         log.info("DPO: %d regions compiled", compile_regions(model))
-    kernel = attention_kernel(cfg.attention_kernel, device)
     policy = fsdp.shard(CompletionLogps(model, attention=kernel), model, device)
     shared_prompt = cfg.shared_prompt and attention_implementation(model) in \
         SHARED_PROMPT_ATTENTION
