@@ -18,9 +18,8 @@ slice, in modes run one after another on one loaded model:
   torchtune's default recipes train): not what ``train_dpo`` does (bf16 autocast over fp32
   weights, TRL's setting too), but it shows how much the fp32 residual stream, the weight casts
   and autocast's dispatch cost: the ceiling of the next mode;
-- ``master``: bf16 weights without autocast, fp32 master copies that AdamW updates (each bf16
-  gradient added into its master's fp32 gradient as soon as it is accumulated, the masters
-  copied back after the step): what a ``bf16 weights`` precision option would cost in full.
+- ``master``: the trainer's ``precision: bf16_weights`` (``ablate.train.precision``): bf16
+  weights without autocast, fp32 master copies that AdamW updates.
 
 Each mode first runs ``--warmup`` passes over the steps it then times (so every shape's cuDNN
 attention plan is built and every compiled shape is compiled: the state of a long run), then
@@ -75,32 +74,6 @@ def compile_pointwise() -> None:
     llama.apply_rotary_pos_emb = torch.compile(llama.apply_rotary_pos_emb, dynamic=True)
 
 
-class MasterWeights:
-    """fp32 master copies of a model's trainable weights, which are then cast to bf16; the
-    optimiser steps the masters and ``copy_back`` writes them into the bf16 weights."""
-
-    def __init__(self, model):
-        self.weights = [p for p in model.parameters() if p.requires_grad]
-        self.masters = torch.nn.ParameterList(
-            [torch.nn.Parameter(p.detach().float().clone()) for p in self.weights])
-        model.to(torch.bfloat16)  # the same Parameter objects, now bf16
-        for weight, master in zip(self.weights, self.masters):
-            weight.register_post_accumulate_grad_hook(
-                lambda w, m=master: self._accumulate(w, m))
-
-    @staticmethod
-    def _accumulate(weight, master) -> None:
-        if master.grad is None:
-            master.grad = weight.grad.float()
-        else:
-            master.grad.add_(weight.grad)
-        weight.grad = None
-
-    @torch.no_grad()
-    def copy_back(self) -> None:
-        torch._foreach_copy_(self.weights, list(self.masters))
-
-
 def run_mode(mode: str, model_dir: Path, pairs, args, params: int, peak) -> dict:
     from transformers import AutoModelForCausalLM
 
@@ -116,6 +89,8 @@ def run_mode(mode: str, model_dir: Path, pairs, args, params: int, peak) -> dict
     if mode == "bf16":
         model.to(torch.bfloat16)
     if mode == "master":
+        from ablate.train.precision import MasterWeights
+
         masters = MasterWeights(model)
     if mode == "regions":
         from ablate.train.common import compile_regions
@@ -126,10 +101,9 @@ def run_mode(mode: str, model_dir: Path, pairs, args, params: int, peak) -> dict
     elif mode == "layers":
         compile_layers(model)
     policy = CompletionLogps(model).to(device)
-    if masters is not None:
-        masters.masters.to(device)
-    optimizer = make_optimizer(policy if masters is None else masters.masters, 1e-7, 0.0)
-    trained = list(policy.parameters() if masters is None else masters.masters)
+    trained_module = policy if masters is None else masters.to(device)
+    optimizer = make_optimizer(trained_module, 1e-7, 0.0)
+    trained = list(trained_module.parameters())
     # bf16 weights run without autocast (it would only add dispatch work)
     precision = (lambda: contextlib.nullcontext()) if mode in ("bf16", "master") else \
         (lambda: autocast(device))

@@ -323,11 +323,14 @@ def run_ablate(model_dir, rows, args, out: Path, **settings) -> dict:
                            "pad_multiple": cfg.pad_multiple,
                            "shared_prompt": cfg.shared_prompt,
                            "compile_regions": cfg.compile_regions,
-                           "attention_kernel": cfg.attention_kernel}}
+                           "attention_kernel": cfg.attention_kernel,
+                           "precision": cfg.precision}}
     if on_cuda():
         result.update(cuda_memory())
+        bf16_weights = cfg.precision == "bf16_weights"
         result["checks"] = {"trainer_device": summary["device"],
-                            "weights_dtype": "torch.float32", "autocast": "bf16"}
+                            "weights_dtype": "torch.bfloat16 (fp32 masters)" if bf16_weights
+                            else "torch.float32", "autocast": None if bf16_weights else "bf16"}
     return result
 
 

@@ -56,17 +56,17 @@ else
   MAX_LENGTH=${GPU_CHECK_MAX_LENGTH:-1024}; MAX_PROMPT=${GPU_CHECK_MAX_PROMPT:-512}
   BATCH=${GPU_CHECK_BATCH:-8}; MICRO=${GPU_CHECK_MICRO:-auto}
   GEN_PROMPTS=${GPU_CHECK_GEN_PROMPTS:-16}; GEN_TOKENS=${GPU_CHECK_GEN_TOKENS:-64}
-  BUDGET=${GPU_CHECK_BUDGET:-480}; SKIP_WHEELS=${GPU_CHECK_SKIP_WHEELS:-0}
+  BUDGET=${GPU_CHECK_BUDGET:-520}; SKIP_WHEELS=${GPU_CHECK_SKIP_WHEELS:-0}
   PY=${PYTHON:-python3}
 fi
 STEPS=${GPU_CHECK_STEPS:-dpo dpo_long syncs rm profile generate}
 DATA_FILE=${GPU_CHECK_DATA_FILE:-.gpu/data/train_1000.jsonl.gz}
 LONG_PAIRS=${GPU_CHECK_LONG_PAIRS:-2000}  # all that fit
 [ "$SMOKE" = 1 ] && LONG_PAIRS=${GPU_CHECK_LONG_PAIRS:-8}
-# ablate alone again after the comparison: with compiled MLP and norm regions, then with the
-# memory-efficient attention kernel instead of cuDNN (no per-shape plans)
-DPO_VARIANTS=${GPU_CHECK_DPO_VARIANTS-compile_regions=true;attention_kernel=efficient}
-[ "$SMOKE" = 1 ] && DPO_VARIANTS=${GPU_CHECK_DPO_VARIANTS-compile_regions=true;attention_kernel=math}
+# ablate alone again after the comparison: bf16 weights with fp32 masters, compiled MLP and
+# norm regions, the memory-efficient attention kernel instead of cuDNN (no per-shape plans)
+DPO_VARIANTS=${GPU_CHECK_DPO_VARIANTS-precision=bf16_weights;compile_regions=true;attention_kernel=efficient}
+[ "$SMOKE" = 1 ] && DPO_VARIANTS=${GPU_CHECK_DPO_VARIANTS-precision=bf16_weights;compile_regions=true;attention_kernel=math}
 PROFILE_MODES=${GPU_CHECK_PROFILE_MODES:-eager regions master bf16}
 OUT=${OUT:-$(mktemp -d /tmp/gpu_check.XXXXXX)}
 mkdir -p "$OUT"

@@ -64,6 +64,10 @@ class PairTraining(Frozen):
     compile_regions: bool = Field(
         default=False, description="torch.compile each decoder layer's MLP and norms (fused "
         "element-wise kernels; attention and the varying lengths stay outside the graphs)")
+    precision: Literal["autocast", "bf16_weights"] = Field(
+        default="autocast", description="autocast: fp32 weights, bf16 autocast on a GPU, fp32 "
+        "on CPU; bf16_weights: bf16 weights (on any device) with fp32 master copies that the "
+        "optimiser steps, one process only (several use FSDP2's mixed precision)")
     attention_kernel: Literal["auto", "cudnn", "efficient", "math"] = Field(
         default="auto", description="the kernel PyTorch's scaled-dot-product attention may use "
         "(auto: PyTorch's choice; cudnn and efficient need a CUDA GPU)")

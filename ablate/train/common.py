@@ -290,6 +290,25 @@ def attention_kernel(name: str, device: torch.device) -> Callable[[], ContextMan
     return lambda: sdpa_kernel([backends[name]])
 
 
+def forward_context(device: torch.device, precision: str, attention: str
+                    ) -> Callable[[], ContextManager]:
+    """How the trainers' forwards run, as a factory of contexts that the forward modules
+    (``CompletionLogps``, ``LastTokenReward``) enter around their work: bf16 autocast on a GPU
+    under ``precision: autocast`` (bf16 weights need no casts: ``precision``), and the
+    ``attention_kernel``. Checked here, before any forward runs."""
+    if precision not in ("autocast", "bf16_weights"):
+        raise TrainingError(f"precision {precision!r}: expected autocast or bf16_weights")
+    kernel = attention_kernel(attention, device)
+    casts = precision == "autocast"
+
+    @contextlib.contextmanager
+    def context():
+        with autocast(device) if casts else contextlib.nullcontext(), kernel():
+            yield
+
+    return context
+
+
 # ---------------------------------------------------------------- model identity
 
 

@@ -31,12 +31,13 @@ from ablate.train.collate import (
     on_device, width_multiple,
 )
 from ablate.train.common import (
-    TokenizedPair, TrainingError, attention_kernel, autocast, compile_regions, device_for_training,
+    TokenizedPair, TrainingError, compile_regions, device_for_training, forward_context,
     model_identity, pairs_digest, split_heldout, tokenize_pairs,
 )
 from ablate.train.logps import CompletionLogps
-from ablate.train.losses import NEEDS_REFERENCE, preference_loss, preference_metrics
 from ablate.train.loop import LoopConfig, train_loop
+from ablate.train.losses import NEEDS_REFERENCE, preference_loss, preference_metrics
+from ablate.train.precision import cast_parameters, master_weights
 
 _log = logging.getLogger("ablate.train.dpo")
 
@@ -70,8 +71,7 @@ def sequence_logps(module: CompletionLogps, pairs: Sequence[TokenizedPair], batc
         group = mine[b * batch_size:(b + 1) * batch_size]
         batch = collate([pairs[i] for i in (group or order[:1])], pad_token_id,
                         shared_prompt).to(device)
-        with autocast(device):
-            logps = module.batch_logps(batch)
+        logps = module.batch_logps(batch)
         if group:
             scored += group
             outputs.append(logps.view(2, -1)[:, :len(group)])
@@ -90,7 +90,10 @@ def _cached_reference(module, pairs, cfg: DPOConfig, pad_token_id, device, model
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     from ablate.spec.plan import config_hash
 
-    key = config_hash({"model": model_identity(model_dir), "pairs": pairs_digest(pairs)}, 24)
+    identity = {"model": model_identity(model_dir), "pairs": pairs_digest(pairs)}
+    if cfg.precision != "autocast":  # bf16 weights give other log-probs than fp32 ones
+        identity["precision"] = cfg.precision
+    key = config_hash(identity, 24)
     path = Path(cache_dir) / "ref_logps" / f"{key}.pt"
     if path.is_file():
         cached = torch.load(path, weights_only=True)
@@ -169,14 +172,15 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
     all_pairs = train_pairs + heldout
 
     device = device_for_training()
-    kernel = attention_kernel(cfg.attention_kernel, device)  # before the load: fails fast
+    context = forward_context(device, cfg.precision, cfg.attention_kernel)  # fails fast
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if cfg.compile_regions:
         log.info("DPO: %d regions compiled", compile_regions(model))
-    policy = fsdp.shard(CompletionLogps(model, attention=kernel), model, device)
+    policy = fsdp.shard(CompletionLogps(model, context=context), model, device)
+    masters = master_weights(model, cfg.precision)
     shared_prompt = cfg.shared_prompt and attention_implementation(model) in \
         SHARED_PROMPT_ATTENTION
     if cfg.shared_prompt and not shared_prompt:
@@ -197,7 +201,9 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
         frozen.requires_grad_(False)
         if cfg.compile_regions:
             compile_regions(frozen)
-        reference = fsdp.shard(CompletionLogps(frozen, attention=kernel), frozen, device).eval()
+        if masters is not None:
+            cast_parameters(frozen, torch.bfloat16)
+        reference = fsdp.shard(CompletionLogps(frozen, context=context), frozen, device).eval()
         held_ref = sequence_logps(reference, heldout, cfg.micro_batch_size * 2, pad_token_id,
                                   device, shared_prompt) if heldout else (None, None)
     ref_seconds = time.perf_counter() - ref_started
@@ -211,7 +217,7 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
         if reference is None:
             both = ref_on_device[:, on_device(torch.tensor(group), device)]
             return both[0], both[1]
-        with torch.no_grad(), autocast(device):
+        with torch.no_grad():
             logps = reference.batch_logps(batch)
         fsdp.reshard(reference)
         return logps[:len(group)], logps[len(group):]
@@ -230,8 +236,7 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
     def micro_loss(group: list[int]):
         batch = collate([train_pairs[i] for i in group], pad_token_id, shared_prompt,
                         pad_to).to(device)
-        with autocast(device):
-            logps = policy.batch_logps(batch)
+        logps = policy.batch_logps(batch)
         chosen, rejected = logps[:len(group)], logps[len(group):]
         ref_c, ref_r = reference_logps(group, batch) if needs_ref else (None, None)
         lengths = batch.completion_lengths
@@ -253,9 +258,12 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
                           length_grouping=cfg.length_grouping)
     trained = train_loop(policy, train_pairs, loop_cfg, micro_loss, out_dir, log, progress, "dpo",
                          stop_after_steps=stop_after_steps,
-                         lengths=[p.layout_length(shared_prompt) for p in train_pairs])
+                         lengths=[p.layout_length(shared_prompt) for p in train_pairs],
+                         masters=masters)
     after = _heldout_metrics(policy, heldout, *held_ref, cfg, pad_token_id, device,
                              shared_prompt)
+    if masters is not None:  # the saved model gets the fp32 masters, not their bf16 rounding
+        masters.restore_fp32(model)
     _save_model(policy, tokenizer, out_dir / "model")
     summary = {"loss": cfg.loss, "rows": len(rows), "train_pairs": n_train,
                "heldout_pairs": len(heldout), "skipped": dict(skipped),

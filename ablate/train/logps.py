@@ -85,11 +85,11 @@ class CompletionLogps(nn.Module):
     """
 
     def __init__(self, causal_lm: nn.Module, chunk: int = 1024,
-                 attention: Callable[[], ContextManager] = contextlib.nullcontext):
+                 context: Callable[[], ContextManager] = contextlib.nullcontext):
         super().__init__()
         self.lm = causal_lm
         self.chunk = chunk
-        self.attention = attention  # see common.attention_kernel
+        self.context = context  # precision and attention kernel: common.forward_context
         head = causal_lm.get_output_embeddings()
         if getattr(head, "bias", None) is not None:
             raise TrainingError("output layers with a bias are not supported by CompletionLogps")
@@ -104,12 +104,13 @@ class CompletionLogps(nn.Module):
         if attention_mask.dim() == 2:
             attention_mask = padded_causal_mask(attention_mask, attention_implementation(self.lm),
                                                 next(self.lm.parameters()).dtype)
-        with self.attention():
+        with self.context():
             hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
                                         position_ids=position_ids, use_cache=False
                                         ).last_hidden_state
-        logps = token_logps(hidden[scored.rows, scored.positions],
-                            self.lm.get_output_embeddings().weight, scored.targets, self.chunk)
+            logps = token_logps(hidden[scored.rows, scored.positions],
+                                self.lm.get_output_embeddings().weight, scored.targets,
+                                self.chunk)
         return torch.zeros(scored.n_slots, dtype=logps.dtype, device=input_ids.device).index_add(
             0, scored.slots, logps)
 

@@ -23,6 +23,7 @@ from ablate.train.checkpoints import (
 from ablate.train.common import (
     TokenizedPair, TrainingError, linear_warmup_decay, make_optimizer, micro_batches, plan_batches,
 )
+from ablate.train.precision import MasterWeights
 
 # micro_loss(pair positions) -> (sum of the per-pair losses, summed statistics to log), all
 # tensors on the training device: reading them there would make the host wait for the GPU
@@ -90,11 +91,12 @@ class StepWork:
         return grad_norm, dict(zip(keys, values[1 + len(self.micro_losses):]))
 
 
-def accumulate_step(module: nn.Module, pairs: Sequence[TokenizedPair], positions: Sequence[int],
+def accumulate_step(trained: nn.Module, pairs: Sequence[TokenizedPair], positions: Sequence[int],
                     micro_batch_size: int, max_grad_norm: float, micro_loss: MicroLoss
                     ) -> StepWork:
-    """Forward and backward over the step's micro-batches, then gradient clipping; nothing here
-    reads a value back from the device, so the host keeps queueing kernels ahead of the GPU."""
+    """Forward and backward over the step's micro-batches, then clipping of ``trained``'s
+    gradients; nothing here reads a value back from the device, so the host keeps queueing
+    kernels ahead of the GPU."""
     work = StepWork([], [], torch.zeros(()), {}, 0)
     for group in rank_micro_batches(pairs, positions, micro_batch_size):
         weight = 1.0 if group else 0.0  # an empty slot still joins the collectives
@@ -109,25 +111,30 @@ def accumulate_step(module: nn.Module, pairs: Sequence[TokenizedPair], positions
         for key, value in stats.items():
             work.sums[key] = work.sums.get(key, 0.0) + (value if group else torch.zeros_like(value))
         work.tokens += sum(pairs[i].real_tokens for i in group)
-    work.grad_norm = fsdp.clip_grad_norm(module, max_grad_norm)
+    work.grad_norm = fsdp.clip_grad_norm(trained, max_grad_norm)
     return work
 
 
 def train_loop(module: nn.Module, pairs: Sequence[TokenizedPair], cfg: LoopConfig,
                micro_loss: MicroLoss, out_dir: Path, log, progress, desc: str,
-               stop_after_steps: int | None = None, lengths: Sequence[int] | None = None
-               ) -> dict:
-    """``lengths``: each pair's token count in the recipe's layout, for length-grouped batches."""
+               stop_after_steps: int | None = None, lengths: Sequence[int] | None = None,
+               masters: MasterWeights | None = None) -> dict:
+    """``lengths``: each pair's token count in the recipe's layout, for length-grouped batches.
+    ``masters``: fp32 master weights (``precision: bf16_weights``), which the optimiser,
+    clipping and checkpoints take in place of ``module``'s bf16 ones."""
+    trained = module if masters is None else masters
     batches = plan_batches(len(pairs), cfg.batch_size, cfg.epochs, cfg.seed, lengths,
                            cfg.length_grouping)
     total_steps = len(batches)
-    optimizer = make_optimizer(module, cfg.lr, cfg.weight_decay)
+    optimizer = make_optimizer(trained, cfg.lr, cfg.weight_decay)
     scheduler = linear_warmup_decay(optimizer, total_steps, cfg.warmup_ratio)
     checkpoints = Path(out_dir) / "checkpoints"
     start = 0
     found = latest_checkpoint(checkpoints)
     if found is not None:
-        start = load_checkpoint(found, module, optimizer, scheduler)["step"]
+        start = load_checkpoint(found, trained, optimizer, scheduler)["step"]
+        if masters is not None:
+            masters.copy_back()
         log.info("resuming from %s (step %d of %d)", found, start, total_steps)
     metrics = MetricsLog(Path(out_dir) / "metrics.jsonl", resume_step=start)
     speed = Throughput()
@@ -136,13 +143,15 @@ def train_loop(module: nn.Module, pairs: Sequence[TokenizedPair], cfg: LoopConfi
     for step in range(start, total_steps):
         positions = batches[step]
         with speed:
-            work = accumulate_step(module, pairs, positions, cfg.micro_batch_size,
+            work = accumulate_step(trained, pairs, positions, cfg.micro_batch_size,
                                    cfg.max_grad_norm, micro_loss)
             grad_norm, sums = work.read(step)
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if masters is not None:
+                masters.copy_back()
         keys = sorted(sums)
         reduced = fsdp.all_reduce_sum(torch.tensor([sums[k] for k in keys] + [float(work.tokens)],
                                                    dtype=torch.float64))
@@ -152,7 +161,7 @@ def train_loop(module: nn.Module, pairs: Sequence[TokenizedPair], cfg: LoopConfi
                        "pairs": len(positions), "tokens": int(reduced[-1]), **last})
         progress(step + 1, total_steps, desc)
         if (step + 1) % cfg.save_every_steps == 0 and step + 1 < total_steps:
-            save_checkpoint(checkpoints, step + 1, module, optimizer, scheduler,
+            save_checkpoint(checkpoints, step + 1, trained, optimizer, scheduler,
                             {"total_steps": total_steps})
         if stop_after_steps is not None and step + 1 >= stop_after_steps:
             raise StopRequested(f"stopped after step {step + 1}")

@@ -32,11 +32,12 @@ from ablate.train.collate import (
     collate_shared_prompt, pad_sequences, padded_causal_mask, shared_prompt_mask, width_multiple,
 )
 from ablate.train.common import (
-    TokenizedPair, TrainingError, as_messages, attention_kernel, autocast, compile_regions,
-    device_for_training, encode_chat, split_heldout, tokenize_pairs,
+    TokenizedPair, TrainingError, as_messages, autocast, compile_regions, device_for_training,
+    encode_chat, forward_context, split_heldout, tokenize_pairs,
 )
-from ablate.train.losses import bradley_terry_loss
 from ablate.train.loop import LoopConfig, train_loop
+from ablate.train.losses import bradley_terry_loss
+from ablate.train.precision import master_weights
 
 _log = logging.getLogger("ablate.train.rm")
 
@@ -50,10 +51,10 @@ class LastTokenReward(nn.Module):
     """
 
     def __init__(self, model: nn.Module,
-                 attention: Callable[[], ContextManager] = contextlib.nullcontext):
+                 context: Callable[[], ContextManager] = contextlib.nullcontext):
         super().__init__()
         self.rm = model
-        self.attention = attention  # see common.attention_kernel
+        self.context = context  # precision and attention kernel: common.forward_context
         if not hasattr(model, "score"):
             raise TrainingError(f"{type(model).__name__} has no `score` head")
 
@@ -64,16 +65,16 @@ class LastTokenReward(nn.Module):
         the hidden states at those positions. One forward either way, so FSDP's root hooks run."""
         mask = attention_mask if score_at is not None else padded_causal_mask(
             attention_mask, attention_implementation(self.rm), next(self.rm.parameters()).dtype)
-        with self.attention():
+        with self.context():
             hidden = self.rm.base_model(input_ids=input_ids, attention_mask=mask,
                                         position_ids=position_ids, use_cache=False
                                         ).last_hidden_state
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        if score_at is None:
-            pooled = hidden[rows, attention_mask.sum(dim=1) - 1]
-        else:
-            pooled = hidden[rows[:, None].expand_as(score_at), score_at]
-        return self.rm.score(pooled).squeeze(-1).float()
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            if score_at is None:
+                pooled = hidden[rows, attention_mask.sum(dim=1) - 1]
+            else:
+                pooled = hidden[rows[:, None].expand_as(score_at), score_at]
+            return self.rm.score(pooled).squeeze(-1).float()
 
     def shared_prompt_rewards(self, batch: SharedPromptBatch) -> tuple[Tensor, Tensor]:
         """Chosen and rejected rewards [B] of a shared-prompt batch (prompt run once)."""
@@ -119,13 +120,12 @@ def pair_rewards(module: LastTokenReward, pairs: Sequence[TokenizedPair], batch_
     outputs: list[Tensor] = []  # stay on the device until the end: one transfer
     for start in range(0, len(order), batch_size):
         group = order[start:start + batch_size]
-        with autocast(device):
-            if shared_prompt:
-                batch = collate_shared_prompt([pairs[i] for i in group], pad_token_id)
-                outputs.append(torch.stack(module.shared_prompt_rewards(batch.to(device))))
-            else:
-                batch = collate_pairs([pairs[i] for i in group], pad_token_id).to(device)
-                outputs.append(module(batch.input_ids, batch.attention_mask).view(2, -1))
+        if shared_prompt:
+            batch = collate_shared_prompt([pairs[i] for i in group], pad_token_id)
+            outputs.append(torch.stack(module.shared_prompt_rewards(batch.to(device))))
+        else:
+            batch = collate_pairs([pairs[i] for i in group], pad_token_id).to(device)
+            outputs.append(module(batch.input_ids, batch.attention_mask).view(2, -1))
     module.train(was_training)
     fsdp.reshard(module)
     chosen = torch.zeros(len(pairs))
@@ -164,13 +164,14 @@ def train_rm(model_dir: Path, rows: Sequence[dict], cfg: RMConfig, seed: int, ou
                             "none")
     train_pairs, heldout = split_heldout(pairs, cfg.eval_fraction, seed)
     device = device_for_training()
+    context = forward_context(device, cfg.precision, cfg.attention_kernel)  # fails fast
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if cfg.compile_regions:
         log.info("RM: %d regions compiled", compile_regions(model))
-    scorer = fsdp.shard(LastTokenReward(model, attention_kernel(cfg.attention_kernel, device)),
-                        model, device)
+    scorer = fsdp.shard(LastTokenReward(model, context), model, device)
+    masters = master_weights(model, cfg.precision)
     shared_prompt = cfg.shared_prompt and shared_prompt_usable(model, log)
 
     def heldout_accuracy() -> float | None:
@@ -188,12 +189,10 @@ def train_rm(model_dir: Path, rows: Sequence[dict], cfg: RMConfig, seed: int, ou
         chunk = [train_pairs[i] for i in group]
         if shared_prompt:
             batch = collate_shared_prompt(chunk, pad_token_id, pad_to).to(device)
-            with autocast(device):
-                chosen, rejected = scorer.shared_prompt_rewards(batch)
+            chosen, rejected = scorer.shared_prompt_rewards(batch)
         else:
             batch = collate_pairs(chunk, pad_token_id, pad_to).to(device)
-            with autocast(device):
-                rewards = scorer(batch.input_ids, batch.attention_mask)
+            rewards = scorer(batch.input_ids, batch.attention_mask)
             chosen, rejected = rewards[:len(group)], rewards[len(group):]
         losses = bradley_terry_loss(chosen, rejected, batch.margins if cfg.margin else None)
         # device tensors: the loop reads every step's figures in one transfer
@@ -209,8 +208,11 @@ def train_rm(model_dir: Path, rows: Sequence[dict], cfg: RMConfig, seed: int, ou
                           length_grouping=cfg.length_grouping)
     trained = train_loop(scorer, train_pairs, loop_cfg, micro_loss, out_dir, log, progress, "rm",
                          stop_after_steps=stop_after_steps,
-                         lengths=[p.layout_length(shared_prompt) for p in train_pairs])
+                         lengths=[p.layout_length(shared_prompt) for p in train_pairs],
+                         masters=masters)
     after = heldout_accuracy()
+    if masters is not None:  # the saved model gets the fp32 masters, not their bf16 rounding
+        masters.restore_fp32(model)
     state = fsdp.full_state_dict(scorer)
     if fsdp.is_main_process():
         state = {k.removeprefix("rm."): v for k, v in state.items()}

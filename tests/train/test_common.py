@@ -206,8 +206,8 @@ def test_attention_kernel_restricts_the_forward_and_refuses_gpu_kernels_on_cpu(t
     pairs, _ = tokenize_pairs([row()], tokenizer, 512, 256)
     batch = collate_shared_prompt(pairs, tokenizer.pad_token_id)
     cpu = torch.device("cpu")
-    auto = CompletionLogps(model, attention=attention_kernel("auto", cpu)).batch_logps(batch)
-    math_only = CompletionLogps(model, attention=attention_kernel("math", cpu)).batch_logps(batch)
+    auto = CompletionLogps(model, context=attention_kernel("auto", cpu)).batch_logps(batch)
+    math_only = CompletionLogps(model, context=attention_kernel("math", cpu)).batch_logps(batch)
     assert seen == [(True, True), (True, False)]  # only the math kernel inside the second
     assert torch.backends.cuda.flash_sdp_enabled()  # and restored after it
     torch.testing.assert_close(math_only, auto, rtol=1e-5, atol=1e-5)

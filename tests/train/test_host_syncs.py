@@ -73,13 +73,14 @@ def _rows(n=12):
              "rejected": "No. " * (1 + i % 4)} for i in range(n)]
 
 
-@pytest.mark.parametrize("shared_prompt", [True, False])
+@pytest.mark.parametrize("shared_prompt,precision", [(True, "autocast"), (False, "autocast"),
+                                                     (True, "bf16_weights")])
 def test_dpo_step_reads_nothing_back_before_the_end(tiny_model_dir, tmp_path, monkeypatch,
-                                                    shared_prompt):
+                                                    shared_prompt, precision):
     mode = DeviceReads()
     _watch(monkeypatch, mode, dpo, ["collate"])
     cfg = DPOConfig(batch_size=4, micro_batch_size=2, epochs=1, eval_fraction=0.0,
-                    shared_prompt=shared_prompt)
+                    shared_prompt=shared_prompt, precision=precision)
     with mode:
         summary = dpo.train_dpo(tiny_model_dir, _rows(), cfg, 1, tmp_path / "run",
                                 tmp_path / "cache")
