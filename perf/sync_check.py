@@ -42,7 +42,8 @@ def watched(recipe: str, model_dir: Path, rows, args) -> dict:
                 out = real_step(*a, **k)
             for w in caught:
                 if "synchroniz" in str(w.message).lower():
-                    syncs.append(f"{w.message}".split("\n")[0][:200] + f" ({w.filename}:{w.lineno})")
+                    first_line = str(w.message).split("\n")[0][:200]
+                    syncs.append(f"{first_line} ({w.filename}:{w.lineno})")
             return out
         finally:
             torch.cuda.set_sync_debug_mode("default")

@@ -69,8 +69,9 @@ def _watch(monkeypatch, mode: DeviceReads, module, collate_names: list[str]):
 
 
 def _rows(n=12):
-    return [{"prompt": f"Question {i}: say something kind", "chosen": "A kind answer. " * (1 + i % 3),
-             "rejected": "No. " * (1 + i % 4)} for i in range(n)]
+    return [{"prompt": f"Question {i}: say something kind",
+             "chosen": "A kind answer. " * (1 + i % 3), "rejected": "No. " * (1 + i % 4)}
+            for i in range(n)]
 
 
 @pytest.mark.parametrize("shared_prompt,precision", [(True, "autocast"), (False, "autocast"),
