@@ -475,9 +475,16 @@ def main(argv=None):
             cuda_reset()
         variants = []
         for number, settings in enumerate(variant_settings):
-            side = run_ablate(model_dir, rows, args, Path(tmp) / f"variant{number}", **settings)
-            print(f"ablate variant {settings}: {side['seconds']:.1f} s", flush=True)
-            variants.append(describe(side, len(pairs), real_tokens))
+            try:
+                side = run_ablate(model_dir, rows, args, Path(tmp) / f"variant{number}",
+                                  **settings)
+            except Exception as error:  # a failed variant must not lose the comparison
+                print(f"ablate variant {settings} failed: {error!r}", flush=True)
+                variants.append({"settings": settings,
+                                 "error": f"{type(error).__name__}: {error}"[:2000]})
+            else:
+                print(f"ablate variant {settings}: {side['seconds']:.1f} s", flush=True)
+                variants.append(describe(side, len(pairs), real_tokens))
             cuda_reset()
     ablate = describe(sides["ablate"], len(pairs), real_tokens)
     trl_side = describe(sides["trl"], len(pairs), real_tokens) if "trl" in sides else None
@@ -486,7 +493,8 @@ def main(argv=None):
         params = count_parameters(model_dir)
         peak, peak_note = peak_bf16_flops()
         for side in (ablate, trl_side, *variants) if trl_side else (ablate, *variants):
-            side.update(cuda_figures(side, params, real_tokens, peak))
+            if "error" not in side:
+                side.update(cuda_figures(side, params, real_tokens, peak))
         extra |= {"params": params, "peak_bf16_flops": peak, "peak_note": peak_note,
                  "flops_note": "useful FLOPs = 8 x params x real tokens (6 for the training "
                  "forward+backward, 2 for the reference forward), attention and padding not "
