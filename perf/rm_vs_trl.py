@@ -104,7 +104,7 @@ def shared_prompt_ab(model_dir, pairs, args) -> dict:
     round on one loaded model, with process CPU time (steadier than wall time on a shared
     machine). No optimiser step, so every round computes the same thing; the first round is a
     warm-up and not counted."""
-    from ablate.train.collate import collate_pairs, collate_shared_prompt
+    from ablate.train.collate import collate
     from ablate.train.common import micro_batches
     from ablate.train.losses import bradley_terry_loss
     from ablate.train.rm import LastTokenReward, load_reward_model
@@ -120,14 +120,8 @@ def shared_prompt_ab(model_dir, pairs, args) -> dict:
         loss_total = 0.0
         for step in steps:
             for group in micro_batches(pairs, step, per_forward):
-                chunk = [pairs[i] for i in group]
-                if layout == "plain":
-                    batch = collate_pairs(chunk, pad)
-                    rewards = scorer(batch.input_ids, batch.attention_mask)
-                    chosen, rejected = rewards[:len(chunk)], rewards[len(chunk):]
-                else:
-                    chosen, rejected = scorer.shared_prompt_rewards(
-                        collate_shared_prompt(chunk, pad))
+                batch = collate([pairs[i] for i in group], pad, layout == "shared")
+                chosen, rejected = scorer.batch_rewards(batch)
                 loss = bradley_terry_loss(chosen, rejected).sum()
                 loss.backward()
                 loss_total += loss.item()

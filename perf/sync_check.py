@@ -30,8 +30,7 @@ def watched(recipe: str, model_dir: Path, rows, args) -> dict:
 
     syncs: list[str] = []
     real_step = loop.accumulate_step
-    module, collates = (dpo, ["collate"]) if recipe == "dpo" else \
-        (rm, ["collate_shared_prompt", "collate_pairs"])
+    module, collates = (dpo, ["collate"]) if recipe == "dpo" else (rm, ["collate"])
     real_collates = {name: getattr(module, name) for name in collates}
 
     def step(*a, **k):

@@ -141,7 +141,6 @@ class SharedPromptBatch:
     segments: Tensor  # [B, T]: PROMPT, CHOSEN, REJECTED or PADDING
     chosen_last: Tensor  # [B]: position of the chosen answer's last token
     rejected_last: Tensor  # [B]
-    prompt_lengths: Tensor  # [B]
     # the answer tokens: each is predicted from the previous position, except the rejected
     # answer's first token, which the prompt's last position predicts (as it does the chosen
     # answer's first token); slot = row for chosen tokens, B + row for rejected ones
@@ -153,8 +152,7 @@ class SharedPromptBatch:
     def to(self, device) -> "SharedPromptBatch":
         return SharedPromptBatch(
             *(on_device(t, device) for t in (self.input_ids, self.position_ids, self.segments,
-                                            self.chosen_last, self.rejected_last,
-                                            self.prompt_lengths)),
+                                            self.chosen_last, self.rejected_last)),
             self.scored.to(device), on_device(self.completion_lengths, device),
             on_device(self.margins, device), self.real_tokens)
 
@@ -191,12 +189,31 @@ def collate_shared_prompt(pairs: Sequence[TokenizedPair], pad_token_id: int,
     if all(p.margin is not None for p in pairs):
         margins = torch.tensor([p.margin for p in pairs], dtype=torch.float32)
     return SharedPromptBatch(input_ids, position_ids, segments, chosen_last, rejected_last,
-                             torch.tensor([len(p.prompt_ids) for p in pairs]),
                              ScoredTokens.from_lists(rows, positions, targets, slots,
                                                      2 * len(pairs)),
                              torch.tensor([len(p.chosen_ids) for p in pairs]
                                           + [len(p.rejected_ids) for p in pairs]),
                              margins, sum(p.layout_length(True) for p in pairs))
+
+
+def collate(pairs: Sequence[TokenizedPair], pad_token_id: int, shared_prompt: bool,
+            width_multiple: int = 1) -> SequenceBatch | SharedPromptBatch:
+    """A micro-batch in the plain layout (chosen rows, then rejected rows) or the shared-prompt
+    one (a row per pair, prompt once), its width rounded up to a multiple of ``width_multiple``."""
+    return collate_shared_prompt(pairs, pad_token_id, width_multiple) if shared_prompt \
+        else collate_pairs(pairs, pad_token_id, width_multiple)
+
+
+def shared_prompt_usable(model: nn.Module, wanted: bool, log=None, recipe: str = "") -> bool:
+    """Whether a recipe that ``wanted`` the shared-prompt layout can have it: the model's
+    attention must take a ready 4-D mask. Says why not."""
+    attention = attention_implementation(model)
+    if wanted and attention not in SHARED_PROMPT_ATTENTION:
+        if log is not None:
+            log.warning("%s: %r attention cannot take the shared-prompt mask; using the plain "
+                        "two-sequence forward", recipe, attention)
+        return False
+    return wanted
 
 
 def shared_prompt_mask(segments: Tensor, attention: str, dtype: torch.dtype) -> Tensor:

@@ -26,10 +26,7 @@ import torch
 from ablate.spec.schema import DPOConfig
 from ablate.store import atomic_write_json
 from ablate.train import fsdp
-from ablate.train.collate import (
-    SHARED_PROMPT_ATTENTION, attention_implementation, collate_pairs, collate_shared_prompt,
-    on_device, width_multiple,
-)
+from ablate.train.collate import collate, on_device, shared_prompt_usable, width_multiple
 from ablate.train.common import (
     TokenizedPair, TrainingError, compile_regions, device_for_training, forward_context,
     model_identity, pairs_digest, split_heldout, tokenize_pairs,
@@ -44,14 +41,6 @@ _log = logging.getLogger("ablate.train.dpo")
 
 def _no_progress(*args, **kwargs) -> None:
     return None
-
-
-def collate(pairs: Sequence[TokenizedPair], pad_token_id: int, shared_prompt: bool,
-            pad_to: int = 1):
-    """A micro-batch in the plain layout (chosen rows, then rejected rows) or the shared-prompt
-    one (a row per pair, prompt once), its width rounded up to a multiple of ``pad_to``."""
-    return collate_shared_prompt(pairs, pad_token_id, pad_to) if shared_prompt \
-        else collate_pairs(pairs, pad_token_id, pad_to)
 
 
 @torch.no_grad()
@@ -181,11 +170,7 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
         log.info("DPO: %d regions compiled", compile_regions(model))
     policy = fsdp.shard(CompletionLogps(model, context=context), model, device)
     masters = master_weights(model, cfg.precision)
-    shared_prompt = cfg.shared_prompt and attention_implementation(model) in \
-        SHARED_PROMPT_ATTENTION
-    if cfg.shared_prompt and not shared_prompt:
-        log.warning("DPO: %r attention cannot take the shared-prompt mask; using the plain "
-                    "two-sequence forward", attention_implementation(model))
+    shared_prompt = shared_prompt_usable(model, cfg.shared_prompt, log, "DPO")
 
     needs_ref = NEEDS_REFERENCE[cfg.loss]
     ref_started, ref_cpu_started = time.perf_counter(), time.process_time()

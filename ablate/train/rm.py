@@ -28,8 +28,8 @@ from ablate.spec.schema import RMConfig
 from ablate.store import atomic_write_json
 from ablate.train import fsdp
 from ablate.train.collate import (
-    SHARED_PROMPT_ATTENTION, SharedPromptBatch, attention_implementation, collate_pairs,
-    collate_shared_prompt, pad_sequences, padded_causal_mask, shared_prompt_mask, width_multiple,
+    SequenceBatch, SharedPromptBatch, attention_implementation, collate, pad_sequences,
+    padded_causal_mask, shared_prompt_mask, shared_prompt_usable, width_multiple,
 )
 from ablate.train.common import (
     TokenizedPair, TrainingError, as_messages, autocast, compile_regions, device_for_training,
@@ -76,25 +76,19 @@ class LastTokenReward(nn.Module):
                 pooled = hidden[rows[:, None].expand_as(score_at), score_at]
             return self.rm.score(pooled).squeeze(-1).float()
 
-    def shared_prompt_rewards(self, batch: SharedPromptBatch) -> tuple[Tensor, Tensor]:
-        """Chosen and rejected rewards [B] of a shared-prompt batch (prompt run once)."""
+    def batch_rewards(self, batch: SequenceBatch | SharedPromptBatch) -> tuple[Tensor, Tensor]:
+        """Chosen and rejected rewards [B] of a batch in either layout (the shared-prompt one
+        runs each prompt once)."""
+        if isinstance(batch, SequenceBatch):
+            rewards = self(batch.input_ids, batch.attention_mask)
+            n = rewards.shape[0] // 2
+            return rewards[:n], rewards[n:]
         model = self.rm
         mask = shared_prompt_mask(batch.segments, attention_implementation(model),
                                   next(model.parameters()).dtype)
         rewards = self(batch.input_ids, mask, batch.position_ids,
                        torch.stack([batch.chosen_last, batch.rejected_last], dim=1))
         return rewards[:, 0], rewards[:, 1]
-
-
-def shared_prompt_usable(model: nn.Module, log=None) -> bool:
-    """Whether the model's attention takes the shared-prompt 4-D mask; says why not."""
-    attention = attention_implementation(model)
-    if attention in SHARED_PROMPT_ATTENTION:
-        return True
-    if log is not None:
-        log.warning("RM: %r attention cannot take the shared-prompt mask; using the plain "
-                    "two-sequence forward", attention)
-    return False
 
 
 def load_reward_model(model_dir: Path, dtype=torch.float32):
@@ -120,12 +114,8 @@ def pair_rewards(module: LastTokenReward, pairs: Sequence[TokenizedPair], batch_
     outputs: list[Tensor] = []  # stay on the device until the end: one transfer
     for start in range(0, len(order), batch_size):
         group = order[start:start + batch_size]
-        if shared_prompt:
-            batch = collate_shared_prompt([pairs[i] for i in group], pad_token_id)
-            outputs.append(torch.stack(module.shared_prompt_rewards(batch.to(device))))
-        else:
-            batch = collate_pairs([pairs[i] for i in group], pad_token_id).to(device)
-            outputs.append(module(batch.input_ids, batch.attention_mask).view(2, -1))
+        batch = collate([pairs[i] for i in group], pad_token_id, shared_prompt).to(device)
+        outputs.append(torch.stack(module.batch_rewards(batch)))
     module.train(was_training)
     fsdp.reshard(module)
     chosen = torch.zeros(len(pairs))
@@ -172,7 +162,7 @@ def train_rm(model_dir: Path, rows: Sequence[dict], cfg: RMConfig, seed: int, ou
         log.info("RM: %d regions compiled", compile_regions(model))
     scorer = fsdp.shard(LastTokenReward(model, context), model, device)
     masters = master_weights(model, cfg.precision)
-    shared_prompt = cfg.shared_prompt and shared_prompt_usable(model, log)
+    shared_prompt = shared_prompt_usable(model, cfg.shared_prompt, log, "RM")
 
     def heldout_accuracy() -> float | None:
         if not heldout:
@@ -186,14 +176,9 @@ def train_rm(model_dir: Path, rows: Sequence[dict], cfg: RMConfig, seed: int, ou
     pad_to = width_multiple(cfg.pad_multiple, device)
 
     def micro_loss(group: list[int]):
-        chunk = [train_pairs[i] for i in group]
-        if shared_prompt:
-            batch = collate_shared_prompt(chunk, pad_token_id, pad_to).to(device)
-            chosen, rejected = scorer.shared_prompt_rewards(batch)
-        else:
-            batch = collate_pairs(chunk, pad_token_id, pad_to).to(device)
-            rewards = scorer(batch.input_ids, batch.attention_mask)
-            chosen, rejected = rewards[:len(group)], rewards[len(group):]
+        batch = collate([train_pairs[i] for i in group], pad_token_id, shared_prompt,
+                        pad_to).to(device)
+        chosen, rejected = scorer.batch_rewards(batch)
         losses = bradley_terry_loss(chosen, rejected, batch.margins if cfg.margin else None)
         # device tensors: the loop reads every step's figures in one transfer
         stats = {"loss": losses.detach().sum(), "accuracy": (chosen > rejected).float().sum(),

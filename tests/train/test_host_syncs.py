@@ -93,7 +93,7 @@ def test_dpo_step_reads_nothing_back_before_the_end(tiny_model_dir, tmp_path, mo
 def test_rm_step_reads_nothing_back_before_the_end(tiny_model_dir, tmp_path, monkeypatch,
                                                    shared_prompt):
     mode = DeviceReads()
-    _watch(monkeypatch, mode, rm, ["collate_shared_prompt", "collate_pairs"])
+    _watch(monkeypatch, mode, rm, ["collate"])
     cfg = RMConfig(batch_size=4, micro_batch_size=2, epochs=1, eval_fraction=0.0,
                    shared_prompt=shared_prompt)
     with mode:

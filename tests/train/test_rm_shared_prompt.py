@@ -91,7 +91,7 @@ def test_shared_prompt_loss_and_gradient_equal_plain(tiny_model_dir, pairs, atte
     plain_loss.backward()
 
     shared = collate_shared_prompt(pairs, pad)
-    chosen, rejected = LastTokenReward(other).shared_prompt_rewards(shared)
+    chosen, rejected = LastTokenReward(other).batch_rewards(shared)
     shared_loss = bradley_terry_loss(chosen, rejected,
                                      shared.margins if with_margin else None).sum()
     shared_loss.backward()
