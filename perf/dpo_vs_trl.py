@@ -411,6 +411,24 @@ def parse_settings(spec: str) -> dict:
     return settings
 
 
+def run_variants(run_side, variant_settings: list[dict], tmp: Path) -> list[dict]:
+    """ablate alone once per settings dict (``run_side(out_dir, **settings)``); a variant
+    that fails is recorded with its error, so that it does not lose the comparison."""
+    variants = []
+    for number, settings in enumerate(variant_settings):
+        try:
+            side = run_side(tmp / f"variant{number}", **settings)
+        except Exception as error:
+            print(f"ablate variant {settings} failed: {error!r}", flush=True)
+            variants.append({"settings": settings,
+                             "error": f"{type(error).__name__}: {error}"[:2000]})
+        else:
+            print(f"ablate variant {settings}: {side['seconds']:.1f} s", flush=True)
+            variants.append(side)
+        cuda_reset()
+    return variants
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="CPU-sized run (< 5 minutes)")
@@ -473,19 +491,11 @@ def main(argv=None):
                                              **main_settings)
             print(f"{side}: {sides[side]['seconds']:.1f} s", flush=True)
             cuda_reset()
-        variants = []
-        for number, settings in enumerate(variant_settings):
-            try:
-                side = run_ablate(model_dir, rows, args, Path(tmp) / f"variant{number}",
-                                  **settings)
-            except Exception as error:  # a failed variant must not lose the comparison
-                print(f"ablate variant {settings} failed: {error!r}", flush=True)
-                variants.append({"settings": settings,
-                                 "error": f"{type(error).__name__}: {error}"[:2000]})
-            else:
-                print(f"ablate variant {settings}: {side['seconds']:.1f} s", flush=True)
-                variants.append(describe(side, len(pairs), real_tokens))
-            cuda_reset()
+        variants = [side if "error" in side else describe(side, len(pairs), real_tokens)
+                    for side in run_variants(
+                        lambda out, **settings: run_ablate(model_dir, rows, args, out,
+                                                           **settings),
+                        variant_settings, Path(tmp))]
     ablate = describe(sides["ablate"], len(pairs), real_tokens)
     trl_side = describe(sides["trl"], len(pairs), real_tokens) if "trl" in sides else None
     extra = {"variants": variants} if variants else {}
@@ -515,6 +525,9 @@ def main(argv=None):
     if trl_side:
         result |= {"trl": trl_side, **ratios(ablate, trl_side),
                    "train_ratio": round(trl_side["train_seconds"] / ablate["train_seconds"], 3)}
+        for variant in variants:
+            if "error" not in variant:  # each variant against the same TRL run
+                variant["ratio_vs_trl"] = ratios(variant, trl_side)["ratio"]
     return emit(result, args.json)
 
 

@@ -15,13 +15,15 @@
 #      -> $OUT/dpo_gpu.json   (micro-batch 8 on a GPU with >= 100 GiB, else 4), then ablate alone
 #      with the GPU_CHECK_DPO_VARIANTS settings; on failure it is retried once at half the
 #      micro-batch (without variants) if time allows
-#   3b. dpo_long: ablate's side alone over every pair of GPU_CHECK_DATA_FILE (default
-#      .gpu/data/train_1000.jsonl.gz, the 1000 UltraFeedback rows of ../shared/data, ~850 pairs
-#      fit 1024 tokens) that fits: a longer epoch, closer to a real run -> $OUT/dpo_long_gpu.json
-#   3c. syncs: perf/sync_check.py on a tiny random Llama: every call in a DPO or RM step that
-#      makes the host wait for the GPU before the step's one read -> $OUT/syncs_gpu.json
 #   4. perf/rm_vs_trl.py: 256 pairs of GPU_CHECK_DATA_FILE (64 of the shipped slice without
-#      it), same lengths and batches -> $OUT/rm_gpu.json
+#      it), same lengths and batches, then ablate alone with the GPU_CHECK_RM_VARIANTS settings
+#      -> $OUT/rm_gpu.json
+#   4b. dpo_long: ablate's side alone over every pair of GPU_CHECK_DATA_FILE (default
+#      .gpu/data/train_1000.jsonl.gz, the 1000 UltraFeedback rows of ../shared/data, ~850 pairs
+#      fit 1024 tokens) that fits: a longer epoch, closer to a real run, then with the
+#      GPU_CHECK_LONG_VARIANTS settings -> $OUT/dpo_long_gpu.json
+#   4c. syncs: perf/sync_check.py on a tiny random Llama: every call in a DPO or RM step that
+#      makes the host wait for the GPU before the step's one read -> $OUT/syncs_gpu.json
 #   5. perf/dpo_step_profile.py: one DPO step's GPU time by kernel group (torch.profiler), eager
 #      against the trainer's compiled regions, bf16 weights with fp32 masters, and pure bf16
 #      -> $OUT/profile_gpu.json
@@ -32,9 +34,9 @@
 # Settings (environment): GPU_CHECK_SHAPE (smollm2-1.7b | smollm2-135m | tiny), GPU_CHECK_PAIRS,
 # GPU_CHECK_RM_PAIRS, GPU_CHECK_MAX_LENGTH, GPU_CHECK_MAX_PROMPT, GPU_CHECK_BATCH, GPU_CHECK_MICRO
 # (a number or auto), GPU_CHECK_GEN_PROMPTS, GPU_CHECK_GEN_TOKENS, GPU_CHECK_BUDGET,
-# GPU_CHECK_SKIP_WHEELS=1, GPU_CHECK_STEPS (default "dpo dpo_long syncs rm profile generate"),
-# GPU_CHECK_DATA_FILE, GPU_CHECK_LONG_PAIRS,
-# GPU_CHECK_DPO_VARIANTS, GPU_CHECK_PROFILE_MODES, PYTHON, OUT.
+# GPU_CHECK_SKIP_WHEELS=1, GPU_CHECK_STEPS (default "dpo rm dpo_long syncs profile generate"),
+# GPU_CHECK_DATA_FILE, GPU_CHECK_LONG_PAIRS, GPU_CHECK_DPO_VARIANTS, GPU_CHECK_RM_VARIANTS,
+# GPU_CHECK_LONG_VARIANTS, GPU_CHECK_PROFILE_MODES, PYTHON, OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 REPO=$PWD
@@ -59,7 +61,8 @@ else
   BUDGET=${GPU_CHECK_BUDGET:-520}; SKIP_WHEELS=${GPU_CHECK_SKIP_WHEELS:-0}
   PY=${PYTHON:-python3}
 fi
-STEPS=${GPU_CHECK_STEPS:-dpo dpo_long syncs rm profile generate}
+# the targets first (DPO and RM against TRL), then the long run, diagnostics last
+STEPS=${GPU_CHECK_STEPS:-dpo rm dpo_long syncs profile generate}
 DATA_FILE=${GPU_CHECK_DATA_FILE:-.gpu/data/train_1000.jsonl.gz}
 LONG_PAIRS=${GPU_CHECK_LONG_PAIRS:-2000}  # all that fit
 [ "$SMOKE" = 1 ] && LONG_PAIRS=${GPU_CHECK_LONG_PAIRS:-8}
@@ -67,6 +70,9 @@ LONG_PAIRS=${GPU_CHECK_LONG_PAIRS:-2000}  # all that fit
 # norm regions, the memory-efficient attention kernel instead of cuDNN (no per-shape plans)
 DPO_VARIANTS=${GPU_CHECK_DPO_VARIANTS-precision=bf16_weights;compile_regions=true;attention_kernel=efficient}
 [ "$SMOKE" = 1 ] && DPO_VARIANTS=${GPU_CHECK_DPO_VARIANTS-precision=bf16_weights;compile_regions=true;attention_kernel=math}
+# the RM and the long DPO epoch again with bf16 weights (fp32 masters), the likeliest default
+RM_VARIANTS=${GPU_CHECK_RM_VARIANTS-precision=bf16_weights}
+LONG_VARIANTS=${GPU_CHECK_LONG_VARIANTS-precision=bf16_weights}
 PROFILE_MODES=${GPU_CHECK_PROFILE_MODES:-eager regions master bf16}
 OUT=${OUT:-$(mktemp -d /tmp/gpu_check.XXXXXX)}
 mkdir -p "$OUT"
@@ -187,7 +193,7 @@ main() {
         step dpo_long 240 60 "$PY" perf/dpo_vs_trl.py --model "$MODEL" --pairs "$LONG_PAIRS" \
           --data-file "$DATA_FILE" --max-length "$MAX_LENGTH" --max-prompt-length "$MAX_PROMPT" \
           --batch-size "$BATCH" --micro-batch-size "$micro" --allow-fewer --skip-save \
-          --ablate-only --json "$OUT/dpo_long_gpu.json"
+          --ablate-only --ablate-variants "$LONG_VARIANTS" --json "$OUT/dpo_long_gpu.json"
         ;;
       syncs)
         step syncs_model 60 20 "$PY" perf/random_model.py --shape tiny --out "$WORK/model-tiny" \
@@ -201,7 +207,8 @@ main() {
         elif [ "$SMOKE" != 1 ]; then rm_pairs=${GPU_CHECK_RM_PAIRS:-64}; fi
         step rm 240 90 "$PY" perf/rm_vs_trl.py --model "$MODEL" --pairs "$rm_pairs" \
           "${rm_data[@]}" --max-length "$MAX_LENGTH" --batch-size "$BATCH" \
-          --micro-batch-size "$micro" --allow-fewer --skip-save --json "$OUT/rm_gpu.json"
+          --micro-batch-size "$micro" --allow-fewer --skip-save \
+          --ablate-variants "$RM_VARIANTS" --json "$OUT/rm_gpu.json"
         ;;
       profile)
         TORCH_LOGS=${TORCH_LOGS:-recompiles} step profile 200 60 "$PY" perf/dpo_step_profile.py \

@@ -29,8 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dpo_vs_trl import (  # noqa: E402
     PeakRSS, count_parameters, cuda_figures, cuda_memory, cuda_reset, cuda_sync, cuda_warmup,
-    emit, first_step_clock, fitting_pairs, on_cuda, peak_bf16_flops, ratios, run_context, skipped_model_saves,
-    trl_device_checks,
+    emit, first_step_clock, fitting_pairs, on_cuda, parse_settings, peak_bf16_flops, ratios,
+    run_context, run_variants, skipped_model_saves, trl_device_checks,
 )
 
 
@@ -75,14 +75,16 @@ def run_trl(model_dir, pairs, tokenizer, args, out: Path) -> dict:
     return result
 
 
-def run_ablate(model_dir, rows, args, out: Path) -> dict:
+def run_ablate(model_dir, rows, args, out: Path, **settings) -> dict:
+    """ablate's side; ``settings`` override RMConfig fields (the ``--ablate-variants``)."""
     from ablate.spec.schema import RMConfig
     from ablate.train.rm import train_rm
 
-    cfg = RMConfig(lr=args.lr, warmup_ratio=0.0, epochs=1, batch_size=args.batch_size,
-                   micro_batch_size=args.micro_batch_size, max_length=args.max_length,
-                   eval_fraction=0.0, save_every_steps=10**6,
-                   length_grouping=args.length_grouping)
+    fields = dict(lr=args.lr, warmup_ratio=0.0, epochs=1, batch_size=args.batch_size,
+                  micro_batch_size=args.micro_batch_size, max_length=args.max_length,
+                  eval_fraction=0.0, save_every_steps=10**6,
+                  length_grouping=args.length_grouping)
+    cfg = RMConfig(**(fields | settings))
     cuda_reset()
     with PeakRSS() as memory, skipped_model_saves(args.skip_save):
         result = train_rm(model_dir, rows, cfg, args.seed, out)
@@ -92,7 +94,10 @@ def run_ablate(model_dir, rows, args, out: Path) -> dict:
             "first_step_seconds": result.get("first_step_seconds"),
             "after_first_step_tokens": result.get("after_first_step_tokens"),
             "settings": {"length_grouping": cfg.length_grouping,
-                         "pad_multiple": cfg.pad_multiple}}
+                         "pad_multiple": cfg.pad_multiple, "shared_prompt": cfg.shared_prompt,
+                         "compile_regions": cfg.compile_regions,
+                         "attention_kernel": cfg.attention_kernel,
+                         "precision": cfg.precision}}
     if on_cuda():
         side.update(cuda_memory())
     return side
@@ -184,9 +189,14 @@ def main(argv=None):
                         "forward+backward in ablate's RM (after one warm-up round)")
     parser.add_argument("--ab-per-forward", type=int, nargs="+", default=[1, 2, 4],
                         help="pairs per forward of the shared-prompt variants in the A/B")
+    parser.add_argument("--ablate-variants", default="", help="after the comparison, ablate "
+                        "alone again with these RMConfig overrides, e.g. "
+                        "'precision=bf16_weights;shared_prompt=false' (reported under "
+                        "'variants', each with its ratio against the same TRL run)")
     args = parser.parse_args(argv)
     if args.quick:
         args.pairs, args.max_length = 16, 256
+    variant_settings = [parse_settings(v) for v in args.ablate_variants.split(";") if v.strip()]
 
     from ablate.models import prepare_builtin
 
@@ -206,19 +216,26 @@ def main(argv=None):
         ablate = run_ablate(model_dir, rows, args, Path(tmp) / "ablate")
         print(f"ablate: {ablate['seconds']:.1f} s", flush=True)
         cuda_reset()
-    for side in (ablate, trl_side):
+        variants = run_variants(
+            lambda out, **settings: run_ablate(model_dir, rows, args, out, **settings),
+            variant_settings, Path(tmp))
+    measured = [side for side in (ablate, trl_side, *variants) if "error" not in side]
+    for side in measured:
         side["pairs_per_second"] = round(len(pairs) / side["seconds"], 4)
         side["real_tokens_per_second"] = round(real_tokens / side["seconds"], 1)
         side["seconds"] = round(side["seconds"], 2)
         side["cpu_seconds"] = round(side["cpu_seconds"], 2)
-    extra = {}
+    for variant in variants:
+        if "error" not in variant:  # each variant against the same TRL run
+            variant["ratio_vs_trl"] = ratios(variant, trl_side)["ratio"]
+    extra = {"variants": variants} if variants else {}
     if on_cuda():
         params = count_parameters(model_dir, sequence_classification=True)
         peak, peak_note = peak_bf16_flops()
-        for side in (ablate, trl_side):
+        for side in measured:
             side["train_seconds"] = side["seconds"]
             side.update(cuda_figures(side, params, real_tokens, peak, ref_multiplier=0))
-        extra = {"params": params, "peak_bf16_flops": peak, "peak_note": peak_note,
+        extra |= {"params": params, "peak_bf16_flops": peak, "peak_note": peak_note,
                  "flops_note": "useful FLOPs = 6 x params x real tokens over the training "
                  "epoch's seconds (params without the input embedding, a lookup); attention and "
                  "padding not counted",
