@@ -513,8 +513,8 @@ def main(argv=None):
                  "flop_utilisation_over_train_seconds is 8 x params x tokens over train seconds",
                  "timing_note": "TRL's seconds include DPOTrainer construction (tokenising, "
                  "hashing the weights, reference pass); ablate's are its reference pass plus "
-                 "its training loop as it reports them (its last optimiser step is not "
-                 "synchronised)",
+                 "its training loop as it reports them (each step's metrics logging "
+                 "included, timed until the last optimiser step has run on the device)",
                  "torch": torch.__version__}
     result = {
         "benchmark": "dpo_vs_trl", "model": args.model, "pairs": len(pairs),

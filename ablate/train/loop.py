@@ -152,17 +152,27 @@ def train_loop(module: nn.Module, pairs: Sequence[TokenizedPair], cfg: LoopConfi
             optimizer.zero_grad(set_to_none=True)
             if masters is not None:
                 masters.copy_back()
-        keys = sorted(sums)
-        reduced = fsdp.all_reduce_sum(torch.tensor([sums[k] for k in keys] + [float(work.tokens)],
-                                                   dtype=torch.float64))
+            keys = sorted(sums)
+            reduced = fsdp.all_reduce_sum(torch.tensor(
+                [sums[k] for k in keys] + [float(work.tokens)], dtype=torch.float64))
+            last = {k: float(v) / len(positions) for k, v in zip(keys, reduced[:-1].tolist())}
+            metrics.write({"step": step + 1, "lr": lr, "grad_norm": grad_norm,
+                           "pairs": len(positions), "tokens": int(reduced[-1]), **last})
+            progress(step + 1, total_steps, desc)
+            if step + 1 == total_steps:
+                # the last optimiser step may still be queued on the GPU: the training time
+                # ends when it has run
+                _wait_for_device(trained)
         speed.add(int(reduced[-1]), len(positions))
-        last = {k: float(v) / len(positions) for k, v in zip(keys, reduced[:-1].tolist())}
-        metrics.write({"step": step + 1, "lr": lr, "grad_norm": grad_norm,
-                       "pairs": len(positions), "tokens": int(reduced[-1]), **last})
-        progress(step + 1, total_steps, desc)
         if (step + 1) % cfg.save_every_steps == 0 and step + 1 < total_steps:
             save_checkpoint(checkpoints, step + 1, trained, optimizer, scheduler,
                             {"total_steps": total_steps})
         if stop_after_steps is not None and step + 1 >= stop_after_steps:
             raise StopRequested(f"stopped after step {step + 1}")
     return {"steps": total_steps, "resumed_from_step": start, "last": last, **speed.summary()}
+
+
+def _wait_for_device(module: nn.Module) -> None:
+    device = next(module.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
