@@ -16,15 +16,20 @@ class SpecError(ValueError):
     """A grid or profile file that cannot be used, with a message meant for the user."""
 
 
-def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
-    """The 1-based line of the YAML node at a pydantic error location, as deep as it resolves.
+def _locate(node: yaml.Node | None, loc: tuple) -> tuple[int | None, tuple]:
+    """The 1-based line of the YAML node at a pydantic error location, as deep as it resolves,
+    and the location as the file spells it.
 
-    Keys absent from the YAML (the tag pydantic adds for tagged unions) are skipped."""
+    A key absent from the YAML before the last (the tag pydantic adds for a tagged union, as in
+    ``algorithms.dpo.dpo.beta``) is skipped; a last one (a missing key) is kept."""
     line = node.start_mark.line + 1 if node is not None else None
-    for key in loc:
+    shown = []
+    for depth, key in enumerate(loc):
         if isinstance(node, yaml.MappingNode):
             pair = next(((k, v) for k, v in node.value if k.value == str(key)), None)
             if pair is None:
+                if depth == len(loc) - 1:
+                    shown.append(key)
                 continue
             node = pair[1]
             line = pair[0].start_mark.line + 1
@@ -32,8 +37,10 @@ def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
             node = node.value[key]
             line = node.start_mark.line + 1
         else:
+            shown.extend(loc[depth:])
             break
-    return line
+        shown.append(key)
+    return line, tuple(shown)
 
 
 def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
@@ -85,8 +92,8 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], path: 
     lines = [f"{path}: invalid {model.__name__} ({err.error_count()} problem(s))"]
     for item in err.errors():
         loc = tuple(item["loc"])
-        where = ".".join(str(k) for k in loc) or "(top level)"
-        line = _line_of(root, loc)
+        line, shown = _locate(root, loc)
+        where = ".".join(str(k) for k in (shown if root is not None else loc)) or "(top level)"
         at = f"line {line}: " if line else ""
         if item["type"] == "extra_forbidden":
             owner = _model_at(model, loc[:-1])

@@ -54,6 +54,15 @@ def test_unknown_nested_algorithm_key(tmp_path):
     with pytest.raises(SpecError) as err:
         load_grid(path)
     assert "did you mean 'beta'" in str(err.value) and "line 13" in str(err.value)
+    assert "'algorithms.fast.betta'" in str(err.value)
+
+
+def test_bad_algorithm_value_is_named_as_the_file_spells_it(tmp_path):
+    # pydantic's location holds the union tag (algorithms.fast.dpo.beta); the file has no 'dpo'
+    path = write(tmp_path, GOOD + "algorithms:\n  fast:\n    kind: dpo\n    beta: -1\n")
+    with pytest.raises(SpecError) as err:
+        load_grid(path)
+    assert "line 13: algorithms.fast.beta: Input should be greater than 0" in str(err.value)
 
 
 def test_wrong_type_and_missing_key(tmp_path):
