@@ -123,8 +123,9 @@ def shared_prompt_ab(model_dir, pairs, args) -> dict:
 
     def epoch(layout: str, per_forward: int) -> float:
         loss_total = 0.0
+        lengths = [p.layout_length(layout == "shared") for p in pairs]
         for step in steps:
-            for group in micro_batches(pairs, step, per_forward):
+            for group in micro_batches(lengths, step, per_forward):
                 batch = collate([pairs[i] for i in group], pad, layout == "shared")
                 chosen, rejected = scorer.batch_rewards(batch)
                 loss = bradley_terry_loss(chosen, rejected).sum()

@@ -194,12 +194,13 @@ def _length_grouped(order: list[int], lengths: Sequence[int], batch_size: int, g
                                                      generator=generator).tolist()]
 
 
-def micro_batches(pairs: Sequence[TokenizedPair], positions: Sequence[int],
+def micro_batches(lengths: Sequence[int], positions: Sequence[int],
                   micro_batch_size: int) -> list[list[int]]:
-    """Split one optimiser step's pairs into micro-batches of similar length, so that padding
-    within a micro-batch is small. The step's gradient is a sum over its pairs, so how they are
-    grouped does not change it."""
-    ranked = sorted(positions, key=lambda i: (pairs[i].length, i))
+    """Split one optimiser step's pairs into micro-batches of similar length (``lengths``: each
+    pair's tokens in the batch layout, ``TokenizedPair.layout_length``), so that padding within
+    a micro-batch is small. The step's gradient is a sum over its pairs, so how they are grouped
+    does not change it."""
+    ranked = sorted(positions, key=lambda i: (lengths[i], i))
     return [ranked[i:i + micro_batch_size] for i in range(0, len(ranked), micro_batch_size)]
 
 

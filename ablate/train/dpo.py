@@ -45,11 +45,13 @@ def _no_progress(*args, **kwargs) -> None:
 
 @torch.no_grad()
 def sequence_logps(module: CompletionLogps, pairs: Sequence[TokenizedPair], batch_size: int,
-                   pad_token_id: int, device: torch.device, shared_prompt: bool = False
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed completion log-probs of every pair's chosen and rejected answer, in ``pairs`` order.
+                   pad_token_id: int, device: torch.device, shared_prompt: bool = False,
+                   pad_to: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed completion log-probs of every pair's chosen and rejected answer, in ``pairs`` order,
+    batched by length in the layout that runs (a shared-prompt row holds both answers), each
+    batch's width rounded up to a multiple of ``pad_to``.
     Processes share the pairs between them and sum the results."""
-    order = sorted(range(len(pairs)), key=lambda i: (pairs[i].length, i))
+    order = sorted(range(len(pairs)), key=lambda i: (pairs[i].layout_length(shared_prompt), i))
     mine = order[fsdp.rank()::fsdp.world_size()]
     n_batches = math.ceil(math.ceil(len(pairs) / fsdp.world_size()) / batch_size)
     was_training = module.training
@@ -59,7 +61,7 @@ def sequence_logps(module: CompletionLogps, pairs: Sequence[TokenizedPair], batc
     for b in range(n_batches):
         group = mine[b * batch_size:(b + 1) * batch_size]
         batch = collate([pairs[i] for i in (group or order[:1])], pad_token_id,
-                        shared_prompt).to(device)
+                        shared_prompt, pad_to).to(device)
         logps = module.batch_logps(batch)
         if group:
             scored += group
@@ -90,7 +92,8 @@ def _cached_reference(module, pairs, cfg: DPOConfig, pad_token_id, device, model
         return cached["chosen"], cached["rejected"]
     started = time.perf_counter()
     chosen, rejected = sequence_logps(module, pairs, cfg.micro_batch_size * 2, pad_token_id,
-                                      device, shared_prompt)
+                                      device, shared_prompt,
+                                      width_multiple(cfg.pad_multiple, device))
     log.info("reference log-probs of %d pairs in %.1f s", len(pairs),
              time.perf_counter() - started)
     if fsdp.is_main_process():
@@ -106,7 +109,8 @@ def _heldout_metrics(module, pairs, ref_chosen, ref_rejected, cfg: DPOConfig, pa
     if not pairs:
         return None
     chosen, rejected = sequence_logps(module, pairs, cfg.micro_batch_size * 2, pad_token_id,
-                                      device, shared_prompt)
+                                      device, shared_prompt,
+                                      width_multiple(cfg.pad_multiple, device))
     lengths_c = torch.tensor([len(p.chosen_ids) for p in pairs])
     lengths_r = torch.tensor([len(p.rejected_ids) for p in pairs])
     losses, chosen_rewards, rejected_rewards = preference_loss(
@@ -171,6 +175,7 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
     policy = fsdp.shard(CompletionLogps(model, context=context), model, device)
     masters = master_weights(model, cfg.precision)
     shared_prompt = shared_prompt_usable(model, cfg.shared_prompt, log, "DPO")
+    pad_to = width_multiple(cfg.pad_multiple, device)
 
     needs_ref = NEEDS_REFERENCE[cfg.loss]
     ref_started, ref_cpu_started = time.perf_counter(), time.process_time()
@@ -190,7 +195,7 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
             cast_parameters(frozen, torch.bfloat16)
         reference = fsdp.shard(CompletionLogps(frozen, context=context), frozen, device).eval()
         held_ref = sequence_logps(reference, heldout, cfg.micro_batch_size * 2, pad_token_id,
-                                  device, shared_prompt) if heldout else (None, None)
+                                  device, shared_prompt, pad_to) if heldout else (None, None)
     ref_seconds = time.perf_counter() - ref_started
     ref_cpu_seconds = time.process_time() - ref_cpu_started
     n_train = len(train_pairs)
@@ -215,8 +220,6 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
                                   shared_prompt)
         if fsdp.is_main_process():
             atomic_write_json(before_path, before)
-
-    pad_to = width_multiple(cfg.pad_multiple, device)
 
     def micro_loss(group: list[int]):
         batch = collate([train_pairs[i] for i in group], pad_token_id, shared_prompt,

@@ -48,15 +48,16 @@ class StopRequested(Exception):
     """Raised by ``stop_after_steps``: the tests' stand-in for a run killed mid-epoch."""
 
 
-def rank_micro_batches(pairs: Sequence[TokenizedPair], positions: Sequence[int],
+def rank_micro_batches(lengths: Sequence[int], positions: Sequence[int],
                        micro_batch_size: int) -> list[list[int]]:
-    """This process's micro-batches of one step. Every process gets the same number of them
-    (some possibly empty) because sharded forwards are collective."""
+    """This process's micro-batches of one step, grouped by ``lengths`` (each pair's tokens in
+    the recipe's layout). Every process gets the same number of them (some possibly empty)
+    because sharded forwards are collective."""
     size = fsdp.world_size()
-    ranked = sorted(positions, key=lambda i: (pairs[i].length, i))
+    ranked = sorted(positions, key=lambda i: (lengths[i], i))
     mine = ranked[fsdp.rank()::size]
     per_rank = math.ceil(math.ceil(len(positions) / size) / micro_batch_size)
-    batches = micro_batches(pairs, mine, micro_batch_size)
+    batches = micro_batches(lengths, mine, micro_batch_size)
     return batches + [[] for _ in range(per_rank - len(batches))]
 
 
@@ -92,13 +93,16 @@ class StepWork:
 
 
 def accumulate_step(trained: nn.Module, pairs: Sequence[TokenizedPair], positions: Sequence[int],
-                    micro_batch_size: int, max_grad_norm: float, micro_loss: MicroLoss
-                    ) -> StepWork:
+                    micro_batch_size: int, max_grad_norm: float, micro_loss: MicroLoss,
+                    lengths: Sequence[int] | None = None) -> StepWork:
     """Forward and backward over the step's micro-batches, then clipping of ``trained``'s
     gradients; nothing here reads a value back from the device, so the host keeps queueing
-    kernels ahead of the GPU."""
+    kernels ahead of the GPU. ``lengths``: each pair's tokens in the recipe's layout (default:
+    its longer sequence), which groups the micro-batches."""
+    if lengths is None:
+        lengths = [p.length for p in pairs]
     work = StepWork([], [], torch.zeros(()), {}, 0)
-    for group in rank_micro_batches(pairs, positions, micro_batch_size):
+    for group in rank_micro_batches(lengths, positions, micro_batch_size):
         weight = 1.0 if group else 0.0  # an empty slot still joins the collectives
         loss_sum, stats = micro_loss(group or [positions[0]])
         # FSDP averages gradients over processes: scale so the step's gradient is the mean
@@ -119,7 +123,8 @@ def train_loop(module: nn.Module, pairs: Sequence[TokenizedPair], cfg: LoopConfi
                micro_loss: MicroLoss, out_dir: Path, log, progress, desc: str,
                stop_after_steps: int | None = None, lengths: Sequence[int] | None = None,
                masters: MasterWeights | None = None) -> dict:
-    """``lengths``: each pair's token count in the recipe's layout, for length-grouped batches.
+    """``lengths``: each pair's token count in the recipe's layout, for length-grouped batches
+    and micro-batches (default: its longer sequence).
     ``masters``: fp32 master weights (``precision: bf16_weights``), which the optimiser,
     clipping and checkpoints take in place of ``module``'s bf16 ones."""
     trained = module if masters is None else masters
@@ -144,7 +149,7 @@ def train_loop(module: nn.Module, pairs: Sequence[TokenizedPair], cfg: LoopConfi
         positions = batches[step]
         with speed:
             work = accumulate_step(trained, pairs, positions, cfg.micro_batch_size,
-                                   cfg.max_grad_norm, micro_loss)
+                                   cfg.max_grad_norm, micro_loss, lengths)
             grad_norm, sums = work.read(step)
             lr = scheduler.get_last_lr()[0]
             optimizer.step()

@@ -105,16 +105,19 @@ def load_reward_model(model_dir: Path, dtype=torch.float32):
 
 @torch.no_grad()
 def pair_rewards(module: LastTokenReward, pairs: Sequence[TokenizedPair], batch_size: int,
-                 pad_token_id: int, device, shared_prompt: bool = False) -> tuple[Tensor, Tensor]:
+                 pad_token_id: int, device, shared_prompt: bool = False,
+                 pad_to: int = 1) -> tuple[Tensor, Tensor]:
     """Rewards of each pair's chosen and rejected answer (single process or every rank alike);
-    ``shared_prompt`` runs each pair as one prompt-once row (same figures up to rounding)."""
-    order = sorted(range(len(pairs)), key=lambda i: (pairs[i].length, i))
+    ``shared_prompt`` runs each pair as one prompt-once row (same figures up to rounding).
+    Batched by length in the layout that runs, each batch's width rounded up to a multiple of
+    ``pad_to``."""
+    order = sorted(range(len(pairs)), key=lambda i: (pairs[i].layout_length(shared_prompt), i))
     was_training = module.training
     module.eval()
     outputs: list[Tensor] = []  # stay on the device until the end: one transfer
     for start in range(0, len(order), batch_size):
         group = order[start:start + batch_size]
-        batch = collate([pairs[i] for i in group], pad_token_id, shared_prompt).to(device)
+        batch = collate([pairs[i] for i in group], pad_token_id, shared_prompt, pad_to).to(device)
         outputs.append(torch.stack(module.batch_rewards(batch)))
     module.train(was_training)
     fsdp.reshard(module)
@@ -168,12 +171,11 @@ def train_rm(model_dir: Path, rows: Sequence[dict], cfg: RMConfig, seed: int, ou
         if not heldout:
             return None
         chosen, rejected = pair_rewards(scorer, heldout, cfg.micro_batch_size * 2, pad_token_id,
-                                        device, shared_prompt=shared_prompt)
+                                        device, shared_prompt, pad_to)
         return (chosen > rejected).float().mean().item()
 
-    before = heldout_accuracy()
-
     pad_to = width_multiple(cfg.pad_multiple, device)
+    before = heldout_accuracy()
 
     def micro_loss(group: list[int]):
         batch = collate([train_pairs[i] for i in group], pad_token_id, shared_prompt,

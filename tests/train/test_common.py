@@ -173,8 +173,21 @@ def test_throughput_reports_the_first_step_apart():
 
 
 def test_micro_batches_group_similar_lengths():
-    pairs = [TokenizedPair(i, (1,) * n, (2,), (3,)) for i, n in enumerate([9, 1, 8, 2])]
-    assert micro_batches(pairs, [0, 1, 2, 3], 2) == [[1, 3], [2, 0]]
+    assert micro_batches([9, 1, 8, 2], [0, 1, 2, 3], 2) == [[1, 3], [2, 0]]
+
+
+def test_micro_batches_follow_the_layout_length():
+    # prompt, chosen, rejected: by the longer sequence pairs 0 and 1 look alike (13 and 12
+    # tokens), but a shared-prompt row holds both answers (17 and 22 tokens)
+    pairs = [TokenizedPair(0, (1,) * 10, (2,) * 3, (3,) * 4),
+             TokenizedPair(1, (1,) * 2, (2,) * 10, (3,) * 10),
+             TokenizedPair(2, (1,) * 10, (2,) * 2, (3,) * 2),
+             TokenizedPair(3, (1,) * 2, (2,) * 9, (3,) * 9)]
+    plain = [p.layout_length(False) for p in pairs]
+    shared = [p.layout_length(True) for p in pairs]
+    assert plain == [14, 12, 12, 11] and shared == [17, 22, 14, 20]
+    assert micro_batches(plain, [0, 1, 2, 3], 2) == [[3, 1], [2, 0]]
+    assert micro_batches(shared, [0, 1, 2, 3], 2) == [[2, 0], [3, 1]]
 
 
 def test_heldout_split_and_schedule():
@@ -213,3 +226,32 @@ def test_attention_kernel_restricts_the_forward_and_refuses_gpu_kernels_on_cpu(t
     torch.testing.assert_close(math_only, auto, rtol=1e-5, atol=1e-5)
     with pytest.raises(TrainingError, match="'efficient' needs a CUDA GPU"):
         attention_kernel("efficient", cpu)
+
+
+def test_training_loop_groups_micro_batches_by_the_layout_length(tmp_path):
+    import logging
+
+    from ablate.train.loop import LoopConfig, train_loop
+
+    pairs = [TokenizedPair(0, (1,) * 10, (2,) * 3, (3,) * 4),
+             TokenizedPair(1, (1,) * 2, (2,) * 10, (3,) * 10),
+             TokenizedPair(2, (1,) * 10, (2,) * 2, (3,) * 2),
+             TokenizedPair(3, (1,) * 2, (2,) * 9, (3,) * 9)]
+    weight = torch.nn.Linear(1, 1)
+    groups = []
+
+    def micro_loss(group):
+        groups.append(sorted(group))
+        loss = weight(torch.ones(len(group), 1)).sum()
+        return loss, {"loss": loss.detach()}
+
+    cfg = LoopConfig(lr=1e-3, warmup_ratio=0.0, epochs=1, batch_size=4, micro_batch_size=2,
+                     weight_decay=0.0, max_grad_norm=1.0, save_every_steps=100, seed=0)
+    train_loop(weight, pairs, cfg, micro_loss, tmp_path, logging.getLogger("test"),
+               lambda *a: None, "test", lengths=[p.layout_length(True) for p in pairs])
+    assert groups == [[0, 2], [1, 3]]  # by the longer sequence it would be [1, 3], [0, 2]...
+    groups.clear()
+    (tmp_path / "plain").mkdir()
+    train_loop(weight, pairs, cfg, micro_loss, tmp_path / "plain", logging.getLogger("test"),
+               lambda *a: None, "test")
+    assert groups == [[1, 3], [0, 2]]  # ...as without layout lengths

@@ -13,7 +13,7 @@ from ablate.train.common import tokenize_pairs
 from ablate.train.logps import CompletionLogps
 from ablate.train.dpo import train_dpo
 from ablate.train.losses import preference_loss
-from test_rm_shared_prompt import grads, mixed_rows, rel_err
+from test_rm_shared_prompt import grads, lopsided_pairs, mixed_rows, rel_err, spy_on_collate
 from train_helpers import arithmetic_rows, assert_same_weights
 
 
@@ -80,3 +80,22 @@ def test_dpo_training_with_shared_prompt_ends_at_the_plain_weights(tmp_path, tin
     assert a["last"]["loss"] == pytest.approx(b["last"]["loss"], rel=1e-4)
     # Adam amplifies float rounding in near-zero gradients to a small fraction of a step (1e-3)
     assert_same_weights(tmp_path / "True" / "model", tmp_path / "False" / "model", atol=1e-4)
+
+
+def test_reference_pass_batches_rows_of_similar_length(tiny_model_dir, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from ablate.train import dpo
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    module = CompletionLogps(model)
+    pad = model.config.pad_token_id
+    pairs = lopsided_pairs()
+    cpu = torch.device("cpu")
+    alone = dpo.sequence_logps(module, pairs, 1, pad, cpu, shared_prompt=True)
+    seen = spy_on_collate(monkeypatch, dpo)
+    together = dpo.sequence_logps(module, pairs, 2, pad, cpu, shared_prompt=True, pad_to=8)
+    # short rows together, long rows together; widths rounded up to 8
+    assert seen == [([0, 2], 16), ([1, 3], 32)]
+    for a, b in zip(together, alone):
+        assert rel_err(a, b) < 1e-5

@@ -11,7 +11,7 @@ from ablate.spec.schema import RMConfig
 from ablate.train.collate import (
     CHOSEN, PADDING, PROMPT, REJECTED, collate_pairs, collate_shared_prompt, shared_prompt_mask,
 )
-from ablate.train.common import tokenize_pairs
+from ablate.train.common import TokenizedPair, tokenize_pairs
 from ablate.train.losses import bradley_terry_loss
 from ablate.train.rm import LastTokenReward, load_reward_model, pair_rewards, train_rm
 from train_helpers import arithmetic_rows, assert_same_weights, load_weights
@@ -111,6 +111,50 @@ def test_batched_shared_prompt_equals_one_pair_at_a_time(tiny_model_dir, pairs):
     plain = pair_rewards(scorer, pairs, len(pairs), pad, CPU, shared_prompt=False)
     for a, b, c in zip(together, alone, plain):
         assert torch.allclose(a, b, atol=1e-5) and torch.allclose(a, c, atol=1e-5)
+
+
+def lopsided_pairs() -> list[TokenizedPair]:
+    """Two long-prompt pairs with one-token answers and two short-prompt pairs with long
+    answers, in an order where the longer sequence (11, 12, 13, 14 tokens) interleaves them:
+    batched two by two on that length, each batch would hold one short and one long
+    shared-prompt row (12, 23, 14, 27 tokens)."""
+    def pair(index: int, prompt: int, answer: int) -> TokenizedPair:
+        return TokenizedPair(index, tuple(range(5, 5 + prompt)), tuple(range(40, 40 + answer)),
+                             tuple(range(80, 80 + answer)))
+    pairs = [pair(0, 10, 1), pair(1, 1, 11), pair(2, 12, 1), pair(3, 1, 13)]
+    assert [p.layout_length(False) for p in pairs] == [11, 12, 13, 14]
+    assert [p.layout_length(True) for p in pairs] == [12, 23, 14, 27]
+    return pairs
+
+
+def spy_on_collate(monkeypatch, module) -> list[tuple[list[int], int]]:
+    """Record each batch that ``module``'s scoring pass collates: its pairs and its width."""
+    seen = []
+    real = module.collate
+
+    def collate(group, *args):
+        batch = real(group, *args)
+        seen.append((sorted(p.index for p in group), batch.input_ids.shape[1]))
+        return batch
+
+    monkeypatch.setattr(module, "collate", collate)
+    return seen
+
+
+def test_scoring_pass_batches_rows_of_similar_length(tiny_model_dir, monkeypatch):
+    from ablate.train import rm
+
+    model, _ = load_reward_model(tiny_model_dir)
+    scorer = LastTokenReward(model)
+    pad = model.config.pad_token_id
+    pairs = lopsided_pairs()
+    alone = pair_rewards(scorer, pairs, 1, pad, CPU, shared_prompt=True)
+    seen = spy_on_collate(monkeypatch, rm)
+    together = pair_rewards(scorer, pairs, 2, pad, CPU, shared_prompt=True, pad_to=8)
+    # short rows together, long rows together; widths rounded up to 8
+    assert seen == [([0, 2], 16), ([1, 3], 32)]
+    for a, b in zip(together, alone):
+        assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_training_with_shared_prompt_ends_at_the_plain_weights(tmp_path, tiny_model_dir):
