@@ -275,4 +275,7 @@ def test_multi_process_training_runs_torchrun_inside_the_job(slurm_cluster, job_
     assert summary["world_size"] == 2
     assert "DPO done" in (store.step_dir(train) / "torchrun-node0.log").read_text()
     reference = results(plan, local)[train.name]["heldout_after"]
-    assert summary["heldout_after"] == pytest.approx(reference, rel=1e-4, abs=1e-6)
+    # two ranks batch the scoring passes differently, so the float32 sums of per-token log-probs
+    # round differently; the reward margin, a difference of two close rewards, carries that
+    # rounding in absolute terms (6e-6 seen): the same tolerance as tests/train/test_fsdp.py
+    assert summary["heldout_after"] == pytest.approx(reference, rel=1e-4, abs=1e-5)
