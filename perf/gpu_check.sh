@@ -28,7 +28,9 @@
 #      against the trainer's compiled regions, bf16 weights with fp32 masters, and pure bf16
 #      -> $OUT/profile_gpu.json
 #   6. perf/generate_check.py: 16 GSM8k 8-shot prompts x 64 greedy tokens -> $OUT/generate_gpu.json
-# Everything printed is also in $OUT/gpu_check.log; step outcomes in $OUT/steps.json.
+# Everything printed is also in $OUT/gpu_check.log. At the end perf/gpu_summary.py writes
+# $OUT/summary.md (every figure against issue 3's targets), and the JSON files (step outcomes in
+# steps.json) are bundled into $OUT/results.tgz: the device tool brings back at most 8 files.
 # Exit status: 0 all ran, 1 setup failed (wheels, preflight, model), 2 a measuring step failed.
 #
 # Settings (environment): GPU_CHECK_SHAPE (smollm2-1.7b | smollm2-135m | tiny), GPU_CHECK_PAIRS,
@@ -241,6 +243,9 @@ rc=${PIPESTATUS[0]}
 {
   echo "=== steps:"
   write_steps
+  echo "=== summary:"
+  "$PY" perf/gpu_summary.py "$OUT" --out "$OUT/summary.md" || echo "(no summary)"
+  (cd "$OUT" && tar czf results.tgz ./*.json && rm -f ./*.json) || echo "(JSON files not bundled)"
   echo "=== total ${SECONDS}s (budget ${BUDGET}s); results in $OUT:"
   ls -la "$OUT"
 } 2>&1 | tee -a "$OUT/gpu_check.log"
