@@ -179,10 +179,16 @@ def make_figure(name: str, results: Results, stats):
 
 
 def save_figure(fig, stem: Path) -> list[Path]:
-    """PNG and PDF, without timestamps in the PDF so reruns differ only where the data does."""
+    """PNG and PDF, without timestamps in the PDF so reruns differ only where the data does; each
+    written to a temp file and renamed, so an interrupted report leaves no half-written figure."""
     stem.parent.mkdir(parents=True, exist_ok=True)
-    png, pdf = stem.with_suffix(".png"), stem.with_suffix(".pdf")
-    fig.savefig(png, dpi=150, metadata={"Software": None})
-    fig.savefig(pdf, metadata={"CreationDate": None, "ModDate": None})
+    paths = []
+    for suffix, options in ((".png", {"dpi": 150, "metadata": {"Software": None}}),
+                            (".pdf", {"metadata": {"CreationDate": None, "ModDate": None}})):
+        path = stem.with_suffix(suffix)
+        tmp = path.with_name(f".{path.name}.tmp")
+        fig.savefig(tmp, format=suffix[1:], **options)
+        tmp.replace(path)
+        paths.append(path)
     plt.close(fig)
-    return [png, pdf]
+    return paths

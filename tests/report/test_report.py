@@ -54,6 +54,7 @@ def test_all_formats_and_determinism(toy_store, tmp_path):
     for expected in ("tablesmoke.md", "tablesmoke.csv", "tablesmoke.tex", "table4.md", "tablecost.csv",
                      "tables.tex", "index.html", "figure1.png", "figure2.pdf", "figure3.png"):
         assert expected in names
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == names  # no temp files left
     for name in names:
         if name.endswith((".md", ".csv", ".tex")):
             assert read(tmp_path / "a" / name) == read(tmp_path / "b" / name), name
