@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ablate.store import atomic_write_json
+from ablate.store import atomic_write_json, atomic_write_text
 from ablate.train import fsdp
+from ablate.train.common import TrainingError
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
@@ -67,15 +68,27 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler) -> dict:
 
 class MetricsLog:
     """``metrics.jsonl``: one line per optimiser step, appended and flushed (a resumed run keeps
-    the lines before its checkpoint and drops the ones after)."""
+    the lines up to its checkpoint and drops the ones after)."""
 
     def __init__(self, path: Path, resume_step: int = 0):
         self.path = Path(path)
         self.enabled = fsdp.is_main_process()
         if self.enabled and self.path.is_file():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            lines = self.path.read_text().splitlines()
+            kept = []
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    if number == len(lines):  # a line the killed run was writing
+                        break
+                    raise TrainingError(f"{self.path}: line {number} is not JSON; "
+                                        "delete the file to start its log afresh") from None
+                if record.get("step", 0) <= resume_step:
+                    kept.append(line)
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
         if not self.enabled:

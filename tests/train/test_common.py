@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -255,3 +257,19 @@ def test_training_loop_groups_micro_batches_by_the_layout_length(tmp_path):
     train_loop(weight, pairs, cfg, micro_loss, tmp_path / "plain", logging.getLogger("test"),
                lambda *a: None, "test")
     assert groups == [[1, 3], [0, 2]]  # ...as without layout lengths
+
+
+def test_metrics_log_resume_keeps_steps_up_to_the_checkpoint_and_drops_a_torn_line(tmp_path):
+    from ablate.train.checkpoints import MetricsLog
+    from ablate.train.common import TrainingError
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 0.7}\n{"step": 2, "loss": 0.6}\n'
+                    '{"step": 3, "loss": 0.5}\n{"step": 4, "lo')  # killed mid-write
+    log = MetricsLog(path, resume_step=2)
+    log.write({"step": 3, "loss": 0.55})
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+    assert json.loads(path.read_text().splitlines()[-1])["loss"] == 0.55
+    path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')  # damage before the end is an error
+    with pytest.raises(TrainingError, match="line 2 is not JSON"):
+        MetricsLog(path, resume_step=2)
