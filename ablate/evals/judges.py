@@ -72,12 +72,16 @@ class JudgementCache:
         self.lock = threading.Lock()
         self.answers: dict[str, dict] = {}
         if path.is_file():
-            for line in path.read_text().splitlines():
+            text = path.read_text()
+            for line in text.splitlines():
                 try:
                     row = json.loads(line)
                     self.answers[row["key"]] = row["answer"]
                 except (json.JSONDecodeError, KeyError):
                     continue  # a torn last line from a killed run
+            if text and not text.endswith("\n"):
+                with path.open("a") as handle:  # end it, or the next answer would join it
+                    handle.write("\n")
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def get(self, key: str) -> dict | None:

@@ -100,3 +100,15 @@ def test_missing_difficulty_file_is_a_clear_error(tmp_path):
                     "generator_1": "ref", "generator_2": "model"}]
     with pytest.raises(EvalError, match="does not exist"):
         winrates(annotations, tmp_path / "df_gamed.csv")
+
+
+def test_judgement_cache_survives_a_torn_last_line(tmp_path):
+    from ablate.evals.judges import JudgementCache
+
+    path = tmp_path / "openai.jsonl"
+    path.write_text('{"key": "a", "answer": {"winner": 1}}\n{"key": "b", "ans')  # killed mid-write
+    cache = JudgementCache(path)
+    assert cache.get("a") == {"winner": 1} and cache.get("b") is None
+    cache.put("b", {"winner": 2})
+    reloaded = JudgementCache(path)
+    assert reloaded.get("a") == {"winner": 1} and reloaded.get("b") == {"winner": 2}
