@@ -109,6 +109,8 @@ def resolve_model(spec: ModelSpec | dict) -> Path:
         return prepare_builtin(spec.builtin)
     if spec.path:
         path = Path(spec.path).expanduser()
+        if not path.is_dir():
+            raise ModelError(f"model path {path}: no such folder")
         if not (path / "config.json").is_file():
             raise ModelError(f"model path {path} has no config.json (expected a transformers "
                              "folder)")

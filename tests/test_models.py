@@ -21,6 +21,24 @@ def test_local_path_and_errors(tmp_path, tiny_model_dir):
         resolve_model({"path": str(tmp_path)})
     with pytest.raises(ModelError, match="unknown built-in model 'nope'"):
         resolve_model({"builtin": "nope"})
+    with pytest.raises(ModelError, match="nowhere: no such folder"):
+        resolve_model({"path": str(tmp_path / "nowhere")})
+
+
+def test_eval_command_reads_path_like_names_as_folders_and_fails_cleanly(tmp_path):
+    from typer.testing import CliRunner
+
+    from ablate.cli import app
+    from ablate.evals.cli import model_spec_for
+
+    assert model_spec_for("allenai/tulu-2-7b@main") == {"hub": "allenai/tulu-2-7b",
+                                                        "revision": "main"}
+    for name in ("/no/such/model", "./model", "runs/steps/train_dpo/abc/model"):
+        assert "path" in model_spec_for(name)
+    missing = str(tmp_path / "no" / "model")
+    out = CliRunner().invoke(app, ["eval", missing, "-b", "gsm8k", "--out", str(tmp_path / "o")])
+    assert out.exit_code == 2 and "no such folder" in " ".join(out.output.split())
+    assert out.exception is None or isinstance(out.exception, SystemExit)
 
 
 def test_hub_offline_names_the_model(monkeypatch):

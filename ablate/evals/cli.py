@@ -20,12 +20,14 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
 def model_spec_for(model: str) -> dict:
-    """A built-in name, an existing local folder, or else a hub id (``id@revision`` allowed)."""
+    """A built-in name, a local folder (one that exists, or a name no hub id looks like: absolute,
+    relative with ./ or ../, ~, or more than one /), or else a hub id (``id@revision`` allowed)."""
     from ablate.models import BUILTIN_MODELS
 
     if model in BUILTIN_MODELS:
         return {"builtin": model}
-    if Path(model).expanduser().exists():
+    if Path(model).expanduser().exists() or model.startswith(("/", ".", "~")) \
+            or model.count("/") > 1:
         return {"path": str(Path(model).expanduser())}
     hub, _, revision = model.partition("@")
     return {"hub": hub, "revision": revision or None}
@@ -83,13 +85,14 @@ def eval_command(
         seed: int = typer.Option(0, "--seed")) -> None:
     """Evaluate one model on benchmarks of the paper's suite; writes OUT/<benchmark>/result.json."""
     from ablate.evals import EvalError, benchmark_names
+    from ablate.models import ModelError
 
     names = benchmark_names() if benchmarks == "all" else [b.strip() for b in benchmarks.split(",")
                                                            if b.strip()]
     try:
         summary = run_suite(model, names, protocol, out, limit, data_dir, judge, max_new_tokens,
                             seed)
-    except EvalError as exc:
+    except (EvalError, ModelError) as exc:
         console.print(f"[red]error:[/] {exc}", highlight=False)
         raise typer.Exit(2)
     table = Table(title=f"{model} ({protocol}{f', limit {limit}' if limit else ''})")
