@@ -91,8 +91,19 @@ class DPOConfig(PairTraining):
     max_length: int = Field(default=4096, gt=0)
     max_prompt_length: int = Field(default=2048, gt=0)
     weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = Field(default=1.0, gt=0, description="clip the gradient's "
+                                 "norm to this (0 or less would zero or flip it)")
     ref_logps: Literal["precompute", "online"] = "precompute"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DPOConfig":
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError(f"max_prompt_length ({self.max_prompt_length}) must be below "
+                             f"max_length ({self.max_length}), or no answer token would fit")
+        if self.label_smoothing > 0 and self.loss in ("sigmoid", "ipo"):
+            raise ValueError(f"loss {self.loss!r} takes no label_smoothing (cdpo is DPO with "
+                             "label smoothing; ln_dpo and simpo take it too)")
+        return self
 
 
 class RMConfig(PairTraining):
@@ -107,7 +118,8 @@ class RMConfig(PairTraining):
     max_length: int = Field(default=4096, gt=0)
     margin: bool = False
     weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = Field(default=1.0, gt=0, description="clip the gradient's "
+                                 "norm to this (0 or less would zero or flip it)")
 
 
 class PPOConfig(Frozen):
@@ -133,7 +145,8 @@ class PPOConfig(Frozen):
     whiten_advantages: bool = True
     value_init: Literal["reward_model", "policy"] = "reward_model"
     max_kl: float = Field(default=100.0, gt=0, description="stop the run if KL passes this")
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = Field(default=1.0, gt=0, description="clip the gradient's "
+                                 "norm to this (0 or less would zero or flip it)")
     save_every_steps: int = Field(default=10, gt=0)
 
 

@@ -26,6 +26,22 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def rng_states() -> dict:
+    """The random generators a resumed run must continue: CPU, Python's, and the current CUDA
+    device's when CUDA is in use (dropout, sampling and shuffling on a GPU draw from it)."""
+    states = {"rng": torch.get_rng_state(), "python_rng": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda_rng"] = torch.cuda.get_rng_state()
+    return states
+
+
+def restore_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["rng"])
+    random.setstate(states["python_rng"])
+    if "cuda_rng" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda_rng"])
+
+
 def save_checkpoint(folder: Path, step: int, model: nn.Module, optimizer, scheduler,
                     extra: dict) -> Path:
     """Model, optimiser, schedule, data position and RNG, under ``step_<n>``; written to a temp
@@ -39,8 +55,8 @@ def save_checkpoint(folder: Path, step: int, model: nn.Module, optimizer, schedu
     fsdp.barrier()
     fsdp.save_train_state(tmp, model, optimizer)
     if fsdp.is_main_process():
-        torch.save({"scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
-                    "python_rng": random.getstate()}, tmp / "schedule_rng.pt")
+        torch.save({"scheduler": scheduler.state_dict(), **rng_states()},
+                   tmp / "schedule_rng.pt")
         atomic_write_json(tmp / "trainer_state.json", {"step": step, **extra})
         publish_checkpoint(tmp, target)
     fsdp.barrier()
@@ -61,8 +77,7 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler) -> dict:
     fsdp.load_train_state(path, model, optimizer)
     extra = torch.load(path / "schedule_rng.pt", weights_only=False)
     scheduler.load_state_dict(extra["scheduler"])
-    torch.set_rng_state(extra["rng"])
-    random.setstate(extra["python_rng"])
+    restore_rng_states(extra)
     return json.loads((path / "trainer_state.json").read_text())
 
 

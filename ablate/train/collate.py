@@ -174,8 +174,10 @@ def collate_shared_prompt(pairs: Sequence[TokenizedPair], pad_token_id: int,
         input_ids[row, :n] = torch.tensor(pair.prompt_ids + pair.chosen_ids + pair.rejected_ids)
         position_ids[row, :n_p + n_c] = torch.arange(n_p + n_c)
         position_ids[row, n_p + n_c:n] = torch.arange(n_p, n_p + n_r)
-        # padding continues the row's positions (it is never attended to by real tokens)
-        position_ids[row, n:] = torch.arange(n_p + n_r, n_p + n_r + width - n)
+        # padding repeats the row's last position: real tokens never attend to it, and a
+        # position past the real ones would index past a learned position table or change a
+        # dynamic RoPE's scaling for the whole batch
+        position_ids[row, n:] = n_p + n_r - 1
         segments[row, :n_p] = PROMPT
         segments[row, n_p:n_p + n_c] = CHOSEN
         segments[row, n_p + n_c:n] = REJECTED

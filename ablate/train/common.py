@@ -115,7 +115,9 @@ def tokenize_pairs(rows: Sequence[dict], tokenizer, max_length: int, max_prompt_
             continue
         if too_long:
             prompt_ids = prompt_ids[-max_prompt_length:]
-            room = max_length - len(prompt_ids)
+            # a prompt that fills max_length leaves no room (not a negative slice end, which
+            # would keep all but the last tokens)
+            room = max(0, max_length - len(prompt_ids))
             chosen_ids, rejected_ids = chosen_ids[:room], rejected_ids[:room]
         if not chosen_ids or not rejected_ids:
             skipped["fully truncated by max_length"] += 1
@@ -257,6 +259,22 @@ def compile_regions(model: nn.Module) -> int:
         norm.compile(dynamic=True)
         compiled += 1
     return compiled
+
+
+def disable_dropout(model: nn.Module) -> int:
+    """Turn dropout off in a model about to train on preferences (TRL's default too): the loss
+    compares its log-probs or rewards with ones scored in eval mode (the reference pass,
+    held-out metrics), so random masks would make them noisy and biased, and DPO's first loss
+    would not be ln 2. Returns how many dropout settings were on."""
+    switched = 0
+    for module in model.modules():
+        if isinstance(module, nn.Dropout) and module.p > 0:
+            module.p, switched = 0.0, switched + 1
+        # transformers' attention modules keep their dropout rate as a float attribute
+        rate = getattr(module, "attention_dropout", None)
+        if isinstance(rate, float) and rate > 0:
+            module.attention_dropout, switched = 0.0, switched + 1
+    return switched
 
 
 def device_for_training() -> torch.device:

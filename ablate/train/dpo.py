@@ -28,8 +28,8 @@ from ablate.store import atomic_write_json
 from ablate.train import fsdp
 from ablate.train.collate import collate, on_device, shared_prompt_usable, width_multiple
 from ablate.train.common import (
-    TokenizedPair, TrainingError, compile_regions, device_for_training, forward_context,
-    model_identity, pairs_digest, split_heldout, tokenize_pairs,
+    TokenizedPair, TrainingError, compile_regions, device_for_training, disable_dropout,
+    forward_context, model_identity, pairs_digest, split_heldout, tokenize_pairs,
 )
 from ablate.train.logps import CompletionLogps
 from ablate.train.loop import LoopConfig, train_loop
@@ -81,9 +81,10 @@ def _cached_reference(module, pairs, cfg: DPOConfig, pad_token_id, device, model
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     from ablate.spec.plan import config_hash
 
-    identity = {"model": model_identity(model_dir), "pairs": pairs_digest(pairs)}
-    if cfg.precision != "autocast":  # bf16 weights give other log-probs than fp32 ones
-        identity["precision"] = cfg.precision
+    # the device and precision too: fp32 on a CPU, bf16 autocast or bf16 weights on a GPU give
+    # log-probs that differ by rounding, and the policy must start from its own reference
+    identity = {"model": model_identity(model_dir), "pairs": pairs_digest(pairs),
+                "compute": f"{torch.device(device).type}/{cfg.precision}"}
     key = config_hash(identity, 24)
     path = Path(cache_dir) / "ref_logps" / f"{key}.pt"
     if path.is_file():
@@ -168,6 +169,8 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
     context = forward_context(device, cfg.precision, cfg.attention_kernel)  # fails fast
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.config.use_cache = False
+    if disable_dropout(model):
+        log.info("DPO: dropout turned off (the reference log-probs are scored without it)")
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if cfg.compile_regions:

@@ -75,8 +75,9 @@ def preference_loss(loss: PreferenceLoss, policy_chosen: Tensor, policy_rejected
                     chosen_lengths: Tensor | None = None, rejected_lengths: Tensor | None = None):
     """Dispatch on the config's ``loss`` name; returns (losses, chosen_rewards, rejected_rewards).
 
-    ``cdpo`` is DPO with label smoothing; a plain ``sigmoid`` ignores ``label_smoothing`` so that
-    the name says exactly which objective ran.
+    ``cdpo`` is DPO with label smoothing; ``ln_dpo`` and ``simpo`` take ``label_smoothing`` too;
+    a plain ``sigmoid`` and ``ipo`` ignore it (DPOConfig refuses it for them), so that the name
+    says exactly which objective ran.
     """
     if loss not in NEEDS_REFERENCE:
         raise ValueError(f"unknown preference loss {loss!r}; valid: {', '.join(NEEDS_REFERENCE)}")
@@ -94,9 +95,9 @@ def preference_loss(loss: PreferenceLoss, policy_chosen: Tensor, policy_rejected
                         chosen_lengths, rejected_lengths)
     if loss == "ln_dpo":
         return ln_dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta,
-                           chosen_lengths, rejected_lengths)
+                           chosen_lengths, rejected_lengths, label_smoothing)
     return simpo_loss(policy_chosen, policy_rejected, beta, simpo_gamma, chosen_lengths,
-                      rejected_lengths)
+                      rejected_lengths, label_smoothing)
 
 
 def bradley_terry_loss(chosen_rewards: Tensor, rejected_rewards: Tensor,

@@ -35,7 +35,9 @@ from torch import Tensor, nn
 from ablate.spec.schema import PPOConfig
 from ablate.store import atomic_write_json
 from ablate.train import fsdp
-from ablate.train.checkpoints import MetricsLog, latest_checkpoint, publish_checkpoint
+from ablate.train.checkpoints import (
+    MetricsLog, latest_checkpoint, publish_checkpoint, restore_rng_states, rng_states,
+)
 from ablate.train.common import (
     TrainingError, autocast, device_for_training, linear_warmup_decay, make_optimizer, plan_batches,
 )
@@ -339,8 +341,8 @@ def _save(folder: Path, iteration: int, policy, value_model, policy_opt, value_o
     fsdp.save_train_state(tmp / "policy", policy, policy_opt)  # every process writes its shards
     fsdp.save_train_state(tmp / "value", value_model, value_opt)
     if fsdp.is_main_process():
-        torch.save({"rng": torch.get_rng_state(), "python_rng": random.getstate(),
-                    "schedulers": [s.state_dict() for s in schedulers]}, tmp / "rng.pt")
+        torch.save({**rng_states(), "schedulers": [s.state_dict() for s in schedulers]},
+                   tmp / "rng.pt")
         atomic_write_json(tmp / "trainer_state.json", {"step": iteration, **extra})
         publish_checkpoint(tmp, target)
     fsdp.barrier()
@@ -353,8 +355,7 @@ def _load(path: Path, policy, value_model, policy_opt, value_opt, schedulers) ->
     fsdp.load_train_state(path / "policy", policy, policy_opt)
     fsdp.load_train_state(path / "value", value_model, value_opt)
     rng = torch.load(path / "rng.pt", weights_only=False)
-    torch.set_rng_state(rng["rng"])
-    random.setstate(rng["python_rng"])
+    restore_rng_states(rng)
     for scheduler, state in zip(schedulers, rng["schedulers"]):
         scheduler.load_state_dict(state)
     return int(json.loads((path / "trainer_state.json").read_text())["step"])

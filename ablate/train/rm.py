@@ -33,7 +33,7 @@ from ablate.train.collate import (
 )
 from ablate.train.common import (
     TokenizedPair, TrainingError, as_messages, autocast, compile_regions, device_for_training,
-    encode_chat, forward_context, split_heldout, tokenize_pairs,
+    disable_dropout, encode_chat, forward_context, split_heldout, tokenize_pairs,
 )
 from ablate.train.loop import LoopConfig, train_loop
 from ablate.train.losses import bradley_terry_loss
@@ -140,6 +140,8 @@ def train_rm(model_dir: Path, rows: Sequence[dict], cfg: RMConfig, seed: int, ou
     torch.manual_seed(seed)
     random.seed(seed)
     model, tokenizer = load_reward_model(model_dir)
+    if disable_dropout(model):
+        log.info("RM: dropout turned off (held-out rewards are scored without it)")
     pad_token_id = model.config.pad_token_id
     # The paper's RM recipe drops pairs that do not fit rather than truncating them.
     pairs, skipped = tokenize_pairs(rows, tokenizer, cfg.max_length, cfg.max_length,

@@ -60,6 +60,9 @@ def test_truncation_and_fully_truncated_pairs(tokenizer):
     assert skipped == {"identical after truncation": 1}
     pairs, skipped = tokenize_pairs(rows[:1], tokenizer, max_length=40, max_prompt_length=40)
     assert skipped == {"fully truncated by max_length": 1}
+    # a prompt allowed past max_length leaves no room either (DPOConfig refuses such settings)
+    pairs, skipped = tokenize_pairs(rows[:1], tokenizer, max_length=40, max_prompt_length=64)
+    assert skipped == {"fully truncated by max_length": 1}
     pairs, skipped = tokenize_pairs(rows[:1], tokenizer, max_length=60, max_prompt_length=40,
                                     drop_truncated=True)
     assert skipped == {"longer than max_length": 1}

@@ -3,13 +3,14 @@ the same completion log-probs, loss and gradient as the plain two-sequence forwa
 with it ends at the same weights."""
 
 import copy
+import math
 
 import pytest
 import torch
 
 from ablate.spec.schema import DPOConfig
 from ablate.train.collate import collate_pairs, collate_shared_prompt
-from ablate.train.common import tokenize_pairs
+from ablate.train.common import TokenizedPair, tokenize_pairs
 from ablate.train.logps import CompletionLogps
 from ablate.train.dpo import train_dpo
 from ablate.train.losses import preference_loss
@@ -99,3 +100,34 @@ def test_reference_pass_batches_rows_of_similar_length(tiny_model_dir, monkeypat
     assert seen == [([0, 2], 16), ([1, 3], 32)]
     for a, b in zip(together, alone):
         assert rel_err(a, b) < 1e-5
+
+
+def test_padding_positions_stay_within_the_real_ones():
+    # a long pair beside a short one: the short row's padding must not reach past the longest
+    # real position (a learned position table would overflow; dynamic RoPE would rescale)
+    long, short = TokenizedPair(0, (5,) * 14, (6,) * 14, (7,) * 14), \
+        TokenizedPair(1, (5,) * 3, (6,) * 2, (7,) * 2)
+    batch = collate_shared_prompt([long, short], 2)
+    real = batch.segments != -1
+    assert batch.position_ids[real].max() == 27
+    assert batch.position_ids.max() == 27
+    assert batch.position_ids[1, 7:].tolist() == [4] * (batch.input_ids.shape[1] - 7)
+
+
+def test_dpo_turns_dropout_off(tmp_path, tiny_model_dir):
+    """With dropout on, the policy's first-step log-probs would differ from the reference ones
+    (scored in eval mode) and the first loss would not be ln 2."""
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.config.attention_dropout = 0.3
+    model.save_pretrained(tmp_path / "model")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "model")
+    cfg = DPOConfig(batch_size=4, micro_batch_size=4, epochs=1, eval_fraction=0.0)
+    train_dpo(tmp_path / "model", arithmetic_rows(4), cfg, 1, tmp_path / "run", tmp_path / "cache")
+    first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
+    assert saved.config.attention_dropout == 0.3  # the saved model keeps its own settings

@@ -26,6 +26,14 @@ def _bool_index(func, args) -> bool:
                for i in (args[1] if len(args) > 1 else ()) or ())
 
 
+HOST_COPIES = ("tolist", "cpu", "numpy")
+
+
+def _caller() -> str:
+    where = [f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}" for f in traceback.extract_stack()[:-2]]
+    return " <- ".join(reversed(where[-4:]))
+
+
 class DeviceReads(TorchDispatchMode):
     """Records the operators that would make the host wait for a GPU, while ``active``."""
 
@@ -36,9 +44,7 @@ class DeviceReads(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if self.active and (func.overloadpacket in READS_BACK or _bool_index(func, args)):
-            where = [f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}"
-                     for f in traceback.extract_stack()[:-1]][-4:]
-            self.reads.append(f"{func} at {' <- '.join(reversed(where))}")
+            self.reads.append(f"{func} at {_caller()}")
         return func(*args, **(kwargs or {}))
 
 
@@ -55,6 +61,17 @@ def _watch(monkeypatch, mode: DeviceReads, module, collate_names: list[str]):
             mode.active = False
 
     monkeypatch.setattr(loop, "accumulate_step", watched_step)
+    # these copy to the host without dispatching a watched operator on CPU, where the tensor is
+    # already on the host; on a GPU each would wait for the device
+    for method in HOST_COPIES:
+        real_method = getattr(torch.Tensor, method)
+
+        def recorded(self, *args, _real=real_method, _method=method, **kwargs):
+            if mode.active:
+                mode.reads.append(f"Tensor.{_method} at {_caller()}")
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, method, recorded)
     for name in collate_names:
         real = getattr(module, name)
 
@@ -102,19 +119,21 @@ def test_rm_step_reads_nothing_back_before_the_end(tiny_model_dir, tmp_path, mon
     assert mode.reads == []
 
 
-def test_the_watch_sees_a_read_back(tiny_model_dir, tmp_path, monkeypatch):
-    """The mode does record what it looks for: a micro-batch loss that calls ``.item()``."""
+@pytest.mark.parametrize("read,seen", [("item", "_local_scalar_dense"),
+                                       ("tolist", "Tensor.tolist"), ("cpu", "Tensor.cpu")])
+def test_the_watch_sees_a_read_back(tiny_model_dir, tmp_path, monkeypatch, read, seen):
+    """The mode does record what it looks for: a micro-batch loss that reads a value back."""
     mode = DeviceReads()
     _watch(monkeypatch, mode, dpo, ["collate"])
     real_loss = dpo.preference_loss
 
     def loss_with_a_read(*args, **kwargs):
         losses, chosen, rejected = real_loss(*args, **kwargs)
-        losses.sum().item()
+        getattr(losses.sum().detach(), read)()
         return losses, chosen, rejected
 
     monkeypatch.setattr(dpo, "preference_loss", loss_with_a_read)
     cfg = DPOConfig(batch_size=4, micro_batch_size=4, epochs=1, eval_fraction=0.0)
     with mode:
         dpo.train_dpo(tiny_model_dir, _rows(8), cfg, 1, tmp_path / "run", tmp_path / "cache")
-    assert len(mode.reads) == 2 and all("_local_scalar_dense" in r for r in mode.reads)
+    assert len(mode.reads) == 2 and all(seen in r for r in mode.reads)

@@ -93,3 +93,38 @@ def test_dpo_gradient_matches_hand_derivation():
     losses, _, _ = preference_loss("sigmoid", policy_chosen, t(-3.0), t(-3.0), t(-3.0), beta=0.5)
     losses.sum().backward()
     assert policy_chosen.grad.item() == pytest.approx(-0.25)
+
+
+def test_ln_dpo_and_simpo_take_label_smoothing():
+    # SimPO with β·(mean logp difference) − γ = ln 3: 0.75·ln(4/3) + 0.25·ln 4 when smoothed
+    lengths = t(1.0), t(1.0)
+    args = (t(LN3 * 10 + 5.0), t(0.0))
+    plain, _, _ = preference_loss("simpo", *args, None, None, beta=0.1, simpo_gamma=0.5,
+                                  chosen_lengths=lengths[0], rejected_lengths=lengths[1])
+    smoothed, _, _ = preference_loss("simpo", *args, None, None, beta=0.1, simpo_gamma=0.5,
+                                     label_smoothing=0.25, chosen_lengths=lengths[0],
+                                     rejected_lengths=lengths[1])
+    assert plain.item() == pytest.approx(math.log(4 / 3))
+    assert smoothed.item() == pytest.approx(0.75 * math.log(4 / 3) + 0.25 * math.log(4))
+    ln_args = (t(LN3 * 10), t(0.0), t(0.0), t(0.0))
+    ln_smoothed, _, _ = preference_loss("ln_dpo", *ln_args, beta=0.1, label_smoothing=0.25,
+                                        chosen_lengths=t(1.0), rejected_lengths=t(1.0))
+    assert ln_smoothed.item() == pytest.approx(0.75 * math.log(4 / 3) + 0.25 * math.log(4))
+
+
+def test_dpo_config_refuses_settings_that_would_silently_misbehave():
+    from pydantic import ValidationError
+
+    from ablate.spec.schema import DPOConfig, RMConfig
+
+    for loss in ("sigmoid", "ipo"):
+        with pytest.raises(ValidationError, match="takes no label_smoothing"):
+            DPOConfig(loss=loss, label_smoothing=0.1)
+    DPOConfig(loss="simpo", label_smoothing=0.1)
+    with pytest.raises(ValidationError, match="max_prompt_length .* must be below max_length"):
+        DPOConfig(max_length=512, max_prompt_length=512)
+    for norm in (0.0, -1.0):  # 0 would zero the gradient, a negative norm would flip it
+        with pytest.raises(ValidationError, match="max_grad_norm"):
+            DPOConfig(max_grad_norm=norm)
+        with pytest.raises(ValidationError, match="max_grad_norm"):
+            RMConfig(max_grad_norm=norm)
