@@ -288,7 +288,10 @@ def run_trl(model_dir, rows, tokenizer, args, out: Path) -> dict:
     result = {"seconds": finished - started, "ref_seconds": ref_done - started,
               "train_seconds": finished - ref_done, "cpu_seconds": cpu_finished - cpu_started,
               "peak_rss_gib": memory.gib, "losses": losses, "steps": trainer.state.global_step,
-              "first_step_seconds": first_step.seconds}
+              "first_step_seconds": first_step.seconds,
+              # a one-off cost of TRL's reference cache key that grows with the weights, not
+              # the pairs: reported apart so that a short run's ratio can be read without it
+              "hash_seconds": round(sum(hash_seconds), 3)}
     if on_cuda():
         result.update(cuda_memory())
         result["checks"] = {**trl_device_checks(trainer),
@@ -344,7 +347,8 @@ def run_context() -> dict:
 
 
 def ratios(ablate: dict, peer: dict) -> dict:
-    """ablate over the peer (> 1: ablate is better) for throughput, CPU time and memory."""
+    """ablate over the peer for throughput and CPU time (> 1: ablate is faster) and peak memory
+    (ablate's over the peer's: < 1 means ablate uses less)."""
     out = {"ratio": round(ablate["pairs_per_second"] / peer["pairs_per_second"], 3),
            "cpu_ratio": round(peer["cpu_seconds"] / ablate["cpu_seconds"], 3),
            "memory_ratio": round(ablate["peak_rss_gib"] / max(peer["peak_rss_gib"], 1e-9), 3)}
@@ -354,9 +358,10 @@ def ratios(ablate: dict, peer: dict) -> dict:
     return out
 
 
-def emit(result: dict, path: Path | None) -> dict:
+def emit(result: dict, path: Path | None, show: bool = True) -> dict:
     """Print the result and write it to ``path`` (temp file, then rename)."""
-    print(json.dumps(result, indent=1), flush=True)
+    if show:
+        print(json.dumps(result, indent=1), flush=True)
     if path:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
@@ -366,14 +371,22 @@ def emit(result: dict, path: Path | None) -> dict:
 
 
 def cuda_figures(side: dict, params: int, real_tokens: int, peak: float | None,
-                 train_multiplier: int = 6, ref_multiplier: int = 2) -> dict:
+                 train_multiplier: int = 6, ref_multiplier: int = 2,
+                 processed_tokens: int | None = None) -> dict:
     """Useful-FLOP utilisation: (train_multiplier + ref_multiplier)·params·real tokens over the
-    timed seconds, and train_multiplier·params·real tokens over the training seconds alone."""
+    timed seconds, and train_multiplier·params·real tokens over the training seconds alone.
+    ``processed_tokens``: the tokens the side's layout actually runs (a shared-prompt row runs
+    its prompt once, where the real-token count has it twice), for the hardware's share."""
     useful = (train_multiplier + ref_multiplier) * params * real_tokens
     figures = {"useful_flops": float(useful),
                "flop_utilisation": utilisation(useful, side["seconds"], peak),
                "train_flop_utilisation": utilisation(train_multiplier * params * real_tokens,
                                                      side["train_seconds"], peak)}
+    if processed_tokens is not None:
+        figures["processed_tokens"] = processed_tokens
+        figures["processed_flop_utilisation"] = utilisation(
+            (train_multiplier + ref_multiplier) * params * processed_tokens, side["seconds"],
+            peak)
     if ref_multiplier:
         figures["flop_utilisation_over_train_seconds"] = utilisation(
             useful, side["train_seconds"], peak)
@@ -399,7 +412,11 @@ def describe(side: dict, n_pairs: int, real_tokens: int) -> dict:
 
 
 def parse_settings(spec: str) -> dict:
-    """'shared_prompt=false,length_grouping=0' -> {'shared_prompt': False, 'length_grouping': 0}."""
+    """'shared_prompt=false,length_grouping=0' -> {'shared_prompt': False, 'length_grouping': 0};
+    'defaults' -> {} (a warm re-run of the main side: a control for the variants, which run
+    after it in the same process)."""
+    if spec.strip() == "defaults":
+        return {}
     settings = {}
     for item in spec.split(","):
         key, sep, value = item.strip().partition("=")
@@ -420,11 +437,11 @@ def run_variants(run_side, variant_settings: list[dict], tmp: Path) -> list[dict
             side = run_side(tmp / f"variant{number}", **settings)
         except Exception as error:
             print(f"ablate variant {settings} failed: {error!r}", flush=True)
-            variants.append({"settings": settings,
+            variants.append({"settings": settings, "overrides": settings,
                              "error": f"{type(error).__name__}: {error}"[:2000]})
         else:
             print(f"ablate variant {settings}: {side['seconds']:.1f} s", flush=True)
-            variants.append(side)
+            variants.append({**side, "overrides": settings})
         cuda_reset()
     return variants
 
@@ -461,8 +478,9 @@ def main(argv=None):
                         "A/B runs with --ablate-only)")
     parser.add_argument("--ablate-variants", default="", help="after the comparison, ablate "
                         "alone again with these DPOConfig overrides, e.g. "
-                        "'length_grouping=0;pad_multiple=1' (reported "
-                        "under 'variants', no TRL side)")
+                        "'length_grouping=0;pad_multiple=1;defaults' ('defaults': the main "
+                        "side again, warm, as a control; reported under 'variants', each with "
+                        "its ratio against the same TRL run)")
     args = parser.parse_args(argv)
     if args.quick:
         args.pairs, args.max_length, args.max_prompt_length = 16, 256, 128
@@ -475,7 +493,6 @@ def main(argv=None):
     rows, pairs, tokenizer = fitting_pairs(model_dir, args.pairs, args.max_length,
                                            args.max_prompt_length, allow_fewer=args.allow_fewer,
                                            data_file=args.data_file)
-    real_tokens = sum(p.real_tokens for p in pairs)
     if on_cuda():
         cuda_warmup()
     with tempfile.TemporaryDirectory() as tmp:
@@ -491,11 +508,25 @@ def main(argv=None):
                                              **main_settings)
             print(f"{side}: {sides[side]['seconds']:.1f} s", flush=True)
             cuda_reset()
-        variants = [side if "error" in side else describe(side, len(pairs), real_tokens)
-                    for side in run_variants(
-                        lambda out, **settings: run_ablate(model_dir, rows, args, out,
-                                                           **settings),
-                        variant_settings, Path(tmp))]
+        # the comparison is written before the variants run: a timeout then loses only them
+        emit(assemble(args, model_dir, pairs, sides, []), args.json, show=False)
+        variants = run_variants(
+            lambda out, **settings: run_ablate(model_dir, rows, args, out, **settings),
+            variant_settings, Path(tmp))
+    return emit(assemble(args, model_dir, pairs, sides, variants), args.json)
+
+
+def processed_tokens(pairs, shared_prompt: bool) -> int:
+    """Tokens a layout runs, padding aside: the shared-prompt one runs each prompt once."""
+    return sum((1 if shared_prompt else 2) * len(p.prompt_ids) + len(p.chosen_ids)
+               + len(p.rejected_ids) for p in pairs)
+
+
+def assemble(args, model_dir: Path, pairs, sides: dict, raw_variants: list[dict]) -> dict:
+    """The benchmark's JSON from the sides that ran (and the variants, when they have)."""
+    real_tokens = sum(p.real_tokens for p in pairs)
+    variants = [side if "error" in side else describe(side, len(pairs), real_tokens)
+                for side in raw_variants]
     ablate = describe(sides["ablate"], len(pairs), real_tokens)
     trl_side = describe(sides["trl"], len(pairs), real_tokens) if "trl" in sides else None
     extra = {"variants": variants} if variants else {}
@@ -504,18 +535,23 @@ def main(argv=None):
         peak, peak_note = peak_bf16_flops()
         for side in (ablate, trl_side, *variants) if trl_side else (ablate, *variants):
             if "error" not in side:
-                side.update(cuda_figures(side, params, real_tokens, peak))
+                shared = side.get("settings", {}).get("shared_prompt", False)
+                side.update(cuda_figures(side, params, real_tokens, peak,
+                                         processed_tokens=processed_tokens(pairs, shared)))
         extra |= {"params": params, "peak_bf16_flops": peak, "peak_note": peak_note,
-                 "flops_note": "useful FLOPs = 8 x params x real tokens (6 for the training "
-                 "forward+backward, 2 for the reference forward), attention and padding not "
-                 "counted; flop_utilisation divides by ref+train seconds, "
-                 "train_flop_utilisation is 6 x params x tokens over train seconds, "
-                 "flop_utilisation_over_train_seconds is 8 x params x tokens over train seconds",
-                 "timing_note": "TRL's seconds include DPOTrainer construction (tokenising, "
-                 "hashing the weights, reference pass); ablate's are its reference pass plus "
-                 "its training loop as it reports them (each step's metrics logging "
-                 "included, timed until the last optimiser step has run on the device)",
-                 "torch": torch.__version__}
+                  "flops_note": "useful FLOPs = 8 x params x real tokens (6 for the training "
+                  "forward+backward, 2 for the reference forward), attention and padding not "
+                  "counted; real tokens count each pair's prompt twice, as the two sequences "
+                  "of a plain DPO forward hold it; flop_utilisation divides by ref+train "
+                  "seconds, train_flop_utilisation is 6 x params x tokens over train seconds, "
+                  "flop_utilisation_over_train_seconds is 8 x params x tokens over train "
+                  "seconds; processed_flop_utilisation counts the tokens the side's layout "
+                  "runs (a shared-prompt row runs its prompt once): the hardware's share",
+                  "timing_note": "TRL's seconds include DPOTrainer construction (tokenising, "
+                  "hashing the weights, reference pass); ablate's are its reference pass plus "
+                  "its training loop as it reports them (each step's metrics logging "
+                  "included, timed until the last optimiser step has run on the device)",
+                  "torch": torch.__version__}
     result = {
         "benchmark": "dpo_vs_trl", "model": args.model, "pairs": len(pairs),
         "real_tokens": real_tokens, "max_length": args.max_length,
@@ -523,12 +559,15 @@ def main(argv=None):
         **run_context(), "order": args.order, "ablate": ablate, **extra,
     }
     if trl_side:
+        unhashed = trl_side["seconds"] - trl_side.get("hash_seconds", 0.0)
         result |= {"trl": trl_side, **ratios(ablate, trl_side),
+                   "ratio_without_trl_hashing": round(unhashed / ablate["seconds"], 3),
                    "train_ratio": round(trl_side["train_seconds"] / ablate["train_seconds"], 3)}
         for variant in variants:
             if "error" not in variant:  # each variant against the same TRL run
                 variant["ratio_vs_trl"] = ratios(variant, trl_side)["ratio"]
-    return emit(result, args.json)
+                variant["ratio_vs_trl_without_hashing"] = round(unhashed / variant["seconds"], 3)
+    return result
 
 
 if __name__ == "__main__":

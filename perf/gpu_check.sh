@@ -13,8 +13,9 @@
 #      .gpu/tokenizer/                                          (stops the check on failure)
 #   3. perf/dpo_vs_trl.py on it: bf16, batch 8, max length 1024 (prompt 512), up to 168 pairs
 #      -> $OUT/dpo_gpu.json   (micro-batch 8 on a GPU with >= 100 GiB, else 4), then ablate alone
-#      with the GPU_CHECK_DPO_VARIANTS settings; on failure it is retried once at half the
-#      micro-batch (without variants) if time allows
+#      with the GPU_CHECK_DPO_VARIANTS settings (ablate first, then TRL, then the variants; the
+#      comparison is written before the variants run); on failure it is retried once at half
+#      the micro-batch (without variants) if time allows
 #   4. perf/rm_vs_trl.py: 256 pairs of GPU_CHECK_DATA_FILE (64 of the shipped slice without
 #      it), same lengths and batches, then ablate alone with the GPU_CHECK_RM_VARIANTS settings
 #      -> $OUT/rm_gpu.json
@@ -68,12 +69,14 @@ STEPS=${GPU_CHECK_STEPS:-dpo rm dpo_long syncs profile generate}
 DATA_FILE=${GPU_CHECK_DATA_FILE:-.gpu/data/train_1000.jsonl.gz}
 LONG_PAIRS=${GPU_CHECK_LONG_PAIRS:-2000}  # all that fit
 [ "$SMOKE" = 1 ] && LONG_PAIRS=${GPU_CHECK_LONG_PAIRS:-8}
-# ablate alone again after the comparison: bf16 weights with fp32 masters, compiled MLP and
-# norm regions, the memory-efficient attention kernel instead of cuDNN (no per-shape plans)
-DPO_VARIANTS=${GPU_CHECK_DPO_VARIANTS-precision=bf16_weights;compile_regions=true;attention_kernel=efficient}
-[ "$SMOKE" = 1 ] && DPO_VARIANTS=${GPU_CHECK_DPO_VARIANTS-precision=bf16_weights;compile_regions=true;attention_kernel=math}
+# ablate runs first (it pays the process's first-use costs, not TRL), then TRL, then ablate alone
+# again: bf16 weights with fp32 masters, compiled MLP and norm regions, the memory-efficient
+# attention kernel instead of cuDNN (no per-shape plans), and last the defaults again, warm: the
+# control that tells a setting's gain from the warm-up of the runs before it
+DPO_VARIANTS=${GPU_CHECK_DPO_VARIANTS-precision=bf16_weights;compile_regions=true;attention_kernel=efficient;defaults}
+[ "$SMOKE" = 1 ] && DPO_VARIANTS=${GPU_CHECK_DPO_VARIANTS-precision=bf16_weights;compile_regions=true;attention_kernel=math;defaults}
 # the RM and the long DPO epoch again with bf16 weights (fp32 masters), the likeliest default
-RM_VARIANTS=${GPU_CHECK_RM_VARIANTS-precision=bf16_weights}
+RM_VARIANTS=${GPU_CHECK_RM_VARIANTS-precision=bf16_weights;defaults}
 LONG_VARIANTS=${GPU_CHECK_LONG_VARIANTS-precision=bf16_weights}
 PROFILE_MODES=${GPU_CHECK_PROFILE_MODES:-eager regions master bf16}
 OUT=${OUT:-$(mktemp -d /tmp/gpu_check.XXXXXX)}
@@ -177,7 +180,7 @@ main() {
       dpo)
         step dpo 300 90 "$PY" perf/dpo_vs_trl.py --model "$MODEL" --pairs "$PAIRS" \
           --max-length "$MAX_LENGTH" --max-prompt-length "$MAX_PROMPT" --batch-size "$BATCH" \
-          --micro-batch-size "$micro" --allow-fewer --skip-save \
+          --micro-batch-size "$micro" --allow-fewer --skip-save --order ablate-first \
           --ablate-variants "$DPO_VARIANTS" --json "$OUT/dpo_gpu.json"
         local rc=$?
         if [ "$rc" -ne 0 ] && [ "$rc" -ne 99 ] && [ "$micro" -gt 1 ]; then
@@ -185,7 +188,7 @@ main() {
           step dpo_retry 300 120 "$PY" perf/dpo_vs_trl.py --model "$MODEL" --pairs "$PAIRS" \
             --max-length "$MAX_LENGTH" --max-prompt-length "$MAX_PROMPT" \
             --batch-size "$BATCH" --micro-batch-size "$((micro / 2))" --allow-fewer \
-            --skip-save --json "$OUT/dpo_gpu.json"
+            --skip-save --order ablate-first --json "$OUT/dpo_gpu.json"
         fi
         ;;
       dpo_long)
@@ -209,7 +212,7 @@ main() {
         elif [ "$SMOKE" != 1 ]; then rm_pairs=${GPU_CHECK_RM_PAIRS:-64}; fi
         step rm 240 90 "$PY" perf/rm_vs_trl.py --model "$MODEL" --pairs "$rm_pairs" \
           "${rm_data[@]}" --max-length "$MAX_LENGTH" --batch-size "$BATCH" \
-          --micro-batch-size "$micro" --allow-fewer --skip-save \
+          --micro-batch-size "$micro" --allow-fewer --skip-save --order ablate-first \
           --ablate-variants "$RM_VARIANTS" --json "$OUT/rm_gpu.json"
         ;;
       profile)
@@ -229,12 +232,16 @@ main() {
   if command -v nvidia-smi >/dev/null 2>&1; then
     timeout 20 nvidia-smi --query-gpu=name,memory.used,temperature.gpu,clocks.sm --format=csv
   fi
-  # exit 2 when a measuring step failed or timed out for good (a DPO retry that passed is fine)
-  if grep -qP '^(generate|rm)\t(failed|timeout)\t' "$STEP_LOG" \
-     || { grep -qP '^dpo\t(failed|timeout)\t' "$STEP_LOG" \
+  # exit 2 when a measuring step failed, timed out or was skipped for lack of budget (a DPO
+  # retry that passed is fine), or when one of the two comparisons with TRL did not run at all
+  if grep -qP '^(generate|rm|dpo_long|syncs|profile)\t(failed|timeout)\t' "$STEP_LOG" \
+     || grep -qP '^rm\tskipped\t' "$STEP_LOG" \
+     || { grep -qP '^dpo\t(failed|timeout|skipped)\t' "$STEP_LOG" \
           && ! grep -qP '^dpo_retry\tok\t' "$STEP_LOG"; }; then
     return 2
   fi
+  case " $STEPS " in *" dpo "*) grep -qP '^dpo' "$STEP_LOG" || return 2 ;; esac
+  case " $STEPS " in *" rm "*) grep -qP '^rm\t' "$STEP_LOG" || return 2 ;; esac
   return 0
 }
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dpo_vs_trl import (  # noqa: E402
     PeakRSS, count_parameters, cuda_figures, cuda_memory, cuda_reset, cuda_sync, cuda_warmup,
     emit, first_step_clock, fitting_pairs, on_cuda, parse_settings, peak_bf16_flops, ratios,
-    run_context, run_variants, skipped_model_saves, trl_device_checks,
+    processed_tokens, run_context, run_variants, skipped_model_saves, trl_device_checks,
 )
 
 
@@ -190,10 +190,12 @@ def main(argv=None):
                         "forward+backward in ablate's RM (after one warm-up round)")
     parser.add_argument("--ab-per-forward", type=int, nargs="+", default=[1, 2, 4],
                         help="pairs per forward of the shared-prompt variants in the A/B")
+    parser.add_argument("--order", choices=["trl-first", "ablate-first"], default="trl-first")
     parser.add_argument("--ablate-variants", default="", help="after the comparison, ablate "
                         "alone again with these RMConfig overrides, e.g. "
-                        "'precision=bf16_weights;shared_prompt=false' (reported under "
-                        "'variants', each with its ratio against the same TRL run)")
+                        "'precision=bf16_weights;defaults' ('defaults': the main side again, "
+                        "warm, as a control; reported under 'variants', each with its ratio "
+                        "against the same TRL run)")
     args = parser.parse_args(argv)
     if args.quick:
         args.pairs, args.max_length = 16, 256
@@ -205,21 +207,30 @@ def main(argv=None):
     rows, pairs, tokenizer = fitting_pairs(model_dir, args.pairs, args.max_length,
                                            args.max_length, allow_fewer=args.allow_fewer,
                                            data_file=args.data_file)
-    real_tokens = sum(p.real_tokens for p in pairs)
     if args.ab_rounds:
         return emit(shared_prompt_ab(model_dir, pairs, args), args.json)
     if on_cuda():
         cuda_warmup()
     with tempfile.TemporaryDirectory() as tmp:
-        trl_side = run_trl(model_dir, pairs, tokenizer, args, Path(tmp) / "trl")
-        print(f"trl: {trl_side['seconds']:.1f} s", flush=True)
-        cuda_reset()
-        ablate = run_ablate(model_dir, rows, args, Path(tmp) / "ablate")
-        print(f"ablate: {ablate['seconds']:.1f} s", flush=True)
-        cuda_reset()
+        sides = {}
+        for side in (["trl", "ablate"] if args.order == "trl-first" else ["ablate", "trl"]):
+            sides[side] = run_trl(model_dir, pairs, tokenizer, args, Path(tmp) / "trl") \
+                if side == "trl" else run_ablate(model_dir, rows, args, Path(tmp) / "ablate")
+            print(f"{side}: {sides[side]['seconds']:.1f} s", flush=True)
+            cuda_reset()
+        # the comparison is written before the variants run: a timeout then loses only them
+        emit(assemble(args, model_dir, pairs, sides, []), args.json, show=False)
         variants = run_variants(
             lambda out, **settings: run_ablate(model_dir, rows, args, out, **settings),
             variant_settings, Path(tmp))
+    return emit(assemble(args, model_dir, pairs, sides, variants), args.json)
+
+
+def assemble(args, model_dir: Path, pairs, sides: dict, raw_variants: list[dict]) -> dict:
+    """The benchmark's JSON from the two sides (and the variants, when they have run)."""
+    real_tokens = sum(p.real_tokens for p in pairs)
+    ablate, trl_side = dict(sides["ablate"]), dict(sides["trl"])
+    variants = [dict(v) for v in raw_variants]
     measured = [side for side in (ablate, trl_side, *variants) if "error" not in side]
     for side in measured:
         side["pairs_per_second"] = round(len(pairs) / side["seconds"], 4)
@@ -235,20 +246,22 @@ def main(argv=None):
         peak, peak_note = peak_bf16_flops()
         for side in measured:
             side["train_seconds"] = side["seconds"]
-            side.update(cuda_figures(side, params, real_tokens, peak, ref_multiplier=0))
+            shared = side.get("settings", {}).get("shared_prompt", False)
+            side.update(cuda_figures(side, params, real_tokens, peak, ref_multiplier=0,
+                                     processed_tokens=processed_tokens(pairs, shared)))
         extra |= {"params": params, "peak_bf16_flops": peak, "peak_note": peak_note,
-                 "flops_note": "useful FLOPs = 6 x params x real tokens over the training "
-                 "epoch's seconds (params without the input embedding, a lookup); attention and "
-                 "padding not counted",
-                 "torch": torch.__version__}
-    result = {
+                  "flops_note": "useful FLOPs = 6 x params x real tokens over the training "
+                  "epoch's seconds (params without the input embedding, a lookup); attention "
+                  "and padding not counted; real tokens count each pair's prompt twice; "
+                  "processed_flop_utilisation counts the tokens the side's layout runs",
+                  "torch": torch.__version__}
+    return {
         "benchmark": "rm_vs_trl", "model": args.model, "pairs": len(pairs),
         "real_tokens": real_tokens, "max_length": args.max_length,
         "batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size,
-        **run_context(), "ablate": ablate, "trl": trl_side, **ratios(ablate, trl_side),
-        **extra,
+        **run_context(), "order": args.order, "ablate": ablate, "trl": trl_side,
+        **ratios(ablate, trl_side), **extra,
     }
-    return emit(result, args.json)
 
 
 if __name__ == "__main__":
