@@ -495,25 +495,30 @@ def main(argv=None):
                                            data_file=args.data_file)
     if on_cuda():
         cuda_warmup()
+    order = ["trl", "ablate"] if args.order == "trl-first" else ["ablate", "trl"]
+    return run_comparison(
+        ["ablate"] if args.ablate_only else order,
+        {"trl": lambda out: run_trl(model_dir, rows, tokenizer, args, out),
+         "ablate": lambda out: run_ablate(model_dir, rows, args, out, **main_settings)},
+        lambda out, **settings: run_ablate(model_dir, rows, args, out, **settings),
+        variant_settings, lambda sides, variants: assemble(args, model_dir, pairs, sides,
+                                                           variants), args.json)
+
+
+def run_comparison(order: list[str], run_side: dict, run_variant, variant_settings: list[dict],
+                   assemble_result, json_path: Path | None) -> dict:
+    """Each side in ``order`` (``run_side[name](out_dir)``), then ablate's variants, in one
+    process; the comparison is written before the variants run, so that a timeout loses only
+    them. Returns the final result."""
     with tempfile.TemporaryDirectory() as tmp:
         sides = {}
-        order = ["trl", "ablate"] if args.order == "trl-first" else ["ablate", "trl"]
-        if args.ablate_only:
-            order = ["ablate"]
-        for side in order:
-            if side == "trl":
-                sides["trl"] = run_trl(model_dir, rows, tokenizer, args, Path(tmp) / "trl")
-            else:
-                sides["ablate"] = run_ablate(model_dir, rows, args, Path(tmp) / "ablate",
-                                             **main_settings)
-            print(f"{side}: {sides[side]['seconds']:.1f} s", flush=True)
+        for name in order:
+            sides[name] = run_side[name](Path(tmp) / name)
+            print(f"{name}: {sides[name]['seconds']:.1f} s", flush=True)
             cuda_reset()
-        # the comparison is written before the variants run: a timeout then loses only them
-        emit(assemble(args, model_dir, pairs, sides, []), args.json, show=False)
-        variants = run_variants(
-            lambda out, **settings: run_ablate(model_dir, rows, args, out, **settings),
-            variant_settings, Path(tmp))
-    return emit(assemble(args, model_dir, pairs, sides, variants), args.json)
+        emit(assemble_result(sides, []), json_path, show=False)
+        variants = run_variants(run_variant, variant_settings, Path(tmp))
+    return emit(assemble_result(sides, variants), json_path)
 
 
 def processed_tokens(pairs, shared_prompt: bool) -> int:

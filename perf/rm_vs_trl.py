@@ -20,7 +20,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dpo_vs_trl import (  # noqa: E402
     PeakRSS, count_parameters, cuda_figures, cuda_memory, cuda_reset, cuda_sync, cuda_warmup,
     emit, first_step_clock, fitting_pairs, on_cuda, parse_settings, peak_bf16_flops, ratios,
-    processed_tokens, run_context, run_variants, skipped_model_saves, trl_device_checks,
+    processed_tokens, run_comparison, run_context, skipped_model_saves, trl_device_checks,
 )
 
 
@@ -211,19 +210,13 @@ def main(argv=None):
         return emit(shared_prompt_ab(model_dir, pairs, args), args.json)
     if on_cuda():
         cuda_warmup()
-    with tempfile.TemporaryDirectory() as tmp:
-        sides = {}
-        for side in (["trl", "ablate"] if args.order == "trl-first" else ["ablate", "trl"]):
-            sides[side] = run_trl(model_dir, pairs, tokenizer, args, Path(tmp) / "trl") \
-                if side == "trl" else run_ablate(model_dir, rows, args, Path(tmp) / "ablate")
-            print(f"{side}: {sides[side]['seconds']:.1f} s", flush=True)
-            cuda_reset()
-        # the comparison is written before the variants run: a timeout then loses only them
-        emit(assemble(args, model_dir, pairs, sides, []), args.json, show=False)
-        variants = run_variants(
-            lambda out, **settings: run_ablate(model_dir, rows, args, out, **settings),
-            variant_settings, Path(tmp))
-    return emit(assemble(args, model_dir, pairs, sides, variants), args.json)
+    return run_comparison(
+        ["trl", "ablate"] if args.order == "trl-first" else ["ablate", "trl"],
+        {"trl": lambda out: run_trl(model_dir, pairs, tokenizer, args, out),
+         "ablate": lambda out: run_ablate(model_dir, rows, args, out)},
+        lambda out, **settings: run_ablate(model_dir, rows, args, out, **settings),
+        variant_settings, lambda sides, variants: assemble(args, model_dir, pairs, sides,
+                                                           variants), args.json)
 
 
 def assemble(args, model_dir: Path, pairs, sides: dict, raw_variants: list[dict]) -> dict:
