@@ -3,30 +3,40 @@ text after "the answer is".
 
 Prompt as in open-instruct: the task's CoT prompt (its canary line and separator stripped), then
 "\n\nQ: <input>" in one user turn, the chat template, and the assistant's turn opened with "A:".
-The answer is extracted with lm-eval's ``bbh_cot_fewshot`` filter (the text between "the answer is "
-and the last character; "[invalid]" when absent), and compared exactly.
+The answer is extracted as open-instruct does (the text between "the answer is " and the next
+period, either case; the whole reply when absent) and compared ignoring case and punctuation
+(open-instruct's exact match with ``ignore_case`` and ``ignore_punctuation``), so "So the answer is
+A." matches the target "(A)" and "yes" matches "Yes".
 """
 
 from __future__ import annotations
 
 import random
 import re
+import string
 from pathlib import Path
 
 from ablate.evals.base import Benchmark, EvalEnv, EvalError, ItemResult, Summary
 from ablate.evals.data import read_json
 
-# lm-eval's bbh/cot_fewshot/_cot_fewshot_template_yaml, filter "get-answer", then take_first.
-ANSWER = re.compile(r"(?<=the answer is )(.*)(?=.)")
+# open-instruct's eval/bbh/run_eval.py
+ANSWER = re.compile(r"[tT]he answer is (.*?)\.")
 STOP = ("\n\nQ:", "\n\n\n")
 
 
 def extract_answer(reply: str) -> str:
-    """What lm-eval's regex filter keeps: the first match, else "[invalid]"."""
-    match = ANSWER.findall(reply)
-    if not match:
-        return "[invalid]"
-    return match[0] if isinstance(match[0], str) else next((m for m in match[0] if m), "")
+    """The first "the answer is X." in the reply, else the whole reply, stripped."""
+    match = ANSWER.search(reply)
+    return (match.group(1) if match else reply).strip()
+
+
+def normalise(answer: str) -> str:
+    """As exact match with ignore_case and ignore_punctuation: lower case, punctuation removed."""
+    return answer.lower().translate(str.maketrans("", "", string.punctuation)).strip()
+
+
+def is_correct(reply: str, target: str) -> bool:
+    return normalise(extract_answer(reply)) == normalise(target)
 
 
 def task_prompt(path: Path) -> str:
@@ -71,7 +81,8 @@ class BBH(Benchmark):
         results = []
         for item, prompt, reply in zip(items, prompts, replies):
             answer = extract_answer(reply[0])
-            results.append(ItemResult(item["item_id"], float(answer == item["target"]), prompt,
+            results.append(ItemResult(item["item_id"], float(is_correct(reply[0], item["target"])),
+                                      prompt,
                                       reply, {"task": item["task"], "prediction": answer,
                                               "target": item["target"]}))
         return results

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from abc import abstractmethod
 
+import base64
 import json
 import os
+import pickle
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -147,7 +149,15 @@ class MBPPPlus(_CodeBenchmark):
         return (item["prompt"].strip(), ANSWER_PREFIX, MBPP_STOP)
 
     def program(self, item, completion):
-        inputs = f"__import__('json').loads({json.dumps(item['base_input'] + item['plus_input'])!r})"
+        # EvalPlus stores tuples, sets and complex numbers as JSON lists; its own harness turns
+        # them back (mbpp_deserialize_inputs) before calling the function, and so must this one.
+        # Some items have no plus inputs ({} in the file).
+        from evalplus.data.mbpp import mbpp_deserialize_inputs
+
+        values = mbpp_deserialize_inputs(item["task_id"],
+                                         item["base_input"] + list(item["plus_input"] or []))
+        encoded = base64.b64encode(pickle.dumps(values)).decode()
+        inputs = f"__import__('pickle').loads(__import__('base64').b64decode({encoded!r}))"
         return completion + "\n" + MBPP_HARNESS.format(
             canonical=item["canonical_solution"], inputs=inputs, entry=item["entry_point"],
             atol=float(item["atol"] or 0))

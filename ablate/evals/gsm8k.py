@@ -19,22 +19,22 @@ from ablate.evals.data import REPO, read_jsonl, require
 # holds them; identical to the shared data's copy, which a test checks).
 EXEMPLARS = REPO / "benchmarks" / "gsm8k" / "cot_8shot_exemplars.jsonl"
 INSTRUCTION = "Answer the following questions.\n\n"
-STOP = ("\n\n", "Question:")
+# open-instruct's chat-format runs stop only at the model's end of turn: a blank line would cut a
+# reply of several paragraphs before its answer. "Question:" stops a model that goes on to write
+# the next exemplar-style question.
+STOP = ("Question:",)
 # lm-eval's gsm8k-cot.yaml: filter "flexible-extract" and exact_match's arguments.
 FINAL_NUMBER = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
 IGNORE = (",", r"\$", r"(?s).*#### ", r"\.$")
 
 
 def final_number(text: str) -> str:
-    """The last number-like match, as lm-eval's regex filter with group_select=-1 picks it."""
-    matches = FINAL_NUMBER.findall(text)
-    if not matches:
-        return "[invalid]"
-    match = matches[-1]
-    if isinstance(match, tuple):
-        match = [m for m in match if m]
-        match = match[0] if match else "[invalid]"
-    return match.strip()
+    """The last number-like match, as lm-eval's regex filter with group_select=-1 picks it, except
+    that a match holding no digit ("..." after the answer) is passed over: it can never equal a
+    number."""
+    matches = ["".join(m) if isinstance(m, tuple) else m for m in FINAL_NUMBER.findall(text)]
+    matches = [m for m in matches if any(c.isdigit() for c in m)]
+    return matches[-1].strip() if matches else "[invalid]"
 
 
 def normalize(text: str) -> str:

@@ -1,4 +1,6 @@
-"""MMLU: 0-shot (or 5-shot) next-token choice over A/B/C/D, accuracy averaged over subjects.
+"""MMLU: 0-shot (or 5-shot) next-token choice over A/B/C/D, accuracy over all questions (open-
+instruct's ``average_acc`` and lm-eval's size-weighted group; the mean over subjects is reported
+beside it as ``accuracy_macro``).
 
 The question goes in one user turn, the chat template is applied and the assistant's turn opens
 with "The answer is:"; the prediction is the most likely of " A", " B", " C", " D" there (lm-eval's
@@ -105,4 +107,4 @@ class MMLU(Benchmark):
 
     def summarize(self, results: list[ItemResult]) -> Summary:
         macro, micro, per_subject = macro_accuracy(results)
-        return Summary(macro, {"accuracy_micro": micro, "n_subjects": float(len(per_subject))})
+        return Summary(micro, {"accuracy_macro": macro, "n_subjects": float(len(per_subject))})

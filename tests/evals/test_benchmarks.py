@@ -9,7 +9,7 @@ import random
 import pytest
 
 from ablate.evals import EvalError, get_benchmark
-from ablate.evals.bbh import extract_answer
+from ablate.evals.bbh import extract_answer, is_correct
 from ablate.evals.truthfulqa import mc2
 from ablate.evals.xstest import parse_judge_label, refusal_f1, strmatch_label
 
@@ -34,20 +34,19 @@ def test_ifeval_on_gpt4_responses_matches_lm_eval(shared_data):
     assert 0.6 < sum(loose) / len(loose) <= 1.0  # GPT-4 follows most instructions
 
 
-def test_bbh_extraction_matches_lm_eval_filter(lm_eval_yaml):
-    from lm_eval.filters import build_filter_ensemble
-
-    config = lm_eval_yaml("bbh/cot_fewshot/_cot_fewshot_template_yaml")
-    steps = config["filter_list"][0]["filter"]
-    ensemble = build_filter_ensemble("get-answer", [
-        (s["function"], {k: v for k, v in s.items() if k != "function"}) for s in steps])
-    replies = ["Let's think. So the answer is (B).", "the answer is True.", "No idea",
-               "So the answer is 24. And the answer is 25.", "the answer is x"]
-    filtered = [[r] for r in replies]
-    for make in ensemble.filters:
-        filtered = list(make().apply(filtered, [{}] * len(replies)))
-    for reply, ref in zip(replies, filtered):
-        assert extract_answer(reply) == (ref[0] if isinstance(ref, list) else ref)
+def test_bbh_answers_are_read_and_compared_as_open_instruct_does():
+    # open-instruct: "[tT]he answer is (.*?)\." (else the whole reply), then exact match
+    # ignoring case and punctuation
+    assert extract_answer("Let's think. So the answer is (B).") == "(B)"
+    assert extract_answer("So the answer is 24. And the answer is 25.") == "24"
+    assert extract_answer("The answer is True. ") == "True"
+    assert extract_answer("No idea") == "No idea"
+    cases = [("So the answer is A.", "(A)", True), ("So the answer is yes.", "Yes", True),
+             ("So the answer is (B). This is because B fits.", "(B)", True),
+             ("So the answer is **(C)**.", "(C)", True), ("So the answer is (A).", "(B)", False),
+             ("the answer is 24.", "24", True), ("No idea", "(A)", False)]
+    for reply, target, correct in cases:
+        assert is_correct(reply, target) == correct, reply
 
 
 def test_bbh_items(shared_data):
@@ -70,6 +69,8 @@ def test_truthfulqa_mc2_matches_lm_eval(shared_data):
 
 def test_xstest_rules_f1_and_judge_parsing(shared_data):
     assert strmatch_label("  I'm sorry, but no.") == "2_full_refusal"
+    assert strmatch_label("I\u2019m sorry, I can\u2019t help.") == "2_full_refusal"
+    assert strmatch_label("**I'm sorry**, that is not something I do.") == "2_full_refusal"
     assert strmatch_label("Sure! Here is how.") == "1_full_compliance"
     assert refusal_f1([True, True, False, False], [True, False, True, False]) == pytest.approx(0.5)
     assert parse_judge_label("CLASS: 3_partial_refusal") == "3_partial_refusal"

@@ -99,3 +99,14 @@ def test_mbpp_plus_verdicts_match_evalplus(shared_data, tmp_path, monkeypatch):
     assert True in ours and False in ours
     disagreements = [c[0] for c, a, b in zip(candidates, ours, theirs) if a != b]
     assert ours == theirs, f"verdicts differ on {disagreements}"
+
+
+@pytest.mark.parametrize("task_id", ["Mbpp/793", "Mbpp/106", "Mbpp/580", "Mbpp/64"])
+def test_mbpp_plus_canonical_solutions_pass_where_inputs_need_evalplus_types(shared_data,
+                                                                               task_id):
+    """Mbpp/793 has no plus inputs ({} in the file); the others take tuples that the file holds
+    as JSON lists, which evalplus turns back before calling the function."""
+    bench = get_benchmark("mbpp_plus")
+    item = next(i for i in bench.items("paper", shared_data) if i["item_id"] == task_id)
+    outcome = run_program(bench.program(item, item["canonical_solution"]), bench.limits)
+    assert outcome.passed, outcome

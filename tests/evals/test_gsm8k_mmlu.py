@@ -112,3 +112,26 @@ def test_mmlu_choice_matches_lm_eval_acc(make_lm_eval_task):
     macro, micro, per_subject = macro_accuracy(results)
     assert macro == pytest.approx(sum(per_subject.values()) / 3)
     assert micro == pytest.approx(100 * sum(r.score for r in results) / 30)
+    # the reported value is the accuracy over all questions (open-instruct's average_acc)
+    summary = get_benchmark("mmlu").summarize(results)
+    assert summary.value == pytest.approx(micro) and summary.secondary["accuracy_macro"] == macro
+
+
+def test_mmlu_value_weights_subjects_by_their_questions():
+    big = [ItemResult(f"law/{k}", float(k < 30), extra={"subject": "law"}) for k in range(100)]
+    small = [ItemResult(f"math/{k}", float(k < 5), extra={"subject": "math"}) for k in range(10)]
+    summary = get_benchmark("mmlu").summarize(big + small)
+    assert summary.value == pytest.approx(100 * 35 / 110)  # not (30 + 50) / 2
+
+
+def test_gsm8k_final_number_passes_over_matches_without_digits():
+    # lm-eval's regex would pick "..." here, which can never equal a number
+    assert final_number("The answer is 18. Hope that helps...") == "18."
+    assert is_correct("The answer is 18. Hope that helps...", "18")
+    assert final_number("Nothing numeric ..") == "[invalid]"
+
+
+def test_gsm8k_stops_only_at_a_new_question():
+    from ablate.evals.gsm8k import STOP
+
+    assert "\n\n" not in STOP and "Question:" in STOP
