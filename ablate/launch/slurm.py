@@ -269,7 +269,8 @@ class TorchrunStepJob(SlurmStepJob):
             return super().__call__()
         # The other nodes only run their workers; they wait for the first to write the config.
         store = RunStore(self.store_root)
-        step = store.load_plan(self.grid).steps[self.step_id]
+        plan = store.load_plan(self.grid)
+        step = plan.steps[self.step_id]
         folder = store.step_dir(step)
         for _ in range(300):
             if (folder / "torchrun_config.json").is_file() or store.is_done(step):
@@ -277,7 +278,8 @@ class TorchrunStepJob(SlurmStepJob):
             time.sleep(1)
         if store.is_done(step):
             return "skipped"
-        self._torchrun(folder, store.cache_dir, step)
+        inputs = {role: store.step_dir(plan.steps[sid]) for role, sid in step.inputs.items()}
+        self._torchrun(folder, store.cache_dir, step, inputs)
         return "worker"
 
 

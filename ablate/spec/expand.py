@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 from typing import Any, Iterable
 
+from pydantic import ValidationError
+
 from ablate.spec.load import SpecError
 from ablate.spec.plan import Cell, Plan, Step
 from ablate.spec.schema import (
@@ -48,7 +50,14 @@ def _apply_overrides(grid: GridSpec, cell: dict[str, Any], algo):
                 raise SpecError(f"grid {grid.name!r}: override {override.name!r} sets unknown key "
                                 f"{key!r} of {type(algo).__name__}; valid: {', '.join(sorted(data))}")
             data[key] = value
-        algo = type(algo).model_validate(data)
+        try:
+            algo = type(algo).model_validate(data)
+        except ValidationError as err:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'the config'}: {e['msg']}"
+                                 for e in err.errors())
+            raise SpecError(f"grid {grid.name!r}: override {override.name!r} (set "
+                            f"{dict(override.set)}) makes an invalid {type(algo).__name__}: "
+                            f"{problems}") from None
         applied.append(override.name)
     return algo, applied
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import shutil
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -98,10 +100,13 @@ def _cached_reference(module, pairs, cfg: DPOConfig, pad_token_id, device, model
     log.info("reference log-probs of %d pairs in %.1f s", len(pairs),
              time.perf_counter() - started)
     if fsdp.is_main_process():
+        # a temp name of its own: DPO runs on the same model and pairs share this entry, and on
+        # SLURM they can write it at the same time
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{fsdp.rank()}.tmp")
-        torch.save({"chosen": chosen, "rejected": rejected}, tmp)
-        tmp.replace(path)
+        handle, tmp_name = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=path.parent)
+        os.close(handle)
+        torch.save({"chosen": chosen, "rejected": rejected}, tmp_name)
+        os.replace(tmp_name, path)
     return chosen, rejected
 
 

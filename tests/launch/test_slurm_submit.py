@@ -73,14 +73,18 @@ def test_more_gpus_per_node_than_the_nodes_have(plan, tmp_path):
     assert not (tmp_path / "store").exists()
 
 
-def test_multi_process_training_only_for_recipes_that_support_it(tmp_path, monkeypatch):
-    ppo = expand(GridSpec.model_validate({
+def ppo_plan():
+    return expand(GridSpec.model_validate({
         "name": "p", "models": {"m": {"builtin": "tiny-llama"}},
         "datasets": {"a": {"name": "a"}},
         "algorithms": {"ppo": {"kind": "ppo"}},
         "reward_models": {"rm": {}},
         "axes": {"model": ["m"], "data": ["a"], "algorithm": ["ppo"], "reward_model": ["rm"]},
         "eval": {"benchmarks": ["gsm8k"]}}))
+
+
+def test_multi_process_training_only_for_recipes_that_support_it(tmp_path, monkeypatch):
+    ppo = ppo_plan()
     profile = tmp_path / "multi.yaml"
     profile.write_text("train: {nodes: 2, gpus_per_node: 8}\nnode_gpus: 8\n")
     # every training recipe runs sharded now (PPO included: tests/train/test_ppo_fsdp.py) ...
@@ -158,3 +162,26 @@ def test_status_shows_dependents_of_a_failed_step_as_blocked(plan, tmp_path, mon
     assert states[train.id]["state"] == "failed"
     assert {states[s.id]["state"] for s in users} == {"blocked"}
     assert states[users[0].id]["error"] == f"input failed: {train.name}"
+
+
+def test_a_worker_node_starts_torchrun_with_the_steps_inputs(tmp_path, monkeypatch):
+    """Nodes after the first only start their workers; they need the step's input folders (the
+    reward model of a PPO step) as the first node does."""
+    import submitit
+
+    ppo = ppo_plan()
+    store = RunStore(tmp_path / "store")
+    store.save_plan(ppo)
+    step = next(s for s in ppo.steps.values() if s.kind == "train_ppo")
+    folder = store.step_dir(step)
+    folder.mkdir(parents=True)
+    (folder / "torchrun_config.json").write_text("{}")
+    monkeypatch.setattr(submitit, "JobEnvironment",
+                        lambda: type("Env", (), {"global_rank": 1})())
+    started = []
+    monkeypatch.setattr(slurm.TorchrunStepJob, "_torchrun",
+                        lambda self, out, cache, step, inputs: started.append((out, inputs)))
+    job = slurm.TorchrunStepJob(str(store.root), "p", step.id, procs_per_node=2)
+    assert job() == "worker"
+    rm_step = ppo.steps[step.inputs["reward_model"]]
+    assert started == [(folder, {"reward_model": store.step_dir(rm_step)})]

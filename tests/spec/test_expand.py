@@ -82,6 +82,13 @@ def test_override_of_unknown_key_is_an_error():
         expand(grid(overrides=[{"name": "x", "match": {"algorithm": "dpo"}, "set": {"betta": 1}}]))
 
 
+def test_override_with_an_invalid_value_names_the_override():
+    with pytest.raises(SpecError, match=r"override 'small' \(set \{'beta': -0.1\}\) makes an "
+                                        r"invalid DPOConfig: beta: Input should be greater than 0"):
+        expand(grid(overrides=[{"name": "small", "match": {"algorithm": "dpo"},
+                                "set": {"beta": -0.1}}]))
+
+
 def test_zero_jobs_says_why():
     with pytest.raises(SpecError, match="zero jobs.*exclude"):
         expand(grid(baseline=False, exclude=[{"algorithm": "*"}]))

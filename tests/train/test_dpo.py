@@ -54,6 +54,7 @@ def test_run_step_writes_model_metrics_summary_and_cache(tmp_path, tiny_model_di
     AutoModelForCausalLM.from_pretrained(out / "model")
     AutoTokenizer.from_pretrained(out / "model")
     assert len(list((tmp_path / "cache" / "ref_logps").glob("*.pt"))) == 1
+    assert not list((tmp_path / "cache" / "ref_logps").glob("*.tmp"))  # its temp file renamed
 
 
 def test_training_raises_heldout_reward_accuracy(tmp_path, tiny_model_dir):
