@@ -8,6 +8,8 @@ asks submitit to requeue it on preemption or time-out; the step then resumes fro
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib
 import logging
 import os
@@ -92,6 +94,27 @@ def run_step(store: RunStore, plan: Plan, step: Step,
     missing = [role for role, sid in step.inputs.items() if not store.is_done(plan.steps[sid])]
     if missing:
         raise RuntimeError(f"step {step.name!r}: inputs not done yet: {', '.join(missing)}")
+    with step_lock(store.step_dir(step)):
+        if store.is_done(step):  # another process ran it while this one waited
+            return "skipped"
+        return _run_locked(store, plan, step, progress, runner)
+
+
+@contextlib.contextmanager
+def step_lock(folder: Path):
+    """Hold ``<step>/.lock`` while a step runs: a second ablate process on the same store (two
+    local runs, or a local run beside a SLURM job) waits here instead of running the step into
+    the same folder at the same time."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run_locked(store: RunStore, plan: Plan, step: Step, progress, runner) -> str:
     folder = store.begin(step)
     log_path = folder / "log.txt"
     handler = logging.FileHandler(log_path)

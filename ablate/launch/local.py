@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -59,8 +62,32 @@ def select_steps(plan: Plan, selectors: Iterable[str]) -> set[str]:
     return chosen
 
 
+def _terminated(signum, frame):
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (``kill``, ``timeout``) ends a local run like Ctrl-C: the running step records
+    that it stopped instead of staying "running" in the store for good."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_plan(plan: Plan, store: RunStore, force: Iterable[str] = (),
              console: Console | None = None) -> Summary:
+    with _sigterm_as_interrupt():
+        return _run_plan(plan, store, force, console)
+
+
+def _run_plan(plan: Plan, store: RunStore, force: Iterable[str],
+              console: Console | None) -> Summary:
     console = console or Console()
     for sid in select_steps(plan, force):
         store.reset(plan.steps[sid])

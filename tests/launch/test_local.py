@@ -127,3 +127,48 @@ def test_slurm_jobs_use_the_cpus_they_were_given(monkeypatch):
         assert match_threads_to_allocation() is None  # an explicit OMP_NUM_THREADS wins
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_step_running_elsewhere_is_waited_for_not_run_twice(tmp_path, plan):
+    """Two ablate processes on one store: the second waits on the step's lock, then finds it
+    done. (flock locks belong to each open file, so two threads stand in for two processes.)"""
+    import threading
+    import time
+
+    store = RunStore(tmp_path / "store")
+    step = next(s for s in plan.steps.values() if s.kind == "train_dpo")
+    entered, runs = threading.Event(), []
+
+    def slow_runner(ctx):
+        runs.append(ctx.step.name)
+        entered.set()
+        time.sleep(0.5)
+        (ctx.out_dir / "model").mkdir()
+
+    first = threading.Thread(target=job.run_step, args=(store, plan, step),
+                             kwargs={"runner": slow_runner})
+    first.start()
+    assert entered.wait(10)
+    assert job.run_step(store, plan, step, runner=slow_runner) == "skipped"
+    first.join()
+    assert len(runs) == 1 and store.is_done(step)
+
+
+def test_sigterm_stops_a_local_run_like_ctrl_c(tmp_path, plan, monkeypatch):
+    """A killed step must not stay "running" in the store: SIGTERM becomes an interrupt, which
+    the step records as its end."""
+    import signal
+    import time
+
+    def terminated_runner(ctx):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the signal's exception arrives before this ends
+
+    monkeypatch.setattr(job, "runner_for", lambda kind: terminated_runner)
+    store = RunStore(tmp_path / "store")
+    with pytest.raises(KeyboardInterrupt, match="stopped by signal"):
+        run_plan(plan, store, console=quiet())
+    first = plan.order()[0]
+    assert store.state(first)["state"] == "failed"
+    assert "stopped by signal" in store.state(first)["error"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
