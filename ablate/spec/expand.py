@@ -277,6 +277,20 @@ def check_names(grid: GridSpec, *, datasets: Iterable[str], prompt_sets: Iterabl
     for name in grid.eval.benchmarks:
         if name not in benchmarks:
             fail("benchmark", name, "eval.benchmarks", benchmarks)
-    for name in grid.eval.limit:
-        if name not in grid.eval.benchmarks:
-            fail("benchmark", name, "eval.limit", list(grid.eval.benchmarks))
+    for field in ("limit", "max_new_tokens"):
+        for name in getattr(grid.eval, field):
+            if name not in grid.eval.benchmarks:
+                fail("benchmark", name, f"eval.{field}", list(grid.eval.benchmarks))
+    # a rule value that is on no axis matches no cell, so the rule silently does nothing
+    rules = [(f"include[{k}]", r) for k, r in enumerate(grid.include)]
+    rules += [(f"exclude[{k}]", r) for k, r in enumerate(grid.exclude)]
+    rules += [(f"overrides.{o.name}.match", o.match) for o in grid.overrides]
+    for where, rule in rules:
+        for axis in AXIS_NAMES:
+            wanted = getattr(rule, axis)
+            values = wanted if isinstance(wanted, list) else [wanted]
+            on_axis = list(getattr(grid.axes, axis))
+            for value in values:
+                if value is not None and value != "*" and value not in on_axis:
+                    fail(f"{axis} value", value, f"{where}.{axis} (it matches no cell)",
+                         [str(v) for v in on_axis])

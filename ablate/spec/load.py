@@ -122,7 +122,32 @@ def read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecError(f"{path}: YAML syntax error at {where}{problem}") from None
+    duplicate = _duplicate_key(root)
+    if duplicate:
+        key, line, first = duplicate
+        raise SpecError(f"{path}: line {line}: key {key!r} repeats the one on line {first} "
+                        "(YAML would keep only the last)")
     return data, root
+
+
+def _duplicate_key(node: yaml.Node | None) -> tuple[str, int, int] | None:
+    """The first key that a mapping holds twice: (key, its line, the first one's line)."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            line = key.start_mark.line + 1
+            if key.value in seen:
+                return key.value, line, seen[key.value]
+            seen[key.value] = line
+            found = _duplicate_key(value)
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            found = _duplicate_key(item)
+            if found:
+                return found
+    return None
 
 
 def load_model(model: type[BaseModel], path: Path | str) -> Any:

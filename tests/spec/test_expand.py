@@ -167,3 +167,19 @@ def test_every_shipped_grid_expands(path):
     plan = expand(spec)
     assert plan.cells and plan.steps
     plan.order()
+
+
+def test_rules_and_eval_keys_that_match_nothing_are_errors():
+    kwargs = dict(datasets=["a", "b"], prompt_sets=[], benchmarks=["gsm8k", "mmlu"],
+                  builtin_models=["tiny-llama"])
+    typo = grid(overrides=[{"name": "small", "match": {"data": "a-typo"}, "set": {"beta": 0.05}}])
+    with pytest.raises(SpecError, match=r"unknown data value 'a-typo' in "
+                                        r"overrides.small.match.data \(it matches no cell\); "
+                                        r"valid: a, b"):
+        check_names(typo, **kwargs)
+    with pytest.raises(SpecError, match=r"exclude\[0\].seed"):
+        check_names(grid(exclude=[{"seed": [1, 7]}]), **kwargs)
+    check_names(grid(exclude=[{"data": "a", "algorithm": "*"}]), **kwargs)
+    with pytest.raises(SpecError, match=r"unknown benchmark 'gsm8' in eval.max_new_tokens"):
+        check_names(grid(eval={"benchmarks": ["gsm8k"], "max_new_tokens": {"gsm8": 16}}),
+                    **kwargs)

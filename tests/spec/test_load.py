@@ -78,3 +78,10 @@ def test_missing_file_and_non_mapping(tmp_path):
         load_grid(tmp_path / "nope.yaml")
     with pytest.raises(SpecError, match="expected a mapping"):
         load_grid(write(tmp_path, "- a\n- b\n"))
+
+
+def test_a_repeated_key_is_an_error_not_a_silent_overwrite(tmp_path):
+    path = write(tmp_path, GOOD + "algorithms:\n  fast:\n    kind: dpo\n    beta: 0.5\n"
+                                  "    beta: 0.05\n")
+    with pytest.raises(SpecError, match=r"line 14: key 'beta' repeats the one on line 13"):
+        load_grid(path)
