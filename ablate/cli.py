@@ -55,12 +55,14 @@ def load_checked(path: Path) -> tuple[GridSpec, Plan]:
     return grid, plan
 
 
-def step_table(plan: Plan, store: RunStore) -> Table:
+def step_table(plan: Plan, store: RunStore, states: dict | None = None) -> Table:
+    """One row per step; ``states`` (step id -> state record) as ``status`` has corrected them
+    from SLURM, else as the store holds them."""
     table = Table(title=f"grid {plan.grid}: {len(plan.steps)} steps, {len(plan.cells)} cells")
     for column in ("id", "kind", "step", "inputs", "state"):
         table.add_column(column)
     for step in plan.order():
-        state = store.state(step)["state"]
+        state = (states[step.id] if states else store.state(step))["state"]
         table.add_row(step.id, step.kind, step.name, ",".join(step.inputs.values()) or "-", state)
     return table
 
@@ -125,7 +127,7 @@ def status(file: Path = typer.Argument(..., help="Grid spec (YAML)"),
     except ImportError:
         pass
     if steps:
-        console.print(step_table(plan, run_store))
+        console.print(step_table(plan, run_store, states))
         return
     benches = list(spec.eval.benchmarks)
     table = Table(title=f"grid {plan.grid} ({run_store.root})")

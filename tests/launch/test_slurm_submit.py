@@ -147,6 +147,12 @@ def test_status_reads_squeue_and_the_store(plan, tmp_path, monkeypatch):
     assert "gone from the queue" in states[steps[3].id]["error"]
     assert states[steps[0].id]["log"] == "/logs/0"
     assert states[steps[4].id]["state"] == "pending"
+    # the per-step view shows the same corrected states, not the store's "submitted"
+    from ablate.cli import step_table
+
+    table = step_table(plan, store, states)
+    shown = list(table.columns[4].cells)
+    assert shown[:4] == ["running", "queued", "blocked", "lost"]
 
 
 def test_status_shows_dependents_of_a_failed_step_as_blocked(plan, tmp_path, monkeypatch):
