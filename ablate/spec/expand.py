@@ -62,7 +62,13 @@ def _apply_overrides(grid: GridSpec, cell: dict[str, Any], algo):
     return algo, applied
 
 
-def _data(grid: GridSpec, name: str) -> DataRef:
+def _data(grid: GridSpec, name: str, needed_by: str | None = None) -> DataRef:
+    """The dataset ``name`` stands for; ``needed_by`` names what trains on it, for which the
+    axis value "none" (no data axis) is an error rather than a dataset called "none"."""
+    if needed_by and name == "none":
+        raise SpecError(f"grid {grid.name!r}: {needed_by} trains on the cell's preference data, "
+                        "but axes.data is not set (its value is 'none'): add a data axis or "
+                        "name the data explicitly")
     return grid.datasets.get(name) or DataRef(name=name)
 
 
@@ -82,7 +88,8 @@ def _reward_model(grid: GridSpec, rm_name: str) -> RewardModelSpec:
 
 def _rm_step(grid: GridSpec, rm_name: str, cell: dict[str, Any]) -> Step:
     rm = _reward_model(grid, rm_name)
-    data = _data(grid, cell["data"]) if rm.data == "cell" else rm.data
+    data = _data(grid, cell["data"], f"reward model {rm_name!r} (data: cell)") \
+        if rm.data == "cell" else rm.data
     base = _model(grid, rm.base or cell["model"])
     config = {"model": base.model_dump(), "data": data.model_dump(),
               "train": rm.train.model_dump(), "seed": rm.seed}
@@ -92,7 +99,7 @@ def _rm_step(grid: GridSpec, rm_name: str, cell: dict[str, Any]) -> Step:
 
 def _prompts(grid: GridSpec, name: str, cell: dict[str, Any]) -> dict[str, Any]:
     if name in ("cell", "none"):
-        data = _data(grid, cell["data"])
+        data = _data(grid, cell["data"], f"PPO (prompts: {name})")
         return {"source": "preference_data", "name": data.name, "max_rows": data.max_rows,
                 "sample_seed": data.sample_seed}
     ref = grid.prompt_sets.get(name) or PromptSetRef(name=name)
@@ -169,6 +176,7 @@ def expand(grid: GridSpec) -> Plan:
         data = _data(grid, cell["data"])
 
         if isinstance(algo, DPOConfig):
+            data = _data(grid, cell["data"], f"algorithm {cell['algorithm']!r}")
             train = Step(kind="train_dpo", name=f"train_dpo {name}", config={
                 "model": model.model_dump(), "data": data.model_dump(),
                 "algorithm": algo.model_dump(), "seed": cell["seed"]})

@@ -183,3 +183,13 @@ def test_rules_and_eval_keys_that_match_nothing_are_errors():
     with pytest.raises(SpecError, match=r"unknown benchmark 'gsm8' in eval.max_new_tokens"):
         check_names(grid(eval={"benchmarks": ["gsm8k"], "max_new_tokens": {"gsm8": 16}}),
                     **kwargs)
+
+
+def test_training_without_a_data_axis_is_an_error_at_expansion():
+    no_data = {"model": ["m"], "algorithm": ["dpo"]}
+    with pytest.raises(SpecError, match=r"algorithm 'dpo' trains on the cell's preference data, "
+                                        r"but axes.data is not set"):
+        expand(grid(axes=no_data))
+    with pytest.raises(SpecError, match=r"reward model 'same' \(data: cell\)"):
+        expand(grid(axes={"model": ["m"], "algorithm": ["ppo"], "reward_model": ["same"],
+                          "prompts": ["gsm8k-train"]}))
