@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import os
 import resource
+import secrets
 import shutil
 import signal
 import subprocess
@@ -70,6 +71,9 @@ for _module in ("subprocess", "socket", "_socket", "ctypes", "_ctypes", "multipr
 del _name, _module
 _source = _open(sys.argv[1]).read()
 exec(compile(_source, "program.py", "exec"), {"__name__": "__main__"})
+# reached only when the program ran to its end: an exit() in it (status 0) skips this
+sys.__stdout__.write("\n" + sys.argv[2] + "\n")
+sys.__stdout__.flush()
 '''
 
 
@@ -114,14 +118,18 @@ def run_program(source: str, limits: Limits = Limits()) -> ExecResult:
         env = {"PATH": "/usr/bin:/bin", "HOME": str(scratch), "TMPDIR": str(scratch),
                "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                "LANG": "C.UTF-8"}
+        finished = secrets.token_hex(16)  # printed by the guard after the program's last line
         process = subprocess.Popen(
-            [sys.executable, "-I", str(scratch / "guard.py"), str(scratch / "program.py")],
+            [sys.executable, "-I", str(scratch / "guard.py"), str(scratch / "program.py"),
+             finished],
             cwd=scratch, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, start_new_session=True, preexec_fn=lambda: _limit_child(limits))
         try:
-            _, stderr = process.communicate(timeout=limits.wall_s)
+            stdout, stderr = process.communicate(timeout=limits.wall_s)
             status = "passed" if process.returncode == 0 else "failed"
             detail = stderr.decode(errors="replace")[-500:]
+            if status == "passed" and finished.encode() not in stdout:
+                status, detail = "failed", "the program exited before its end (exit() in it?)"
         except subprocess.TimeoutExpired:
             status, detail = "timeout", f"killed after {limits.wall_s} s"
         finally:

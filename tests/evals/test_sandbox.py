@@ -7,6 +7,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
 
 from ablate.evals.sandbox import Limits, run_program
 
@@ -67,3 +68,13 @@ def test_scratch_folders_are_removed():
     before = set(Path(tempfile.gettempdir()).glob("ablate-sandbox-*"))
     run_program("open('a.txt', 'w').write('x')\n", FAST)
     assert set(Path(tempfile.gettempdir()).glob("ablate-sandbox-*")) <= before
+
+
+@pytest.mark.parametrize("ending", ["exit()", "import sys; sys.exit(0)", "import os; os._exit(0)",
+                                    "raise SystemExit"])
+def test_a_program_that_exits_before_its_tests_fails(ending):
+    # a completion ending in exit() would otherwise skip every assertion after it with status 0
+    program = f"def add(a, b):\n    return a - b\n{ending}\nassert add(1, 2) == 3\n"
+    result = run_program(program, FAST)
+    assert not result.passed and "exited before its end" in result.detail
+    assert run_program("print('hi')\nassert 1 + 1 == 2\n", FAST).passed
