@@ -49,12 +49,47 @@ def _assertion(out, exp, atol):
     else:
         assert exact
 
+def _matches(out, exp, inp, atol):
+    # EvalPlus's special oracles for MBPP+ tasks with more than one right answer
+    entry = {entry!r}
+    if entry in {not_none!r}:  # a match object or None: only whether there is one counts
+        if isinstance(out, bool):
+            assert out == exp
+        else:
+            assert (out is not None) == (exp is not None)
+    elif entry in {set_eq!r}:  # any order
+        assert set(out) == set(exp)
+    elif entry == "are_equivalent" or (entry == "sum_div" and out == 0):
+        pass
+    elif entry in ("surface_Area", "digit_distance_nums") and out != exp:
+        _oracles = {{}}
+        exec({oracles!r}, _oracles)
+        if entry == "surface_Area":
+            assert abs(out - _oracles["_surface_Area"](*inp)) <= atol
+        else:
+            assert out == _oracles["_digit_distance_nums"](*inp)
+    else:
+        _assertion(out, exp, atol)
+
 _reference = {{}}
 exec({canonical!r}, _reference)
 for _inp in {inputs}:
     _expected = _reference[{entry!r}](*_copy.deepcopy(_inp))
-    _assertion({entry}(*_copy.deepcopy(_inp)), _expected, {atol})
+    _matches({entry}(*_copy.deepcopy(_inp)), _expected, _inp, {atol})
 '''
+
+
+def _special_oracles() -> dict:
+    """EvalPlus's lists of MBPP+ tasks with special oracles, and the source of its two oracle
+    functions, for the sandboxed harness (which cannot import evalplus itself)."""
+    import inspect
+
+    from evalplus.eval import _special_oracle as oracle
+
+    source = "import math\n" + inspect.getsource(oracle._surface_Area) + \
+        inspect.getsource(oracle._digit_distance_nums)
+    return {"not_none": tuple(oracle.MBPP_OUTPUT_NOT_NONE_TASKS),
+            "set_eq": tuple(oracle.MBPP_OUTPUT_SET_EQ_TASKS), "oracles": source}
 
 
 def pass_at_k(n_samples: list[int], n_correct: list[int], k: int) -> float:
@@ -136,7 +171,9 @@ class MBPPPlus(_CodeBenchmark):
     hub_id = "evalplus/mbppplus"
     data_revision = "github:evalplus/mbppplus_release v0.2.0"
     required_files = ("mbpp_plus/MbppPlus-v0.2.0.jsonl.gz",)
-    limits = Limits(cpu_s=20, wall_s=40.0)
+    # the harness runs the canonical solution beside the candidate on every input: Mbpp/255's
+    # combinations need more than 2 GB between them (EvalPlus allows 4 GB)
+    limits = Limits(cpu_s=20, wall_s=40.0, memory_mb=4096)
 
     def items(self, protocol: str, data_dir: Path) -> list[dict]:
         rows = read_jsonl(data_dir / self.required_files[0])
@@ -160,4 +197,4 @@ class MBPPPlus(_CodeBenchmark):
         inputs = f"__import__('pickle').loads(__import__('base64').b64decode({encoded!r}))"
         return completion + "\n" + MBPP_HARNESS.format(
             canonical=item["canonical_solution"], inputs=inputs, entry=item["entry_point"],
-            atol=float(item["atol"] or 0))
+            atol=float(item["atol"] or 0), **_special_oracles())

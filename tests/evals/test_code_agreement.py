@@ -101,12 +101,24 @@ def test_mbpp_plus_verdicts_match_evalplus(shared_data, tmp_path, monkeypatch):
     assert ours == theirs, f"verdicts differ on {disagreements}"
 
 
-@pytest.mark.parametrize("task_id", ["Mbpp/793", "Mbpp/106", "Mbpp/580", "Mbpp/64"])
+@pytest.mark.parametrize("task_id", ["Mbpp/793", "Mbpp/106", "Mbpp/580", "Mbpp/64", "Mbpp/737",
+                                     "Mbpp/787", "Mbpp/255"])
 def test_mbpp_plus_canonical_solutions_pass_where_inputs_need_evalplus_types(shared_data,
                                                                                task_id):
-    """Mbpp/793 has no plus inputs ({} in the file); the others take tuples that the file holds
-    as JSON lists, which evalplus turns back before calling the function."""
+    """Mbpp/793 has no plus inputs ({} in the file); 106, 580 and 64 take tuples that the file
+    holds as JSON lists, which evalplus turns back before calling the function; 737 and 787
+    return match objects, which EvalPlus compares only as found or not; 255 needs more than
+    2 GB."""
     bench = get_benchmark("mbpp_plus")
     item = next(i for i in bench.items("paper", shared_data) if i["item_id"] == task_id)
     outcome = run_program(bench.program(item, item["canonical_solution"]), bench.limits)
     assert outcome.passed, outcome
+
+
+def test_mbpp_plus_accepts_an_answer_in_another_order_where_evalplus_does(shared_data):
+    bench = get_benchmark("mbpp_plus")
+    item = next(i for i in bench.items("paper", shared_data) if i["item_id"] == "Mbpp/2")
+    reordered = "def similar_elements(a, b):\n    return tuple(sorted(set(a) & set(b)))\n"
+    assert run_program(bench.program(item, reordered), bench.limits).passed
+    wrong = "def similar_elements(a, b):\n    return tuple(set(a) | set(b))\n"
+    assert not run_program(bench.program(item, wrong), bench.limits).passed
