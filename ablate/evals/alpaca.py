@@ -2,9 +2,11 @@
 pairwise; win rates by alpaca-eval's own ``get_winrate`` and ``get_length_controlled_winrate``.
 
 Judges (``judge`` in the eval config): an OpenAI-compatible endpoint defined in judges.yaml, which
-sees alpaca-eval's ``alpaca_eval_clf_gpt4_turbo`` prompt with the two outputs in a seeded random
-order and answers "m" or "M" (its top log-probabilities give a weighted preference when the
-endpoint returns them), or ``reward_model`` (the run's reward-model input, or a judges.yaml entry
+sees the two outputs in a seeded random order, with each version's own alpaca-eval annotator
+prompt: AlpacaEval 2's ``alpaca_eval_clf_gpt4_turbo`` (the judge answers "m" or "M"; its top
+log-probabilities give a weighted preference when the endpoint returns them) and AlpacaEval 1's
+``alpaca_eval_gpt4`` (a ranking of the two models, read by alpaca-eval's ``ranking_parser``); or
+``reward_model`` (the run's reward-model input, or a judges.yaml entry
 of kind reward_model): preference = 1 + sigmoid(r_model - r_reference), no network.
 
 The length-controlled win rate needs alpaca-eval's instruction-difficulty table (``df_gamed.csv``
@@ -27,9 +29,12 @@ from ablate.evals.data import read_json
 MESSAGE = re.compile(r"<\|im_start\|>(\w+)\n(.*?)\n?<\|im_end\|>", re.DOTALL)
 
 
-def judge_messages(instruction: str, output_1: str, output_2: str) -> list[dict]:
-    template = (files("alpaca_eval") / "evaluators_configs" / "alpaca_eval_clf_gpt4_turbo"
-                / "alpaca_eval_clf.txt").read_text()
+def judge_messages(instruction: str, output_1: str, output_2: str,
+                   annotator: tuple[str, str] = ("alpaca_eval_clf_gpt4_turbo",
+                                                 "alpaca_eval_clf.txt")) -> list[dict]:
+    """An alpaca-eval annotator's prompt (its config folder and template file) as chat messages."""
+    template = (files("alpaca_eval") / "evaluators_configs" / annotator[0]
+                / annotator[1]).read_text()
     fill = lambda text: (text.replace("{instruction}", instruction)
                          .replace("{output_1}", output_1).replace("{output_2}", output_2))
     return [{"role": role, "content": fill(content)} for role, content in MESSAGE.findall(template)]
@@ -47,6 +52,18 @@ def parse_preference(answer: dict | None) -> float | None:
         return 1.0 + probs.get("M", 0.0) / sum(probs.values())
     text = (answer.get("text") or "").strip()
     return {"m": 1.0, "M": 2.0}.get(text)
+
+
+def parse_ranking(answer: dict | None) -> float | None:
+    """AlpacaEval 1's judge ranks the two models: 1 = output_1 ranked first, 2 = output_2; None
+    if alpaca-eval's ``ranking_parser`` cannot read the answer."""
+    from alpaca_eval.completion_parsers import ranking_parser
+
+    text = (answer or {}).get("text") or ""
+    if not text.strip():
+        return None
+    rank = ranking_parser(text.strip())[0]
+    return None if rank != rank else float(rank)  # NaN: unreadable
 
 
 def winrates(annotations: list[dict], df_gamed: Path | None) -> dict[str, float]:
@@ -81,6 +98,14 @@ class _AlpacaEval(Benchmark):
     libraries = ("alpaca_eval",)
     reference_file = ""
     default_max_new_tokens = 2048
+    # the judge: alpaca-eval's annotator (config folder, template), its answer length, and how
+    # its answer becomes a preference (AlpacaEval 2's by default)
+    annotator = ("alpaca_eval_clf_gpt4_turbo", "alpaca_eval_clf.txt")
+    judge_max_tokens, judge_logprobs = 1, True
+
+    @staticmethod
+    def parse_judgement(answer: dict | None) -> float | None:
+        return parse_preference(answer)
 
     @property
     def required_files(self):
@@ -113,12 +138,14 @@ class _AlpacaEval(Benchmark):
             rng = random.Random(env.seed)
             swapped = [rng.random() < 0.5 for _ in items]  # the judge sees a random order
             requests = [judge_messages(i["instruction"], *((o, i["reference"]) if s
-                                                            else (i["reference"], o)))
+                                                            else (i["reference"], o)),
+                                       annotator=self.annotator)
                         for i, o, s in zip(items, outputs, swapped)]
-            answers = judge.complete_full(requests, max_tokens=1, logprobs=True)
+            answers = judge.complete_full(requests, max_tokens=self.judge_max_tokens,
+                                          logprobs=self.judge_logprobs)
             preferences = []
             for answer, s in zip(answers, swapped):
-                p = parse_preference(answer)
+                p = self.parse_judgement(answer)
                 preferences.append(None if p is None else (3.0 - p if s else p))
         return [ItemResult(i["item_id"], 0.0 if p is None else p - 1.0, prompt, [o],
                            {"preference": p, "index": i["index"], "judge_failed": p is None,
@@ -157,6 +184,13 @@ class _AlpacaEval(Benchmark):
 class AlpacaEval1(_AlpacaEval):
     name, metric = "alpaca_eval_1", "win_rate"
     reference_file = "text_davinci_003_reference_outputs.json"
+    # alpaca-eval's alpaca_eval_gpt4 annotator: a ranking in at most 100 tokens
+    annotator = ("alpaca_eval_gpt4", "alpaca_eval.txt")
+    judge_max_tokens, judge_logprobs = 100, False
+
+    @staticmethod
+    def parse_judgement(answer: dict | None) -> float | None:
+        return parse_ranking(answer)
 
 
 class AlpacaEval2(_AlpacaEval):

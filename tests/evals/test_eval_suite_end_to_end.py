@@ -32,13 +32,17 @@ def toxicity_stand_in(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture
 def fake_judge(tmp_path, monkeypatch):
-    """A judges.yaml naming a local OpenAI-compatible server that always answers "M"."""
+    """A judges.yaml naming a local OpenAI-compatible server that always prefers output 2: "M"
+    to AlpacaEval 2's classifier prompt, a ranking to AlpacaEval 1's."""
     from http.server import BaseHTTPRequestHandler
 
     class Always(BaseHTTPRequestHandler):
         def do_POST(self):
-            self.rfile.read(int(self.headers["Content-Length"]))
-            data = json.dumps({"choices": [{"message": {"content": "M"}}]}).encode()
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            ranking = "rank the models" in body["messages"][-1]["content"]
+            answer = "[{'model': 'model_1', 'rank': 2}, {'model': 'model_2', 'rank': 1}]" \
+                if ranking else "M"
+            data = json.dumps({"choices": [{"message": {"content": answer}}]}).encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()

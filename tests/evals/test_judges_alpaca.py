@@ -84,6 +84,25 @@ def test_preference_parsing():
     assert '"""Say hi"""' in messages[1]["content"] and '"""hey"""' in messages[1]["content"]
 
 
+def test_alpaca_eval_1_asks_its_own_annotator_for_a_ranking():
+    from ablate.evals import get_benchmark
+    from ablate.evals.alpaca import parse_ranking
+
+    ae1, ae2 = get_benchmark("alpaca_eval_1"), get_benchmark("alpaca_eval_2")
+    assert (ae1.annotator, ae1.judge_max_tokens, ae1.judge_logprobs) == \
+        (("alpaca_eval_gpt4", "alpaca_eval.txt"), 100, False)
+    messages = judge_messages("Say hi", "hello", "hey", annotator=ae1.annotator)
+    assert "ranks models by the quality of their answers" in messages[0]["content"]
+    assert '"""hey"""' in messages[1]["content"]
+    first = "[{'model': 'model_1', 'rank': 1}, {'model': 'model_2', 'rank': 2}]"
+    second = "[{'model': 'model_1', 'rank': 2}, {'model': 'model_2', 'rank': 1}]"
+    assert ae1.parse_judgement({"text": first}) == 1.0
+    assert ae1.parse_judgement({"text": second}) == 2.0
+    assert parse_ranking({"text": "model_2 is better"}) is None and parse_ranking(None) is None
+    # AlpacaEval 2 keeps the m/M classifier
+    assert ae2.parse_judgement({"text": "M"}) == 2.0 and ae2.judge_max_tokens == 1
+
+
 def test_win_rate_reproduces_the_alpaca_eval_1_leaderboard(shared_data):
     rows = json.loads((shared_data / "alpaca_eval" / "annotations"
                        / "tulu-2-dpo-13b__alpaca_eval_gpt4.json").read_text())
