@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import abstractmethod
 
 import base64
+import functools
 import json
 import os
 import pickle
@@ -79,6 +80,7 @@ for _inp in {inputs}:
 '''
 
 
+@functools.lru_cache(maxsize=1)  # read once, not for each of a run's thousands of programs
 def _special_oracles() -> dict:
     """EvalPlus's lists of MBPP+ tasks with special oracles, and the source of its two oracle
     functions, for the sandboxed harness (which cannot import evalplus itself)."""
