@@ -173,7 +173,6 @@ def expand(grid: GridSpec) -> Plan:
         seen_cells.add(name)
         algo, applied = _apply_overrides(grid, cell, algo)
         model = _model(grid, cell["model"])
-        data = _data(grid, cell["data"])
 
         if isinstance(algo, DPOConfig):
             data = _data(grid, cell["data"], f"algorithm {cell['algorithm']!r}")

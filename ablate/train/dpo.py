@@ -79,7 +79,7 @@ def sequence_logps(module: CompletionLogps, pairs: Sequence[TokenizedPair], batc
 
 
 def _cached_reference(module, pairs, cfg: DPOConfig, pad_token_id, device, model_dir: Path,
-                      cache_dir: Path, log, shared_prompt: bool = False
+                      cache_dir: Path, log, shared_prompt: bool = False, pad_to: int = 1
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     from ablate.spec.plan import config_hash
 
@@ -95,8 +95,7 @@ def _cached_reference(module, pairs, cfg: DPOConfig, pad_token_id, device, model
         return cached["chosen"], cached["rejected"]
     started = time.perf_counter()
     chosen, rejected = sequence_logps(module, pairs, cfg.micro_batch_size * 2, pad_token_id,
-                                      device, shared_prompt,
-                                      width_multiple(cfg.pad_multiple, device))
+                                      device, shared_prompt, pad_to)
     log.info("reference log-probs of %d pairs in %.1f s", len(pairs),
              time.perf_counter() - started)
     if fsdp.is_main_process():
@@ -111,12 +110,11 @@ def _cached_reference(module, pairs, cfg: DPOConfig, pad_token_id, device, model
 
 
 def _heldout_metrics(module, pairs, ref_chosen, ref_rejected, cfg: DPOConfig, pad_token_id,
-                     device, shared_prompt: bool = False) -> dict | None:
+                     device, shared_prompt: bool = False, pad_to: int = 1) -> dict | None:
     if not pairs:
         return None
     chosen, rejected = sequence_logps(module, pairs, cfg.micro_batch_size * 2, pad_token_id,
-                                      device, shared_prompt,
-                                      width_multiple(cfg.pad_multiple, device))
+                                      device, shared_prompt, pad_to)
     lengths_c = torch.tensor([len(p.chosen_ids) for p in pairs])
     lengths_r = torch.tensor([len(p.rejected_ids) for p in pairs])
     losses, chosen_rewards, rejected_rewards = preference_loss(
@@ -192,7 +190,8 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
     held_ref = (None, None)
     if needs_ref and cfg.ref_logps == "precompute":
         ref_chosen, ref_rejected = _cached_reference(policy, all_pairs, cfg, pad_token_id, device,
-                                                     model_dir, cache_dir, log, shared_prompt)
+                                                     model_dir, cache_dir, log, shared_prompt,
+                                                     pad_to)
         held_ref = (ref_chosen[len(train_pairs):], ref_rejected[len(train_pairs):])
     elif needs_ref:  # a frozen copy scores each micro-batch as it comes
         frozen = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -225,7 +224,7 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
         before = json.loads(before_path.read_text())
     else:
         before = _heldout_metrics(policy, heldout, *held_ref, cfg, pad_token_id, device,
-                                  shared_prompt)
+                                  shared_prompt, pad_to)
         if fsdp.is_main_process():
             atomic_write_json(before_path, before)
 
@@ -257,7 +256,7 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
                          lengths=[p.layout_length(shared_prompt) for p in train_pairs],
                          masters=masters)
     after = _heldout_metrics(policy, heldout, *held_ref, cfg, pad_token_id, device,
-                             shared_prompt)
+                             shared_prompt, pad_to)
     if masters is not None:  # the saved model gets the fp32 masters, not their bf16 rounding
         masters.restore_fp32(model)
     _save_model(policy, tokenizer, out_dir / "model")

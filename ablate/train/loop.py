@@ -130,6 +130,7 @@ def train_loop(module: nn.Module, pairs: Sequence[TokenizedPair], cfg: LoopConfi
     trained = module if masters is None else masters
     batches = plan_batches(len(pairs), cfg.batch_size, cfg.epochs, cfg.seed, lengths,
                            cfg.length_grouping)
+    micro_lengths = lengths if lengths is not None else [p.length for p in pairs]
     total_steps = len(batches)
     optimizer = make_optimizer(trained, cfg.lr, cfg.weight_decay)
     scheduler = linear_warmup_decay(optimizer, total_steps, cfg.warmup_ratio)
@@ -149,7 +150,7 @@ def train_loop(module: nn.Module, pairs: Sequence[TokenizedPair], cfg: LoopConfi
         positions = batches[step]
         with speed:
             work = accumulate_step(trained, pairs, positions, cfg.micro_batch_size,
-                                   cfg.max_grad_norm, micro_loss, lengths)
+                                   cfg.max_grad_norm, micro_loss, micro_lengths)
             grad_norm, sums = work.read(step)
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
