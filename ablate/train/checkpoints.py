@@ -42,6 +42,35 @@ def restore_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state(states["cuda_rng"])
 
 
+def rng_file(rank: int) -> str:
+    return f"rng_rank{rank}.pt"
+
+
+def save_rank_rng(folder: Path) -> None:
+    """Every process keeps its own generators: they differ by rank wherever a process draws
+    numbers of its own, and restoring rank 0's everywhere would make them all draw alike."""
+    torch.save(rng_states(), Path(folder) / rng_file(fsdp.rank()))
+
+
+def checkpoint_rng(path: Path, rank: int, world_size: int, schedule: dict) -> dict:
+    """The generator states this process resumes with: its own rank's. A checkpoint written by
+    another number of processes cannot hand each rank its own stream, so that is an error rather
+    than a silent reuse of another rank's. Checkpoints from before per-rank files kept rank 0's
+    states beside the schedule; those are read as they were saved."""
+    own = Path(path) / rng_file(rank)
+    if own.is_file():
+        saved_world = schedule.get("world_size")
+        if saved_world is not None and saved_world != world_size:
+            raise TrainingError(f"{path}: saved by {saved_world} processes, resumed by "
+                                f"{world_size}; resume with {saved_world} processes, or delete "
+                                "the checkpoints to start the step afresh")
+        return torch.load(own, weights_only=False)
+    if "rng" in schedule:
+        return schedule
+    raise TrainingError(f"{path}: no random-generator state for rank {rank} ({own.name} is "
+                        "missing); the checkpoint is incomplete")
+
+
 def save_checkpoint(folder: Path, step: int, model: nn.Module, optimizer, scheduler,
                     extra: dict) -> Path:
     """Model, optimiser, schedule, data position and RNG, under ``step_<n>``; written to a temp
@@ -54,8 +83,10 @@ def save_checkpoint(folder: Path, step: int, model: nn.Module, optimizer, schedu
         tmp.mkdir(parents=True)
     fsdp.barrier()
     fsdp.save_train_state(tmp, model, optimizer)
+    save_rank_rng(tmp)
+    fsdp.barrier()  # every rank's file is in before the folder is published
     if fsdp.is_main_process():
-        torch.save({"scheduler": scheduler.state_dict(), **rng_states()},
+        torch.save({"scheduler": scheduler.state_dict(), "world_size": fsdp.world_size()},
                    tmp / "schedule_rng.pt")
         atomic_write_json(tmp / "trainer_state.json", {"step": step, **extra})
         publish_checkpoint(tmp, target)
@@ -77,7 +108,7 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler) -> dict:
     fsdp.load_train_state(path, model, optimizer)
     extra = torch.load(path / "schedule_rng.pt", weights_only=False)
     scheduler.load_state_dict(extra["scheduler"])
-    restore_rng_states(extra)
+    restore_rng_states(checkpoint_rng(path, fsdp.rank(), fsdp.world_size(), extra))
     return json.loads((path / "trainer_state.json").read_text())
 
 

@@ -36,7 +36,8 @@ from ablate.spec.schema import PPOConfig
 from ablate.store import atomic_write_json
 from ablate.train import fsdp
 from ablate.train.checkpoints import (
-    MetricsLog, latest_checkpoint, publish_checkpoint, restore_rng_states, rng_states,
+    MetricsLog, checkpoint_rng, latest_checkpoint, publish_checkpoint, restore_rng_states,
+    save_rank_rng,
 )
 from ablate.train.common import (
     TrainingError, autocast, device_for_training, linear_warmup_decay, make_optimizer, plan_batches,
@@ -340,9 +341,11 @@ def _save(folder: Path, iteration: int, policy, value_model, policy_opt, value_o
     fsdp.barrier()
     fsdp.save_train_state(tmp / "policy", policy, policy_opt)  # every process writes its shards
     fsdp.save_train_state(tmp / "value", value_model, value_opt)
+    save_rank_rng(tmp)
+    fsdp.barrier()  # every rank's file is in before the folder is published
     if fsdp.is_main_process():
-        torch.save({**rng_states(), "schedulers": [s.state_dict() for s in schedulers]},
-                   tmp / "rng.pt")
+        torch.save({"schedulers": [s.state_dict() for s in schedulers],
+                    "world_size": fsdp.world_size()}, tmp / "rng.pt")
         atomic_write_json(tmp / "trainer_state.json", {"step": iteration, **extra})
         publish_checkpoint(tmp, target)
     fsdp.barrier()
@@ -354,9 +357,9 @@ def _load(path: Path, policy, value_model, policy_opt, value_opt, schedulers) ->
 
     fsdp.load_train_state(path / "policy", policy, policy_opt)
     fsdp.load_train_state(path / "value", value_model, value_opt)
-    rng = torch.load(path / "rng.pt", weights_only=False)
-    restore_rng_states(rng)
-    for scheduler, state in zip(schedulers, rng["schedulers"]):
+    schedule = torch.load(path / "rng.pt", weights_only=False)
+    restore_rng_states(checkpoint_rng(path, fsdp.rank(), fsdp.world_size(), schedule))
+    for scheduler, state in zip(schedulers, schedule["schedulers"]):
         scheduler.load_state_dict(state)
     return int(json.loads((path / "trainer_state.json").read_text())["step"])
 
