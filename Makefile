@@ -27,4 +27,4 @@ test: setup
 	bash tests/run.sh
 
 clean-demo:
-	rm -rf $(STORE)/steps $(STORE)/grids
+	rm -rf $(STORE)/steps $(STORE)/grids $(STORE)/plans

@@ -151,13 +151,16 @@ def _run_locked(store: RunStore, plan: Plan, step: Step, progress, runner) -> st
 
 @dataclass
 class StepJob:
+    """One step of a saved plan snapshot (``RunStore.save_plan``'s id), not of the grid's latest
+    plan: a grid re-expanded while jobs wait may no longer hold their steps."""
+
     store_root: str
-    grid: str
+    plan_id: str
     step_id: str
 
     def __call__(self) -> str:
         store = RunStore(self.store_root)
-        plan = store.load_plan(self.grid)
+        plan = store.load_plan_snapshot(self.plan_id)
         return run_step(store, plan, plan.steps[self.step_id])
 
     def checkpoint(self, *args, **kwargs):
@@ -165,4 +168,5 @@ class StepJob:
         checkpoints."""
         import submitit
 
-        return submitit.helpers.DelayedSubmission(StepJob(self.store_root, self.grid, self.step_id))
+        return submitit.helpers.DelayedSubmission(StepJob(self.store_root, self.plan_id,
+                                                               self.step_id))

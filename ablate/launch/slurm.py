@@ -199,7 +199,7 @@ class SlurmStepJob(StepJob):
 
     def __call__(self) -> str:
         store = RunStore(self.store_root)
-        plan = store.load_plan(self.grid)
+        plan = store.load_plan_snapshot(self.plan_id)
         step = plan.steps[self.step_id]
         try:
             return run_step(store, plan, step, runner=self._runner(store, step))
@@ -269,7 +269,7 @@ class TorchrunStepJob(SlurmStepJob):
             return super().__call__()
         # The other nodes only run their workers; they wait for the first to write the config.
         store = RunStore(self.store_root)
-        plan = store.load_plan(self.grid)
+        plan = store.load_plan_snapshot(self.plan_id)
         step = plan.steps[self.step_id]
         folder = store.step_dir(step)
         for _ in range(300):
@@ -313,10 +313,11 @@ def group_steps(steps: list[Step]) -> list[JobGroup]:
     return train + [g for g in groups if g.klass != "train"]
 
 
-def _job_for(step: Step, grid: str, store: RunStore, profile: LoadedProfile) -> SlurmStepJob:
+def _job_for(step: Step, plan_id: str, store: RunStore,
+             profile: LoadedProfile) -> SlurmStepJob:
     cfg = profile.config
     res: Resources = cfg.resources(resource_class(step))
-    common = dict(store_root=str(store.root), grid=grid, step_id=step.id,
+    common = dict(store_root=str(store.root), plan_id=plan_id, step_id=step.id,
                   max_attempts=cfg.max_attempts)
     if resource_class(step) == "train" and res.world_size > 1:
         return TorchrunStepJob(**common, procs_per_node=res.processes_per_node)
@@ -335,12 +336,13 @@ def submit_plan(plan: Plan, store: RunStore, profile: LoadedProfile, dry_run: bo
     todo = [s for s in ordered if s.id in forced or not store.is_done(s)]
     todo_ids = {s.id for s in todo}
     preflight(plan, todo, profile, dry_run)
+    plan_id = None  # the snapshot the jobs read; a dry run saves none
     if not dry_run:
         if forced:
             cancel_steps([plan.steps[sid] for sid in forced], store)
             for sid in forced:
                 store.reset(plan.steps[sid])
-        store.save_plan(plan, source=source)
+        plan_id = store.save_plan(plan, source=source)
 
     recorded = {s.id: store.state(s).get("slurm_job_id") for s in todo if s.id not in forced}
     live = {} if dry_run else slurm_states(j for j in recorded.values() if j)
@@ -373,7 +375,7 @@ def submit_plan(plan: Plan, store: RunStore, profile: LoadedProfile, dry_run: bo
                 job_of[step.id] = job_id
                 rows.append(_row(step, "would submit", job_id, after, group.klass, script))
             continue
-        jobs = _submit_group(group, params, folder, store, profile, plan.grid)
+        jobs = _submit_group(group, params, folder, store, profile, plan_id)
         for step, job in zip(group.steps, jobs):
             job_of[step.id] = job.job_id
             store.set_state(step, "submitted", slurm_job_id=job.job_id, submitted=time.time(),
@@ -396,12 +398,12 @@ def _row(step: Step, action: str, job_id: str, after: list[str], klass: str | No
 
 
 def _submit_group(group: JobGroup, params: dict, folder: Path, store: RunStore,
-                  profile: LoadedProfile, grid: str) -> list:
+                  profile: LoadedProfile, plan_id: str) -> list:
     import submitit
 
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=profile.config.max_requeues)
     executor.update_parameters(**params)
-    callables = [_job_for(step, grid, store, profile) for step in group.steps]
+    callables = [_job_for(step, plan_id, store, profile) for step in group.steps]
     try:
         if len(callables) == 1:
             return [executor.submit(callables[0])]

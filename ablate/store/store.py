@@ -3,7 +3,10 @@
 Layout::
 
     <root>/steps/<kind>/<step id>/   spec.json env.json log.txt state.json DONE.json + outputs
-    <root>/grids/<grid name>.json    the expanded plan: cells -> the step ids that make them
+    <root>/grids/<grid name>.json    the grid's latest expanded plan: cells -> their step ids
+    <root>/plans/<plan id>.json      every plan saved, by the hash of its content: a queued job
+                                     reads the plan it was submitted with, whatever the grid
+                                     became since
     <root>/cache/                    shared caches (reference log-probs, converted data)
 """
 
@@ -23,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
-from ablate.spec.plan import Plan, Step
+from ablate.spec.plan import Plan, Step, config_hash
 
 DONE = "DONE.json"
 STATE = "state.json"
@@ -192,8 +195,21 @@ class RunStore:
     def plan_path(self, grid_name: str) -> Path:
         return self.root / "grids" / f"{grid_name}.json"
 
-    def save_plan(self, plan: Plan, source: str | None = None) -> None:
+    def save_plan(self, plan: Plan, source: str | None = None) -> str:
+        """Save ``plan`` as its grid's latest and as an immutable snapshot; returns the
+        snapshot's id, which jobs carry."""
+        plan_id = config_hash(plan.to_json())
+        snapshot = self.root / "plans" / f"{plan_id}.json"
+        if not snapshot.is_file():
+            atomic_write_json(snapshot, {**plan.to_json(), "source": source})
         atomic_write_json(self.plan_path(plan.grid), {**plan.to_json(), "source": source})
+        return plan_id
+
+    def load_plan_snapshot(self, plan_id: str) -> Plan:
+        path = self.root / "plans" / f"{plan_id}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.root}: no saved plan {plan_id!r} ({path} is missing)")
+        return Plan.from_json(read_json(path))
 
     def load_plan(self, grid_name: str) -> Plan:
         path = self.plan_path(grid_name)

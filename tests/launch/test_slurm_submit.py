@@ -177,7 +177,7 @@ def test_a_worker_node_starts_torchrun_with_the_steps_inputs(tmp_path, monkeypat
 
     ppo = ppo_plan()
     store = RunStore(tmp_path / "store")
-    store.save_plan(ppo)
+    plan_id = store.save_plan(ppo)
     step = next(s for s in ppo.steps.values() if s.kind == "train_ppo")
     folder = store.step_dir(step)
     folder.mkdir(parents=True)
@@ -187,7 +187,39 @@ def test_a_worker_node_starts_torchrun_with_the_steps_inputs(tmp_path, monkeypat
     started = []
     monkeypatch.setattr(slurm.TorchrunStepJob, "_torchrun",
                         lambda self, out, cache, step, inputs: started.append((out, inputs)))
-    job = slurm.TorchrunStepJob(str(store.root), "p", step.id, procs_per_node=2)
+    job = slurm.TorchrunStepJob(str(store.root), plan_id, step.id, procs_per_node=2)
     assert job() == "worker"
     rm_step = ppo.steps[step.inputs["reward_model"]]
     assert started == [(folder, {"reward_model": store.step_dir(rm_step)})]
+
+
+def test_a_queued_job_runs_the_plan_it_was_submitted_with(plan, tmp_path, monkeypatch):
+    """Re-expanding an edited grid replaces the grid's latest plan; a job still waiting in the
+    queue must find its step in the snapshot it was submitted with."""
+    import ablate.launch.job as job_module
+    from ablate.launch.job import StepJob
+
+    store = RunStore(tmp_path / "store")
+    first_id = store.save_plan(plan)
+    step = next(s for s in plan.steps.values() if s.kind == "train_dpo")
+    edited = expand(GridSpec.model_validate({
+        "name": "g", "models": {"m": {"builtin": "tiny-llama"}},
+        "axes": {"model": ["m"], "data": ["a"], "algorithm": ["dpo"], "seed": [7]},
+        "eval": {"benchmarks": ["gsm8k"]}}))
+    assert step.id not in edited.steps
+    assert store.save_plan(edited) != first_id and step.id not in store.load_plan("g").steps
+    assert store.save_plan(plan) == first_id  # the same content is the same snapshot
+
+    ran = []
+    def fake_run_step(store, plan, step, **kw):
+        ran.append((plan, step))
+        return "done"
+
+    monkeypatch.setattr(job_module, "run_step", fake_run_step)
+    monkeypatch.setattr(slurm, "run_step", fake_run_step)
+    assert StepJob(str(store.root), first_id, step.id)() == "done"
+    assert ran[0][1] == step and set(ran[0][0].steps) == set(plan.steps)
+    assert slurm.SlurmStepJob(str(store.root), first_id, step.id)() == "done"
+    assert ran[1][1] == step
+    with pytest.raises(FileNotFoundError, match="no saved plan 'nope'"):
+        StepJob(str(store.root), "nope", step.id)()
