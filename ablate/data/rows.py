@@ -16,6 +16,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
+from ablate.data.chat_tokens import chat_ids
+
 # Skip reasons, shared by every converter so that counts add up across sources.
 MISSING_FIELD = "missing or empty field"
 NON_STRING = "non-string content"
@@ -236,12 +238,10 @@ def render_messages(messages: list[dict]) -> str:
 
 
 def count_tokens(tokenizer: Any, messages: list[dict]) -> int:
-    """Token count of a conversation under the model's chat template (plain join without one)."""
+    """Token count of a conversation under the model's chat template (plain join without one),
+    counting the BOS that training puts first where the template renders none (``chat_tokens``)."""
     if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(messages, tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        return len(ids)
+        return len(chat_ids(tokenizer, tokenizer.apply_chat_template(messages, tokenize=True)))
     return len(tokenizer(render_messages(messages), add_special_tokens=True)["input_ids"])
 
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
+from ablate.data.chat_tokens import encode_chat_text
+
 Progress = Callable[[int, int], None]
 
 
@@ -58,6 +60,27 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
             if at != -1:
                 cut = min(cut, at)
     return text[:cut]
+
+
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """A prompt's token ids as every backend feeds them: the text's own special tokens (a chat
+    template's, rendered by ``chat_prompt``) plus the BOS the tokenizer adds where the text has
+    none, as training saw it (``ablate.data.chat_tokens``)."""
+    return encode_chat_text(tokenizer, text)
+
+
+def split_continuation(tokenizer, context: str, continuation: str
+                       ) -> tuple[list[int], list[int]]:
+    """Token ids of a log-likelihood request's context and of its continuation, lm-eval's way:
+    trailing context whitespace moves to the continuation, and the continuation's tokens are those
+    of the whole string after the context's tokens. Both are encoded by ``encode_prompt`` (one BOS
+    first in each), so the continuation starts where the context's ids end."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole = encode_prompt(tokenizer, context + continuation)
+    context_ids = encode_prompt(tokenizer, context)
+    return context_ids, whole[len(context_ids):]
 
 
 def chat_prompt(tokenizer, user: str, assistant_prefix: str = "",

@@ -25,7 +25,9 @@ from typing import Sequence
 
 import torch
 
-from ablate.generate.base import GenerationError, Progress, SamplingParams, truncate_at_stop
+from ablate.generate.base import (
+    GenerationError, Progress, SamplingParams, encode_prompt, split_continuation, truncate_at_stop,
+)
 from ablate.generate.hf_cache import ATTENTION, growing_cache, register_attention
 
 
@@ -356,7 +358,7 @@ class HFBackend:
 
     # ------------------------------------------------------------------ helpers
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return encode_prompt(self.tokenizer, text)
 
     def _prefix_cache(self, prefix: list[int]):
         out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True,
@@ -424,14 +426,7 @@ class HFBackend:
 
     # ------------------------------------------------------------------- scoring
     def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        # lm-eval's convention: trailing context whitespace moves to the continuation, and the
-        # continuation's tokens are those of the whole string after the context's tokens.
-        spaces = len(context) - len(context.rstrip())
-        if spaces:
-            context, continuation = context[:-spaces], context[-spaces:] + continuation
-        whole = self.encode(context + continuation)
-        context_ids = self.encode(context)
-        return context_ids, whole[len(context_ids):]
+        return split_continuation(self.tokenizer, context, continuation)
 
     @torch.inference_mode()
     def loglikelihood(self, requests: Sequence[tuple[str, Sequence[str]]],

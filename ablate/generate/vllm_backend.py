@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from ablate.generate.base import GenerationError, Progress, SamplingParams, truncate_at_stop
+from ablate.generate.base import (
+    GenerationError, Progress, SamplingParams, encode_prompt, split_continuation, truncate_at_stop,
+)
 
 
 class VLLMBackend:
@@ -30,8 +32,8 @@ class VLLMBackend:
         sampling = VSampling(n=params.n, temperature=params.temperature, top_p=params.top_p,
                              seed=params.seed, stop=list(params.stop) or None,
                              max_tokens=params.max_new_tokens)
-        inputs = [TokensPrompt(prompt_token_ids=self.tokenizer(p, add_special_tokens=False)
-                               ["input_ids"]) for p in prompts]
+        inputs = [TokensPrompt(prompt_token_ids=encode_prompt(self.tokenizer, p))
+                  for p in prompts]
         outputs = self.llm.generate(inputs, sampling, use_tqdm=False)
         if progress:
             progress(len(prompts), len(prompts))
@@ -43,10 +45,13 @@ class VLLMBackend:
         from vllm.inputs import TokensPrompt
 
         flat, spans = [], []
-        for context, options in requests:
-            ctx = self.tokenizer(context, add_special_tokens=False)["input_ids"]
+        for r, (context, options) in enumerate(requests):
             for option in options:
-                whole = self.tokenizer(context + option, add_special_tokens=False)["input_ids"]
+                # The same ids as the transformers backend scores (``split_continuation``).
+                ctx, continuation = split_continuation(self.tokenizer, context, option)
+                if not ctx or not continuation:
+                    raise GenerationError(f"request {r}: empty context or continuation")
+                whole = ctx + continuation
                 flat.append(TokensPrompt(prompt_token_ids=whole))
                 spans.append((len(ctx), whole))
         outputs = self.llm.generate(flat, VSampling(max_tokens=1, prompt_logprobs=0),

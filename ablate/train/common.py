@@ -19,6 +19,7 @@ from typing import Any, Callable, ContextManager, Iterable, Sequence
 import torch
 from torch import nn
 
+from ablate.data.chat_tokens import bos_added_by, encode_chat_text, keep_last
 from ablate.train import fsdp
 
 
@@ -70,7 +71,8 @@ def as_messages(value: Any, role: str) -> list[dict] | None:
 
 def encode_chat(tokenizer, prompt: list[dict], answers: list[list[dict]], where: str = ""):
     """Token ids of the prompt (with the generation prompt) and of each answer's completion: the
-    template's text after the generation prompt, end-of-turn tokens included."""
+    template's text after the generation prompt, end-of-turn tokens included. The prompt starts
+    with the BOS the tokenizer adds where the template renders none (``chat_tokens``)."""
     prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     completions = []
     for answer in answers:
@@ -81,7 +83,7 @@ def encode_chat(tokenizer, prompt: list[dict], answers: list[list[dict]], where:
                                 "completion")
         completions.append(tokenizer(full[len(prompt_text):], add_special_tokens=False)
                            ["input_ids"])
-    return (tokenizer(prompt_text, add_special_tokens=False)["input_ids"], *completions)
+    return (encode_chat_text(tokenizer, prompt_text), *completions)
 
 
 def tokenize_pairs(rows: Sequence[dict], tokenizer, max_length: int, max_prompt_length: int,
@@ -90,9 +92,9 @@ def tokenize_pairs(rows: Sequence[dict], tokenizer, max_length: int, max_prompt_
 
     The completion is the template's text after the generation prompt, so the end-of-turn tokens
     are trained on and the prompt is not. Over-long pairs lose the start of the prompt (down to
-    ``max_prompt_length``) and then the end of the completions, as the paper's training code does;
-    with ``drop_truncated`` (the paper's RM recipe) they are dropped instead. Returns the pairs and
-    a count of skipped rows by reason; nothing is skipped silently.
+    ``max_prompt_length``, a leading BOS kept) and then the end of the completions, as the
+    paper's training code does; with ``drop_truncated`` (the paper's RM recipe) they are dropped
+    instead. Returns the pairs and a count of skipped rows by reason; nothing is skipped silently.
     """
     skipped: Counter = Counter()
     pairs: list[TokenizedPair] = []
@@ -114,7 +116,7 @@ def tokenize_pairs(rows: Sequence[dict], tokenizer, max_length: int, max_prompt_
             skipped["longer than max_length"] += 1
             continue
         if too_long:
-            prompt_ids = prompt_ids[-max_prompt_length:]
+            prompt_ids = keep_last(prompt_ids, max_prompt_length, bos_added_by(tokenizer))
             # a prompt that fills max_length leaves no room (not a negative slice end, which
             # would keep all but the last tokens)
             room = max(0, max_length - len(prompt_ids))

@@ -24,6 +24,7 @@ from typing import Callable, ContextManager, Sequence
 import torch
 from torch import Tensor, nn
 
+from ablate.data.chat_tokens import bos_added_by, keep_last
 from ablate.spec.schema import RMConfig
 from ablate.store import atomic_write_json
 from ablate.train import fsdp
@@ -255,7 +256,8 @@ class RewardScorer:
         prompt_ids, completion = encode_chat(self.tokenizer, prompt_messages,
                                              [[{"role": "assistant", "content": response}]])
         completion = completion[:self.max_length // 2]
-        return (prompt_ids[-(self.max_length - len(completion)):] + completion)
+        room = self.max_length - len(completion)
+        return keep_last(prompt_ids, room, bos_added_by(self.tokenizer)) + completion
 
     @torch.no_grad()
     def score(self, prompts: list[list[dict]], responses: list[str]) -> list[float]:

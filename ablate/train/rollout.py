@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ablate.data.chat_tokens import bos_added_by, chat_ids, keep_last
 from ablate.train.collate import pad_sequences
 from ablate.train.common import TrainingError, as_messages
 
@@ -32,7 +33,8 @@ class PromptItem:
 
 def tokenize_prompts(rows: Sequence[dict], tokenizer, max_prompt_length: int
                      ) -> tuple[list[PromptItem], Counter]:
-    """Apply the chat template with the generation prompt. Prompts longer than
+    """Apply the chat template with the generation prompt (and the BOS the tokenizer adds where
+    the template renders none, as in DPO/RM training: ``chat_tokens``). Prompts longer than
     ``max_prompt_length`` tokens are dropped (truncating a prompt changes the question) and
     counted, as are empty ones."""
     items: list[PromptItem] = []
@@ -42,8 +44,8 @@ def tokenize_prompts(rows: Sequence[dict], tokenizer, max_prompt_length: int
         if messages is None:
             skipped["empty or malformed prompt"] += 1
             continue
-        ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
-                                            return_dict=False)
+        ids = chat_ids(tokenizer, tokenizer.apply_chat_template(
+            messages, tokenize=True, add_generation_prompt=True, return_dict=False))
         if len(ids) > max_prompt_length:
             skipped[f"prompt longer than max_prompt_length={max_prompt_length}"] += 1
             continue
@@ -329,8 +331,9 @@ class RewardModelScorer:
 
     def _ids(self, item: PromptItem, response: str) -> list[int]:
         messages = list(item.messages) + [{"role": "assistant", "content": response}]
-        ids = self.tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
-        return list(ids)[-self.max_length:]
+        ids = chat_ids(self.tokenizer, self.tokenizer.apply_chat_template(
+            messages, tokenize=True, return_dict=False))
+        return keep_last(ids, self.max_length, bos_added_by(self.tokenizer))
 
     @torch.no_grad()
     def __call__(self, items: Sequence[PromptItem], responses: Sequence[str]) -> Tensor:

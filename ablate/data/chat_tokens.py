@@ -1,0 +1,82 @@
+"""Token ids of chat-templated text with the BOS token the model was trained with.
+
+ablate renders a chat template to text and tokenizes it with ``add_special_tokens=False`` (as
+``apply_chat_template(tokenize=True)`` does), so the template alone decides the special tokens.
+Templates that render their BOS (Llama-3's ``<|begin_of_text|>``) need nothing more; Tulu 2's
+(``<|user|>\\n...\\n<|assistant|>\\n``, a Llama-2 model) renders none, while Llama-2's tokenizer
+puts ``<s>`` first whenever it tokenizes with special tokens, and the model was trained with it.
+The rule here: prepend the tokenizer's BOS when the tokenizer itself adds one (found from its
+behaviour, not from a list of model names) and the ids do not already start with it.
+
+It lives in ``data`` because the length filter here must count the ids that training sees, and
+``data`` imports only ``spec``/``store``; ``train``, ``generate`` and ``evals`` import it from here.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Sequence
+
+# tokenizer object -> the BOS id it adds (None: it adds none). Weak keys: a tokenizer that is
+# dropped takes its entry with it.
+_BOS_ADDED: "weakref.WeakKeyDictionary[Any, int | None]" = weakref.WeakKeyDictionary()
+_PROBE = "x"
+
+
+def bos_added_by(tokenizer: Any) -> int | None:
+    """The BOS id ``tokenizer`` puts first when it tokenizes with special tokens, else None.
+
+    Found by tokenizing a probe with and without special tokens (Llama-2: ``<s>`` then the
+    probe's ids vs the probe's ids; SmolLM2: the same ids both ways), once per tokenizer object
+    (a setting changed on that object afterwards, e.g. ``add_bos_token``, is not seen)."""
+    try:
+        return _BOS_ADDED[tokenizer]
+    except (KeyError, TypeError):  # TypeError: an object that takes no weak reference
+        pass
+    bos = getattr(tokenizer, "bos_token_id", None)
+    found = None
+    if bos is not None:
+        with_special = list(tokenizer(_PROBE, add_special_tokens=True)["input_ids"])
+        without = list(tokenizer(_PROBE, add_special_tokens=False)["input_ids"])
+        if with_special[:1] == [bos] and without[:1] != [bos]:
+            found = int(bos)
+    try:
+        _BOS_ADDED[tokenizer] = found
+    except TypeError:
+        pass
+    return found
+
+
+def with_bos(ids: Sequence[int], bos: int | None) -> list[int]:
+    """``ids`` with ``bos`` first, unless ``bos`` is None or the ids already start with it."""
+    ids = [int(i) for i in ids]
+    if bos is None or ids[:1] == [bos]:
+        return ids
+    return [bos, *ids]
+
+
+def keep_last(ids: Sequence[int], n: int, bos: int | None) -> list[int]:
+    """The last ``n`` ids (cutting the start of a too-long prompt), keeping a leading ``bos`` in
+    front: the model was trained with its BOS first, and the cut must not remove it."""
+    ids = list(ids)
+    if len(ids) <= n:
+        return ids
+    if n <= 0:
+        return []
+    if bos is not None and ids[:1] == [bos]:
+        return [bos] + ids[len(ids) - n + 1:]
+    return ids[len(ids) - n:]
+
+
+def chat_ids(tokenizer: Any, ids: Sequence[int]) -> list[int]:
+    """Token ids of a rendered chat (from ``apply_chat_template(tokenize=True)`` or text
+    tokenized without special tokens), with the BOS the tokenizer would have added."""
+    if hasattr(ids, "keys"):  # a BatchEncoding from apply_chat_template(return_dict=True)
+        ids = ids["input_ids"]
+    return with_bos(ids, bos_added_by(tokenizer))
+
+
+def encode_chat_text(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of chat-templated text: its own special tokens as written, plus the BOS the
+    tokenizer would have added (``chat_ids``)."""
+    return chat_ids(tokenizer, tokenizer(text, add_special_tokens=False)["input_ids"])
