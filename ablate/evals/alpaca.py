@@ -97,7 +97,9 @@ class _AlpacaEval(Benchmark):
     data_revision = "github:tatsu-lab/alpaca_eval@cd543a149df89434d8a54582c0151c0b945c3d20"
     libraries = ("alpaca_eval",)
     reference_file = ""
-    default_max_new_tokens = 2048
+    # open-instruct's AlpacaEval generation (the paper's) allows 8192 new tokens; a model with a
+    # shorter window stops at its end (the backends cap replies there)
+    default_max_new_tokens = 8192
     # the judge: alpaca-eval's annotator (config folder, template), its answer length, and how
     # its answer becomes a preference (AlpacaEval 2's by default)
     annotator = ("alpaca_eval_clf_gpt4_turbo", "alpaca_eval_clf.txt")

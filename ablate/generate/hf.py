@@ -110,6 +110,7 @@ class _Row:
     pending: int = 0  # the latest chosen token, not yet run through the model
     position: int = 0  # its position id
     picks: int = 0  # tokens chosen so far, EOS included
+    limit: int = 0  # the most tokens it may choose: max_new_tokens, or less near the window
 
 
 class _DecodeBatch:
@@ -143,7 +144,8 @@ class _DecodeBatch:
     # ------------------------------------------------------------------ the loop
     def run(self, rows: list[_Row], progress: Progress | None) -> None:
         waiting = deque(sorted(rows, key=lambda r: -len(r.context)))  # longest first
-        width = len(waiting[0].context) + self.params.max_new_tokens
+        self.max_reply = max(r.limit for r in rows)
+        width = max(len(r.context) + r.limit for r in rows)
         slots = max(1, min(self.backend.max_batch, self.backend.token_budget // width))
         finished = 0
 
@@ -198,8 +200,7 @@ class _DecodeBatch:
         backend, n = self.backend, len(group)
         ids, mask, positions = backend._left_padded([r.context[self.prefix_len:] for r in group],
                                                     self.prefix_len)
-        room = mask.shape[1] + (self.params.max_new_tokens + self.spare_slots
-                                if self.cache is None else 0)
+        room = mask.shape[1] + (self.max_reply + self.spare_slots if self.cache is None else 0)
         cache = (backend._expanded_cache(self.prefix_kv, n, room) if self.prefix_kv
                  else growing_cache(room))
         out = backend.model(input_ids=ids, attention_mask=mask, position_ids=positions,
@@ -246,7 +247,7 @@ class _DecodeBatch:
     def _step(self) -> list[int]:
         """One forward for every active row; return the rows that ended."""
         limit = self._draft_limit()
-        drafts = [row.lookup.draft(min(limit, self.params.max_new_tokens - row.picks - 1))
+        drafts = [row.lookup.draft(min(limit, row.limit - row.picks - 1))
                   if limit else [] for row in self.rows]
         width = 1 + max(len(d) for d in drafts)
         pad = self.backend.pad_id
@@ -290,7 +291,7 @@ class _DecodeBatch:
                 tail = tokenizer.decode(row.tokens[-self.stop_window:], skip_special_tokens=True)
                 if any(s in tail for s in params.stop):
                     return True
-            if row.picks >= params.max_new_tokens:
+            if row.picks >= row.limit:
                 return True
         row.pending = chosen[-1]
         return False
@@ -398,7 +399,16 @@ class HFBackend:
         shared = min(_common_prefix_len(encoded), min(len(e) for e in encoded) - 1)
         prefix_len = shared if shared >= self.min_shared_prefix else 0
         prefix_kv = self._prefix_cache(encoded[0][:prefix_len]) if prefix_len else None
-        rows = [_Row(i, j, encoded[i]) for i in range(len(prompts)) for j in range(params.n)]
+        window = getattr(self.model.config, "max_position_embeddings", None)
+        limits = [params.max_new_tokens if window is None
+                  else min(params.max_new_tokens, window - len(e)) for e in encoded]
+        if min(limits) <= 0:
+            k = limits.index(min(limits))
+            raise GenerationError(f"prompt {k} has {len(encoded[k])} tokens: it fills the model's "
+                                  f"{window}-token window and leaves no room for a reply")
+        # A reply ends at the window (as vLLM's do), not past the positions the model knows.
+        rows = [_Row(i, j, encoded[i], limit=limits[i])
+                for i in range(len(prompts)) for j in range(params.n)]
         if not params.greedy:
             for row in rows:
                 row.generator = torch.Generator(device=self.device).manual_seed(

@@ -42,6 +42,25 @@ def test_greedy_matches_transformers_generate_with_shared_prefix(backend):
         assert text == expected
 
 
+def test_replies_end_at_the_models_window(backend, monkeypatch):
+    """A reply stops where the model's positions end (AlpacaEval asks for 8192 tokens of models
+    with 4096), and a prompt that fills the window is an error naming it."""
+    short, long = "Name a colour.", "A much longer question about trains and their speeds?"
+    window = len(backend.encode(long)) + 5
+    monkeypatch.setattr(backend.model.config, "max_position_embeddings", window)
+    [[cut], [free]] = backend.generate([long, short], SamplingParams(max_new_tokens=12))
+    tokens = backend.tokenizer(cut, add_special_tokens=False)["input_ids"]
+    assert 0 < len(tokens) <= 5
+    assert cut == backend.tokenizer.decode(reference_greedy(backend, long, 5),
+                                           skip_special_tokens=True)
+    room = window - len(backend.encode(short))
+    assert free == backend.tokenizer.decode(reference_greedy(backend, short, min(12, room)),
+                                            skip_special_tokens=True)
+    monkeypatch.setattr(backend.model.config, "max_position_embeddings", len(backend.encode(long)))
+    with pytest.raises(GenerationError, match="prompt 1 has .* window"):
+        backend.generate([short, long], SamplingParams(max_new_tokens=4))
+
+
 @pytest.mark.slow
 def test_stop_strings_and_sampling_reproducible(backend):
     prompts = ["Tell me a story.", "Count to ten."]
