@@ -94,9 +94,20 @@ def _cell_numbers(results: Results, cell: str, baseline_cells: list[str]) -> _Ce
     return _CellNumbers(points, reps, diff_points, diff_reps, n_pairs)
 
 
+def baseline_of(results: Results, group: str) -> str | None:
+    """The SFT baseline group ``group`` is compared with: the baseline of its own base model (a
+    grid over several base models has one baseline each, and a DPO run on one model says nothing
+    against another's SFT). None for a baseline itself, or when no baseline has its model."""
+    info = next(c for c in results.cells if c.group == group)
+    if info.is_baseline:
+        return None
+    model = info.axes.get("model")
+    return next((c.group for c in results.cells
+                 if c.is_baseline and c.axes.get("model") == model), None)
+
+
 def group_stats(results: Results) -> dict[str, dict[str, Stat]]:
     """group -> key -> Stat, for every group of the results in plan order."""
-    baseline_cells = [c.name for c in results.cells if c.is_baseline]
     hib = {}
     for bench in results.benchmarks:
         flags = results.frame[(results.frame.benchmark == bench)
@@ -105,8 +116,9 @@ def group_stats(results: Results) -> dict[str, dict[str, Stat]]:
     out: dict[str, dict[str, Stat]] = {}
     for group in results.group_order():
         cells = [c.name for c in results.cells if c.group == group]
-        is_base = all(c in baseline_cells for c in cells)
-        numbers = [_cell_numbers(results, c, [] if is_base else baseline_cells) for c in cells]
+        base_group = baseline_of(results, group)
+        baseline_cells = [c.name for c in results.cells if c.group == base_group]
+        numbers = [_cell_numbers(results, c, baseline_cells) for c in cells]
         stats: dict[str, Stat] = {}
         for key in numbers[0].points:
             values = [n.points[key] for n in numbers]
@@ -119,7 +131,7 @@ def group_stats(results: Results) -> dict[str, dict[str, Stat]]:
             if all(r is not None for r in reps):
                 stat.ci = percentile_ci(np.mean(reps, axis=0))
             diffs = [n.diff_reps[key] for n in numbers]
-            if not is_base and all(d is not None for d in diffs):
+            if base_group is not None and all(d is not None for d in diffs):
                 stat.test = paired_from_replicates(
                     float(np.mean([n.diff_points[key] for n in numbers])), np.mean(diffs, axis=0),
                     min(n.n_pairs.get(key, 0) for n in numbers) if key.startswith("bench:") else 0)

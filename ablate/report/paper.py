@@ -33,8 +33,10 @@ def _cell(table: str, row: pd.Series) -> tuple[str, dict, dict]:
         name = f"{row['dataset']} {alg}".strip()
         return name, {"data": row["dataset"], "algorithm": alg.lower() or "sft"}, \
             {"Source": str(row["dataset"]), "Alg.": alg}
+    # Table 5's rows are models built on one SFT model (or other models entirely), all compared
+    # with Tulu 2 SFT: the row's name is a label, not the grid's base-model axis.
     name = str(row["model"])
-    return name, {"model": name}, {"Model": name}
+    return name, {"row": name}, {"Model": name}
 
 
 def load_paper_table(paper_dir: Path | str, table: str) -> Results:

@@ -15,7 +15,7 @@ from typing import Callable
 
 from ablate.report.categories import CATEGORIES, label
 from ablate.report.frame import CellInfo, Results
-from ablate.report.groups import Stat
+from ablate.report.groups import Stat, baseline_of
 
 DATA_LABELS = {
     "shp-2": "SHP-2", "stack-exchange": "StackExchange", "prm800k": "PRM800k",
@@ -196,7 +196,6 @@ def build_table(spec: TableSpec, results: Results, stats: dict[str, dict[str, St
     columns = spec.columns(results)
     info = {c.group: c for c in reversed(results.cells)}  # first cell of each group
     base_groups = [g for g in results.group_order() if info[g].is_baseline]
-    base = stats[base_groups[0]] if base_groups else {}
     groups = [g for g in results.group_order() if spec.include_baseline or g not in base_groups]
 
     def make_cell(group: str | None, column: Column) -> TableCell:
@@ -204,6 +203,8 @@ def build_table(spec: TableSpec, results: Results, stats: dict[str, dict[str, St
             return TableCell(None, "", key=column.key)
         own = stats[group]
         is_base = group in base_groups
+        base_group = baseline_of(results, group)  # the SFT of the group's own base model
+        base = stats[base_group] if base_group else {}
         if column.key == "rm:accuracy":
             scores = [results.rm_scores[c] for c in own[next(iter(own))].cells if c in results.rm_scores]
             stat = Stat(sum(scores) / len(scores), n_seeds=len(scores)) if scores else Stat(None)
@@ -232,8 +233,8 @@ def build_table(spec: TableSpec, results: Results, stats: dict[str, dict[str, St
                                  is_baseline=group in base_groups))
     else:
         def row_key(group: str) -> tuple:
-            if group in base_groups:  # the SFT row is its own row whatever its axes say
-                return ("<baseline>",)
+            if group in base_groups:  # an SFT row is its own row whatever its axes say
+                return ("<baseline>", str(info[group].axes.get("model")))
             return tuple(str(info[group].axes.get(a)) for a in spec.row_axes)
 
         keys: list[tuple] = []

@@ -54,11 +54,12 @@ def build_plan(grid: str = "toy") -> Plan:
             inputs = {"model": model.id}
         evals = {}
         for bench in BENCHMARKS:
-            step = Step("eval", f"eval {bench} of {name}", {"benchmark": bench, "limit": N_ITEMS},
-                        inputs)
+            step = Step("eval", f"eval {bench} of {name}",
+                        {"benchmark": bench, "limit": N_ITEMS, "model": axes["model"]}, inputs)
             steps[step.id] = step
             evals[bench] = step.id
-        cells.append(Cell(name, {**axes, "overrides": []}, model_step, evals, name == "sft"))
+        cells.append(Cell(name, {**axes, "overrides": []}, model_step, evals,
+                          axes["algorithm"] == "sft"))
     return Plan(grid, tuple(cells), steps)
 
 

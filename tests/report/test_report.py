@@ -47,6 +47,35 @@ def test_seeds_noise_and_shading(toy_store):
     assert stats["sft"]["average"].test is None
 
 
+def test_each_cell_is_compared_with_the_sft_of_its_own_base_model(tmp_path, monkeypatch):
+    import report_store
+
+    def sft(model):
+        return {"model": model, "data": "none", "algorithm": "sft", "reward_model": "none",
+                "prompts": "none", "seed": None}
+
+    monkeypatch.setattr(report_store, "BENCHMARKS", ("mmlu",))
+    monkeypatch.setattr(report_store, "CELLS", {
+        "sft=small": (sft("small"), {"mmlu": 0.30}),
+        "sft=big": (sft("big"), {"mmlu": 0.70}),
+        "model=small,data=uf,alg=dpo,seed=1": ({**sft("small"), "data": "uf", "algorithm": "dpo",
+                                                "seed": 1}, {"mmlu": 0.45}),
+    })
+    store = fill_store(tmp_path / "runs", build_plan())
+    results = load_results(store, "toy")
+    stats = group_stats(results)
+    small = results.frame.set_index("cell").value
+    dpo = stats["model=small,data=uf,alg=dpo"]["bench:mmlu"]
+    # against its own SFT (30 %), not the mean of both baselines (50 %)
+    assert dpo.test.delta == pytest.approx(small["model=small,data=uf,alg=dpo,seed=1"]
+                                           - small["sft=small"])
+    assert dpo.test.delta > 5 and not dpo.within_noise
+    out = report(store, tmp_path / "out", formats=["md"])
+    assert not out.notes
+    lines = read(tmp_path / "out" / "tablesmoke.md").splitlines()
+    assert sum("(SFT)" in line for line in lines) == 2  # each baseline has its own row
+
+
 def test_all_formats_and_determinism(toy_store, tmp_path):
     first = report(toy_store, tmp_path / "a", tables=["smoke", "4", "cost"], figures=["1", "2", "3"])
     report(toy_store, tmp_path / "b", tables=["smoke", "4", "cost"], figures=["1", "2", "3"])
