@@ -8,6 +8,7 @@ is a row with ``status`` ``missing`` and no value (never a zero); a corrupt file
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,8 +91,10 @@ def read_result(path: Path) -> dict:
         if key not in data:
             raise CorruptResult(f"{path}: missing field {key!r}")
     for key in ("value", "category_score"):
-        if not isinstance(data[key], (int, float)) or isinstance(data[key], bool):
-            raise CorruptResult(f"{path}: field {key!r} must be a number, got {data[key]!r}")
+        number = data[key]
+        if not isinstance(number, (int, float)) or isinstance(number, bool) \
+                or not math.isfinite(number):
+            raise CorruptResult(f"{path}: field {key!r} must be a finite number, got {number!r}")
     return data
 
 
@@ -104,10 +107,15 @@ def read_scores(path: Path) -> dict[str, float]:
                 continue
             try:
                 row = json.loads(line)
-                scores[str(row["item_id"])] = float(row["score"])
+                score = float(row["score"])
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 raise CorruptResult(f"{path}:{lineno}: expected {{\"item_id\", \"score\"}} "
                                     f"({type(exc).__name__}: {exc})") from None
+            if not math.isfinite(score):
+                # one NaN would make every bootstrap comparison False: a p of 0, no CI, no note
+                raise CorruptResult(f"{path}:{lineno}: score must be a finite number, got "
+                                    f"{row['score']!r}")
+            scores[str(row["item_id"])] = score
     return scores
 
 

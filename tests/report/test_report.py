@@ -136,6 +136,26 @@ def test_corrupt_result_is_named_and_skipped(toy_store, tmp_path):
     assert row.split("|")[2].strip() == "—"  # GSM8k missing, MMLU still shown (without CI)
 
 
+@pytest.mark.parametrize("bad", ["NaN", "Infinity"])
+def test_non_finite_numbers_are_corrupt_results_named_by_file(toy_store, tmp_path, bad):
+    """Python's json writes NaN and Infinity; a NaN item score would make every bootstrap
+    comparison False (p = 0, no CI) without a word."""
+    plan = build_plan()
+    cell = next(c for c in plan.cells if c.name == PPO_MIXED)
+    result = toy_store.step_dir(plan.steps[cell.evals["gsm8k"]]) / "result.json"
+    result.write_text(result.read_text().replace('"value": ', f'"value": {bad}, "was": ', 1))
+    scores = toy_store.step_dir(plan.steps[cell.evals["mmlu"]]) / "scores.jsonl"
+    lines = scores.read_text().splitlines()
+    lines[3] = json.dumps({"item_id": "mmlu-3", "score": float(bad.lower().replace("inity", ""))})
+    scores.write_text("\n".join(lines) + "\n")
+    out = report(toy_store, tmp_path / "out")
+    assert any(str(result) in note and "finite number" in note for note in out.notes)
+    assert any(f"{scores}:4" in note and "finite number" in note for note in out.notes)
+    stats = group_stats(load_results(toy_store, "toy"))
+    mmlu = stats["data=uf,alg=ppo,rm=uf-13b,prompts=mixed"]["bench:mmlu"]
+    assert mmlu.ci is None and mmlu.test is None  # shown without a CI, not with a fake p of 0
+
+
 def test_cost_table(toy_store, tmp_path):
     out = report(toy_store, tmp_path, tables=["cost"], formats=["csv", "md"])
     md = read(tmp_path / "tablecost.md")
