@@ -59,6 +59,9 @@ class Results:
     reported: dict[tuple[str, str], float] = field(default_factory=dict)  # (group, key) -> number
     rm_scores: dict[str, float] = field(default_factory=dict)  # cell -> its RM's held-out accuracy
     value_replicates: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # cache
+    # benchmark -> its metric, where the value is not the mean of the per-item scores: no CI and
+    # no paired test for it (``stats.item_scale``)
+    not_resampled: dict[str, str] = field(default_factory=dict)
 
     def group_order(self) -> list[str]:
         seen: list[str] = []
@@ -136,10 +139,12 @@ def read_examples(path: Path, limit: int = 2, chars: int = 400) -> list[dict]:
     return out
 
 
-def value_replicates(value: float, scores: dict[str, float], label: str) -> np.ndarray:
-    """Bootstrap replicates of a run's reported value from its per-item scores."""
+def value_replicates(value: float, scores: dict[str, float], label: str) -> np.ndarray | None:
+    """Bootstrap replicates of a run's reported value from its per-item scores; None when the
+    value is not their mean (``item_scale``)."""
     items = np.array([scores[k] for k in sorted(scores)])
-    return bootstrap_means(items, seed=stable_seed(label)) * item_scale(value, float(items.mean()))
+    scale = item_scale(value, float(items.mean()))
+    return None if scale is None else bootstrap_means(items, seed=stable_seed(label)) * scale
 
 
 def load_results(store: RunStore | Path | str, grid: str) -> Results:
@@ -208,11 +213,14 @@ def _eval_row(store: RunStore, plan: Plan, results: Results, cell, group: str, b
             results.problems.append(f"corrupt per-item scores skipped (no CI): {exc}")
         else:
             if scores:
-                results.item_scores[(cell.name, bench)] = scores
                 reps = value_replicates(float(result["value"]), scores, bench)
-                results.value_replicates[(cell.name, bench)] = reps
-                row["ci_low"], row["ci_high"] = percentile_ci(reps)
                 row["n_items"] = row["n_items"] or len(scores)
+                if reps is None:
+                    results.not_resampled.setdefault(bench, str(result.get("metric")))
+                else:
+                    results.item_scores[(cell.name, bench)] = scores
+                    results.value_replicates[(cell.name, bench)] = reps
+                    row["ci_low"], row["ci_high"] = percentile_ci(reps)
     results.examples[(cell.name, bench)] = read_examples(folder / "outputs.jsonl")
     return row
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from ablate.report.frame import Results, value_replicates
 from ablate.report.stats import (
-    PairedTest, aggregate, bootstrap_means, item_scale, mean_sd, paired_differences,
+    PairedTest, aggregate, bootstrap_means, mean_sd, paired_differences,
     paired_from_replicates, percentile_ci, stable_seed, to_category_scale,
 )
 
@@ -83,9 +83,9 @@ def _cell_numbers(results: Results, cell: str, baseline_cells: list[str]) -> _Ce
             base_items = [results.item_scores.get((b, bench)) for b in baseline_cells]
             if items and all(base_items):
                 runs = [paired_differences(items, other) for other in base_items]
-                scale = item_scale(value, float(np.mean(list(items.values()))))
+                # percent: only mean metrics keep their item scores (frame.value_replicates)
                 diff_reps[key] = np.mean([bootstrap_means(d, seed=stable_seed(bench, "paired"))
-                                          for d in runs], axis=0) * scale
+                                          for d in runs], axis=0) * 100.0
                 cat_diff_reps[bench] = sign * diff_reps[key]
                 n_pairs[key] = min(d.size for d in runs)
     for source, target in ((cat_points, points), (cat_reps, reps), (cat_diff_points, diff_points),

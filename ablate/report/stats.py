@@ -102,13 +102,14 @@ def mean_sd(values: Iterable[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else math.nan
 
 
-def item_scale(value: float, item_mean: float) -> float:
-    """How per-item scores map onto the reported value: percent (x100) for mean metrics, or the
-    observed ratio when the metric is not a plain mean of the items (e.g. a length-controlled
-    win rate), so that replicates are centred on the reported value."""
-    if item_mean == 0 or abs(item_mean * 100 - value) <= 0.05:
+def item_scale(value: float, item_mean: float) -> float | None:
+    """How per-item scores map onto the reported value: 100 when the value is the mean of the
+    items in percent. None when it is not (XSTest's refusal F1, AlpacaEval 2's length-controlled
+    win rate): resampling the items then bootstraps another quantity, and rescaling that spread
+    onto the reported value would test the wrong metric."""
+    if abs(item_mean * 100 - value) <= 0.05:
         return 100.0
-    return value / item_mean
+    return None
 
 
 def to_category_scale(value_replicates: X, value: float, category_score: float,

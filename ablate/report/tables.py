@@ -293,6 +293,11 @@ def _notes(spec: TableSpec, results: Results, rows: list[TableRow], columns: lis
                for col, c in zip(columns, r.cells) if c.missing]
     if missing:
         notes.append(f"missing (not zero): {len(missing)} cell(s): " + "; ".join(missing))
+    if results.not_resampled:
+        notes.append("no CI or paired test for " + ", ".join(
+            f"{label(b)} ({metric})" for b, metric in results.not_resampled.items())
+            + ": the metric is not a mean of per-item scores, so resampling items would test "
+            "another quantity; the categories and Average that include it have none either.")
     if results.missing_jobs:
         where = f"`ablate grid {results.grid_file or 'grids/' + results.grid + '.yaml'}`"
         notes.append(f"jobs to run ({where} runs them): " + "; ".join(results.missing_jobs))

@@ -156,6 +156,27 @@ def test_non_finite_numbers_are_corrupt_results_named_by_file(toy_store, tmp_pat
     assert mmlu.ci is None and mmlu.test is None  # shown without a CI, not with a fake p of 0
 
 
+def test_a_metric_that_is_not_the_mean_of_its_items_gets_no_ci_or_test(toy_store, tmp_path):
+    """XSTest reports refusal F1 while its items score 'classified correctly': bootstrapping the
+    items would test accuracy and print it beside F1 (once with its CI on the other side of 0)."""
+    plan = build_plan()
+    for cell in plan.cells:
+        result = toy_store.step_dir(plan.steps[cell.evals["mmlu"]]) / "result.json"
+        data = json.loads(result.read_text())
+        data.update(value=data["value"] * 0.8, category_score=data["value"] * 0.8, metric="f1")
+        result.write_text(json.dumps(data))
+    results = load_results(toy_store, "toy")
+    assert results.not_resampled == {"mmlu": "f1"}
+    stats = group_stats(results)
+    dpo = stats["data=uf,alg=dpo"]
+    for key in ("bench:mmlu", "factuality", "average"):
+        assert dpo[key].value is not None and dpo[key].ci is None and dpo[key].test is None, key
+    assert dpo["bench:gsm8k"].ci is not None and dpo["bench:gsm8k"].test is not None
+    out = report(toy_store, tmp_path / "out", formats=["md"])
+    assert "no CI or paired test for MMLU (f1)" in read(tmp_path / "out" / "tablesmoke.md")
+    assert not out.notes
+
+
 def test_cost_table(toy_store, tmp_path):
     out = report(toy_store, tmp_path, tables=["cost"], formats=["csv", "md"])
     md = read(tmp_path / "tablecost.md")
