@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Callable
 
-from ablate.report.categories import CATEGORIES, label
+from ablate.report.categories import CATEGORIES, CATEGORY_OF, category_of, label
 from ablate.report.frame import CellInfo, Results
 from ablate.report.groups import Stat, baseline_of
 
@@ -48,9 +48,34 @@ class Column:
     where: tuple[tuple[str, str], ...] = ()  # axis filters, for tables whose columns mix cells
 
 
+PARTIAL_MARK = "*"
+
+
+def partial_categories(results: Results) -> dict[str, list[str]]:
+    """Categories the grid covers with fewer benchmarks than the paper's (category -> the
+    benchmarks it has): their means, and the Average over them, are not the paper's."""
+    if results.source == "paper":
+        return {}
+    out = {}
+    for category in CATEGORIES:
+        have = [b for b in results.benchmarks if category_of(b) == category]
+        paper = [b for b, c in CATEGORY_OF.items() if c == category]
+        if have and len(have) < len(paper):
+            out[category] = have
+    return out
+
+
+def average_is_partial(results: Results) -> bool:
+    present = {category_of(b) for b in results.benchmarks}
+    return bool(partial_categories(results)) or len(present) < len(CATEGORIES)
+
+
 def category_columns(results: Results) -> list[Column]:
     present = [c for c in CATEGORIES if any(results.frame.category == c)]
-    return [Column(c, label(c)) for c in present] + [Column("average", "Average")]
+    partial = partial_categories(results)
+    mark = {c: PARTIAL_MARK if c in partial else "" for c in present}
+    average = "Average" + (PARTIAL_MARK if average_is_partial(results) else "")
+    return [Column(c, label(c) + mark[c]) for c in present] + [Column("average", average)]
 
 
 def benchmark_and_category_columns(results: Results) -> list[Column]:
@@ -293,6 +318,16 @@ def _notes(spec: TableSpec, results: Results, rows: list[TableRow], columns: lis
                for col, c in zip(columns, r.cells) if c.missing]
     if missing:
         notes.append(f"missing (not zero): {len(missing)} cell(s): " + "; ".join(missing))
+    shown = {col.key for col in columns}
+    partial = {c: b for c, b in partial_categories(results).items() if c in shown}
+    if partial or ("average" in shown and average_is_partial(results)):
+        parts = [f"{label(c)} = {' + '.join(label(b) for b in have)} only" for c, have in
+                 partial.items()]
+        if "average" in shown and average_is_partial(results):
+            n = len({category_of(b) for b in results.benchmarks})
+            parts.append(f"Average = the mean of the {n} categories this grid has")
+        notes.append(f"{PARTIAL_MARK} not the paper's aggregate: " + "; ".join(parts)
+                     + " (the paper's Average is over all 11 benchmarks in 6 categories).")
     if results.not_resampled:
         notes.append("no CI or paired test for " + ", ".join(
             f"{label(b)} ({metric})" for b, metric in results.not_resampled.items())
