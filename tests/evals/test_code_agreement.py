@@ -3,7 +3,8 @@
 Candidates are each problem's canonical solution and mutants of it (one operator or constant
 changed), so that both verdicts occur; evalplus decides with `check_correctness` (base and plus
 inputs against outputs of the canonical solution, its ground truth computed by `get_groundtruth`),
-ablate with its sandboxed program.
+ablate with its sandboxed program (the canonical solution run once per task in the sandbox for
+the expected outputs and their times, then each candidate).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import json
 import pytest
 
 from ablate.evals import get_benchmark
-from ablate.evals.sandbox import run_program
 
 MUTATIONS = (("<=", "<"), ("<", "<="), (">", ">="), ("+ 1", "+ 2"), ("- 1", ""), ("==", "!="),
              ("True", "False"), ("sorted(", "list("), ("0", "1"))
@@ -65,7 +65,7 @@ def test_humaneval_plus_verdicts_match_evalplus(shared_data, tmp_path, monkeypat
                              PROBLEMS_PER_BENCHMARK)
     candidates = [(task_id, body) for task_id, item in items.items() if task_id in problems
                   for body in [item["canonical_solution"], *mutants(item["canonical_solution"])]]
-    ours = [run_program(bench.program(items[task_id], body), bench.limits).passed
+    ours = [bench.program(items[task_id], body).run().passed
             for task_id, body in candidates]
     theirs = evalplus_verdicts("humaneval", problems,
                                [(task_id, problems[task_id]["prompt"] + body)
@@ -91,7 +91,7 @@ def test_mbpp_plus_verdicts_match_evalplus(shared_data, tmp_path, monkeypatch):
     candidates = [(i["item_id"], code) for i in items
                   for code in [i["canonical_solution"], *mutants(i["canonical_solution"])]]
     by_id = {i["item_id"]: i for i in items}
-    ours = [run_program(bench.program(by_id[task_id], code), bench.limits).passed
+    ours = [bench.program(by_id[task_id], code).run().passed
             for task_id, code in candidates]
     theirs = evalplus_verdicts("mbpp", problems, candidates, tmp_path, monkeypatch)
     assert len(candidates) >= 2 * PROBLEMS_PER_BENCHMARK
@@ -111,7 +111,7 @@ def test_mbpp_plus_canonical_solutions_pass_where_inputs_need_evalplus_types(sha
     2 GB."""
     bench = get_benchmark("mbpp_plus")
     item = next(i for i in bench.items("paper", shared_data) if i["item_id"] == task_id)
-    outcome = run_program(bench.program(item, item["canonical_solution"]), bench.limits)
+    outcome = bench.program(item, item["canonical_solution"]).run()
     assert outcome.passed, outcome
 
 
@@ -119,6 +119,25 @@ def test_mbpp_plus_accepts_an_answer_in_another_order_where_evalplus_does(shared
     bench = get_benchmark("mbpp_plus")
     item = next(i for i in bench.items("paper", shared_data) if i["item_id"] == "Mbpp/2")
     reordered = "def similar_elements(a, b):\n    return tuple(sorted(set(a) & set(b)))\n"
-    assert run_program(bench.program(item, reordered), bench.limits).passed
+    assert bench.program(item, reordered).run().passed
     wrong = "def similar_elements(a, b):\n    return tuple(set(a) | set(b))\n"
-    assert not run_program(bench.program(item, wrong), bench.limits).passed
+    assert not bench.program(item, wrong).run().passed
+
+
+@pytest.mark.slow
+def test_mbpp_599_heavy_inputs_pass_within_their_own_time_limits(shared_data):
+    """sum_average takes inputs up to 1e8: ~20 s of CPU for the canonical solution alone, which the
+    old single 20 s budget for canonical + candidate could not hold. Each input now has its own
+    limit (4 x the canonical's time on it), and EvalPlus's plus check allows 63 s in all."""
+    bench = get_benchmark("mbpp_plus")
+    item = next(i for i in bench.items("paper", shared_data) if i["item_id"] == "Mbpp/599")
+    outcome = bench.program(item, item["canonical_solution"]).run()
+    assert outcome.passed, outcome
+    loop = ("def sum_average(number):\n    total = 0\n    for i in range(1, number + 1):\n"
+            "        total += i\n    return total, total / number\n")
+    # a Python loop, about 2 times slower than sum(range()) here: within 4 x on every input, and
+    # within the plus check's 63 s in all
+    assert bench.program(item, loop).run().passed
+    # about 10 times slower: over its limit on the first big input
+    slow = bench.program(item, loop.replace("total += i", "total += int(str(i))")).run()
+    assert not slow.passed and "limit" in slow.detail, slow

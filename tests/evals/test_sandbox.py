@@ -78,3 +78,35 @@ def test_a_program_that_exits_before_its_tests_fails(ending):
     result = run_program(program, FAST)
     assert not result.passed and "exited before its end" in result.detail
     assert run_program("print('hi')\nassert 1 + 1 == 2\n", FAST).passed
+
+
+def test_files_go_in_and_asked_for_files_come_back():
+    result = run_program("data = open('given.bin', 'rb').read()\n"
+                         "open('answer.txt', 'w').write(str(len(data)))\n"
+                         "open('other.txt', 'w').write('not asked for')\n", FAST,
+                         files={"given.bin": b"\x00" * 1000}, collect=("answer.txt", "missing"))
+    assert result.passed and result.files == {"answer.txt": b"1000"}
+    with pytest.raises(ValueError):
+        run_program("pass\n", FAST, files={"../escape": b"x"})
+    with pytest.raises(ValueError):
+        run_program("pass\n", FAST, collect=("program.py",))
+
+
+def test_returned_files_are_only_regular_files():
+    # a link would make the harness read a file of its own choosing; a pipe would block it
+    program = ("import os\nos.mkfifo('pipe')\n"
+               "try:\n    os.symlink('/etc/hostname', 'link')\nexcept PermissionError:\n    pass\n")
+    started = time.time()
+    result = run_program(program, FAST, collect=("pipe", "link"))
+    assert result.passed and result.files == {} and time.time() - started < FAST.wall_s
+
+
+def test_a_link_left_in_the_scratch_folder_is_not_followed(tmp_path):
+    # the guard refuses os.symlink, but the reader must not rely on it
+    from ablate.evals.sandbox import _read_back
+
+    secret = tmp_path / "secret"
+    secret.write_text("outside")
+    (tmp_path / "link").symlink_to(secret)
+    assert _read_back(tmp_path / "link", 1 << 20) is None
+    assert _read_back(secret, 3) == b"out"
