@@ -14,7 +14,7 @@ from rich.table import Table
 
 from ablate.data.load import DataUnavailable, load_preferences, load_prompts
 from ablate.data.registry import MIXTURES, PROMPT_SETS, SOURCES, dataset_names, prompt_set_names
-from ablate.data.rows import SchemaError, render_messages
+from ablate.data.rows import PromptData, SchemaError, render_messages
 from ablate.spec.schema import DataRef
 from ablate.store import atomic_write_jsonl
 
@@ -28,15 +28,13 @@ def _fail(message: str) -> None:
 
 
 def _load(name: str, split: str, max_rows: Optional[int], seed: int):
-    """Rows of a preference dataset or a prompt set, plus skip counts (None for prompt sets)."""
+    """A prompt set (``PromptData``) or a preference dataset (``PreferenceData``), by name."""
     try:
         if name in PROMPT_SETS:
-            rows = load_prompts({"source": "prompt_set", "name": name, "max_rows": max_rows,
+            return load_prompts({"source": "prompt_set", "name": name, "max_rows": max_rows,
                                  "sample_seed": seed})
-            return rows, None
         if name in SOURCES or name in MIXTURES:
-            data = load_preferences(DataRef(name=name, max_rows=max_rows, sample_seed=seed), split)
-            return data.rows, data.skipped
+            return load_preferences(DataRef(name=name, max_rows=max_rows, sample_seed=seed), split)
     except (DataUnavailable, SchemaError, ValueError) as exc:
         _fail(str(exc))
     _fail(f"unknown dataset or prompt set {name!r}; datasets: {', '.join(dataset_names())}; "
@@ -78,8 +76,9 @@ def show(name: str = typer.Argument(..., help="dataset or prompt-set name"),
          max_rows: Optional[int] = typer.Option(None, "--max-rows"),
          seed: int = typer.Option(0, "--seed")) -> None:
     """Counts, length statistics (characters), skipped rows per reason and a few examples."""
-    rows, skipped = _load(name, split, max_rows, seed)
-    what = "prompt set" if skipped is None else f"dataset, split {split}"
+    data = _load(name, split, max_rows, seed)
+    rows, skipped, is_prompt_set = data.rows, data.skipped, isinstance(data, PromptData)
+    what = "prompt set" if is_prompt_set else f"dataset, split {split}"
     console.print(f"[bold]{name}[/] ({what}): {len(rows):,} rows", highlight=False)
     source = SOURCES.get(name)
     if source and source.paper_rows:
@@ -88,25 +87,27 @@ def show(name: str = typer.Argument(..., help="dataset or prompt-set name"),
     for column in ("field", "mean", "median", "min", "max"):
         lengths.add_column(column)
     lengths.add_row(*_length_row("prompt", [len(render_messages(r["prompt"])) for r in rows]))
-    if skipped is not None:
+    if not is_prompt_set:
         for key in ("chosen", "rejected"):
             lengths.add_row(*_length_row(key, [len(render_messages(r[key])) for r in rows]))
         turns = [sum(m["role"] == "user" for m in r["prompt"]) for r in rows]
         if turns:
             console.print(f"user turns per prompt: mean {statistics.mean(turns):.2f}, max {max(turns)}")
+        if data.tied_pairs:  # kept as the source publishes them (H4's overall binarization)
+            console.print(f"pairs rated equal by the source (margin 0, kept): {data.tied_pairs:,}",
+                          highlight=False)
     console.print(lengths)
-    if skipped is not None:
-        table = Table(title="skipped rows")
-        table.add_column("reason")
-        table.add_column("count", justify="right")
-        for reason, count in sorted(skipped.items(), key=lambda kv: -kv[1]):
-            table.add_row(reason, f"{count:,}")
-        if not skipped:
-            table.add_row("(none)", "0")
-        console.print(table)
+    table = Table(title="skipped rows")
+    table.add_column("reason")
+    table.add_column("count", justify="right")
+    for reason, count in sorted(skipped.items(), key=lambda kv: -kv[1]):
+        table.add_row(reason, f"{count:,}")
+    if not skipped:
+        table.add_row("(none)", "0")
+    console.print(table)
     for i, row in enumerate(rows[:n_examples]):
         body = f"[bold]prompt[/]\n{escape(render_messages(row['prompt']))}"
-        if skipped is None:
+        if is_prompt_set:
             body += f"\n\n[bold]reference[/] {escape(str(row.get('reference')))}"
         else:
             body += (f"\n\n[bold green]chosen[/]\n{escape(render_messages(row['chosen']))}"
@@ -123,7 +124,7 @@ def export(name: str = typer.Argument(..., help="dataset or prompt-set name"),
            max_rows: Optional[int] = typer.Option(None, "--max-rows"),
            seed: int = typer.Option(0, "--seed")) -> None:
     """Write the converted rows, one JSON object per line."""
-    rows, _ = _load(name, split, max_rows, seed)
+    rows = _load(name, split, max_rows, seed).rows
     atomic_write_jsonl(file, rows)
     console.print(f"wrote {len(rows):,} rows to {file}", highlight=False)
 

@@ -5,6 +5,11 @@ row's columns are checked against what the converter reads, so a changed upstrea
 with the column and dataset name instead of a KeyError deep inside. Multi-rating sources are
 binarized the way the paper's data card describes; where a random rejected response is drawn, the
 draw is seeded by the prompt so that a conversion does not depend on row order.
+
+Every raw row ends in a kept pair or in a skip count (``SkipRow``, in raw rows): a malformed value
+that a large crawled source is known to hold is a counted skip whose reason names the column; a
+value no converter expects is a ``SchemaError`` naming the dataset, the row and the column, never
+a bare traceback.
 """
 
 from __future__ import annotations
@@ -15,25 +20,68 @@ from collections import defaultdict
 from typing import Callable, Iterable, Iterator
 
 from ablate.data.rows import (
-    BROKEN_TURNS, MISSING_FIELD, NO_LOWER, NON_STRING, TIE, SkipRow, assistant, make_row,
-    parse_transcript, require_columns, split_shared_prompt, stable_hash, system, user,
+    BROKEN_TURNS, MISSING_FIELD, NO_LOWER, NON_STRING, NOT_AN_OBJECT, NOT_DRAWN, RAW_ROWS, TIE,
+    SchemaError, SkipRow, assistant, bad_field, make_row, parse_transcript, require_columns,
+    split_shared_prompt, stable_hash, system, user,
 )
 
 Converter = Callable[[Iterable[dict], str, int], Iterator[dict | SkipRow]]
+NEUTRAL_STEP = "rating 0 (a neutral step: neither chosen nor rejected)"
+
+
+class ReadLog(dict):
+    """A raw row that remembers the last column read, so that an unexpected error can name it."""
+
+    last_read: str | None = None
+
+    def __getitem__(self, key):
+        self.last_read = key
+        return super().__getitem__(key)
+
+
+def checked_rows(raws: Iterable[dict], columns: tuple[str, ...],
+                 dataset: str) -> Iterator[tuple[int, ReadLog | SkipRow]]:
+    """(index, row) for each raw row; the first row's columns are checked (a schema change is an
+    error), a later row that is not an object or lacks a column is a counted skip."""
+    for i, raw in enumerate(raws):
+        if i == 0:
+            if not isinstance(raw, dict):
+                raise SchemaError(f"dataset {dataset!r}: raw rows are {type(raw).__name__}s, not "
+                                  f"objects with columns {list(columns)}")
+            require_columns(raw, columns, dataset)
+        if not isinstance(raw, dict):
+            yield i, SkipRow(NOT_AN_OBJECT)
+            continue
+        absent = [c for c in columns if c not in raw]
+        yield i, bad_field(absent[0], "column absent from this row") if absent else ReadLog(raw)
+
+
+def row_error(dataset: str, index: int, raw: dict, exc: Exception) -> SchemaError:
+    """An unexpected failure on one raw row, as an error naming the dataset, row and column."""
+    column = (exc.args[0] if isinstance(exc, KeyError) and exc.args
+              else getattr(raw, "last_read", None))
+    where = f", column {column!r}" if column is not None else ""
+    return SchemaError(f"dataset {dataset!r}, raw row {index} (from 0){where}: a value this "
+                       f"converter cannot read ({type(exc).__name__}: {exc})")
 
 
 def per_row(*columns: str):
-    """Lift ``f(raw) -> row`` into a converter that checks columns and turns exceptions into skips."""
+    """Lift ``f(raw) -> row`` into a converter that checks columns, counts ``SkipRow``s and turns
+    any other failure into an error naming the dataset, row and column."""
 
     def wrap(convert_one: Callable[[dict], dict]) -> Converter:
         def convert(raws: Iterable[dict], dataset: str, seed: int = 0) -> Iterator[dict | SkipRow]:
-            for i, raw in enumerate(raws):
-                if i == 0:
-                    require_columns(raw, columns, dataset)
+            for i, raw in checked_rows(raws, columns, dataset):
+                if isinstance(raw, SkipRow):
+                    yield raw
+                    continue
                 try:
-                    yield convert_one(raw)
+                    row = convert_one(raw)
                 except SkipRow as skip:
-                    yield skip
+                    row = skip
+                except Exception as exc:
+                    raise row_error(dataset, i, raw, exc) from exc
+                yield row
 
         convert.columns = columns
         convert.__doc__ = convert_one.__doc__
@@ -71,6 +119,8 @@ def as_messages(value) -> list[dict]:
 def shp2(raw: dict) -> dict:
     """stanfordnlp/SHP-2: ``labels`` is 1 when comment A is preferred (more upvoted)."""
     a, b = text(raw["human_ref_A"]), text(raw["human_ref_B"])
+    if raw["labels"] not in (0, 1):  # None would otherwise silently prefer B
+        raise bad_field("labels", "not 0 or 1")
     chosen, rejected = (a, b) if raw["labels"] == 1 else (b, a)
     return make_row([user(text(raw["history"]))], chosen, rejected, "shp-2",
                     margin=raw["score_ratio"],
@@ -87,39 +137,52 @@ def stack_exchange_paired(raw: dict) -> dict:
 # ---------------------------------------------------------------- human
 
 
+PRM800K_COLUMNS = ("instruction", "responses", "next_response", "rating")
+
+
 def prm800k_pairs(raws: Iterable[dict], dataset: str, seed: int = 0) -> Iterator[dict | SkipRow]:
     """PRM800k in its step-level form (one row per rated next step after a prefix of steps).
 
     A pair is a good step (rating 1) and a bad step (rating -1) after the same prefix; chosen and
-    rejected are the prefix steps plus that step, so the pair differs only in the rated step.
+    rejected are the prefix steps plus that step, so the pair differs only in the rated step. Each
+    pair stands for two raw rows; every other row is counted: rating 0 or missing, a prefix
+    without both a good and a bad step (each of its rows), the prefix's steps not drawn.
     """
-    columns = ("instruction", "responses", "next_response", "rating")
-    groups: dict[tuple, dict[int, list[str]]] = defaultdict(lambda: defaultdict(list))
-    for i, raw in enumerate(raws):
-        if i == 0:
-            require_columns(raw, columns, dataset)
+    groups: dict[tuple, dict[int, list[str]]] = defaultdict(lambda: {1: [], -1: []})
+    for i, raw in checked_rows(raws, PRM800K_COLUMNS, dataset):
+        if isinstance(raw, SkipRow):
+            yield raw
+            continue
         try:
             question, step = text(raw["instruction"]), text(raw["next_response"])
             prefix = raw["responses"]
             prefix = [] if prefix is None else list(prefix)
             if not all(isinstance(s, str) for s in prefix):
                 raise SkipRow(NON_STRING)
+            rating = raw["rating"]
+            if rating is None:
+                raise bad_field("rating", "missing (an unrated step)")
+            if rating == 0:
+                raise SkipRow(NEUTRAL_STEP)
+            if rating not in (1, -1):
+                raise bad_field("rating", "not -1, 0 or 1")
         except SkipRow as skip:
             yield skip
             continue
-        if raw["rating"] in (1, -1):
-            groups[(question, tuple(prefix))][int(raw["rating"])].append(step)
+        except Exception as exc:
+            raise row_error(dataset, i, raw, exc) from exc
+        groups[(question, tuple(prefix))][int(rating)].append(step)
     for (question, prefix), by_rating in groups.items():
+        group_rows = len(by_rating[1]) + len(by_rating[-1])
         if not by_rating[1] or not by_rating[-1]:
-            yield SkipRow(NO_LOWER)
+            yield SkipRow(NO_LOWER, rows=group_rows)
             continue
         rng = seeded_rng(seed, question + "\n".join(prefix))
         good, bad = rng.choice(sorted(by_rating[1])), rng.choice(sorted(by_rating[-1]))
-        yield make_row([user(question)], "\n".join([*prefix, good]), "\n".join([*prefix, bad]),
-                       "prm800k", margin=2.0)
-
-
-prm800k_pairs.columns = ("instruction", "responses", "next_response", "rating")
+        yield {**make_row([user(question)], "\n".join([*prefix, good]), "\n".join([*prefix, bad]),
+                          "prm800k", margin=2.0), RAW_ROWS: 2}
+        if group_rows > 2:
+            yield SkipRow(NOT_DRAWN, rows=group_rows - 2)
 
 
 @per_row("conversation_a", "conversation_b", "winner")
@@ -200,10 +263,11 @@ def helpsteer(raws: Iterable[dict], dataset: str, seed: int = 0) -> Iterator[dic
     """nvidia/HelpSteer: one row per (prompt, response) with 0-4 ratings. Per prompt, chosen = the
     best mean of the aspects except verbosity (a tie for best is dropped), rejected = a random
     response with a lower mean."""
-    by_prompt: dict[str, list[tuple[float, str, dict]]] = defaultdict(list)
-    for i, raw in enumerate(raws):
-        if i == 0:
-            require_columns(raw, ("prompt", "response", *HELPSTEER_ASPECTS), dataset)
+    by_prompt: dict[str, list[Scored]] = defaultdict(list)
+    for i, raw in checked_rows(raws, helpsteer.columns, dataset):
+        if isinstance(raw, SkipRow):
+            yield raw
+            continue
         try:
             prompt, response = text(raw["prompt"]), text(raw["response"])
             scores = {a: raw[a] for a in HELPSTEER_ASPECTS}
@@ -212,27 +276,40 @@ def helpsteer(raws: Iterable[dict], dataset: str, seed: int = 0) -> Iterator[dic
         except SkipRow as skip:
             yield skip
             continue
-        by_prompt[prompt].append((sum(scores.values()) / len(scores), response, scores))
+        except Exception as exc:
+            raise row_error(dataset, i, raw, exc) from exc
+        by_prompt[prompt].append((sum(scores.values()) / len(scores), response, scores, i))
     yield from _best_vs_random_lower(by_prompt, "helpsteer", seed)
 
 
-def _best_vs_random_lower(by_prompt: dict[str, list[tuple[float, str, dict]]], source: str,
-                          seed: int, prompt_messages: dict[str, list[dict]] | None = None):
+# (mean rating, response, per-aspect ratings, index of the raw row the response came from)
+Scored = tuple[float, str, dict, int]
+
+
+def _best_vs_random_lower(by_prompt: dict[str, list[Scored]], source: str, seed: int,
+                          prompt_messages: dict[str, list[dict]] | None = None):
+    """Per prompt: the best response vs a random lower-rated one. A dropped prompt counts each of
+    its raw rows under the reason; a kept one counts its rows outside the pair as not drawn."""
     for prompt, scored in by_prompt.items():
-        top = max(score for score, _, _ in scored)
+        group_rows = len({s[3] for s in scored})
+        top = max(s[0] for s in scored)
         best = [s for s in scored if s[0] == top]
         lower = sorted((s for s in scored if s[0] < top), key=lambda s: (s[0], s[1]))
         if len(best) > 1:
-            yield SkipRow(TIE)
+            yield SkipRow(TIE, rows=group_rows)
             continue
         if not lower:
-            yield SkipRow(NO_LOWER)
+            yield SkipRow(NO_LOWER, rows=group_rows)
             continue
         chosen = best[0]
         rejected = seeded_rng(seed, prompt).choice(lower)
         messages = prompt_messages[prompt] if prompt_messages else [user(prompt)]
-        yield make_row(messages, chosen[1], rejected[1], source, margin=chosen[0] - rejected[0],
-                       ratings={"chosen": chosen[2], "rejected": rejected[2]})
+        pair_rows = len({chosen[3], rejected[3]})
+        yield {**make_row(messages, chosen[1], rejected[1], source, margin=chosen[0] - rejected[0],
+                          ratings={"chosen": chosen[2], "rejected": rejected[2]}),
+               RAW_ROWS: pair_rows}
+        if group_rows > pair_rows:
+            yield SkipRow(NOT_DRAWN, rows=group_rows - pair_rows)
 
 
 # ---------------------------------------------------------------- synthetic
@@ -261,9 +338,10 @@ def orca_pairs(raw: dict) -> dict:
 def nectar(raws: Iterable[dict], dataset: str, seed: int = 0) -> Iterator[dict | SkipRow]:
     """berkeley-nest/Nectar: 7 answers ranked by GPT-4 (rank 1 best). Chosen = the top-ranked
     answer, rejected = a random lower-ranked one (the Tulu 2.5 data card's binarization)."""
-    for i, raw in enumerate(raws):
-        if i == 0:
-            require_columns(raw, ("prompt", "answers"), dataset)
+    for i, raw in checked_rows(raws, nectar.columns, dataset):
+        if isinstance(raw, SkipRow):
+            yield raw
+            continue
         try:
             prompt = parse_transcript(raw["prompt"])
             if prompt[-1]["role"] != "user":
@@ -271,16 +349,28 @@ def nectar(raws: Iterable[dict], dataset: str, seed: int = 0) -> Iterator[dict |
             answers = raw["answers"]
             if not isinstance(answers, list) or len(answers) < 2:
                 raise SkipRow(MISSING_FIELD)
-            ranked = sorted(answers, key=lambda a: a.get("rank", float("inf")))
-            best, rest = ranked[0], [a for a in ranked[1:] if a.get("rank") != ranked[0].get("rank")]
+            if not all(isinstance(a, dict) for a in answers):
+                raise bad_field("answers", "an answer that is not an object")
+            if not all(_is_number(a.get("rank")) for a in answers):  # unrankable, not "worst"
+                raise bad_field("answers", "an answer without a numeric rank")
+            ranked = sorted(answers, key=lambda a: a["rank"])
+            best, rest = ranked[0], [a for a in ranked[1:] if a["rank"] != ranked[0]["rank"]]
             if not rest:
                 raise SkipRow(TIE)
             worse = seeded_rng(seed, json.dumps(prompt)).choice(rest)
-            yield make_row(prompt, text(best.get("answer")), text(worse.get("answer")), "nectar",
-                           ratings={"chosen_rank": best.get("rank"), "rejected_rank": worse.get("rank")})
+            row = make_row(prompt, text(best.get("answer")), text(worse.get("answer")), "nectar",
+                           ratings={"chosen_rank": best["rank"], "rejected_rank": worse["rank"]})
         except SkipRow as skip:
-            yield skip
+            row = skip
+        except Exception as exc:
+            raise row_error(dataset, i, raw, exc) from exc
+        yield row
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
 nectar.columns = ("prompt", "answers")
 helpsteer.columns = ("prompt", "response", *HELPSTEER_ASPECTS)
+prm800k_pairs.columns = PRM800K_COLUMNS

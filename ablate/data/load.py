@@ -26,8 +26,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 from ablate.data.registry import MIXTURES, PROMPT_SETS, SOURCES, PromptSource, Source
 from ablate.data.rows import (
-    BROKEN_TURNS, DUPLICATE, MISSING_FIELD, NON_STRING, PreferenceData, SkipRow, clean,
-    downsample, first_user_text, is_held_out, mix_preferences, prompt_text,
+    BROKEN_TURNS, DUPLICATE_PROMPT, MISSING_FIELD, NON_STRING, PreferenceData, PromptData, SkipRow,
+    clean, downsample, first_user_text, is_held_out, mix_preferences, prompt_text,
 )
 from ablate.spec.schema import DataRef
 from ablate.store import atomic_write_json, atomic_write_jsonl
@@ -225,25 +225,32 @@ def _check_prompt(row: dict) -> str | None:
 
 
 def clean_prompts(rows: Iterable[dict | SkipRow], skipped: Counter) -> list[dict]:
+    """Drop converter skips, unusable prompts and repeated prompts, counting each reason."""
     kept, seen = [], set()
     for row in rows:
         reason = row.reason if isinstance(row, SkipRow) else _check_prompt(row)
         if reason is None:
             key = prompt_text(row)
-            reason = DUPLICATE if key in seen else None
+            reason = DUPLICATE_PROMPT if key in seen else None
             seen.add(key)
         if reason:
-            skipped[reason] += 1
+            skipped[reason] += row.rows if isinstance(row, SkipRow) else 1
         else:
             kept.append({"prompt": row["prompt"], "reference": row.get("reference")})
     return kept
 
 
+def _preference_prompts(name: str) -> tuple[list[dict], dict]:
+    """The deduplicated prompts of a preference dataset's train split; the skips are the
+    preference loader's plus the repeated prompts."""
+    data = load_preferences(DataRef(name=name))
+    skipped = Counter(data.skipped)
+    return clean_prompts(({"prompt": r["prompt"]} for r in data.rows), skipped), dict(skipped)
+
+
 def prompt_rows(prompt_set: PromptSource) -> tuple[list[dict], dict]:
     if prompt_set.from_preferences:
-        data = load_preferences(DataRef(name=prompt_set.from_preferences))
-        skipped = Counter()
-        return clean_prompts(({"prompt": r["prompt"]} for r in data.rows), skipped), dict(skipped)
+        return _preference_prompts(prompt_set.from_preferences)
     files = local_files(prompt_set.name, {"train": prompt_set.local_files}, "train",
                         prompt_set.packaged)
     if files is None:
@@ -259,8 +266,9 @@ def prompt_rows(prompt_set: PromptSource) -> tuple[list[dict], dict]:
     return clean_prompts(prompt_set.convert(raws, prompt_set.name, 0), skipped), dict(skipped)
 
 
-def load_prompts(ref: dict) -> list[dict]:
-    """Policy-training prompts: ``{"prompt": [messages], "reference": str | None}`` rows.
+def load_prompts(ref: dict) -> PromptData:
+    """Policy-training prompts: ``{"prompt": [messages], "reference": str | None}`` rows, with the
+    skip counts by reason (``PromptData`` indexes and iterates as its rows).
 
     ``ref`` is ``{"source": "preference_data" | "prompt_set", "name", "max_rows", "sample_seed"}``;
     preference data gives the prompts of its train split (deduplicated, no reference).
@@ -268,12 +276,11 @@ def load_prompts(ref: dict) -> list[dict]:
     source, name = ref.get("source"), ref.get("name")
     max_rows, seed = ref.get("max_rows"), ref.get("sample_seed", 0)
     if source == "preference_data":
-        data = load_preferences(DataRef(name=name))
-        rows = clean_prompts(({"prompt": r["prompt"]} for r in data.rows), Counter())
+        rows, skipped = _preference_prompts(name)
     elif source == "prompt_set":
         if name not in PROMPT_SETS:
             raise KeyError(f"unknown prompt set {name!r}; known: {', '.join(sorted(PROMPT_SETS))}")
-        rows, _ = prompt_rows(PROMPT_SETS[name])
+        rows, skipped = prompt_rows(PROMPT_SETS[name])
     else:
         raise ValueError(f"prompt ref source must be 'preference_data' or 'prompt_set', got {source!r}")
-    return downsample(rows, max_rows, seed)
+    return PromptData(name=name, rows=downsample(rows, max_rows, seed), skipped=skipped)

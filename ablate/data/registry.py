@@ -29,6 +29,7 @@ class Source:
     hub_splits: dict[str, str] = field(default_factory=lambda: {"train": "train"})
     local_files: dict[str, tuple[str, ...]] = field(default_factory=dict)
     packaged: bool = False
+    # Part of the conversion cache key: bump when a converter's rows or skip counts change.
     converter_version: int = 1
     paper_rows: int | None = None
     restrict_to_prompts_of: str | None = None  # keep only prompts that this other dataset has
@@ -66,6 +67,7 @@ TULU25_PROMPTS_REVISION = "de267afac62d4131ce50f8529c6d6a4f29c5787b"
 SOURCES: dict[str, Source] = {s.name: s for s in [
     # web
     Source("shp-2", "stanfordnlp/SHP-2", c.shp2, group="web", paper_rows=500_000,
+           converter_version=2,
            hub_splits={"train": "train", "test": "test"},
            licence="Reddit data: Reddit API terms; StackExchange data: CC-BY-SA-4.0",
            note="the paper downsamples to 500k (set max_rows)"),
@@ -74,7 +76,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
            note="the paper downsamples to 500k (set max_rows)"),
     # human
     Source("prm800k", "openai/prm800k (step-level, denormalized)", c.prm800k_pairs, group="human",
-           paper_rows=6_949, licence="MIT",
+           paper_rows=6_949, licence="MIT", converter_version=2,
            hub_splits={"train": "phase2_train", "test": "phase1_test"},
            local_files={"train": ("prm800k_stepwise_critic/phase2_train*.parquet",),
                         "test": ("prm800k_stepwise_critic/phase1_test*.parquet",)},
@@ -93,6 +95,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
            paper_rows=158_530, hub_splits={"train": "train", "test": "test"}, licence="MIT",
            local_files={"train": ("hh_rlhf/*/train.jsonl.gz",), "test": ("hh_rlhf/*/test.jsonl.gz",)}),
     Source("helpsteer", "nvidia/HelpSteer", c.helpsteer, group="human", paper_rows=9_270,
+           converter_version=2,
            hub_splits={"train": "train", "test": "validation"}, licence="CC-BY-4.0",
            note="per prompt: best mean of the aspects except verbosity vs a random lower one"),
     # synthetic
@@ -104,6 +107,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
     Source("orca-pairs", "Intel/orca_dpo_pairs", c.orca_pairs, group="synthetic",
            paper_rows=12_859, licence="Apache-2.0"),
     Source("nectar", "berkeley-nest/Nectar", c.nectar, group="synthetic", paper_rows=180_099,
+           converter_version=2,
            licence="Apache-2.0 (outputs also under the generating models' terms)",
            note="top-ranked of 7 answers vs a random lower-ranked one"),
     Source("ultrafeedback-overall", "HuggingFaceH4/ultrafeedback_binarized", uf.ultrafeedback_h4,
@@ -117,7 +121,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
            note="best mean of the 4 aspect ratings vs a random lower mean; ties and TruthfulQA "
                 "prompts removed"),
     Source("ultrafeedback-fg-raw", "openbmb/UltraFeedback", uf.ultrafeedback_mean_aspects,
-           group="synthetic", licence="MIT",
+           group="synthetic", licence="MIT", converter_version=2,
            note="the fine-grained binarization rebuilt from the raw ratings (keeps all 4 aspects)"),
     # shipped slices (see ablate/data/slices/LICENSES.md)
     Source("ultrafeedback-slice", "trl-lib/ultrafeedback_binarized", uf.ultrafeedback_trl_slice,

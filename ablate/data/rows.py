@@ -13,8 +13,9 @@ import json
 import random
 import re
 from collections import Counter
+from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ablate.data.chat_tokens import chat_ids
 
@@ -27,21 +28,37 @@ DUPLICATE = "duplicate"
 TIE = "tie (no preference)"
 NO_LOWER = "no lower-rated response"
 TOO_LONG = "longer than max_length tokens"
+# Grouped sources (several raw rows per prompt) make one pair per prompt; the group's other rows.
+NOT_DRAWN = "not drawn (one pair per prompt, or per step prefix)"
+NOT_AN_OBJECT = "row is not a JSON object"
+DUPLICATE_PROMPT = "duplicate prompt"
+
+# A transient key on a converted pair: how many raw rows it stands for (2 where chosen and rejected
+# were separate raw rows). ``clean`` pops it, so that a removed pair is counted in raw rows too.
+RAW_ROWS = "_raw_rows"
 
 ROLES = ("system", "user", "assistant")
 HELD_OUT_PERCENT = 5  # sources without a test split hold out this share of prompts, by prompt hash
 
 
 class SchemaError(ValueError):
-    """A source's raw rows lack a column the converter needs (the upstream schema changed)."""
+    """A source's raw rows lack a column the converter needs (the upstream schema changed), or a
+    raw row holds a value the converter cannot read; the message names dataset, row and column."""
 
 
 class SkipRow(Exception):
-    """Raised by a converter for one bad raw row; the loader counts it under ``reason``."""
+    """Raised (or yielded) by a converter for bad raw rows; the loader counts ``rows`` raw rows
+    under ``reason`` (more than one where a whole group of rows, e.g. one prompt's, is dropped)."""
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, rows: int = 1):
         super().__init__(reason)
         self.reason = reason
+        self.rows = rows
+
+
+def bad_field(column: str, problem: str) -> SkipRow:
+    """A counted skip whose reason names the column: a row-level defect in a large crawled set."""
+    return SkipRow(f"{column}: {problem}")
 
 
 @dataclass
@@ -52,6 +69,30 @@ class PreferenceData:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @property
+    def tied_pairs(self) -> int:
+        """Kept pairs whose source rated both responses equally (margin 0), e.g. H4's overall
+        UltraFeedback binarization keeps them: information, not a skip."""
+        return sum(1 for row in self.rows if row.get("margin") == 0)
+
+
+@dataclass
+class PromptData(SequenceABC):
+    """Policy-training prompts with the loader's skip counts; indexes and iterates as its rows."""
+
+    name: str
+    rows: list[dict]
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        return self.rows[index]
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(self.rows)
 
 
 # ---------------------------------------------------------------- building messages
@@ -178,12 +219,13 @@ def is_held_out(row: dict) -> bool:
 
 
 def clean(rows: Iterable[dict | SkipRow], skipped: Counter) -> list[dict]:
-    """Drop converter skips, unusable rows and exact duplicates, counting each reason."""
+    """Drop converter skips, unusable rows and exact duplicates, counting each reason in raw rows."""
     kept, seen = [], set()
     for row in rows:
         if isinstance(row, SkipRow):
-            skipped[row.reason] += 1
+            skipped[row.reason] += row.rows
             continue
+        raw_rows = row.pop(RAW_ROWS, 1)
         reason = check_row(row)
         if reason is None:
             key = row_key(row)
@@ -191,7 +233,7 @@ def clean(rows: Iterable[dict | SkipRow], skipped: Counter) -> list[dict]:
                 reason = DUPLICATE
             seen.add(key)
         if reason:
-            skipped[reason] += 1
+            skipped[reason] += raw_rows
         else:
             kept.append(row)
     return kept

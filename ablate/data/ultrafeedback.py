@@ -14,9 +14,12 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Iterable, Iterator
 
-from ablate.data.converters import _best_vs_random_lower, as_messages, per_row, text
+from ablate.data.converters import (
+    Scored, _best_vs_random_lower, as_messages, checked_rows, per_row, row_error, text,
+)
 from ablate.data.rows import (
-    MISSING_FIELD, NON_STRING, TIE, SkipRow, make_row, require_columns, split_shared_prompt, user,
+    MISSING_FIELD, NON_STRING, TIE, SkipRow, bad_field, make_row, require_columns,
+    split_shared_prompt, user,
 )
 
 UF_ASPECTS = ("helpfulness", "honesty", "instruction_following", "truthfulness")
@@ -29,32 +32,54 @@ def _is_truthfulqa(source) -> bool:
 
 def ultrafeedback_mean_aspects(raws: Iterable[dict], dataset: str,
                                seed: int = 0) -> Iterator[dict | SkipRow]:
-    """openbmb/UltraFeedback: per prompt, 4 completions each rated 1-5 on four aspects."""
-    by_prompt: dict[str, list[tuple[float, str, dict]]] = defaultdict(list)
-    for i, raw in enumerate(raws):
-        if i == 0:
-            require_columns(raw, ("source", "instruction", "completions"), dataset)
+    """openbmb/UltraFeedback: per prompt, 4 completions each rated 1-5 on four aspects.
+
+    A completion without any rating (or without a response) is left out of its prompt's choice; a
+    prompt left with none is a counted skip, as is a completion that is not an object.
+    """
+    by_prompt: dict[str, list[Scored]] = defaultdict(list)
+    for i, raw in checked_rows(raws, ultrafeedback_mean_aspects.columns, dataset):
+        if isinstance(raw, SkipRow):
+            yield raw
+            continue
         try:
             if _is_truthfulqa(raw["source"]):
                 raise SkipRow(CONTAMINATED)
             prompt = text(raw["instruction"])
-            if not isinstance(raw["completions"], list):
+            completions = raw["completions"]
+            if not isinstance(completions, list):
                 raise SkipRow(MISSING_FIELD)
+            if not completions:
+                raise bad_field("completions", "empty list")
+            if not all(isinstance(c, dict) for c in completions):
+                raise bad_field("completions", "a completion that is not an object")
+            scored = []
+            for completion in completions:
+                ratings = {aspect: rating for aspect in UF_ASPECTS
+                           if (rating := _aspect_rating(completion, aspect)) is not None}
+                response = completion.get("response")
+                if ratings and isinstance(response, str) and response.strip():
+                    scored.append((sum(ratings.values()) / len(ratings), response, ratings, i))
+            if not scored:
+                raise bad_field("completions", "none with a rating and a response")
         except SkipRow as skip:
             yield skip
             continue
-        for completion in raw["completions"]:
-            ratings = {}
-            for aspect in UF_ASPECTS:
-                value = ((completion.get("annotations") or {}).get(aspect) or {}).get("Rating")
-                try:
-                    ratings[aspect] = float(value)
-                except (TypeError, ValueError):  # "N/A": the aspect did not apply
-                    continue
-            response = completion.get("response")
-            if ratings and isinstance(response, str) and response.strip():
-                by_prompt[prompt].append((sum(ratings.values()) / len(ratings), response, ratings))
+        except Exception as exc:
+            raise row_error(dataset, i, raw, exc) from exc
+        by_prompt[prompt] += scored  # a prompt in several rows pools their completions
     yield from _best_vs_random_lower(by_prompt, "ultrafeedback-fg", seed)
+
+
+def _aspect_rating(completion: dict, aspect: str) -> float | None:
+    """One aspect's 1-5 rating; None where it is "N/A" (the aspect did not apply) or absent."""
+    annotations = completion.get("annotations")
+    entry = annotations.get(aspect) if isinstance(annotations, dict) else None
+    value = entry.get("Rating") if isinstance(entry, dict) else None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 ultrafeedback_mean_aspects.columns = ("source", "instruction", "completions")
@@ -119,13 +144,18 @@ def gsm8k_reference(answer) -> str:
 
 def gsm8k_prompts(raws: Iterable[dict], dataset: str, seed: int = 0) -> Iterator[dict | SkipRow]:
     """openai/gsm8k (main): question -> prompt, the number after ``####`` -> reference."""
-    for i, raw in enumerate(raws):
-        if i == 0:
-            require_columns(raw, ("question", "answer"), dataset)
+    for i, raw in checked_rows(raws, gsm8k_prompts.columns, dataset):
+        if isinstance(raw, SkipRow):
+            yield raw
+            continue
         try:
-            yield {"prompt": [user(text(raw["question"]))], "reference": gsm8k_reference(raw["answer"])}
+            row = {"prompt": [user(text(raw["question"]))],
+                   "reference": gsm8k_reference(raw["answer"])}
         except SkipRow as skip:
-            yield skip
+            row = skip
+        except Exception as exc:
+            raise row_error(dataset, i, raw, exc) from exc
+        yield row
 
 
 def chat_prompts(raws: Iterable[dict], dataset: str, seed: int = 0) -> Iterator[dict | SkipRow]:
@@ -134,7 +164,10 @@ def chat_prompts(raws: Iterable[dict], dataset: str, seed: int = 0) -> Iterator[
     A trailing assistant turn, when present, is the reference response and is not part of the
     prompt; only GSM8k-derived prompts carry a checkable final answer (``reference``).
     """
-    for i, raw in enumerate(raws):
+    for i, raw in checked_rows(raws, (), dataset):
+        if isinstance(raw, SkipRow):
+            yield raw
+            continue
         if i == 0 and "messages" not in raw and "prompt" not in raw:
             require_columns(raw, ("messages",), dataset)
         try:
@@ -143,15 +176,18 @@ def chat_prompts(raws: Iterable[dict], dataset: str, seed: int = 0) -> Iterator[
                 while messages and messages[-1]["role"] == "assistant":
                     messages = messages[:-1]
             else:
-                messages = [user(text(raw["prompt"]))]
+                messages = [user(text(raw.get("prompt")))]
             if not messages:
                 raise SkipRow(MISSING_FIELD)
             if any(not isinstance(m["content"], str) for m in messages):
                 raise SkipRow(NON_STRING)
             reference = raw.get("ground_truth") if isinstance(raw.get("ground_truth"), str) else None
-            yield {"prompt": messages, "reference": reference}
+            row = {"prompt": messages, "reference": reference}
         except SkipRow as skip:
-            yield skip
+            row = skip
+        except Exception as exc:
+            raise row_error(dataset, i, raw, exc) from exc
+        yield row
 
 
 gsm8k_prompts.columns = ("question", "answer")

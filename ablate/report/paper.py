@@ -21,11 +21,22 @@ PAPER_FILES = {"1": "table1_preference_data.csv", "2": "table2_dpo_vs_ppo.csv",
 BASELINES = {"1": "TULU 2 (SFT)", "2": "TULU 2 (SFT)", "5": "TULU 2 13B SFT"}
 
 
-def _cell(table: str, row: pd.Series) -> tuple[str, dict, dict]:
+def _number(value, path: Path, line: int, column: str) -> float | None:
+    """A CSV cell as a float (None when empty); anything else names the file, row and column."""
+    if pd.isna(value):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: row {line}, column {column!r}: {value!r} is not a number "
+                         "(footnote marks and other notes belong in another column)") from None
+
+
+def _cell(table: str, row: pd.Series, samples: float | None) -> tuple[str, dict, dict]:
     """name, axes, display labels of one paper row."""
     if table == "1":
         name = str(row["source"])
-        samples = "" if pd.isna(row["n_samples"]) else f"{int(row['n_samples']):,}"
+        samples = "" if samples is None else f"{int(samples):,}"
         return name, {"group": row["group"], "data": name, "algorithm": "dpo"}, \
             {"Source": name, "# Samples": samples}
     if table == "2":
@@ -55,23 +66,24 @@ def load_paper_table(paper_dir: Path | str, table: str) -> Results:
                       benchmarks=list(CATEGORIES), source="paper", grid_file=str(path))
     rows = []
     for index, row in data.iterrows():
-        name, axes, labels = _cell(table, row)
+        line = index + 2  # the header is line 1
+        samples = _number(row["n_samples"], path, line, "n_samples") if table == "1" else None
+        name, axes, labels = _cell(table, row, samples)
         if any(c.name == name for c in results.cells):
-            raise ValueError(f"{path}: row {index + 2} repeats {name!r}")
+            raise ValueError(f"{path}: row {line} repeats {name!r}")
         is_base = name == BASELINES[table]
         results.cells.append(CellInfo(name, name, None, axes, is_base, labels=labels,
-                                      config={"source": f"{path.name} row {index + 2}"}))
+                                      config={"source": f"{path.name} row {line}"}))
         for category in CATEGORIES:
-            value = row[category]
-            present = not pd.isna(value)
+            value = _number(row[category], path, line, category)
             rows.append({**dict.fromkeys(COLUMNS), "grid": grid, "cell": name, "group": name,
                          "is_baseline": is_base, "benchmark": category, "category": category,
-                         "status": "done" if present else "missing",
-                         "value": float(value) if present else None,
-                         "category_score": float(value) if present else None,
-                         "higher_is_better": True, "result_file": f"{path} row {index + 2}"})
-        if not pd.isna(row["average"]):
-            results.reported[(name, "average")] = float(row["average"])
+                         "status": "done" if value is not None else "missing",
+                         "value": value, "category_score": value,
+                         "higher_is_better": True, "result_file": f"{path} row {line}"})
+        average = _number(row["average"], path, line, "average")
+        if average is not None:
+            results.reported[(name, "average")] = average
     if not any(c.is_baseline for c in results.cells):
         raise ValueError(f"{path}: no baseline row {BASELINES[table]!r}")
     results.frame = pd.DataFrame(rows, columns=COLUMNS)

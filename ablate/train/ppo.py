@@ -385,9 +385,11 @@ def _save_model(policy: PolicyScores, tokenizer, target: Path) -> None:
 def train_ppo(policy_dir: Path, rows: Sequence[dict], cfg: PPOConfig, seed: int, out_dir: Path,
               *, reward: str = "reward_model", reward_model_dir: Path | None = None,
               log: logging.Logger = _log, progress: Callable[..., None] = lambda *a: None,
-              stop_after: int | None = None, device: torch.device | None = None) -> dict:
+              stop_after: int | None = None, device: torch.device | None = None,
+              loader_skipped: dict | None = None) -> dict:
     """Run PPO from ``policy_dir`` on prompt ``rows`` (``{"prompt": messages, "reference":
-    str | None}``); returns the summary also written to ``train_summary.json``."""
+    str | None}``); returns the summary also written to ``train_summary.json``, with the prompt
+    loader's skip counts (``loader_skipped``) beside the ones made here."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fsdp.init_from_env()
@@ -471,7 +473,8 @@ def train_ppo(policy_dir: Path, rows: Sequence[dict], cfg: PPOConfig, seed: int,
             raise StopRequested(f"stopped after iteration {iteration + 1}")
     _save_model(policy, tokenizer, out_dir / "model")
     summary = {"iterations": total, "resumed_from": start, "prompts": len(items),
-               "prompts_dropped": dict(skipped), "reward": reward, "value_init": value_from,
+               "prompts_dropped": dict(skipped),
+               "prompts_skipped_by_loader": dict(loader_skipped or {}), "reward": reward, "value_init": value_from,
                "generator": backend, "world_size": fsdp.world_size(), "last": last}
     if fsdp.is_main_process():
         atomic_write_json(out_dir / "train_summary.json", summary)
@@ -500,7 +503,9 @@ def run_step(ctx) -> None:
     reward_model_dir = ctx.input_model_dir("reward_model") if "reward_model" in ctx.inputs \
         else None
     loaded = load_prompts(config["prompts"])
-    rows = getattr(loaded, "rows", loaded)
-    train_ppo(resolve_model(config["model"]), rows, cfg, int(config.get("seed", 1)), ctx.out_dir,
-              reward=reward, reward_model_dir=reward_model_dir, log=ctx.log,
-              progress=ctx.progress)
+    if loaded.skipped:
+        ctx.log.info("prompt set %s: %d prompts kept; skipped by the loader: %s", loaded.name,
+                     len(loaded), loaded.skipped)
+    train_ppo(resolve_model(config["model"]), loaded.rows, cfg, int(config.get("seed", 1)),
+              ctx.out_dir, reward=reward, reward_model_dir=reward_model_dir, log=ctx.log,
+              progress=ctx.progress, loader_skipped=loaded.skipped)

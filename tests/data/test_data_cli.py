@@ -36,6 +36,35 @@ def test_show_test_split_and_a_prompt_set():
     assert "200 rows" in output and "reference 72" in output
 
 
+def test_show_a_prompt_set_counts_its_skips():
+    output = invoke("show", "gsm8k-train-slice", "--n-examples", "0").output
+    assert "skipped rows" in output and "(none)" in output
+
+
+def test_show_reports_kept_ties_as_information():
+    output = invoke("show", "ultrafeedback-slice", "--n-examples", "0").output
+    assert "pairs rated equal by the source (margin 0, kept):" in output
+
+
+def test_show_counts_malformed_rows_and_names_an_unreadable_one(tmp_path, monkeypatch):
+    ok = {"prompt": "\n\nHuman: Hi\n\nAssistant:",
+          "answers": [{"answer": "x", "rank": 1}, {"answer": "y", "rank": 2}]}
+    bad = {**ok, "prompt": "\n\nHuman: Hey\n\nAssistant:",
+           "answers": [{"answer": "x", "rank": None}, {"answer": "y", "rank": 2}]}
+    (tmp_path / "nectar.jsonl").write_text(json.dumps(ok) + "\n" + json.dumps(bad) + "\n")
+    monkeypatch.setenv("ABLATE_DATA_NECTAR", str(tmp_path / "nectar.jsonl"))
+    result = invoke("show", "nectar", "--n-examples", "0")
+    assert result.exit_code == 0, result.output
+    assert "answers: an answer without a numeric rank" in result.output
+    step = {"instruction": "Q", "responses": [], "next_response": "good", "rating": 1}
+    (tmp_path / "prm.jsonl").write_text(json.dumps(step) + "\n"
+                                        + json.dumps({**step, "responses": 7}) + "\n")
+    monkeypatch.setenv("ABLATE_DATA_PRM800K", str(tmp_path / "prm.jsonl"))
+    result = invoke("show", "prm800k")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "dataset 'prm800k', raw row 1 (from 0), column 'responses'" in result.output
+
+
 def test_show_rejects_unknown_names_and_splits():
     result = invoke("show", "hh-rlhf-slise")
     assert result.exit_code == 2 and "unknown dataset or prompt set 'hh-rlhf-slise'" in result.output

@@ -8,9 +8,11 @@ from collections import Counter
 
 import pytest
 
+from ablate.data.converters import NEUTRAL_STEP, per_row
 from ablate.data.registry import SOURCES
 from ablate.data.rows import (
-    BROKEN_TURNS, MISSING_FIELD, NO_LOWER, NON_STRING, SAME_RESPONSE, TIE, SchemaError, clean,
+    BROKEN_TURNS, MISSING_FIELD, NO_LOWER, NON_STRING, NOT_AN_OBJECT, NOT_DRAWN,
+    SAME_RESPONSE, TIE, SchemaError, clean,
 )
 from ablate.data.ultrafeedback import CONTAMINATED
 
@@ -61,7 +63,46 @@ def test_prm800k_pairs_good_and_bad_steps_after_the_same_prefix():
             step(["Add them."], "It is 4.", 1.0), step(["Add them."], "It is 4 too.", 0.0)]
     rows, skipped = run("prm800k", raws)
     assert only(rows)[1:] == ("Add them.", "Multiply them.")
-    assert skipped == {NO_LOWER: 1}  # the second prefix has no step rated -1
+    # the second prefix has no step rated -1; its 0-rated step is neither side
+    assert skipped == {NO_LOWER: 1, NEUTRAL_STEP: 1}
+
+
+def prm_step(question, prefix, text, rating):
+    return {"instruction": question, "responses": prefix, "next_response": text, "answer": None,
+            "is_human_response": False, "is_solution": False,
+            "is_preferred_response": rating == 1, "rating": rating}
+
+
+def test_prm800k_every_raw_row_is_in_a_pair_or_counted():
+    raws = [
+        # prefix [] of Q1: 2 good, 2 bad, a neutral, an unrated -> 1 pair (2 rows), 2 not drawn
+        prm_step("Q1", [], "good a", 1), prm_step("Q1", [], "good b", 1),
+        prm_step("Q1", [], "bad a", -1), prm_step("Q1", [], "bad b", -1),
+        prm_step("Q1", [], "meh", 0), prm_step("Q1", [], "unrated", None),
+        # prefix ["good a"] of Q1: only bad steps -> each row counted under the group's reason
+        prm_step("Q1", ["good a"], "bad c", -1), prm_step("Q1", ["good a"], "bad d", -1),
+        # Q2 has only neutral and unrated steps: it no longer vanishes uncounted
+        prm_step("Q2", [], "meh", 0), prm_step("Q2", [], "meh too", 0),
+        prm_step("Q2", [], "unrated", None),
+        prm_step("Q3", [], "odd", 2), prm_step("Q3", [], "", 1),
+    ]
+    rows, skipped = run("prm800k", raws)
+    assert len(rows) == 1
+    assert skipped == {NOT_DRAWN: 2, NO_LOWER: 2, NEUTRAL_STEP: 3,
+                       "rating: missing (an unrated step)": 2, "rating: not -1, 0 or 1": 1,
+                       MISSING_FIELD: 1}
+    assert 2 * len(rows) + sum(skipped.values()) == len(raws)  # a pair is two raw rows
+
+
+def test_a_grouped_pair_removed_by_the_cleaner_counts_its_raw_rows():
+    """The same question and prefix twice in a split -> identical pairs; the duplicate pair is
+    counted as the two raw rows it came from."""
+    raws = [prm_step("Q", [], "good", 1), prm_step("Q", [], "bad", -1),
+            prm_step("Q", ["x"], "good", 1), prm_step("Q", ["x"], "bad", -1)]
+    rows, skipped = run("prm800k", raws + raws[:2])
+    assert len(rows) == 2 and skipped == {NOT_DRAWN: 2}
+    rows, skipped = run("prm800k", [prm_step("Q", [], "same", 1), prm_step("Q", [], "same", -1)])
+    assert rows == [] and skipped == {SAME_RESPONSE: 2}
 
 
 def test_chatbot_arena_2023_drops_ties_and_mismatched_user_turns():
@@ -120,7 +161,9 @@ def test_helpsteer_mean_of_aspects_except_verbosity():
     rows, skipped = run("helpsteer", raws)
     prompt, chosen, rejected = only(rows)
     assert chosen == "best" and rejected in ("worse", "worst")
-    assert skipped == {TIE: 1, NO_LOWER: 1}
+    # counted in raw rows: both tied responses, the lone one, the P1 response not drawn
+    assert skipped == {TIE: 2, NO_LOWER: 1, NOT_DRAWN: 1}
+    assert 2 * len(rows) + sum(skipped.values()) == len(raws)
     assert rows[0]["ratings"]["chosen"] == {"helpfulness": 4, "correctness": 4, "coherence": 4,
                                            "complexity": 2}
     # the random rejected response is seeded by prompt, so order does not matter
@@ -156,6 +199,45 @@ def test_nectar_top_rank_vs_a_random_lower_rank():
     assert skipped == {NON_STRING: 1}
 
 
+def test_nectar_malformed_answers_are_counted_skips_naming_the_field():
+    raw = {"prompt": "\n\nHuman: Tell me a fact\n\nAssistant:",
+           "answers": [{"answer": "x", "rank": 1}, {"answer": "y", "rank": 2}]}
+    bad = [{**raw, "answers": [{"answer": "x", "rank": None}, {"answer": "y", "rank": 2}]},
+           {**raw, "answers": [{"answer": "x", "rank": 1}, {"answer": "y"}]},
+           {**raw, "answers": ["x", "y"]},
+           "not an object", {"prompt": raw["prompt"]}]
+    rows, skipped = run("nectar", [raw, *bad])
+    assert len(rows) == 1
+    assert skipped == {"answers: an answer without a numeric rank": 2,
+                       "answers: an answer that is not an object": 1, NOT_AN_OBJECT: 1,
+                       "answers: column absent from this row": 1}
+
+
+def test_shp2_rows_without_a_usable_label_are_counted():
+    base = {"history": "Why?", "human_ref_A": "A.", "human_ref_B": "B.", "labels": 1,
+            "score_A": 10, "score_B": 2, "score_ratio": 5.0}
+    no_label = {k: v for k, v in base.items() if k != "labels"}
+    rows, skipped = run("shp-2", [base, no_label, {**base, "labels": None}])
+    assert len(rows) == 1
+    assert skipped == {"labels: column absent from this row": 1, "labels: not 0 or 1": 1}
+
+
+def test_an_unexpected_value_is_an_error_naming_dataset_row_and_column():
+    ok = prm_step("Q", [], "good", 1)
+    with pytest.raises(SchemaError, match=r"dataset 'prm800k', raw row 1 \(from 0\), column "
+                                          r"'responses'.*TypeError"):
+        run("prm800k", [ok, {**ok, "responses": 7}])
+
+    @per_row("a", "b")
+    def toy(raw):
+        return {"x": raw["a"] + raw["b"]}
+
+    with pytest.raises(SchemaError, match=r"dataset 'toy', raw row 2 \(from 0\), column 'b'"):
+        list(toy([{"a": 1, "b": 2}, {"a": 1, "b": 3}, {"a": 1, "b": "2"}], "toy", 0))
+    with pytest.raises(SchemaError, match=r"dataset 'toy': raw rows are lists"):
+        list(toy([[1, 2]], "toy", 0))
+
+
 def uf_completion(response, helpfulness, honesty, following, truthfulness):
     aspect = lambda r: {"Rating": str(r), "Rationale": "..."}  # noqa: E731
     return {"annotations": {"helpfulness": aspect(helpfulness), "honesty": aspect(honesty),
@@ -182,7 +264,8 @@ def test_ultrafeedback_fine_grained_unique_best():
                    uf_completion("low", 1, 2, 1, "N/A")]
     raw = {"source": "flan", "instruction": "Explain Y", "models": [], "completions": completions,
            "correct_answers": [], "incorrect_answers": []}
-    rows, _ = run("ultrafeedback-fg-raw", [raw])
+    rows, skipped = run("ultrafeedback-fg-raw", [raw])
+    assert skipped == {}
     _, chosen, rejected = only(rows)
     assert chosen == "best" and rejected in ("mid", "low")
     assert rows[0]["ratings"]["chosen"]["truthfulness"] == 5.0
@@ -190,6 +273,42 @@ def test_ultrafeedback_fine_grained_unique_best():
            if r["rejected"][0]["content"] == "low"]
     assert low and low[0]["ratings"]["rejected"] == {"helpfulness": 1.0, "honesty": 2.0,
                                                       "instruction_following": 1.0}
+
+
+def test_ultrafeedback_raw_prompts_without_a_rated_completion_are_counted():
+    good = {"source": "flan", "instruction": "Q", "models": [], "correct_answers": [],
+            "incorrect_answers": [], "completions": [uf_completion("best", 5, 5, 5, 5),
+                                                     uf_completion("low", 1, 1, 1, 1)]}
+    unrated = {**uf_completion("z", 1, 1, 1, 1), "annotations": {}}
+    all_na = uf_completion("n/a", "N/A", "N/A", "N/A", "N/A")
+    raws = [good, {**good, "instruction": "empty", "completions": []},
+            {**good, "instruction": "unrated", "completions": [unrated, all_na]},
+            {**good, "instruction": "one rated", "completions": [unrated, good["completions"][0]]},
+            {**good, "instruction": "oops", "completions": ["oops"]},
+            {**good, "instruction": "bad annotations", "completions": [
+                {**good["completions"][0], "annotations": ["not", "a", "dict"]}]}]
+    rows, skipped = run("ultrafeedback-fg-raw", raws)
+    assert len(rows) == 1
+    assert skipped == {"completions: empty list": 1, NO_LOWER: 1,
+                       "completions: none with a rating and a response": 2,
+                       "completions: a completion that is not an object": 1}
+    assert len(rows) + sum(skipped.values()) == len(raws)
+
+
+def test_ultrafeedback_raw_prompt_in_two_rows_pools_them_and_counts_both_rows():
+    best, low, mid = (uf_completion("best", 5, 5, 5, 5), uf_completion("low", 1, 1, 1, 1),
+                      uf_completion("mid", 3, 3, 3, 3))
+    raw = {"source": "flan", "instruction": "Q", "completions": [best]}
+    # best from row 0, the only lower one from row 1: the pair stands for both rows
+    rows, skipped = run("ultrafeedback-fg-raw", [raw, {**raw, "completions": [low]}])
+    assert only(rows)[1:] == ("best", "low") and skipped == {}
+    # three rows, the pair uses two of them: the third is counted as not drawn
+    rows, skipped = run("ultrafeedback-fg-raw", [raw, {**raw, "completions": [low]},
+                                                 {**raw, "completions": [mid]}])
+    assert len(rows) == 1 and skipped == {NOT_DRAWN: 1}
+    # the same row twice ties with itself for best: both raw rows are counted
+    rows, skipped = run("ultrafeedback-fg-raw", [{**raw, "completions": [best, low]}] * 2)
+    assert rows == [] and skipped == {TIE: 2}
 
 
 def test_ultrafeedback_argilla_cleaned_and_h4():

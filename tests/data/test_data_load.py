@@ -13,7 +13,10 @@ from ablate.data import (
 )
 from ablate.data.make_slices import SLICES, slice_bytes
 from ablate.data.registry import MIXTURES, Mixture
-from ablate.data.rows import BROKEN_TURNS, check_row
+from ablate.data.converters import NEUTRAL_STEP
+from ablate.data.rows import (
+    BROKEN_TURNS, DUPLICATE_PROMPT, MISSING_FIELD, NO_LOWER, NOT_DRAWN, PromptData, check_row,
+)
 from ablate.spec.schema import DataRef
 
 PAPER_NAMES = ["shp-2", "stack-exchange", "prm800k", "chatbot-arena-2023", "chatbot-arena-2024",
@@ -148,6 +151,42 @@ def test_prompts_from_preference_data_and_the_gsm8k_slice():
     assert all(p["reference"].lstrip("-").replace(".", "").isdigit() for p in gsm)
 
 
+def test_prompt_skips_reach_the_caller(tmp_path, monkeypatch):
+    """A prompt set's converter skips and its repeated prompts are counted, not discarded."""
+    rows = [{"question": "Q1?", "answer": "so #### 1"}, {"question": "Q1?", "answer": "#### 1"},
+            {"question": "Q2?", "answer": "no final answer"}, {"question": "", "answer": "#### 3"},
+            {"question": "Q4?", "answer": "#### 4"}]
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setenv("ABLATE_DATA_DIR", str(tmp_path))
+    prompts = load_prompts({"source": "prompt_set", "name": "gsm8k-train", "max_rows": None,
+                            "sample_seed": 0})
+    assert isinstance(prompts, PromptData) and prompts.name == "gsm8k-train"
+    assert [p["reference"] for p in prompts] == ["1", "4"] and prompts[-1]["reference"] == "4"
+    assert prompts.skipped == {DUPLICATE_PROMPT: 1, MISSING_FIELD: 2}
+    assert len(prompts) + sum(prompts.skipped.values()) == len(rows)
+
+
+def test_prompts_of_preference_data_carry_its_skips_and_the_repeated_prompts():
+    data = load_preferences({"name": "hh-rlhf-slice"})
+    prompts = load_prompts({"source": "preference_data", "name": "hh-rlhf-slice",
+                            "max_rows": None, "sample_seed": 0})
+    repeated = len(data) - len({json.dumps(r["prompt"]) for r in data.rows})
+    assert prompts.skipped == {**data.skipped, **({DUPLICATE_PROMPT: repeated} if repeated else {})}
+    assert len(prompts) + sum(prompts.skipped.values()) == 200  # the slice's raw rows
+
+
+def test_tied_pairs_are_reported_not_dropped():
+    conv = lambda prompt, reply: [{"role": "user", "content": prompt},  # noqa: E731
+                                  {"role": "assistant", "content": reply}]
+    overall = [{"prompt": p, "prompt_id": p, "chosen": conv(p, "good"), "rejected": conv(p, "bad"),
+                "messages": conv(p, "good"), "score_chosen": 8.0, "score_rejected": rejected}
+               for p, rejected in (("tie", 8.0), ("no tie", 3.0), ("no score", None))]
+    rows, skipped = load.convert_rows(load.SOURCES["ultrafeedback-overall"], overall)
+    data = load.PreferenceData("ultrafeedback-overall", rows, skipped)
+    assert len(data) == 3 and skipped == {} and data.tied_pairs == 1
+
+
 # ---------------------------------------------------------------- the real files
 
 
@@ -177,6 +216,15 @@ def test_prm800k_pairs_from_the_real_step_file(shared_data, monkeypatch):
     assert len(data) == 237  # prefixes with both a +1 and a -1 rated next step (counted by pandas)
     row = data.rows[0]
     assert row["chosen"][0]["content"] != row["rejected"][0]["content"]
+    # every raw row is in a pair (two rows each) or counted; the 0/None counts come from the file
+    raws = list(load.read_file(shared_data / "prm800k_stepwise_critic"
+                               / "phase1_test.stepwise-critic.parquet"))
+    assert len(raws) == 5449
+    assert 2 * len(data) + sum(data.skipped.values()) == len(raws)
+    assert data.skipped[NEUTRAL_STEP] == sum(r["rating"] == 0 for r in raws)
+    assert data.skipped["rating: missing (an unrated step)"] == sum(r["rating"] is None for r in raws)
+    assert set(data.skipped) == {NEUTRAL_STEP, "rating: missing (an unrated step)", NO_LOWER,
+                                 NOT_DRAWN}
 
 
 @pytest.mark.shared

@@ -101,3 +101,17 @@ def test_inconsistent_reported_average_is_an_error(paper_dir):
 def test_unknown_paper_table(paper_dir):
     with pytest.raises(ValueError, match="tables 1, 2, 5"):
         load_paper_table(paper_dir, "3")
+
+
+@pytest.mark.parametrize("column, text", [("factuality", "55.4*"), ("average", "56.9†"),
+                                          ("n_samples", "500k")])
+def test_a_cell_that_is_not_a_number_names_file_row_and_column(paper_dir, tmp_path, column, text):
+    data = pd.read_csv(paper_dir / PAPER_FILES["1"], dtype=str)
+    row = data.index[data["source"] == "SHP-2"][0]
+    data.loc[row, column] = text
+    data.to_csv(tmp_path / PAPER_FILES["1"], index=False)
+    with pytest.raises(ValueError) as info:
+        load_paper_table(tmp_path, "1")
+    message = str(info.value)
+    assert str(tmp_path / PAPER_FILES["1"]) in message
+    assert f"row {row + 2}, column {column!r}: {text!r} is not a number" in message

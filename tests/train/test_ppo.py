@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ablate.data.rows import PromptData
 from ablate.spec.schema import PPOConfig
 from ablate.train import rollout as rollout_module
 from ablate.train.common import TrainingError
@@ -260,7 +261,9 @@ def test_run_step_with_reward_model(char_model, tmp_path, monkeypatch):
     save_reward_model(char_model, rm_step / "model", seed=1)
     requested = []
     monkeypatch.setattr(ablate.data, "load_prompts",
-                        lambda ref: requested.append(ref) or letter_prompts(8), raising=False)
+                        lambda ref: requested.append(ref) or PromptData("letters",
+                                                                        letter_prompts(8)),
+                        raising=False)
     prompts = {"source": "prompt_set", "name": "letters", "max_rows": None, "sample_seed": 0}
     step = Step(kind="train_ppo", name="ppo test", config={
         "model": {"path": str(char_model)}, "prompts": prompts,

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from ablate.data.rows import PromptData
 from ablate.spec.plan import Step
 from ablate.store.context import StepContext
 from ablate.train.common import TrainingError
@@ -90,12 +91,13 @@ def test_run_step_with_programmatic_reward_needs_no_reward_model(tmp_path, monke
     torch.set_num_threads(1)
     try:
         model = build_char_model(tmp_path / "char")
-        monkeypatch.setattr(ablate.data, "load_prompts", lambda ref: letter_prompts(8),
-                            raising=False)
+        monkeypatch.setattr(ablate.data, "load_prompts", lambda ref: PromptData(
+            "letters", letter_prompts(8), {"duplicate prompt": 2}), raising=False)
         ctx = ppo_step(tmp_path, {"model": {"path": str(model)}, "reward": "uppercase_share"})
         run_step(ctx)
     finally:
         torch.set_num_threads(threads)
     summary = json.loads((ctx.out_dir / "train_summary.json").read_text())
     assert summary["reward"] == "uppercase_share" and summary["value_init"] == "policy"
+    assert summary["prompts_skipped_by_loader"] == {"duplicate prompt": 2}
     assert (ctx.out_dir / "model" / "config.json").is_file()
