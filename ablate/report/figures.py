@@ -40,20 +40,29 @@ def figure_1(results: Results, stats: dict[str, dict[str, Stat]]):
     groups = [g for g in groups if info[g].is_baseline] + [g for g in groups if not info[g].is_baseline]
     first_key, first_label = _reasoning_key(results)
     panels = [(first_key, first_label), ("average", "Average")]
-    steps = [g for g in groups if all(stats[g][k].value is not None for k, _ in panels)]
-    if len(steps) < 2:
+    # A step without a value keeps its place, marked missing: dropping it would measure the next
+    # step's gain against an earlier one and present it as that step's own.
+    steps = groups
+    present = [g for g in steps if all(stats[g][k].value is not None for k, _ in panels)]
+    if len(present) < 2:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, (key, title) in zip(axes, panels):
-        values = [stats[g][key].value for g in steps]
-        colors = [GREY] + [BLUE if b >= a else ORANGE for a, b in zip(values, values[1:])]
-        ax.bar(range(len(steps)), values, color=colors,
-               yerr=[sum((_err(stats[g][key])[i] for g in steps), []) for i in (0, 1)], capsize=3)
-        for i in range(1, len(steps)):
-            ax.annotate(f"{values[i] - values[i - 1]:+.1f}", (i, values[i]), ha="center",
-                        va="bottom", xytext=(0, 4), textcoords="offset points", fontsize=8)
+        values = [stats[g][key].value if g in present else None for g in steps]
+        for i, (g, value) in enumerate(zip(steps, values)):
+            previous = values[i - 1] if i else None
+            if value is None:
+                ax.annotate("missing", (i, 0), ha="center", va="bottom", fontsize=8, color=GREY)
+                continue
+            color = GREY if previous is None else BLUE if value >= previous else ORANGE
+            low_err, high_err = _err(stats[g][key])
+            ax.bar([i], [value], color=color, yerr=[low_err, high_err], capsize=3)
+            if previous is not None:
+                ax.annotate(f"{value - previous:+.1f}", (i, value), ha="center", va="bottom",
+                            xytext=(0, 4), textcoords="offset points", fontsize=8)
         ax.set_xticks(range(len(steps)), [recipe_label(info[g]) for g in steps], rotation=25,
                       ha="right", fontsize=7)
+        values = [v for v in values if v is not None]
         low = min(values)
         ax.set_ylim(max(0.0, low - 0.15 * (max(values) - low + 1) - 2), max(values) + 3)
         ax.set_title(f"{title}: gain from each component")

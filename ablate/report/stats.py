@@ -79,11 +79,14 @@ class PairedTest:
 
 def paired_from_replicates(delta: float, replicates: np.ndarray, n_pairs: int,
                          level: float = LEVEL) -> PairedTest:
-    """Paired-bootstrap CI of the difference and a two-sided p-value (how often a resampled
-    difference lands on the other side of zero)."""
+    """Paired-bootstrap CI of the difference and a two-sided p-value: how often a resampled
+    difference lands on the other side of zero, counted as (k + 1) / (B + 1) so that B
+    resamples never claim p = 0, only p < 1/B."""
     low, high = percentile_ci(replicates, level)
-    below, above = float(np.mean(replicates <= 0)), float(np.mean(replicates >= 0))
-    return PairedTest(delta, low, high, min(1.0, 2 * min(below, above)), n_pairs)
+    resamples = replicates.size
+    below, above = int(np.sum(replicates <= 0)), int(np.sum(replicates >= 0))
+    p_value = 2 * (min(below, above) + 1) / (resamples + 1)
+    return PairedTest(delta, low, high, min(1.0, p_value), n_pairs)
 
 
 def paired_bootstrap(a: Mapping[str, float], b: Mapping[str, float], n_boot: int = N_BOOT,

@@ -177,6 +177,28 @@ def test_a_metric_that_is_not_the_mean_of_its_items_gets_no_ci_or_test(toy_store
     assert not out.notes
 
 
+def test_figure_1_keeps_a_missing_step_in_place(tmp_path):
+    """A gain is drawn only against the step just before it: a step without results stays on
+    the axis as 'missing' instead of the next step's gain being taken over an earlier one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from ablate.report.figures import figure_1
+
+    store = fill_store(tmp_path / "runs", build_plan(),
+                       skip=("data=uf,alg=dpo,seed=1/gsm8k", "data=uf,alg=dpo,seed=2/gsm8k"))
+    results = load_results(store, "toy")
+    fig = figure_1(results, group_stats(results))
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert len(labels) == 4 and "missing" in texts
+    stats = group_stats(results)
+    sft = stats["sft"]["bench:gsm8k"].value
+    first_ppo = stats["data=uf,alg=ppo,rm=uf-13b,prompts=uf"]["bench:gsm8k"].value
+    # the PPO step follows the missing DPO step: it gets no gain over the SFT bar
+    assert f"{first_ppo - sft:+.1f}" not in texts or first_ppo - sft == 0
+
+
 def test_cost_table(toy_store, tmp_path):
     out = report(toy_store, tmp_path, tables=["cost"], formats=["csv", "md"])
     md = read(tmp_path / "tablecost.md")

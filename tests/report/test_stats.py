@@ -41,6 +41,9 @@ def test_paired_bootstrap_separates_real_differences_from_noise():
     assert noise.within_noise and noise.p_value > 0.05
     assert not real.within_noise and real.p_value < 0.01 and real.delta > 0.2
     assert real.n_pairs == 400
+    # no resample crossed zero: p is below 1/B, never 0 (2 x 1/(B+1) with B resamples)
+    resamples = bootstrap_means([1.0], seed=1).size
+    assert real.p_value == pytest.approx(2 / (resamples + 1))
     with pytest.raises(ValueError, match="share no item_id"):
         paired_bootstrap({"a": 1.0}, {"b": 1.0})
 
