@@ -72,8 +72,15 @@ def as_messages(value: Any, role: str) -> list[dict] | None:
 def encode_chat(tokenizer, prompt: list[dict], answers: list[list[dict]], where: str = ""):
     """Token ids of the prompt (with the generation prompt) and of each answer's completion: the
     template's text after the generation prompt, end-of-turn tokens included. The prompt starts
-    with the BOS the tokenizer adds where the template renders none (``chat_tokens``)."""
+    with the BOS the tokenizer adds where the template renders none (``chat_tokens``).
+
+    A completion's ids are those of the whole conversation after the prompt's, as the paper's
+    training code (open-instruct) and the model's own generation see them: tokenized on its own,
+    a SentencePiece tokenizer (Llama-2, Tulu 2) would put a "▁" before every reply. Where the
+    whole text's tokens cross the prompt's end (a merge over the boundary), the completion is
+    tokenized on its own instead, so chosen and rejected keep the same prompt ids."""
     prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    prompt_ids = encode_chat_text(tokenizer, prompt_text)
     completions = []
     for answer in answers:
         full = tokenizer.apply_chat_template(prompt + answer, tokenize=False)
@@ -81,9 +88,25 @@ def encode_chat(tokenizer, prompt: list[dict], answers: list[list[dict]], where:
             raise TrainingError(f"{where or 'a row'}: the chat template renders the prompt "
                                 "differently once an answer follows; cannot split off the "
                                 "completion")
-        completions.append(tokenizer(full[len(prompt_text):], add_special_tokens=False)
-                           ["input_ids"])
-    return (encode_chat_text(tokenizer, prompt_text), *completions)
+        full_ids = encode_chat_text(tokenizer, full)
+        if full_ids[:len(prompt_ids)] == prompt_ids:
+            completions.append(full_ids[len(prompt_ids):])
+        else:
+            completions.append(tokenizer(full[len(prompt_text):], add_special_tokens=False)
+                               ["input_ids"])
+    return (prompt_ids, *completions)
+
+
+def reward_model_ids(tokenizer, prompt: list[dict], response: str, max_length: int) -> list[int]:
+    """What a reward model reads for (prompt, response): the ids RM training built for a pair's
+    answer (``encode_chat``), the completion capped
+    at half of ``max_length`` and the prompt cut from the left, BOS kept. PPO and best-of-N both
+    score through this, so a reward is never read off ids the RM was not trained on."""
+    prompt_ids, completion = encode_chat(tokenizer, prompt,
+                                         [[{"role": "assistant", "content": response}]])
+    completion = completion[:max_length // 2]
+    return keep_last(prompt_ids, max_length - len(completion), bos_added_by(tokenizer)) \
+        + completion
 
 
 def tokenize_pairs(rows: Sequence[dict], tokenizer, max_length: int, max_prompt_length: int,

@@ -3,9 +3,10 @@
 Four models: the policy and a frozen reference (both from the SFT model), a frozen scorer (the
 reward model, or a programmatic reward for checkable runs) and a value model (initialised from the
 RM, the paper's choice, or from the policy). Each iteration samples a batch of prompts, generates
-one response per prompt, scores it at its final token (−10 when it never ends), subtracts the
-per-token KL penalty β·(log π − log π_ref), computes whitened GAE advantages, then runs PPO epochs
-over minibatches with the clipped policy and value losses. ``metrics.jsonl`` gets one line per
+one response per prompt, scores it at its final token (plus ``no_eos_penalty``, −10 by default,
+when it never ends: the score is lowered, not replaced), subtracts the per-token KL penalty
+β·(log π − log π_ref), computes whitened GAE advantages, then runs PPO epochs over minibatches
+with the clipped policy and value losses. ``metrics.jsonl`` gets one line per
 iteration; its ``kl`` and ``rm_score`` are what the reward-vs-KL frontier plots.
 
 Under ``torchrun`` (``python -m ablate.train.fsdp ppo``) the policy, reference and value models

@@ -24,7 +24,6 @@ from typing import Callable, ContextManager, Sequence
 import torch
 from torch import Tensor, nn
 
-from ablate.data.chat_tokens import bos_added_by, keep_last
 from ablate.spec.schema import RMConfig
 from ablate.store import atomic_write_json
 from ablate.train import fsdp
@@ -34,7 +33,7 @@ from ablate.train.collate import (
 )
 from ablate.train.common import (
     TokenizedPair, TrainingError, as_messages, autocast, compile_regions, device_for_training,
-    disable_dropout, encode_chat, forward_context, split_heldout, tokenize_pairs,
+    disable_dropout, forward_context, reward_model_ids, split_heldout, tokenize_pairs,
 )
 from ablate.train.loop import LoopConfig, train_loop
 from ablate.train.losses import bradley_terry_loss
@@ -253,11 +252,7 @@ class RewardScorer:
         prompt_messages = as_messages(prompt, "user")
         if prompt_messages is None:
             raise ValueError(f"cannot score a response to an empty prompt: {prompt!r}")
-        prompt_ids, completion = encode_chat(self.tokenizer, prompt_messages,
-                                             [[{"role": "assistant", "content": response}]])
-        completion = completion[:self.max_length // 2]
-        room = self.max_length - len(completion)
-        return keep_last(prompt_ids, room, bos_added_by(self.tokenizer)) + completion
+        return reward_model_ids(self.tokenizer, prompt_messages, response, self.max_length)
 
     @torch.no_grad()
     def score(self, prompts: list[list[dict]], responses: list[str]) -> list[float]:

@@ -9,6 +9,7 @@ padding]``; every prompt ends at column ``P - 1`` and response token ``j`` sits 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import re
 from collections import Counter
@@ -18,9 +19,9 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ablate.data.chat_tokens import bos_added_by, chat_ids, keep_last
+from ablate.data.chat_tokens import chat_ids
 from ablate.train.collate import pad_sequences
-from ablate.train.common import TrainingError, as_messages
+from ablate.train.common import TrainingError, as_messages, reward_model_ids
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,15 @@ def chunk_seed(seed: int, chunk: int) -> int:
 
 
 @torch.no_grad()
+@contextlib.contextmanager
+def _restored(obj, attribute: str, value):
+    """Put ``value`` back as ``obj.attribute`` when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        setattr(obj, attribute, value)
+
+
 def sample_token_ids(model, tokenizer, prompts: Sequence[PromptItem], *, temperature: float,
                      max_new_tokens: int, seed: int, batch_size: int,
                      chunks: Sequence[int] | None = None) -> tuple[Tensor, Tensor, Tensor, int]:
@@ -159,7 +169,14 @@ def sample_token_ids(model, tokenizer, prompts: Sequence[PromptItem], *, tempera
     n_chunks = -(-len(prompts) // batch_size)
     was_training = model.training
     model.eval()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    # transformers fills every field left unset in ``config`` from the model's own
+    # generation_config.json (repetition_penalty, min_p, no_repeat_ngram_size, ...): a bare one
+    # for the call keeps the sampling plain, the distribution whose log-probs PPO computes.
+    shipped = model.generation_config
+    model.generation_config = GenerationConfig(bos_token_id=shipped.bos_token_id,
+                                               pad_token_id=pad, eos_token_id=sorted(eos))
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+            _restored(model, "generation_config", shipped):
         for chunk in range(n_chunks) if chunks is None else chunks:
             rows = slice(chunk * batch_size, min((chunk + 1) * batch_size, len(prompts)))
             torch.manual_seed(chunk_seed(seed, chunk))
@@ -311,8 +328,10 @@ PROGRAMMATIC_REWARDS: dict[str, Callable[[PromptItem, str], float]] = {
 class RewardModelScorer:
     """A trained RM's scalar at the last token of the chat-templated (prompt, response).
 
-    The text goes through the RM's own tokenizer and chat template, exactly as in RM training,
-    so an RM whose tokenizer differs from the policy's scores the same text, not mismatched ids.
+    The text goes through the RM's own tokenizer and chat template and is split into prompt and
+    completion ids exactly as in RM training (``reward_model_ids``; tokenizing the conversation
+    whole gives other ids, e.g. SentencePiece's "▁" before the reply), so an RM whose tokenizer
+    differs from the policy's also scores the same text, not mismatched ids.
     """
 
     def __init__(self, model_dir, device, policy_tokenizer, log, batch_size: int = 8):
@@ -330,10 +349,7 @@ class RewardModelScorer:
                      "decoded and re-tokenised with the RM's tokenizer before scoring")
 
     def _ids(self, item: PromptItem, response: str) -> list[int]:
-        messages = list(item.messages) + [{"role": "assistant", "content": response}]
-        ids = chat_ids(self.tokenizer, self.tokenizer.apply_chat_template(
-            messages, tokenize=True, return_dict=False))
-        return keep_last(ids, self.max_length, bos_added_by(self.tokenizer))
+        return reward_model_ids(self.tokenizer, list(item.messages), response, self.max_length)
 
     @torch.no_grad()
     def __call__(self, items: Sequence[PromptItem], responses: Sequence[str]) -> Tensor:

@@ -151,6 +151,25 @@ def test_a_generation_chunk_samples_the_same_tokens_whoever_samples_it(char_mode
     assert not torch.equal(other_seed, together)
 
 
+def test_sampling_ignores_the_models_shipped_generation_settings(char_model, char_tokenizer):
+    """A model's generation_config.json may carry repetition_penalty, top_k, min_p...
+    (Qwen2.5-Instruct's does); PPO must still sample from plain temperature sampling, whose
+    log-probs it computes, and leave the model's settings as they were."""
+    from transformers import AutoModelForCausalLM
+
+    from ablate.train.rollout import sample_token_ids
+
+    items, _ = tokenize_prompts(letter_prompts(6), char_tokenizer, 64)
+    kwargs = dict(temperature=0.7, max_new_tokens=8, seed=1, batch_size=3)
+    plain = AutoModelForCausalLM.from_pretrained(char_model).eval()
+    shipped = AutoModelForCausalLM.from_pretrained(char_model).eval()
+    shipped.generation_config.repetition_penalty = 3.0
+    shipped.generation_config.top_k = 2
+    expected = sample_token_ids(plain, char_tokenizer, items, **kwargs)[2]
+    assert torch.equal(sample_token_ids(shipped, char_tokenizer, items, **kwargs)[2], expected)
+    assert shipped.generation_config.repetition_penalty == 3.0  # restored after the call
+
+
 def test_rewards():
     item = PromptItem(0, (), (1,), "She pays 3 + 4 = 7 dollars.\n#### 1,250")
     assert last_number("it is 1,250.0 in total") == "1250"
