@@ -60,6 +60,7 @@ class EvalEnv:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("ablate.evals"))
     progress: Callable[[int, int], None] = lambda done, total: None
     _backend: Any = None
+    best_of_n_calls: int = 0  # generations a best_of_n sampler reranked (0: it never applied)
 
     @property
     def backend(self):
@@ -100,6 +101,7 @@ class EvalEnv:
 
         if self.reward_model_dir is None:
             raise EvalError("a best_of_n sampler needs a reward_model input")
+        self.best_of_n_calls += 1
         from ablate.train.rm import RewardScorer  # written by the trainer; heavy, so imported late
 
         n = int(self.sampler["n"])

@@ -69,6 +69,13 @@ def evaluate_benchmark(benchmark: str, model_dir: Path, out_dir: Path, *, protoc
         "sampler": env.sampler, "judge": judge, "scores_file": "scores.jsonl",
         "outputs_file": "outputs.jsonl", "seconds": round(time.time() - started, 3),
     }
+    if env.sampler.get("kind") == "best_of_n":
+        # Best-of-N reranks greedy generations; a benchmark that scores log-likelihoods (MMLU,
+        # TruthfulQA) or samples for pass@k (code) gets the model's own score, and says so.
+        result["sampler_applied"] = env.best_of_n_calls > 0
+        if not result["sampler_applied"]:
+            env.log.warning("%s: the best_of_n sampler does not apply to this benchmark; its "
+                            "score is the model's own", benchmark)
     atomic_write_json(out_dir / "result.json", result)
     return result
 

@@ -62,6 +62,8 @@ class Results:
     # benchmark -> its metric, where the value is not the mean of the per-item scores: no CI and
     # no paired test for it (``stats.item_scale``)
     not_resampled: dict[str, str] = field(default_factory=dict)
+    # benchmark -> cells whose best-of-N sampler did not apply there (the model's own score)
+    sampler_not_applied: dict[str, list[str]] = field(default_factory=dict)
 
     def group_order(self) -> list[str]:
         seen: list[str] = []
@@ -199,6 +201,8 @@ def _eval_row(store: RunStore, plan: Plan, results: Results, cell, group: str, b
         row["status"] = "corrupt"
         return row
     done = store.done_info(step) or {}
+    if result.get("sampler_applied") is False:
+        results.sampler_not_applied.setdefault(bench, []).append(cell.name)
     row.update(status="done", value=float(result["value"]),
                category_score=float(result["category_score"]),
                higher_is_better=bool(result.get("higher_is_better", True)),

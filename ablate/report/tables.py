@@ -328,6 +328,11 @@ def _notes(spec: TableSpec, results: Results, rows: list[TableRow], columns: lis
             parts.append(f"Average = the mean of the {n} categories this grid has")
         notes.append(f"{PARTIAL_MARK} not the paper's aggregate: " + "; ".join(parts)
                      + " (the paper's Average is over all 11 benchmarks in 6 categories).")
+    if results.sampler_not_applied:
+        notes.append("best-of-N does not apply to " + ", ".join(
+            label(b) for b in results.sampler_not_applied)
+            + " (log-likelihood scoring, or samples for pass@k): those cells show the model's "
+            "own score.")
     if results.not_resampled:
         notes.append("no CI or paired test for " + ", ".join(
             f"{label(b)} ({metric})" for b, metric in results.not_resampled.items())

@@ -46,3 +46,28 @@ def test_greedy_and_best_of_n(monkeypatch, tmp_path):
                 sampler={"kind": "best_of_n", "n": 2}).generate(["a"], 5)
     with pytest.raises(EvalError, match="sampler.kind"):
         EvalEnv(model_dir=tmp_path, _backend=backend, sampler={"kind": "beam"}).generate(["a"], 5)
+
+
+def test_result_says_whether_best_of_n_applied(monkeypatch, tmp_path):
+    """Best-of-N reranks greedy generations (GSM8k); MMLU scores log-likelihoods, so its score
+    under a best-of-N sampler is the model's own, and result.json says so."""
+    import ablate.train.rm as rm
+    from ablate.evals.runner import evaluate_benchmark
+
+    class ScoringBackend(FakeBackend):
+        def loglikelihood(self, requests, progress=None):
+            return [[-float(k) for k in range(len(options))] for _, options in requests]
+
+    monkeypatch.setattr(rm, "RewardScorer", LongestWins)
+    monkeypatch.setenv("ABLATE_DATA_DIR", str(tmp_path / "none"))  # the shipped slices
+    sampler = {"kind": "best_of_n", "n": 2, "temperature": 0.7, "seed": 1}
+    applied = {}
+    for bench, limit in (("gsm8k", 2), ("mmlu", 4)):
+        result = evaluate_benchmark(bench, tmp_path, tmp_path / bench, limit=limit,
+                                    sampler=sampler, reward_model_dir=tmp_path,
+                                    backend=ScoringBackend())
+        applied[bench] = result["sampler_applied"]
+    assert applied == {"gsm8k": True, "mmlu": False}
+    greedy = evaluate_benchmark("gsm8k", tmp_path, tmp_path / "greedy", limit=2,
+                                backend=ScoringBackend())
+    assert "sampler_applied" not in greedy

@@ -199,6 +199,16 @@ def test_figure_1_keeps_a_missing_step_in_place(tmp_path):
     assert f"{first_ppo - sft:+.1f}" not in texts or first_ppo - sft == 0
 
 
+def test_a_best_of_n_cell_whose_sampler_did_not_apply_is_noted(toy_store, tmp_path):
+    plan = build_plan()
+    cell = next(c for c in plan.cells if c.name == PPO_MIXED)
+    result = toy_store.step_dir(plan.steps[cell.evals["mmlu"]]) / "result.json"
+    result.write_text(json.dumps({**json.loads(result.read_text()), "sampler_applied": False}))
+    report(toy_store, tmp_path / "out", formats=["md"])
+    assert ("best-of-N does not apply to MMLU (log-likelihood scoring, or samples for pass@k)"
+            in read(tmp_path / "out" / "tablesmoke.md"))
+
+
 def test_cost_table(toy_store, tmp_path):
     out = report(toy_store, tmp_path, tables=["cost"], formats=["csv", "md"])
     md = read(tmp_path / "tablecost.md")
