@@ -17,7 +17,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ablate.data.chat_tokens import bos_added_by, chat_ids, encode_chat_text, keep_last, with_bos
+from ablate.data.chat_tokens import (
+    bos_added_by, chat_ids, decode_after, encode_chat_text, keep_last, with_bos,
+)
 from ablate.data.rows import count_tokens
 from ablate.generate import SamplingParams, chat_prompt
 from ablate.generate.base import encode_prompt, split_continuation
@@ -275,7 +277,9 @@ def test_hf_generation_feeds_one_bos_first(tulu_backend, monkeypatch):
         out = backend.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                      max_new_tokens=6, eos_token_id=list(backend.eos_ids),
                                      pad_token_id=backend.pad_id)
-        assert text == backend.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        # the reply decoded after the prompt, as the backend decodes it (``decode_after``)
+        assert text == decode_after(backend.tokenizer, ids[0].tolist(),
+                                    out[0, ids.shape[1]:].tolist())
 
 
 def test_hf_loglikelihood_scores_options_after_one_bos(tulu_backend):
@@ -318,6 +322,7 @@ class FakeLLM:
 
     def generate(self, inputs, sampling, use_tqdm=False):
         self.prompts.extend(p["prompt_token_ids"] for p in inputs)
+        self.sampling = sampling
         outputs = []
         for p in inputs:
             ids = p["prompt_token_ids"]
@@ -337,6 +342,24 @@ def fake_vllm(monkeypatch):
     vllm.inputs = inputs
     monkeypatch.setitem(sys.modules, "vllm", vllm)
     monkeypatch.setitem(sys.modules, "vllm.inputs", inputs)
+
+
+def test_vllm_samples_each_prompt_from_its_own_seed(fake_vllm, smollm2):
+    """vLLM draws sample j of a request from seed + j: one seed for all prompts would share
+    streams across prompts and let run seed s + 1 replay seed s's samples."""
+    from ablate.generate.vllm_backend import VLLMBackend
+
+    backend = VLLMBackend.__new__(VLLMBackend)
+    backend.tokenizer, backend.llm = smollm2, FakeLLM()
+    prompts = ["say hi", "say bye", "say hi"]
+    backend.generate(prompts, SamplingParams(max_new_tokens=4, n=3, temperature=0.8, seed=1))
+    first = [params.seed for params in backend.llm.sampling]
+    assert len(set(first)) == 3 and all(params.n == 3 for params in backend.llm.sampling)
+    backend.generate(prompts, SamplingParams(max_new_tokens=4, n=3, temperature=0.8, seed=2))
+    second = [params.seed for params in backend.llm.sampling]
+    assert not {s + j for s in first for j in range(3)} & {s + j for s in second for j in range(3)}
+    backend.generate(prompts, SamplingParams(max_new_tokens=4))
+    assert all(params.seed is None for params in backend.llm.sampling)  # greedy
 
 
 def test_vllm_backend_feeds_and_scores_the_same_ids(fake_vllm, tulu, smollm2):

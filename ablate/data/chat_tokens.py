@@ -80,3 +80,19 @@ def encode_chat_text(tokenizer: Any, text: str) -> list[int]:
     """Token ids of chat-templated text: its own special tokens as written, plus the BOS the
     tokenizer would have added (``chat_ids``)."""
     return chat_ids(tokenizer, tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def decode_after(tokenizer: Any, context: Sequence[int], ids: Sequence[int],
+                 context_tokens: int = 8) -> str:
+    """The text ``ids`` add after ``context``, decoded in place. Decoding a reply's tokens on
+    their own loses text on SentencePiece tokenizers: Llama-2's decoder strips the first "▁", so
+    a code reply's first line comes back one space short of its indentation. The last few context
+    tokens are decoded with the reply and their own text is cut off again, as vLLM's incremental
+    detokenizer does; where that prefix does not decode stably (a split UTF-8 character), the
+    reply is decoded alone."""
+    head_ids = [int(i) for i in context[-context_tokens:]] if context_tokens else []
+    head = tokenizer.decode(head_ids, skip_special_tokens=True)
+    whole = tokenizer.decode(head_ids + [int(i) for i in ids], skip_special_tokens=True)
+    if head_ids and "\ufffd" not in head and whole.startswith(head):
+        return whole[len(head):]
+    return tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)

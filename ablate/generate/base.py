@@ -6,6 +6,7 @@ Prompts are plain strings that already carry the model's chat template where a b
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
@@ -49,6 +50,13 @@ class Backend(Protocol):
     def loglikelihood(self, requests: Sequence[tuple[str, Sequence[str]]],
                       progress: Progress | None = None) -> list[list[float]]:
         """For each (context, continuations): sum of log p(continuation tokens | context)."""
+
+
+def row_seed(seed: int, prompt_index: int, sample_index: int) -> int:
+    """The sampling seed of one (prompt, sample): hashed, so that no two prompts, samples or run
+    seeds share a random stream (seed s + 1 must not replay seed s's samples shifted by one)."""
+    digest = hashlib.sha256(f"{seed}:{prompt_index}:{sample_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def truncate_at_stop(text: str, stop: Sequence[str]) -> str:

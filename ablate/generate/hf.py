@@ -17,7 +17,6 @@ What it does that ``model.generate`` on padded batches does not:
 
 from __future__ import annotations
 
-import hashlib
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +24,10 @@ from typing import Sequence
 
 import torch
 
+from ablate.data.chat_tokens import decode_after
 from ablate.generate.base import (
-    GenerationError, Progress, SamplingParams, encode_prompt, split_continuation, truncate_at_stop,
+    GenerationError, Progress, SamplingParams, encode_prompt, row_seed, split_continuation,
+    truncate_at_stop,
 )
 from ablate.generate.hf_cache import ATTENTION, growing_cache, register_attention
 
@@ -44,11 +45,6 @@ def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
         if n == 0:
             break
     return n
-
-
-def _row_seed(seed: int, prompt_index: int, sample_index: int) -> int:
-    digest = hashlib.sha256(f"{seed}:{prompt_index}:{sample_index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def pack_by_budget(lengths: Sequence[int], budget: int, max_batch: int) -> list[list[int]]:
@@ -253,8 +249,10 @@ class _DecodeBatch:
         pad = self.backend.pad_id
         ids = torch.tensor([[row.pending] + d + [pad] * (width - 1 - len(d))
                             for row, d in zip(self.rows, drafts)], device=self.device)
-        positions = (torch.tensor([row.position for row in self.rows], device=self.device)[:, None]
-                     + torch.arange(width, device=self.device))
+        # A row's pad slots repeat its last real position: counting on past it could run beyond
+        # the model's window (learned position tables, dynamic RoPE); they are rejected anyway.
+        positions = torch.tensor([[row.position + min(k, len(d)) for k in range(width)]
+                                  for row, d in zip(self.rows, drafts)], device=self.device)
         start = self._ensure_room(width)
         self.valid[:, start:start + width] = True
         out = self.backend.model(input_ids=ids, attention_mask=self.valid[:, :start + width],
@@ -288,7 +286,11 @@ class _DecodeBatch:
             if row.lookup is not None:
                 row.lookup.append(token)
             if params.stop:
-                tail = tokenizer.decode(row.tokens[-self.stop_window:], skip_special_tokens=True)
+                cut = max(0, len(row.tokens) - self.stop_window)
+                before = row.tokens[max(0, cut - 4):cut]  # decoded with the tail, then cut off
+                if len(before) < 4:
+                    before = row.context[len(before) - 4:] + before
+                tail = decode_after(tokenizer, before, row.tokens[cut:], context_tokens=4)
                 if any(s in tail for s in params.stop):
                     return True
             if row.picks >= row.limit:
@@ -412,12 +414,12 @@ class HFBackend:
         if not params.greedy:
             for row in rows:
                 row.generator = torch.Generator(device=self.device).manual_seed(
-                    _row_seed(params.seed, row.prompt, row.sample))
+                    row_seed(params.seed, row.prompt, row.sample))
         _DecodeBatch(self, prefix_len, prefix_kv, params).run(rows, progress)
         results: list[list[str]] = [[""] * params.n for _ in prompts]
         for row in rows:
             results[row.prompt][row.sample] = truncate_at_stop(
-                self.tokenizer.decode(row.tokens, skip_special_tokens=True), params.stop)
+                decode_after(self.tokenizer, row.context, row.tokens), params.stop)
         return results
 
     def _pick(self, logits: torch.Tensor, params: SamplingParams,

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ablate.generate.base import (
-    GenerationError, Progress, SamplingParams, encode_prompt, split_continuation, truncate_at_stop,
+    GenerationError, Progress, SamplingParams, encode_prompt, row_seed, split_continuation,
+    truncate_at_stop,
 )
 
 
@@ -29,9 +30,13 @@ class VLLMBackend:
         from vllm import SamplingParams as VSampling
         from vllm.inputs import TokensPrompt
 
-        sampling = VSampling(n=params.n, temperature=params.temperature, top_p=params.top_p,
-                             seed=params.seed, stop=list(params.stop) or None,
-                             max_tokens=params.max_new_tokens)
+        # One seed per prompt: vLLM draws sample j of a request from seed + j, so one seed for
+        # every prompt would give the j-th samples of all prompts one stream, and run seed s + 1
+        # would replay s's samples 1..n-1.
+        sampling = [VSampling(n=params.n, temperature=params.temperature, top_p=params.top_p,
+                              seed=None if params.greedy else row_seed(params.seed, k, 0),
+                              stop=list(params.stop) or None, max_tokens=params.max_new_tokens)
+                    for k in range(len(prompts))]
         inputs = [TokensPrompt(prompt_token_ids=encode_prompt(self.tokenizer, p))
                   for p in prompts]
         outputs = self.llm.generate(inputs, sampling, use_tqdm=False)

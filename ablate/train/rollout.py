@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ablate.data.chat_tokens import chat_ids
+from ablate.data.chat_tokens import chat_ids, decode_after
 from ablate.train.collate import pad_sequences
 from ablate.train.common import TrainingError, as_messages, reward_model_ids
 
@@ -111,8 +111,8 @@ def build_rollout(prompt_ids: Tensor, prompt_mask: Tensor, generated: Tensor, eo
     response_mask = (columns <= first_eos[:, None]).long()
     responses = torch.where(response_mask.bool(), generated, torch.full_like(generated,
                                                                               pad_token_id))
-    texts = tokenizer.batch_decode([r[m.bool()] for r, m in zip(responses, response_mask)],
-                                   skip_special_tokens=True)
+    texts = [decode_after(tokenizer, p[pm.bool()].tolist(), r[m.bool()].tolist())
+             for p, pm, r, m in zip(prompt_ids, prompt_mask, responses, response_mask)]
     return Rollout(torch.cat([prompt_ids, responses], dim=1),
                    torch.cat([prompt_mask, response_mask], dim=1), prompt_ids.shape[1],
                    responses, response_mask, has_eos, texts)

@@ -41,6 +41,10 @@ def test_greedy_and_best_of_n(monkeypatch, tmp_path):
     assert backend.calls[-1].seed == 3
     # code benchmarks ask for their own samples: best-of-N leaves those alone
     assert len(best.generate(["a"], 5, n=3, temperature=0.8)[0]) == 3
+    # greedy samples are one reply: decoded once and repeated (vLLM refuses greedy n > 1)
+    calls = len(backend.calls)
+    assert greedy.generate(["a", "b"], 5, n=3) == [["a:x"] * 3, ["b:x"] * 3]
+    assert len(backend.calls) == calls + 1 and backend.calls[-1].n == 1
     with pytest.raises(EvalError, match="reward_model"):
         EvalEnv(model_dir=tmp_path, _backend=backend,
                 sampler={"kind": "best_of_n", "n": 2}).generate(["a"], 5)

@@ -61,6 +61,29 @@ def test_replies_end_at_the_models_window(backend, monkeypatch):
         backend.generate([short, long], SamplingParams(max_new_tokens=4))
 
 
+def test_drafted_steps_never_feed_positions_past_the_window(backend, monkeypatch):
+    """Rows are padded to the widest draft of the step; a pad slot's position must not run past
+    the model's window (a learned position table would index out of range)."""
+    from ablate.generate import hf
+
+    monkeypatch.setattr(hf.PromptLookup, "draft", lambda self, k: [self.tokens[-1]] * max(k, 0))
+    long, short = "Tell me about the sea and the ships. " * 3 + "Go.", "Tell me"
+    window = len(backend.encode(long)) + 6
+    monkeypatch.setattr(backend.model.config, "max_position_embeddings", window)
+    seen = []
+    hook = backend.model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(int(kwargs["position_ids"].max())),
+        with_kwargs=True)
+    try:
+        replies = backend.generate([long, short], SamplingParams(max_new_tokens=40))
+    finally:
+        hook.remove()
+    assert max(seen) < window
+    # forced drafts are verified: the reply is still plain greedy, cut at the window
+    assert replies[0][0] == backend.tokenizer.decode(reference_greedy(backend, long, 6),
+                                                     skip_special_tokens=True)
+
+
 @pytest.mark.slow
 def test_stop_strings_and_sampling_reproducible(backend):
     prompts = ["Tell me a story.", "Count to ten."]
