@@ -11,12 +11,16 @@ A local path is used as is; a hub id is fetched at its revision (honouring ``HF_
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
 from ablate.spec.schema import ModelSpec
+
+_log = logging.getLogger("ablate.models")
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUILTIN_MODELS = ("smollm2-135m-instruct", "tiny-llama")
@@ -101,6 +105,18 @@ def prepare_builtin(name: str) -> Path:
     return _save_atomically(cache_root() / "models" / name, builders[name])
 
 
+def _record_commit(repo: str, revision: str, folder: Path) -> None:
+    """Log the commit a hub revision resolved to (the snapshot folder is named by it), in the
+    step's log; a branch name such as ``main`` can point elsewhere tomorrow, under the same step
+    id, so it is worth a warning."""
+    commit = folder.name
+    _log.info("%s@%s is commit %s", repo, revision, commit)
+    if not re.fullmatch(r"[0-9a-f]{40}", revision):
+        _log.warning("%s: revision %r is a branch or tag, not a commit; results can change when "
+                     "the repository does (pin `revision: %s` in the grid)", repo, revision,
+                     commit)
+
+
 def resolve_model(spec: ModelSpec | dict) -> Path:
     """A local folder holding the model's config, weights and tokenizer."""
     if isinstance(spec, dict):
@@ -118,9 +134,11 @@ def resolve_model(spec: ModelSpec | dict) -> Path:
     if spec.hub:
         from huggingface_hub import snapshot_download
         try:
-            return Path(snapshot_download(spec.hub, revision=spec.revision))
+            folder = Path(snapshot_download(spec.hub, revision=spec.revision))
         except Exception as exc:  # offline, gated, or unknown: say which model and why
             raise ModelError(f"could not fetch {spec.hub}@{spec.revision or 'main'} from the hub "
                              f"({type(exc).__name__}: {exc}); download it elsewhere and use "
                              "`path:` instead") from None
+        _record_commit(spec.hub, spec.revision or "main", folder)
+        return folder
     raise ModelError("a model spec needs one of builtin, path, hub")

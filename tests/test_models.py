@@ -45,3 +45,21 @@ def test_hub_offline_names_the_model(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelError, match="allenai/not-a-model@v1.*path:"):
         resolve_model({"hub": "allenai/not-a-model", "revision": "v1"})
+
+
+def test_a_hub_model_logs_its_commit_and_warns_on_a_branch(monkeypatch, tmp_path, caplog):
+    import huggingface_hub
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = tmp_path / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, revision: snapshot)
+    with caplog.at_level("INFO", logger="ablate.models"):
+        assert resolve_model({"hub": "allenai/tulu-2-13b", "revision": "main"}) == snapshot
+    assert f"allenai/tulu-2-13b@main is commit {commit}" in caplog.text
+    assert f"pin `revision: {commit}`" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="ablate.models"):
+        resolve_model({"hub": "allenai/tulu-2-13b", "revision": commit})
+    assert "is commit" in caplog.text
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]  # a pinned commit
