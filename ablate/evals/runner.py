@@ -50,7 +50,12 @@ def evaluate_benchmark(benchmark: str, model_dir: Path, out_dir: Path, *, protoc
                   progress=progress or (lambda done, total: None), _backend=backend)
     env.log.info("%s: %d items (%s protocol) from %s", benchmark, len(items), protocol,
                  data_root or "the shipped slice")
-    results = bench.evaluate(items, env)
+    try:
+        results = bench.evaluate(items, env)
+    finally:
+        if backend is None and env._backend is not None:  # the one this evaluation loaded
+            env._backend.close()
+            env._backend = None
     if len(results) != len(items):
         raise EvalError(f"{benchmark}: {len(items)} items but {len(results)} results")
     summary = bench.summarize(results)

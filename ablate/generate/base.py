@@ -51,6 +51,20 @@ class Backend(Protocol):
                       progress: Progress | None = None) -> list[list[float]]:
         """For each (context, continuations): sum of log p(continuation tokens | context)."""
 
+    def close(self) -> None:
+        """Give back the model's memory (a local grid runs its eval steps in one process)."""
+
+
+def release_accelerator_memory() -> None:
+    """Collect what was just dropped and return the CUDA cache, so the next step's model fits."""
+    import gc
+
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
 
 def row_seed(seed: int, prompt_index: int, sample_index: int) -> int:
     """The sampling seed of one (prompt, sample): hashed, so that no two prompts, samples or run

@@ -26,8 +26,8 @@ import torch
 
 from ablate.data.chat_tokens import decode_after
 from ablate.generate.base import (
-    GenerationError, Progress, SamplingParams, encode_prompt, row_seed, split_continuation,
-    truncate_at_stop,
+    GenerationError, Progress, SamplingParams, encode_prompt, release_accelerator_memory, row_seed,
+    split_continuation, truncate_at_stop,
 )
 from ablate.generate.hf_cache import ATTENTION, growing_cache, register_attention
 
@@ -358,6 +358,10 @@ class HFBackend:
         if self.tokenizer.eos_token_id is not None:
             eos.append(self.tokenizer.eos_token_id)
         self.eos_ids = set(eos)
+
+    def close(self) -> None:
+        self.model = None
+        release_accelerator_memory()
 
     # ------------------------------------------------------------------ helpers
     def encode(self, text: str) -> list[int]:

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ablate.generate.base import (
-    GenerationError, Progress, SamplingParams, encode_prompt, row_seed, split_continuation,
-    truncate_at_stop,
+    GenerationError, Progress, SamplingParams, encode_prompt, release_accelerator_memory, row_seed,
+    split_continuation, truncate_at_stop,
 )
 
 
@@ -24,6 +24,17 @@ class VLLMBackend:
         self.llm = LLM(model=str(model_dir), gpu_memory_utilization=gpu_memory_utilization,
                        max_model_len=max_model_len, seed=0)
         self.tokenizer = self.llm.get_tokenizer()
+
+    def close(self) -> None:
+        """Stop vLLM's engine (it runs in its own process and holds most of the GPU) before the
+        next step loads a model; the engine's shutdown is not part of vLLM's stable API, so it is
+        called where it exists."""
+        engine = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        shutdown = getattr(engine, "shutdown", None)
+        if callable(shutdown):
+            shutdown()
+        self.llm = None
+        release_accelerator_memory()
 
     def generate(self, prompts: Sequence[str], params: SamplingParams,
                  progress: Progress | None = None) -> list[list[str]]:

@@ -75,3 +75,23 @@ def test_result_says_whether_best_of_n_applied(monkeypatch, tmp_path):
     greedy = evaluate_benchmark("gsm8k", tmp_path, tmp_path / "greedy", limit=2,
                                 backend=ScoringBackend())
     assert "sampler_applied" not in greedy
+
+
+def test_an_evaluation_gives_back_the_backend_it_loaded(monkeypatch, tmp_path):
+    """A local grid runs its eval steps in one process: each must release its model (vLLM holds
+    most of the GPU) before the next loads one; a backend handed in stays the caller's."""
+    import ablate.generate
+    from ablate.evals.runner import evaluate_benchmark
+
+    class ClosingBackend(FakeBackend):
+        closed = 0
+
+        def close(self):
+            ClosingBackend.closed += 1
+
+    monkeypatch.setattr(ablate.generate, "load_backend", lambda *a, **k: ClosingBackend())
+    monkeypatch.setenv("ABLATE_DATA_DIR", str(tmp_path / "none"))
+    evaluate_benchmark("gsm8k", tmp_path, tmp_path / "own", limit=1)
+    assert ClosingBackend.closed == 1
+    evaluate_benchmark("gsm8k", tmp_path, tmp_path / "given", limit=1, backend=ClosingBackend())
+    assert ClosingBackend.closed == 1

@@ -232,3 +232,14 @@ def test_attention_reads_shared_kv_heads_with_the_same_result(backend, tiny_mode
         ours = backend.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
         theirs = reference(input_ids=ids, attention_mask=mask, position_ids=positions).logits
     assert torch.equal(ours, theirs)
+
+
+def test_close_gives_back_the_model(tiny_model_dir):
+    import gc
+    import weakref
+
+    closing = HFBackend(tiny_model_dir)
+    model = weakref.ref(closing.model)
+    closing.close()
+    gc.collect()
+    assert closing.model is None and model() is None
