@@ -15,21 +15,8 @@ from typing import Any, Mapping
 STEP_KINDS = ("train_dpo", "train_rm", "train_ppo", "eval")
 
 
-def _canonical_numbers(obj: Any) -> Any:
-    """Whole floats as ints: a float field's default ``3`` and a YAML's ``epochs: 3`` (validated
-    to ``3.0``) are the same setting and must give the same id."""
-    if isinstance(obj, float) and obj.is_integer():
-        return int(obj)
-    if isinstance(obj, Mapping):
-        return {key: _canonical_numbers(value) for key, value in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_canonical_numbers(value) for value in obj]
-    return obj
-
-
 def canonical_json(obj: Any) -> str:
-    return json.dumps(_canonical_numbers(obj), sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=True, default=str)
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
 
 
 def config_hash(obj: Any, length: int = 12) -> str:

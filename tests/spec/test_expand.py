@@ -58,18 +58,6 @@ def test_ids_are_hashes_of_resolved_config():
            {s for s, st in changed.steps.items() if st.kind == "train_ppo"}
 
 
-def test_a_default_spelled_out_keeps_the_step_ids():
-    """``epochs: 3`` validates to 3.0 while the unspelled default stays the int 3; the same
-    settings must give the same steps, or a grid edited only for clarity reruns everything."""
-    implicit = expand(grid(algorithms={"dpo": {"kind": "dpo"}}))
-    explicit = expand(grid(algorithms={"dpo": {"kind": "dpo", "epochs": 3, "beta": 0.1}}))
-    dpo = [s for s in explicit.steps.values() if s.kind == "train_dpo"]
-    assert dpo and dpo[0].config["algorithm"]["epochs"] == 3.0
-    assert list(implicit.steps) == list(explicit.steps)
-    assert list(expand(grid(algorithms={"dpo": {"kind": "dpo", "epochs": 2}})).steps) != \
-        list(implicit.steps)
-
-
 def test_order_puts_inputs_first():
     plan = expand(grid())
     position = {s.id: i for i, s in enumerate(plan.order())}
