@@ -111,7 +111,7 @@ def _record_commit(repo: str, revision: str, folder: Path) -> None:
     id, so it is worth a warning."""
     commit = folder.name
     _log.info("%s@%s is commit %s", repo, revision, commit)
-    if not re.fullmatch(r"[0-9a-f]{40}", revision):
+    if not re.fullmatch(r"[0-9a-f]{7,40}", revision):  # a commit hash, whole or abbreviated
         _log.warning("%s: revision %r is a branch or tag, not a commit; results can change when "
                      "the repository does (pin `revision: %s` in the grid)", repo, revision,
                      commit)

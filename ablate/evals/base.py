@@ -92,13 +92,13 @@ class EvalEnv:
             raise EvalError(f"sampler.kind must be greedy or best_of_n, got {best_of!r}")
         if best_of == "best_of_n" and n == 1 and temperature == 0.0:
             return self._best_of_n(prompts, max_new_tokens, stop, rm_prompts or prompts)
-        if temperature == 0.0 and n > 1:
-            # greedy samples are all the same reply: decode it once (vLLM refuses greedy n > 1)
-            once = self.generate(prompts, max_new_tokens, stop, 1, 0.0, rm_prompts)
-            return [replies * n for replies in once]
-        params = SamplingParams(max_new_tokens=max_new_tokens, n=n, temperature=temperature,
+        # greedy samples are all the same reply: decode it once (vLLM refuses greedy n > 1); a
+        # best-of-N sampler leaves a benchmark's own samples alone, greedy ones included
+        once = 1 if temperature == 0.0 else n
+        params = SamplingParams(max_new_tokens=max_new_tokens, n=once, temperature=temperature,
                                 seed=self.seed, stop=tuple(stop))
-        return self.backend.generate(list(prompts), params, progress=self.progress)
+        replies = self.backend.generate(list(prompts), params, progress=self.progress)
+        return replies if once == n else [r * n for r in replies]
 
     def _best_of_n(self, prompts, max_new_tokens, stop, rm_prompts) -> list[list[str]]:
         from ablate.generate import SamplingParams

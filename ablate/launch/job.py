@@ -158,9 +158,16 @@ class StepJob:
     plan_id: str
     step_id: str
 
+    def plan(self, store: RunStore) -> Plan:
+        # A job pickled before plans had snapshots carries its grid's name instead.
+        plan_id = getattr(self, "plan_id", None)
+        if plan_id is None:
+            return store.load_plan(self.__dict__["grid"])
+        return store.load_plan_snapshot(plan_id)
+
     def __call__(self) -> str:
         store = RunStore(self.store_root)
-        plan = store.load_plan_snapshot(self.plan_id)
+        plan = self.plan(store)
         return run_step(store, plan, plan.steps[self.step_id])
 
     def checkpoint(self, *args, **kwargs):
@@ -168,5 +175,4 @@ class StepJob:
         checkpoints."""
         import submitit
 
-        return submitit.helpers.DelayedSubmission(StepJob(self.store_root, self.plan_id,
-                                                               self.step_id))
+        return submitit.helpers.DelayedSubmission(self)

@@ -199,7 +199,7 @@ class SlurmStepJob(StepJob):
 
     def __call__(self) -> str:
         store = RunStore(self.store_root)
-        plan = store.load_plan_snapshot(self.plan_id)
+        plan = self.plan(store)
         step = plan.steps[self.step_id]
         try:
             return run_step(store, plan, step, runner=self._runner(store, step))
@@ -269,7 +269,7 @@ class TorchrunStepJob(SlurmStepJob):
             return super().__call__()
         # The other nodes only run their workers; they wait for the first to write the config.
         store = RunStore(self.store_root)
-        plan = store.load_plan_snapshot(self.plan_id)
+        plan = self.plan(store)
         step = plan.steps[self.step_id]
         folder = store.step_dir(step)
         for _ in range(300):

@@ -58,12 +58,12 @@ def checkpoint_rng(path: Path, rank: int, world_size: int, schedule: dict) -> di
     than a silent reuse of another rank's. Checkpoints from before per-rank files kept rank 0's
     states beside the schedule; those are read as they were saved."""
     own = Path(path) / rng_file(rank)
+    saved_world = schedule.get("world_size")
+    if saved_world is not None and saved_world != world_size:
+        raise TrainingError(f"{path}: saved by {saved_world} processes, resumed by "
+                            f"{world_size}; resume with {saved_world} processes, or delete "
+                            "the checkpoints to start the step afresh")
     if own.is_file():
-        saved_world = schedule.get("world_size")
-        if saved_world is not None and saved_world != world_size:
-            raise TrainingError(f"{path}: saved by {saved_world} processes, resumed by "
-                                f"{world_size}; resume with {saved_world} processes, or delete "
-                                "the checkpoints to start the step afresh")
         return torch.load(own, weights_only=False)
     if "rng" in schedule:
         return schedule

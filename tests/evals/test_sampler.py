@@ -45,6 +45,9 @@ def test_greedy_and_best_of_n(monkeypatch, tmp_path):
     calls = len(backend.calls)
     assert greedy.generate(["a", "b"], 5, n=3) == [["a:x"] * 3, ["b:x"] * 3]
     assert len(backend.calls) == calls + 1 and backend.calls[-1].n == 1
+    # ... under a best-of-N sampler too: those are the benchmark's own samples, not reranked
+    assert best.generate(["a"], 5, n=3) == [["a:x"] * 3]
+    assert backend.calls[-1].n == 1 and backend.calls[-1].greedy and best.best_of_n_calls == 1
     with pytest.raises(EvalError, match="reward_model"):
         EvalEnv(model_dir=tmp_path, _backend=backend,
                 sampler={"kind": "best_of_n", "n": 2}).generate(["a"], 5)

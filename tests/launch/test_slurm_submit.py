@@ -223,3 +223,8 @@ def test_a_queued_job_runs_the_plan_it_was_submitted_with(plan, tmp_path, monkey
     assert ran[1][1] == step
     with pytest.raises(FileNotFoundError, match="no saved plan 'nope'"):
         StepJob(str(store.root), "nope", step.id)()
+    # a job pickled before snapshots existed carries the grid's name: it reads the grid's plan
+    store.save_plan(plan)
+    old = slurm.SlurmStepJob.__new__(slurm.SlurmStepJob)
+    old.__dict__.update(store_root=str(store.root), grid="g", step_id=step.id, max_attempts=2)
+    assert old() == "done" and ran[-1][1] == step
