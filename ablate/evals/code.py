@@ -67,9 +67,13 @@ class _CodeBenchmark(Benchmark):
         passed: list[list[bool]] = [[] for _ in items]
         for (k, _, _), outcome in zip(jobs, outcomes):
             passed[k].append(outcome.passed)
+        # An item's score is its own unbiased pass@k estimate (pass@1 with fewer than k
+        # samples), so the reported value is their mean and reports can resample items.
+        k = self.k if n >= self.k else 1
         results = []
         for item, prompt, group, ok in zip(items, prompts, samples, passed):
-            results.append(ItemResult(item["item_id"], sum(ok) / len(ok), prompt, group,
+            score = pass_at_k([len(ok)], [sum(ok)], min(k, len(ok)))
+            results.append(ItemResult(item["item_id"], score, prompt, group,
                                       {"n": len(ok), "correct": sum(ok), "passed": ok}))
         return results
 

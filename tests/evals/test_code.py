@@ -209,3 +209,23 @@ def test_a_canonical_solution_that_fails_stops_the_evaluation(fresh_canonical_ca
     item = synthetic_task("def broken(n):\n    return 1 / 0\n", "broken", [[1]], [])
     with pytest.raises(EvalError, match="Synthetic/9001"):
         bench.evaluate([item], FakeEnv(["def broken(n):\n    return 1\n"], tmp_path))
+
+
+def test_item_scores_average_to_the_reported_pass_at_k(fresh_canonical_cache, tmp_path,
+                                                       monkeypatch):
+    """Each item scores its own pass@k estimate, so the value is their mean and a report can
+    resample items for a CI (with c/n per item, pass@10 was not their mean)."""
+    from ablate.report.stats import item_scale
+
+    bench = get_benchmark("mbpp_plus")
+    monkeypatch.setattr(bench, "k", 3)
+    items = [synthetic_task("def double(n):\n    return 2 * n\n", "double", [[1]], [[5]], k)
+             for k in (9011, 9012)]
+    right, wrong = "def double(n):\n    return n * 2\n", "def double(n):\n    return n\n"
+    results = bench.evaluate(items, FakeEnv([right, wrong, wrong, wrong], tmp_path))
+    assert [r.score for r in results] == [pytest.approx(pass_at_k([4], [1], 3))] * 2
+    summary = bench.summarize(results)
+    item_mean = sum(r.score for r in results) / len(results)
+    assert summary.value == pytest.approx(100 * item_mean)
+    assert summary.value != pytest.approx(100 * 1 / 4)  # pass@3, not pass@1
+    assert item_scale(summary.value, item_mean) == 100.0
