@@ -166,11 +166,16 @@ class _Watchdog:
             # CPU time grows no faster than the wall clock for one thread: no late wake-up
             _time.sleep(min(0.1, max(0.002, left)))
 
-def _check_all():
+def _check_all(solution_source):
+    # The expected outputs are read before the sample's code runs, and the sample runs in a
+    # namespace of its own: rewriting expected.pkl, or the harness's names, changes nothing.
     with open("inputs.pkl", "rb") as _file:
         inputs = _pickle.load(_file)
     with open("expected.pkl", "rb") as _file:
         expected = _pickle.load(_file)
+    solution = {{"__name__": "__main__"}}
+    exec(compile(solution_source, "solution.py", "exec"), solution)
+    function = solution[{entry!r}]
     limits = {limits!r}
     reference = None
     watchdog = _Watchdog()
@@ -189,7 +194,7 @@ def _check_all():
             args = _copy.deepcopy(inputs[i])
             start = _time.process_time()
             watchdog.armed = (i, start + limits[i], limits[i])
-            out = {entry}(*args)
+            out = function(*args)
             took = _time.process_time() - start
             watchdog.armed = None
             if took > limits[i]:
@@ -201,7 +206,7 @@ def _check_all():
                                          f"time, EvalPlus's check allows {{budget:.3f}} s")
             _matches(out, exp, inputs[i], {atol})
 
-_check_all()
+_check_all({completion!r})
 """
 
 
@@ -360,13 +365,15 @@ def _special_oracles() -> dict:
 
 
 def mbpp_program(item: dict, completion: str) -> Program:
-    """A sample's program: the completion, then EvalPlus's checks against the task's canonical
-    run, with the canonical's inputs and outputs as files and limits derived from its times."""
+    """A sample's program: EvalPlus's checks, which load the task's canonical run (inputs and
+    outputs, as files) and then run the completion in a namespace of its own, with limits derived
+    from the canonical's times."""
     truth = canonical_run(item)
     oracles = _special_oracles()
     not_none = item["entry_point"] in oracles["not_none"]
-    source = completion + "\n" + MBPP_HARNESS.format(
-        canonical=item["canonical_solution"], entry=item["entry_point"], not_none=not_none,
+    source = MBPP_HARNESS.format(
+        completion=completion, canonical=item["canonical_solution"],
+        entry=item["entry_point"], not_none=not_none,
         not_none_tasks=oracles["not_none"], set_eq=oracles["set_eq"],
         oracles=oracles["oracles"], limits=truth.time_limits, checks=truth.checks(),
         atol=float(item["atol"] or 0))

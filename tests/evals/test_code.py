@@ -229,3 +229,17 @@ def test_item_scores_average_to_the_reported_pass_at_k(fresh_canonical_cache, tm
     assert summary.value == pytest.approx(100 * item_mean)
     assert summary.value != pytest.approx(100 * 1 / 4)  # pass@3, not pass@1
     assert item_scale(summary.value, item_mean) == 100.0
+
+
+def test_a_sample_cannot_pass_by_rewriting_the_expected_outputs(fresh_canonical_cache):
+    bench = get_benchmark("mbpp_plus")
+    item = synthetic_task("def double(n):\n    return 2 * n\n", "double", [[1]], [[5]], 9021)
+    wrong = "def double(n):\n    return 'certainly wrong'\n"
+    rewrite = wrong + ("import pickle as _p\n"
+                       "_inputs = _p.load(open('inputs.pkl', 'rb'))\n"
+                       "_p.dump([_p.dumps(double(*a)) for a in _inputs], "
+                       "open('expected.pkl', 'wb'))\n")
+    clobber = wrong + "_matches = lambda *args: None\n"  # the harness's comparison
+    for cheat in (wrong, rewrite, clobber):
+        assert not bench.program(item, cheat).run().passed, cheat
+    assert bench.program(item, "def double(n):\n    return n + n\n").run().passed
