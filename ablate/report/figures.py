@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ablate.report.frame import Results  # noqa: E402
-from ablate.report.groups import Stat  # noqa: E402
+from ablate.report.groups import Stat, baseline_of  # noqa: E402
 from ablate.report.tables import PROMPT_LABELS, RM_LABELS, recipe_label  # noqa: E402
 
 FIGURES = ("1", "2", "3", "kl-frontier")
@@ -33,11 +33,25 @@ def _reasoning_key(results: Results) -> tuple[str, str]:
     return ("bench:gsm8k", "GSM8k") if "gsm8k" in results.benchmarks else ("reasoning", "Reasoning")
 
 
+def _first_model(results: Results, wanted=lambda info: True) -> tuple[str | None, list[str]]:
+    """One base model's SFT baseline and the groups compared with it (plan order): the model of
+    the first group ``wanted`` accepts. A figure draws one base model, so that no bar is read
+    against another model's SFT."""
+    info = {c.group: c for c in reversed(results.cells)}
+    first = next((g for g in results.group_order()
+                  if not info[g].is_baseline and wanted(info[g])), None)
+    base = baseline_of(results, first) if first else next(
+        (c.group for c in results.cells if c.is_baseline), None)
+    members = [g for g in results.group_order()
+               if not info[g].is_baseline and baseline_of(results, g) == base]
+    return base, members
+
+
 def figure_1(results: Results, stats: dict[str, dict[str, Stat]]):
     """Each step of the recipe (groups in plan order, baseline first) and its gain over the last."""
-    groups = results.group_order()
     info = {c.group: c for c in reversed(results.cells)}
-    groups = [g for g in groups if info[g].is_baseline] + [g for g in groups if not info[g].is_baseline]
+    base, members = _first_model(results)
+    groups = ([base] if base else []) + members
     first_key, first_label = _reasoning_key(results)
     panels = [(first_key, first_label), ("average", "Average")]
     # A step without a value keeps its place, marked missing: dropping it would measure the next
@@ -146,9 +160,10 @@ def figure_3(results: Results, stats: dict[str, dict[str, Stat]]):
     key, name = _reasoning_key(results)
     info = {c.group: c for c in reversed(results.cells)}
     bars: dict[str, dict[str, str]] = {}
-    for group in results.group_order():
+    base, members = _first_model(results, lambda cell: cell.axes.get("algorithm") == "ppo")
+    for group in members:
         axes = info[group].axes
-        if info[group].is_baseline or axes.get("algorithm") != "ppo":
+        if axes.get("algorithm") != "ppo":
             continue
         if stats[group][key].value is not None:
             bars.setdefault(str(axes.get("reward_model")), {})[str(axes.get("prompts"))] = group
@@ -170,9 +185,8 @@ def figure_3(results: Results, stats: dict[str, dict[str, Stat]]):
                 errs[1] += high
         ax.bar(xs, ys, width, yerr=errs, capsize=3,
                label=f"{PROMPT_LABELS.get(prompts, prompts)} prompts")
-    base = [g for g in results.group_order() if info[g].is_baseline]
-    if base and stats[base[0]][key].value is not None:
-        ax.axhline(stats[base[0]][key].value, color=GREY, linestyle="--", label="SFT")
+    if base and stats[base][key].value is not None:
+        ax.axhline(stats[base][key].value, color=GREY, linestyle="--", label="SFT")
     ax.set_xticks(range(len(rms)), [RM_LABELS.get(r, r) for r in rms], fontsize=8)
     ax.set_ylabel(name)
     ax.set_title(f"{name} by policy-training prompts, per reward model")

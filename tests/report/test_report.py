@@ -76,6 +76,34 @@ def test_each_cell_is_compared_with_the_sft_of_its_own_base_model(tmp_path, monk
     assert sum("(SFT)" in line for line in lines) == 2  # each baseline has its own row
 
 
+def test_figures_draw_one_base_model_against_its_own_sft(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import report_store
+    from ablate.report.figures import figure_1, figure_3
+
+    def sft(model):
+        return {"model": model, "data": "none", "algorithm": "sft", "reward_model": "none",
+                "prompts": "none", "seed": None}
+
+    monkeypatch.setattr(report_store, "BENCHMARKS", ("gsm8k", "mmlu"))
+    monkeypatch.setattr(report_store, "CELLS", {
+        "sft=small": (sft("small"), {"gsm8k": 0.20, "mmlu": 0.30}),
+        "sft=big": (sft("big"), {"gsm8k": 0.70, "mmlu": 0.70}),
+        "model=big,data=uf,alg=ppo,rm=uf-13b,prompts=uf,seed=1": (
+            {**sft("big"), "data": "uf", "algorithm": "ppo", "reward_model": "uf-13b",
+             "prompts": "uf", "seed": 1}, {"gsm8k": 0.60, "mmlu": 0.70})})
+    results = load_results(fill_store(tmp_path / "runs", build_plan()), "toy")
+    stats = group_stats(results)
+    fig = figure_3(results, stats)
+    [line] = [l for l in fig.axes[0].get_lines() if l.get_label() == "SFT"]
+    assert line.get_ydata()[0] == stats["sft=big"]["bench:gsm8k"].value  # the bars' own SFT
+    fig = figure_1(results, stats)
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels[0] == "big (SFT)" and not any("small" in label for label in labels)
+
+
 def test_all_formats_and_determinism(toy_store, tmp_path):
     first = report(toy_store, tmp_path / "a", tables=["smoke", "4", "cost"], figures=["1", "2", "3"])
     report(toy_store, tmp_path / "b", tables=["smoke", "4", "cost"], figures=["1", "2", "3"])
