@@ -231,9 +231,14 @@ class VLLMGenerator:
                  max_new_tokens: int, seed: int) -> Rollout:
         from vllm import SamplingParams
 
+        from ablate.generate.base import row_seed
+
         self.sync_weights(policy)
-        params = SamplingParams(temperature=temperature, top_k=-1, top_p=1.0, seed=seed,
-                                max_tokens=max_new_tokens)
+        # one seed per prompt: a seed shared by the batch would draw every prompt's reply from
+        # the same random stream
+        params = [SamplingParams(temperature=temperature, top_k=-1, top_p=1.0,
+                                 seed=row_seed(seed, k, 0), max_tokens=max_new_tokens)
+                  for k in range(len(prompts))]
         outputs = self.llm.generate([{"prompt_token_ids": list(p.ids)} for p in prompts], params,
                                     use_tqdm=False)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \

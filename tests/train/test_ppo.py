@@ -325,3 +325,33 @@ def test_reward_rises_with_bounded_kl_and_larger_beta_keeps_kl_smaller(char_mode
     kl_low = sum(m["kl"] for m in low[-4:]) / 4
     kl_high = sum(m["kl"] for m in results[0.5][-4:]) / 4
     assert kl_high < kl_low / 2, (kl_high, kl_low)
+
+
+def test_vllm_rollouts_give_each_prompt_its_own_seed(char_tokenizer, monkeypatch):
+    """vLLM seeds each request's generator from its SamplingParams: one seed for the batch would
+    draw every prompt's reply from the same stream (vLLM itself is not installed here)."""
+    import sys
+    import types
+    from types import SimpleNamespace
+
+    from ablate.train.rollout import VLLMGenerator
+
+    vllm = types.ModuleType("vllm")
+    vllm.SamplingParams = lambda **kw: SimpleNamespace(**kw)
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+
+    class FakeLLM:
+        def generate(self, inputs, params, use_tqdm=False):
+            self.params = params
+            return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[5, 6])]) for _ in inputs]
+
+    generator = VLLMGenerator.__new__(VLLMGenerator)
+    generator.tokenizer, generator.llm = char_tokenizer, FakeLLM()
+    monkeypatch.setattr(generator, "sync_weights", lambda policy: None)
+    items, _ = tokenize_prompts(letter_prompts(4), char_tokenizer, 64)
+    policy = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=None))
+    generator.generate(policy, items, temperature=0.7, max_new_tokens=2, seed=3)
+    seeds = [p.seed for p in generator.llm.params]
+    assert len(seeds) == 4 and len(set(seeds)) == 4
+    generator.generate(policy, items, temperature=0.7, max_new_tokens=2, seed=3)
+    assert [p.seed for p in generator.llm.params] == seeds  # reproducible
