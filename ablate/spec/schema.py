@@ -15,6 +15,20 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 class Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @model_validator(mode="after")
+    def _defaults_as_declared(self):
+        """A value written out that equals its field's default takes the default's own form:
+        ``epochs: 3`` validates to 3.0 where the default is the int 3, and the two must hash to
+        one step id. Fields left out, and every other value, are untouched (existing ids hold)."""
+        for name in self.model_fields_set:
+            field = type(self).model_fields[name]
+            value, default = getattr(self, name), field.default
+            if isinstance(value, (int, float)) and not isinstance(value, bool) \
+                    and isinstance(default, (int, float)) and not isinstance(default, bool) \
+                    and type(value) is not type(default) and value == default:
+                object.__setattr__(self, name, default)
+        return self
+
 
 # ---------------------------------------------------------------- models and data
 

@@ -58,6 +58,25 @@ def test_ids_are_hashes_of_resolved_config():
            {s for s, st in changed.steps.items() if st.kind == "train_ppo"}
 
 
+def test_a_default_spelled_out_keeps_the_step_ids():
+    """``epochs: 3`` validates to 3.0 while the unspelled default stays the int 3; the same
+    settings must give the same steps, or a grid edited only for clarity reruns everything."""
+    implicit = expand(grid(algorithms={"dpo": {"kind": "dpo"}}))
+    explicit = expand(grid(algorithms={"dpo": {"kind": "dpo", "epochs": 3, "beta": 0.1}}))
+    assert list(implicit.steps) == list(explicit.steps)
+    assert list(expand(grid(algorithms={"dpo": {"kind": "dpo", "epochs": 2}})).steps) != \
+        list(implicit.steps)
+
+
+def test_stored_plans_keep_their_ids():
+    """Ids are hashes of the stored configs: a plan saved earlier loads with the same ids."""
+    from ablate.spec.plan import Plan
+
+    plan = expand(grid())
+    again = Plan.from_json(plan.to_json())
+    assert list(again.steps) == list(plan.steps)
+
+
 def test_order_puts_inputs_first():
     plan = expand(grid())
     position = {s.id: i for i, s in enumerate(plan.order())}
