@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ablate.data.chat_tokens import chat_ids, decode_after
+from ablate.generate.base import row_seed
 from ablate.train.collate import pad_sequences
 from ablate.train.common import TrainingError, as_messages, reward_model_ids
 
@@ -230,8 +231,6 @@ class VLLMGenerator:
     def generate(self, policy, prompts: Sequence[PromptItem], *, temperature: float,
                  max_new_tokens: int, seed: int) -> Rollout:
         from vllm import SamplingParams
-
-        from ablate.generate.base import row_seed
 
         self.sync_weights(policy)
         # one seed per prompt: a seed shared by the batch would draw every prompt's reply from
