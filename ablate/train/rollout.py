@@ -9,7 +9,6 @@ padding]``; every prompt ends at column ``P - 1`` and response token ``j`` sits 
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import re
 from collections import Counter
@@ -137,15 +136,6 @@ def chunk_seed(seed: int, chunk: int) -> int:
 
 
 @torch.no_grad()
-@contextlib.contextmanager
-def _restored(obj, attribute: str, value):
-    """Put ``value`` back as ``obj.attribute`` when the block ends, however it ends."""
-    try:
-        yield
-    finally:
-        setattr(obj, attribute, value)
-
-
 def sample_token_ids(model, tokenizer, prompts: Sequence[PromptItem], *, temperature: float,
                      max_new_tokens: int, seed: int, batch_size: int,
                      chunks: Sequence[int] | None = None) -> tuple[Tensor, Tensor, Tensor, int]:
@@ -176,20 +166,23 @@ def sample_token_ids(model, tokenizer, prompts: Sequence[PromptItem], *, tempera
     shipped = model.generation_config
     model.generation_config = GenerationConfig(bos_token_id=shipped.bos_token_id,
                                                pad_token_id=pad, eos_token_id=sorted(eos))
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
-            _restored(model, "generation_config", shipped):
-        for chunk in range(n_chunks) if chunks is None else chunks:
-            rows = slice(chunk * batch_size, min((chunk + 1) * batch_size, len(prompts)))
-            torch.manual_seed(chunk_seed(seed, chunk))
-            out = model.generate(input_ids=prompt_ids[rows].to(device),
-                                 attention_mask=prompt_mask[rows].to(device),
-                                 generation_config=config,
-                                 # no per-step sync between processes: each samples its own chunks
-                                 # with its parameters already gathered (fsdp.gathered)
-                                 synced_gpus=False)[:, prompt_ids.shape[1]:].cpu()
-            generated[rows] = pad
-            generated[rows, :out.shape[1]] = out
-            width = max(width, out.shape[1])
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            for chunk in range(n_chunks) if chunks is None else chunks:
+                rows = slice(chunk * batch_size, min((chunk + 1) * batch_size, len(prompts)))
+                torch.manual_seed(chunk_seed(seed, chunk))
+                out = model.generate(input_ids=prompt_ids[rows].to(device),
+                                     attention_mask=prompt_mask[rows].to(device),
+                                     generation_config=config,
+                                     # no per-step sync between processes: each samples its own
+                                     # chunks with its parameters already gathered
+                                     # (fsdp.gathered)
+                                     synced_gpus=False)[:, prompt_ids.shape[1]:].cpu()
+                generated[rows] = pad
+                generated[rows, :out.shape[1]] = out
+                width = max(width, out.shape[1])
+    finally:
+        model.generation_config = shipped
     model.train(was_training)
     return prompt_ids, prompt_mask, generated, width
 

@@ -168,6 +168,12 @@ def test_sampling_ignores_the_models_shipped_generation_settings(char_model, cha
     expected = sample_token_ids(plain, char_tokenizer, items, **kwargs)[2]
     assert torch.equal(sample_token_ids(shipped, char_tokenizer, items, **kwargs)[2], expected)
     assert shipped.generation_config.repetition_penalty == 3.0  # restored after the call
+    grad_enabled = []
+    real_generate = plain.generate
+    plain.generate = lambda **kw: grad_enabled.append(torch.is_grad_enabled()) or \
+        real_generate(**kw)
+    sample_token_ids(plain, char_tokenizer, items, **kwargs)
+    assert grad_enabled and not any(grad_enabled)  # sampling records no autograd graph
 
 
 def test_rewards():
