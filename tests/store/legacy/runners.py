@@ -10,8 +10,14 @@ import random
 from pathlib import Path
 
 
-def _rng(ctx) -> random.Random:
-    return random.Random(int(hashlib.sha256(ctx.step.name.encode()).hexdigest()[:12], 16))
+def _rng(ctx, key: str | None = None) -> random.Random:
+    key = key or ctx.step.name
+    return random.Random(int(hashlib.sha256(key.encode()).hexdigest()[:12], 16))
+
+
+# Best-of-N reranks greedy generations only; MMLU scores log-likelihoods, so a best-of-N cell's
+# MMLU is the base model's own, as the real evaluation makes it.
+RERANKED = ("gsm8k", "toxigen")
 
 
 def train(ctx) -> None:
@@ -30,8 +36,15 @@ def train(ctx) -> None:
 
 
 def eval_(ctx) -> None:
-    rng = _rng(ctx)
+    """Scores drawn from what determines a real evaluation's result: the benchmark, the model
+    (an upstream step or the base model) and, where it applies, the best-of-N sampler."""
     bench = ctx.config["benchmark"]
+    sampler = ctx.config.get("sampler") or {"kind": "greedy"}
+    applies = sampler["kind"] == "best_of_n" and bench in RERANKED
+    model = str(ctx.inputs.get("model") and ctx.inputs["model"].name) + json.dumps(
+        ctx.config.get("model"), sort_keys=True)
+    rng = _rng(ctx, bench + model + (json.dumps(sampler, sort_keys=True) +
+                                     ctx.inputs["reward_model"].name if applies else ""))
     n = ctx.config.get("limit") or 20
     p = 0.3 + 0.4 * rng.random()
     scores = [1.0 if rng.random() < p else 0.0 for _ in range(n)]
@@ -50,4 +63,6 @@ def eval_(ctx) -> None:
         "higher_is_better": not toxic, "category_score": 100.0 - value if toxic else value,
         "secondary": {}, "n_items": n, "n_failed": 0, "limit": ctx.config.get("limit"),
         "sampler": ctx.config.get("sampler"), "judge": None, "scores_file": "scores.jsonl",
-        "outputs_file": "outputs.jsonl", "seconds": 0.1}, indent=2, sort_keys=True))
+        "outputs_file": "outputs.jsonl", "seconds": 0.1,
+        **({"sampler_applied": applies} if sampler["kind"] == "best_of_n" else {})},
+        indent=2, sort_keys=True))
