@@ -12,12 +12,15 @@ from rich.console import Console
 from rich.table import Table
 
 from ablate.spec import GridSpec, Plan, SpecError, check_names, expand, load_grid
+from ablate.spec.plan import StoreFormatError
 from ablate.store import RunStore
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Evaluation-first ablations of learning from preference feedback.")
 model_app = typer.Typer(no_args_is_help=True, help="Built-in and local models.")
 app.add_typer(model_app, name="model")
+store_app = typer.Typer(no_args_is_help=True, help="The run store itself.")
+app.add_typer(store_app, name="store")
 console = Console()
 
 StoreOption = typer.Option(None, "--store", help="Run store folder [default: $ABLATE_STORE or ./runs]")
@@ -25,6 +28,15 @@ StoreOption = typer.Option(None, "--store", help="Run store folder [default: $AB
 
 def store_at(path: Optional[Path]) -> RunStore:
     return RunStore(path or os.environ.get("ABLATE_STORE", "runs"))
+
+
+def checked_store(run_store: RunStore) -> RunStore:
+    """The store, if this ablate reads it as written (else the error says what to run)."""
+    try:
+        run_store.check_current()
+    except StoreFormatError as exc:
+        fail(str(exc))
+    return run_store
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -78,6 +90,7 @@ def grid(file: Path = typer.Argument(..., help="Grid spec (YAML)"),
     """Expand a grid and run every step that is not done yet (locally, or on SLURM with --submit)."""
     spec, plan = load_checked(file)
     run_store = store_at(store)
+    checked_store(run_store)
     if dry_run and not submit:
         console.print(step_table(plan, run_store))
         for cell in plan.cells:
@@ -118,7 +131,7 @@ def status(file: Path = typer.Argument(..., help="Grid spec (YAML)"),
            store: Optional[Path] = StoreOption) -> None:
     """Every cell × step of a grid with its state (from the store, and SLURM where submitted)."""
     spec, plan = load_checked(file)
-    run_store = store_at(store)
+    run_store = checked_store(store_at(store))
     states = {sid: run_store.state(s) for sid, s in plan.steps.items()}
     try:
         from ablate.launch.slurm import refresh_states
@@ -161,6 +174,28 @@ def model_prepare(name: str = typer.Argument("smollm2-135m-instruct")) -> None:
         console.print(str(prepare_builtin(name)))
     except ModelError as exc:
         fail(str(exc))
+
+
+@store_app.command("migrate")
+def store_migrate(store: Optional[Path] = StoreOption) -> None:
+    """Re-key a store written by an older ablate to this one's step ids; nothing is recomputed.
+    Safe to rerun: an interrupted migration is finished by running it again."""
+    from ablate.store.migrate import migrate_store
+
+    run_store = store_at(store)
+    try:
+        report = migrate_store(run_store, log=lambda line: console.print(line, highlight=False))
+    except StoreFormatError as exc:
+        fail(str(exc))
+    if report.nothing_to_do:
+        console.print(f"{run_store.root}: nothing to migrate (its plans are current)")
+        return
+    console.print(f"[green]migrated[/] {run_store.root}: {report.steps} steps re-keyed, "
+                  f"{report.plans} grid plans rewritten, {len(report.merged)} duplicate steps "
+                  f"merged")
+    for step_id, why in sorted(report.stale.items()):
+        console.print(f"[yellow]stale[/] {step_id}: {why}; it will run again, its old result is "
+                      "kept as STALE.json", highlight=False)
 
 
 # ---------------------------------------------------------------- SLURM: cancel, logs
@@ -213,8 +248,8 @@ _mount_subcommands()
 def main() -> None:  # pragma: no cover - console entry point
     try:
         app()
-    except SpecError as exc:
-        console.print(f"[red]error:[/] {exc}")
+    except (SpecError, StoreFormatError) as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False)
         sys.exit(2)
 
 

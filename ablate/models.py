@@ -117,10 +117,8 @@ def _record_commit(repo: str, revision: str, folder: Path) -> None:
                      commit)
 
 
-def resolve_model(spec: ModelSpec | dict) -> Path:
+def resolve_model(spec: ModelSpec) -> Path:
     """A local folder holding the model's config, weights and tokenizer."""
-    if isinstance(spec, dict):
-        spec = ModelSpec.model_validate(spec)
     if spec.builtin:
         return prepare_builtin(spec.builtin)
     if spec.path:

@@ -3,12 +3,13 @@
 import pytest
 
 from ablate.models import ModelError, resolve_model
+from ablate.spec.schema import ModelSpec
 
 
 def test_tiny_builtin_is_a_loadable_folder(tiny_model_dir):
     from transformers import AutoConfig, AutoTokenizer
 
-    assert resolve_model({"builtin": "tiny-llama"}) == tiny_model_dir
+    assert resolve_model(ModelSpec(builtin="tiny-llama")) == tiny_model_dir
     config = AutoConfig.from_pretrained(tiny_model_dir)
     assert config.num_hidden_layers == 2 and config.hidden_size == 64
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -16,13 +17,13 @@ def test_tiny_builtin_is_a_loadable_folder(tiny_model_dir):
 
 
 def test_local_path_and_errors(tmp_path, tiny_model_dir):
-    assert resolve_model({"path": str(tiny_model_dir)}) == tiny_model_dir
+    assert resolve_model(ModelSpec(path=str(tiny_model_dir))) == tiny_model_dir
     with pytest.raises(ModelError, match="no config.json"):
-        resolve_model({"path": str(tmp_path)})
+        resolve_model(ModelSpec(path=str(tmp_path)))
     with pytest.raises(ModelError, match="unknown built-in model 'nope'"):
-        resolve_model({"builtin": "nope"})
+        resolve_model(ModelSpec(builtin="nope"))
     with pytest.raises(ModelError, match="nowhere: no such folder"):
-        resolve_model({"path": str(tmp_path / "nowhere")})
+        resolve_model(ModelSpec(path=str(tmp_path / "nowhere")))
 
 
 def test_eval_command_reads_path_like_names_as_folders_and_fails_cleanly(tmp_path):
@@ -31,10 +32,10 @@ def test_eval_command_reads_path_like_names_as_folders_and_fails_cleanly(tmp_pat
     from ablate.cli import app
     from ablate.evals.cli import model_spec_for
 
-    assert model_spec_for("allenai/tulu-2-7b@main") == {"hub": "allenai/tulu-2-7b",
-                                                        "revision": "main"}
+    assert model_spec_for("allenai/tulu-2-7b@main") == ModelSpec(hub="allenai/tulu-2-7b",
+                                                                 revision="main")
     for name in ("/no/such/model", "./model", "runs/steps/train_dpo/abc/model"):
-        assert "path" in model_spec_for(name)
+        assert model_spec_for(name).path
     missing = str(tmp_path / "no" / "model")
     out = CliRunner().invoke(app, ["eval", missing, "-b", "gsm8k", "--out", str(tmp_path / "o")])
     assert out.exit_code == 2 and "no such folder" in " ".join(out.output.split())
@@ -44,7 +45,7 @@ def test_eval_command_reads_path_like_names_as_folders_and_fails_cleanly(tmp_pat
 def test_hub_offline_names_the_model(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelError, match="allenai/not-a-model@v1.*path:"):
-        resolve_model({"hub": "allenai/not-a-model", "revision": "v1"})
+        resolve_model(ModelSpec(hub="allenai/not-a-model", revision="v1"))
 
 
 def test_a_hub_model_logs_its_commit_and_warns_on_a_branch(monkeypatch, tmp_path, caplog):
@@ -55,11 +56,11 @@ def test_a_hub_model_logs_its_commit_and_warns_on_a_branch(monkeypatch, tmp_path
     snapshot.mkdir(parents=True)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, revision: snapshot)
     with caplog.at_level("INFO", logger="ablate.models"):
-        assert resolve_model({"hub": "allenai/tulu-2-13b", "revision": "main"}) == snapshot
+        assert resolve_model(ModelSpec(hub="allenai/tulu-2-13b", revision="main")) == snapshot
     assert f"allenai/tulu-2-13b@main is commit {commit}" in caplog.text
     assert f"pin `revision: {commit}`" in caplog.text
     caplog.clear()
     with caplog.at_level("INFO", logger="ablate.models"):
-        resolve_model({"hub": "allenai/tulu-2-13b", "revision": commit})
+        resolve_model(ModelSpec(hub="allenai/tulu-2-13b", revision=commit))
     assert "is commit" in caplog.text
     assert not [r for r in caplog.records if r.levelname == "WARNING"]  # a pinned commit

@@ -16,6 +16,7 @@ from ablate.data.load import DataUnavailable, load_preferences, load_prompts
 from ablate.data.registry import MIXTURES, PROMPT_SETS, SOURCES, dataset_names, prompt_set_names
 from ablate.data.rows import PromptData, SchemaError, render_messages
 from ablate.spec.schema import DataRef
+from ablate.spec.steps import PromptsRef
 from ablate.store import atomic_write_jsonl
 
 app = typer.Typer(no_args_is_help=True, help="Preference datasets and prompt sets.")
@@ -31,8 +32,8 @@ def _load(name: str, split: str, max_rows: Optional[int], seed: int):
     """A prompt set (``PromptData``) or a preference dataset (``PreferenceData``), by name."""
     try:
         if name in PROMPT_SETS:
-            return load_prompts({"source": "prompt_set", "name": name, "max_rows": max_rows,
-                                 "sample_seed": seed})
+            return load_prompts(PromptsRef(source="prompt_set", name=name, max_rows=max_rows,
+                                           sample_seed=seed))
         if name in SOURCES or name in MIXTURES:
             return load_preferences(DataRef(name=name, max_rows=max_rows, sample_seed=seed), split)
     except (DataUnavailable, SchemaError, ValueError) as exc:

@@ -30,6 +30,7 @@ from ablate.data.rows import (
     clean, downsample, first_user_text, is_held_out, mix_preferences, prompt_text,
 )
 from ablate.spec.schema import DataRef
+from ablate.spec.steps import PromptsRef
 from ablate.store import atomic_write_json, atomic_write_jsonl
 
 SLICES_DIR = Path(__file__).parent / "slices"
@@ -185,9 +186,8 @@ def _restrict(rows: list[dict], skipped: dict, other: str) -> tuple[list[dict], 
     return kept, skipped
 
 
-def load_preferences(ref: DataRef | dict, split: str = "train") -> PreferenceData:
+def load_preferences(ref: DataRef, split: str = "train") -> PreferenceData:
     """A named preference dataset (or mixture), one split, downsampled per ``ref``."""
-    ref = ref if isinstance(ref, DataRef) else DataRef(**ref)
     if ref.name in MIXTURES:
         mixture = MIXTURES[ref.name]
         parts = [load_preferences(DataRef(name=name, max_rows=rows, sample_seed=ref.sample_seed),
@@ -266,21 +266,16 @@ def prompt_rows(prompt_set: PromptSource) -> tuple[list[dict], dict]:
     return clean_prompts(prompt_set.convert(raws, prompt_set.name, 0), skipped), dict(skipped)
 
 
-def load_prompts(ref: dict) -> PromptData:
+def load_prompts(ref: PromptsRef) -> PromptData:
     """Policy-training prompts: ``{"prompt": [messages], "reference": str | None}`` rows, with the
-    skip counts by reason (``PromptData`` indexes and iterates as its rows).
-
-    ``ref`` is ``{"source": "preference_data" | "prompt_set", "name", "max_rows", "sample_seed"}``;
-    preference data gives the prompts of its train split (deduplicated, no reference).
-    """
-    source, name = ref.get("source"), ref.get("name")
-    max_rows, seed = ref.get("max_rows"), ref.get("sample_seed", 0)
-    if source == "preference_data":
-        rows, skipped = _preference_prompts(name)
-    elif source == "prompt_set":
-        if name not in PROMPT_SETS:
-            raise KeyError(f"unknown prompt set {name!r}; known: {', '.join(sorted(PROMPT_SETS))}")
-        rows, skipped = prompt_rows(PROMPT_SETS[name])
+    skip counts by reason (``PromptData`` indexes and iterates as its rows). Preference data gives
+    the prompts of its train split (deduplicated, no reference)."""
+    if ref.source == "preference_data":
+        rows, skipped = _preference_prompts(ref.name)
     else:
-        raise ValueError(f"prompt ref source must be 'preference_data' or 'prompt_set', got {source!r}")
-    return PromptData(name=name, rows=downsample(rows, max_rows, seed), skipped=skipped)
+        if ref.name not in PROMPT_SETS:
+            raise KeyError(f"unknown prompt set {ref.name!r}; "
+                           f"known: {', '.join(sorted(PROMPT_SETS))}")
+        rows, skipped = prompt_rows(PROMPT_SETS[ref.name])
+    return PromptData(name=ref.name, rows=downsample(rows, ref.max_rows, ref.sample_seed),
+                      skipped=skipped)

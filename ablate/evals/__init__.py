@@ -1,13 +1,13 @@
-"""The paper's 11-benchmark suite: a registry of benchmarks by name, the step runner, aggregation.
+"""The paper's 11-benchmark suite: a registry of benchmarks by name and the step runner.
 
-Adding a benchmark is a module with a ``Benchmark`` subclass plus one line in ``BENCHMARKS``.
+Adding a benchmark is a module with a ``Benchmark`` subclass plus one line in ``BENCHMARKS``, and
+its facts (category, how it is scored, judge) in ``ablate.spec.benchmarks``.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
 
-from ablate.evals.aggregate import BENCHMARK_CATEGORY, CATEGORIES, average, category_scores
 from ablate.evals.base import PROTOCOLS, Benchmark, EvalEnv, EvalError, ItemResult, Summary
 
 BENCHMARKS: dict[str, str] = {  # name -> "module:class", imported only when used
@@ -36,6 +36,5 @@ def get_benchmark(name: str) -> Benchmark:
     return getattr(import_module(module), cls)()
 
 
-__all__ = ["BENCHMARKS", "BENCHMARK_CATEGORY", "CATEGORIES", "PROTOCOLS", "Benchmark", "EvalEnv",
-           "EvalError", "ItemResult", "Summary", "average", "benchmark_names", "category_scores",
-           "get_benchmark"]
+__all__ = ["BENCHMARKS", "PROTOCOLS", "Benchmark", "EvalEnv", "EvalError", "ItemResult", "Summary",
+           "benchmark_names", "get_benchmark"]

@@ -10,8 +10,7 @@ log-probabilities give a weighted preference when the endpoint returns them) and
 of kind reward_model): preference = 1 + sigmoid(r_model - r_reference), no network.
 
 The length-controlled win rate needs alpaca-eval's instruction-difficulty table (``df_gamed.csv``
-from the hub dataset tatsu-lab/alpaca_eval): give its path in ``options.df_gamed`` or
-``$ABLATE_ALPACA_DF_GAMED``.
+from the hub dataset tatsu-lab/alpaca_eval): give its path in ``$ABLATE_ALPACA_DF_GAMED``.
 """
 
 from __future__ import annotations
@@ -92,7 +91,6 @@ def winrates(annotations: list[dict], df_gamed: Path | None) -> dict[str, float]
 
 
 class _AlpacaEval(Benchmark):
-    category = "inst_following"
     hub_id = "tatsu-lab/alpaca_eval"
     data_revision = "github:tatsu-lab/alpaca_eval@cd543a149df89434d8a54582c0151c0b945c3d20"
     libraries = ("alpaca_eval",)
@@ -122,10 +120,10 @@ class _AlpacaEval(Benchmark):
                  "dataset": r.get("dataset", "")} for k, r in enumerate(rows)]
 
     def evaluate(self, items: list[dict], env: EvalEnv) -> list[ItemResult]:
-        self._options = dict(env.options)
-        if not env.judge:
-            raise EvalError(f"{self.name} needs a judge: set judge to a name in judges.yaml or to "
-                            "'reward_model' (with a reward_model input)")
+        if env.judge is None or env.judge.kind == "string_match":
+            raise EvalError(f"{self.name} needs a judge model: name one in the grid's "
+                            "eval.judge or eval.judges (defined under `judges:` or in "
+                            "$ABLATE_JUDGES), e.g. an openai judge or kind reward_model")
         from ablate.evals.judges import RewardModelJudge, get_judge
 
         judge = get_judge(env.judge, env.cache_dir, env.reward_model_dir)
@@ -172,14 +170,13 @@ class _AlpacaEval(Benchmark):
             raise EvalError(
                 f"{self.name}: the length-controlled win rate needs alpaca-eval's instruction-"
                 "difficulty file df_gamed.csv (hub dataset tatsu-lab/alpaca_eval), which is not "
-                "configured: set options.df_gamed or ABLATE_ALPACA_DF_GAMED to its path. Judgements "
+                "configured: set ABLATE_ALPACA_DF_GAMED to its path. Judgements "
                 f"are cached, so rerunning costs nothing. Raw win rate: {rates['win_rate']:.2f}")
         return Summary(rates[key], {k: v for k, v in rates.items() if k != key}, n_failed=failed)
 
-    _options: dict = {}
 
     def _difficulty_file(self) -> Path | None:
-        path = self._options.get("df_gamed") or os.environ.get("ABLATE_ALPACA_DF_GAMED")
+        path = os.environ.get("ABLATE_ALPACA_DF_GAMED")
         return Path(path) if path else None
 
 

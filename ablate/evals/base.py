@@ -11,7 +11,11 @@ import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
+
+from ablate.spec.benchmarks import CATEGORY_OF
+from ablate.spec.schema import BestOfN, JudgeSpec, Sampler
+from ablate.spec.steps import EvalStep
 
 PROTOCOLS = ("paper", "full")
 
@@ -44,15 +48,10 @@ class Summary:
 
 @dataclass
 class EvalEnv:
-    """The model and the run's settings as a benchmark sees them."""
+    """The model and the step's config as a benchmark sees them."""
 
     model_dir: Path
-    protocol: str = "paper"
-    seed: int = 0
-    max_new_tokens: int | None = None  # overrides the benchmark's default when set
-    judge: str | None = None
-    sampler: Mapping[str, Any] = field(default_factory=lambda: {"kind": "greedy"})
-    options: Mapping[str, Any] = field(default_factory=dict)  # benchmark-specific extras
+    config: EvalStep
     reward_model_dir: Path | None = None
     data_root: Path | None = None  # the full data folder, None when items came from a slice
     cache_dir: Path = Path(".ablate-cache")
@@ -61,6 +60,22 @@ class EvalEnv:
     progress: Callable[[int, int], None] = lambda done, total: None
     _backend: Any = None
     best_of_n_calls: int = 0  # generations a best_of_n sampler reranked (0: it never applied)
+
+    @property
+    def protocol(self) -> str:
+        return self.config.protocol
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    @property
+    def sampler(self) -> Sampler:
+        return self.config.sampler
+
+    @property
+    def judge(self) -> JudgeSpec | None:
+        return self.config.judge
 
     @property
     def backend(self):
@@ -74,7 +89,8 @@ class EvalEnv:
         return self.backend.tokenizer
 
     def new_tokens(self, default: int) -> int:
-        return self.max_new_tokens or default
+        """The step's ``max_new_tokens`` where the grid set one, else the benchmark's."""
+        return self.config.max_new_tokens or default
 
     def chat(self, user: str, assistant_prefix: str = "") -> str:
         from ablate.generate import chat_prompt
@@ -87,10 +103,7 @@ class EvalEnv:
         replaced by the reward model's favourite of N samples."""
         from ablate.generate import SamplingParams
 
-        best_of = self.sampler.get("kind", "greedy")
-        if best_of not in ("greedy", "best_of_n"):
-            raise EvalError(f"sampler.kind must be greedy or best_of_n, got {best_of!r}")
-        if best_of == "best_of_n" and n == 1 and temperature == 0.0:
+        if isinstance(self.sampler, BestOfN) and n == 1 and temperature == 0.0:
             return self._best_of_n(prompts, max_new_tokens, stop, rm_prompts or prompts)
         # greedy samples are all the same reply: decode it once (vLLM refuses greedy n > 1); a
         # best-of-N sampler leaves a benchmark's own samples alone, greedy ones included
@@ -108,10 +121,10 @@ class EvalEnv:
         self.best_of_n_calls += 1
         from ablate.train.rm import RewardScorer  # written by the trainer; heavy, so imported late
 
-        n = int(self.sampler["n"])
-        params = SamplingParams(max_new_tokens=max_new_tokens, n=n,
-                                temperature=float(self.sampler.get("temperature", 0.7)),
-                                seed=int(self.sampler.get("seed", self.seed)), stop=tuple(stop))
+        sampler = self.sampler
+        params = SamplingParams(max_new_tokens=max_new_tokens, n=sampler.n,
+                                temperature=sampler.temperature, seed=sampler.seed,
+                                stop=tuple(stop))
         samples = self.backend.generate(list(prompts), params, progress=self.progress)
         scorer = RewardScorer(self.reward_model_dir)
         flat_prompts = [p for p, s in zip(rm_prompts, samples) for _ in s]
@@ -126,7 +139,6 @@ class EvalEnv:
 
 class Benchmark(ABC):
     name: str
-    category: str
     metric: str
     higher_is_better: bool = True
     data_revision: str = ""  # the source's revision the item list comes from
@@ -146,6 +158,10 @@ class Benchmark(ABC):
         if not results:
             raise EvalError(f"{self.name}: no items were evaluated")
         return Summary(100.0 * sum(r.score for r in results) / len(results))
+
+    @property
+    def category(self) -> str:
+        return CATEGORY_OF[self.name]
 
     def category_score(self, value: float) -> float:
         return value if self.higher_is_better else 100.0 - value

@@ -49,7 +49,7 @@ def task_prompt(path: Path) -> str:
 
 
 class BBH(Benchmark):
-    name, category, metric = "bbh", "reasoning", "exact_match"
+    name, metric = "bbh", "exact_match"
     hub_id = "lukaemon/bbh"
     data_revision = "github:suzgunmirac/BIG-Bench-Hard@9ee07bd481feebf959a6b59d61ea57bdcf30964d"
     required_files = ("bbh/bbh", "bbh/cot-prompts")

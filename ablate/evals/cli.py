@@ -12,39 +12,78 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+
+from ablate.spec.benchmarks import BENCHMARKS, aggregate, paper_aggregate
+from ablate.spec.expand import eval_config
+from ablate.spec.load import JudgeFile, SpecError, judges_file, load_model
+from ablate.spec.schema import EvalConfig, JudgeSpec, ModelSpec
 
 console = Console()
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
-def model_spec_for(model: str) -> dict:
+def model_spec_for(model: str) -> ModelSpec:
     """A built-in name, a local folder (one that exists, or a name no hub id looks like: absolute,
     relative with ./ or ../, ~, or more than one /), or else a hub id (``id@revision`` allowed)."""
     from ablate.models import BUILTIN_MODELS
 
     if model in BUILTIN_MODELS:
-        return {"builtin": model}
+        return ModelSpec(builtin=model)
     if Path(model).expanduser().exists() or model.startswith(("/", ".", "~")) \
             or model.count("/") > 1:
-        return {"path": str(Path(model).expanduser())}
+        return ModelSpec(path=str(Path(model).expanduser()))
     hub, _, revision = model.partition("@")
-    return {"hub": hub, "revision": revision or None}
+    return ModelSpec(hub=hub, revision=revision or None)
+
+
+def suite_settings(benchmarks: list[str], protocol: str, limit: int | None,
+                   max_new_tokens: int | None, seed: int | None) -> EvalConfig:
+    """The command line's settings as a grid's ``eval`` section; what is not given keeps the
+    grid's default."""
+    given = {"protocol": protocol, "benchmarks": tuple(benchmarks),
+             "limit": {b: limit for b in benchmarks} if limit else {},
+             "max_new_tokens": {b: max_new_tokens for b in benchmarks} if max_new_tokens else {}}
+    if seed is not None:
+        given["seed"] = seed
+    try:
+        return EvalConfig.model_validate(given)
+    except ValidationError as err:
+        raise SpecError("; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}"
+                                  for e in err.errors())) from None
+
+
+def cli_judge(name: str | None) -> JudgeSpec | None:
+    """``--judge NAME``: a judge defined in $ABLATE_JUDGES or ./judges.yaml, or string_match."""
+    if name is None:
+        return None
+    if name == "string_match":
+        return JudgeSpec(kind="string_match")
+    path = judges_file()
+    judges = load_model(JudgeFile, path).root if path.is_file() else {}
+    if name not in judges:
+        raise SpecError(f"--judge {name!r} is not defined in {path} (known: "
+                        f"{', '.join(sorted(judges)) or 'none'}); or use string_match")
+    return judges[name]
 
 
 def run_suite(model: str, benchmarks: list[str], protocol: str, out: Path, limit: int | None = None,
               data_dir: Path | None = None, judge: str | None = None,
-              max_new_tokens: int | None = None, seed: int = 0) -> dict:
+              max_new_tokens: int | None = None, seed: int | None = None) -> dict:
     """Run each benchmark; one that fails is recorded with its error and the others still run."""
-    from ablate.evals import average, category_scores, get_benchmark
+    from ablate.evals import get_benchmark
     from ablate.evals.runner import evaluate_benchmark
     from ablate.models import resolve_model
     from ablate.store import atomic_write_json
 
     for name in benchmarks:
         get_benchmark(name)  # unknown names fail before any model is loaded
-    model_dir = resolve_model(model_spec_for(model))
+    settings = suite_settings(benchmarks, protocol, limit, max_new_tokens, seed)
+    judge_spec = cli_judge(judge)
+    model_spec = model_spec_for(model)
+    model_dir = resolve_model(model_spec)
     backend = None
     results, failures = {}, {}
     for name in benchmarks:
@@ -53,20 +92,23 @@ def run_suite(model: str, benchmarks: list[str], protocol: str, out: Path, limit
             if backend is None:  # loaded once, shared by every benchmark
                 from ablate.generate import load_backend
                 backend = load_backend(model_dir)
-            result = evaluate_benchmark(name, model_dir, out / name, protocol=protocol, limit=limit,
-                                        seed=seed, max_new_tokens=max_new_tokens, judge=judge,
-                                        data_dir=data_dir, cache_dir=out / ".cache",
-                                        backend=backend, log=logging.getLogger("ablate.evals"))
-            results[name] = result
+            config = eval_config(settings, name, model=model_spec,
+                                 judge=judge_spec if BENCHMARKS[name].judged else None)
+            results[name] = evaluate_benchmark(config, model_dir, out / name, data_dir=data_dir,
+                                               cache_dir=out / ".cache", backend=backend,
+                                               log=logging.getLogger("ablate.evals"))
         except Exception as exc:  # recorded, reported, and the next benchmark runs
             failures[name] = f"{type(exc).__name__}: {exc}"
             (out / name).mkdir(parents=True, exist_ok=True)
             atomic_write_json(out / name / "error.json", {"benchmark": name, "error": failures[name],
                                                           "traceback": traceback.format_exc()})
-    categories = category_scores({n: r["category_score"] for n, r in results.items()})
+    rolled = aggregate({n: r.category_score for n, r in results.items()}, benchmarks)
+    average = rolled.pop("average")
     summary = {"model": model, "protocol": protocol, "limit": limit,
-               "results": {n: r["value"] for n, r in results.items()},
-               "categories": categories, "average": average(categories), "failed": failures}
+               "results": {n: r.value for n, r in results.items()},
+               "categories": {c: v for c, v in rolled.items() if v is not None},
+               "average": average, "partial": not paper_aggregate(benchmarks),
+               "failed": failures}
     atomic_write_json(out / "summary.json", summary)
     return summary
 
@@ -80,9 +122,11 @@ def eval_command(
         out: Path = typer.Option(Path("eval-results"), "--out", help="Output folder"),
         data_dir: Optional[Path] = typer.Option(None, "--data-dir",
                                                 help="Benchmark data [default: $ABLATE_DATA_DIR]"),
-        judge: Optional[str] = typer.Option(None, "--judge", help="Judge name (see docs)"),
+        judge: Optional[str] = typer.Option(None, "--judge", help="A judge defined in "
+                                            "$ABLATE_JUDGES or ./judges.yaml, or string_match"),
         max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens"),
-        seed: int = typer.Option(0, "--seed")) -> None:
+        seed: Optional[int] = typer.Option(None, "--seed", help="[default: a grid's eval seed]")
+        ) -> None:
     """Evaluate one model on benchmarks of the paper's suite; writes OUT/<benchmark>/result.json."""
     from ablate.evals import EvalError, benchmark_names
     from ablate.models import ModelError
@@ -92,7 +136,7 @@ def eval_command(
     try:
         summary = run_suite(model, names, protocol, out, limit, data_dir, judge, max_new_tokens,
                             seed)
-    except (EvalError, ModelError) as exc:
+    except (EvalError, ModelError, SpecError) as exc:
         console.print(f"[red]error:[/] {exc}", highlight=False)
         raise typer.Exit(2)
     table = Table(title=f"{model} ({protocol}{f', limit {limit}' if limit else ''})")
@@ -105,8 +149,11 @@ def eval_command(
     for category, value in summary["categories"].items():
         table.add_row(f"[dim]{category}[/]", f"{value:.1f}")
     if summary["average"] is not None:
-        table.add_row("[bold]average[/]", f"{summary['average']:.1f}")
+        mark = "*" if summary["partial"] else ""
+        table.add_row(f"[bold]average{mark}[/]", f"{summary['average']:.1f}")
     console.print(table)
+    if summary["partial"]:
+        console.print("* over the benchmarks run, not the paper's 11 in 6 categories")
     console.print(f"results in {out}")
     if summary["failed"]:
         raise typer.Exit(1)

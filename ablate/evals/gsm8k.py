@@ -53,7 +53,7 @@ def build_user_turn(exemplars: list[dict], question: str) -> str:
 
 
 class GSM8K(Benchmark):
-    name, category, metric = "gsm8k", "reasoning", "exact_match"
+    name, metric = "gsm8k", "exact_match"
     hub_id = "openai/gsm8k"
     data_revision = "github:openai/grade-school-math@3101c7d5072418e28b9008a6636bde82a006892c"
     required_files = ("gsm8k/test.jsonl",)

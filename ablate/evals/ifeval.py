@@ -48,7 +48,7 @@ def score_response(doc: dict, response: str) -> dict:
 
 
 class IFEval(Benchmark):
-    name, category, metric = "ifeval", "inst_following", "prompt_level_loose_acc"
+    name, metric = "ifeval", "prompt_level_loose_acc"
     hub_id = "google/IFEval"
     data_revision = "github:google-research/google-research@19638399 instruction_following_eval/data"
     required_files = ("ifeval/input_data.jsonl",)

@@ -1,7 +1,9 @@
 """Judges: any OpenAI-compatible chat endpoint, or a local reward model that needs no network.
 
-A judge is named in the eval config (``judge: gpt4-turbo``) and defined in a YAML file
-(``$ABLATE_JUDGES``, else ``./judges.yaml``)::
+A judge is named in a grid's eval settings (``judge: gpt4-turbo``, or per benchmark in
+``judges:``) and defined under the grid's ``judges:`` or in a YAML file (``$ABLATE_JUDGES``, else
+``./judges.yaml``); its definition (``ablate.spec.schema.JudgeSpec``) travels in the eval step's
+config and id::
 
     gpt4-turbo: {kind: openai, base_url: https://api.openai.com/v1,
                  model: gpt-4-1106-preview, api_key_env: OPENAI_API_KEY}
@@ -28,40 +30,28 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
-import yaml
-
 from ablate.evals.base import EvalError
+from ablate.spec.schema import JudgeSpec
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 
-def judge_specs() -> dict:
-    path = Path(os.environ.get("ABLATE_JUDGES", "judges.yaml"))
-    if not path.is_file():
-        return {}
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise EvalError(f"{path}: expected a mapping of judge name -> settings")
-    return data
-
-
-def get_judge(name: str, cache_dir: Path, reward_model_dir: Path | None = None):
-    specs = judge_specs()
-    if name == "reward_model" and reward_model_dir is not None:
-        return RewardModelJudge(reward_model_dir)
-    if name not in specs:
-        raise EvalError(f"unknown judge {name!r}: define it in $ABLATE_JUDGES or ./judges.yaml "
-                        f"(known: {', '.join(specs) or 'none'})")
-    spec = dict(specs[name])
-    kind = spec.pop("kind", "openai")
-    if kind == "openai":
-        missing = [k for k in ("base_url", "model", "api_key_env") if k not in spec]
-        if missing:
-            raise EvalError(f"judge {name!r}: missing {missing}")
-        return OpenAIJudge(cache_dir=cache_dir, **spec)
-    if kind == "reward_model":
-        return RewardModelJudge(Path(spec["path"]))
-    raise EvalError(f"judge {name!r}: kind must be openai or reward_model, got {kind!r}")
+def get_judge(spec: JudgeSpec, cache_dir: Path, reward_model_dir: Path | None = None):
+    """The judge ``spec`` defines; a reward-model judge without a path is the step's own
+    reward model input."""
+    if spec.kind == "openai":
+        return OpenAIJudge(base_url=spec.base_url, model=spec.model, api_key_env=spec.api_key_env,
+                           cache_dir=cache_dir, max_retries=spec.max_retries,
+                           timeout_s=spec.timeout_s, concurrency=spec.concurrency,
+                           temperature=spec.temperature)
+    if spec.kind == "reward_model":
+        folder = Path(spec.path) if spec.path else reward_model_dir
+        if folder is None:
+            raise EvalError("a reward_model judge needs a path or the step's reward_model input")
+        return RewardModelJudge(folder)
+    raise EvalError(f"a judge of kind {spec.kind!r} cannot grade outputs"
+                    + (f" ({spec.name!r} is an old store's judge whose definition was not "
+                       "recorded: define it again in the grid)" if spec.kind == "unrecorded" else ""))
 
 
 class JudgementCache:

@@ -49,7 +49,7 @@ def macro_accuracy(results: list[ItemResult]) -> tuple[float, float, dict[str, f
 
 
 class MMLU(Benchmark):
-    name, category, metric = "mmlu", "factuality", "accuracy"
+    name, metric = "mmlu", "accuracy"
     hub_id = "cais/mmlu"
     data_revision = "github:hendrycks/test (final release; re-formatted copy HaeChan0305/MLILAB-FedLLM@d92730e8)"
     required_files = ("mmlu/test",)
@@ -83,9 +83,9 @@ class MMLU(Benchmark):
         return items
 
     def evaluate(self, items: list[dict], env: EvalEnv) -> list[ItemResult]:
-        shots = int(env.options.get("shots", 0))
+        shots = env.config.shots
         if shots not in (0, 5):
-            raise EvalError(f"mmlu: options.shots must be 0 or 5, got {shots}")
+            raise EvalError(f"mmlu: shots must be 0 or 5, got {shots}")
         dev: dict[str, list[dict]] = {}
         if shots:
             if env.data_root is None:

@@ -6,12 +6,15 @@ import logging
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Callable
 
 from ablate.evals import get_benchmark
 from ablate.evals.base import EvalEnv, EvalError, check_protocol
 from ablate.evals.data import load_items
+from ablate.spec.schema import BestOfN
+from ablate.spec.steps import EvalStep
 from ablate.store import atomic_write_json, atomic_write_jsonl
+from ablate.store.result import EvalResult
 
 CORE_LIBRARIES = ("torch", "transformers", "lm_eval")
 
@@ -29,27 +32,24 @@ def library_versions(names) -> dict[str, str]:
     return versions
 
 
-def evaluate_benchmark(benchmark: str, model_dir: Path, out_dir: Path, *, protocol: str = "paper",
-                       limit: int | None = None, seed: int = 0, max_new_tokens: int | None = None,
-                       judge: str | None = None, sampler: Mapping[str, Any] | None = None,
+def evaluate_benchmark(config: EvalStep, model_dir: Path, out_dir: Path, *,
                        reward_model_dir: Path | None = None, data_dir: Path | str | None = None,
-                       options: Mapping[str, Any] | None = None,
                        cache_dir: Path = Path(".ablate-cache"), backend=None,
                        log: logging.Logger | None = None,
-                       progress: Callable[[int, int], None] | None = None) -> dict:
-    """Run one benchmark and write its three files into ``out_dir``; returns result.json's data."""
+                       progress: Callable[[int, int], None] | None = None) -> EvalResult:
+    """Run one benchmark as ``config`` says and write its three files into ``out_dir``.
+    ``data_dir`` only says where the benchmark's data is read from (else ``ABLATE_DATA_DIR`` or
+    the shipped slice)."""
     started = time.time()
-    check_protocol(protocol)
-    bench = get_benchmark(benchmark)
-    items, data_root = load_items(bench, protocol, limit, data_dir)
-    env = EvalEnv(model_dir=Path(model_dir), protocol=protocol, seed=seed,
-                  max_new_tokens=max_new_tokens, judge=judge,
-                  sampler=dict(sampler or {"kind": "greedy"}), options=dict(options or {}),
-                  reward_model_dir=reward_model_dir, data_root=data_root,
-                  cache_dir=Path(cache_dir), log=log or logging.getLogger("ablate.evals"),
+    check_protocol(config.protocol)
+    bench = get_benchmark(config.benchmark)
+    items, data_root = load_items(bench, config.protocol, config.limit, data_dir)
+    env = EvalEnv(model_dir=Path(model_dir), config=config, reward_model_dir=reward_model_dir,
+                  data_root=data_root, cache_dir=Path(cache_dir),
+                  log=log or logging.getLogger("ablate.evals"),
                   progress=progress or (lambda done, total: None), _backend=backend)
-    env.log.info("%s: %d items (%s protocol) from %s", benchmark, len(items), protocol,
-                 data_root or "the shipped slice")
+    env.log.info("%s: %d items (%s protocol) from %s", config.benchmark, len(items),
+                 config.protocol, data_root or "the shipped slice")
     try:
         results = bench.evaluate(items, env)
     finally:
@@ -57,53 +57,56 @@ def evaluate_benchmark(benchmark: str, model_dir: Path, out_dir: Path, *, protoc
             env._backend.close()
             env._backend = None
     if len(results) != len(items):
-        raise EvalError(f"{benchmark}: {len(items)} items but {len(results)} results")
+        raise EvalError(f"{config.benchmark}: {len(items)} items but {len(results)} results")
     summary = bench.summarize(results)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_jsonl(out_dir / "scores.jsonl", [r.score_row() for r in results])
     atomic_write_jsonl(out_dir / "outputs.jsonl", [r.output_row() for r in results])
-    result = {
-        "benchmark": benchmark, "category": bench.category, "protocol": protocol,
-        "metric": bench.metric, "value": summary.value, "higher_is_better": bench.higher_is_better,
-        "category_score": bench.category_score(summary.value), "secondary": summary.secondary,
-        "n_items": len(results), "n_failed": summary.n_failed, "limit": limit,
-        "versions": library_versions(CORE_LIBRARIES + bench.libraries),
-        "data_revision": bench.data_revision,
-        "data_source": str(data_root) if data_root else "shipped slice",
-        "sampler": env.sampler, "judge": judge, "scores_file": "scores.jsonl",
-        "outputs_file": "outputs.jsonl", "seconds": round(time.time() - started, 3),
-    }
-    if env.sampler.get("kind") == "best_of_n":
-        # Best-of-N reranks greedy generations; a benchmark that scores log-likelihoods (MMLU,
-        # TruthfulQA) or samples for pass@k (code) gets the model's own score, and says so.
-        result["sampler_applied"] = env.best_of_n_calls > 0
-        if not result["sampler_applied"]:
+    extra = {}
+    if isinstance(config.sampler, BestOfN):
+        # Best-of-N reranks greedy generations; a benchmark that has none gets the model's own
+        # score (expansion gives such cells the base model's step; `ablate eval` may not).
+        extra["sampler_applied"] = env.best_of_n_calls > 0
+        if not extra["sampler_applied"]:
             env.log.warning("%s: the best_of_n sampler does not apply to this benchmark; its "
-                            "score is the model's own", benchmark)
-    atomic_write_json(out_dir / "result.json", result)
+                            "score is the model's own", config.benchmark)
+    result = EvalResult(
+        benchmark=config.benchmark, category=bench.category, protocol=config.protocol,
+        metric=bench.metric, value=summary.value, unit="percent",
+        higher_is_better=bench.higher_is_better,
+        category_score=bench.category_score(summary.value),
+        secondary={k: _plain_number(v) for k, v in summary.secondary.items()},
+        n_items=len(results), n_failed=summary.n_failed, limit=config.limit,
+        versions=library_versions(CORE_LIBRARIES + bench.libraries),
+        data_revision=bench.data_revision,
+        data_source=str(data_root) if data_root else "shipped slice",
+        sampler=config.sampler.model_dump(mode="json"),
+        judge=config.judge.model_dump(mode="json") if config.judge else None,
+        seconds=round(time.time() - started, 3), **extra)
+    atomic_write_json(out_dir / "result.json", result.to_json())
     return result
 
 
+def _plain_number(value):
+    """numpy scalars (counts from pandas or numpy) as the JSON numbers they are."""
+    return value.item() if hasattr(value, "item") and not isinstance(value, (list, dict)) else value
+
+
 def run_step(ctx) -> None:
-    config = ctx.config
-    for key in ("benchmark", "protocol"):
-        if key not in config:
-            raise EvalError(f"eval step {ctx.step.name!r}: config has no {key!r}")
+    """The ``eval`` step (``ablate.spec.steps.EvalStep``): the ``model`` input, or the base
+    ``model`` of the config; a ``reward_model`` input for best-of-N or a reward-model judge."""
+    config: EvalStep = ctx.config
     if "model" in ctx.inputs:
         model_dir = ctx.input_model_dir("model")
-    elif config.get("model"):
+    elif config.model is not None:
         from ablate.models import resolve_model
-        model_dir = resolve_model(config["model"])
+        model_dir = resolve_model(config.model)
     else:
         raise EvalError(f"eval step {ctx.step.name!r}: no `model` input and no `model` in config")
     reward_model_dir = (ctx.input_model_dir("reward_model") if "reward_model" in ctx.inputs
                         else None)
-    benchmark = config["benchmark"]
     evaluate_benchmark(
-        benchmark, model_dir, ctx.out_dir, protocol=config["protocol"], limit=config.get("limit"),
-        seed=config.get("seed", 0), max_new_tokens=config.get("max_new_tokens"),
-        judge=config.get("judge"), sampler=config.get("sampler"),
-        reward_model_dir=reward_model_dir, data_dir=config.get("data_dir"),
-        options=config.get("options"), cache_dir=ctx.cache_dir, log=ctx.log,
-        progress=lambda done, total: ctx.progress(done, total, benchmark))
+        config, model_dir, ctx.out_dir, reward_model_dir=reward_model_dir,
+        cache_dir=ctx.cache_dir, log=ctx.log,
+        progress=lambda done, total: ctx.progress(done, total, config.benchmark))

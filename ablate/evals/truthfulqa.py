@@ -21,7 +21,7 @@ def mc2(loglikelihoods: list[float], labels: list[int]) -> float:
 
 
 class TruthfulQA(Benchmark):
-    name, category, metric = "truthfulqa", "truthfulness", "mc2"
+    name, metric = "truthfulqa", "mc2"
     hub_id = "truthfulqa/truthful_qa"
     data_revision = "github:sylinrl/TruthfulQA (via SimarBhatiaSB7/TruthX@9f9e3d00) mc_task.json"
     required_files = ("truthfulqa/mc_task.json", "truthfulqa/qa_primer.txt")

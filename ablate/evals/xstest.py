@@ -58,7 +58,7 @@ def refusal_f1(unsafe: list[bool], refused: list[bool]) -> float:
 
 
 class XSTest(Benchmark):
-    name, category, metric = "xstest", "safety", "refusal_f1"
+    name, metric = "xstest", "refusal_f1"
     hub_id = "natolambert/xstest-v2-copy"
     data_revision = "github:paul-rottger/exaggerated-safety@d7bb5bd738c1fcbc36edd83d5e7d1b71a3e2d84d"
     required_files = ("xstest/xstest_prompts.csv",)
@@ -78,7 +78,7 @@ class XSTest(Benchmark):
         replies = env.generate(prompts, env.new_tokens(self.default_max_new_tokens),
                                rm_prompts=[i["prompt"] for i in items])
         failed = [False] * len(items)
-        if env.judge in (None, "string_match"):
+        if env.judge is None or env.judge.kind == "string_match":
             labels = [strmatch_label(r[0]) for r in replies]
         else:
             from ablate.evals.judges import get_judge

@@ -21,15 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 from ablate.spec.plan import Plan, Step
+from ablate.spec.steps import STEP_KINDS
 from ablate.store import RunStore, StepContext
-
-# Step kind -> "module:function". Imported lazily: `ablate status` must not pay for torch.
-RUNNERS = {
-    "train_dpo": "ablate.train.dpo:run_step",
-    "train_rm": "ablate.train.rm:run_step",
-    "train_ppo": "ablate.train.ppo:run_step",
-    "eval": "ablate.evals.runner:run_step",
-}
 
 
 def runner_overrides() -> dict[str, str]:
@@ -46,7 +39,7 @@ def runner_overrides() -> dict[str, str]:
 
 
 def runner_for(kind: str) -> Callable[[StepContext], None]:
-    runners = {**RUNNERS, **runner_overrides()}
+    runners = {**{k: v.runner for k, v in STEP_KINDS.items()}, **runner_overrides()}
     if kind not in runners:
         raise KeyError(f"no runner for step kind {kind!r}; known: {', '.join(runners)}")
     module, _, name = runners[kind].partition(":")
@@ -159,11 +152,7 @@ class StepJob:
     step_id: str
 
     def plan(self, store: RunStore) -> Plan:
-        # A job pickled before plans had snapshots carries its grid's name instead.
-        plan_id = getattr(self, "plan_id", None)
-        if plan_id is None:
-            return store.load_plan(self.__dict__["grid"])
-        return store.load_plan_snapshot(plan_id)
+        return store.load_plan_snapshot(self.plan_id)
 
     def __call__(self) -> str:
         store = RunStore(self.store_root)

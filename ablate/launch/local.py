@@ -45,10 +45,10 @@ def select_steps(plan: Plan, selectors: Iterable[str]) -> set[str]:
     for sel in selectors:
         hits = {sid for sid, s in plan.steps.items()
                 if sel == "all" or s.kind == sel or sid.startswith(sel)
-                or s.config.get("benchmark") == sel}
+                or getattr(s.config, "benchmark", None) == sel}
         if not hits:
             kinds = sorted({s.kind for s in plan.steps.values()})
-            benches = sorted({s.config["benchmark"] for s in plan.steps.values() if s.kind == "eval"})
+            benches = sorted({s.config.benchmark for s in plan.steps.values() if s.kind == "eval"})
             raise ValueError(f"--force {sel!r} matches no step of grid {plan.grid!r}; use a step "
                              f"kind ({', '.join(kinds)}), a benchmark ({', '.join(benches)}), "
                              "a step id prefix, or 'all'")

@@ -17,11 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ablate.spec.load import SpecError, load_model
 from ablate.spec.plan import Step
+from ablate.spec.steps import step_kind
 
 ResourceClass = Literal["train", "eval", "judge"]
 RESOURCE_CLASSES: tuple[str, ...] = ("train", "eval", "judge")
-# Benchmarks scored by an LLM judge: they run with the judge's resources.
-JUDGED_BENCHMARKS = frozenset({"alpaca_eval_1", "alpaca_eval_2"})
 
 
 class _Frozen(BaseModel):
@@ -116,9 +115,11 @@ def load_profile(path: Path | str | None) -> LoadedProfile:
 
 
 def resource_class(step: Step) -> str:
-    """Which resources a step runs with: training, evaluation, or judged evaluation."""
-    if step.kind.startswith("train"):
+    """Which resources a step runs with: training, evaluation, or evaluation judged by a model
+    behind an API (the profile's ``judge`` class)."""
+    if step_kind(step.kind).resources == "train":
         return "train"
-    if step.config.get("judge") or step.config.get("benchmark") in JUDGED_BENCHMARKS:
+    judge = getattr(step.config, "judge", None)
+    if judge is not None and judge.kind in ("openai", "unrecorded"):
         return "judge"
     return "eval"

@@ -35,6 +35,7 @@ from ablate.launch.job import StepJob, current_slurm_job_id, run_step
 from ablate.launch.profile import LoadedProfile, Resources, load_profile, resource_class
 from ablate.spec.load import SpecError
 from ablate.spec.plan import Plan, Step
+from ablate.spec.steps import step_kind
 from ablate.store import RunStore
 
 # squeue states of a job that will still run (or is running): never submit its step again.
@@ -44,7 +45,6 @@ LIVE_STATES = frozenset({"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQ
 FAILED_STATES = frozenset({"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
                            "BOOT_FAIL", "DEADLINE", "PREEMPTED"})
 TRACKED = ("submitted", "running", "retrying", "queued")  # store states that have a live job
-MULTI_PROCESS_RECIPES = {"train_dpo": "dpo", "train_rm": "rm", "train_ppo": "ppo"}  # ablate.train.fsdp's recipes
 
 
 class SlurmError(RuntimeError):
@@ -158,7 +158,7 @@ def preflight(plan: Plan, steps: list[Step], profile: LoadedProfile, dry_run: bo
         res = cfg.resources(klass)
         if klass == "train" and res.world_size > 1:
             odd = sorted({s.kind for s in steps if resource_class(s) == "train"
-                          and s.kind not in MULTI_PROCESS_RECIPES})
+                          and step_kind(s.kind).recipe is None})
             if odd:
                 raise SlurmError(f"cluster profile {profile.path}: train asks for {res.world_size} "
                                  f"processes, but {', '.join(odd)} steps train in one process; "
@@ -244,12 +244,12 @@ class TorchrunStepJob(SlurmStepJob):
         if env.global_rank == 0:
             from ablate.store import atomic_write_json
 
-            atomic_write_json(config_path, dict(step.config))
+            atomic_write_json(config_path, step.to_json())
         port = 20000 + int(re.sub(r"\D", "", str(env.job_id)) or 0) % 20000  # one per job
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={env.num_nodes}",
                f"--node_rank={env.node}", f"--nproc_per_node={self.procs_per_node}",
                f"--master_addr={env.hostnames[0]}", f"--master_port={port}",
-               "-m", "ablate.train.fsdp", MULTI_PROCESS_RECIPES[step.kind],
+               "-m", "ablate.train.fsdp", step_kind(step.kind).recipe,
                "--config", str(config_path), "--out", str(out_dir), "--cache", str(cache_dir),
                *(arg for role, path in inputs.items() for arg in ("--input", f"{role}={path}"))]
         # The workers' output goes to a file in the step folder; its tail is the error on failure.

@@ -118,10 +118,10 @@ def win_rate_by_temperature(results: Results) -> dict[str, list[tuple[float, flo
     done = results.frame[(results.frame.status == "done")
                          & results.frame.benchmark.str.startswith("alpaca_eval")]
     for row in done.itertuples():
-        sampler = results.plan.steps[row.eval_step].config.get("sampler") or {}
-        if "temperature" in sampler:
+        sampler = results.plan.steps[row.eval_step].config.sampler
+        if hasattr(sampler, "temperature"):
             points.setdefault(f"{row.group} {row.benchmark}", []).append(
-                (float(sampler["temperature"]), float(row.value)))
+                (sampler.temperature, float(row.value)))
     return {k: sorted(v) for k, v in points.items()}
 
 

@@ -21,8 +21,7 @@ from ablate.report.categories import category_of
 from ablate.report.stats import bootstrap_means, item_scale, percentile_ci, stable_seed
 from ablate.spec.plan import Plan
 from ablate.store import RunStore, read_json
-
-RESULT_KEYS = ("benchmark", "value", "category_score")
+from ablate.store.result import CorruptResult, EvalResult, read_result
 COLUMNS = ["grid", "cell", "group", "seed", "is_baseline", "benchmark", "category", "status",
            "value", "category_score", "higher_is_better", "metric", "n_items", "ci_low", "ci_high",
            "eval_step", "model_step", "run_ids", "seconds", "judge_calls", "result_file"]
@@ -78,29 +77,6 @@ class Results:
 
 def group_name(cell_name: str) -> str:
     return re.sub(r"(^|,)seed=[^,]*", "", cell_name).strip(",") or cell_name
-
-
-class CorruptResult(ValueError):
-    pass
-
-
-def read_result(path: Path) -> dict:
-    """A result.json with the fields reports need, or ``CorruptResult`` naming what is wrong."""
-    try:
-        data = read_json(path)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CorruptResult(f"{path}: unreadable JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise CorruptResult(f"{path}: expected a JSON object")
-    for key in RESULT_KEYS:
-        if key not in data:
-            raise CorruptResult(f"{path}: missing field {key!r}")
-    for key in ("value", "category_score"):
-        number = data[key]
-        if not isinstance(number, (int, float)) or isinstance(number, bool) \
-                or not math.isfinite(number):
-            raise CorruptResult(f"{path}: field {key!r} must be a finite number, got {number!r}")
-    return data
 
 
 def read_scores(path: Path) -> dict[str, float]:
@@ -165,7 +141,8 @@ def load_results(store: RunStore | Path | str, grid: str) -> Results:
         group = group_name(cell.name)
         config_step = plan.steps.get(cell.model_step) if cell.model_step else None
         first_eval = plan.steps.get(next(iter(cell.evals.values()), ""))
-        config = dict((config_step or first_eval).config) if (config_step or first_eval) else {}
+        shown = config_step or first_eval
+        config = shown.config.model_dump(mode="json") if shown else {}
         results.cells.append(CellInfo(cell.name, group, cell.axes.get("seed"), dict(cell.axes),
                                       cell.is_baseline, cell.model_step, config))
         for bench in benchmarks:
@@ -196,20 +173,22 @@ def _eval_row(store: RunStore, plan: Plan, results: Results, cell, group: str, b
         return row
     try:
         result = read_result(folder / "result.json")
+        if not isinstance(result, EvalResult):
+            raise CorruptResult(f"{folder / 'result.json'}: a {result.kind} result, not an eval's")
     except CorruptResult as exc:
         results.problems.append(f"corrupt result skipped: {exc}")
         row["status"] = "corrupt"
         return row
     done = store.done_info(step) or {}
-    if result.get("sampler_applied") is False:
+    if best_of_n_not_applied(cell, step, result):
         results.sampler_not_applied.setdefault(bench, []).append(cell.name)
-    row.update(status="done", value=float(result["value"]),
-               category_score=float(result["category_score"]),
-               higher_is_better=bool(result.get("higher_is_better", True)),
-               metric=result.get("metric"), n_items=result.get("n_items"),
-               seconds=done.get("seconds", result.get("seconds")),
-               judge_calls=result.get("judge_calls", (result.get("secondary") or {}).get("judge_calls")))
-    scores_path = folder / result.get("scores_file", "scores.jsonl")
+    extra = result.model_extra or {}
+    row.update(status="done", value=result.in_percent(),
+               category_score=result.category_score, higher_is_better=result.higher_is_better,
+               metric=result.metric, n_items=result.n_items,
+               seconds=done.get("seconds", extra.get("seconds")),
+               judge_calls=extra.get("judge_calls", result.secondary.get("judge_calls")))
+    scores_path = folder / result.scores_file
     if scores_path.is_file():
         try:
             scores = read_scores(scores_path)
@@ -217,10 +196,10 @@ def _eval_row(store: RunStore, plan: Plan, results: Results, cell, group: str, b
             results.problems.append(f"corrupt per-item scores skipped (no CI): {exc}")
         else:
             if scores:
-                reps = value_replicates(float(result["value"]), scores, bench)
+                reps = value_replicates(result.in_percent(), scores, bench)
                 row["n_items"] = row["n_items"] or len(scores)
                 if reps is None:
-                    results.not_resampled.setdefault(bench, str(result.get("metric")))
+                    results.not_resampled.setdefault(bench, result.metric)
                 else:
                     results.item_scores[(cell.name, bench)] = scores
                     results.value_replicates[(cell.name, bench)] = reps
@@ -236,12 +215,20 @@ def _read_rm_score(store: RunStore, plan: Plan, results: Results, cell) -> None:
                   if s in plan.steps and "reward_model" in plan.steps[s].inputs), None)
     if rm_id is None or rm_id not in plan.steps or not store.is_done(plan.steps[rm_id]):
         return
-    path = store.step_dir(plan.steps[rm_id]) / "result.json"
     try:
-        data = read_json(path)
-        value = data["value"] if "value" in data else data["accuracy"]
-        value = float(value) * (100 if float(value) <= 1 else 1)
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        results.problems.append(f"corrupt reward-model result skipped: {path} ({exc})")
+        result = read_result(store.step_dir(plan.steps[rm_id]) / "result.json")
+    except CorruptResult as exc:
+        results.problems.append(f"corrupt reward-model result skipped: {exc}")
         return
-    results.rm_scores[cell.name] = value
+    if result.in_percent() is not None:
+        results.rm_scores[cell.name] = result.in_percent()
+
+
+def best_of_n_not_applied(cell, step, result: EvalResult) -> bool:
+    """A best-of-N cell (no model step of its own, not the baseline) whose eval of this benchmark
+    is the base model's own: best-of-N reranks greedy generations, which the benchmark has none
+    of (log-likelihood scoring, pass@k samples)."""
+    if (result.model_extra or {}).get("sampler_applied") is False:
+        return True
+    return not cell.is_baseline and cell.model_step is None \
+        and getattr(step.config.sampler, "kind", None) != "best_of_n"

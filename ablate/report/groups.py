@@ -15,9 +15,10 @@ import numpy as np
 
 from ablate.report.frame import Results, value_replicates
 from ablate.report.stats import (
-    PairedTest, aggregate, bootstrap_means, mean_sd, paired_differences,
-    paired_from_replicates, percentile_ci, stable_seed, to_category_scale,
+    PairedTest, bootstrap_means, mean_sd, paired_differences, paired_from_replicates,
+    percentile_ci, stable_seed, to_category_scale,
 )
+from ablate.spec.benchmarks import aggregate
 
 # A published average is computed from unrounded category scores; the published categories are
 # rounded to 0.1, so their mean can differ from it by up to half a rounding step.

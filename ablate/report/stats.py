@@ -16,8 +16,6 @@ from typing import Iterable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
-from ablate.report.categories import CATEGORIES, category_of
-
 N_BOOT = 2000
 BASE_SEED = 20240612
 LEVEL = 0.95
@@ -123,19 +121,3 @@ def to_category_scale(value_replicates: X, value: float, category_score: float,
     return category_score + sign * (value_replicates - value)
 
 
-def aggregate(per_benchmark: Mapping[str, X | None], benchmarks: Iterable[str]) -> dict[str, X | None]:
-    """Category means over the grid's ``benchmarks`` and the overall average over its categories.
-
-    Works on floats and on replicate arrays alike. A category with any of its benchmarks missing
-    is missing, and so is the average: a partial mean would silently change what is compared.
-    """
-    members: dict[str, list[str]] = {}
-    for bench in benchmarks:
-        members.setdefault(category_of(bench), []).append(bench)
-    out: dict[str, X | None] = {}
-    for category in [c for c in CATEGORIES if c in members]:
-        values = [per_benchmark.get(b) for b in members[category]]
-        out[category] = None if any(v is None for v in values) else sum(values) / len(values)
-    cats = list(out.values())
-    out["average"] = None if not cats or any(v is None for v in cats) else sum(cats) / len(cats)
-    return out

@@ -7,11 +7,14 @@ from typing import Any, Iterable
 
 from pydantic import ValidationError
 
+from ablate.spec.benchmarks import BENCHMARKS
 from ablate.spec.load import SpecError
 from ablate.spec.plan import Cell, Plan, Step
 from ablate.spec.schema import (
-    BoNConfig, CellRule, DataRef, DPOConfig, GridSpec, PPOConfig, PromptSetRef, RewardModelSpec,
+    BestOfN, BoNConfig, CellRule, DataRef, DPOConfig, EvalConfig, Greedy, GridSpec, JudgeSpec,
+    ModelSpec, PPOConfig, PromptSetRef, RewardModelSpec, Sampler,
 )
+from ablate.spec.steps import DPOStep, EvalStep, PPOStep, PromptsRef, RMStep
 
 BUILTIN_ALGORITHMS = {"dpo": DPOConfig(), "ppo": PPOConfig(), "bon": BoNConfig()}
 AXIS_NAMES = ("model", "data", "algorithm", "reward_model", "prompts", "seed")
@@ -91,33 +94,67 @@ def _rm_step(grid: GridSpec, rm_name: str, cell: dict[str, Any]) -> Step:
     data = _data(grid, cell["data"], f"reward model {rm_name!r} (data: cell)") \
         if rm.data == "cell" else rm.data
     base = _model(grid, rm.base or cell["model"])
-    config = {"model": base.model_dump(), "data": data.model_dump(),
-              "train": rm.train.model_dump(), "seed": rm.seed}
     label = f"rm={rm_name}" + (f",data={cell['data']}" if rm.data == "cell" else "")
-    return Step(kind="train_rm", name=f"train_rm {label}", config=config)
+    return Step(name=f"train_rm {label}",
+                config=RMStep(model=base, data=data, train=rm.train, seed=rm.seed))
 
 
-def _prompts(grid: GridSpec, name: str, cell: dict[str, Any]) -> dict[str, Any]:
+def _prompts(grid: GridSpec, name: str, cell: dict[str, Any]) -> PromptsRef:
     if name in ("cell", "none"):
         data = _data(grid, cell["data"], f"PPO (prompts: {name})")
-        return {"source": "preference_data", "name": data.name, "max_rows": data.max_rows,
-                "sample_seed": data.sample_seed}
+        return PromptsRef(source="preference_data", name=data.name, max_rows=data.max_rows,
+                            sample_seed=data.sample_seed)
     ref = grid.prompt_sets.get(name) or PromptSetRef(name=name)
-    return {"source": "prompt_set", **ref.model_dump()}
+    return PromptsRef(source="prompt_set", **ref.model_dump())
 
 
-def _eval_steps(grid: GridSpec, label: str, model_config: dict[str, Any] | None,
-                inputs: dict[str, str], sampler: dict[str, Any]) -> dict[str, Step]:
+def judge_for(grid: GridSpec, benchmark: str) -> JudgeSpec | None:
+    """The full definition of the judge a judged benchmark uses, from the grid's ``judges``."""
+    name = grid.eval.judges.get(benchmark) or grid.eval.judge
+    if name is None or not BENCHMARKS[benchmark].judged:
+        return None
+    if name not in grid.judges:
+        raise SpecError(f"grid {grid.name!r}: {benchmark}'s judge {name!r} is not defined; "
+                        f"define it under `judges:` in the grid or in $ABLATE_JUDGES "
+                        f"(known: {', '.join(sorted(grid.judges)) or 'none'})")
+    return grid.judges[name]
+
+
+def eval_config(settings: EvalConfig, benchmark: str, *, judge: JudgeSpec | None = None,
+                model: ModelSpec | None = None, best_of_n: BestOfN | None = None) -> EvalStep:
+    """The eval step config of one benchmark under a grid's (or the command line's) settings.
+    Best-of-N reranks greedy generations only; code benchmarks sample for pass@k."""
+    facts = BENCHMARKS[benchmark]
+    sampler: Sampler = Greedy()
+    if facts.scoring == "pass_at_k":
+        sampler = settings.pass_at_k
+    elif best_of_n is not None and facts.scoring == "generate":
+        sampler = best_of_n
+    return EvalStep(
+        benchmark=benchmark, protocol=settings.protocol, version=facts.version,
+        limit=settings.limit.get(benchmark), seed=settings.seed,
+        max_new_tokens=settings.max_new_tokens.get(benchmark), sampler=sampler, judge=judge,
+        shots=settings.mmlu_shots if benchmark == "mmlu" else 0,
+        classifier=settings.toxigen_classifier if benchmark == "toxigen" else None, model=model)
+
+
+def _eval_steps(grid: GridSpec, label: str, model: ModelSpec | None,
+                inputs: dict[str, str], best_of_n: BestOfN | None = None) -> dict[str, Step]:
+    """One eval step per benchmark. ``model`` is the base model when no training step made the
+    model. Where best-of-N does not apply, a best-of-N cell's eval is the base model's own step
+    (no reward model input): the same work, one step."""
     steps = {}
     for bench in grid.eval.benchmarks:
-        config = {"benchmark": bench, "protocol": grid.eval.protocol,
-                  "limit": grid.eval.limit.get(bench), "seed": grid.eval.seed,
-                  "max_new_tokens": grid.eval.max_new_tokens.get(bench),
-                  "judge": grid.eval.judge, "sampler": sampler}
-        if model_config is not None:
-            config["model"] = model_config
-        steps[bench] = Step(kind="eval", name=f"eval {bench} of {label}", config=config,
-                            inputs=dict(inputs))
+        judge = judge_for(grid, bench)
+        config = eval_config(grid.eval, bench, judge=judge, model=model, best_of_n=best_of_n)
+        step_inputs = {k: v for k, v in inputs.items() if k != "reward_model"}
+        cell_rm = judge is not None and judge.kind == "reward_model" and judge.path is None
+        if isinstance(config.sampler, BestOfN) or cell_rm:
+            if "reward_model" not in inputs:
+                raise SpecError(f"grid {grid.name!r}: {bench}'s judge is the cell's reward model "
+                                f"(kind reward_model, no path), but {label} has none")
+            step_inputs["reward_model"] = inputs["reward_model"]
+        steps[bench] = Step(name=f"eval {bench} of {label}", config=config, inputs=step_inputs)
     return steps
 
 
@@ -142,7 +179,7 @@ def expand(grid: GridSpec) -> Plan:
         for model_name in axes.model:
             model = _model(grid, model_name)
             label = f"{model_name} (SFT baseline)"
-            evals = _eval_steps(grid, label, model.model_dump(), {}, {"kind": "greedy"})
+            evals = _eval_steps(grid, label, model, {})
             cells.append(Cell(name=f"sft={model_name}" if show_model else "sft", axes={
                 "model": model_name, "data": "none", "algorithm": "sft", "reward_model": "none",
                 "prompts": "none", "seed": None}, model_step=None,
@@ -176,25 +213,19 @@ def expand(grid: GridSpec) -> Plan:
 
         if isinstance(algo, DPOConfig):
             data = _data(grid, cell["data"], f"algorithm {cell['algorithm']!r}")
-            train = Step(kind="train_dpo", name=f"train_dpo {name}", config={
-                "model": model.model_dump(), "data": data.model_dump(),
-                "algorithm": algo.model_dump(), "seed": cell["seed"]})
+            train = Step(name=f"train_dpo {name}", config=DPOStep(
+                model=model, data=data, algorithm=algo, seed=cell["seed"]))
             model_step = add(train)
-            evals = _eval_steps(grid, name, None, {"model": model_step}, {"kind": "greedy"})
+            evals = _eval_steps(grid, name, None, {"model": model_step})
         elif isinstance(algo, PPOConfig):
-            config = {"model": model.model_dump(),
-                      "prompts": _prompts(grid, cell["prompts"], cell),
-                      "algorithm": algo.model_dump(), "seed": cell["seed"]}
             programmatic = _reward_model(grid, cell["reward_model"]).programmatic
-            if programmatic is not None:  # a checkable reward: no RM to train or to read
-                config["reward"] = programmatic
-                inputs = {}
-            else:
-                inputs = {"reward_model": add(_rm_step(grid, cell["reward_model"], cell))}
-            train = Step(kind="train_ppo", name=f"train_ppo {name}", config=config,
-                         inputs=inputs)
+            inputs = {} if programmatic is not None else {  # a checkable reward: no RM to train
+                "reward_model": add(_rm_step(grid, cell["reward_model"], cell))}
+            train = Step(name=f"train_ppo {name}", config=PPOStep(
+                model=model, prompts=_prompts(grid, cell["prompts"], cell), algorithm=algo,
+                seed=cell["seed"], reward=programmatic), inputs=inputs)
             model_step = add(train)
-            evals = _eval_steps(grid, name, None, {"model": model_step}, {"kind": "greedy"})
+            evals = _eval_steps(grid, name, None, {"model": model_step})
         else:  # best-of-N over the base model: no training, a different sampler at eval time
             programmatic = _reward_model(grid, cell["reward_model"]).programmatic
             if programmatic is not None:
@@ -205,9 +236,8 @@ def expand(grid: GridSpec) -> Plan:
                                 "`programmatic`), or exclude the cell")
             rm_id = add(_rm_step(grid, cell["reward_model"], cell))
             model_step = None
-            sampler = {"kind": "best_of_n", "n": algo.n, "temperature": algo.temperature,
-                       "seed": cell["seed"]}
-            evals = _eval_steps(grid, name, model.model_dump(), {"reward_model": rm_id}, sampler)
+            sampler = BestOfN(n=algo.n, temperature=algo.temperature, seed=cell["seed"])
+            evals = _eval_steps(grid, name, model, {"reward_model": rm_id}, sampler)
         cells.append(Cell(name=name, axes={**cell, "overrides": applied}, model_step=model_step,
                           evals={b: add(s) for b, s in evals.items()}))
 
@@ -284,10 +314,19 @@ def check_names(grid: GridSpec, *, datasets: Iterable[str], prompt_sets: Iterabl
     for name in grid.eval.benchmarks:
         if name not in benchmarks:
             fail("benchmark", name, "eval.benchmarks", benchmarks)
-    for field in ("limit", "max_new_tokens"):
+    for field in ("limit", "max_new_tokens", "judges"):
         for name in getattr(grid.eval, field):
             if name not in grid.eval.benchmarks:
                 fail("benchmark", name, f"eval.{field}", list(grid.eval.benchmarks))
+    judged = [b for b in grid.eval.benchmarks if b in BENCHMARKS and BENCHMARKS[b].judged]
+    for name in grid.eval.judges:
+        if name not in judged:
+            fail("judged benchmark", name, "eval.judges", judged)
+    for where, name in [("eval.judge", grid.eval.judge),
+                        *((f"eval.judges.{b}", n) for b, n in grid.eval.judges.items())]:
+        if name is not None and name not in grid.judges:
+            fail("judge", name, f"{where} (define it under `judges:` or in $ABLATE_JUDGES)",
+                 sorted(grid.judges))
     # a rule value that is on no axis matches no cell, so the rule silently does nothing
     rules = [(f"include[{k}]", r) for k, r in enumerate(grid.include)]
     rules += [(f"exclude[{k}]", r) for k, r in enumerate(grid.exclude)]

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, RootModel, ValidationError
 
-from ablate.spec.schema import GridSpec
+from ablate.spec.schema import GridSpec, JudgeSpec
+
+
+class JudgeFile(RootModel[dict[str, JudgeSpec]]):
+    """A judges file: judge name -> definition."""
 
 
 class SpecError(ValueError):
@@ -162,5 +167,17 @@ def load_model(model: type[BaseModel], path: Path | str) -> Any:
         raise SpecError(format_validation_error(err, model, path, root)) from None
 
 
+def judges_file() -> Path:
+    """Judge definitions shared by grids: ``$ABLATE_JUDGES``, else ``./judges.yaml``."""
+    return Path(os.environ.get("ABLATE_JUDGES", "judges.yaml"))
+
+
 def load_grid(path: Path | str) -> GridSpec:
-    return load_model(GridSpec, path)
+    """A grid, with the judges of ``judges_file()`` added to its own (the grid's win): the full
+    definition of each judge a benchmark uses goes into its eval steps' ids."""
+    grid = load_model(GridSpec, path)
+    shared = judges_file()
+    if not shared.is_file():
+        return grid
+    judges = load_model(JudgeFile, shared).root
+    return grid.model_copy(update={"judges": {**judges, **grid.judges}})

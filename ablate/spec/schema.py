@@ -9,25 +9,25 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 
 class Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    @model_validator(mode="after")
-    def _defaults_as_declared(self):
-        """A value written out that equals its field's default takes the default's own form:
-        ``epochs: 3`` validates to 3.0 where the default is the int 3, and the two must hash to
-        one step id. Fields left out, and every other value, are untouched (existing ids hold)."""
-        for name in self.model_fields_set:
-            field = type(self).model_fields[name]
-            value, default = getattr(self, name), field.default
-            if isinstance(value, (int, float)) and not isinstance(value, bool) \
-                    and isinstance(default, (int, float)) and not isinstance(default, bool) \
-                    and type(value) is not type(default) and value == default:
-                object.__setattr__(self, name, default)
-        return self
+
+EXECUTION = {"execution": True}
+
+
+def execution(default, **kwargs):
+    """A field that says how a step runs, not what it computes (batch slicing, padding, kernels,
+    checkpoint interval): recorded in the step's folder, left out of its id, so changing it
+    reuses every result (``ablate.spec.steps.identity``)."""
+    return Field(default, json_schema_extra=EXECUTION, **kwargs)
+
+
+def is_execution(field) -> bool:
+    return isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("execution") is True
 
 
 # ---------------------------------------------------------------- models and data
@@ -63,30 +63,35 @@ class DataRef(Frozen):
 class PairTraining(Frozen):
     """What the pair trainers (DPO, RM) share: how pairs become batches and how they run."""
 
+    micro_batch_size: int = execution(8, gt=0)
+    max_length: int = Field(default=4096, gt=0)
+    weight_decay: float = 0.0
+    max_grad_norm: float = Field(default=1.0, gt=0, description="clip the gradient's "
+                                 "norm to this (0 or less would zero or flip it)")
     length_grouping: int = Field(
         default=16, ge=0, description="each epoch's shuffled pairs are sorted by length within "
         "windows of this many batches before being cut into batches (less padding); 0 or 1: "
         "plain shuffled batches")
-    pad_multiple: int = Field(
-        default=0, ge=0, description="right-pad each training micro-batch to a multiple of this "
+    pad_multiple: int = execution(
+        0, ge=0, description="right-pad each training micro-batch to a multiple of this "
         "many tokens (fewer distinct shapes for GPU attention kernels that plan per shape); "
         "0: 64 on a GPU, no padding on CPU")
-    shared_prompt: bool = Field(
-        default=True, description="run each pair's prompt once for both answers (exact; "
+    shared_prompt: bool = execution(
+        True, description="run each pair's prompt once for both answers (exact; "
         "false: the plain chosen and rejected sequences)")
-    gradient_checkpointing: bool = False
-    compile_regions: bool = Field(
-        default=False, description="torch.compile each decoder layer's MLP and norms (fused "
+    gradient_checkpointing: bool = execution(False)
+    compile_regions: bool = execution(
+        False, description="torch.compile each decoder layer's MLP and norms (fused "
         "element-wise kernels; attention and the varying lengths stay outside the graphs)")
     precision: Literal["autocast", "bf16_weights"] = Field(
         default="autocast", description="autocast: fp32 weights, bf16 autocast on a GPU, fp32 "
         "on CPU; bf16_weights: bf16 weights (on any device) with fp32 master copies that the "
         "optimiser steps, one process only (several use FSDP2's mixed precision)")
-    attention_kernel: Literal["auto", "cudnn", "efficient", "math"] = Field(
-        default="auto", description="the kernel PyTorch's scaled-dot-product attention may use "
+    attention_kernel: Literal["auto", "cudnn", "efficient", "math"] = execution(
+        "auto", description="the kernel PyTorch's scaled-dot-product attention may use "
         "(auto: PyTorch's choice; cudnn and efficient need a CUDA GPU)")
     eval_fraction: float = Field(default=0.05, ge=0, lt=1)
-    save_every_steps: int = Field(default=200, gt=0)
+    save_every_steps: int = execution(200, gt=0)
 
 
 class DPOConfig(PairTraining):
@@ -101,13 +106,9 @@ class DPOConfig(PairTraining):
     warmup_ratio: float = Field(default=0.1, ge=0, le=1)
     epochs: float = Field(default=3, gt=0)
     batch_size: int = Field(default=32, gt=0, description="effective batch in pairs")
-    micro_batch_size: int = Field(default=8, gt=0)
-    max_length: int = Field(default=4096, gt=0)
     max_prompt_length: int = Field(default=2048, gt=0)
-    weight_decay: float = 0.0
-    max_grad_norm: float = Field(default=1.0, gt=0, description="clip the gradient's "
-                                 "norm to this (0 or less would zero or flip it)")
-    ref_logps: Literal["precompute", "online"] = "precompute"
+    # precomputed once or computed beside the policy: the same reference log-probs either way
+    ref_logps: Literal["precompute", "online"] = execution("precompute")
 
     @model_validator(mode="after")
     def _consistent(self) -> "DPOConfig":
@@ -128,12 +129,7 @@ class RMConfig(PairTraining):
     warmup_ratio: float = Field(default=0.03, ge=0, le=1)
     epochs: float = Field(default=1, gt=0)
     batch_size: int = Field(default=64, gt=0)
-    micro_batch_size: int = Field(default=8, gt=0)
-    max_length: int = Field(default=4096, gt=0)
     margin: bool = False
-    weight_decay: float = 0.0
-    max_grad_norm: float = Field(default=1.0, gt=0, description="clip the gradient's "
-                                 "norm to this (0 or less would zero or flip it)")
 
 
 class PPOConfig(Frozen):
@@ -144,7 +140,7 @@ class PPOConfig(Frozen):
     beta: float = Field(default=0.05, ge=0, description="KL penalty coefficient")
     prompts_per_batch: int = Field(default=512, gt=0)
     minibatch_size: int = Field(default=64, gt=0)
-    micro_batch_size: int = Field(default=8, gt=0)
+    micro_batch_size: int = execution(8, gt=0)
     ppo_epochs: int = Field(default=1, gt=0)
     epochs: float = Field(default=1, gt=0, description="passes over the prompt set")
     max_prompt_length: int = Field(default=1024, gt=0)
@@ -161,7 +157,7 @@ class PPOConfig(Frozen):
     max_kl: float = Field(default=100.0, gt=0, description="stop the run if KL passes this")
     max_grad_norm: float = Field(default=1.0, gt=0, description="clip the gradient's "
                                  "norm to this (0 or less would zero or flip it)")
-    save_every_steps: int = Field(default=10, gt=0)
+    save_every_steps: int = execution(10, gt=0)
 
 
 class BoNConfig(Frozen):
@@ -209,16 +205,78 @@ class PromptSetRef(Frozen):
 # ---------------------------------------------------------------- evaluation
 
 
+class Greedy(Frozen):
+    """One greedy reply per item."""
+
+    kind: Literal["greedy"] = "greedy"
+
+
+class BestOfN(Frozen):
+    """Sample ``n`` replies and keep the one a reward model scores highest (a best-of-N cell)."""
+
+    kind: Literal["best_of_n"] = "best_of_n"
+    n: int = Field(default=16, gt=0)
+    temperature: float = Field(default=0.7, gt=0)
+    seed: int = 1
+
+
+class PassAtK(Frozen):
+    """Sample ``n`` completions per item to estimate pass@k (the code benchmarks; k is the
+    benchmark's metric). Defaults: the paper's (open-instruct's codex_humaneval evaluation: 20
+    samples at temperature 0.8)."""
+
+    kind: Literal["pass_at_k"] = "pass_at_k"
+    n: int = Field(default=20, gt=0)
+    temperature: float = Field(default=0.8, ge=0)
+
+
+Sampler = Annotated[Union[Greedy, BestOfN, PassAtK], Field(discriminator="kind")]
+
+
+class JudgeSpec(Frozen):
+    """A judge: the model that grades outputs, where it runs, and how it is prompted.
+
+    What it is (kind, model, annotator, temperature) enters the id of every eval step it judges;
+    where it is reached (URL, the name of the environment variable holding the key, concurrency)
+    does not. ``unrecorded`` stands for a judge of a store made before judges were recorded."""
+
+    kind: Literal["openai", "reward_model", "string_match", "unrecorded"] = "openai"
+    model: str | None = None  # the judge model's name at its endpoint
+    annotator: str | None = None  # the prompt/annotator configuration; None: the benchmark's own
+    temperature: float = 0.0
+    path: str | None = None  # a local reward model folder (kind reward_model); None: the cell's RM
+    name: str | None = None  # unrecorded: the name the old store gave it
+    base_url: str | None = execution(None)
+    api_key_env: str | None = execution(None, description="the NAME of the environment "
+                                        "variable holding the key; keys are never written")
+    concurrency: int = execution(8, gt=0)
+    timeout_s: float = execution(120.0, gt=0)
+    max_retries: int = execution(6, ge=0)
+
+    @model_validator(mode="after")
+    def _complete(self) -> "JudgeSpec":
+        if self.kind == "openai":
+            missing = [f for f in ("base_url", "model", "api_key_env") if getattr(self, f) is None]
+            if missing:
+                raise ValueError(f"an openai judge needs {', '.join(missing)}")
+        return self
+
+
 class EvalConfig(Frozen):
     protocol: Literal["paper", "full"] = "paper"
     benchmarks: tuple[str, ...] = (
         "mmlu", "gsm8k", "bbh", "humaneval_plus", "mbpp_plus", "truthfulqa",
         "toxigen", "xstest", "alpaca_eval_1", "alpaca_eval_2", "ifeval",
     )
-    limit: dict[str, int] = Field(default_factory=dict, description="items per benchmark")
-    max_new_tokens: dict[str, int] = Field(default_factory=dict)
+    limit: dict[str, PositiveInt] = Field(default_factory=dict, description="items per benchmark")
+    max_new_tokens: dict[str, PositiveInt] = Field(default_factory=dict)
     seed: int = 42
-    judge: str | None = None  # a judge name configured in the grid or environment
+    judge: str | None = None  # the judge of every judged benchmark: a name in `judges`
+    judges: dict[str, str] = Field(default_factory=dict, description="benchmark -> judge name, "
+                                   "overriding `judge` for that benchmark")
+    mmlu_shots: Literal[0, 5] = 0
+    pass_at_k: PassAtK = PassAtK()
+    toxigen_classifier: ModelSpec = ModelSpec(hub="tomh/toxigen_roberta")
 
 
 # ---------------------------------------------------------------- the grid
@@ -256,6 +314,8 @@ class GridSpec(Frozen):
     name: str
     description: str = ""
     models: dict[str, ModelSpec]
+    judges: dict[str, JudgeSpec] = Field(default_factory=dict, description="judge definitions "
+                                         "by name; $ABLATE_JUDGES or ./judges.yaml add more")
     datasets: dict[str, DataRef] = Field(default_factory=dict)
     algorithms: dict[str, AlgorithmConfig] = Field(default_factory=dict)
     reward_models: dict[str, RewardModelSpec] = Field(default_factory=dict)

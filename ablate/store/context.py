@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 from ablate.spec.plan import Step
+from ablate.spec.steps import StepConfig
 
 
 def _no_progress(done: float, total: float | None = None, desc: str | None = None) -> None:
@@ -28,7 +29,8 @@ class StepContext:
     progress: Callable[..., None] = _no_progress  # progress(done, total, desc)
 
     @property
-    def config(self) -> Mapping[str, Any]:
+    def config(self) -> StepConfig:
+        """The step's typed config (``ablate.spec.steps``), as expansion built it."""
         return self.step.config
 
     def input_model_dir(self, role: str = "model") -> Path:

@@ -3,6 +3,8 @@
 Layout::
 
     <root>/steps/<kind>/<step id>/   spec.json env.json log.txt state.json DONE.json + outputs
+                                     (STALE.json instead of DONE.json: a migrated result whose
+                                     meaning is unknown, never reused)
     <root>/grids/<grid name>.json    the grid's latest expanded plan: cells -> their step ids
     <root>/plans/<plan id>.json      every plan saved, by the hash of its content: a queued job
                                      reads the plan it was submitted with, whatever the grid
@@ -26,10 +28,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
-from ablate.spec.plan import Plan, Step, config_hash
+from ablate.spec.plan import Plan, Step, StoreFormatError, check_schema, config_hash
 
 DONE = "DONE.json"
 STATE = "state.json"
+MIGRATION_JOURNAL = "migration.json"
+STALE = "STALE.json"
 TRACKED_PACKAGES = ("ablate", "torch", "transformers", "tokenizers", "datasets", "accelerate",
                     "trl", "lm_eval", "evalplus", "alpaca_eval", "vllm", "submitit")
 
@@ -139,6 +143,8 @@ class RunStore:
         folder = self.step_dir(step)
         if (folder / DONE).is_file():
             return {"state": "done", **read_json(folder / DONE)}
+        if (folder / STALE).is_file():  # a migrated result whose meaning could not be known
+            return {**read_json(folder / STALE), "state": "stale"}
         if (folder / STATE).is_file():
             try:
                 return read_json(folder / STATE)
@@ -162,7 +168,7 @@ class RunStore:
         """Create the step's folder with its spec and environment; keep partial outputs (resume)."""
         folder = self.step_dir(step)
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(folder / "spec.json", step.to_json())
+        atomic_write_json(folder / "spec.json", step.record())
         atomic_write_json(folder / "env.json", environment())
         return folder
 
@@ -195,9 +201,23 @@ class RunStore:
     def plan_path(self, grid_name: str) -> Path:
         return self.root / "grids" / f"{grid_name}.json"
 
+    def check_current(self) -> None:
+        """Refuse a store this ablate would misread: one whose migration stopped half way, or
+        whose plans were written under another schema (their steps live under other ids, so
+        running on it would silently redo every step)."""
+        self.check_not_migrating()
+        for path in sorted((self.root / "grids").glob("*.json")):
+            try:
+                check_schema(read_json(path), f"plan of grid {path.stem!r}")
+            except StoreFormatError as exc:
+                raise StoreFormatError(f"{path}: {exc}") from None
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+                raise StoreFormatError(f"{path}: not a readable plan ({exc})") from None
+
     def save_plan(self, plan: Plan, source: str | None = None) -> str:
         """Save ``plan`` as its grid's latest and as an immutable snapshot; returns the
         snapshot's id, which jobs carry."""
+        self.check_current()
         plan_id = config_hash(plan.to_json())
         snapshot = self.root / "plans" / f"{plan_id}.json"
         if not snapshot.is_file():
@@ -205,11 +225,21 @@ class RunStore:
         atomic_write_json(self.plan_path(plan.grid), {**plan.to_json(), "source": source})
         return plan_id
 
+    def _read_plan(self, path: Path) -> Plan:
+        self.check_not_migrating()
+        try:
+            return Plan.from_json(read_json(path))
+        except StoreFormatError as exc:
+            raise StoreFormatError(f"{path}: {exc}") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise StoreFormatError(f"{path}: not a readable plan ({type(exc).__name__}: "
+                                   f"{exc})") from None
+
     def load_plan_snapshot(self, plan_id: str) -> Plan:
         path = self.root / "plans" / f"{plan_id}.json"
         if not path.is_file():
             raise FileNotFoundError(f"{self.root}: no saved plan {plan_id!r} ({path} is missing)")
-        return Plan.from_json(read_json(path))
+        return self._read_plan(path)
 
     def load_plan(self, grid_name: str) -> Plan:
         path = self.plan_path(grid_name)
@@ -217,7 +247,20 @@ class RunStore:
             known = sorted(p.stem for p in (self.root / "grids").glob("*.json"))
             raise FileNotFoundError(f"{self.root}: no plan for grid {grid_name!r}; "
                                     f"known: {', '.join(known) or '(none: run `ablate grid`)'}")
-        return Plan.from_json(read_json(path))
+        return self._read_plan(path)
 
     def plans(self) -> list[Plan]:
-        return [Plan.from_json(read_json(p)) for p in sorted((self.root / "grids").glob("*.json"))]
+        return [self._read_plan(p) for p in sorted((self.root / "grids").glob("*.json"))]
+
+    # ---------------------------------------------------------------- migration
+    @property
+    def migration_journal(self) -> Path:
+        return self.root / MIGRATION_JOURNAL
+
+    def check_not_migrating(self) -> None:
+        """A migration that stopped half way leaves its journal: nothing reads the store until
+        the migration is rerun, which finishes it."""
+        if self.migration_journal.is_file():
+            raise StoreFormatError(f"{self.root}: a store migration was interrupted "
+                                   f"({self.migration_journal} is there); run `ablate store "
+                                   "migrate` again to finish it")

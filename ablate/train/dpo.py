@@ -277,13 +277,12 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
 
 
 def run_step(ctx) -> None:
-    """The ``train_dpo`` step: config ``model``, ``data``, ``algorithm`` (DPOConfig), ``seed``."""
+    """The ``train_dpo`` step (``ablate.spec.steps.DPOStep``)."""
     from ablate.data import load_preferences
     from ablate.models import resolve_model
 
-    config = ctx.config
-    cfg = DPOConfig.model_validate(config["algorithm"])
-    data = load_preferences(config["data"], "train")
-    train_dpo(resolve_model(config["model"]), data.rows, cfg, int(config.get("seed", 1)),
-              ctx.out_dir, ctx.cache_dir, log=ctx.log, progress=ctx.progress,
+    step = ctx.config
+    data = load_preferences(step.data, "train")
+    train_dpo(resolve_model(step.model), data.rows, step.algorithm, step.seed, ctx.out_dir,
+              ctx.cache_dir, log=ctx.log, progress=ctx.progress,
               data_skipped=getattr(data, "skipped", None))

@@ -236,11 +236,13 @@ def main(argv: list[str] | None = None) -> None:
     import logging
 
     from ablate.spec.plan import Step
+    from ablate.spec.steps import STEP_KINDS, recipe_kind
     from ablate.store.context import StepContext
 
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("recipe", choices=["dpo", "rm", "ppo"])
-    parser.add_argument("--config", required=True, type=Path, help="the step's config (JSON)")
+    parser.add_argument("recipe", choices=[k.recipe for k in STEP_KINDS.values() if k.recipe])
+    parser.add_argument("--config", required=True, type=Path,
+                        help="the step (JSON, as Step.to_json writes it)")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--cache", type=Path, default=Path(".ablate-cache"))
     parser.add_argument("--rows", type=Path, help="preference rows (PPO: prompt rows) (JSONL) to "
@@ -252,37 +254,39 @@ def main(argv: list[str] | None = None) -> None:
     init_from_env()
     logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING)
     try:
-        config = json.loads(args.config.read_text())
-        recipe = importlib.import_module(f"ablate.train.{args.recipe}")
+        kind = recipe_kind(args.recipe)
+        step = Step.from_json(json.loads(args.config.read_text()))
+        if step.kind != kind.name:
+            raise SystemExit(f"{args.config}: a {step.kind} step, not a {kind.name} step")
+        inputs = dict(_role_and_dir(text) for text in args.input)
+        runner_module, _, runner = kind.runner.partition(":")
         if args.rows is None:
-            step = Step(kind=f"train_{args.recipe}", name=f"{args.recipe} (torchrun)",
-                        config=config)
-            inputs = dict(_role_and_dir(text) for text in args.input)
-            recipe.run_step(StepContext(step=step, out_dir=args.out, cache_dir=args.cache,
-                                        inputs=inputs))
+            getattr(importlib.import_module(runner_module), runner)(StepContext(
+                step=step, out_dir=args.out, cache_dir=args.cache, inputs=inputs))
         else:
-            from ablate.models import resolve_model
-            from ablate.spec.schema import DPOConfig, PPOConfig, RMConfig
-
-            rows = [json.loads(line) for line in args.rows.read_text().splitlines()
-                    if line.strip()]
-            model_dir, seed = resolve_model(config["model"]), int(config.get("seed", 1))
-            if args.recipe == "dpo":
-                recipe.train_dpo(model_dir, rows, DPOConfig.model_validate(config["algorithm"]),
-                                 seed, args.out, args.cache,
-                                 stop_after_steps=args.stop_after_steps)
-            elif args.recipe == "ppo":
-                reward_model = config.get("reward_model_dir")
-                recipe.train_ppo(model_dir, rows, PPOConfig.model_validate(config["algorithm"]),
-                                 seed, args.out, reward=config.get("reward", "reward_model"),
-                                 reward_model_dir=reward_model and Path(reward_model),
-                                 stop_after=args.stop_after_steps)
-            else:
-                recipe.train_rm(model_dir, rows, RMConfig.model_validate(config["train"]), seed,
-                                args.out, stop_after_steps=args.stop_after_steps)
+            _train_on_rows(args, step, inputs, importlib.import_module(runner_module))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _train_on_rows(args, step, inputs: dict[str, Path], recipe) -> None:
+    """The step's recipe on the rows of ``--rows`` instead of its data (tests, benchmarks)."""
+    from ablate.models import resolve_model
+
+    rows = [json.loads(line) for line in args.rows.read_text().splitlines() if line.strip()]
+    config, model_dir = step.config, resolve_model(step.config.model)
+    if step.kind == "train_dpo":
+        recipe.train_dpo(model_dir, rows, config.algorithm, config.seed, args.out, args.cache,
+                         stop_after_steps=args.stop_after_steps)
+    elif step.kind == "train_ppo":
+        recipe.train_ppo(model_dir, rows, config.algorithm, config.seed, args.out,
+                         reward=config.reward or "reward_model",
+                         reward_model_dir=inputs.get("reward_model") and inputs["reward_model"] / "model",
+                         stop_after=args.stop_after_steps)
+    else:
+        recipe.train_rm(model_dir, rows, config.train, config.seed, args.out,
+                        stop_after_steps=args.stop_after_steps)
 
 
 def _role_and_dir(text: str) -> tuple[str, Path]:

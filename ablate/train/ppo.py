@@ -483,16 +483,13 @@ def train_ppo(policy_dir: Path, rows: Sequence[dict], cfg: PPOConfig, seed: int,
 
 
 def run_step(ctx) -> None:
-    """The ``train_ppo`` step: config ``model``, ``prompts``, ``algorithm`` (PPOConfig),
-    ``seed`` and optionally ``reward`` (default ``reward_model``; or a programmatic reward
-    name from ``ablate.train.rollout.PROGRAMMATIC_REWARDS``); input ``reward_model``, needed
-    unless ``reward`` names a programmatic reward."""
+    """The ``train_ppo`` step (``ablate.spec.steps.PPOStep``): the ``reward_model`` input, or a
+    programmatic ``reward`` named in the config."""
     from ablate.data import load_prompts
     from ablate.models import resolve_model
 
-    config = ctx.config
-    cfg = PPOConfig.model_validate(config["algorithm"])
-    reward = config.get("reward", "reward_model")
+    step = ctx.config
+    reward = step.reward or "reward_model"
     # Fail before loading three models and the prompts when the reward cannot be had.
     if reward == "reward_model" and "reward_model" not in ctx.inputs:
         raise TrainingError("train_ppo step has neither a `reward_model` input nor a programmatic "
@@ -503,10 +500,10 @@ def run_step(ctx) -> None:
                             f"{', '.join(PROGRAMMATIC_REWARDS)}")
     reward_model_dir = ctx.input_model_dir("reward_model") if "reward_model" in ctx.inputs \
         else None
-    loaded = load_prompts(config["prompts"])
+    loaded = load_prompts(step.prompts)
     if loaded.skipped:
         ctx.log.info("prompt set %s: %d prompts kept; skipped by the loader: %s", loaded.name,
                      len(loaded), loaded.skipped)
-    train_ppo(resolve_model(config["model"]), loaded.rows, cfg, int(config.get("seed", 1)),
-              ctx.out_dir, reward=reward, reward_model_dir=reward_model_dir, log=ctx.log,
+    train_ppo(resolve_model(step.model), loaded.rows, step.algorithm, step.seed, ctx.out_dir,
+              reward=reward, reward_model_dir=reward_model_dir, log=ctx.log,
               progress=ctx.progress, loader_skipped=loaded.skipped)

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ablate.spec.schema import RMConfig
 from ablate.store import atomic_write_json
+from ablate.store.result import RewardModelResult
 from ablate.train import fsdp
 from ablate.train.collate import (
     SequenceBatch, SharedPromptBatch, attention_implementation, collate, pad_sequences,
@@ -212,10 +213,10 @@ def train_rm(model_dir: Path, rows: Sequence[dict], cfg: RMConfig, seed: int, ou
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
     fsdp.barrier()
-    result = {"metric": "heldout_pair_accuracy", "value": after, "heldout_accuracy": after,
-              "heldout_accuracy_before": before, "heldout_pairs": len(heldout),
-              "train_pairs": len(train_pairs), "rows": len(rows), "skipped": dict(skipped),
-              "world_size": fsdp.world_size(), **trained}
+    result = RewardModelResult(
+        metric="heldout_pair_accuracy", value=after, unit="fraction", heldout_accuracy=after,
+        heldout_accuracy_before=before, heldout_pairs=len(heldout), train_pairs=len(train_pairs),
+        rows=len(rows), skipped=dict(skipped), world_size=fsdp.world_size(), **trained).to_json()
     if fsdp.is_main_process():
         atomic_write_json(out_dir / "result.json", result)
     log.info("RM done: held-out pair accuracy %s -> %s", before, after)
@@ -223,16 +224,14 @@ def train_rm(model_dir: Path, rows: Sequence[dict], cfg: RMConfig, seed: int, ou
 
 
 def run_step(ctx) -> None:
-    """The ``train_rm`` step: config ``model``, ``data``, ``train`` (RMConfig), ``seed``."""
+    """The ``train_rm`` step (``ablate.spec.steps.RMStep``)."""
     from ablate.data import load_preferences
     from ablate.models import resolve_model
 
-    config = ctx.config
-    cfg = RMConfig.model_validate(config["train"])
-    data = load_preferences(config["data"], "train")
-    train_rm(resolve_model(config["model"]), data.rows, cfg, int(config.get("seed", 1)),
-             ctx.out_dir, log=ctx.log, progress=ctx.progress,
-             data_skipped=getattr(data, "skipped", None))
+    step = ctx.config
+    data = load_preferences(step.data, "train")
+    train_rm(resolve_model(step.model), data.rows, step.train, step.seed, ctx.out_dir,
+             log=ctx.log, progress=ctx.progress, data_skipped=getattr(data, "skipped", None))
 
 
 class RewardScorer:

@@ -18,6 +18,7 @@ from ablate.data.rows import (
     BROKEN_TURNS, DUPLICATE_PROMPT, MISSING_FIELD, NO_LOWER, NOT_DRAWN, PromptData, check_row,
 )
 from ablate.spec.schema import DataRef
+from ablate.spec.steps import PromptsRef
 
 PAPER_NAMES = ["shp-2", "stack-exchange", "prm800k", "chatbot-arena-2023", "chatbot-arena-2024",
                "alpacafarm-human", "alpacafarm-gpt4", "hh-rlhf", "helpsteer", "capybara-7k",
@@ -40,7 +41,7 @@ def test_registry_has_the_papers_sources_and_the_demo_names():
 
 @pytest.mark.parametrize("name", ["ultrafeedback-slice", "hh-rlhf-slice"])
 def test_shipped_slices_load_clean_with_disjoint_splits(name):
-    train, test = load_preferences({"name": name}), load_preferences(DataRef(name=name), "test")
+    train, test = load_preferences(DataRef(name=name)), load_preferences(DataRef(name=name), "test")
     assert 150 <= len(train) <= 200 and 35 <= len(test) <= 50
     assert all(check_row(r) is None for r in train.rows + test.rows)
     assert all(r["source"] for r in train.rows)
@@ -49,20 +50,20 @@ def test_shipped_slices_load_clean_with_disjoint_splits(name):
 
 
 def test_hh_slice_counts_its_broken_rows():
-    data = load_preferences({"name": "hh-rlhf-slice"})
+    data = load_preferences(DataRef(name="hh-rlhf-slice"))
     assert len(data) + sum(data.skipped.values()) == 200
     assert data.skipped == {BROKEN_TURNS: 2}  # two transcripts with two Assistant turns in a row
 
 
 def test_downsampling_is_seeded():
-    a = load_preferences({"name": "ultrafeedback-slice", "max_rows": 20, "sample_seed": 1})
-    b = load_preferences({"name": "ultrafeedback-slice", "max_rows": 20, "sample_seed": 1})
-    c = load_preferences({"name": "ultrafeedback-slice", "max_rows": 20, "sample_seed": 2})
+    a = load_preferences(DataRef(name="ultrafeedback-slice", max_rows=20, sample_seed=1))
+    b = load_preferences(DataRef(name="ultrafeedback-slice", max_rows=20, sample_seed=1))
+    c = load_preferences(DataRef(name="ultrafeedback-slice", max_rows=20, sample_seed=2))
     assert len(a) == 20 and a.rows == b.rows and a.rows != c.rows
 
 
 def test_conversion_is_cached_and_reused(tmp_path, monkeypatch):
-    first = load_preferences({"name": "hh-rlhf-slice"})
+    first = load_preferences(DataRef(name="hh-rlhf-slice"))
     cached = list((tmp_path / "cache" / "data" / "hh-rlhf-slice").glob("train-*.jsonl"))
     assert len(cached) == 1
 
@@ -70,7 +71,7 @@ def test_conversion_is_cached_and_reused(tmp_path, monkeypatch):
         raise AssertionError("converted again despite the cache")
 
     monkeypatch.setattr(load, "convert_rows", no_conversion)
-    again = load_preferences({"name": "hh-rlhf-slice"})
+    again = load_preferences(DataRef(name="hh-rlhf-slice"))
     assert again.rows == first.rows and again.skipped == first.skipped
 
 
@@ -79,13 +80,13 @@ def test_the_cache_key_changes_with_the_converter_version(monkeypatch):
 
     from ablate.data import registry
 
-    load_preferences({"name": "hh-rlhf-slice"})
+    load_preferences(DataRef(name="hh-rlhf-slice"))
     bumped = dataclasses.replace(registry.SOURCES["hh-rlhf-slice"], converter_version=99)
     monkeypatch.setitem(registry.SOURCES, "hh-rlhf-slice", bumped)
     calls = []
     real = load.convert_rows
     monkeypatch.setattr(load, "convert_rows", lambda *a, **k: calls.append(1) or real(*a, **k))
-    load_preferences({"name": "hh-rlhf-slice"})
+    load_preferences(DataRef(name="hh-rlhf-slice"))
     assert calls == [1]
 
 
@@ -95,7 +96,7 @@ def test_per_dataset_local_path_without_test_split_holds_out_by_prompt(tmp_path,
     path = tmp_path / "orca.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     monkeypatch.setenv("ABLATE_DATA_ORCA_PAIRS", str(path))
-    train, test = load_preferences({"name": "orca-pairs"}), load_preferences({"name": "orca-pairs"}, "test")
+    train, test = load_preferences(DataRef(name="orca-pairs")), load_preferences(DataRef(name="orca-pairs"), "test")
     assert len(train) + len(test) == 400 and 5 <= len(test) <= 40
     assert not {r["prompt"][0]["content"] for r in train.rows} & {r["prompt"][0]["content"] for r in test.rows}
 
@@ -106,7 +107,7 @@ def test_a_broken_local_file_names_the_file_and_line(tmp_path, monkeypatch):
     (folder / "train.jsonl").write_text('{"system": "", "question": "q", "chosen": "a", "rejected": "b"}\n{oops\n')
     monkeypatch.setenv("ABLATE_DATA_ORCA_PAIRS", str(folder))
     with pytest.raises(ValueError, match=r"train.jsonl:2: not valid JSON"):
-        load_preferences({"name": "orca-pairs"})
+        load_preferences(DataRef(name="orca-pairs"))
 
 
 def test_a_changed_schema_fails_with_column_and_dataset(tmp_path, monkeypatch):
@@ -114,39 +115,39 @@ def test_a_changed_schema_fails_with_column_and_dataset(tmp_path, monkeypatch):
     (tmp_path / "nectar" / "train.jsonl").write_text(json.dumps({"prompt": "\n\nHuman: hi"}) + "\n")
     monkeypatch.setenv("ABLATE_DATA_DIR", str(tmp_path))
     with pytest.raises(ValueError, match=r"dataset 'nectar': column 'answers' is missing"):
-        load_preferences({"name": "nectar"})
+        load_preferences(DataRef(name="nectar"))
 
 
 def test_hub_only_sources_fail_clearly_offline(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataUnavailable, match=r"berkeley-nest/Nectar.*ABLATE_DATA_DIR"):
-        load_preferences({"name": "nectar"})
+        load_preferences(DataRef(name="nectar"))
 
 
 def test_unknown_names_list_the_known_ones():
     with pytest.raises(KeyError, match="hh-rlhf-slice"):
-        load_preferences({"name": "no-such-data"})
+        load_preferences(DataRef(name="no-such-data"))
     with pytest.raises(KeyError, match="gsm8k-train"):
-        load_prompts({"source": "prompt_set", "name": "nope", "max_rows": None, "sample_seed": 0})
+        load_prompts(PromptsRef(source="prompt_set", name="nope", max_rows=None, sample_seed=0))
 
 
 def test_a_mixture_concatenates_its_capped_components(monkeypatch):
     monkeypatch.setitem(MIXTURES, "demo-mix", Mixture("demo-mix", (("ultrafeedback-slice", 30),
                                                                    ("hh-rlhf-slice", None))))
-    mix = load_preferences({"name": "demo-mix", "sample_seed": 3})
+    mix = load_preferences(DataRef(name="demo-mix", sample_seed=3))
     sources = [r["source"] for r in mix.rows]
     assert sources.count("ultrafeedback") == 30 and sources.count("hh-rlhf") == 198
     assert sources[:30] != ["ultrafeedback"] * 30  # shuffled
-    assert len(load_preferences({"name": "demo-mix", "max_rows": 50})) == 50
+    assert len(load_preferences(DataRef(name="demo-mix", max_rows=50))) == 50
 
 
 def test_prompts_from_preference_data_and_the_gsm8k_slice():
-    prompts = load_prompts({"source": "preference_data", "name": "ultrafeedback-slice",
-                            "max_rows": 10, "sample_seed": 0})
+    prompts = load_prompts(PromptsRef(source="preference_data", name="ultrafeedback-slice",
+                            max_rows=10, sample_seed=0))
     assert len(prompts) == 10 and all(p["reference"] is None for p in prompts)
-    gsm = load_prompts({"source": "prompt_set", "name": "gsm8k-train-slice", "max_rows": None,
-                        "sample_seed": 0})
+    gsm = load_prompts(PromptsRef(source="prompt_set", name="gsm8k-train-slice", max_rows=None,
+                        sample_seed=0))
     assert len(gsm) == 200 and gsm[0]["reference"] == "72"
     assert all(p["reference"].lstrip("-").replace(".", "").isdigit() for p in gsm)
 
@@ -159,8 +160,8 @@ def test_prompt_skips_reach_the_caller(tmp_path, monkeypatch):
     (tmp_path / "gsm8k").mkdir()
     (tmp_path / "gsm8k" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     monkeypatch.setenv("ABLATE_DATA_DIR", str(tmp_path))
-    prompts = load_prompts({"source": "prompt_set", "name": "gsm8k-train", "max_rows": None,
-                            "sample_seed": 0})
+    prompts = load_prompts(PromptsRef(source="prompt_set", name="gsm8k-train", max_rows=None,
+                            sample_seed=0))
     assert isinstance(prompts, PromptData) and prompts.name == "gsm8k-train"
     assert [p["reference"] for p in prompts] == ["1", "4"] and prompts[-1]["reference"] == "4"
     assert prompts.skipped == {DUPLICATE_PROMPT: 1, MISSING_FIELD: 2}
@@ -168,9 +169,9 @@ def test_prompt_skips_reach_the_caller(tmp_path, monkeypatch):
 
 
 def test_prompts_of_preference_data_carry_its_skips_and_the_repeated_prompts():
-    data = load_preferences({"name": "hh-rlhf-slice"})
-    prompts = load_prompts({"source": "preference_data", "name": "hh-rlhf-slice",
-                            "max_rows": None, "sample_seed": 0})
+    data = load_preferences(DataRef(name="hh-rlhf-slice"))
+    prompts = load_prompts(PromptsRef(source="preference_data", name="hh-rlhf-slice",
+                            max_rows=None, sample_seed=0))
     repeated = len(data) - len({json.dumps(r["prompt"]) for r in data.rows})
     assert prompts.skipped == {**data.skipped, **({DUPLICATE_PROMPT: repeated} if repeated else {})}
     assert len(prompts) + sum(prompts.skipped.values()) == 200  # the slice's raw rows
@@ -200,19 +201,19 @@ def test_shipped_slices_equal_a_rebuild_from_the_real_files(shared_data, name):
 @pytest.mark.shared
 def test_hh_rlhf_test_split_from_the_real_files(shared_data, monkeypatch):
     monkeypatch.setenv("ABLATE_DATA_DIR", str(shared_data))
-    data = load_preferences({"name": "hh-rlhf"}, "test")
+    data = load_preferences(DataRef(name="hh-rlhf"), "test")
     assert len(data) + sum(data.skipped.values()) == 8552  # the whole official test split
     assert 8400 < len(data) and set(data.skipped) <= {BROKEN_TURNS, "chosen identical to rejected",
                                                       "missing or empty field", "duplicate"}
     assert all(r["prompt"][-1]["role"] == "user" for r in data.rows)
     with pytest.raises(DataUnavailable, match="no local files for split 'train'"):
-        load_preferences({"name": "hh-rlhf"}, "train")
+        load_preferences(DataRef(name="hh-rlhf"), "train")
 
 
 @pytest.mark.shared
 def test_prm800k_pairs_from_the_real_step_file(shared_data, monkeypatch):
     monkeypatch.setenv("ABLATE_DATA_DIR", str(shared_data))
-    data = load_preferences({"name": "prm800k"}, "test")
+    data = load_preferences(DataRef(name="prm800k"), "test")
     assert len(data) == 237  # prefixes with both a +1 and a -1 rated next step (counted by pandas)
     row = data.rows[0]
     assert row["chosen"][0]["content"] != row["rejected"][0]["content"]
@@ -230,8 +231,8 @@ def test_prm800k_pairs_from_the_real_step_file(shared_data, monkeypatch):
 @pytest.mark.shared
 def test_gsm8k_train_prompts_have_numeric_references(shared_data, monkeypatch):
     monkeypatch.setenv("ABLATE_DATA_DIR", str(shared_data))
-    prompts = load_prompts({"source": "prompt_set", "name": "gsm8k-train", "max_rows": None,
-                            "sample_seed": 0})
+    prompts = load_prompts(PromptsRef(source="prompt_set", name="gsm8k-train", max_rows=None,
+                            sample_seed=0))
     assert len(prompts) == 7473
     assert all(float(p["reference"]) == float(p["reference"]) for p in prompts)
 
@@ -260,7 +261,7 @@ def test_ultrafeedback_overall_keeps_only_fine_grained_prompts(tmp_path, monkeyp
         (tmp_path / name / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "ultrafeedback-overall" / "test.jsonl").write_text(json.dumps(overall[0]) + "\n")
     monkeypatch.setenv("ABLATE_DATA_DIR", str(tmp_path))
-    data = load_preferences({"name": "ultrafeedback-overall"})
+    data = load_preferences(DataRef(name="ultrafeedback-overall"))
     assert sorted(r["prompt"][0]["content"] for r in data.rows) == ["Kept 1", "Kept 2"]
     assert data.skipped == {load.NOT_IN_FG: 1}
 
@@ -276,8 +277,8 @@ def test_a_cached_hub_conversion_loads_without_the_hub(monkeypatch):
         return raws
 
     monkeypatch.setattr(load, "_hub_rows", fake_hub)
-    first = load_preferences({"name": "orca-pairs"})
+    first = load_preferences(DataRef(name="orca-pairs"))
     assert calls == [("Intel/orca_dpo_pairs", "train", "main")]
-    assert load_preferences({"name": "orca-pairs"}).rows == first.rows
-    assert len(load_preferences({"name": "orca-pairs"}, "test")) == 50 - len(first)
+    assert load_preferences(DataRef(name="orca-pairs")).rows == first.rows
+    assert len(load_preferences(DataRef(name="orca-pairs"), "test")) == 50 - len(first)
     assert len(calls) == 1

@@ -8,8 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from ablate.evals import CATEGORIES, EvalError, average, benchmark_names, category_scores
+from pydantic import ValidationError
+
+from ablate.evals import EvalError, benchmark_names
 from ablate.evals.runner import evaluate_benchmark, run_step
+from ablate.spec.benchmarks import CATEGORIES, aggregate, paper_aggregate
+from ablate.spec.steps import EvalStep
 
 PAPER = Path(__file__).resolve().parents[3] / "shared" / "paper"
 
@@ -20,13 +24,18 @@ def test_every_benchmark_has_a_category():
 
 def test_categories_and_average():
     results = {b: 50.0 for b in benchmark_names()} | {"gsm8k": 40.0, "bbh": 60.0, "toxigen": 90.0}
-    cats = category_scores(results)
-    assert cats["reasoning"] == 50.0 and cats["safety"] == 70.0
-    assert average(cats) == pytest.approx(sum(cats.values()) / 6)
-    assert "coding" not in category_scores({"humaneval_plus": 10.0})  # partial: left out
-    assert average({"factuality": 1.0}) is None
+    out = aggregate(results, benchmark_names())
+    assert out["reasoning"] == 50.0 and out["safety"] == 70.0
+    assert out["average"] == pytest.approx(sum(v for k, v in out.items() if k != "average") / 6)
+    assert paper_aggregate(benchmark_names()) and not paper_aggregate(["gsm8k"])
+    # a category with a benchmark missing is missing, and so is the average
+    partial = aggregate({"humaneval_plus": 10.0}, ["humaneval_plus", "mbpp_plus", "mmlu"])
+    assert partial["coding"] is None and partial["factuality"] is None
+    assert partial["average"] is None
+    # over the benchmarks a run has: one category of one benchmark
+    assert aggregate({"mmlu": 30.0}, ["mmlu"]) == {"factuality": 30.0, "average": 30.0}
     with pytest.raises(KeyError, match="unknown benchmark"):
-        category_scores({"gsm9k": 1.0})
+        aggregate({"gsm9k": 1.0}, ["gsm9k"])
 
 
 def test_average_reproduces_every_paper_table():
@@ -39,7 +48,7 @@ def test_average_reproduces_every_paper_table():
             cats = {c: row.get(c) for c in CATEGORIES}
             if not all(cats.values()) or not row.get("average"):
                 continue
-            value = average({c: float(v) for c, v in cats.items()})
+            value = aggregate({c: float(v) for c, v in cats.items()}, CATEGORIES)["average"]
             assert value == pytest.approx(float(row["average"]), abs=0.051), (table.name, row)
             checked += 1
     assert checked >= 10
@@ -52,10 +61,9 @@ def test_run_step_writes_result_files(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("ABLATE_DATA_DIR", str(tmp_path / "none"))  # use the shipped slices
     seen = []
     for bench, limit in (("gsm8k", 2), ("mmlu", 6)):
-        step = Step("eval", f"eval {bench}", {
+        step = Step.of("eval", f"eval {bench}", {
             "benchmark": bench, "protocol": "paper", "limit": limit, "seed": 0,
-            "max_new_tokens": 8, "judge": None, "sampler": {"kind": "greedy"},
-            "model": {"path": str(tiny_model_dir)}})
+            "max_new_tokens": 8, "model": {"path": str(tiny_model_dir)}})
         ctx = StepContext(step, tmp_path / bench, progress=lambda d, t, desc: seen.append(desc))
         run_step(ctx)
         result = json.loads((tmp_path / bench / "result.json").read_text())
@@ -72,6 +80,7 @@ def test_run_step_writes_result_files(tiny_model_dir, tmp_path, monkeypatch):
 
 def test_unknown_benchmark_and_protocol(tmp_path, tiny_model_dir):
     with pytest.raises(EvalError, match="unknown benchmark 'gsm9k'"):
-        evaluate_benchmark("gsm9k", tiny_model_dir, tmp_path)
-    with pytest.raises(EvalError, match="unknown protocol"):
-        evaluate_benchmark("gsm8k", tiny_model_dir, tmp_path, protocol="fast")
+        evaluate_benchmark(EvalStep(benchmark="gsm9k", protocol="paper", seed=0),
+                           tiny_model_dir, tmp_path)
+    with pytest.raises(ValidationError, match="protocol"):
+        EvalStep(benchmark="gsm8k", protocol="fast", seed=0)

@@ -11,6 +11,8 @@ import pytest
 
 from ablate.evals import EvalEnv, get_benchmark
 from ablate.evals import evalplus_mbpp as judge
+from ablate.spec.schema import PassAtK
+from ablate.spec.steps import EvalStep
 from ablate.evals.code import pass_at_k
 from ablate.evals.evalplus_mbpp import CanonicalRun
 
@@ -138,8 +140,9 @@ class FakeEnv(EvalEnv):
     """Samples without a model: the same completions for every prompt."""
 
     def __init__(self, completions: list[str], cache_dir: Path):
-        super().__init__(model_dir=cache_dir, options={"n_samples": len(completions)},
-                         cache_dir=cache_dir)
+        config = EvalStep(benchmark="mbpp_plus", protocol="paper", seed=0,
+                          sampler=PassAtK(n=len(completions)))
+        super().__init__(model_dir=cache_dir, config=config, cache_dir=cache_dir)
         self.completions = completions
 
     def chat(self, user: str, assistant_prefix: str = "") -> str:

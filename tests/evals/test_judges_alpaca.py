@@ -11,6 +11,7 @@ import pytest
 from ablate.evals import EvalError
 from ablate.evals.alpaca import judge_messages, parse_preference, winrates
 from ablate.evals.judges import OpenAIJudge, get_judge
+from ablate.spec.schema import JudgeSpec
 
 
 class FakeEndpoint(BaseHTTPRequestHandler):
@@ -64,13 +65,15 @@ def test_openai_judge_retries_caches_and_counts_failures(endpoint, tmp_path, mon
         OpenAIJudge(endpoint, "other", "JUDGE_KEY", tmp_path).complete(["x"])
 
 
-def test_judges_yaml_and_unknown_judge(tmp_path, monkeypatch, endpoint):
-    config = tmp_path / "judges.yaml"
-    config.write_text(f"j: {{kind: openai, base_url: '{endpoint}', model: m, api_key_env: K}}\n")
-    monkeypatch.setenv("ABLATE_JUDGES", str(config))
-    assert isinstance(get_judge("j", tmp_path), OpenAIJudge)
-    with pytest.raises(EvalError, match="unknown judge 'nope'"):
-        get_judge("nope", tmp_path)
+def test_a_judge_definition_makes_its_judge(tmp_path, endpoint):
+    judge = get_judge(JudgeSpec(base_url=endpoint, model="m", api_key_env="K", timeout_s=5,
+                                concurrency=2), tmp_path)
+    assert isinstance(judge, OpenAIJudge) and judge.model == "m"
+    assert (judge.timeout_s, judge.concurrency) == (5, 2)
+    with pytest.raises(EvalError, match="'old-gpt4' is an old store's judge"):
+        get_judge(JudgeSpec(kind="unrecorded", name="old-gpt4"), tmp_path)
+    with pytest.raises(EvalError, match="needs a path or the step's reward_model input"):
+        get_judge(JudgeSpec(kind="reward_model"), tmp_path)
 
 
 def test_preference_parsing():

@@ -5,6 +5,18 @@ from __future__ import annotations
 import pytest
 
 from ablate.evals import EvalEnv, EvalError
+from ablate.spec.schema import BestOfN
+from ablate.spec.steps import EvalStep
+
+
+def env(tmp_path, backend, sampler=None, **kwargs) -> EvalEnv:
+    config = EvalStep(benchmark="gsm8k", protocol="paper", seed=0,
+                      **({"sampler": sampler} if sampler else {}))
+    return EvalEnv(model_dir=tmp_path, config=config, _backend=backend, **kwargs)
+
+
+def eval_config(bench, limit, **fields) -> EvalStep:
+    return EvalStep(benchmark=bench, protocol="paper", seed=0, limit=limit, **fields)
 
 
 class FakeBackend:
@@ -32,10 +44,10 @@ def test_greedy_and_best_of_n(monkeypatch, tmp_path):
 
     monkeypatch.setattr(rm, "RewardScorer", LongestWins)
     backend = FakeBackend()
-    greedy = EvalEnv(model_dir=tmp_path, _backend=backend)
+    greedy = env(tmp_path, backend)
     assert greedy.generate(["a"], 5) == [["a:x"]] and backend.calls[-1].greedy
-    best = EvalEnv(model_dir=tmp_path, _backend=backend, reward_model_dir=tmp_path,
-                   sampler={"kind": "best_of_n", "n": 4, "temperature": 0.7, "seed": 3})
+    best = env(tmp_path, backend, BestOfN(n=4, temperature=0.7, seed=3),
+               reward_model_dir=tmp_path)
     assert best.generate(["a", "b"], 5) == [["a:xxxx"], ["b:xxxx"]]
     assert backend.calls[-1].n == 4 and backend.calls[-1].temperature == 0.7
     assert backend.calls[-1].seed == 3
@@ -49,10 +61,7 @@ def test_greedy_and_best_of_n(monkeypatch, tmp_path):
     assert best.generate(["a"], 5, n=3) == [["a:x"] * 3]
     assert backend.calls[-1].n == 1 and backend.calls[-1].greedy and best.best_of_n_calls == 1
     with pytest.raises(EvalError, match="reward_model"):
-        EvalEnv(model_dir=tmp_path, _backend=backend,
-                sampler={"kind": "best_of_n", "n": 2}).generate(["a"], 5)
-    with pytest.raises(EvalError, match="sampler.kind"):
-        EvalEnv(model_dir=tmp_path, _backend=backend, sampler={"kind": "beam"}).generate(["a"], 5)
+        env(tmp_path, backend, BestOfN(n=2)).generate(["a"], 5)
 
 
 def test_result_says_whether_best_of_n_applied(monkeypatch, tmp_path):
@@ -67,17 +76,17 @@ def test_result_says_whether_best_of_n_applied(monkeypatch, tmp_path):
 
     monkeypatch.setattr(rm, "RewardScorer", LongestWins)
     monkeypatch.setenv("ABLATE_DATA_DIR", str(tmp_path / "none"))  # the shipped slices
-    sampler = {"kind": "best_of_n", "n": 2, "temperature": 0.7, "seed": 1}
+    sampler = BestOfN(n=2, temperature=0.7, seed=1)
     applied = {}
     for bench, limit in (("gsm8k", 2), ("mmlu", 4)):
-        result = evaluate_benchmark(bench, tmp_path, tmp_path / bench, limit=limit,
-                                    sampler=sampler, reward_model_dir=tmp_path,
+        result = evaluate_benchmark(eval_config(bench, limit, sampler=sampler), tmp_path,
+                                    tmp_path / bench, reward_model_dir=tmp_path,
                                     backend=ScoringBackend())
-        applied[bench] = result["sampler_applied"]
+        applied[bench] = result.model_extra["sampler_applied"]
     assert applied == {"gsm8k": True, "mmlu": False}
-    greedy = evaluate_benchmark("gsm8k", tmp_path, tmp_path / "greedy", limit=2,
+    greedy = evaluate_benchmark(eval_config("gsm8k", 2), tmp_path, tmp_path / "greedy",
                                 backend=ScoringBackend())
-    assert "sampler_applied" not in greedy
+    assert "sampler_applied" not in greedy.model_extra
 
 
 def test_an_evaluation_gives_back_the_backend_it_loaded(monkeypatch, tmp_path):
@@ -94,7 +103,8 @@ def test_an_evaluation_gives_back_the_backend_it_loaded(monkeypatch, tmp_path):
 
     monkeypatch.setattr(ablate.generate, "load_backend", lambda *a, **k: ClosingBackend())
     monkeypatch.setenv("ABLATE_DATA_DIR", str(tmp_path / "none"))
-    evaluate_benchmark("gsm8k", tmp_path, tmp_path / "own", limit=1)
+    evaluate_benchmark(eval_config("gsm8k", 1), tmp_path, tmp_path / "own")
     assert ClosingBackend.closed == 1
-    evaluate_benchmark("gsm8k", tmp_path, tmp_path / "given", limit=1, backend=ClosingBackend())
+    evaluate_benchmark(eval_config("gsm8k", 1), tmp_path, tmp_path / "given",
+                       backend=ClosingBackend())
     assert ClosingBackend.closed == 1

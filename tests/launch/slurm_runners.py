@@ -21,10 +21,10 @@ def weights_eval(ctx) -> None:
 
     from ablate.models import resolve_model
 
-    benchmark = ctx.config["benchmark"]
+    benchmark = ctx.config.benchmark
     if benchmark == os.environ.get("ABLATE_TEST_FAIL_BENCHMARK"):
         raise RuntimeError(f"benchmark {benchmark} exploded (test hook)")
-    folder = ctx.input_model_dir("model") if "model" in ctx.inputs else resolve_model(ctx.config["model"])
+    folder = ctx.input_model_dir("model") if "model" in ctx.inputs else resolve_model(ctx.config.model)
     # A digest of the exact bytes: a float sum would depend on the thread count's reduction order
     # (SLURM jobs get one thread per allocated CPU, the test process more).
     digest = hashlib.sha256()

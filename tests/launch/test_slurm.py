@@ -199,7 +199,7 @@ def test_failing_evaluation_is_retried_then_failed_while_others_finish(slurm_clu
     plan, store = expand(load_grid(grid)), RunStore(store_dir)
     wait_settled(plan, store)
 
-    mmlu = next(s for s in plan.steps.values() if s.config.get("benchmark") == "mmlu")
+    mmlu = next(s for s in plan.steps.values() if getattr(s.config, "benchmark", None) == "mmlu")
     others = [s for s in plan.steps.values() if s.id != mmlu.id]
     assert all(store.is_done(s) for s in others)
     state = store.state(mmlu)

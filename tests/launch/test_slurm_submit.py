@@ -3,6 +3,8 @@ the dry run's sbatch scripts, grouping into jobs and arrays, and how squeue's an
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from typer.testing import CliRunner
 
@@ -14,6 +16,7 @@ from ablate.launch.slurm import (
 )
 from ablate.spec import SpecError, expand
 from ablate.spec.schema import GridSpec
+from ablate.spec.steps import STEP_KINDS
 from ablate.store import RunStore
 
 from test_slurm import LOCAL_PROFILE, REPO, write_grid
@@ -24,7 +27,9 @@ def plan():
     return expand(GridSpec.model_validate({
         "name": "g", "models": {"m": {"builtin": "tiny-llama"}},
         "axes": {"model": ["m"], "data": ["a", "b"], "algorithm": ["dpo"]},
-        "eval": {"benchmarks": ["gsm8k", "mmlu", "alpaca_eval_2"]}}))
+        "judges": {"api": {"base_url": "http://127.0.0.1:9/v1", "model": "judge",
+                           "api_key_env": "JUDGE_KEY"}},
+        "eval": {"benchmarks": ["gsm8k", "mmlu", "alpaca_eval_2"], "judge": "api"}}))
 
 
 def test_shipped_profiles_load():
@@ -90,7 +95,8 @@ def test_multi_process_training_only_for_recipes_that_support_it(tmp_path, monke
     # every training recipe runs sharded now (PPO included: tests/train/test_ppo_fsdp.py) ...
     preflight(ppo, list(ppo.steps.values()), load_profile(profile), dry_run=True)
     # ... and a recipe without a multi-process entry point is refused before anything is queued
-    monkeypatch.delitem(slurm.MULTI_PROCESS_RECIPES, "train_ppo")
+    monkeypatch.setitem(STEP_KINDS, "train_ppo",
+                        dataclasses.replace(STEP_KINDS["train_ppo"], recipe=None))
     with pytest.raises(SlurmError, match="train_ppo steps train in one process"):
         preflight(ppo, list(ppo.steps.values()), load_profile(profile), dry_run=True)
 
@@ -119,7 +125,7 @@ def test_jobs_group_training_alone_and_evaluations_per_model(plan):
     # the baseline and two trained models: gsm8k + mmlu of each as one array
     assert len(evals) == 3 and all(len(g.steps) == 2 for g in evals)
     judged = [g for g in groups if g.klass == "judge"]
-    assert len(judged) == 3 and all(s.config["benchmark"] == "alpaca_eval_2"
+    assert len(judged) == 3 and all(s.config.benchmark == "alpaca_eval_2"
                                     for g in judged for s in g.steps)
     for group in evals + judged:
         assert len({tuple(sorted(s.inputs.values())) for s in group.steps}) == 1
@@ -223,8 +229,3 @@ def test_a_queued_job_runs_the_plan_it_was_submitted_with(plan, tmp_path, monkey
     assert ran[1][1] == step
     with pytest.raises(FileNotFoundError, match="no saved plan 'nope'"):
         StepJob(str(store.root), "nope", step.id)()
-    # a job pickled before snapshots existed carries the grid's name: it reads the grid's plan
-    store.save_plan(plan)
-    old = slurm.SlurmStepJob.__new__(slurm.SlurmStepJob)
-    old.__dict__.update(store_root=str(store.root), grid="g", step_id=step.id, max_attempts=2)
-    assert old() == "done" and ran[-1][1] == step

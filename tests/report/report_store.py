@@ -35,16 +35,21 @@ N_ITEMS = 200
 
 def build_plan(grid: str = "toy") -> Plan:
     steps: dict[str, Step] = {}
-    rm = Step("train_rm", "rm uf-13b", {"data": "uf", "seed": 1})
+    rm = Step.of("train_rm", "rm uf-13b", {"model": {"builtin": "m"}, "data": {"name": "uf"},
+                                           "train": {}, "seed": 1})
     steps[rm.id] = rm
     cells = []
     for name, (axes, _) in CELLS.items():
-        model_step = None
+        model_step, model_spec = None, {"builtin": axes["model"]}
         if axes["algorithm"] == "dpo":
-            model = Step("train_dpo", f"dpo {name}", {"data": "uf", "seed": axes["seed"]})
+            model = Step.of("train_dpo", f"dpo {name}", {
+                "model": model_spec, "data": {"name": "uf"}, "algorithm": {},
+                "seed": axes["seed"]})
         elif axes["algorithm"] == "ppo":
-            model = Step("train_ppo", f"ppo {name}", {"prompts": axes["prompts"], "seed": 1},
-                         {"reward_model": rm.id})
+            model = Step.of("train_ppo", f"ppo {name}", {
+                "model": model_spec, "algorithm": {}, "seed": 1,
+                "prompts": {"source": "prompt_set", "name": axes["prompts"]}},
+                {"reward_model": rm.id})
         else:
             model = None
         inputs = {}
@@ -54,8 +59,10 @@ def build_plan(grid: str = "toy") -> Plan:
             inputs = {"model": model.id}
         evals = {}
         for bench in BENCHMARKS:
-            step = Step("eval", f"eval {bench} of {name}",
-                        {"benchmark": bench, "limit": N_ITEMS, "model": axes["model"]}, inputs)
+            step = Step.of("eval", f"eval {bench} of {name}",
+                           {"benchmark": bench, "protocol": "paper", "seed": 42,
+                            "limit": N_ITEMS, **({} if inputs else {"model": model_spec})},
+                           inputs)
             steps[step.id] = step
             evals[bench] = step.id
         cells.append(Cell(name, {**axes, "overrides": []}, model_step, evals,
@@ -78,7 +85,8 @@ def write_eval(store: RunStore, step: Step, bench: str, prob: float, seed: int) 
     atomic_write_json(folder / "result.json", {
         "benchmark": bench, "category": {"gsm8k": "reasoning", "mmlu": "factuality",
                                          "toxigen": "safety"}[bench],
-        "metric": "exact_match", "value": value, "higher_is_better": higher,
+        "kind": "eval", "protocol": "paper", "metric": "exact_match", "value": value,
+        "unit": "percent", "higher_is_better": higher,
         "category_score": value if higher else 100 - value, "n_items": N_ITEMS,
         "scores_file": "scores.jsonl"})
     atomic_write_json(folder / "DONE.json", {"step": step.id, "seconds": 60.0})
@@ -98,7 +106,9 @@ def fill_store(root: Path, plan: Plan, skip: tuple[str, ...] = ()) -> RunStore:
                 {"step": i, "kl": 0.5 * i, "reward": 1.0 + i * (0.3 if "mixed" in step.name else 0.2)}
                 for i in range(6)])
         if step.kind == "train_rm":
-            atomic_write_json(folder / "result.json", {"accuracy": 0.71})
+            atomic_write_json(folder / "result.json", {"kind": "reward_model", "unit": "fraction",
+                                                       "metric": "heldout_pair_accuracy",
+                                                       "value": 0.71})
         atomic_write_json(folder / "DONE.json", {"step": step.id, "seconds": 3600.0, "gpus": 2})
     for index, cell in enumerate(plan.cells):
         probs = CELLS[cell.name][1]

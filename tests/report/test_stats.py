@@ -3,8 +3,9 @@ import math
 import numpy as np
 import pytest
 
+from ablate.spec.benchmarks import aggregate
 from ablate.report.stats import (
-    aggregate, bootstrap_ci, bootstrap_means, mean_sd, paired_bootstrap, to_category_scale,
+    bootstrap_ci, bootstrap_means, mean_sd, paired_bootstrap, to_category_scale,
 )
 from ablate.report.tables import fmt
 
@@ -77,8 +78,10 @@ def test_fmt_rounds_half_up_on_decimals():
     assert fmt(None) == "" and fmt(float("nan")) == ""
 
 
-def test_category_map_matches_the_evals_layer():
-    aggregate_mod = pytest.importorskip("ablate.evals.aggregate")
-    from ablate.report.categories import CATEGORY_OF
+def test_every_registered_benchmark_has_its_facts_and_its_category_from_them():
+    evals = pytest.importorskip("ablate.evals")
+    from ablate.spec.benchmarks import BENCHMARKS, CATEGORY_OF
 
-    assert aggregate_mod.BENCHMARK_CATEGORY == CATEGORY_OF
+    assert set(evals.BENCHMARKS) == set(BENCHMARKS)
+    for name in evals.BENCHMARKS:
+        assert evals.get_benchmark(name).category == CATEGORY_OF[name]

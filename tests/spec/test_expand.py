@@ -91,7 +91,7 @@ def test_include_exclude_and_overrides():
                                    "set": {"beta": 0.0325}}]))
     assert not any("data=b,alg=ppo" in c.name for c in plan.cells)
     ppo = [s for s in plan.steps.values() if s.kind == "train_ppo"]
-    assert ppo and all(s.config["algorithm"]["beta"] == 0.0325 for s in ppo)
+    assert ppo and all(s.config.algorithm.beta == 0.0325 for s in ppo)
     cell = next(c for c in plan.cells if "alg=ppo" in c.name)
     assert cell.axes["overrides"] == ["small-beta"]
 
@@ -123,7 +123,7 @@ def test_programmatic_reward_trains_no_rm_and_names_the_reward():
     ppo = {c.axes["reward_model"]: plan.steps[c.model_step] for c in plan.cells
            if not c.is_baseline}
     assert set(ppo) == {"same", "exact"}
-    assert ppo["exact"].config["reward"] == "gsm8k_exact"
+    assert ppo["exact"].config.reward == "gsm8k_exact"
     assert ppo["exact"].inputs == {}
     assert "reward" not in ppo["same"].config and set(ppo["same"].inputs) == {"reward_model"}
     assert ppo["exact"].id != ppo["same"].id

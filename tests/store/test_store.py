@@ -10,7 +10,7 @@ from ablate.store import RunStore, atomic_write_json, atomic_write_text
 
 
 def step(name="s", **config) -> Step:
-    return Step(kind="eval", name=name, config={"benchmark": "gsm8k", **config})
+    return Step.of("eval", name, {"benchmark": "gsm8k", "protocol": "paper", "seed": 0, **config})
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
@@ -85,7 +85,7 @@ def test_done_marker_records_the_gpus_a_step_used(tmp_path, monkeypatch):
     import types
 
     store = RunStore(tmp_path)
-    step = Step("eval", "e", {"x": 1})
+    step = Step.of("eval", "e", {"benchmark": "mmlu", "protocol": "paper", "seed": 1})
     store.begin(step)
     fake_cuda = types.SimpleNamespace(is_available=lambda: True, device_count=lambda: 4,
                                       get_device_name=lambda i: "Fake H100")

@@ -33,9 +33,10 @@ def test_run_step_writes_model_metrics_summary_and_cache(tmp_path, tiny_model_di
     monkeypatch.setattr(ablate.data, "load_preferences", lambda ref, split="train": Data(rows),
                         raising=False)
     seen = []
-    step = Step("train_dpo", "dpo test", {"model": {"path": str(tiny_model_dir)},
-                                          "data": {"name": "x"},
-                                          "algorithm": DPOConfig(**FAST).model_dump(), "seed": 3})
+    step = Step.of("train_dpo", "dpo test", {"model": {"path": str(tiny_model_dir)},
+                                             "data": {"name": "x"},
+                                             "algorithm": DPOConfig(**FAST).model_dump(),
+                                             "seed": 3})
     ctx = StepContext(step=step, out_dir=tmp_path / "step", cache_dir=tmp_path / "cache",
                       progress=lambda done, total, desc: seen.append((done, total, desc)))
     dpo.run_step(ctx)

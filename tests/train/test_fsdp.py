@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
+from ablate.spec.plan import Step
 from ablate.spec.schema import DPOConfig, RMConfig
+from ablate.spec.steps import recipe_kind
 from ablate.train.dpo import train_dpo
 from ablate.train.rm import train_rm
 from train_helpers import arithmetic_rows, assert_same_weights
@@ -16,11 +18,22 @@ from train_helpers import arithmetic_rows, assert_same_weights
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+# --rows replaces the step's data; the config still names some, as every step of its kind does
+ROWS_FILE = {"dpo": {"data": {"name": "rows-file"}}, "rm": {"data": {"name": "rows-file"}},
+             "ppo": {"prompts": {"source": "prompt_set", "name": "rows-file"}}}
+
+
+def step_json(recipe: str, config: dict) -> dict:
+    """The step file ``ablate.train.fsdp`` reads, as the SLURM launcher writes it."""
+    return Step.of(recipe_kind(recipe).name, f"{recipe} (torchrun test)",
+                   {**ROWS_FILE[recipe], **config}).to_json()
+
+
 def torchrun(tmp_path, recipe, config, rows, out, timeout=240, extra=(), expect_ok=True):
     torchrun_bin = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     if torchrun_bin is None:
         pytest.skip("torchrun is not installed next to this Python")
-    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "config.json").write_text(json.dumps(step_json(recipe, config)))
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
     proc = subprocess.run([torchrun_bin, "--standalone", "--nproc_per_node", "2", "-m",

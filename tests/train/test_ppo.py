@@ -18,6 +18,7 @@ import torch
 
 from ablate.data.rows import PromptData
 from ablate.spec.schema import PPOConfig
+from ablate.spec.steps import PromptsRef
 from ablate.train import rollout as rollout_module
 from ablate.train.common import TrainingError
 from ablate.train.ppo import StopRequested, response_logps, train_ppo
@@ -290,7 +291,7 @@ def test_run_step_with_reward_model(char_model, tmp_path, monkeypatch):
                                                                         letter_prompts(8)),
                         raising=False)
     prompts = {"source": "prompt_set", "name": "letters", "max_rows": None, "sample_seed": 0}
-    step = Step(kind="train_ppo", name="ppo test", config={
+    step = Step.of("train_ppo", "ppo test", {
         "model": {"path": str(char_model)}, "prompts": prompts,
         "algorithm": small_cfg(epochs=1).model_dump(), "seed": 1}, inputs={"reward_model": "x"})
     calls = []
@@ -299,7 +300,7 @@ def test_run_step_with_reward_model(char_model, tmp_path, monkeypatch):
     ctx.out_dir.mkdir()
     from ablate.train.ppo import run_step
     run_step(ctx)
-    assert requested == [prompts]
+    assert requested == [PromptsRef(**prompts)]
     assert calls == [(1, 1, "ppo")]
     assert (ctx.out_dir / "model" / "config.json").is_file()
     assert (ctx.out_dir / "model" / "tokenizer.json").is_file()

@@ -16,7 +16,7 @@ import torch
 
 from ablate.spec.schema import PPOConfig
 from ablate.train.ppo import train_ppo
-from test_fsdp import torchrun
+from test_fsdp import step_json, torchrun
 from test_ppo import letter_prompts, read_metrics
 from train_helpers import assert_same_weights
 
@@ -83,7 +83,8 @@ def test_torchrun_entry_passes_upstream_folders_to_the_step(tmp_path, monkeypatc
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.delenv("SLURM_NTASKS", raising=False)
     config = tmp_path / "config.json"
-    config.write_text(json.dumps({"model": {"path": "unused"}}))
+    config.write_text(json.dumps(step_json("ppo", {"model": {"path": "unused"}, "algorithm": {},
+                                                   "seed": 1})))
     rm_dir = tmp_path / "steps" / "rm"
     fsdp.main(["ppo", "--config", str(config), "--out", str(tmp_path / "out"),
                "--input", f"reward_model={rm_dir}"])

@@ -58,7 +58,7 @@ def test_opens_with_lets():
 
 
 def ppo_step(tmp_path, config_extra: dict, inputs: dict | None = None) -> StepContext:
-    step = Step(kind="train_ppo", name="ppo test", config={
+    step = Step.of("train_ppo", "ppo test", {
         "model": {"path": str(tmp_path / "none")}, "prompts": PROMPTS,
         "algorithm": small_cfg(epochs=1).model_dump(), "seed": 1, **config_extra},
         inputs={k: "x" for k in inputs or {}})

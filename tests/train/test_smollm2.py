@@ -13,6 +13,7 @@ import math
 import pytest
 
 from ablate.spec.schema import DPOConfig
+from ablate.spec.schema import DataRef
 
 
 @pytest.mark.slow
@@ -20,7 +21,7 @@ def test_dpo_on_smollm2_fits_its_preference_pairs(tmp_path, smollm2_dir):
     from ablate.data import load_preferences
     from ablate.train.dpo import train_dpo
 
-    rows = load_preferences({"name": "ultrafeedback-slice", "max_rows": 8}, "train").rows
+    rows = load_preferences(DataRef(name="ultrafeedback-slice", max_rows=8), "train").rows
     cfg = DPOConfig(lr=3e-5, warmup_ratio=0.0, epochs=3, batch_size=4, micro_batch_size=4,
                     max_length=192, max_prompt_length=96, eval_fraction=0.0)
     summary = train_dpo(smollm2_dir, rows, cfg, 1, tmp_path / "dpo", tmp_path / "cache")

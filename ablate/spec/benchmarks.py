@@ -1,0 +1,87 @@
+"""The paper's benchmarks as facts the plan needs: category, how a model is asked, judge, version.
+
+Torch-free and the one source of these facts: expansion reads them to build eval steps, the evals
+layer reads a benchmark's category from here, and reports aggregate with the same rule. A
+benchmark's ``version`` enters its eval steps' ids: bump it when its items, prompts or scoring
+change, so that results computed under the old protocol are not reused under the new one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Literal, Mapping, TypeVar
+
+X = TypeVar("X")
+
+Scoring = Literal["generate", "loglik", "pass_at_k"]
+
+
+@dataclass(frozen=True)
+class BenchmarkFacts:
+    category: str
+    # "generate": one greedy reply per item (what a best-of-N sampler reranks); "loglik": scored by
+    # log-likelihood; "pass_at_k": sampled completions run against tests.
+    scoring: Scoring
+    judged: bool = False  # needs a judge model (a judge's definition enters the step id)
+    version: int = 1
+
+
+BENCHMARKS: dict[str, BenchmarkFacts] = {
+    "mmlu": BenchmarkFacts("factuality", "loglik"),
+    "gsm8k": BenchmarkFacts("reasoning", "generate"),
+    "bbh": BenchmarkFacts("reasoning", "generate"),
+    "humaneval_plus": BenchmarkFacts("coding", "pass_at_k"),
+    "mbpp_plus": BenchmarkFacts("coding", "pass_at_k"),
+    "truthfulqa": BenchmarkFacts("truthfulness", "loglik"),
+    "toxigen": BenchmarkFacts("safety", "generate"),
+    "xstest": BenchmarkFacts("safety", "generate", judged=True),
+    "alpaca_eval_1": BenchmarkFacts("inst_following", "generate", judged=True),
+    "alpaca_eval_2": BenchmarkFacts("inst_following", "generate", judged=True),
+    "ifeval": BenchmarkFacts("inst_following", "generate"),
+}
+
+# The paper's six categories, in its column order, and the benchmarks each averages.
+CATEGORIES: dict[str, tuple[str, ...]] = {}
+for _name, _facts in BENCHMARKS.items():
+    CATEGORIES.setdefault(_facts.category, ())
+    CATEGORIES[_facts.category] += (_name,)
+CATEGORIES = {c: CATEGORIES[c] for c in ("factuality", "reasoning", "coding", "truthfulness",
+                                          "safety", "inst_following")}
+CATEGORY_OF: dict[str, str] = {b: f.category for b, f in BENCHMARKS.items()}
+
+
+def category_of(benchmark: str) -> str:
+    """A benchmark's category; a paper-level row may name the category itself."""
+    if benchmark in CATEGORIES:
+        return benchmark
+    try:
+        return CATEGORY_OF[benchmark]
+    except KeyError:
+        raise KeyError(f"unknown benchmark {benchmark!r}; "
+                       f"known: {', '.join(sorted(CATEGORY_OF))}") from None
+
+
+def aggregate(per_benchmark: Mapping[str, X | None], benchmarks: Iterable[str]) -> dict[str, X | None]:
+    """The paper's aggregation: each category the mean of its ``benchmarks`` (the ones a grid or
+    a run has), the average the mean of those categories, on category scores (higher is better).
+
+    Works on floats and on replicate arrays alike. A category with any of its benchmarks missing
+    is missing, and so is the average: a partial mean would silently change what is compared.
+    Readers mark a category with fewer benchmarks than the paper's, or an average over fewer
+    than its six categories, as not the paper's aggregate.
+    """
+    members: dict[str, list[str]] = {}
+    for bench in benchmarks:
+        members.setdefault(category_of(bench), []).append(bench)
+    out: dict[str, X | None] = {}
+    for category in [c for c in CATEGORIES if c in members]:
+        values = [per_benchmark.get(b) for b in members[category]]
+        out[category] = None if any(v is None for v in values) else sum(values) / len(values)
+    cats = list(out.values())
+    out["average"] = None if not cats or any(v is None for v in cats) else sum(cats) / len(cats)
+    return out
+
+
+def paper_aggregate(benchmarks: Iterable[str]) -> bool:
+    """Whether an aggregate over ``benchmarks`` is the paper's: all 11, so every category whole."""
+    return set(benchmarks) >= set(BENCHMARKS)

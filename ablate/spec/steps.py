@@ -1,0 +1,160 @@
+"""Step configs: one frozen, typed config per step kind, and the table of kinds.
+
+Expansion builds these; the launcher hands them to the runner as they are, so no layer re-parses
+a dict or restates a default. A step's id hashes ``identity(config)``: the fields that determine
+its result, without the ones that only say how it runs (``ablate.spec.schema.execution``) and
+without fields left at their default. The second rule lets the schema grow: a new field whose
+default reproduces the old behaviour keeps every existing id. Changing what an existing id means
+(a default's value, a benchmark's protocol) is a versioned change: a benchmark's ``version`` in
+``ablate.spec.benchmarks`` enters its eval ids, and a store migration re-keys older stores
+(``ablate.store.migrate``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import Any, ClassVar, Literal, Mapping
+
+from pydantic import BaseModel, Field
+
+from ablate.spec.schema import (
+    DataRef, DPOConfig, Frozen, JudgeSpec, ModelSpec, PPOConfig, RMConfig, Sampler, Greedy,
+    is_execution,
+)
+
+
+def identity(model: BaseModel) -> dict[str, Any]:
+    """The fields of ``model`` that determine a result, recursively: execution fields dropped,
+    fields at their default dropped (``kind`` discriminators always kept)."""
+    data: dict[str, Any] = {}
+    for name, field in type(model).model_fields.items():
+        if is_execution(field):
+            continue
+        value = getattr(model, name)
+        if name != "kind" and not field.is_required() \
+                and value == field.get_default(call_default_factory=True):
+            continue
+        data[name] = _plain(value, identity)
+    return data
+
+
+def execution_fields(model: BaseModel) -> dict[str, Any]:
+    """The execution fields of ``model``, recursively: how the step ran, recorded beside it."""
+    data: dict[str, Any] = {}
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        if is_execution(field):
+            data[name] = _plain(value, lambda m: m.model_dump(mode="json"))
+        elif isinstance(value, BaseModel):
+            inner = execution_fields(value)
+            if inner:
+                data[name] = inner
+    return data
+
+
+def _plain(value: Any, submodel) -> Any:
+    if isinstance(value, BaseModel):
+        return submodel(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v, submodel) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, submodel) for v in value]
+    if isinstance(value, PurePath):
+        return str(value)
+    return value
+
+
+class StepConfig(Frozen):
+    kind: ClassVar[str]
+
+
+class PromptsRef(Frozen):
+    """PPO's prompts: the prompts of a preference dataset, or a named prompt set."""
+
+    source: Literal["preference_data", "prompt_set"]
+    name: str
+    max_rows: int | None = Field(default=None, gt=0)
+    sample_seed: int = 0
+
+
+class DPOStep(StepConfig):
+    kind: ClassVar[str] = "train_dpo"
+    model: ModelSpec
+    data: DataRef
+    algorithm: DPOConfig
+    seed: int
+
+
+class RMStep(StepConfig):
+    kind: ClassVar[str] = "train_rm"
+    model: ModelSpec
+    data: DataRef
+    train: RMConfig
+    seed: int
+
+
+class PPOStep(StepConfig):
+    """Input ``reward_model`` (a ``train_rm`` step) unless ``reward`` names a programmatic one."""
+
+    kind: ClassVar[str] = "train_ppo"
+    model: ModelSpec
+    prompts: PromptsRef
+    algorithm: PPOConfig
+    seed: int
+    reward: str | None = None  # a programmatic reward instead of the reward model input
+
+
+class EvalStep(StepConfig):
+    """One benchmark on one model: a ``model`` input (a training step), or ``model`` here (a base
+    model); a best-of-N sampler also takes a ``reward_model`` input."""
+
+    kind: ClassVar[str] = "eval"
+    benchmark: str
+    protocol: Literal["paper", "full"]
+    version: int = 1  # the benchmark's protocol version (ablate.spec.benchmarks)
+    limit: int | None = Field(default=None, gt=0)
+    seed: int
+    max_new_tokens: int | None = Field(default=None, gt=0)
+    sampler: Sampler = Greedy()
+    judge: JudgeSpec | None = None
+    shots: int = Field(default=0, ge=0)
+    classifier: ModelSpec | None = None  # a classifier the benchmark scores with (ToxiGen)
+    model: ModelSpec | None = None
+
+
+@dataclass(frozen=True)
+class StepKind:
+    """A step kind: its config type, its runner ("module:function", imported only when a step
+    runs, so that planning and status never load torch), the resources it is scheduled with, and
+    its recipe in ``ablate.train.fsdp`` when it can run over several processes."""
+
+    name: str
+    config: type[StepConfig]
+    runner: str
+    resources: Literal["train", "eval"]
+    recipe: str | None = None
+
+
+STEP_KINDS: dict[str, StepKind] = {k.name: k for k in (
+    StepKind("train_dpo", DPOStep, "ablate.train.dpo:run_step", "train", "dpo"),
+    StepKind("train_rm", RMStep, "ablate.train.rm:run_step", "train", "rm"),
+    StepKind("train_ppo", PPOStep, "ablate.train.ppo:run_step", "train", "ppo"),
+    StepKind("eval", EvalStep, "ablate.evals.runner:run_step", "eval"),
+)}
+
+
+def step_kind(name: str) -> StepKind:
+    try:
+        return STEP_KINDS[name]
+    except KeyError:
+        raise KeyError(f"unknown step kind {name!r}; known: {', '.join(STEP_KINDS)}") from None
+
+
+def recipe_kind(recipe: str) -> StepKind:
+    """The step kind whose multi-process recipe is ``recipe``."""
+    for kind in STEP_KINDS.values():
+        if kind.recipe == recipe:
+            return kind
+    raise KeyError(f"unknown recipe {recipe!r}; known: "
+                   f"{', '.join(k.recipe for k in STEP_KINDS.values() if k.recipe)}")
