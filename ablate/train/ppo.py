@@ -365,21 +365,6 @@ def _load(path: Path, policy, value_model, policy_opt, value_opt, schedulers) ->
     return int(json.loads((path / "trainer_state.json").read_text())["step"])
 
 
-def _save_model(policy: PolicyScores, tokenizer, target: Path) -> None:
-    """The policy as a transformers folder, written by the main process from the gathered
-    weights."""
-    state = fsdp.full_state_dict(policy)
-    if fsdp.is_main_process():
-        state = {k.removeprefix("lm."): v for k, v in state.items()}
-        tmp = target.parent / f".{target.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        policy.lm.save_pretrained(tmp, state_dict=state)
-        tokenizer.save_pretrained(tmp)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-    fsdp.barrier()
-
-
 # ---------------------------------------------------------------- the run
 
 
@@ -472,7 +457,7 @@ def train_ppo(policy_dir: Path, rows: Sequence[dict], cfg: PPOConfig, seed: int,
                   schedulers, {"total": total})
         if stop_after is not None and iteration + 1 >= stop_after:
             raise StopRequested(f"stopped after iteration {iteration + 1}")
-    _save_model(policy, tokenizer, out_dir / "model")
+    fsdp.save_pretrained(policy, policy_lm, tokenizer, out_dir / "model")
     summary = {"iterations": total, "resumed_from": start, "prompts": len(items),
                "prompts_dropped": dict(skipped),
                "prompts_skipped_by_loader": dict(loader_skipped or {}), "reward": reward, "value_init": value_from,

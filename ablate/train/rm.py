@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Callable, ContextManager, Sequence
@@ -202,16 +201,7 @@ def train_rm(model_dir: Path, rows: Sequence[dict], cfg: RMConfig, seed: int, ou
     after = heldout_accuracy()
     if masters is not None:  # the saved model gets the fp32 masters, not their bf16 rounding
         masters.restore_fp32(model)
-    state = fsdp.full_state_dict(scorer)
-    if fsdp.is_main_process():
-        state = {k.removeprefix("rm."): v for k, v in state.items()}
-        target, tmp = out_dir / "model", out_dir / ".model.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, state_dict=state)
-        tokenizer.save_pretrained(tmp)
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-    fsdp.barrier()
+    fsdp.save_pretrained(scorer, model, tokenizer, out_dir / "model")
     result = {"metric": "heldout_pair_accuracy", "value": after, "heldout_accuracy": after,
               "heldout_accuracy_before": before, "heldout_pairs": len(heldout),
               "train_pairs": len(train_pairs), "rows": len(rows), "skipped": dict(skipped),
