@@ -207,7 +207,8 @@ def main(argv=None) -> int:
     from ablate.models import prepare_builtin
     from ablate.spec.schema import PPOConfig
     from ablate.train.common import plan_batches
-    from ablate.train.ppo import StopRequested, train_ppo
+    from ablate.train.loop import StopRequested
+    from ablate.train.ppo import train_ppo
     from ablate.train.rollout import PROGRAMMATIC_REWARDS, tokenize_prompts
     from transformers import AutoTokenizer
 

@@ -44,6 +44,7 @@ from ablate.train.common import (
     TrainingError, autocast, device_for_training, linear_warmup_decay, make_optimizer, plan_batches,
 )
 from ablate.train.logps import token_logps
+from ablate.train.loop import StopRequested
 from ablate.train.losses import (
     clipped_policy_loss, clipped_value_loss, explained_variance, gae_advantages,
     kl_penalized_rewards, masked_mean, masked_whiten,
@@ -54,10 +55,6 @@ from ablate.train.rollout import (
 )
 
 _log = logging.getLogger("ablate.train.ppo")
-
-
-class StopRequested(Exception):
-    """Raised by ``stop_after``: the tests' stand-in for a run killed mid-way."""
 
 
 # ---------------------------------------------------------------- per-token forwards

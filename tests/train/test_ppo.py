@@ -20,7 +20,8 @@ from ablate.data.rows import PromptData
 from ablate.spec.schema import PPOConfig
 from ablate.train import rollout as rollout_module
 from ablate.train.common import TrainingError
-from ablate.train.ppo import StopRequested, response_logps, train_ppo
+from ablate.train.loop import StopRequested
+from ablate.train.ppo import response_logps, train_ppo
 from ablate.train.rollout import (
     PromptItem, build_rollout, generate_transformers, gsm8k_exact, last_number, tokenize_prompts,
     uppercase_share,
