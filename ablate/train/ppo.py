@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ablate.generate.forward import autocast
 from ablate.spec.schema import PPOConfig
 from ablate.store import atomic_write_json
 from ablate.train import fsdp
@@ -41,7 +42,7 @@ from ablate.train.checkpoints import (
     save_rank_rng,
 )
 from ablate.train.common import (
-    TrainingError, autocast, device_for_training, linear_warmup_decay, make_optimizer, plan_batches,
+    TrainingError, device_for_training, linear_warmup_decay, make_optimizer, plan_batches,
 )
 from ablate.train.logps import token_logps
 from ablate.train.loop import StopRequested

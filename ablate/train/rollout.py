@@ -18,10 +18,10 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ablate.data.chat_tokens import chat_ids, decode_after
+from ablate.data.chat_tokens import as_messages, chat_ids, decode_after, reward_model_ids
 from ablate.generate.base import row_seed
-from ablate.train.collate import pad_sequences
-from ablate.train.common import TrainingError, as_messages, reward_model_ids
+from ablate.generate.reward_model import RewardScorer
+from ablate.train.common import TrainingError
 
 
 @dataclass(frozen=True)
@@ -323,7 +323,7 @@ PROGRAMMATIC_REWARDS: dict[str, Callable[[PromptItem, str], float]] = {
 
 
 class RewardModelScorer:
-    """A trained RM's scalar at the last token of the chat-templated (prompt, response).
+    """PPO's reward: a trained RM (``RewardScorer``) on each (prompt item, response), as a tensor.
 
     The text goes through the RM's own tokenizer and chat template and is split into prompt and
     completion ids exactly as in RM training (``reward_model_ids``; tokenizing the conversation
@@ -332,15 +332,8 @@ class RewardModelScorer:
     """
 
     def __init__(self, model_dir, device, policy_tokenizer, log, batch_size: int = 8):
-        from ablate.train.rm import LastTokenReward, load_reward_model
-
-        model, self.tokenizer = load_reward_model(model_dir)
-        model.requires_grad_(False)
-        self.module = LastTokenReward(model).to(device).eval()
-        self.device = device
-        self.batch_size = batch_size
-        self.pad = model.config.pad_token_id
-        self.max_length = getattr(model.config, "max_position_embeddings", 4096)
+        self.scorer = RewardScorer(model_dir, device, batch_size)
+        self.tokenizer, self.max_length = self.scorer.tokenizer, self.scorer.max_length
         if self.tokenizer.get_vocab() != policy_tokenizer.get_vocab():
             log.info("the reward model's tokenizer differs from the policy's: responses are "
                      "decoded and re-tokenised with the RM's tokenizer before scoring")
@@ -348,20 +341,9 @@ class RewardModelScorer:
     def _ids(self, item: PromptItem, response: str) -> list[int]:
         return reward_model_ids(self.tokenizer, list(item.messages), response, self.max_length)
 
-    @torch.no_grad()
     def __call__(self, items: Sequence[PromptItem], responses: Sequence[str]) -> Tensor:
-        from ablate.train.common import autocast
-
-        sequences = [self._ids(i, r) for i, r in zip(items, responses)]
-        scores = torch.zeros(len(sequences))
-        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-        for start in range(0, len(order), self.batch_size):
-            group = order[start:start + self.batch_size]
-            ids, mask = pad_sequences([sequences[i] for i in group], self.pad)
-            with autocast(self.device):
-                values = self.module(ids.to(self.device), mask.to(self.device)).float().cpu()
-            scores[torch.tensor(group)] = values
-        return scores
+        return torch.tensor(self.scorer.score_ids([self._ids(i, r) for i, r in
+                                                   zip(items, responses)]))
 
 
 def make_scorer(reward: str, reward_model_dir, device, policy_tokenizer, log
