@@ -51,8 +51,8 @@ from ablate.train.losses import (
     kl_penalized_rewards, masked_mean, masked_whiten,
 )
 from ablate.train.rollout import (
-    PROGRAMMATIC_REWARDS, PromptItem, Rollout, VLLMGenerator, build_rollout, eos_token_ids,
-    make_scorer, sample_token_ids, tokenize_prompts, vllm_usable,
+    PromptItem, Rollout, VLLMGenerator, build_rollout, eos_token_ids, make_scorer,
+    programmatic_reward, sample_token_ids, tokenize_prompts, vllm_usable,
 )
 
 _log = logging.getLogger("ablate.train.ppo")
@@ -467,9 +467,9 @@ def train_ppo(policy_dir: Path, rows: Sequence[dict], cfg: PPOConfig, seed: int,
 
 def run_step(ctx) -> None:
     """The ``train_ppo`` step: config ``model``, ``prompts``, ``algorithm`` (PPOConfig),
-    ``seed`` and optionally ``reward`` (default ``reward_model``; or a programmatic reward
-    name from ``ablate.train.rollout.PROGRAMMATIC_REWARDS``); input ``reward_model``, needed
-    unless ``reward`` names a programmatic reward."""
+    ``seed`` and optionally ``reward`` (default ``reward_model``; or a programmatic reward's
+    import path, ``module:function``: ``ablate.train.programmatic``); input ``reward_model``,
+    needed unless ``reward`` names a programmatic reward."""
     from ablate.data import load_prompts
     from ablate.models import resolve_model
 
@@ -479,11 +479,10 @@ def run_step(ctx) -> None:
     # Fail before loading three models and the prompts when the reward cannot be had.
     if reward == "reward_model" and "reward_model" not in ctx.inputs:
         raise TrainingError("train_ppo step has neither a `reward_model` input nor a programmatic "
-                            "`reward` in its config; valid rewards: reward_model (with the input), "
-                            f"{', '.join(PROGRAMMATIC_REWARDS)}")
-    if reward != "reward_model" and reward not in PROGRAMMATIC_REWARDS:
-        raise TrainingError(f"train_ppo step: unknown reward {reward!r}; valid: reward_model, "
-                            f"{', '.join(PROGRAMMATIC_REWARDS)}")
+                            "`reward` in its config (a reward function's import path, "
+                            "'module:function')")
+    if reward != "reward_model":
+        programmatic_reward(reward)
     reward_model_dir = ctx.input_model_dir("reward_model") if "reward_model" in ctx.inputs \
         else None
     loaded = load_prompts(config["prompts"])

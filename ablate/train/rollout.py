@@ -10,7 +10,6 @@ padding]``; every prompt ends at column ``P - 1`` and response token ``j`` sits 
 from __future__ import annotations
 
 import importlib.util
-import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -22,6 +21,7 @@ from ablate.data.chat_tokens import as_messages, chat_ids, decode_after, reward_
 from ablate.generate.base import row_seed
 from ablate.generate.reward_model import RewardScorer
 from ablate.train.common import TrainingError
+from ablate.train.programmatic import RewardFunction, load_reward_function
 
 
 @dataclass(frozen=True)
@@ -250,78 +250,6 @@ def vllm_usable() -> bool:
 # ---------------------------------------------------------------- rewards
 
 
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-
-
-def last_number(text: str) -> str | None:
-    """The last number in a text, commas removed and a trailing ``.0`` dropped."""
-    found = _NUMBER.findall(text)
-    if not found:
-        return None
-    number = found[-1].replace(",", "")
-    return number[:-2] if number.endswith(".0") else number
-
-
-def gsm8k_exact(item: PromptItem, response: str) -> float:
-    """1 when the response's last number equals the reference's final answer (after ``####``
-    when the reference is a full GSM8k solution), else 0."""
-    if item.reference is None:
-        raise TrainingError(f"prompt row {item.index} has no reference answer; the gsm8k_exact "
-                            "reward needs prompts that carry one")
-    target = last_number(item.reference.split("####")[-1])
-    return float(target is not None and last_number(response) == target)
-
-
-def uppercase_share(item: PromptItem, response: str) -> float:
-    """Share of the response's ASCII letters that are capitals: a dense, checkable reward that
-    even a random tiny model can climb (about 0.06 for uniformly random SmolLM2 tokens), used by
-    the tests and the CPU proof."""
-    letters = [c for c in response if c.isascii() and c.isalpha()]
-    return sum(c.isupper() for c in letters) / len(letters) if letters else 0.0
-
-
-SHORT_RESPONSE_CHARS = 200
-
-
-def short_response(item: PromptItem, response: str) -> float:
-    """``1 - len/200`` for the response's characters (surrounding whitespace removed), 0 at 200
-    characters or more: a dense, checkable brevity reward for PPO on a real chat model
-    (``perf/ppo_smollm2_proof.py``; 10 CPU iterations there did not move it, see
-    perf/RESULTS.md). It rewards nothing but being short, so its optimum is the empty reply; the
-    KL penalty is what keeps the policy from it."""
-    return 1.0 - min(len(response.strip()), SHORT_RESPONSE_CHARS) / SHORT_RESPONSE_CHARS
-
-
-def digit_share(item: PromptItem, response: str) -> float:
-    """Share of the response's non-whitespace characters that are ASCII digits (0 for a reply with
-    none): a dense, per-character reward that a chat model can move within a capped reply of a few
-    dozen tokens, unlike a length reward when every reply hits the cap
-    (``perf/ppo_smollm2_proof.py``). Its optimum is a reply of digits only."""
-    visible = [c for c in response if not c.isspace()]
-    return sum("0" <= c <= "9" for c in visible) / len(visible) if visible else 0.0
-
-
-def opens_with_lets(item: PromptItem, response: str) -> float:
-    """1 when the reply's first word is "Let's" (any case, straight or curly apostrophe, trailing
-    punctuation ignored), else 0. A reward decided by the first one or two reply tokens, with a
-    moderate base rate under SmolLM2-135M-Instruct on GSM8k questions (28 of 252 replies sampled
-    at T = 0.7; most open with "To"), so that a short CPU PPO run can assign credit and move it
-    (``perf/ppo_smollm2_proof.py``). It pays for a minority opener, so sharpening the policy
-    towards its most likely reply does not raise it."""
-    words = response.split()
-    return float(bool(words) and
-                 words[0].replace("\u2019", "'").rstrip(".,:;!?").lower() == "let's")
-
-
-PROGRAMMATIC_REWARDS: dict[str, Callable[[PromptItem, str], float]] = {
-    "gsm8k_exact": gsm8k_exact,
-    "uppercase_share": uppercase_share,
-    "short_response": short_response,
-    "digit_share": digit_share,
-    "opens_with_lets": opens_with_lets,
-}
-
-
 class RewardModelScorer:
     """PPO's reward: a trained RM (``RewardScorer``) on each (prompt item, response), as a tensor.
 
@@ -348,13 +276,21 @@ class RewardModelScorer:
 
 def make_scorer(reward: str, reward_model_dir, device, policy_tokenizer, log
                 ) -> Callable[[Sequence[PromptItem], Sequence[str]], Tensor]:
+    """PPO's scorer: the reward model for ``reward_model``, else the programmatic reward function
+    ``reward`` names (``programmatic``)."""
     if reward == "reward_model":
         if reward_model_dir is None:
             raise TrainingError("PPO with reward 'reward_model' needs a reward_model input")
         return RewardModelScorer(reward_model_dir, device, policy_tokenizer, log)
-    if reward not in PROGRAMMATIC_REWARDS:
-        raise TrainingError(f"unknown reward {reward!r}; valid: reward_model, "
-                            f"{', '.join(PROGRAMMATIC_REWARDS)}")
-    function = PROGRAMMATIC_REWARDS[reward]
+    function = programmatic_reward(reward)
     return lambda items, responses: torch.tensor([function(i, r) for i, r in
                                                   zip(items, responses)], dtype=torch.float32)
+
+
+def programmatic_reward(reward: str) -> RewardFunction:
+    """The reward function a step's ``reward`` names, or a TrainingError saying why not."""
+    try:
+        return load_reward_function(reward)
+    except ValueError as exc:
+        raise TrainingError(f"PPO reward {reward!r} is neither 'reward_model' nor a programmatic "
+                            f"reward: {exc}") from None
