@@ -49,16 +49,13 @@ def load_checked(path: Path) -> tuple[GridSpec, Plan]:
     from ablate.data import dataset_names, prompt_set_names
     from ablate.evals import benchmark_names
     from ablate.models import BUILTIN_MODELS
+    from ablate.train.programmatic import load_reward_function
 
     try:
         grid = load_grid(path)
-        rewards = None
-        if any(rm.programmatic for rm in grid.reward_models.values()):
-            from ablate.train.rollout import PROGRAMMATIC_REWARDS  # imports torch: only if needed
-
-            rewards = PROGRAMMATIC_REWARDS
         check_names(grid, datasets=dataset_names(), prompt_sets=prompt_set_names(),
-                    benchmarks=benchmark_names(), builtin_models=BUILTIN_MODELS, rewards=rewards)
+                    benchmarks=benchmark_names(), builtin_models=BUILTIN_MODELS,
+                    load_reward=load_reward_function)
         plan = expand(grid)
     except SpecError as exc:
         if str(path) not in str(exc):

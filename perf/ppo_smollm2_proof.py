@@ -2,7 +2,7 @@
 SmolLM2-135M-Instruct with a programmatic reward, at two KL coefficients.
 
 Prompts: GSM8k train questions (the shipped ``gsm8k-train-slice``). Reward (``--reward``, default
-``short_response`` from ``ablate.train.rollout.PROGRAMMATIC_REWARDS``): ``1 - characters/200`` of
+``short_response`` from ``perf/ppo_rewards.py``): ``1 - characters/200`` of
 the reply, a dense checkable reward (GSM8k correctness is too sparse for a 135M model in CPU
 minutes). The run recorded in perf/RESULTS.md did not raise it in 10 iterations: every reply hit
 the 32-token cap, so a length reward could not move. ``--reward digit_share`` (the share of the
@@ -86,13 +86,16 @@ from pathlib import Path
 
 import torch
 
+# ablate and the reward functions (perf.ppo_rewards) of this checkout
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2-135m-instruct", help="a built-in model name")
     p.add_argument("--prompt-set", default="gsm8k-train-slice")
     p.add_argument("--reward", default="short_response",
-                   help="a name from ablate.train.rollout.PROGRAMMATIC_REWARDS")
+                   help="a reward function of perf/ppo_rewards.py, by name")
     p.add_argument("--iterations", type=int, default=10, help="PPO iterations per beta")
     p.add_argument("--beta", type=float, nargs="+", default=[0.05, 0.5])
     p.add_argument("--prompts", type=int, default=8, help="prompts (rollouts) per iteration")
@@ -158,7 +161,8 @@ def reply_spread(replies: list[list[dict]], k: int = 3) -> dict:
 def base_rates(args, policy_dir: Path, rows: list[dict]) -> dict:
     from collections import Counter
 
-    from ablate.train.rollout import PROGRAMMATIC_REWARDS, sample_token_ids, tokenize_prompts
+    from ablate.train.rollout import sample_token_ids, tokenize_prompts
+    from perf.ppo_rewards import REWARDS
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
@@ -173,7 +177,7 @@ def base_rates(args, policy_dir: Path, rows: list[dict]) -> dict:
         texts += tokenizer.batch_decode(ids[:, :width], skip_special_tokens=True)
     first = Counter((t.split() or [""])[0].rstrip(".,:;!?") for t in texts)
     means = {name: statistics.fmean(f(i, t) for i, t in zip(items * args.base_rates, texts))
-             for name, f in PROGRAMMATIC_REWARDS.items() if name != "gsm8k_exact"}
+             for name, f in REWARDS.items() if name != "gsm8k_exact"}
     print(f"{len(texts)} replies ({args.base_rates} per prompt, <= {args.response_length} "
           f"tokens, T = {args.temperature}); most common first words:")
     for word, count in first.most_common(12):
@@ -207,12 +211,15 @@ def main(argv=None) -> int:
     from ablate.models import prepare_builtin
     from ablate.spec.schema import PPOConfig
     from ablate.train.common import plan_batches
-    from ablate.train.ppo import StopRequested, train_ppo
-    from ablate.train.rollout import PROGRAMMATIC_REWARDS, tokenize_prompts
+    from ablate.train.loop import StopRequested
+    from ablate.train.ppo import train_ppo
+    from ablate.train.rollout import tokenize_prompts
+    from perf import ppo_rewards
     from transformers import AutoTokenizer
 
-    if args.reward not in PROGRAMMATIC_REWARDS:
-        sys.exit(f"unknown reward {args.reward!r}; valid: {', '.join(PROGRAMMATIC_REWARDS)}")
+    if args.reward not in ppo_rewards.REWARDS:
+        sys.exit(f"unknown reward {args.reward!r}; valid: {', '.join(ppo_rewards.REWARDS)}")
+    reward = f"perf.ppo_rewards:{args.reward}"
     started = time.perf_counter()
     policy_dir = prepare_builtin(args.model)
     all_rows = load_prompts({"source": "prompt_set", "name": args.prompt_set, "max_rows": None,
@@ -251,9 +258,9 @@ def main(argv=None) -> int:
           f"{args.iterations} iterations x {args.prompts} prompts x <= {args.response_length} "
           f"tokens, lr {args.lr}, {args.ppo_epochs} PPO epochs, torch threads "
           f"{torch.get_num_threads()}", flush=True)
-    # Record the replies the reward scores: train_ppo looks its programmatic reward up in
-    # PROGRAMMATIC_REWARDS when it starts, so a recording wrapper there sees every reply.
-    reward_function = PROGRAMMATIC_REWARDS[args.reward]
+    # Record the replies the reward scores: train_ppo imports its programmatic reward from
+    # perf.ppo_rewards when it starts, so a recording wrapper put there sees every reply.
+    reward_function = ppo_rewards.REWARDS[args.reward]
     scored: list[dict] = []
 
     def recording(item, response):
@@ -273,12 +280,12 @@ def main(argv=None) -> int:
                 print(f"  beta={beta}: iteration {i}/{n} ({time.perf_counter() - began:.0f} s)",
                       flush=True)
 
-            PROGRAMMATIC_REWARDS[args.reward] = recording
+            setattr(ppo_rewards, args.reward, recording)
             try:
-                train_ppo(policy_dir, rows, config(beta), args.seed, out, reward=args.reward,
+                train_ppo(policy_dir, rows, config(beta), args.seed, out, reward=reward,
                           progress=progress)
             finally:
-                PROGRAMMATIC_REWARDS[args.reward] = reward_function
+                setattr(ppo_rewards, args.reward, reward_function)
                 scored.clear()
             result = summarise(beta, read_metrics(out), time.perf_counter() - began)
             result["replies_first"], result["replies_last"] = replies[0], replies[-1]
@@ -310,7 +317,7 @@ def main(argv=None) -> int:
             out = Path(tmp) / "repeat"
             try:
                 train_ppo(policy_dir, rows, config(args.beta[0]), args.seed, out,
-                          reward=args.reward, stop_after=k)
+                          reward=reward, stop_after=k)
             except StopRequested:
                 pass
             original = read_metrics(Path(tmp) / f"beta_{args.beta[0]}")[:k]

@@ -51,7 +51,7 @@ def prompt_rows(n: int) -> list[dict]:
 
 
 def uppercase_reward(completions, **kwargs) -> list[float]:
-    from ablate.train.rollout import uppercase_share
+    from perf.ppo_rewards import uppercase_share
 
     texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
     return [uppercase_share(None, t) for t in texts]
@@ -68,7 +68,8 @@ def run_ablate(model_dir: Path, rows: list[dict], rollouts: int, length: int, it
                     max_response_length=length, temperature=0.7, value_init="policy",
                     save_every_steps=10_000)
     with tempfile.TemporaryDirectory() as out:
-        train_ppo(model_dir, rows, cfg, 1, Path(out), reward="uppercase_share", device=device)
+        train_ppo(model_dir, rows, cfg, 1, Path(out), reward="perf.ppo_rewards:uppercase_share",
+                  device=device)
         metrics = [json.loads(line) for line in
                    (Path(out) / "metrics.jsonl").read_text().splitlines()]
     timed = metrics[1:]

@@ -37,7 +37,7 @@ def run_trl(model_dir, pairs, tokenizer, args, out: Path) -> dict:
     import trl
     from datasets import Dataset
 
-    from ablate.train.rm import load_reward_model
+    from ablate.generate.reward_model import load_reward_model
 
     cuda_reset()
     model, _ = load_reward_model(model_dir)
@@ -111,11 +111,12 @@ def shared_prompt_ab(model_dir, pairs, args) -> dict:
     from ablate.train.collate import collate
     from ablate.train.common import micro_batches
     from ablate.train.losses import bradley_terry_loss
-    from ablate.train.rm import LastTokenReward, load_reward_model
+    from ablate.generate.reward_model import load_reward_model
+    from ablate.train.rm import PairRewards
 
     model, _ = load_reward_model(model_dir)
     model.config.use_cache = False
-    scorer = LastTokenReward(model).train()
+    scorer = PairRewards(model).train()
     pad = model.config.pad_token_id
     steps = [list(range(i, min(i + args.batch_size, len(pairs))))
              for i in range(0, len(pairs), args.batch_size)]

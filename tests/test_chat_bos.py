@@ -18,14 +18,14 @@ import pytest
 import torch
 
 from ablate.data.chat_tokens import (
-    bos_added_by, chat_ids, decode_after, encode_chat_text, keep_last, with_bos,
+    bos_added_by, chat_ids, decode_after, encode_chat, encode_chat_text, keep_last, with_bos,
 )
 from ablate.data.rows import count_tokens
 from ablate.generate import SamplingParams, chat_prompt
 from ablate.generate.base import encode_prompt, split_continuation
-from ablate.train.common import encode_chat, pairs_digest, tokenize_pairs
+from ablate.generate.reward_model import RewardScorer
+from ablate.train.common import pairs_digest, tokenize_pairs
 from ablate.train.rollout import PromptItem, RewardModelScorer, tokenize_prompts
-from ablate.train.rm import RewardScorer
 
 BOS = 1
 WORDS = ("say hi hello go away what is two plus three five four six the answer question a b c d "

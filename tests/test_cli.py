@@ -58,13 +58,14 @@ def test_unknown_programmatic_reward_is_refused_at_load(tmp_path):
     grid.write_text(
         "name: prog\nmodels:\n  tiny: {builtin: tiny-llama}\n"
         "datasets:\n  uf: {name: ultrafeedback-slice, max_rows: 8}\n"
-        "reward_models:\n  checkable: {programmatic: gsm8k_exactt}\n"
+        "reward_models:\n  checkable: {programmatic: 'perf.ppo_rewards:gsm8k_exactt'}\n"
         "axes: {model: [tiny], data: [uf], algorithm: [ppo], reward_model: [checkable],\n"
         "       prompts: [gsm8k-train-slice]}\neval: {benchmarks: [gsm8k]}\n")
     result = invoke("grid", grid, "--store", tmp_path / "store")
     assert result.exit_code == 2
-    assert "unknown programmatic reward 'gsm8k_exactt'" in result.output
-    assert "gsm8k_exact" in result.output and not (tmp_path / "store").exists()
+    assert "reward_models.checkable.programmatic: module 'perf.ppo_rewards' has no " \
+        "'gsm8k_exactt'" in " ".join(result.output.split())
+    assert not (tmp_path / "store").exists()
     fixed = grid.read_text().replace("gsm8k_exactt", "gsm8k_exact")
     grid.write_text(fixed)
     dry = invoke("grid", grid, "--dry-run", "--store", tmp_path / "store")

@@ -17,6 +17,8 @@ ALLOWED = {
     "data": {"spec", "store"},
 }
 NEVER = {layer: {"launch", "report", "cli"} for layer in ("train", "evals", "generate")}
+NEVER["evals"] |= {"train"}  # evals read what training wrote through generate (reward models)
+NEVER["generate"] |= {"train", "evals"}  # inference sits below both
 
 
 def layer_of(package: Path, path: Path) -> str:
@@ -78,7 +80,14 @@ def test_the_check_sees_lazy_imports_and_names_the_line(tmp_path):
         "    from ablate.report import tables\n    import ablate.launch.local\n")
     (tmp_path / "train").mkdir()
     (tmp_path / "train" / "dpo.py").write_text("from ablate import evals, cli\n")
+    (tmp_path / "evals").mkdir()
+    (tmp_path / "evals" / "judges.py").write_text(
+        "from ablate.generate import reward_model\n\ndef f():\n    from ablate.train.rm import x\n")
+    (tmp_path / "generate").mkdir()
+    (tmp_path / "generate" / "hf.py").write_text("import ablate.train.common\n")
     assert violations(tmp_path) == [
+        "ablate/evals/judges.py:4 imports ablate.train: evals never imports train",
+        "ablate/generate/hf.py:1 imports ablate.train: generate never imports train",
         "ablate/store/runs.py:5 imports ablate.report: store may import only ['spec']",
         "ablate/store/runs.py:6 imports ablate.launch: store may import only ['spec']",
         "ablate/train/dpo.py:1 imports ablate.cli: train never imports cli",

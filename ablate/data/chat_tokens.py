@@ -7,6 +7,8 @@ Templates that render their BOS (Llama-3's ``<|begin_of_text|>``) need nothing m
 puts ``<s>`` first whenever it tokenizes with special tokens, and the model was trained with it.
 The rule here: prepend the tokenizer's BOS when the tokenizer itself adds one (found from its
 behaviour, not from a list of model names) and the ids do not already start with it.
+``encode_chat`` splits a templated conversation into prompt and answer ids on that rule, and
+``reward_model_ids`` is what a reward model reads of a (prompt, response).
 
 It lives in ``data`` because the length filter here must count the ids that training sees, and
 ``data`` imports only ``spec``/``store``; ``train``, ``generate`` and ``evals`` import it from here.
@@ -96,3 +98,59 @@ def decode_after(tokenizer: Any, context: Sequence[int], ids: Sequence[int],
     if head_ids and "\ufffd" not in head and whole.startswith(head):
         return whole[len(head):]
     return tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+
+
+def as_messages(value: Any, role: str) -> list[dict] | None:
+    """Rows carry chat messages; a bare string is one message of ``role``. None when empty."""
+    if isinstance(value, str):
+        value = [{"role": role, "content": value}] if value.strip() else []
+    if not isinstance(value, list) or not value:
+        return None
+    for message in value:
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str) \
+                or "role" not in message:
+            return None
+    if not any(m["content"].strip() for m in value):
+        return None
+    return value
+
+
+def encode_chat(tokenizer, prompt: list[dict], answers: list[list[dict]], where: str = ""):
+    """Token ids of the prompt (with the generation prompt) and of each answer's completion: the
+    template's text after the generation prompt, end-of-turn tokens included. The prompt starts
+    with the BOS the tokenizer adds where the template renders none (``chat_ids``).
+
+    A completion's ids are those of the whole conversation after the prompt's, as the paper's
+    training code (open-instruct) and the model's own generation see them: tokenized on its own,
+    a SentencePiece tokenizer (Llama-2, Tulu 2) would put a "▁" before every reply. Where the
+    whole text's tokens cross the prompt's end (a merge over the boundary), the completion is
+    tokenized on its own instead, so chosen and rejected keep the same prompt ids."""
+    prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    prompt_ids = encode_chat_text(tokenizer, prompt_text)
+    completions = []
+    for answer in answers:
+        full = tokenizer.apply_chat_template(prompt + answer, tokenize=False)
+        if not full.startswith(prompt_text):
+            raise ValueError(f"{where or 'a row'}: the chat template renders the prompt "
+                             "differently once an answer follows; cannot split off the "
+                             "completion")
+        full_ids = encode_chat_text(tokenizer, full)
+        if full_ids[:len(prompt_ids)] == prompt_ids:
+            completions.append(full_ids[len(prompt_ids):])
+        else:
+            completions.append(tokenizer(full[len(prompt_text):], add_special_tokens=False)
+                               ["input_ids"])
+    return (prompt_ids, *completions)
+
+
+def reward_model_ids(tokenizer, prompt: list[dict], response: str, max_length: int) -> list[int]:
+    """What a reward model reads for (prompt, response): the ids RM training built for a pair's
+    answer (``encode_chat``), the completion capped at half of ``max_length`` and the prompt cut
+    from the left, BOS kept. Every reward model scores through this
+    (``ablate.generate.reward_model``), so a reward is never read off ids the RM was not trained
+    on."""
+    prompt_ids, completion = encode_chat(tokenizer, prompt,
+                                         [[{"role": "assistant", "content": response}]])
+    completion = completion[:max_length // 2]
+    return keep_last(prompt_ids, max_length - len(completion), bos_added_by(tokenizer)) \
+        + completion

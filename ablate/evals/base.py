@@ -119,7 +119,7 @@ class EvalEnv:
         if self.reward_model_dir is None:
             raise EvalError("a best_of_n sampler needs a reward_model input")
         self.best_of_n_calls += 1
-        from ablate.train.rm import RewardScorer  # written by the trainer; heavy, so imported late
+        from ablate.generate.reward_model import RewardScorer  # heavy, so imported late
 
         sampler = self.sampler
         params = SamplingParams(max_new_tokens=max_new_tokens, n=sampler.n,

@@ -164,7 +164,7 @@ class RewardModelJudge:
                outputs_2: Sequence[str]) -> list[float]:
         import math
 
-        from ablate.train.rm import RewardScorer
+        from ablate.generate.reward_model import RewardScorer
 
         scorer = RewardScorer(self.model_dir)
         r1 = scorer.score(list(instructions), list(outputs_1))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from pydantic import ValidationError
 
@@ -267,9 +267,10 @@ def _why_empty(grid: GridSpec) -> str:
 
 def check_names(grid: GridSpec, *, datasets: Iterable[str], prompt_sets: Iterable[str],
                 benchmarks: Iterable[str], builtin_models: Iterable[str],
-                rewards: Iterable[str] | None = None) -> None:
+                load_reward: Callable[[str], object] | None = None) -> None:
     """Names the registries know. The registries live in upper layers, so they are passed in;
-    ``rewards`` (programmatic reward names) is checked only when given."""
+    programmatic rewards are checked only when ``load_reward`` (import path -> function, a
+    ValueError saying why not) is given."""
     datasets, prompt_sets = sorted(datasets), sorted(prompt_sets)
     benchmarks, builtin_models = sorted(benchmarks), sorted(builtin_models)
 
@@ -305,12 +306,15 @@ def check_names(grid: GridSpec, *, datasets: Iterable[str], prompt_sets: Iterabl
     for name in grid.axes.reward_model:
         if name != "none" and name not in grid.reward_models:
             fail("reward model", name, "axes.reward_model", sorted(grid.reward_models))
-    if rewards is not None:
-        rewards = sorted(rewards)
+    if load_reward is not None:
         for name, rm in grid.reward_models.items():
-            if rm.programmatic is not None and rm.programmatic not in rewards:
-                fail("programmatic reward", rm.programmatic,
-                     f"reward_models.{name}.programmatic", rewards)
+            if rm.programmatic is None:
+                continue
+            try:
+                load_reward(rm.programmatic)
+            except ValueError as exc:
+                raise SpecError(f"grid {grid.name!r}: reward_models.{name}.programmatic: "
+                                f"{exc}") from None
     for name in grid.eval.benchmarks:
         if name not in benchmarks:
             fail("benchmark", name, "eval.benchmarks", benchmarks)

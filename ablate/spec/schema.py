@@ -180,9 +180,10 @@ class RewardModelSpec(Frozen):
     base: str | None = None  # a model name of the grid; None means the cell's base model
     train: RMConfig = RMConfig()
     seed: int = 1  # fixed, not the cell's seed, so that every PPO cell shares one RM
-    # A checkable reward by name (``ablate.train.rollout.PROGRAMMATIC_REWARDS``, e.g.
-    # ``gsm8k_exact``): PPO scores its samples with it and no reward model is trained, so the
-    # fields above do not apply. Best-of-N cannot use one (it ranks samples with a trained RM).
+    # A checkable reward, the import path of a function (``"package.module:function"``,
+    # ``ablate.train.programmatic``): PPO scores its samples with it and no reward model is
+    # trained, so the fields above do not apply. Best-of-N cannot use one (it ranks samples with a
+    # trained RM).
     programmatic: str | None = None
 
     @model_validator(mode="after")

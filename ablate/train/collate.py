@@ -12,18 +12,10 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from ablate.generate.forward import (
+    MASK_4D_ATTENTION, attention_implementation, causal_pairs, mask_for,
+)
 from ablate.train.common import TokenizedPair, TrainingError
-
-
-def pad_sequences(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[Tensor, Tensor]:
-    """Right-padded ``input_ids`` and ``attention_mask`` for token lists of unequal length."""
-    width = max(len(seq) for seq in sequences)
-    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, seq in enumerate(sequences):
-        ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, :len(seq)] = 1
-    return ids, mask
 
 
 def on_device(tensor: Tensor | None, device) -> Tensor | None:
@@ -118,11 +110,6 @@ def collate_pairs(pairs: Sequence[TokenizedPair], pad_token_id: int, width_multi
 # Segment labels of a shared-prompt row.
 PROMPT, CHOSEN, REJECTED, PADDING = 0, 1, 2, -1
 
-# Attention implementations that take a ready 4-D mask as given (transformers returns a 4-D mask
-# unchanged); flash-attention kernels only read 2-D padding masks.
-SHARED_PROMPT_ATTENTION = ("sdpa", "eager")
-
-
 @dataclass
 class SharedPromptBatch:
     """Each pair as one row: prompt, then chosen, then rejected, right-padded.
@@ -210,7 +197,7 @@ def shared_prompt_usable(model: nn.Module, wanted: bool, log=None, recipe: str =
     """Whether a recipe that ``wanted`` the shared-prompt layout can have it: the model's
     attention must take a ready 4-D mask. Says why not."""
     attention = attention_implementation(model)
-    if wanted and attention not in SHARED_PROMPT_ATTENTION:
+    if wanted and attention not in MASK_4D_ATTENTION:
         if log is not None:
             log.warning("%s: %r attention cannot take the shared-prompt mask; using the plain "
                         "two-sequence forward", recipe, attention)
@@ -223,45 +210,15 @@ def shared_prompt_mask(segments: Tensor, attention: str, dtype: torch.dtype) -> 
     tokens do not see chosen ones. Padding sits after every real token, so causality alone keeps
     it out of real tokens' view, and each padding query still sees at least itself (no all-masked
     row, which would give NaN)."""
-    if attention not in SHARED_PROMPT_ATTENTION:
-        raise TrainingError(f"the shared-prompt forward needs one of {SHARED_PROMPT_ATTENTION} "
+    if attention not in MASK_4D_ATTENTION:
+        raise TrainingError(f"the shared-prompt forward needs one of {MASK_4D_ATTENTION} "
                             f"attention, not {attention!r}; set shared_prompt: false")
     across = (segments[:, :, None] == REJECTED) & (segments[:, None, :] == CHOSEN)
-    return _attention_mask(_causal(segments.shape[1], segments.device)[None] & ~across,
-                           attention, dtype)
-
-
-def padded_causal_mask(attention_mask: Tensor, attention: str, dtype: torch.dtype) -> Tensor:
-    """The 4-D mask [B, 1, T, T] of right-padded rows (causal, padding keys hidden), for the
-    attention implementations that take one. Given the 2-D mask, transformers first checks it for
-    padding, which on a GPU makes the host wait for the device; others get the 2-D mask as is.
-    A padding query still sees its row's real tokens (no all-masked row)."""
-    if attention not in SHARED_PROMPT_ATTENTION:
-        return attention_mask
-    causal = _causal(attention_mask.shape[1], attention_mask.device)
-    return _attention_mask(causal[None] & attention_mask.bool()[:, None, :], attention, dtype)
-
-
-def _causal(width: int, device) -> Tensor:
-    positions = torch.arange(width, device=device)
-    return positions[None, :] <= positions[:, None]  # [query, key]
-
-
-def _attention_mask(allowed: Tensor, attention: str, dtype: torch.dtype) -> Tensor:
-    """[B, T, T] allowed pairs as the implementation takes them: ``sdpa`` a boolean mask (True =
-    attend); ``eager`` adds the mask to its scores, so 0 / the dtype's minimum."""
-    allowed = allowed[:, None]
-    if attention == "sdpa":
-        return allowed
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
-        ~allowed, torch.finfo(dtype).min)
+    return mask_for(causal_pairs(segments.shape[1], segments.device)[None] & ~across,
+                    attention, dtype)
 
 
 def width_multiple(setting: int, device: torch.device) -> int:
     """A config's ``pad_multiple``: 0 means 64 on a GPU (where cuDNN attention plans per shape)
     and none on CPU."""
     return setting or (64 if device.type == "cuda" else 1)
-
-
-def attention_implementation(model: nn.Module) -> str:
-    return getattr(model.config, "_attn_implementation", None) or "eager"

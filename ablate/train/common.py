@@ -14,12 +14,13 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterable, Sequence
+from typing import Callable, ContextManager, Iterable, Sequence
 
 import torch
 from torch import nn
 
-from ablate.data.chat_tokens import bos_added_by, encode_chat_text, keep_last
+from ablate.data.chat_tokens import as_messages, bos_added_by, encode_chat, keep_last
+from ablate.generate.forward import autocast
 from ablate.train import fsdp
 
 
@@ -52,61 +53,6 @@ class TokenizedPair:
     @property
     def real_tokens(self) -> int:
         return 2 * len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids)
-
-
-def as_messages(value: Any, role: str) -> list[dict] | None:
-    """Rows carry chat messages; a bare string is one message of ``role``. None when empty."""
-    if isinstance(value, str):
-        value = [{"role": role, "content": value}] if value.strip() else []
-    if not isinstance(value, list) or not value:
-        return None
-    for message in value:
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str) \
-                or "role" not in message:
-            return None
-    if not any(m["content"].strip() for m in value):
-        return None
-    return value
-
-
-def encode_chat(tokenizer, prompt: list[dict], answers: list[list[dict]], where: str = ""):
-    """Token ids of the prompt (with the generation prompt) and of each answer's completion: the
-    template's text after the generation prompt, end-of-turn tokens included. The prompt starts
-    with the BOS the tokenizer adds where the template renders none (``chat_tokens``).
-
-    A completion's ids are those of the whole conversation after the prompt's, as the paper's
-    training code (open-instruct) and the model's own generation see them: tokenized on its own,
-    a SentencePiece tokenizer (Llama-2, Tulu 2) would put a "▁" before every reply. Where the
-    whole text's tokens cross the prompt's end (a merge over the boundary), the completion is
-    tokenized on its own instead, so chosen and rejected keep the same prompt ids."""
-    prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    prompt_ids = encode_chat_text(tokenizer, prompt_text)
-    completions = []
-    for answer in answers:
-        full = tokenizer.apply_chat_template(prompt + answer, tokenize=False)
-        if not full.startswith(prompt_text):
-            raise TrainingError(f"{where or 'a row'}: the chat template renders the prompt "
-                                "differently once an answer follows; cannot split off the "
-                                "completion")
-        full_ids = encode_chat_text(tokenizer, full)
-        if full_ids[:len(prompt_ids)] == prompt_ids:
-            completions.append(full_ids[len(prompt_ids):])
-        else:
-            completions.append(tokenizer(full[len(prompt_text):], add_special_tokens=False)
-                               ["input_ids"])
-    return (prompt_ids, *completions)
-
-
-def reward_model_ids(tokenizer, prompt: list[dict], response: str, max_length: int) -> list[int]:
-    """What a reward model reads for (prompt, response): the ids RM training built for a pair's
-    answer (``encode_chat``), the completion capped
-    at half of ``max_length`` and the prompt cut from the left, BOS kept. PPO and best-of-N both
-    score through this, so a reward is never read off ids the RM was not trained on."""
-    prompt_ids, completion = encode_chat(tokenizer, prompt,
-                                         [[{"role": "assistant", "content": response}]])
-    completion = completion[:max_length // 2]
-    return keep_last(prompt_ids, max_length - len(completion), bos_added_by(tokenizer)) \
-        + completion
 
 
 def tokenize_pairs(rows: Sequence[dict], tokenizer, max_length: int, max_prompt_length: int,
@@ -306,11 +252,6 @@ def device_for_training() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", fsdp.local_rank())
     return torch.device("cpu")
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on GPU; float32 on CPU (CPU bf16 is slower here and less exact)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def attention_kernel(name: str, device: torch.device) -> Callable[[], ContextManager]:

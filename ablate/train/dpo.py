@@ -16,7 +16,6 @@ import logging
 import math
 import os
 import random
-import shutil
 import tempfile
 import time
 from collections import Counter
@@ -126,20 +125,6 @@ def _heldout_metrics(module, pairs, ref_chosen, ref_rejected, cfg: DPOConfig, pa
             "reward_accuracy": metrics["rewards/accuracy"].item(),
             "reward_margin": metrics["rewards/margin"].item(),
             "logps_chosen": chosen.mean().item(), "logps_rejected": rejected.mean().item()}
-
-
-def _save_model(module: CompletionLogps, tokenizer, target: Path) -> None:
-    state = fsdp.full_state_dict(module)
-    if fsdp.is_main_process():
-        state = {k.removeprefix("lm."): v for k, v in state.items()}
-        tmp = target.parent / f".{target.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        module.lm.config.use_cache = True  # off for training; generation wants it
-        module.lm.save_pretrained(tmp, state_dict=state)
-        tokenizer.save_pretrained(tmp)
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-    fsdp.barrier()
 
 
 def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, out_dir: Path,
@@ -259,7 +244,8 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
                              shared_prompt, pad_to)
     if masters is not None:  # the saved model gets the fp32 masters, not their bf16 rounding
         masters.restore_fp32(model)
-    _save_model(policy, tokenizer, out_dir / "model")
+    model.config.use_cache = True  # off for training; generation wants it
+    fsdp.save_pretrained(policy, model, tokenizer, out_dir / "model")
     summary = {"loss": cfg.loss, "rows": len(rows), "train_pairs": n_train,
                "heldout_pairs": len(heldout), "skipped": dict(skipped),
                "heldout_before": before, "heldout_after": after,

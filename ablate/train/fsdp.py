@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -228,6 +229,23 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
     aliases = {name for name, _ in model.named_parameters(remove_duplicate=False)} - \
         {name for name, _ in model.named_parameters()}
     return {k: v for k, v in state.items() if k not in aliases}
+
+
+def save_pretrained(root: nn.Module, hf_model: nn.Module, tokenizer, target: Path) -> None:
+    """``hf_model``, a child of the sharded ``root``, as a transformers folder ``target`` with the
+    tokenizer: the main process writes the gathered weights to a temp folder and renames it into
+    place, so a folder at ``target`` is always whole; every process waits for it."""
+    child = next(name for name, module in root.named_children() if module is hf_model)
+    state = full_state_dict(root)
+    if is_main_process():
+        state = {k.removeprefix(f"{child}."): v for k, v in state.items()}
+        tmp = target.parent / f".{target.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        hf_model.save_pretrained(tmp, state_dict=state)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    barrier()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,10 +10,8 @@ from typing import Callable, ContextManager
 import torch
 from torch import Tensor, nn
 
-from ablate.train.collate import (
-    ScoredTokens, SequenceBatch, SharedPromptBatch, attention_implementation, padded_causal_mask,
-    shared_prompt_mask,
-)
+from ablate.generate.forward import attention_implementation, padded_causal_mask
+from ablate.train.collate import ScoredTokens, SequenceBatch, SharedPromptBatch, shared_prompt_mask
 from ablate.train.common import TrainingError
 
 

@@ -45,7 +45,8 @@ class LoopConfig:
 
 
 class StopRequested(Exception):
-    """Raised by ``stop_after_steps``: the tests' stand-in for a run killed mid-epoch."""
+    """Raised by a trainer's ``stop_after_steps`` (PPO: ``stop_after``): the tests' stand-in for a
+    run killed mid-way."""
 
 
 def rank_micro_batches(lengths: Sequence[int], positions: Sequence[int],

@@ -120,11 +120,6 @@ def preference_metrics(chosen_rewards: Tensor, rejected_rewards: Tensor) -> dict
             "rewards/margin": (chosen_rewards - rejected_rewards).mean()}
 
 
-@torch.no_grad()
-def pair_accuracy(chosen_scores: Tensor, rejected_scores: Tensor) -> float:
-    return (chosen_scores > rejected_scores).float().mean().item()
-
-
 # ---- PPO losses ----
 #
 # Per-token tensors are [batch, response_tokens], right-padded; ``mask`` is 1 on response tokens.

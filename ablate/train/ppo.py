@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ablate.generate.forward import autocast
 from ablate.spec.schema import PPOConfig
 from ablate.store import atomic_write_json
 from ablate.train import fsdp
@@ -41,23 +42,20 @@ from ablate.train.checkpoints import (
     save_rank_rng,
 )
 from ablate.train.common import (
-    TrainingError, autocast, device_for_training, linear_warmup_decay, make_optimizer, plan_batches,
+    TrainingError, device_for_training, linear_warmup_decay, make_optimizer, plan_batches,
 )
 from ablate.train.logps import token_logps
+from ablate.train.loop import StopRequested
 from ablate.train.losses import (
     clipped_policy_loss, clipped_value_loss, explained_variance, gae_advantages,
     kl_penalized_rewards, masked_mean, masked_whiten,
 )
 from ablate.train.rollout import (
-    PROGRAMMATIC_REWARDS, PromptItem, Rollout, VLLMGenerator, build_rollout, eos_token_ids,
-    make_scorer, sample_token_ids, tokenize_prompts, vllm_usable,
+    PromptItem, Rollout, VLLMGenerator, build_rollout, eos_token_ids, make_scorer,
+    programmatic_reward, sample_token_ids, tokenize_prompts, vllm_usable,
 )
 
 _log = logging.getLogger("ablate.train.ppo")
-
-
-class StopRequested(Exception):
-    """Raised by ``stop_after``: the tests' stand-in for a run killed mid-way."""
 
 
 # ---------------------------------------------------------------- per-token forwards
@@ -365,21 +363,6 @@ def _load(path: Path, policy, value_model, policy_opt, value_opt, schedulers) ->
     return int(json.loads((path / "trainer_state.json").read_text())["step"])
 
 
-def _save_model(policy: PolicyScores, tokenizer, target: Path) -> None:
-    """The policy as a transformers folder, written by the main process from the gathered
-    weights."""
-    state = fsdp.full_state_dict(policy)
-    if fsdp.is_main_process():
-        state = {k.removeprefix("lm."): v for k, v in state.items()}
-        tmp = target.parent / f".{target.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        policy.lm.save_pretrained(tmp, state_dict=state)
-        tokenizer.save_pretrained(tmp)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-    fsdp.barrier()
-
-
 # ---------------------------------------------------------------- the run
 
 
@@ -472,7 +455,7 @@ def train_ppo(policy_dir: Path, rows: Sequence[dict], cfg: PPOConfig, seed: int,
                   schedulers, {"total": total})
         if stop_after is not None and iteration + 1 >= stop_after:
             raise StopRequested(f"stopped after iteration {iteration + 1}")
-    _save_model(policy, tokenizer, out_dir / "model")
+    fsdp.save_pretrained(policy, policy_lm, tokenizer, out_dir / "model")
     summary = {"iterations": total, "resumed_from": start, "prompts": len(items),
                "prompts_dropped": dict(skipped),
                "prompts_skipped_by_loader": dict(loader_skipped or {}), "reward": reward, "value_init": value_from,
@@ -484,7 +467,8 @@ def train_ppo(policy_dir: Path, rows: Sequence[dict], cfg: PPOConfig, seed: int,
 
 def run_step(ctx) -> None:
     """The ``train_ppo`` step (``ablate.spec.steps.PPOStep``): the ``reward_model`` input, or a
-    programmatic ``reward`` named in the config."""
+    programmatic ``reward``, a reward function's import path (``module:function``,
+    ``ablate.train.programmatic``)."""
     from ablate.data import load_prompts
     from ablate.models import resolve_model
 
@@ -493,11 +477,10 @@ def run_step(ctx) -> None:
     # Fail before loading three models and the prompts when the reward cannot be had.
     if reward == "reward_model" and "reward_model" not in ctx.inputs:
         raise TrainingError("train_ppo step has neither a `reward_model` input nor a programmatic "
-                            "`reward` in its config; valid rewards: reward_model (with the input), "
-                            f"{', '.join(PROGRAMMATIC_REWARDS)}")
-    if reward != "reward_model" and reward not in PROGRAMMATIC_REWARDS:
-        raise TrainingError(f"train_ppo step: unknown reward {reward!r}; valid: reward_model, "
-                            f"{', '.join(PROGRAMMATIC_REWARDS)}")
+                            "`reward` in its config (a reward function's import path, "
+                            "'module:function')")
+    if reward != "reward_model":
+        programmatic_reward(reward)
     reward_model_dir = ctx.input_model_dir("reward_model") if "reward_model" in ctx.inputs \
         else None
     loaded = load_prompts(step.prompts)

@@ -85,7 +85,8 @@ def rewardbench_summary(rows: Sequence[dict], chosen_scores: Sequence[float],
 
 
 def evaluate_reward_model(scorer, rows: Sequence[dict]) -> dict:
-    """Score every pair with ``scorer`` (a ``RewardScorer``) and summarise as RewardBench does."""
+    """Score every pair with ``scorer`` (``ablate.generate.reward_model.RewardScorer``) and
+    summarise as RewardBench does."""
     validate_rows(rows)
     prompts = [[{"role": "user", "content": row["prompt"]}] for row in rows]
     chosen = scorer.score(prompts, [row["chosen"] for row in rows])

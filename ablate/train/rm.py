@@ -2,8 +2,9 @@
 
 The checkpoint is a plain ``AutoModelForSequenceClassification`` folder with one label, so PPO can
 load it as both the reward and the value model. The reward of a sequence is the head's output at
-its last real token (the end of the assistant turn): ``LastTokenReward`` computes exactly that for
-right-padded batches and ``RewardScorer`` applies it to chat prompts and responses.
+its last real token (the end of the assistant turn): ``ablate.generate.reward_model`` computes
+it (``LastTokenReward``) and scores chat responses with it (``RewardScorer``); ``PairRewards``
+here reads it for batches of preference pairs.
 
 Training and the held-out evaluation run each pair as one row by default (``shared_prompt``):
 prompt, chosen, rejected, with a mask that hides the chosen answer from the rejected one, so the
@@ -13,28 +14,28 @@ plain two-sequence forward's up to float rounding (tests/train/test_rm_shared_pr
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
-import shutil
 from collections import Counter
 from pathlib import Path
-from typing import Callable, ContextManager, Sequence
+from typing import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from ablate.generate.forward import attention_implementation
+from ablate.generate.reward_model import LastTokenReward, load_reward_model
 from ablate.spec.schema import RMConfig
 from ablate.store import atomic_write_json
 from ablate.store.result import RewardModelResult
 from ablate.train import fsdp
 from ablate.train.collate import (
-    SequenceBatch, SharedPromptBatch, attention_implementation, collate, pad_sequences,
-    padded_causal_mask, shared_prompt_mask, shared_prompt_usable, width_multiple,
+    SequenceBatch, SharedPromptBatch, collate, shared_prompt_mask, shared_prompt_usable,
+    width_multiple,
 )
 from ablate.train.common import (
-    TokenizedPair, TrainingError, as_messages, autocast, compile_regions, device_for_training,
-    disable_dropout, forward_context, reward_model_ids, split_heldout, tokenize_pairs,
+    TokenizedPair, TrainingError, compile_regions, device_for_training, disable_dropout,
+    forward_context, split_heldout, tokenize_pairs,
 )
 from ablate.train.loop import LoopConfig, train_loop
 from ablate.train.losses import bradley_terry_loss
@@ -43,39 +44,8 @@ from ablate.train.precision import master_weights
 _log = logging.getLogger("ablate.train.rm")
 
 
-class LastTokenReward(nn.Module):
-    """A sequence-classification model's scalar at each sequence's last attended token.
-
-    transformers' own pooling looks for the last token that is not the pad token; with chat models
-    whose pad token is their end-of-turn token that would score the token before the end of the
-    turn, so pooling here follows the attention mask instead (batches are right-padded).
-    """
-
-    def __init__(self, model: nn.Module,
-                 context: Callable[[], ContextManager] = contextlib.nullcontext):
-        super().__init__()
-        self.rm = model
-        self.context = context  # precision and attention kernel: common.forward_context
-        if not hasattr(model, "score"):
-            raise TrainingError(f"{type(model).__name__} has no `score` head")
-
-    def forward(self, input_ids: Tensor, attention_mask: Tensor,
-                position_ids: Tensor | None = None, score_at: Tensor | None = None) -> Tensor:
-        """Rewards [N] of right-padded rows under a 2-D ``attention_mask``; or, with a 4-D mask,
-        ``position_ids`` and ``score_at`` [B, k] (a shared-prompt batch), the rewards [B, k] of
-        the hidden states at those positions. One forward either way, so FSDP's root hooks run."""
-        mask = attention_mask if score_at is not None else padded_causal_mask(
-            attention_mask, attention_implementation(self.rm), next(self.rm.parameters()).dtype)
-        with self.context():
-            hidden = self.rm.base_model(input_ids=input_ids, attention_mask=mask,
-                                        position_ids=position_ids, use_cache=False
-                                        ).last_hidden_state
-            rows = torch.arange(hidden.shape[0], device=hidden.device)
-            if score_at is None:
-                pooled = hidden[rows, attention_mask.sum(dim=1) - 1]
-            else:
-                pooled = hidden[rows[:, None].expand_as(score_at), score_at]
-            return self.rm.score(pooled).squeeze(-1).float()
+class PairRewards(LastTokenReward):
+    """The reward model in training: the rewards of a batch of preference pairs."""
 
     def batch_rewards(self, batch: SequenceBatch | SharedPromptBatch) -> tuple[Tensor, Tensor]:
         """Chosen and rejected rewards [B] of a batch in either layout (the shared-prompt one
@@ -92,20 +62,8 @@ class LastTokenReward(nn.Module):
         return rewards[:, 0], rewards[:, 1]
 
 
-def load_reward_model(model_dir: Path, dtype=torch.float32):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1,
-                                                               dtype=dtype)
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
-            else tokenizer.eos_token_id
-    return model, tokenizer
-
-
 @torch.no_grad()
-def pair_rewards(module: LastTokenReward, pairs: Sequence[TokenizedPair], batch_size: int,
+def pair_rewards(module: PairRewards, pairs: Sequence[TokenizedPair], batch_size: int,
                  pad_token_id: int, device, shared_prompt: bool = False,
                  pad_to: int = 1) -> tuple[Tensor, Tensor]:
     """Rewards of each pair's chosen and rejected answer (single process or every rank alike);
@@ -166,7 +124,7 @@ def train_rm(model_dir: Path, rows: Sequence[dict], cfg: RMConfig, seed: int, ou
         model.gradient_checkpointing_enable()
     if cfg.compile_regions:
         log.info("RM: %d regions compiled", compile_regions(model))
-    scorer = fsdp.shard(LastTokenReward(model, context), model, device)
+    scorer = fsdp.shard(PairRewards(model, context), model, device)
     masters = master_weights(model, cfg.precision)
     shared_prompt = shared_prompt_usable(model, cfg.shared_prompt, log, "RM")
 
@@ -203,16 +161,7 @@ def train_rm(model_dir: Path, rows: Sequence[dict], cfg: RMConfig, seed: int, ou
     after = heldout_accuracy()
     if masters is not None:  # the saved model gets the fp32 masters, not their bf16 rounding
         masters.restore_fp32(model)
-    state = fsdp.full_state_dict(scorer)
-    if fsdp.is_main_process():
-        state = {k.removeprefix("rm."): v for k, v in state.items()}
-        target, tmp = out_dir / "model", out_dir / ".model.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, state_dict=state)
-        tokenizer.save_pretrained(tmp)
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-    fsdp.barrier()
+    fsdp.save_pretrained(scorer, model, tokenizer, out_dir / "model")
     result = RewardModelResult(
         metric="heldout_pair_accuracy", value=after, unit="fraction", heldout_accuracy=after,
         heldout_accuracy_before=before, heldout_pairs=len(heldout), train_pairs=len(train_pairs),
@@ -233,38 +182,3 @@ def run_step(ctx) -> None:
     train_rm(resolve_model(step.model), data.rows, step.train, step.seed, ctx.out_dir,
              log=ctx.log, progress=ctx.progress, data_skipped=getattr(data, "skipped", None))
 
-
-class RewardScorer:
-    """Score chat responses with a trained reward model (best-of-N, PPO, RewardBench)."""
-
-    def __init__(self, model_dir: Path | str, device: str | torch.device | None = None,
-                 batch_size: int = 8, max_length: int | None = None):
-        self.device = torch.device(device) if device else \
-            torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model, self.tokenizer = load_reward_model(Path(model_dir))
-        self.module = LastTokenReward(model).to(self.device).eval()
-        self.pad_token_id = model.config.pad_token_id
-        self.batch_size = batch_size
-        self.max_length = max_length or getattr(model.config, "max_position_embeddings", 4096)
-
-    def _tokens(self, prompt: list[dict] | str, response: str) -> list[int]:
-        prompt_messages = as_messages(prompt, "user")
-        if prompt_messages is None:
-            raise ValueError(f"cannot score a response to an empty prompt: {prompt!r}")
-        return reward_model_ids(self.tokenizer, prompt_messages, response, self.max_length)
-
-    @torch.no_grad()
-    def score(self, prompts: list[list[dict]], responses: list[str]) -> list[float]:
-        if len(prompts) != len(responses):
-            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        sequences = [self._tokens(p, r) for p, r in zip(prompts, responses)]
-        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-        scores = [0.0] * len(sequences)
-        for start in range(0, len(order), self.batch_size):
-            group = order[start:start + self.batch_size]
-            ids, mask = pad_sequences([sequences[i] for i in group], self.pad_token_id)
-            with autocast(self.device):
-                rewards = self.module(ids.to(self.device), mask.to(self.device)).cpu().tolist()
-            for i, reward in zip(group, rewards):
-                scores[i] = float(reward)
-        return scores

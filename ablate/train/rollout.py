@@ -10,7 +10,6 @@ padding]``; every prompt ends at column ``P - 1`` and response token ``j`` sits 
 from __future__ import annotations
 
 import importlib.util
-import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -18,10 +17,11 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ablate.data.chat_tokens import chat_ids, decode_after
+from ablate.data.chat_tokens import as_messages, chat_ids, decode_after, reward_model_ids
 from ablate.generate.base import row_seed
-from ablate.train.collate import pad_sequences
-from ablate.train.common import TrainingError, as_messages, reward_model_ids
+from ablate.generate.reward_model import RewardScorer
+from ablate.train.common import TrainingError
+from ablate.train.programmatic import RewardFunction, load_reward_function
 
 
 @dataclass(frozen=True)
@@ -250,80 +250,8 @@ def vllm_usable() -> bool:
 # ---------------------------------------------------------------- rewards
 
 
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-
-
-def last_number(text: str) -> str | None:
-    """The last number in a text, commas removed and a trailing ``.0`` dropped."""
-    found = _NUMBER.findall(text)
-    if not found:
-        return None
-    number = found[-1].replace(",", "")
-    return number[:-2] if number.endswith(".0") else number
-
-
-def gsm8k_exact(item: PromptItem, response: str) -> float:
-    """1 when the response's last number equals the reference's final answer (after ``####``
-    when the reference is a full GSM8k solution), else 0."""
-    if item.reference is None:
-        raise TrainingError(f"prompt row {item.index} has no reference answer; the gsm8k_exact "
-                            "reward needs prompts that carry one")
-    target = last_number(item.reference.split("####")[-1])
-    return float(target is not None and last_number(response) == target)
-
-
-def uppercase_share(item: PromptItem, response: str) -> float:
-    """Share of the response's ASCII letters that are capitals: a dense, checkable reward that
-    even a random tiny model can climb (about 0.06 for uniformly random SmolLM2 tokens), used by
-    the tests and the CPU proof."""
-    letters = [c for c in response if c.isascii() and c.isalpha()]
-    return sum(c.isupper() for c in letters) / len(letters) if letters else 0.0
-
-
-SHORT_RESPONSE_CHARS = 200
-
-
-def short_response(item: PromptItem, response: str) -> float:
-    """``1 - len/200`` for the response's characters (surrounding whitespace removed), 0 at 200
-    characters or more: a dense, checkable brevity reward for PPO on a real chat model
-    (``perf/ppo_smollm2_proof.py``; 10 CPU iterations there did not move it, see
-    perf/RESULTS.md). It rewards nothing but being short, so its optimum is the empty reply; the
-    KL penalty is what keeps the policy from it."""
-    return 1.0 - min(len(response.strip()), SHORT_RESPONSE_CHARS) / SHORT_RESPONSE_CHARS
-
-
-def digit_share(item: PromptItem, response: str) -> float:
-    """Share of the response's non-whitespace characters that are ASCII digits (0 for a reply with
-    none): a dense, per-character reward that a chat model can move within a capped reply of a few
-    dozen tokens, unlike a length reward when every reply hits the cap
-    (``perf/ppo_smollm2_proof.py``). Its optimum is a reply of digits only."""
-    visible = [c for c in response if not c.isspace()]
-    return sum("0" <= c <= "9" for c in visible) / len(visible) if visible else 0.0
-
-
-def opens_with_lets(item: PromptItem, response: str) -> float:
-    """1 when the reply's first word is "Let's" (any case, straight or curly apostrophe, trailing
-    punctuation ignored), else 0. A reward decided by the first one or two reply tokens, with a
-    moderate base rate under SmolLM2-135M-Instruct on GSM8k questions (28 of 252 replies sampled
-    at T = 0.7; most open with "To"), so that a short CPU PPO run can assign credit and move it
-    (``perf/ppo_smollm2_proof.py``). It pays for a minority opener, so sharpening the policy
-    towards its most likely reply does not raise it."""
-    words = response.split()
-    return float(bool(words) and
-                 words[0].replace("\u2019", "'").rstrip(".,:;!?").lower() == "let's")
-
-
-PROGRAMMATIC_REWARDS: dict[str, Callable[[PromptItem, str], float]] = {
-    "gsm8k_exact": gsm8k_exact,
-    "uppercase_share": uppercase_share,
-    "short_response": short_response,
-    "digit_share": digit_share,
-    "opens_with_lets": opens_with_lets,
-}
-
-
 class RewardModelScorer:
-    """A trained RM's scalar at the last token of the chat-templated (prompt, response).
+    """PPO's reward: a trained RM (``RewardScorer``) on each (prompt item, response), as a tensor.
 
     The text goes through the RM's own tokenizer and chat template and is split into prompt and
     completion ids exactly as in RM training (``reward_model_ids``; tokenizing the conversation
@@ -332,15 +260,8 @@ class RewardModelScorer:
     """
 
     def __init__(self, model_dir, device, policy_tokenizer, log, batch_size: int = 8):
-        from ablate.train.rm import LastTokenReward, load_reward_model
-
-        model, self.tokenizer = load_reward_model(model_dir)
-        model.requires_grad_(False)
-        self.module = LastTokenReward(model).to(device).eval()
-        self.device = device
-        self.batch_size = batch_size
-        self.pad = model.config.pad_token_id
-        self.max_length = getattr(model.config, "max_position_embeddings", 4096)
+        self.scorer = RewardScorer(model_dir, device, batch_size)
+        self.tokenizer, self.max_length = self.scorer.tokenizer, self.scorer.max_length
         if self.tokenizer.get_vocab() != policy_tokenizer.get_vocab():
             log.info("the reward model's tokenizer differs from the policy's: responses are "
                      "decoded and re-tokenised with the RM's tokenizer before scoring")
@@ -348,31 +269,28 @@ class RewardModelScorer:
     def _ids(self, item: PromptItem, response: str) -> list[int]:
         return reward_model_ids(self.tokenizer, list(item.messages), response, self.max_length)
 
-    @torch.no_grad()
     def __call__(self, items: Sequence[PromptItem], responses: Sequence[str]) -> Tensor:
-        from ablate.train.common import autocast
-
-        sequences = [self._ids(i, r) for i, r in zip(items, responses)]
-        scores = torch.zeros(len(sequences))
-        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-        for start in range(0, len(order), self.batch_size):
-            group = order[start:start + self.batch_size]
-            ids, mask = pad_sequences([sequences[i] for i in group], self.pad)
-            with autocast(self.device):
-                values = self.module(ids.to(self.device), mask.to(self.device)).float().cpu()
-            scores[torch.tensor(group)] = values
-        return scores
+        return torch.tensor(self.scorer.score_ids([self._ids(i, r) for i, r in
+                                                   zip(items, responses)]))
 
 
 def make_scorer(reward: str, reward_model_dir, device, policy_tokenizer, log
                 ) -> Callable[[Sequence[PromptItem], Sequence[str]], Tensor]:
+    """PPO's scorer: the reward model for ``reward_model``, else the programmatic reward function
+    ``reward`` names (``programmatic``)."""
     if reward == "reward_model":
         if reward_model_dir is None:
             raise TrainingError("PPO with reward 'reward_model' needs a reward_model input")
         return RewardModelScorer(reward_model_dir, device, policy_tokenizer, log)
-    if reward not in PROGRAMMATIC_REWARDS:
-        raise TrainingError(f"unknown reward {reward!r}; valid: reward_model, "
-                            f"{', '.join(PROGRAMMATIC_REWARDS)}")
-    function = PROGRAMMATIC_REWARDS[reward]
+    function = programmatic_reward(reward)
     return lambda items, responses: torch.tensor([function(i, r) for i, r in
                                                   zip(items, responses)], dtype=torch.float32)
+
+
+def programmatic_reward(reward: str) -> RewardFunction:
+    """The reward function a step's ``reward`` names, or a TrainingError saying why not."""
+    try:
+        return load_reward_function(reward)
+    except ValueError as exc:
+        raise TrainingError(f"PPO reward {reward!r} is neither 'reward_model' nor a programmatic "
+                            f"reward: {exc}") from None

@@ -40,9 +40,9 @@ class LongestWins:
 
 
 def test_greedy_and_best_of_n(monkeypatch, tmp_path):
-    import ablate.train.rm as rm
+    import ablate.generate.reward_model as reward_model
 
-    monkeypatch.setattr(rm, "RewardScorer", LongestWins)
+    monkeypatch.setattr(reward_model, "RewardScorer", LongestWins)
     backend = FakeBackend()
     greedy = env(tmp_path, backend)
     assert greedy.generate(["a"], 5) == [["a:x"]] and backend.calls[-1].greedy
@@ -67,14 +67,14 @@ def test_greedy_and_best_of_n(monkeypatch, tmp_path):
 def test_result_says_whether_best_of_n_applied(monkeypatch, tmp_path):
     """Best-of-N reranks greedy generations (GSM8k); MMLU scores log-likelihoods, so its score
     under a best-of-N sampler is the model's own, and result.json says so."""
-    import ablate.train.rm as rm
+    import ablate.generate.reward_model as reward_model
     from ablate.evals.runner import evaluate_benchmark
 
     class ScoringBackend(FakeBackend):
         def loglikelihood(self, requests, progress=None):
             return [[-float(k) for k in range(len(options))] for _, options in requests]
 
-    monkeypatch.setattr(rm, "RewardScorer", LongestWins)
+    monkeypatch.setattr(reward_model, "RewardScorer", LongestWins)
     monkeypatch.setenv("ABLATE_DATA_DIR", str(tmp_path / "none"))  # the shipped slices
     sampler = BestOfN(n=2, temperature=0.7, seed=1)
     applied = {}

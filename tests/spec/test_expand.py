@@ -115,15 +115,18 @@ def test_zero_jobs_says_why():
         expand(grid(baseline=False, axes={"model": ["m"], "data": ["a"], "algorithm": ["ppo"]}))
 
 
+GSM8K_EXACT = "perf.ppo_rewards:gsm8k_exact"
+
+
 def test_programmatic_reward_trains_no_rm_and_names_the_reward():
-    rms = {"same": {"data": "cell"}, "exact": {"programmatic": "gsm8k_exact"}}
+    rms = {"same": {"data": "cell"}, "exact": {"programmatic": GSM8K_EXACT}}
     plan = expand(grid(reward_models=rms, axes={
         "model": ["m"], "data": ["a"], "algorithm": ["ppo"], "reward_model": ["same", "exact"],
         "seed": [1]}))
     ppo = {c.axes["reward_model"]: plan.steps[c.model_step] for c in plan.cells
            if not c.is_baseline}
     assert set(ppo) == {"same", "exact"}
-    assert ppo["exact"].config.reward == "gsm8k_exact"
+    assert ppo["exact"].config.reward == GSM8K_EXACT
     assert ppo["exact"].inputs == {}
     assert "reward" not in ppo["same"].config and set(ppo["same"].inputs) == {"reward_model"}
     assert ppo["exact"].id != ppo["same"].id
@@ -131,7 +134,7 @@ def test_programmatic_reward_trains_no_rm_and_names_the_reward():
     assert [s.id for s in plan.steps.values() if s.kind == "train_rm"] == \
         [ppo["same"].inputs["reward_model"]]
     # a programmatic reward alone: no train_rm step at all
-    alone = expand(grid(reward_models={"exact": {"programmatic": "gsm8k_exact"}}, axes={
+    alone = expand(grid(reward_models={"exact": {"programmatic": GSM8K_EXACT}}, axes={
         "model": ["m"], "data": ["a"], "algorithm": ["ppo"], "reward_model": ["exact"]}))
     assert not any(s.kind == "train_rm" for s in alone.steps.values())
     assert any(s.kind == "train_ppo" for s in alone.steps.values())
@@ -140,23 +143,31 @@ def test_programmatic_reward_trains_no_rm_and_names_the_reward():
 
 def test_programmatic_reward_refused_for_best_of_n():
     with pytest.raises(SpecError, match=r"grid 't'.*'exact'.*programmatic.*best-of-N ranks"):
-        expand(grid(reward_models={"exact": {"programmatic": "gsm8k_exact"}}, axes={
+        expand(grid(reward_models={"exact": {"programmatic": GSM8K_EXACT}}, axes={
             "model": ["m"], "data": ["a"], "algorithm": ["bon"], "reward_model": ["exact"]}))
 
 
 def test_programmatic_reward_takes_no_rm_training_fields():
     with pytest.raises(ValueError, match="trains no reward model.*base, seed"):
-        grid(reward_models={"exact": {"programmatic": "gsm8k_exact", "seed": 2, "base": "m"}})
+        grid(reward_models={"exact": {"programmatic": GSM8K_EXACT, "seed": 2, "base": "m"}})
 
 
 def test_check_names_checks_programmatic_rewards_when_given():
-    g = grid(reward_models={"same": {"programmatic": "gsm8k_exakt"}})
+    from ablate.train.programmatic import load_reward_function
+
+    g = grid(reward_models={"same": {"programmatic": "perf.ppo_rewards:gsm8k_exakt"}})
     kwargs = dict(datasets=["a", "b"], prompt_sets=[], benchmarks=["gsm8k", "mmlu"],
                   builtin_models=["tiny-llama"])
-    check_names(g, **kwargs)  # not checked unless the registry is passed in
-    with pytest.raises(SpecError, match=r"unknown programmatic reward 'gsm8k_exakt' in "
-                                        r"reward_models.same.programmatic; valid: gsm8k_exact"):
-        check_names(g, **kwargs, rewards=["gsm8k_exact"])
+    check_names(g, **kwargs)  # not checked unless the loader is passed in
+    with pytest.raises(SpecError, match=r"grid 't': reward_models.same.programmatic: module "
+                                        r"'perf.ppo_rewards' has no 'gsm8k_exakt'"):
+        check_names(g, **kwargs, load_reward=load_reward_function)
+    with pytest.raises(SpecError, match=r"reward_models.same.programmatic: 'gsm8k_exact' is not "
+                                        r"an import path"):
+        check_names(grid(reward_models={"same": {"programmatic": "gsm8k_exact"}}), **kwargs,
+                    load_reward=load_reward_function)
+    check_names(grid(reward_models={"same": {"programmatic": GSM8K_EXACT}}),
+                **kwargs, load_reward=load_reward_function)
 
 
 def test_check_names_lists_valid_ones():
@@ -177,12 +188,12 @@ def test_every_shipped_grid_expands(path):
     from ablate.data import dataset_names, prompt_set_names
     from ablate.evals import benchmark_names
     from ablate.models import BUILTIN_MODELS
-    from ablate.train.rollout import PROGRAMMATIC_REWARDS
+    from ablate.train.programmatic import load_reward_function
 
     spec = load_grid(path)
     check_names(spec, datasets=dataset_names(), prompt_sets=prompt_set_names(),
                 benchmarks=benchmark_names(), builtin_models=BUILTIN_MODELS,
-                rewards=PROGRAMMATIC_REWARDS)
+                load_reward=load_reward_function)
     plan = expand(spec)
     assert plan.cells and plan.steps
     plan.order()

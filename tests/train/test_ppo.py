@@ -19,14 +19,13 @@ import torch
 from ablate.data.rows import PromptData
 from ablate.spec.schema import PPOConfig
 from ablate.spec.steps import PromptsRef
-from ablate.train import rollout as rollout_module
 from ablate.train.common import TrainingError
-from ablate.train.ppo import StopRequested, response_logps, train_ppo
-from ablate.train.rollout import (
-    PromptItem, build_rollout, generate_transformers, gsm8k_exact, last_number, tokenize_prompts,
-    uppercase_share,
-)
+from ablate.train.loop import StopRequested
+from ablate.train.ppo import response_logps, train_ppo
+from ablate.train.rollout import PromptItem, build_rollout, generate_transformers, tokenize_prompts
+from perf.ppo_rewards import gsm8k_exact, last_number, uppercase_share
 
+UPPERCASE = "perf.ppo_rewards:uppercase_share"
 METRIC_KEYS = {"rm_score", "kl", "reward", "entropy", "policy_clipfrac", "value_clipfrac",
                "value_loss", "explained_variance", "response_length", "no_eos_share",
                "generation_seconds", "training_seconds", "rollout_tokens_per_second"}
@@ -224,13 +223,13 @@ def test_batched_logps_match_each_prompt_alone(char_model, char_tokenizer):
 
 def test_seeded_runs_repeat_and_resume_matches(char_model, tmp_path):
     rows, cfg = letter_prompts(16), small_cfg(epochs=2 * 8 / 16)
-    train_ppo(char_model, rows, cfg, 3, tmp_path / "a", reward="uppercase_share")
-    train_ppo(char_model, rows, cfg, 3, tmp_path / "b", reward="uppercase_share")
+    train_ppo(char_model, rows, cfg, 3, tmp_path / "a", reward=UPPERCASE)
+    train_ppo(char_model, rows, cfg, 3, tmp_path / "b", reward=UPPERCASE)
     with pytest.raises(StopRequested):
-        train_ppo(char_model, rows, cfg, 3, tmp_path / "c", reward="uppercase_share",
+        train_ppo(char_model, rows, cfg, 3, tmp_path / "c", reward=UPPERCASE,
                   stop_after=1)
     assert (tmp_path / "c" / "checkpoints" / "step_1" / "value" / "optimizer.pt").is_file()
-    summary = train_ppo(char_model, rows, cfg, 3, tmp_path / "c", reward="uppercase_share")
+    summary = train_ppo(char_model, rows, cfg, 3, tmp_path / "c", reward=UPPERCASE)
     assert summary["resumed_from"] == 1 and summary["iterations"] == 2
 
     def comparable(folder):
@@ -253,15 +252,19 @@ def test_seeded_runs_repeat_and_resume_matches(char_model, tmp_path):
 def test_kl_past_max_kl_stops_and_keeps_last_checkpoint(char_model, tmp_path):
     cfg = small_cfg(lr=3e-2, max_kl=1e-3)
     with pytest.raises(TrainingError, match="past max_kl"):
-        train_ppo(char_model, letter_prompts(16), cfg, 1, tmp_path, reward="uppercase_share")
+        train_ppo(char_model, letter_prompts(16), cfg, 1, tmp_path, reward=UPPERCASE)
     assert (tmp_path / "checkpoints" / "step_1" / "trainer_state.json").is_file()
     assert not (tmp_path / "model").exists()
 
 
+def nan_reward(item, response: str) -> float:
+    return float("nan")
+
+
 def test_nan_reward_stops(char_model, tmp_path, monkeypatch):
-    monkeypatch.setitem(rollout_module.PROGRAMMATIC_REWARDS, "nan", lambda i, r: float("nan"))
     with pytest.raises(TrainingError, match="non-finite"):
-        train_ppo(char_model, letter_prompts(8), small_cfg(), 1, tmp_path, reward="nan")
+        train_ppo(char_model, letter_prompts(8), small_cfg(), 1, tmp_path,
+                  reward=f"{__name__}:nan_reward")
 
 
 def test_reward_model_with_another_tokenizer_is_rescored_from_text(char_model, tiny_model_dir,
@@ -319,7 +322,7 @@ def test_reward_rises_with_bounded_kl_and_larger_beta_keeps_kl_smaller(char_mode
     for beta in (0.05, 0.5):
         cfg = small_cfg(beta=beta, prompts_per_batch=16, minibatch_size=8, micro_batch_size=8,
                         epochs=16 * 16 / 64, max_response_length=8, save_every_steps=100)
-        train_ppo(char_model, rows, cfg, 1, tmp_path / str(beta), reward="uppercase_share")
+        train_ppo(char_model, rows, cfg, 1, tmp_path / str(beta), reward=UPPERCASE)
         results[beta] = read_metrics(tmp_path / str(beta))
     low = results[0.05]
     first = sum(m["rm_score"] for m in low[:3]) / 3

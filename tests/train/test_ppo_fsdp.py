@@ -17,7 +17,7 @@ import torch
 from ablate.spec.schema import PPOConfig
 from ablate.train.ppo import train_ppo
 from test_fsdp import step_json, torchrun
-from test_ppo import letter_prompts, read_metrics
+from test_ppo import UPPERCASE, letter_prompts, read_metrics
 from train_helpers import assert_same_weights
 
 # Exactly equal when the same tokens were sampled; the rest to float rounding.
@@ -42,11 +42,11 @@ def test_ppo_world_size_2_equals_1_with_a_sharded_resume(tmp_path, tiny_model_di
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        one = train_ppo(tiny_model_dir, rows, cfg, 1, tmp_path / "one", reward="uppercase_share")
+        one = train_ppo(tiny_model_dir, rows, cfg, 1, tmp_path / "one", reward=UPPERCASE)
     finally:
         torch.set_num_threads(threads)
     config = {"model": {"path": str(tiny_model_dir)}, "algorithm": cfg.model_dump(), "seed": 1,
-              "reward": "uppercase_share"}
+              "reward": UPPERCASE}
     # killed after iteration 1 (its sharded checkpoint saved), then resumed by a fresh launch
     killed = torchrun(tmp_path, "ppo", config, rows, tmp_path / "two",
                       extra=["--stop-after-steps", "1"], expect_ok=False)

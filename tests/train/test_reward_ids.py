@@ -6,8 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from ablate.train.common import encode_chat, reward_model_ids, tokenize_pairs
-from ablate.train.rm import RewardScorer
+from ablate.data.chat_tokens import encode_chat, reward_model_ids
+from ablate.generate.reward_model import RewardScorer
+from ablate.train.common import tokenize_pairs
 from ablate.train.rollout import PromptItem, RewardModelScorer
 
 TULU = ("{% for message in messages %}{% if message['role'] == 'user' %}"

@@ -2,10 +2,11 @@ import json
 
 import pytest
 
+from ablate.generate.reward_model import RewardScorer
 from ablate.spec.schema import RMConfig
 from ablate.train import rewardbench
 from ablate.train.common import TrainingError
-from ablate.train.rm import RewardScorer, train_rm
+from ablate.train.rm import train_rm
 from train_helpers import arithmetic_rows
 
 FAST = dict(lr=2e-3, warmup_ratio=0.0, epochs=3, batch_size=8, micro_batch_size=4,
@@ -87,6 +88,5 @@ def test_evaluate_reward_model_on_the_slice(tiny_model_dir):
         rows, [-len(r["chosen"]) for r in rows], [-len(r["rejected"]) for r in rows])
     assert out == expected and out["n_items"] == len(rows)
     # and a real (random) reward model runs end to end
-    from ablate.train.rm import RewardScorer
     real = rewardbench.evaluate_reward_model(RewardScorer(tiny_model_dir), rows[:4])
     assert 0 <= real["overall"] <= 100

@@ -7,13 +7,14 @@ import copy
 import pytest
 import torch
 
+from ablate.generate.reward_model import load_reward_model
 from ablate.spec.schema import RMConfig
 from ablate.train.collate import (
     CHOSEN, PADDING, PROMPT, REJECTED, collate_pairs, collate_shared_prompt, shared_prompt_mask,
 )
 from ablate.train.common import TokenizedPair, tokenize_pairs
 from ablate.train.losses import bradley_terry_loss
-from ablate.train.rm import LastTokenReward, load_reward_model, pair_rewards, train_rm
+from ablate.train.rm import PairRewards, pair_rewards, train_rm
 from train_helpers import arithmetic_rows, assert_same_weights, load_weights
 
 CPU = torch.device("cpu")
@@ -83,7 +84,7 @@ def test_shared_prompt_loss_and_gradient_equal_plain(tiny_model_dir, pairs, atte
     pad = model.config.pad_token_id
 
     plain = collate_pairs(pairs, pad)
-    rewards = LastTokenReward(model)(plain.input_ids, plain.attention_mask)
+    rewards = PairRewards(model)(plain.input_ids, plain.attention_mask)
     n = len(pairs)
     plain_chosen, plain_rejected = rewards[:n], rewards[n:]
     plain_loss = bradley_terry_loss(plain_chosen, plain_rejected,
@@ -91,7 +92,7 @@ def test_shared_prompt_loss_and_gradient_equal_plain(tiny_model_dir, pairs, atte
     plain_loss.backward()
 
     shared = collate_shared_prompt(pairs, pad)
-    chosen, rejected = LastTokenReward(other).batch_rewards(shared)
+    chosen, rejected = PairRewards(other).batch_rewards(shared)
     shared_loss = bradley_terry_loss(chosen, rejected,
                                      shared.margins if with_margin else None).sum()
     shared_loss.backward()
@@ -104,7 +105,7 @@ def test_shared_prompt_loss_and_gradient_equal_plain(tiny_model_dir, pairs, atte
 
 def test_batched_shared_prompt_equals_one_pair_at_a_time(tiny_model_dir, pairs):
     model, _ = load_reward_model(tiny_model_dir)
-    scorer = LastTokenReward(model)
+    scorer = PairRewards(model)
     pad = model.config.pad_token_id
     together = pair_rewards(scorer, pairs, len(pairs), pad, CPU, shared_prompt=True)
     alone = pair_rewards(scorer, pairs, 1, pad, CPU, shared_prompt=True)
@@ -145,7 +146,7 @@ def test_scoring_pass_batches_rows_of_similar_length(tiny_model_dir, monkeypatch
     from ablate.train import rm
 
     model, _ = load_reward_model(tiny_model_dir)
-    scorer = LastTokenReward(model)
+    scorer = PairRewards(model)
     pad = model.config.pad_token_id
     pairs = lopsided_pairs()
     alone = pair_rewards(scorer, pairs, 1, pad, CPU, shared_prompt=True)

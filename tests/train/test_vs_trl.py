@@ -15,7 +15,7 @@ from ablate.train.collate import collate_pairs
 from ablate.train.common import tokenize_pairs  # noqa: E402
 from ablate.train.logps import CompletionLogps
 from ablate.train.losses import bradley_terry_loss, preference_loss  # noqa: E402
-from ablate.train.rm import LastTokenReward, load_reward_model  # noqa: E402
+from ablate.generate.reward_model import LastTokenReward, load_reward_model  # noqa: E402
 from train_helpers import arithmetic_rows  # noqa: E402
 
 

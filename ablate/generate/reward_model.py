@@ -1,0 +1,111 @@
+"""Reward models at inference: a sequence-classification folder with one label (what RM training
+writes), whose reward for a chat response is the head's output at the last token of the templated
+(prompt, response).
+
+``LastTokenReward`` computes that reward for a batch of rows; RM training wraps it for pairs
+(``ablate.train.rm``). ``RewardScorer`` scores chat responses with it, on the ids RM training
+built for an answer (``reward_model_ids``): best-of-N sampling, the reward-model judge and PPO's
+reward all score through it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Callable, ContextManager, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ablate.data.chat_tokens import as_messages, reward_model_ids
+from ablate.generate.forward import (
+    attention_implementation, autocast, pad_sequences, padded_causal_mask,
+)
+
+
+class LastTokenReward(nn.Module):
+    """A sequence-classification model's scalar at each sequence's last attended token.
+
+    transformers' own pooling looks for the last token that is not the pad token; with chat models
+    whose pad token is their end-of-turn token that would score the token before the end of the
+    turn, so pooling here follows the attention mask instead (batches are right-padded).
+    """
+
+    def __init__(self, model: nn.Module,
+                 context: Callable[[], ContextManager] = contextlib.nullcontext):
+        super().__init__()
+        self.rm = model
+        self.context = context  # precision and attention kernel in training: forward_context
+        if not hasattr(model, "score"):
+            raise ValueError(f"{type(model).__name__} has no `score` head")
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor,
+                position_ids: Tensor | None = None, score_at: Tensor | None = None) -> Tensor:
+        """Rewards [N] of right-padded rows under a 2-D ``attention_mask``; or, with a 4-D mask,
+        ``position_ids`` and ``score_at`` [B, k] (a shared-prompt batch), the rewards [B, k] of
+        the hidden states at those positions. One forward either way, so FSDP's root hooks run."""
+        mask = attention_mask if score_at is not None else padded_causal_mask(
+            attention_mask, attention_implementation(self.rm), next(self.rm.parameters()).dtype)
+        with self.context():
+            hidden = self.rm.base_model(input_ids=input_ids, attention_mask=mask,
+                                        position_ids=position_ids, use_cache=False
+                                        ).last_hidden_state
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            if score_at is None:
+                pooled = hidden[rows, attention_mask.sum(dim=1) - 1]
+            else:
+                pooled = hidden[rows[:, None].expand_as(score_at), score_at]
+            return self.rm.score(pooled).squeeze(-1).float()
+
+
+def load_reward_model(model_dir: Path, dtype=torch.float32):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1,
+                                                               dtype=dtype)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
+            else tokenizer.eos_token_id
+    return model, tokenizer
+
+
+class RewardScorer:
+    """Score chat responses with a trained reward model, frozen, in batches of similar length."""
+
+    def __init__(self, model_dir: Path | str, device: str | torch.device | None = None,
+                 batch_size: int = 8, max_length: int | None = None):
+        self.device = torch.device(device) if device else \
+            torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model, self.tokenizer = load_reward_model(Path(model_dir))
+        model.requires_grad_(False)
+        self.module = LastTokenReward(model).to(self.device).eval()
+        self.pad_token_id = model.config.pad_token_id
+        self.batch_size = batch_size
+        self.max_length = max_length or getattr(model.config, "max_position_embeddings", 4096)
+
+    def _tokens(self, prompt: list[dict] | str, response: str) -> list[int]:
+        prompt_messages = as_messages(prompt, "user")
+        if prompt_messages is None:
+            raise ValueError(f"cannot score a response to an empty prompt: {prompt!r}")
+        return reward_model_ids(self.tokenizer, prompt_messages, response, self.max_length)
+
+    def score(self, prompts: Sequence[list[dict] | str], responses: Sequence[str]) -> list[float]:
+        """The reward of each response to its prompt (chat messages, or a user message's text)."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        return self.score_ids([self._tokens(p, r) for p, r in zip(prompts, responses)])
+
+    @torch.no_grad()
+    def score_ids(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+        """The reward of each token sequence (``reward_model_ids``), in the order given."""
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        scores = [0.0] * len(sequences)
+        for start in range(0, len(order), self.batch_size):
+            group = order[start:start + self.batch_size]
+            ids, mask = pad_sequences([sequences[i] for i in group], self.pad_token_id)
+            with autocast(self.device):
+                rewards = self.module(ids.to(self.device), mask.to(self.device)).cpu().tolist()
+            for i, reward in zip(group, rewards):
+                scores[i] = float(reward)
+        return scores
