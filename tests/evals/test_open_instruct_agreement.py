@@ -1,0 +1,86 @@
+"""The paper protocol against open-instruct's evaluation code (allenai/open-instruct@959cbbc9d,
+eval/{bbh,gsm,mmlu,toxigen}/run_eval.py): its item draws, prompt text and answer comparison,
+re-derived here from its rules, item by item on the shared data."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from ablate.evals import get_benchmark
+from ablate.evals.base import ItemResult
+from ablate.evals.data import read_jsonl
+
+TASKS_FIRST_DRAWS = {  # random.seed(42), then random.sample(examples, 40) per task in sorted order
+    "boolean_expressions": [163, 28, 6, 189, 70, 62],
+    "causal_judgement": [40, 178, 108, 87, 71, 39],
+    "dyck_languages": [174, 108, 152, 16, 98, 97],
+    "word_sorting": [184, 104, 125, 142, 194, 61],
+}
+
+
+def hf_exact_match(prediction: str, target: str) -> bool:
+    # the exact_match of Hugging Face evaluate that open-instruct loads (lm-eval carries its code)
+    from lm_eval.api.metrics import exact_match_hf_evaluate
+
+    return exact_match_hf_evaluate([prediction], [target], ignore_case=True,
+                                   ignore_punctuation=True)["exact_match"] == 1.0
+
+
+# ------------------------------------------------------------------------------------------ BBH
+def test_bbh_paper_items_are_one_seed_42_generator_across_tasks(shared_data):
+    items = get_benchmark("bbh").items("paper", shared_data)
+    rng = random.Random(42)
+    expected = []
+    for path in sorted((shared_data / "bbh" / "bbh").glob("*.json")):
+        examples = json.loads(path.read_text())["examples"]
+        expected += [(path.stem, e["input"], e["target"]) for e in rng.sample(examples, 40)]
+    assert [(i["task"], i["input"], i["target"]) for i in items] == expected
+    for task, head in TASKS_FIRST_DRAWS.items():
+        drawn = [int(i["item_id"].split("/")[1]) for i in items if i["task"] == task]
+        assert drawn[:6] == head, task
+
+
+@pytest.mark.parametrize("reply,target,correct", [
+    ("] ] )", "} >", False),  # two symbols against one: "  " != " ", not "" == ""
+    ("} ] >", "] )", False),
+    ("So the answer is ] }.", "] }", True),
+    ("So the answer is ) ].", "} >", True),  # open-instruct's rule counts the symbols only
+    ("So the answer is (A).", "(A)", True), ("So the answer is yes.", "Yes", True),
+    ("the answer is  24 .", "24", True), ("So the answer is y es.", "yes", False),
+    ("No idea", "(A)", False),
+])
+def test_bbh_exact_match_is_open_instructs(reply, target, correct):
+    from ablate.evals.bbh import extract_answer, is_correct
+
+    assert is_correct(reply, target) == correct
+    assert hf_exact_match(extract_answer(reply), target) == correct
+
+
+def test_bbh_an_all_bracket_answer_matches_only_targets_of_its_length(shared_data, fake_env):
+    bbh = get_benchmark("bbh")
+    items = [i for i in bbh.items("full", shared_data) if i["task"] == "dyck_languages"]
+    env = fake_env("full", lambda prompt: "So the answer is ].", data_root=shared_data)
+    results = bbh.evaluate(items, env)
+    one_symbol = [i["item_id"] for i in items if len(i["target"].split()) == 1]
+    assert [r.item_id for r in results if r.score] == one_symbol
+    assert 0 < len(one_symbol) < len(items) / 2
+
+
+def test_bbh_paper_stops_only_at_the_end_of_turn_and_reports_the_task_mean(shared_data,
+                                                                           fake_env):
+    bbh = get_benchmark("bbh")
+    env = fake_env("paper", lambda prompt: "So the answer is True.", data_root=shared_data)
+    bbh.evaluate(bbh.items("paper", shared_data)[:1], env)
+    assert env.stop == ()
+    full = fake_env("full", env.reply, data_root=shared_data)
+    bbh.evaluate(bbh.items("full", shared_data)[:1], full)
+    assert full.stop == ("\n\nQ:", "\n\n\n")
+    results = [ItemResult("a/0", 1.0, extra={"task": "a"})] + [
+        ItemResult(f"b/{k}", float(k == 0), extra={"task": "b"}) for k in range(3)]
+    summary = bbh.summarize(results)
+    assert summary.value == pytest.approx((100 + 100 / 3) / 2)
+    assert summary.secondary["item_micro"] == pytest.approx(50.0)
+    assert summary.secondary["exact_match_b"] == pytest.approx(100 / 3)
