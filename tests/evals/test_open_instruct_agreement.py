@@ -84,3 +84,38 @@ def test_bbh_paper_stops_only_at_the_end_of_turn_and_reports_the_task_mean(share
     assert summary.value == pytest.approx((100 + 100 / 3) / 2)
     assert summary.secondary["item_micro"] == pytest.approx(50.0)
     assert summary.secondary["exact_match_b"] == pytest.approx(100 / 3)
+
+
+# ----------------------------------------------------------------------------------------- MMLU
+def open_instruct_mmlu_prompt(frame, k: int, subject: str) -> str:
+    """open-instruct's gen_prompt with no shots, then format_example, on a pandas-read file."""
+    prompt = f"The following are multiple choice questions (with answers) about " \
+             f"{''.join(' ' + w for w in subject.split('_'))}.\n\n" + frame.iloc[k, 0]
+    for j, letter in enumerate("ABCD"):
+        prompt += f"\n{letter}. {frame.iloc[k, j + 1]}"
+    return prompt + "\nAnswer:"
+
+
+def test_mmlu_paper_prompt_is_open_instructs_byte_for_byte(shared_data):
+    import pandas as pd
+
+    from ablate.evals.mmlu import build_user_turn
+
+    items = get_benchmark("mmlu").items("paper", shared_data)
+    assert build_user_turn(items[0], [], "paper") == (
+        "The following are multiple choice questions (with answers) about  abstract algebra.\n\n"
+        "Find the degree for the given field extension Q(sqrt(2), sqrt(3), sqrt(18)) over Q.\n"
+        "A. 0\nB. 4\nC. 2\nD. 6\nAnswer:")
+    by_id = {i["item_id"]: i for i in items}
+    assert by_id["college_mathematics/8"]["choices"][0] == "nan"  # pandas reads "None" as NaN
+    frames = {}
+    for item in items:
+        subject, k = item["item_id"].split("/")
+        if subject not in frames:
+            frames[subject] = pd.read_csv(shared_data / "mmlu" / "test" / f"{subject}_test.csv")
+        assert build_user_turn(item, [], "paper") == \
+            open_instruct_mmlu_prompt(frames[subject], int(k), subject), item["item_id"]
+    full = {i["item_id"]: i for i in get_benchmark("mmlu").items("full", shared_data)}
+    assert full["college_mathematics/8"]["choices"][0] == "None"
+    assert build_user_turn(full["abstract_algebra/0"], []).startswith(
+        "The following are multiple choice questions (with answers) about abstract algebra.")
