@@ -86,6 +86,47 @@ def test_bbh_paper_stops_only_at_the_end_of_turn_and_reports_the_task_mean(share
     assert summary.secondary["exact_match_b"] == pytest.approx(100 / 3)
 
 
+# ---------------------------------------------------------------------------------------- GSM8k
+@pytest.mark.parametrize("reply,target,prediction,correct", [
+    ("So the answer is 1,250.", "1250", "1250", True),
+    ("First 12, then 1,000,000. So the answer is 1000000.", "1,000,000", "1000000", True),
+    ("It is -7.", "7", "7", True),  # the sign is punctuation to evaluate's exact match
+    ("So the total is 3.5 hours.", "3.5", "3.5", True),
+    ("The answer is 18.0", "18", "18.0", False),
+    ("The answer is .5", "0.5", ".5", False),
+    ("So the answer is 5.\n\nQuestion: next? Answer: 6", "5", "6", False),
+    ("No number here", "0", "No number here", False),
+])
+def test_gsm8k_paper_answer_is_open_instructs_last_number(reply, target, prediction, correct):
+    from ablate.evals.gsm8k import is_correct, last_number
+
+    assert last_number(reply) == prediction
+    assert is_correct(reply, target, "paper") == correct
+    assert hf_exact_match(prediction, target) == correct
+
+
+def test_gsm8k_paper_prompt_and_stops_are_open_instructs(shared_data, fake_env):
+    gsm8k = get_benchmark("gsm8k")
+    items = gsm8k.items("paper", shared_data)[:3]
+    env = fake_env("paper", lambda prompt: "So the answer is 3.")
+    results = gsm8k.evaluate(items, env)
+    assert env.stop == ()
+    # open-instruct's exemplars are lm-eval's (Wei et al.'s) with "So the answer is" for "The
+    # answer is"
+    lm_eval = read_jsonl(shared_data / "gsm8k" / "cot_8shot_exemplars.jsonl")
+    shots = "\n\n".join(f"Question: {e['question']}\nAnswer: "
+                        + e["target"].replace(" The answer is ", " So the answer is ")
+                        for e in lm_eval)
+    for item, result in zip(items, results):
+        user = ("Answer the following questions.\n\n" + shots + "\n\nQuestion: "
+                + item["question"].strip())
+        assert result.prompt == f"<|user|>\n{user}\n<|assistant|>\nAnswer:"
+        assert result.score == float(item["target"] == "3")
+    full = fake_env("full", env.reply)
+    assert "The answer is 6." in gsm8k.evaluate(items, full)[0].prompt
+    assert full.stop == ("Question:",)
+
+
 # ----------------------------------------------------------------------------------------- MMLU
 def open_instruct_mmlu_prompt(frame, k: int, subject: str) -> str:
     """open-instruct's gen_prompt with no shots, then format_example, on a pandas-read file."""
