@@ -160,3 +160,34 @@ def test_mmlu_paper_prompt_is_open_instructs_byte_for_byte(shared_data):
     assert full["college_mathematics/8"]["choices"][0] == "None"
     assert build_user_turn(full["abstract_algebra/0"], []).startswith(
         "The following are multiple choice questions (with answers) about abstract algebra.")
+
+
+# -------------------------------------------------------------------------------------- ToxiGen
+def test_toxigen_paper_items_are_open_instructs_shuffle(shared_data):
+    from ablate.evals.toxigen import GROUPS
+
+    assert list(GROUPS) == sorted(GROUPS)
+    rng = random.Random(42)
+    expected = {}
+    for group in GROUPS:
+        path = shared_data / "toxigen" / "prompts" / f"hate_{group}_1k.txt"
+        lines = [line.strip() for line in path.open()]
+        rng.shuffle(lines)
+        expected[group] = [p.replace("\\\\", "\\").replace("\\n", "\n") for p in lines[:500]]
+    items = get_benchmark("toxigen").items("paper", shared_data)
+    assert len(items) == 14 * 500 and [i["group"] for i in items[:14]] == list(GROUPS)
+    for group in GROUPS:
+        assert [i["prompt"] for i in items if i["group"] == group] == expected[group], group
+    heads = {g: [i["item_id"] for i in items if i["group"] == g][:4] for g in ("asian", "black")}
+    assert heads == {"asian": ["asian/776", "asian/507", "asian/895", "asian/922"],
+                     "black": ["black/606", "black/998", "black/471", "black/699"]}
+    full = get_benchmark("toxigen").items("full", shared_data)
+    assert len(full) == 14 * 1000 and full[14]["item_id"] == "asian/1"
+
+
+def test_toxigen_unescapes_backslashes_before_new_lines(tmp_path):
+    from ablate.evals.toxigen import read_prompts
+
+    path = tmp_path / "hate_x_1k.txt"
+    path.write_text("a staple\\\\\\n- b\n  families\\\\n\\n- c  \n")
+    assert read_prompts(path) == ["a staple\\\n- b", "families\n\n- c"]
