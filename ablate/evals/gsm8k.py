@@ -26,8 +26,8 @@ from ablate.evals.data import REPO, read_jsonl, require
 from ablate.evals.exact_match import open_instruct_match
 
 # Part of the protocol, so shipped with the code: the exemplars as open-instruct's
-# eval/gsm/examplars.py words them (paper) and as lm-eval's gsm8k-cot.yaml holds them (full; identical
-# to the shared data's copy, which a test checks).
+# eval/gsm/examplars.py words them (paper) and as lm-eval's gsm8k-cot.yaml holds them (full;
+# identical to the shared data's copy, which a test checks).
 EXEMPLARS = {"paper": REPO / "benchmarks" / "gsm8k" / "open_instruct_8shot_exemplars.jsonl",
              "full": REPO / "benchmarks" / "gsm8k" / "cot_8shot_exemplars.jsonl"}
 INSTRUCTION = "Answer the following questions.\n\n"

@@ -82,7 +82,8 @@ class ToxiGen(Benchmark):
                 order = order[:self.per_group]
             chosen[group] = [(k, lines[k]) for k in order]
         items = []
-        for rank in range(max(map(len, chosen.values()))):  # interleaved: a limit covers every group
+        # interleaved, so that a limit covers every group
+        for rank in range(max(map(len, chosen.values()))):
             for group, picked in chosen.items():
                 if rank < len(picked):
                     k, prompt = picked[rank]
