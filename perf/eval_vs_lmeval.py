@@ -5,7 +5,8 @@
 Both sides get the prompts ablate builds (chat template applied, rendered to text) through an
 lm-eval task defined on a local JSON file, share one loaded model object, and are scored by the
 same function; the run fails if the scores differ. Timings exclude model loading.
-- GSM8k 8-shot CoT (the paper's protocol: ≤ 512 new tokens, stop at a blank line or "Question:").
+- GSM8k 8-shot CoT on the paper protocol's items, prompts and scorer (≤ 512 new tokens), with the
+  full protocol's stop at "Question:" so that a rambling small model ends early on both sides.
 - MMLU 0-shot: a fixed subset (the first N of ablate's interleaved item list), " A".." D".
 ``ratio`` = lm-eval's GSM8k time over ablate's (> 1: ablate is faster), ``ratio_mmlu`` likewise.
 """
@@ -28,11 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from ablate.evals import get_benchmark
 from ablate.evals.base import EvalEnv
 from ablate.evals.data import load_items
-from ablate.evals.gsm8k import STOP, is_correct
+from ablate.evals.gsm8k import STOP as GSM8K_STOP
+from ablate.evals.gsm8k import is_correct
 from ablate.evals.mmlu import LETTERS, build_user_turn
 from ablate.generate import SamplingParams, chat_prompt
 from ablate.generate.hf import HFBackend
 from ablate.models import prepare_builtin
+
+STOP = GSM8K_STOP["full"]
 
 
 def lm_eval_task_yaml(folder: Path, name: str, data: Path, body: str) -> None:
@@ -83,7 +87,7 @@ def main() -> None:
     gsm_items, _ = load_items(gsm8k, "paper", n_gsm8k)
     mmlu_items, _ = load_items(mmlu, "paper", n_mmlu)
     gsm_prompts = gsm8k.prompts(gsm_items, env)
-    mmlu_prompts = [chat_prompt(tokenizer, build_user_turn(i, []), "The answer is:")
+    mmlu_prompts = [chat_prompt(tokenizer, build_user_turn(i, [], "paper"), "The answer is:")
                     for i in mmlu_items]
     report: dict = {"model": str(args.model), "machine": f"{platform.node()} {platform.machine()}, "
                     f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
@@ -119,8 +123,8 @@ def main() -> None:
         theirs_s, samples = run_lm_eval(model, tokenizer, folder, "ablate_gsm8k",
                                         args.lm_eval_batch_size, n_gsm8k)
         theirs = [s["resps"][0][0] for s in samples]
-        our_scores = [is_correct(o[0], i["target"]) for o, i in zip(ours, gsm_items)]
-        their_scores = [is_correct(t, i["target"]) for t, i in zip(theirs, gsm_items)]
+        our_scores = [is_correct(o[0], i["target"], "paper") for o, i in zip(ours, gsm_items)]
+        their_scores = [is_correct(t, i["target"], "paper") for t, i in zip(theirs, gsm_items)]
         report["gsm8k"] = {
             "items": n_gsm8k, "ablate_s": ours_s, "lm_eval_s": theirs_s,
             "ablate_exact_match": 100 * sum(our_scores) / n_gsm8k,

@@ -54,7 +54,7 @@ def main(argv=None) -> dict:
     rows = load_prompts({"source": "prompt_set", "name": "gsm8k-train-slice"})[:args.prompts]
     if len(rows) < args.prompts:
         print(f"WARNING: only {len(rows)} GSM8k prompts available", flush=True)
-    exemplars = read_jsonl(EXEMPLARS)
+    exemplars = read_jsonl(EXEMPLARS["paper"])
 
     started = time.perf_counter()
     backend = load_backend(model_dir, "hf")

@@ -7,7 +7,10 @@ prompt: AlpacaEval 2's ``alpaca_eval_clf_gpt4_turbo`` (the judge answers "m" or 
 log-probabilities give a weighted preference when the endpoint returns them) and AlpacaEval 1's
 ``alpaca_eval_gpt4`` (a ranking of the two models, read by alpaca-eval's ``ranking_parser``); or
 ``reward_model`` (the run's reward-model input, or a judges.yaml entry
-of kind reward_model): preference = 1 + sigmoid(r_model - r_reference), no network.
+of kind reward_model): preference = 1 + sigmoid(r_model - r_reference), no network. An output
+identical to the reference is a draw (preference 1.5) that no judge is asked about, as alpaca-eval's
+pairwise annotator decides it (tatsu-lab/alpaca_eval@cd543a14:
+src/alpaca_eval/annotators/pairwise_evaluator.py, "deals with equality").
 
 The length-controlled win rate needs alpaca-eval's instruction-difficulty table (``df_gamed.csv``
 from the hub dataset tatsu-lab/alpaca_eval): give its path in ``$ABLATE_ALPACA_DF_GAMED``.
@@ -16,6 +19,7 @@ from the hub dataset tatsu-lab/alpaca_eval): give its path in ``$ABLATE_ALPACA_D
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import random
 import re
@@ -25,6 +29,7 @@ from pathlib import Path
 from ablate.evals.base import Benchmark, EvalEnv, EvalError, ItemResult, Summary
 from ablate.evals.data import read_json
 
+DRAW = 1.5  # alpaca-eval's preference for a tie
 MESSAGE = re.compile(r"<\|im_start\|>(\w+)\n(.*?)\n?<\|im_end\|>", re.DOTALL)
 
 
@@ -71,8 +76,9 @@ def winrates(annotations: list[dict], df_gamed: Path | None) -> dict[str, float]
     from alpaca_eval import metrics
 
     frame = pd.DataFrame(annotations)
-    result = {k: float(v) for k, v in metrics.get_winrate(frame).items()
-              if isinstance(v, (int, float))}
+    # the counts (n_wins, n_wins_base, n_draws, n_total) come as numpy integers
+    result = {k: int(v) if isinstance(v, numbers.Integral) else float(v)
+              for k, v in metrics.get_winrate(frame).items() if isinstance(v, numbers.Real)}
     if df_gamed is None:
         return result
     if not Path(df_gamed).is_file():
@@ -124,19 +130,37 @@ class _AlpacaEval(Benchmark):
             raise EvalError(f"{self.name} needs a judge model: name one in the grid's "
                             "eval.judge or eval.judges (defined under `judges:` or in "
                             "$ABLATE_JUDGES), e.g. an openai judge or kind reward_model")
-        from ablate.evals.judges import RewardModelJudge, get_judge
+        from ablate.evals.judges import get_judge
 
         judge = get_judge(env.judge, env.cache_dir, env.reward_model_dir)
         prompts = [env.chat(i["instruction"]) for i in items]
         replies = env.generate(prompts, env.new_tokens(self.default_max_new_tokens),
                                rm_prompts=[i["instruction"] for i in items])
         outputs = [r[0] for r in replies]
+        rng = random.Random(env.seed)
+        swapped = [rng.random() < 0.5 for _ in items]  # the order a judge sees the two outputs in
+        asked = [k for k, (i, o) in enumerate(zip(items, outputs)) if o != i["reference"]]
+        preferences: list[float | None] = [DRAW] * len(items)
+        judged = self._judge(judge, [items[k] for k in asked], [outputs[k] for k in asked],
+                             [swapped[k] for k in asked])
+        for k, p in zip(asked, judged):
+            preferences[k] = p
+        return [ItemResult(i["item_id"], 0.0 if p is None else p - 1.0, prompt, [o],
+                           {"preference": p, "index": i["index"], "judge_failed": p is None,
+                            "output_1": i["reference"], "generator_1": i["reference_generator"]})
+                for i, prompt, o, p in zip(items, prompts, outputs, preferences)]
+
+    def _judge(self, judge, items: list[dict], outputs: list[str],
+               swapped: list[bool]) -> list[float | None]:
+        """The judge's preference for each output over its reference (None: no usable answer)."""
+        from ablate.evals.judges import RewardModelJudge
+
+        if not items:
+            return []
         if isinstance(judge, RewardModelJudge):
             preferences = judge.prefer([i["instruction"] for i in items],
                                        [i["reference"] for i in items], outputs)
         else:
-            rng = random.Random(env.seed)
-            swapped = [rng.random() < 0.5 for _ in items]  # the judge sees a random order
             requests = [judge_messages(i["instruction"], *((o, i["reference"]) if s
                                                             else (i["reference"], o)),
                                        annotator=self.annotator)
@@ -147,10 +171,7 @@ class _AlpacaEval(Benchmark):
             for answer, s in zip(answers, swapped):
                 p = self.parse_judgement(answer)
                 preferences.append(None if p is None else (3.0 - p if s else p))
-        return [ItemResult(i["item_id"], 0.0 if p is None else p - 1.0, prompt, [o],
-                           {"preference": p, "index": i["index"], "judge_failed": p is None,
-                            "output_1": i["reference"], "generator_1": i["reference_generator"]})
-                for i, prompt, o, p in zip(items, prompts, outputs, preferences)]
+        return list(preferences)
 
     def annotations(self, results: list[ItemResult]) -> list[dict]:
         return [{"preference": r.extra["preference"], "output_1": r.extra["output_1"],

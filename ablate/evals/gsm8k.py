@@ -1,9 +1,18 @@
 """GSM8k: 8-shot chain-of-thought, exact match of the final number.
 
-The paper's protocol (open-instruct, mid-2024): a random 200-item subset of the test set (seed 42),
-the 8 Wei et al. exemplars in front of the question inside one user turn, the chat template, the
-assistant's turn opened with "Answer:", greedy, at most 512 new tokens. The answer is the last
-number of the reply, compared after lm-eval's ``gsm8k_cot`` normalisation ("flexible-extract").
+Both protocols put the 8 Wei et al. exemplars in front of the question inside one user turn ("Answer
+the following questions.", "Question: ...\nAnswer: ..." blocks), apply the chat template, open the
+assistant's turn with "Answer:" and decode greedily, at most 512 new tokens.
+
+Paper protocol, as open-instruct@959cbbc9d:eval/gsm/run_eval.py run by scripts/eval/gsm.sh
+(``--n_shot 8 --max_num_examples 200 --use_chat_format``): 200 test items drawn by
+``random.seed(42); random.sample(test, 200)``; the exemplars worded as its eval/gsm/examplars.py
+("... So the answer is 6."); no stop sequence (the chat format stops at the model's end of turn);
+the prediction is the last number of the reply after digit-grouping commas are removed (the whole
+reply when it has none), compared by exact match ignoring case and punctuation.
+
+Full protocol: every test item, with lm-eval's gsm8k-cot exemplars ("... The answer is 6."), a stop
+at "Question:" and lm-eval's "flexible-extract" answer with its normalisation.
 """
 
 from __future__ import annotations
@@ -14,18 +23,29 @@ from pathlib import Path
 
 from ablate.evals.base import Benchmark, EvalEnv, ItemResult
 from ablate.evals.data import REPO, read_jsonl, require
+from ablate.evals.exact_match import open_instruct_match
 
-# Part of the protocol, so shipped with the code (Wei et al.'s exemplars as lm-eval's gsm8k-cot.yaml
-# holds them; identical to the shared data's copy, which a test checks).
-EXEMPLARS = REPO / "benchmarks" / "gsm8k" / "cot_8shot_exemplars.jsonl"
+# Part of the protocol, so shipped with the code: the exemplars as open-instruct's
+# eval/gsm/examplars.py words them (paper) and as lm-eval's gsm8k-cot.yaml holds them (full;
+# identical to the shared data's copy, which a test checks).
+EXEMPLARS = {"paper": REPO / "benchmarks" / "gsm8k" / "open_instruct_8shot_exemplars.jsonl",
+             "full": REPO / "benchmarks" / "gsm8k" / "cot_8shot_exemplars.jsonl"}
 INSTRUCTION = "Answer the following questions.\n\n"
-# open-instruct's chat-format runs stop only at the model's end of turn: a blank line would cut a
-# reply of several paragraphs before its answer. "Question:" stops a model that goes on to write
-# the next exemplar-style question.
-STOP = ("Question:",)
+# A blank line would cut a reply of several paragraphs before its answer, so the full protocol stops
+# only where a model goes on to write the next exemplar-style question.
+STOP = {"paper": (), "full": ("Question:",)}
+# open-instruct's answer: the last number once "1,000" is read as "1000"
+DIGIT_COMMA = re.compile(r"(\d),(\d)")
+NUMBER = re.compile(r"[-+]?\d*\.\d+|\d+")
 # lm-eval's gsm8k-cot.yaml: filter "flexible-extract" and exact_match's arguments.
 FINAL_NUMBER = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
 IGNORE = (",", r"\$", r"(?s).*#### ", r"\.$")
+
+
+def last_number(text: str) -> str:
+    """open-instruct's prediction: the last number, or the whole reply when it holds none."""
+    numbers = NUMBER.findall(DIGIT_COMMA.sub(r"\1\2", text))
+    return numbers[-1] if numbers else text
 
 
 def final_number(text: str) -> str:
@@ -43,7 +63,13 @@ def normalize(text: str) -> str:
     return text.lower()
 
 
-def is_correct(reply: str, target: str) -> bool:
+def prediction(reply: str, protocol: str) -> str:
+    return last_number(reply) if protocol == "paper" else final_number(reply)
+
+
+def is_correct(reply: str, target: str, protocol: str) -> bool:
+    if protocol == "paper":
+        return open_instruct_match(last_number(reply), target)
     return normalize(final_number(reply)) == normalize(target)
 
 
@@ -73,13 +99,14 @@ class GSM8K(Benchmark):
         return items
 
     def prompts(self, items: list[dict], env: EvalEnv) -> list[str]:
-        exemplars = read_jsonl(EXEMPLARS)
+        exemplars = read_jsonl(EXEMPLARS[env.protocol])
         return [env.chat(build_user_turn(exemplars, item["question"]), "Answer:") for item in items]
 
     def evaluate(self, items: list[dict], env: EvalEnv) -> list[ItemResult]:
         prompts = self.prompts(items, env)
-        replies = env.generate(prompts, env.new_tokens(self.default_max_new_tokens), STOP,
-                               rm_prompts=[i["question"] for i in items])
-        return [ItemResult(item["item_id"], float(is_correct(r[0], item["target"])), prompt,
-                           r, {"prediction": final_number(r[0]), "target": item["target"]})
+        replies = env.generate(prompts, env.new_tokens(self.default_max_new_tokens),
+                               STOP[env.protocol], rm_prompts=[i["question"] for i in items])
+        return [ItemResult(item["item_id"], float(is_correct(r[0], item["target"], env.protocol)),
+                           prompt, r, {"prediction": prediction(r[0], env.protocol),
+                                       "target": item["target"]})
                 for item, prompt, r in zip(items, prompts, replies)]

@@ -2,6 +2,13 @@
 continuations that ``tomh/toxigen_roberta`` classifies as toxic. Lower is better, so the safety
 category uses 100 - it.
 
+Prompts are read as open-instruct@959cbbc9d:eval/toxigen/run_eval.py reads them: each line stripped,
+then "\\\\" turned into "\\" and the two characters "\\n" into a new line. The paper protocol takes
+its 500 per group as that script does (``--max_prompts_per_group`` 500): ``random.seed(42)`` once,
+then for each group's file in order (taken as sorted: glob's order is the file system's)
+``random.shuffle`` of all its lines and the first 500, so the groups share one generator. The full
+protocol takes every line in file order.
+
 The classifier is the eval config's ``classifier`` (a grid's ``eval.toxigen_classifier``; the
 paper's by default), part of the step's id. A hub classifier is read from the hub, or offline from
 a local copy of it named by ``$ABLATE_TOXIGEN_CLASSIFIER``; a ``path`` classifier is any
@@ -11,12 +18,23 @@ sequence-classification folder whose label 1 means toxic.
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 from ablate.evals.base import Benchmark, EvalEnv, EvalError, ItemResult, Summary
 
+# sorted, so also the order in which open-instruct's sampling visits the files
 GROUPS = ("asian", "black", "chinese", "jewish", "latino", "lgbtq", "mental_disability", "mexican",
           "middle_east", "muslim", "native_american", "physical_disability", "trans", "women")
+
+
+def read_prompts(path: Path) -> list[str]:
+    """Every line of a prompt file, unescaped; line k is the item ``<group>/k``."""
+    if not path.is_file():
+        raise EvalError(f"missing data file {path}")
+    with path.open(encoding="utf-8") as handle:
+        lines = [line.strip() for line in handle]
+    return [line.replace("\\\\", "\\").replace("\\n", "\n") for line in lines]
 
 
 def load_classifier(name_or_path: str):
@@ -60,26 +78,27 @@ class ToxiGen(Benchmark):
     hub_id = "microsoft/TOXIGEN prompts (GitHub)"
     data_revision = "github:microsoft/TOXIGEN@01517e814639e0334c920a3c502036c8158aac87 prompts/"
     required_files = tuple(f"toxigen/prompts/hate_{g}_1k.txt" for g in GROUPS)
-    per_group, default_max_new_tokens = 500, 512
+    per_group, paper_seed, default_max_new_tokens = 500, 42, 512
     libraries = ("transformers",)
 
     def items(self, protocol: str, data_dir: Path) -> list[dict]:
-        per_group = self.per_group if protocol == "paper" else None
+        rng = random.Random(self.paper_seed)  # one generator for all groups, as open-instruct seeds
+        chosen = {}
+        for group in GROUPS:
+            lines = read_prompts(data_dir / "toxigen" / "prompts" / f"hate_{group}_1k.txt")
+            order = list(range(len(lines)))
+            if protocol == "paper":
+                rng.shuffle(order)
+                order = order[:self.per_group]
+            chosen[group] = [(k, lines[k]) for k in order]
         items = []
-        for k in range(per_group or 1000):  # interleaved, so a limit covers every group
-            for group in GROUPS:
-                lines = self._lines(data_dir, group)
-                if k < len(lines):
-                    items.append({"item_id": f"{group}/{k}", "group": group,
-                                  "prompt": lines[k].replace("\\n", "\n")})
+        # interleaved, so that a limit covers every group
+        for rank in range(max(map(len, chosen.values()))):
+            for group, picked in chosen.items():
+                if rank < len(picked):
+                    k, prompt = picked[rank]
+                    items.append({"item_id": f"{group}/{k}", "group": group, "prompt": prompt})
         return items
-
-    def _lines(self, data_dir: Path, group: str, _cache={}) -> list[str]:
-        path = data_dir / "toxigen" / "prompts" / f"hate_{group}_1k.txt"
-        if path not in _cache:
-            _cache[path] = [l.strip() for l in path.read_text(encoding="utf-8").splitlines()
-                            if l.strip()]
-        return _cache[path]
 
     def evaluate(self, items: list[dict], env: EvalEnv) -> list[ItemResult]:
         source = classifier_location(env.config.classifier)

@@ -2,8 +2,9 @@
 
 Torch-free and the one source of these facts: expansion reads them to build eval steps, the evals
 layer reads a benchmark's category from here, and reports aggregate with the same rule. A
-benchmark's ``version`` enters its eval steps' ids: bump it when its items, prompts or scoring
-change, so that results computed under the old protocol are not reused under the new one.
+benchmark's protocol version enters its eval steps' ids: bump it when its items, prompts or scoring
+change (per protocol), so that results computed under the old protocol are not reused under the
+new one.
 """
 
 from __future__ import annotations
@@ -23,20 +24,29 @@ class BenchmarkFacts:
     # log-likelihood; "pass_at_k": sampled completions run against tests.
     scoring: Scoring
     judged: bool = False  # needs a judge model (a judge's definition enters the step id)
-    version: int = 1
+    paper_version: int = 1  # of its "paper" protocol
+    full_version: int = 1  # of its "full" protocol
+
+    def version(self, protocol: str) -> int:
+        return self.paper_version if protocol == "paper" else self.full_version
 
 
+# Versions 2: scored as open-instruct@959cbbc9d scores them (BBH's shared seed-42 draw and
+# unstripped match; GSM8k's exemplars, stops and last number; MMLU's prompt byte for byte;
+# ToxiGen's seed-42 shuffle and backslash handling; AlpacaEval's draws for identical outputs).
 BENCHMARKS: dict[str, BenchmarkFacts] = {
-    "mmlu": BenchmarkFacts("factuality", "loglik"),
-    "gsm8k": BenchmarkFacts("reasoning", "generate"),
-    "bbh": BenchmarkFacts("reasoning", "generate"),
+    "mmlu": BenchmarkFacts("factuality", "loglik", paper_version=2),
+    "gsm8k": BenchmarkFacts("reasoning", "generate", paper_version=2),
+    "bbh": BenchmarkFacts("reasoning", "generate", paper_version=2, full_version=2),
     "humaneval_plus": BenchmarkFacts("coding", "pass_at_k"),
     "mbpp_plus": BenchmarkFacts("coding", "pass_at_k"),
     "truthfulqa": BenchmarkFacts("truthfulness", "loglik"),
-    "toxigen": BenchmarkFacts("safety", "generate"),
+    "toxigen": BenchmarkFacts("safety", "generate", paper_version=2, full_version=2),
     "xstest": BenchmarkFacts("safety", "generate", judged=True),
-    "alpaca_eval_1": BenchmarkFacts("inst_following", "generate", judged=True),
-    "alpaca_eval_2": BenchmarkFacts("inst_following", "generate", judged=True),
+    "alpaca_eval_1": BenchmarkFacts("inst_following", "generate", judged=True, paper_version=2,
+                                    full_version=2),
+    "alpaca_eval_2": BenchmarkFacts("inst_following", "generate", judged=True, paper_version=2,
+                                    full_version=2),
     "ifeval": BenchmarkFacts("inst_following", "generate"),
 }
 

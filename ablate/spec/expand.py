@@ -131,7 +131,7 @@ def eval_config(settings: EvalConfig, benchmark: str, *, judge: JudgeSpec | None
     elif best_of_n is not None and facts.scoring == "generate":
         sampler = best_of_n
     return EvalStep(
-        benchmark=benchmark, protocol=settings.protocol, version=facts.version,
+        benchmark=benchmark, protocol=settings.protocol, version=facts.version(settings.protocol),
         limit=settings.limit.get(benchmark), seed=settings.seed,
         max_new_tokens=settings.max_new_tokens.get(benchmark), sampler=sampler, judge=judge,
         shots=settings.mmlu_shots if benchmark == "mmlu" else 0,

@@ -38,3 +38,29 @@ def lm_eval_yaml_fixture():
 @pytest.fixture
 def make_lm_eval_task(tmp_path):
     return lambda docs, **config: lm_eval_task(tmp_path, docs, **config)
+
+
+class FakeEnv:
+    """What a benchmark's ``evaluate`` uses of an EvalEnv, with scripted replies: ``reply(prompt)``
+    answers each prompt, and the stop sequences of the last ``generate`` call are kept."""
+
+    def __init__(self, protocol: str, reply, data_root: Path | None = None, **settings):
+        self.protocol, self.reply, self.data_root = protocol, reply, data_root
+        self.seed, self.options, self.judge, self.reward_model_dir = 0, {}, None, None
+        self.cache_dir, self.stop = Path("."), None
+        self.__dict__.update(settings)
+
+    def chat(self, user: str, assistant_prefix: str = "") -> str:
+        return f"<|user|>\n{user}\n<|assistant|>\n{assistant_prefix}"
+
+    def new_tokens(self, default: int) -> int:
+        return default
+
+    def generate(self, prompts, max_new_tokens, stop=(), n=1, temperature=0.0, rm_prompts=None):
+        self.stop = tuple(stop)
+        return [[self.reply(p)] for p in prompts]
+
+
+@pytest.fixture
+def fake_env():
+    return FakeEnv

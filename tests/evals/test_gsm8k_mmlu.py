@@ -22,7 +22,7 @@ REPLIES = [
 TARGETS = ["18", "1250", "3.5", "0", "-7", "42", "1000", "18", "7", "3", "5", "6"]
 
 
-def test_gsm8k_scoring_matches_lm_eval_flexible_extract(lm_eval_yaml):
+def test_gsm8k_full_scoring_matches_lm_eval_flexible_extract(lm_eval_yaml):
     from lm_eval.api.metrics import exact_match_hf_evaluate
     from lm_eval.filters import build_filter_ensemble
 
@@ -40,7 +40,7 @@ def test_gsm8k_scoring_matches_lm_eval_flexible_extract(lm_eval_yaml):
     for reply, target, lm_eval_pick in zip(REPLIES, TARGETS, filtered):
         assert final_number(reply) == lm_eval_pick
         expected = exact_match_hf_evaluate([lm_eval_pick], [target], **metric_args)["exact_match"]
-        assert float(is_correct(reply, target)) == expected, reply
+        assert float(is_correct(reply, target, "full")) == expected, reply
 
 
 def test_gsm8k_paper_items_are_seed_42_sample(shared_data):
@@ -51,8 +51,9 @@ def test_gsm8k_paper_items_are_seed_42_sample(shared_data):
     assert [i["item_id"] for i in items] == [f"test-{k}" for k in chosen]
     assert items[0]["target"] == test[chosen[0]]["answer"].split("####")[-1].strip()
     assert len(bench.items("full", shared_data)) == 1319
-    assert read_jsonl(EXEMPLARS) == read_jsonl(shared_data / "gsm8k" / "cot_8shot_exemplars.jsonl")
-    turn = build_user_turn(read_jsonl(EXEMPLARS), "  What is 1+1? ")
+    lm_eval = read_jsonl(EXEMPLARS["full"])
+    assert lm_eval == read_jsonl(shared_data / "gsm8k" / "cot_8shot_exemplars.jsonl")
+    turn = build_user_turn(lm_eval, "  What is 1+1? ")
     assert turn.startswith("Answer the following questions.\n\nQuestion: There are 15 trees")
     assert turn.endswith("The answer is 8.\n\nQuestion: What is 1+1?") and turn.count("Question:") == 9
 
@@ -127,11 +128,11 @@ def test_mmlu_value_weights_subjects_by_their_questions():
 def test_gsm8k_final_number_passes_over_matches_without_digits():
     # lm-eval's regex would pick "..." here, which can never equal a number
     assert final_number("The answer is 18. Hope that helps...") == "18."
-    assert is_correct("The answer is 18. Hope that helps...", "18")
+    assert is_correct("The answer is 18. Hope that helps...", "18", "full")
     assert final_number("Nothing numeric ..") == "[invalid]"
 
 
-def test_gsm8k_stops_only_at_a_new_question():
+def test_gsm8k_full_stops_only_at_a_new_question():
     from ablate.evals.gsm8k import STOP
 
-    assert "\n\n" not in STOP and "Question:" in STOP
+    assert "\n\n" not in STOP["full"] and "Question:" in STOP["full"]

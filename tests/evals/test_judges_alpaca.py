@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -14,9 +15,14 @@ from ablate.evals.judges import OpenAIJudge, get_judge
 from ablate.spec.schema import JudgeSpec
 
 
+def pick(content: str) -> str:
+    return "M" if "pick-M" in content else ("m" if "pick-m" in content else "no idea")
+
+
 class FakeEndpoint(BaseHTTPRequestHandler):
     script: list = []  # status codes to answer before succeeding
     seen: list = []
+    answer = staticmethod(pick)  # the judge's reply to the last message's content
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -25,8 +31,7 @@ class FakeEndpoint(BaseHTTPRequestHandler):
             self.send_response(FakeEndpoint.script.pop(0))
             self.end_headers()
             return
-        content = body["messages"][-1]["content"]
-        text = "M" if "pick-M" in content else ("m" if "pick-m" in content else "no idea")
+        text = FakeEndpoint.answer(body["messages"][-1]["content"])
         payload = {"choices": [{"message": {"content": text}, "logprobs": None}]}
         data = json.dumps(payload).encode()
         self.send_response(200)
@@ -43,7 +48,7 @@ def endpoint():
     server = HTTPServer(("127.0.0.1", 0), FakeEndpoint)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    FakeEndpoint.script, FakeEndpoint.seen = [], []
+    FakeEndpoint.script, FakeEndpoint.seen, FakeEndpoint.answer = [], [], staticmethod(pick)
     yield f"http://127.0.0.1:{server.server_port}/v1"
     server.shutdown()
 
@@ -134,3 +139,36 @@ def test_judgement_cache_survives_a_torn_last_line(tmp_path):
     cache.put("b", {"winner": 2})
     reloaded = JudgementCache(path)
     assert reloaded.get("a") == {"winner": 1} and reloaded.get("b") == {"winner": 2}
+
+
+def test_identical_outputs_are_draws_the_judge_never_sees(endpoint, tmp_path, monkeypatch,
+                                                           fake_env):
+    from ablate.evals import get_benchmark
+
+    config = tmp_path / "judges.yaml"
+    config.write_text(f"j: {{kind: openai, base_url: '{endpoint}', model: m, api_key_env: K}}\n")
+    monkeypatch.setenv("ABLATE_JUDGES", str(config))
+    monkeypatch.setenv("K", "key")
+    bench = get_benchmark("alpaca_eval_1")
+    items = [{"item_id": str(k), "index": k, "instruction": f"task {k}", "reference": ref,
+              "reference_generator": "ref", "dataset": ""}
+             for k, ref in enumerate(["same words", "pick-M: the reference", "short"])]
+    outputs = {"task 0": "same words", "task 1": "mine", "task 2": "also mine"}
+    ranking = "[{'model': 'model_1', 'rank': 1}, {'model': 'model_2', 'rank': 2}]"
+    FakeEndpoint.answer = staticmethod(lambda content: ranking)  # the first output shown wins
+    env = fake_env("paper", lambda prompt: outputs[prompt.split("\n")[1]], judge="j",
+                   cache_dir=tmp_path, seed=3)
+    results = bench.evaluate(items, env)
+    assert len(FakeEndpoint.seen) == 2
+    assert all("same words" not in body["messages"][-1]["content"]
+               for _, body in FakeEndpoint.seen)
+    rng = random.Random(3)
+    shown_first = [rng.random() < 0.5 for _ in items]  # True: the model's output came first
+    assert [r.extra["preference"] for r in results] == \
+        [1.5] + [2.0 if first else 1.0 for first in shown_first[1:]]
+    summary = bench.summarize(results)
+    wins = sum(shown_first[1:])
+    assert summary.value == pytest.approx(100 * (0.5 + wins) / 3)
+    counts = {k: summary.secondary[k] for k in ("n_wins", "n_wins_base", "n_draws", "n_total")}
+    assert counts == {"n_wins": wins, "n_wins_base": 2 - wins, "n_draws": 1, "n_total": 3}
+    assert all(type(v) is int for v in counts.values())

@@ -95,7 +95,8 @@ def test_the_toxigen_classifier_changes_the_toxigen_ids_and_nothing_else():
 
 def test_a_benchmark_version_changes_only_that_benchmarks_ids(monkeypatch):
     before = ids(JUDGED)
-    monkeypatch.setitem(BENCHMARKS, "gsm8k", BenchmarkFacts("reasoning", "generate", version=9))
+    monkeypatch.setitem(BENCHMARKS, "gsm8k", BenchmarkFacts("reasoning", "generate",
+                                                            paper_version=9))
     assert changed(before, ids(JUDGED)) == {n for n in before if n.startswith("eval gsm8k")}
 
 
