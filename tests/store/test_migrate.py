@@ -177,3 +177,18 @@ def test_legacy_eval_configs_become_the_steps_expansion_builds():
     step, _ = legacy_step({"kind": "eval", "name": "e", "config": {
         **base, "benchmark": "toxigen", "sampler": {"kind": "greedy"}}}, {})
     assert step.config.classifier.hub == "tomh/toxigen_roberta"
+
+
+def test_a_result_of_a_protocol_that_changed_since_is_not_reused(legacy, monkeypatch):
+    """The store's GSM8k ran under version 1 of its protocol; were it version 2 now, a migrated
+    GSM8k result must not stand in for the new protocol's."""
+    from ablate.spec import expand, load_grid
+    from ablate.spec.benchmarks import BENCHMARKS, BenchmarkFacts
+
+    monkeypatch.setitem(BENCHMARKS, "gsm8k", BenchmarkFacts("reasoning", "generate",
+                                                            full_version=2))
+    store = RunStore(legacy / "store_v0")
+    migrate_store(store)
+    plan = expand(load_grid(legacy / "grid.yaml"))
+    evals = [s for s in plan.steps.values() if s.kind == "eval"]
+    assert {s.config.benchmark for s in evals if not store.is_done(s)} == {"gsm8k"}

@@ -17,7 +17,7 @@ def _rng(ctx, key: str | None = None) -> random.Random:
 
 # Best-of-N reranks greedy generations only; MMLU scores log-likelihoods, so a best-of-N cell's
 # MMLU is the base model's own, as the real evaluation makes it.
-RERANKED = ("gsm8k", "toxigen")
+RERANKED = ("gsm8k", "ifeval")
 
 
 def train(ctx) -> None:
@@ -49,18 +49,16 @@ def eval_(ctx) -> None:
     p = 0.3 + 0.4 * rng.random()
     scores = [1.0 if rng.random() < p else 0.0 for _ in range(n)]
     value = 100.0 * sum(scores) / n
-    toxic = bench == "toxigen"
     out: Path = ctx.out_dir
     (out / "scores.jsonl").write_text("".join(
         json.dumps({"item_id": f"{bench}-{i}", "score": s}) + "\n" for i, s in enumerate(scores)))
     (out / "outputs.jsonl").write_text("".join(
         json.dumps({"item_id": f"{bench}-{i}", "prompt": f"question {i}", "outputs": ["42"]}) + "\n"
         for i in range(2)))
-    category = {"gsm8k": "reasoning", "mmlu": "factuality", "toxigen": "safety"}[bench]
+    category = {"gsm8k": "reasoning", "mmlu": "factuality", "ifeval": "inst_following"}[bench]
     (out / "result.json").write_text(json.dumps({
         "benchmark": bench, "category": category, "protocol": ctx.config["protocol"],
-        "metric": "percent_toxic" if toxic else "accuracy", "value": value,
-        "higher_is_better": not toxic, "category_score": 100.0 - value if toxic else value,
+        "metric": "accuracy", "value": value, "higher_is_better": True, "category_score": value,
         "secondary": {}, "n_items": n, "n_failed": 0, "limit": ctx.config.get("limit"),
         "sampler": ctx.config.get("sampler"), "judge": None, "scores_file": "scores.jsonl",
         "outputs_file": "outputs.jsonl", "seconds": 0.1,
