@@ -74,6 +74,8 @@ def evaluate_benchmark(benchmark: str, model_dir: Path, out_dir: Path, *, protoc
         "sampler": env.sampler, "judge": judge, "scores_file": "scores.jsonl",
         "outputs_file": "outputs.jsonl", "seconds": round(time.time() - started, 3),
     }
+    if summary.provenance:
+        result["provenance"] = summary.provenance
     if env.sampler.get("kind") == "best_of_n":
         # Best-of-N reranks greedy generations; a benchmark that scores log-likelihoods (MMLU,
         # TruthfulQA) or samples for pass@k (code) gets the model's own score, and says so.
