@@ -44,6 +44,7 @@ class Summary:
     value: float  # primary metric in percent
     secondary: dict[str, float] = field(default_factory=dict)
     n_failed: int = 0  # items whose judgement or execution failed (scored as 0)
+    provenance: dict[str, Any] = field(default_factory=dict)  # how it was judged (the sandbox)
 
 
 @dataclass

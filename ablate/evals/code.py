@@ -20,7 +20,7 @@ from pathlib import Path
 from ablate.evals.base import Benchmark, EvalEnv, EvalError, ItemResult, Summary
 from ablate.evals.data import read_jsonl, require
 from ablate.evals.evalplus_mbpp import canonical_run, mbpp_program
-from ablate.evals.sandbox import Limits, Program
+from ablate.evals.sandbox import Limits, Program, isolation_mode
 from ablate.spec.schema import PassAtK
 
 HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint", "\n```")
@@ -56,7 +56,8 @@ class _CodeBenchmark(Benchmark):
                             f"be pass_at_k, not {env.sampler.kind}")
         n, temperature = env.sampler.n, env.sampler.temperature
         workers = max(1, min(8, os.cpu_count() or 1))
-        # before generating: a task that cannot be judged stops the evaluation here
+        # before generating: no isolation, or a task that cannot be judged, stops it here
+        isolation_mode()
         self.prepare(items, workers, env.cache_dir)
         parts = [self.prompt_parts(i) for i in items]
         prompts = [env.chat(user, prefix) for user, prefix, _ in parts]
@@ -88,7 +89,7 @@ class _CodeBenchmark(Benchmark):
             value = 100.0 * pass_at_k(n, c, self.k)
         else:  # fewer samples than k (a quick run): report pass@1 as the value, and say so
             value, secondary["note_pass@k_unavailable_samples"] = secondary["pass@1"], float(min(n))
-        return Summary(value, secondary)
+        return Summary(value, secondary, provenance={"sandbox": isolation_mode()})
 
 
 class HumanEvalPlus(_CodeBenchmark):

@@ -63,7 +63,7 @@ def evaluate_benchmark(config: EvalStep, model_dir: Path, out_dir: Path, *,
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_jsonl(out_dir / "scores.jsonl", [r.score_row() for r in results])
     atomic_write_jsonl(out_dir / "outputs.jsonl", [r.output_row() for r in results])
-    extra = {}
+    extra = {"provenance": summary.provenance} if summary.provenance else {}
     if isinstance(config.sampler, BestOfN):
         # Best-of-N reranks greedy generations; a benchmark that has none gets the model's own
         # score (expansion gives such cells the base model's step; `ablate eval` may not).

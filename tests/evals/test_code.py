@@ -3,6 +3,7 @@ each task's canonical solution once and times every candidate call against EvalP
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -246,3 +247,18 @@ def test_a_sample_cannot_pass_by_rewriting_the_expected_outputs(fresh_canonical_
     for cheat in (wrong, rewrite, clobber):
         assert not bench.program(item, cheat).run().passed, cheat
     assert bench.program(item, "def double(n):\n    return n + n\n").run().passed
+
+
+def test_result_json_records_the_isolation_the_programs_ran_under(fresh_canonical_cache, tmp_path,
+                                                                  monkeypatch):
+    from ablate.evals import runner
+    from ablate.evals.sandbox import isolation_mode
+
+    items = [synthetic_task("def double(n):\n    return 2 * n\n", "double", [[1]], [[5]], 9031)]
+    monkeypatch.setattr(runner, "load_items", lambda *args: (items, None))
+    monkeypatch.setattr(runner, "EvalEnv", lambda **kwargs: FakeEnv(
+        ["def double(n):\n    return n * 2\n"], tmp_path))
+    result = runner.evaluate_benchmark("mbpp_plus", tmp_path, tmp_path / "out", backend=object())
+    assert result["provenance"] == {"sandbox": isolation_mode()} and result["value"] == 100.0
+    written = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert written["provenance"]["sandbox"] in ("bwrap", "guard")
