@@ -195,14 +195,16 @@ class RunStore:
     def plan_path(self, grid_name: str) -> Path:
         return self.root / "grids" / f"{grid_name}.json"
 
-    def save_plan(self, plan: Plan, source: str | None = None) -> str:
+    def save_plan(self, plan: Plan, source: str | None = None, about: dict | None = None) -> str:
         """Save ``plan`` as its grid's latest and as an immutable snapshot; returns the
-        snapshot's id, which jobs carry."""
+        snapshot's id, which jobs carry. ``about``: words the report shows (the grid's
+        description and labels), saved beside the plan and not part of its id."""
         plan_id = config_hash(plan.to_json())
         snapshot = self.root / "plans" / f"{plan_id}.json"
+        saved = {**plan.to_json(), "source": source, **(about or {})}
         if not snapshot.is_file():
-            atomic_write_json(snapshot, {**plan.to_json(), "source": source})
-        atomic_write_json(self.plan_path(plan.grid), {**plan.to_json(), "source": source})
+            atomic_write_json(snapshot, saved)
+        atomic_write_json(self.plan_path(plan.grid), saved)
         return plan_id
 
     def load_plan_snapshot(self, plan_id: str) -> Plan:
