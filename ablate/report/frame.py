@@ -177,7 +177,7 @@ def load_results(store: RunStore | Path | str, grid: str) -> Results:
     benchmarks: list[str] = []
     for cell in plan.cells:
         benchmarks += [b for b in cell.evals if b not in benchmarks]
-    about = grid_about(raw_plan)
+    about = grid_about(raw_plan, store.root)
     results = Results(grid=grid, frame=pd.DataFrame(columns=COLUMNS), cells=[],
                       benchmarks=benchmarks, store_root=store.root, plan=plan,
                       grid_file=raw_plan.get("source"), description=about["description"],
@@ -198,11 +198,13 @@ def load_results(store: RunStore | Path | str, grid: str) -> Results:
     return results
 
 
-def grid_about(raw_plan: dict) -> dict:
+def grid_about(raw_plan: dict, store_root: Path) -> dict:
     """The grid's description and display labels: saved beside the plan by ``ablate grid``, or,
-    for a plan saved without them, read from the grid file the plan names as its source."""
+    for a plan saved without them, read from the grid file the plan names as its source (a
+    relative path as ``ablate grid`` was given it: from beside the store, else from here)."""
     about = {"description": raw_plan.get("description"), "labels": raw_plan.get("labels")}
-    source = Path(str(raw_plan.get("source") or ""))
+    named = Path(str(raw_plan.get("source") or ""))
+    source = next((p for p in (Path(store_root).parent / named, named) if p.is_file()), named)
     if None in about.values() and source.suffix in (".yaml", ".yml") and source.is_file():
         try:
             spec = yaml.safe_load(source.read_text())

@@ -133,3 +133,18 @@ def test_missing_grid_names_the_command_that_makes_it(toy_store, tmp_path):
     result = cli("--table", "1", "--store", str(toy_store.root))
     assert result.exit_code == 2
     assert "run `ablate grid grids/table1.yaml`" in result.output.replace("\n", " ")
+
+
+def test_a_plan_saved_without_its_words_takes_them_from_its_grid_file(toy_store, tmp_path,
+                                                                       monkeypatch):
+    """As an older `ablate grid` saved it: the source path as given, relative to where it ran
+    (beside the store), and the report run from elsewhere."""
+    toy_store.save_plan(build_plan(), source="grids/toy.yaml")
+    grids = toy_store.root.parent / "grids"
+    grids.mkdir()
+    (grids / "toy.yaml").write_text("name: toy\ndescription: From the grid file\n"
+                                    "labels: {m: Base M, uf: UF data}\n")
+    monkeypatch.chdir(tmp_path / "runs" / "grids")
+    table = build_report(toy_store, "toy", ["1"], [], ["md"], tmp_path / "out").tables[0]
+    assert table.title == "Table 1: From the grid file"
+    assert [r.lead[0] for r in table.rows[:2]] == ["Base M (SFT)", "UF data"]
