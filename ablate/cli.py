@@ -102,7 +102,8 @@ def grid(file: Path = typer.Argument(..., help="Grid spec (YAML)"),
         return
     from ablate.launch.local import run_plan
 
-    run_store.save_plan(plan, source=str(file))
+    run_store.save_plan(plan, source=str(file),
+                        about={"description": spec.description, "labels": dict(spec.labels)})
     try:
         summary = run_plan(plan, run_store, force=force, console=console)
     except ValueError as exc:

@@ -71,3 +71,23 @@ def test_unknown_programmatic_reward_is_refused_at_load(tmp_path):
     dry = invoke("grid", grid, "--dry-run", "--store", tmp_path / "store")
     assert dry.exit_code == 0, dry.output
     assert "train_ppo" in dry.output and "train_rm" not in dry.output
+
+
+def test_grid_saves_its_description_and_labels_beside_the_plan(tmp_path, monkeypatch):
+    """The report captions tables with them, and they are not part of the plan's id."""
+    import json
+    from types import SimpleNamespace
+
+    import ablate.launch.local
+
+    monkeypatch.setattr(ablate.launch.local, "run_plan", lambda *a, **k: SimpleNamespace(ok=True))
+    result = invoke("grid", REPO / "grids" / "smoke.yaml", "--store", tmp_path)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "grids" / "smoke.json").read_text())
+    assert saved["description"].startswith("SFT baseline vs DPO on two shipped preference slices")
+    assert saved["labels"]["smollm2"] == "SmolLM2 135M Instruct"
+    [snapshot] = (tmp_path / "plans").iterdir()
+    from ablate.spec.plan import config_hash
+
+    plan = {k: saved[k] for k in ("schema", "grid", "cells", "steps")}
+    assert snapshot.stem == config_hash(plan)

@@ -10,7 +10,7 @@ from ablate.report.figures import FIGURES, make_figure, save_figure
 from ablate.report.frame import load_results
 from ablate.report.groups import group_stats
 from ablate.report.html import html_report
-from ablate.report.paper import PAPER_FILES, load_paper_table
+from ablate.report.paper import PAPER_FILES, VS_PAPER, compare_with_paper, load_paper_table
 from ablate.report.render import csv_text, latex, latex_document, markdown
 from ablate.report.tables import TABLES, TableResult, build_table
 from ablate.store import RunStore, atomic_write_text
@@ -66,11 +66,16 @@ def write_tables(report: Report, tables: list[TableResult], formats: set[str]) -
 
 def build_report(store: RunStore | Path | str | None, grid: str | None, tables: list[str],
                  figures: list[str], formats: list[str], out_dir: Path | None = None,
-                 everything: bool = False, paper_dir: Path | None = None) -> Report:
-    """Build the requested tables/figures of one grid (or of the paper's CSVs) into ``out_dir``."""
+                 everything: bool = False, paper_dir: Path | None = None,
+                 vs_paper: bool = False) -> Report:
+    """Build the requested tables/figures of one grid (or of the paper's CSVs) into ``out_dir``;
+    ``vs_paper``: each cell of Tables 1 and 2 beside the paper's."""
     check_names(tables, figures, formats)
     wanted = set(FORMATS) if not formats or "all" in formats else set(formats)
     if paper_dir is not None:
+        if vs_paper:
+            raise ReportError("--vs-paper puts a grid's cells beside the paper's; --paper shows "
+                              "the paper's tables alone: give one of them")
         return _paper_report(Path(paper_dir), tables or list(PAPER_FILES), wanted,
                              out_dir or Path("reports") / "paper")
     if grid is None:
@@ -78,6 +83,9 @@ def build_report(store: RunStore | Path | str | None, grid: str | None, tables: 
         if len(specs) != 1 or figures or everything or "cost" in tables:
             raise ReportError("say which grid to report on: --grid NAME (a grid run into the store)")
         grid = specs.pop()
+    store = store if isinstance(store, RunStore) else RunStore(store)
+    if not store.plan_path(grid).is_file():
+        raise ReportError(missing_grid(store, grid))
     results = load_results(store, grid)
     stats = group_stats(results)
     if everything:
@@ -88,6 +96,14 @@ def build_report(store: RunStore | Path | str | None, grid: str | None, tables: 
     report.notes += results.problems
     built = [cost_table(results) if name == "cost" else build_table(TABLES[name], results, stats)
              for name in tables]
+    if vs_paper:
+        comparable = [t for t in built if t.spec.name in VS_PAPER]
+        if not comparable:
+            raise ReportError(f"--vs-paper: the paper's rows match a grid's cells by data set and "
+                              f"algorithm in tables {', '.join(VS_PAPER)}; ask for one of them "
+                              "(--table 1 or --table 2)")
+        for table in comparable:
+            compare_with_paper(table, results)
     report.tables = built
     write_tables(report, built, wanted)
     pngs = []
@@ -105,6 +121,16 @@ def build_report(store: RunStore | Path | str | None, grid: str | None, tables: 
         page = html_report(f"ablate report: grid {grid}", built, pngs, results, stats, report.out_dir)
         _write(report, report.out_dir / "index.html", page)
     return report
+
+
+def missing_grid(store: RunStore, grid: str) -> str:
+    """No plan for ``grid`` in the store: the command that would make one, and the grids it has."""
+    known = sorted(p.stem for p in (store.root / "grids").glob("*.json"))
+    spec = Path("grids") / f"{grid}.yaml"
+    where = "" if spec.is_file() else f" (the grid's YAML file; the ablate repository has {spec})"
+    return (f"no results for grid {grid!r} in the store {store.root}: run `ablate grid {spec}`"
+            f"{where} to produce them, or point --store at the store that has them; grids in "
+            f"this store: {', '.join(known) or 'none'}")
 
 
 def _paper_report(paper_dir: Path, tables: list[str], wanted: set[str], out_dir: Path) -> Report:

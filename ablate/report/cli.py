@@ -14,6 +14,7 @@ from rich.console import Console
 
 from ablate.report.build import ReportError, build_report
 from ablate.report.figures import FIGURES
+from ablate.report.paper import SHIPPED
 from ablate.report.render import markdown
 from ablate.report.tables import TABLES
 
@@ -28,17 +29,23 @@ def report_command(
         store: Optional[Path] = typer.Option(None, "--store", help="Run store [default: $ABLATE_STORE or ./runs]"),
         fmt: List[str] = typer.Option(["all"], "--format", help="md, csv, latex, html or all"),
         out: Optional[Path] = typer.Option(None, "--out", help="Output folder [default: reports/<grid>/]"),
-        paper: Optional[Path] = typer.Option(None, "--paper", help="Build tables 1, 2, 5 from the paper's "
-                                             "per-category CSVs in this folder instead of the store"),
+        paper: bool = typer.Option(False, "--paper", help="The paper's Tables 1, 2, 5 from its "
+                                   "per-category numbers (shipped with ablate), not the store"),
+        paper_dir: Optional[Path] = typer.Option(None, "--paper-dir", help="With --paper: read the "
+                                                 "paper's CSVs from this folder instead"),
+        vs_paper: bool = typer.Option(False, "--vs-paper", help="Tables 1 and 2: the paper's "
+                                      "number beside each cell, and the difference"),
 ) -> None:
     """Rebuild the paper's tables and figures from the run store, with 95% CIs and noise marks."""
-    if not (table or figure or everything or paper):
+    if not (table or figure or everything or paper or paper_dir):
         console.print("[red]error:[/] say what to build: --table NAME, --figure NAME or --all "
                       f"(tables: {', '.join([*TABLES, 'cost'])}; figures: {', '.join(FIGURES)})", soft_wrap=True)
         raise typer.Exit(2)
     root = store or Path(os.environ.get("ABLATE_STORE", "runs"))
+    paper_csvs = (paper_dir or SHIPPED) if paper or paper_dir else None
     try:
-        report = build_report(root, grid, list(table), list(figure), list(fmt), out, everything, paper)
+        report = build_report(root, grid, list(table), list(figure), list(fmt), out, everything,
+                              paper_csvs, vs_paper)
     except (ReportError, FileNotFoundError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)

@@ -16,11 +16,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ablate.report.frame import Results  # noqa: E402
-from ablate.report.groups import Stat, baseline_of  # noqa: E402
-from ablate.report.tables import PROMPT_LABELS, RM_LABELS, recipe_label  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from ablate.report.groups import Stat, baseline_of, parent_of  # noqa: E402
+from ablate.report.tables import fmt, recipe_label, shade_of  # noqa: E402
 
 FIGURES = ("1", "2", "3", "kl-frontier")
-BLUE, ORANGE, GREY = "#3b6fb6", "#e8853d", "#888888"
+BLUE, ORANGE, GREY, BASE = "#3b6fb6", "#e8853d", "#b0b0b0", "#555555"
+SERIES = ("#4c9a8a", "#8a6bb0", "#b59a3c", "#c06080")
 
 
 def _err(stat: Stat) -> list[list[float]]:
@@ -48,39 +51,58 @@ def _first_model(results: Results, wanted=lambda info: True) -> tuple[str | None
 
 
 def figure_1(results: Results, stats: dict[str, dict[str, Stat]]):
-    """Each step of the recipe (groups in plan order, baseline first) and its gain over the last."""
+    """Each cell of one base model (plan order, its SFT first) and its change over the model it
+    was trained from: the SFT baseline for DPO, PPO and best-of-N; the earlier cell for a recipe
+    step trained from another cell's model. Cells are not compared with their neighbours: DPO on
+    one data set is an alternative to DPO on another, not a step after it."""
     info = {c.group: c for c in reversed(results.cells)}
     base, members = _first_model(results)
-    groups = ([base] if base else []) + members
+    steps = ([base] if base else []) + members
     first_key, first_label = _reasoning_key(results)
     panels = [(first_key, first_label), ("average", "Average")]
-    # A step without a value keeps its place, marked missing: dropping it would measure the next
-    # step's gain against an earlier one and present it as that step's own.
-    steps = groups
+    # A cell without a value keeps its place, marked missing, so the others keep their positions.
     present = [g for g in steps if all(stats[g][k].value is not None for k, _ in panels)]
     if len(present) < 2:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    names = []
+    for g in steps:
+        parent = parent_of(results, g)
+        names.append(recipe_label(results, info[g]) + (
+            f"\n(from {recipe_label(results, info[parent])})" if parent and parent != base else ""))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
     for ax, (key, title) in zip(axes, panels):
-        values = [stats[g][key].value if g in present else None for g in steps]
-        for i, (g, value) in enumerate(zip(steps, values)):
-            previous = values[i - 1] if i else None
-            if value is None:
+        tops, bottoms = [0.0], [0.0]
+        for i, g in enumerate(steps):
+            stat = stats[g][key]
+            if g not in present:
                 ax.annotate("missing", (i, 0), ha="center", va="bottom", fontsize=8, color=GREY)
                 continue
-            color = GREY if previous is None else BLUE if value >= previous else ORANGE
-            low_err, high_err = _err(stats[g][key])
-            ax.bar([i], [value], color=color, yerr=[low_err, high_err], capsize=3)
-            if previous is not None:
-                ax.annotate(f"{value - previous:+.1f}", (i, value), ha="center", va="bottom",
-                            xytext=(0, 4), textcoords="offset points", fontsize=8)
-        ax.set_xticks(range(len(steps)), [recipe_label(info[g]) for g in steps], rotation=25,
-                      ha="right", fontsize=7)
-        values = [v for v in values if v is not None]
-        low = min(values)
-        ax.set_ylim(max(0.0, low - 0.15 * (max(values) - low + 1) - 2), max(values) + 3)
-        ax.set_title(f"{title}: gain from each component")
-    fig.tight_layout()
+            parent = parent_of(results, g)
+            reference = stats[parent][key].value if parent else None
+            shade = shade_of(stat.value, reference, stat.higher_is_better)
+            color = {"better": BLUE, "worse": ORANGE}.get(shade, GREY if parent else BASE)
+            low_err, high_err = _err(stat)
+            ax.bar([i], [stat.value], color=color, yerr=[low_err, high_err], capsize=3)
+            tops.append(stat.value + high_err[0])
+            bottoms.append(stat.value - low_err[0])
+            if reference is not None:
+                ax.annotate(fmt(stat.value - reference, signed=True), (i, tops[-1]), ha="center",
+                            va="bottom", xytext=(0, 3), textcoords="offset points", fontsize=8)
+        if base and stats[base][key].value is not None:
+            ax.axhline(stats[base][key].value, color=BASE, linestyle=":", linewidth=0.8)
+        # bars start at zero, so their heights compare; the top leaves room for the CIs and labels
+        ax.set_ylim(min(bottoms), max(tops) * 1.12 + 1)
+        ax.set_xticks(range(len(steps)), names, rotation=25, ha="right", fontsize=7)
+        ax.set_ylabel(f"{title} (score, 0–100)")
+        ax.set_title(f"{title}: change over the model each was trained from", fontsize=10)
+    fig.legend(handles=[Patch(color=BASE, label="SFT baseline"),
+                        Patch(color=BLUE, label="better"), Patch(color=ORANGE, label="worse"),
+                        Patch(color=GREY, label="same (at 0.1)")],
+               loc="upper right", fontsize=7, ncol=4, frameon=False)
+    fig.text(0.01, 0.01, "Error bars: 95% bootstrap CI over items. Numbers: the change over the "
+             "model the cell was trained from (the SFT baseline, dotted, unless named under the "
+             "bar).", fontsize=7, color=BASE)
+    fig.tight_layout(rect=(0, 0.03, 1, 0.95))
     return fig
 
 
@@ -137,7 +159,8 @@ def figure_2(results: Results, stats=None):
         kind = rows[0]["kind"]
         ax.plot([r["kl"] for r in rows], [r["reward"] for r in rows],
                 marker="o" if kind == "train_dpo" else ".", markersize=4,
-                linestyle="-" if kind == "train_ppo" else "none", label=cell)
+                linestyle="-" if kind == "train_ppo" else "none",
+                label=recipe_label(results, results.cell_info(cell)))
     ax.set_xlabel("KL(policy ‖ reference)")
     ax.set_ylabel("reward (RM score)")
     ax.set_title("Reward vs KL frontier")
@@ -183,12 +206,14 @@ def figure_3(results: Results, stats: dict[str, dict[str, Stat]]):
                 low, high = _err(stat)
                 errs[0] += low
                 errs[1] += high
-        ax.bar(xs, ys, width, yerr=errs, capsize=3,
-               label=f"{PROMPT_LABELS.get(prompts, prompts)} prompts")
+        # not blue or orange: those read as better and worse than the baseline elsewhere
+        ax.bar(xs, ys, width, yerr=errs, capsize=3, color=SERIES[j % len(SERIES)],
+               label=f"{results.label('prompts', prompts)} prompts")
     if base and stats[base][key].value is not None:
-        ax.axhline(stats[base][key].value, color=GREY, linestyle="--", label="SFT")
-    ax.set_xticks(range(len(rms)), [RM_LABELS.get(r, r) for r in rms], fontsize=8)
-    ax.set_ylabel(name)
+        ax.axhline(stats[base][key].value, color=BASE, linestyle="--", label="SFT")
+    ax.set_xticks(range(len(rms)), [results.label("reward_model", r) for r in rms], fontsize=8)
+    ax.set_xlabel("reward model used by PPO")
+    ax.set_ylabel(f"{name} (score, 0–100)")
     ax.set_title(f"{name} by policy-training prompts, per reward model")
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from ablate.report.categories import category_of
 from ablate.report.stats import bootstrap_means, item_scale, percentile_ci, stable_seed
@@ -38,7 +39,7 @@ class CellInfo:
     is_baseline: bool
     model_step: str | None = None
     config: dict = field(default_factory=dict)
-    labels: dict = field(default_factory=dict)  # paper rows: display columns (source, # samples)
+    labels: dict = field(default_factory=dict)  # display columns it fills itself (Source, # Samples)
 
 
 @dataclass
@@ -63,6 +64,15 @@ class Results:
     not_resampled: dict[str, str] = field(default_factory=dict)
     # benchmark -> cells whose best-of-N sampler did not apply there (the model's own score)
     sampler_not_applied: dict[str, list[str]] = field(default_factory=dict)
+    description: str = ""  # the grid's own words for what it compares: the tables' captions
+    labels: dict[str, str] = field(default_factory=dict)  # the grid's display names for its keys
+
+    def label(self, axis: str, key, default: str | None = None) -> str:
+        """The grid's display name for an axis value: ``labels["<axis>.<key>"]`` (for a key
+        that names different things on two axes), else ``labels["<key>"]``, else ``default`` or
+        the key."""
+        key = str(key)
+        return self.labels.get(f"{axis}.{key}", self.labels.get(key, default or key))
 
     def group_order(self) -> list[str]:
         seen: list[str] = []
@@ -100,8 +110,10 @@ def read_scores(path: Path) -> dict[str, float]:
     return scores
 
 
-def read_examples(path: Path, limit: int = 2, chars: int = 400) -> list[dict]:
-    """The first few prompts and generations, shortened, for the HTML report."""
+def read_examples(path: Path, limit: int = 2, chars: int = 600) -> list[dict]:
+    """The first few items' prompt and the model's output, for the HTML report. A prompt is
+    shortened from its start: few-shot prompts open with the same examples, and the item's own
+    question is at the end. An output is shortened at its end."""
     out = []
     try:
         with open(path) as handle:
@@ -109,9 +121,17 @@ def read_examples(path: Path, limit: int = 2, chars: int = 400) -> list[dict]:
                 if len(out) >= limit:
                     break
                 row = json.loads(line)
-                out.append({k: (str(v)[:chars] + ("…" if len(str(v)) > chars else ""))
-                            for k, v in row.items() if k in ("item_id", "prompt", "generation",
-                                                             "output", "target", "score")})
+                if not isinstance(row, dict):
+                    continue
+                # evals write ``outputs`` (one per sample); older files a single string
+                outputs = row.get("outputs", row.get("generation", row.get("output", "")))
+                outputs = outputs if isinstance(outputs, list) else [outputs]
+                prompt = str(row.get("prompt", ""))
+                output = "\n\n".join(str(o) for o in outputs)
+                out.append({"item_id": str(row.get("item_id", "")),
+                            "prompt": ("…" + prompt[-chars:]) if len(prompt) > chars else prompt,
+                            "output": output[:chars] + ("…" if len(output) > chars else ""),
+                            "n_outputs": len(outputs)})
     except (OSError, json.JSONDecodeError):
         return out
     return out
@@ -133,9 +153,11 @@ def load_results(store: RunStore | Path | str, grid: str) -> Results:
     benchmarks: list[str] = []
     for cell in plan.cells:
         benchmarks += [b for b in cell.evals if b not in benchmarks]
+    about = grid_about(raw_plan, store.root)
     results = Results(grid=grid, frame=pd.DataFrame(columns=COLUMNS), cells=[],
                       benchmarks=benchmarks, store_root=store.root, plan=plan,
-                      grid_file=raw_plan.get("source"))
+                      grid_file=raw_plan.get("source"), description=about["description"],
+                      labels=about["labels"])
     rows = []
     for cell in plan.cells:
         group = group_name(cell.name)
@@ -144,12 +166,46 @@ def load_results(store: RunStore | Path | str, grid: str) -> Results:
         shown = config_step or first_eval
         config = shown.config.model_dump(mode="json") if shown else {}
         results.cells.append(CellInfo(cell.name, group, cell.axes.get("seed"), dict(cell.axes),
-                                      cell.is_baseline, cell.model_step, config))
+                                      cell.is_baseline, cell.model_step, config,
+                                      _train_labels(store, plan, cell.model_step)))
         for bench in benchmarks:
             rows.append(_eval_row(store, plan, results, cell, group, bench))
         _read_rm_score(store, plan, results, cell)
     results.frame = pd.DataFrame(rows, columns=COLUMNS)
     return results
+
+
+def grid_about(raw_plan: dict, store_root: Path) -> dict:
+    """The grid's description and display labels: saved beside the plan by ``ablate grid``, or,
+    for a plan saved without them, read from the grid file the plan names as its source (a
+    relative path as ``ablate grid`` was given it: from beside the store, else from here)."""
+    about = {"description": raw_plan.get("description"), "labels": raw_plan.get("labels")}
+    named = Path(str(raw_plan.get("source") or ""))
+    source = next((p for p in (Path(store_root).parent / named, named) if p.is_file()), named)
+    if None in about.values() and source.suffix in (".yaml", ".yml") and source.is_file():
+        try:
+            spec = yaml.safe_load(source.read_text())
+        except (OSError, yaml.YAMLError):
+            spec = None
+        if isinstance(spec, dict) and spec.get("name") == raw_plan.get("grid"):
+            about = {k: spec.get(k) if v is None else v for k, v in about.items()}
+    labels = about["labels"] if isinstance(about["labels"], dict) else {}
+    return {"description": str(about["description"] or ""),
+            "labels": {str(k): str(v) for k, v in labels.items()}}
+
+
+def _train_labels(store: RunStore, plan: Plan, model_step: str | None) -> dict:
+    """Table 1's "# Samples": the preference rows the cell's model was trained on, as its
+    training step recorded them (``train_summary.json``); nothing where it did not say."""
+    step = plan.steps.get(model_step or "")
+    path = store.step_dir(step) / "train_summary.json" if step else None
+    try:
+        rows = read_json(path).get("rows") if path and path.is_file() else None
+    except (OSError, json.JSONDecodeError, AttributeError):
+        rows = None
+    if not isinstance(rows, int) or isinstance(rows, bool):
+        return {}
+    return {"# Samples": f"{rows:,}"}
 
 
 def _eval_row(store: RunStore, plan: Plan, results: Results, cell, group: str, bench: str) -> dict:

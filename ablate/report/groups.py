@@ -107,6 +107,21 @@ def baseline_of(results: Results, group: str) -> str | None:
                  if c.is_baseline and c.axes.get("model") == model), None)
 
 
+def parent_of(results: Results, group: str) -> str | None:
+    """The group ``group``'s model was trained from: the cell whose model step is an input of its
+    own (a recipe's next step), else its base model's SFT baseline (DPO, PPO and best-of-N start
+    from the base model). None for a baseline."""
+    info = next(c for c in results.cells if c.group == group)
+    step = results.plan.steps.get(info.model_step or "") if results.plan else None
+    if step is not None:
+        trained_by = {c.model_step: c.group for c in results.cells
+                      if c.model_step and c.group != group}
+        for role, source in step.inputs.items():
+            if role != "reward_model" and source in trained_by:
+                return trained_by[source]
+    return baseline_of(results, group)
+
+
 def group_stats(results: Results) -> dict[str, dict[str, Stat]]:
     """group -> key -> Stat, for every group of the results in plan order."""
     hib = {}

@@ -1,10 +1,14 @@
-"""The paper's own per-category numbers (``shared/paper/table*.csv``) as report results.
+"""The paper's own per-category numbers (shipped in ``paper_tables/``) as report results, and
+beside a grid's cells (``--vs-paper``).
 
 Each CSV row becomes a cell whose "benchmarks" are the six categories themselves, so the same table
 definitions, averages, Avg. Δ row and shading apply to the paper's numbers and to ablate's runs.
 The paper's Average column is kept as a *reported* aggregate: it was computed from unrounded
 category scores, which the rounded categories cannot always reproduce (a mean ending in exactly
 .x5); ``groups`` checks it against the mean of the categories and uses it only when they agree.
+
+``paper_tables/data_sets.csv`` names each data set of ``ablate.data`` as the paper's Tables 1
+and 2 name it (they name some differently), so a grid's cell finds its paper row.
 """
 
 from __future__ import annotations
@@ -15,7 +19,12 @@ import pandas as pd
 
 from ablate.report.categories import CATEGORIES
 from ablate.report.frame import COLUMNS, CellInfo, Results
+from ablate.report.groups import group_stats
+from ablate.report.tables import TABLES, TableResult, build_table
 
+SHIPPED = Path(__file__).with_name("paper_tables")
+VS_PAPER = ("1", "2")  # the tables whose rows are a data set and an algorithm
+ALGORITHM_OF_STEP = {"train_dpo": "dpo", "train_ppo": "ppo"}
 PAPER_FILES = {"1": "table1_preference_data.csv", "2": "table2_dpo_vs_ppo.csv",
                "5": "table5_recipe.csv"}
 BASELINES = {"1": "TULU 2 (SFT)", "2": "TULU 2 (SFT)", "5": "TULU 2 13B SFT"}
@@ -63,7 +72,8 @@ def load_paper_table(paper_dir: Path | str, table: str) -> Results:
         raise ValueError(f"{path}: missing column(s) {', '.join(absent)}")
     grid = f"paper-table{table}"
     results = Results(grid=grid, frame=pd.DataFrame(columns=COLUMNS), cells=[],
-                      benchmarks=list(CATEGORIES), source="paper", grid_file=str(path))
+                      benchmarks=list(CATEGORIES), source="paper", grid_file=str(path),
+                      description="as published (Ivison et al., 2024)")
     rows = []
     for index, row in data.iterrows():
         line = index + 2  # the header is line 1
@@ -88,3 +98,73 @@ def load_paper_table(paper_dir: Path | str, table: str) -> Results:
         raise ValueError(f"{path}: no baseline row {BASELINES[table]!r}")
     results.frame = pd.DataFrame(rows, columns=COLUMNS)
     return results
+
+
+def data_set_of(results: Results, cell: CellInfo) -> str | None:
+    """The ``ablate.data`` name of the preference data a cell's model was trained on (its own
+    step's, else the PPO prompts' or reward model's, which a same-data cell shares)."""
+    if results.plan is None or not cell.model_step:
+        return None
+    for sid in reversed(results.plan.upstream(cell.model_step)):
+        config = results.plan.steps[sid].config
+        data = getattr(config, "data", None)
+        if data is not None:
+            return data.name
+        prompts = getattr(config, "prompts", None)
+        if prompts is not None and prompts.source == "preference_data":
+            return prompts.name
+    return None
+
+
+def _paper_row_key(results: Results, cell: CellInfo, names: dict) -> tuple | None:
+    """(paper data-set name, algorithm) of a grid cell; ("sft",) for its baseline."""
+    if cell.is_baseline:
+        return ("sft",)
+    step = results.plan.steps.get(cell.model_step or "") if results.plan else None
+    algorithm = ALGORITHM_OF_STEP.get(step.kind) if step else None
+    name = names.get(data_set_of(results, cell) or "")
+    return (name, algorithm) if name and algorithm else None
+
+
+def compare_with_paper(table: TableResult, results: Results, paper_dir: Path | None = None) -> None:
+    """Put the paper's number beside each cell of ``table`` whose row the paper has (matched by
+    data set and algorithm; the SFT row with the paper's SFT row), and say which rows it lacks."""
+    if table.spec.name not in VS_PAPER:
+        raise ValueError(f"--vs-paper: table {table.spec.name} has no per-cell counterpart in the "
+                         f"paper's CSVs; tables {', '.join(VS_PAPER)} match cells by data set and "
+                         "algorithm")
+    folder = Path(paper_dir or SHIPPED)
+    paper = load_paper_table(folder, table.spec.name)
+    built = build_table(TABLES[table.spec.name], paper, group_stats(paper))
+    info = {c.group: c for c in paper.cells}
+    paper_rows = {}
+    for row in built.rows:
+        if row.is_summary:
+            paper_rows[("summary",)] = row
+        else:
+            cell = info[row.groups[0]]
+            paper_rows[("sft",) if cell.is_baseline else
+                       (cell.axes["data"], cell.axes["algorithm"])] = row
+    names = pd.read_csv(SHIPPED / "data_sets.csv", dtype=str).set_index("data_set")[
+        f"table{table.spec.name}"].dropna().to_dict()
+    ours = {c.group: c for c in reversed(results.cells)}
+    unmatched = []
+    for row in table.rows:
+        key = ("summary",) if row.is_summary else _paper_row_key(
+            results, ours[row.groups[0]], names) if row.groups else None
+        match = paper_rows.get(key) if key else None
+        if match is None:
+            unmatched.append(" ".join(row.lead).strip())
+            continue
+        by_key = {col.key: c for col, c in zip(built.columns, match.cells)}
+        for column, cell in zip(table.columns, row.cells):
+            theirs = by_key.get(column.key)
+            cell.has_paper = theirs is not None
+            if theirs is not None and not theirs.missing:
+                cell.paper, cell.paper_text = theirs.stat.value, theirs.text
+    source = "as shipped with ablate" if paper_dir is None else str(folder)
+    table.notes.insert(0, f"(paper x, ±d): the paper's number for the cell (Ivison et al., 2024, "
+                          f"Table {table.spec.name}: {PAPER_FILES[table.spec.name]}, {source}) "
+                          "and this grid's minus it; rows matched by data set and algorithm, the "
+                          "SFT row with the paper's SFT row (its base model may differ)."
+                       + (f" No paper row for: {'; '.join(unmatched)}." if unmatched else ""))

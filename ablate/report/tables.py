@@ -9,7 +9,7 @@ row, and notes on missing results.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Callable
 
@@ -17,17 +17,9 @@ from ablate.report.categories import CATEGORIES, CATEGORY_OF, category_of, label
 from ablate.report.frame import CellInfo, Results
 from ablate.report.groups import Stat, baseline_of
 
-DATA_LABELS = {
-    "shp-2": "SHP-2", "stack-exchange": "StackExchange", "prm800k": "PRM800k",
-    "chatbot-arena-2023": "Chatbot Arena (2023)", "chatbot-arena-2024": "Chatbot Arena (2024)",
-    "alpacafarm-human": "AlpacaF. Human Pref", "hh-rlhf": "HH-RLHF", "helpsteer": "HelpSteer",
-    "alpacafarm-gpt4": "AlpacaF. GPT-4 Pref", "capybara-7k": "Capybara 7k",
-    "orca-pairs": "Orca Pairs", "nectar": "Nectar", "uf-overall": "UltraF. (overall)",
-    "uf-fg": "UltraF. (fine-grained)",
-}
-RM_LABELS = {"uf-13b": "13B UltraF. RM", "mix-13b": "13B Mix RM", "uf-70b": "70B UltraF. RM",
-             "mix-70b": "70B Mix RM", "same-data-13b": "13B RM (same data)"}
-PROMPT_LABELS = {"uf": "UF", "mixed": "Mixed", "cell": "same data"}
+# Column headings for an axis, where a table adds one to tell rows apart
+AXIS_TITLES = {"model": "Model", "data": "Data", "algorithm": "Alg.",
+               "reward_model": "Reward model", "prompts": "Prompts"}
 
 
 def fmt(value: float | None, digits: int = 1, signed: bool = False) -> str:
@@ -86,38 +78,47 @@ def _axis(cell: CellInfo, name: str) -> str:
     return str(cell.axes.get(name, ""))
 
 
-def data_label(cell: CellInfo) -> str:
+def axis_label(results: Results, cell: CellInfo, axis: str) -> str:
+    """An axis value in the grid's words (``labels:``); algorithms default to upper case."""
+    value = _axis(cell, axis)
+    return results.label(axis, value, value.upper() if axis == "algorithm" else None)
+
+
+def base_label(results: Results, cell: CellInfo) -> str:
+    return f"{axis_label(results, cell, 'model')} (SFT)"
+
+
+def data_label(results: Results, cell: CellInfo) -> str:
     if "Source" in cell.labels:
         return cell.labels["Source"]
-    if cell.is_baseline:
-        return f"{_axis(cell, 'model')} (SFT)"
-    return DATA_LABELS.get(_axis(cell, "data"), _axis(cell, "data"))
+    return base_label(results, cell) if cell.is_baseline else axis_label(results, cell, "data")
 
 
-def recipe_label(cell: CellInfo) -> str:
+def recipe_label(results: Results, cell: CellInfo) -> str:
     if "Model" in cell.labels:
         return cell.labels["Model"]
     if cell.is_baseline:
-        return f"{_axis(cell, 'model')} (SFT)"
-    text = f"+{_axis(cell, 'algorithm').upper()} on {DATA_LABELS.get(_axis(cell, 'data'), _axis(cell, 'data'))}"
+        return base_label(results, cell)
+    text = f"+{axis_label(results, cell, 'algorithm')} on {axis_label(results, cell, 'data')}"
     if _axis(cell, "reward_model") not in ("", "none"):
-        text += f", {RM_LABELS.get(_axis(cell, 'reward_model'), _axis(cell, 'reward_model'))}"
-    if _axis(cell, "prompts") not in ("", "none", "uf", "cell"):
-        text += f", {PROMPT_LABELS.get(_axis(cell, 'prompts'), _axis(cell, 'prompts'))} prompts"
+        text += f", {axis_label(results, cell, 'reward_model')}"
+    if _axis(cell, "prompts") not in ("", "none", "cell"):  # "cell": the data's own prompts
+        text += f", {axis_label(results, cell, 'prompts')} prompts"
     return text
 
 
-def rm_label(cell: CellInfo) -> str:
-    return "Tulu 2 SFT" if cell.is_baseline else RM_LABELS.get(_axis(cell, "reward_model"),
-                                                               _axis(cell, "reward_model"))
+def rm_label(results: Results, cell: CellInfo) -> str:
+    if cell.is_baseline:
+        return base_label(results, cell)
+    return axis_label(results, cell, "reward_model")
 
 
 @dataclass(frozen=True)
 class TableSpec:
     name: str
-    title: str
+    title: str  # the caption adds the grid's description
     grid: str  # the grid it is usually built from (``--grid`` overrides)
-    lead: tuple[tuple[str, Callable[[CellInfo], str]], ...]
+    lead: tuple[tuple[str, Callable[[Results, CellInfo], str]], ...]
     columns: Callable[[Results], list[Column]] = category_columns
     row_axes: tuple[str, ...] = ()  # empty: one row per group; else pivot groups by these axes
     include_baseline: bool = True
@@ -125,15 +126,15 @@ class TableSpec:
 
 
 TABLES: dict[str, TableSpec] = {spec.name: spec for spec in (
-    TableSpec("1", "Table 1: which preference data? DPO from Tulu 2 13B SFT", "table1",
+    TableSpec("1", "Table 1", "table1",
               (("Source", data_label),
-               ("# Samples", lambda c: c.labels.get("# Samples", "")))),
-    TableSpec("2", "Table 2: which algorithm? DPO vs PPO on the same data", "table2",
+               ("# Samples", lambda r, c: c.labels.get("# Samples", "")))),
+    TableSpec("2", "Table 2", "table2",
               (("Data", data_label),
-               ("Alg.", lambda c: c.labels.get("Alg.", "" if c.is_baseline
-                                               else _axis(c, "algorithm").upper()))),
+               ("Alg.", lambda r, c: c.labels.get("Alg.", "" if c.is_baseline
+                                                  else axis_label(r, c, "algorithm")))),
               delta_row=("algorithm", "dpo", "ppo", "data")),
-    TableSpec("3", "Table 3: which reward model? Best-of-N over SFT and PPO with each RM", "table3",
+    TableSpec("3", "Table 3", "table3",
               (("Reward model", rm_label),),
               columns=lambda r: [
                   Column("rm:accuracy", "RM held-out acc."),
@@ -143,17 +144,16 @@ TABLES: dict[str, TableSpec] = {spec.name: spec for spec in (
                   Column("bench:alpaca_eval_2", "PPO AE2", (("algorithm", "ppo"),)),
                   Column("average", "PPO Avg.", (("algorithm", "ppo"),))],
               row_axes=("reward_model",), include_baseline=False),
-    TableSpec("4", "Table 4: which policy-training prompts? PPO per reward model", "table4",
+    TableSpec("4", "Table 4", "table4",
               (("Reward model", rm_label),
-               ("Prompts", lambda c: "" if c.is_baseline
-                else PROMPT_LABELS.get(_axis(c, "prompts"), _axis(c, "prompts")))),
+               ("Prompts", lambda r, c: "" if c.is_baseline else axis_label(r, c, "prompts"))),
               columns=lambda r: [Column("bench:gsm8k", "GSM8k", (("algorithm", "ppo"),)),
                                  Column("coding", "Coding", (("algorithm", "ppo"),)),
                                  Column("average", "Avg. (all evals)", (("algorithm", "ppo"),))],
               row_axes=("reward_model", "prompts")),
-    TableSpec("5", "Table 5: the recipe, step by step", "table5", (("Model", recipe_label),)),
-    TableSpec("smoke", "Smoke grid: SFT vs DPO on shipped slices", "smoke",
-              (("Cell", lambda c: c.labels.get("Cell", recipe_label(c))),),
+    TableSpec("5", "Table 5", "table5", (("Model", recipe_label),)),
+    TableSpec("smoke", "Every cell", "smoke",
+              (("Cell", lambda r, c: c.labels.get("Cell", recipe_label(r, c))),),
               columns=benchmark_and_category_columns),
 )}
 
@@ -166,6 +166,10 @@ class TableCell:
     within_noise: bool = False
     group: str | None = None  # where its numbers come from (None for a summary row)
     key: str = ""
+    best: bool = False  # the best value of its column at the shown precision (printed bold)
+    paper: float | None = None  # ``--vs-paper``: the paper's number for this cell
+    paper_text: str = ""  # ... as the paper's table prints it
+    has_paper: bool = False  # the row was matched with a paper row (its cell may still be empty)
 
     @property
     def missing(self) -> bool:
@@ -188,16 +192,19 @@ class TableResult:
     columns: list[Column]
     rows: list[TableRow]
     notes: list[str]
+    title: str = ""  # the caption: the table's name and the grid's description
+    lead_labels: list[str] = field(default_factory=list)
 
-    @property
-    def lead_labels(self) -> list[str]:
-        return [name for name, _ in self.spec.lead]
+    def __post_init__(self):
+        self.title = self.title or self.spec.title
+        self.lead_labels = self.lead_labels or [name for name, _ in self.spec.lead]
 
 
 NOISE_MARK = "†"
 
 
-def _shade(value: float | None, reference: float | None, higher_is_better: bool = True) -> str | None:
+def shade_of(value: float | None, reference: float | None,
+             higher_is_better: bool = True) -> str | None:
     if value is None or reference is None:
         return None
     diff = Decimal(fmt(value)) - Decimal(fmt(reference))
@@ -241,11 +248,11 @@ def build_table(spec: TableSpec, results: Results, stats: dict[str, dict[str, St
             if is_base or mine is None or mine.value is None or ref is None or ref.value is None:
                 return TableCell(Stat(None), "", group=group, key=column.key)
             stat = Stat(mine.value - ref.value, test=mine.test, n_seeds=1)
-            return TableCell(stat, _text(stat, signed=True), _shade(stat.value, 0.0),
+            return TableCell(stat, _text(stat, signed=True), shade_of(stat.value, 0.0),
                              mine.within_noise, group, column.key)
         stat = own.get(column.key)
         ref = base.get(column.key)
-        shade = None if is_base or stat is None else _shade(
+        shade = None if is_base or stat is None else shade_of(
             stat.value, ref.value if ref else None, stat.higher_is_better)
         return TableCell(stat, _text(stat), shade, bool(stat and stat.within_noise), group, column.key)
 
@@ -253,7 +260,7 @@ def build_table(spec: TableSpec, results: Results, stats: dict[str, dict[str, St
     if not spec.row_axes:
         for group in groups:
             cell = info[group]
-            rows.append(TableRow([fn(cell) for _, fn in spec.lead],
+            rows.append(TableRow([fn(results, cell) for _, fn in spec.lead],
                                  [make_cell(group, col) for col in columns], [group],
                                  is_baseline=group in base_groups))
     else:
@@ -278,15 +285,60 @@ def build_table(spec: TableSpec, results: Results, stats: dict[str, dict[str, St
                 chosen.append(hits[0] if hits else None)
             if not any(chosen):
                 continue  # groups this table does not compare (e.g. DPO rows in the RM table)
-            rows.append(TableRow([fn(info[members[0]]) for _, fn in spec.lead],
+            rows.append(TableRow([fn(results, info[members[0]]) for _, fn in spec.lead],
                                  [make_cell(g, col) for g, col in zip(chosen, columns)],
                                  sorted({g for g in chosen if g}), is_baseline=is_base))
+    lead_labels = [name for name, _ in spec.lead]
+    if not spec.row_axes:
+        lead_labels = tell_rows_apart(results, rows, lead_labels, info)
     if spec.delta_row:
-        rows.append(_delta_row(spec, results, stats, columns, groups, info))
-    return TableResult(spec, results.grid, columns, rows, _notes(spec, results, rows, columns))
+        rows.append(_delta_row(spec, results, stats, columns, groups, info, len(lead_labels)))
+    _mark_best(rows)
+    title = f"{spec.title}: {results.description}" if results.description else spec.title
+    return TableResult(spec, results.grid, columns, rows, _notes(spec, results, rows, columns),
+                       title, lead_labels)
 
 
-def _delta_row(spec: TableSpec, results: Results, stats, columns, groups, info) -> TableRow:
+def tell_rows_apart(results: Results, rows: list[TableRow], lead_labels: list[str],
+                     info: dict[str, CellInfo]) -> list[str]:
+    """Rows whose lead reads the same (DPO and PPO on one data set in Table 1) get a column for
+    each axis they differ on; a lead column empty in every row (no "# Samples" recorded) goes."""
+    by_lead: dict[tuple, list[TableRow]] = {}
+    for row in rows:
+        by_lead.setdefault(tuple(row.lead), []).append(row)
+    extra: list[str] = []
+    for same in by_lead.values():
+        cells = [info[r.groups[0]] for r in same]
+        extra += [a for a in AXIS_TITLES
+                  if a not in extra and len({_axis(c, a) for c in cells}) > 1]
+    extra = [a for a in AXIS_TITLES if a in extra and AXIS_TITLES[a] not in lead_labels]
+    for row in rows:
+        cell = info[row.groups[0]]
+        row.lead += ["" if cell.is_baseline or _axis(cell, a) in ("", "none")
+                     else axis_label(results, cell, a) for a in extra]
+    lead_labels = lead_labels + [AXIS_TITLES[a] for a in extra]
+    keep = [i for i in range(len(lead_labels)) if any(r.lead[i] for r in rows)] or [0]
+    for row in rows:
+        row.lead = [row.lead[i] for i in keep]
+    return [lead_labels[i] for i in keep]
+
+
+def _mark_best(rows: list[TableRow]) -> None:
+    """Bold the best value of each column, as the paper does: at the shown precision (ties are
+    all bold), the better direction from the result itself (ToxiGen: lower), summary rows out."""
+    body = [r for r in rows if not r.is_summary]
+    for index in range(len(body[0].cells) if body else 0):
+        cells = [r.cells[index] for r in body if not r.cells[index].missing]
+        if len(cells) < 2:
+            continue
+        sign = 1 if cells[0].stat.higher_is_better else -1
+        best = max(sign * Decimal(fmt(c.stat.value)) for c in cells)
+        for cell in cells:
+            cell.best = sign * Decimal(fmt(cell.stat.value)) == best
+
+
+def _delta_row(spec: TableSpec, results: Results, stats, columns, groups, info,
+               width: int) -> TableRow:
     axis, minus, plus, pair_by = spec.delta_row
     pairs: dict[str, dict[str, str]] = {}
     for group in groups:
@@ -302,8 +354,10 @@ def _delta_row(spec: TableSpec, results: Results, stats, columns, groups, info) 
                 if a and b and a.value is not None and b.value is not None:
                     diffs.append(a.value - b.value)
         stat = Stat(sum(diffs) / len(diffs) if diffs else None, n_seeds=1)
-        cells.append(TableCell(stat, _text(stat, signed=True), _shade(stat.value, 0.0), key=col.key))
-    lead = [f"Avg. Δ ({plus.upper()} − {minus.upper()})"] + [""] * (len(spec.lead) - 1)
+        cells.append(TableCell(stat, _text(stat, signed=True), shade_of(stat.value, 0.0),
+                               key=col.key))
+    names = [results.label(axis, key, key.upper()) for key in (plus, minus)]
+    lead = [f"Avg. Δ ({names[0]} − {names[1]})"] + [""] * (width - 1)
     return TableRow(lead, cells, [], is_summary=True)
 
 

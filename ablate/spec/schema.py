@@ -327,3 +327,4 @@ class GridSpec(Frozen):
     overrides: tuple[Override, ...] = ()
     baseline: bool = True  # evaluate each base model as the SFT baseline
     eval: EvalConfig = EvalConfig()
+    labels: dict[str, str] = {}  # display names for the report: key or "<axis>.<key>" -> words

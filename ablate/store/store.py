@@ -214,15 +214,17 @@ class RunStore:
             except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
                 raise StoreFormatError(f"{path}: not a readable plan ({exc})") from None
 
-    def save_plan(self, plan: Plan, source: str | None = None) -> str:
+    def save_plan(self, plan: Plan, source: str | None = None, about: dict | None = None) -> str:
         """Save ``plan`` as its grid's latest and as an immutable snapshot; returns the
-        snapshot's id, which jobs carry."""
+        snapshot's id, which jobs carry. ``about``: words the report shows (the grid's
+        description and labels), saved beside the plan and not part of its id."""
         self.check_current()
         plan_id = config_hash(plan.to_json())
         snapshot = self.root / "plans" / f"{plan_id}.json"
+        saved = {**plan.to_json(), "source": source, **(about or {})}
         if not snapshot.is_file():
-            atomic_write_json(snapshot, {**plan.to_json(), "source": source})
-        atomic_write_json(self.plan_path(plan.grid), {**plan.to_json(), "source": source})
+            atomic_write_json(snapshot, saved)
+        atomic_write_json(self.plan_path(plan.grid), saved)
         return plan_id
 
     def _read_plan(self, path: Path) -> Plan:

@@ -31,11 +31,17 @@ CELLS = {
          "prompts": "mixed", "seed": 1}, {"gsm8k": 0.65, "mmlu": 0.50, "toxigen": 0.30}),
 }
 N_ITEMS = 200
+# what `ablate grid` saves beside the plan from the grid's `description:` and `labels:`
+DESCRIPTION = "SFT vs DPO and PPO on made-up scores"
+LABELS = {"m": "Tulu 2 13B", "uf": "UltraF.", "prompts.uf": "UF", "mixed": "Mixed",
+          "uf-13b": "13B UltraF. RM"}
 
 
 def build_plan(grid: str = "toy") -> Plan:
     steps: dict[str, Step] = {}
-    rm = Step.of("train_rm", "rm uf-13b", {"model": {"builtin": "m"}, "data": {"name": "uf"},
+    # data as expand writes it: the data set's name in ablate.data (how --vs-paper finds its row)
+    data = {"name": "ultrafeedback-fg", "max_rows": None, "sample_seed": 0}
+    rm = Step.of("train_rm", "rm uf-13b", {"model": {"builtin": "m"}, "data": data,
                                            "train": {}, "seed": 1})
     steps[rm.id] = rm
     cells = []
@@ -43,8 +49,7 @@ def build_plan(grid: str = "toy") -> Plan:
         model_step, model_spec = None, {"builtin": axes["model"]}
         if axes["algorithm"] == "dpo":
             model = Step.of("train_dpo", f"dpo {name}", {
-                "model": model_spec, "data": {"name": "uf"}, "algorithm": {},
-                "seed": axes["seed"]})
+                "model": model_spec, "data": data, "algorithm": {}, "seed": axes["seed"]})
         elif axes["algorithm"] == "ppo":
             model = Step.of("train_ppo", f"ppo {name}", {
                 "model": model_spec, "algorithm": {}, "seed": 1,
@@ -79,8 +84,11 @@ def write_eval(store: RunStore, step: Step, bench: str, prob: float, seed: int) 
     higher = bench != "toxigen"
     atomic_write_jsonl(folder / "scores.jsonl",
                        [{"item_id": f"{bench}-{i}", "score": s} for i, s in enumerate(scores)])
+    # as the evals write it: a few-shot prompt (the item's question last) and a list of outputs
+    shots = "Question: what is 1 + 1?\nAnswer: 2\n\n" * 40
     atomic_write_jsonl(folder / "outputs.jsonl",
-                       [{"item_id": f"{bench}-{i}", "prompt": f"question {i}", "generation": "42"}
+                       [{"item_id": f"{bench}-{i}", "prompt": f"{shots}Question: item {i} of {bench}?"
+                         "\nAnswer:", "outputs": [f"The answer to item {i} is {40 + i}."]}
                         for i in range(3)])
     atomic_write_json(folder / "result.json", {
         "benchmark": bench, "category": {"gsm8k": "reasoning", "mmlu": "factuality",
@@ -95,7 +103,8 @@ def write_eval(store: RunStore, step: Step, bench: str, prob: float, seed: int) 
 def fill_store(root: Path, plan: Plan, skip: tuple[str, ...] = ()) -> RunStore:
     """Write every step's outputs; ``skip``: 'cell/bench' pairs left unrun."""
     store = RunStore(root)
-    store.save_plan(plan, source="grids/toy.yaml")
+    store.save_plan(plan, source="grids/toy.yaml",
+                    about={"description": DESCRIPTION, "labels": LABELS})
     for step in plan.steps.values():
         if step.kind == "eval":
             continue
@@ -126,10 +135,9 @@ def toy_store(tmp_path) -> RunStore:
 
 @pytest.fixture(scope="session")
 def paper_dir() -> Path:
-    path = Path(__file__).resolve().parents[3] / "shared" / "paper"
-    if not (path / "table1_preference_data.csv").is_file():
-        pytest.skip(f"needs the paper's CSVs in {path}")
-    return path
+    from ablate.report.paper import SHIPPED
+
+    return SHIPPED
 
 
 def read(path: Path) -> str:

@@ -51,7 +51,9 @@ def test_html_in_headless_chromium(toy_store, tmp_path):
                     reason="needs pdflatex (apt-get install -y texlive-latex-base "
                            "texlive-latex-recommended)")
 def test_latex_compiles(toy_store, tmp_path, paper_dir):
-    build_report(toy_store, "toy", ["smoke", "4", "cost"], [], ["latex"], tmp_path / "r")
+    build_report(toy_store, "toy", ["smoke", "2", "4", "cost"], [], ["latex"], tmp_path / "r",
+                 vs_paper=True)
+    assert r"{\scriptsize (paper " in (tmp_path / "r" / "table2.tex").read_text()
     build_report(None, None, [], [], ["latex"], tmp_path / "p", paper_dir=paper_dir)
     for folder in (tmp_path / "r", tmp_path / "p"):
         result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error",
@@ -59,3 +61,26 @@ def test_latex_compiles(toy_store, tmp_path, paper_dir):
                                 timeout=120)
         assert result.returncode == 0, result.stdout[-3000:]
         assert (folder / "tables.pdf").stat().st_size > 1000
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (apt-get install -y chromium)")
+def test_clicking_a_cell_shows_the_models_output(toy_store, tmp_path):
+    import html
+    import re
+
+    build_report(toy_store, "toy", ["smoke"], [], ["html"], tmp_path / "r")
+    page = (tmp_path / "r" / "index.html").read_text()
+    # a click as a reader makes it, on the DPO row's GSM8k number, once the page's script has run
+    click = ("<script>document.querySelector(\"td.num[data-id='t0r1c0']\")"
+             ".dispatchEvent(new MouseEvent('click', {bubbles: true}));</script>")
+    clicked = tmp_path / "r" / "clicked.html"
+    clicked.write_text(page.replace("</body>", click + "</body>"))
+    dom = chromium("--dump-dom", clicked.resolve().as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    panel = dom.stdout[dom.stdout.index("<div id=\"detail\""):]
+    assert "display: block" in panel[:200]
+    assert "<b>+DPO on UltraF.: GSM8k</b>" in panel
+    outputs = [html.unescape(t) for t in re.findall(r'<pre class="output">([^<]*)</pre>', panel)]
+    assert outputs[:2] == ["The answer to item 0 is 40.", "The answer to item 1 is 41."]
+    prompt = html.unescape(re.search(r'<pre class="prompt">([^<]*)</pre>', panel).group(1))
+    assert prompt.endswith("Question: item 0 of gsm8k?\nAnswer:")

@@ -10,6 +10,7 @@ from ablate.report.build import ReportError, build_report
 from ablate.report.cli import report_command
 from ablate.report.frame import load_results
 from ablate.report.groups import group_stats
+from ablate.report.tables import fmt
 from report_store import build_plan, detail_json, fill_store, read
 
 PPO_MIXED = "data=uf,alg=ppo,rm=uf-13b,prompts=mixed,seed=1"
@@ -205,9 +206,40 @@ def test_a_metric_that_is_not_the_mean_of_its_items_gets_no_ci_or_test(toy_store
     assert not out.notes
 
 
+def test_figure_1_measures_each_bar_against_the_model_it_was_trained_from(toy_store):
+    """DPO and both PPO cells start from the SFT model: each gain is over the SFT bar, not over
+    the bar drawn before it (PPO did not start from DPO)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from ablate.report.figures import BLUE, GREY, figure_1
+
+    results = load_results(toy_store, "toy")
+    stats = group_stats(results)
+    value = {g: stats[g]["bench:gsm8k"].value for g in stats}
+    sft = value["sft"]
+    fig = figure_1(results, stats)
+    ax = fig.axes[0]
+    texts = [t.get_text() for t in ax.texts]
+    expected = [fmt(value[g] - sft, signed=True) for g in
+                ("data=uf,alg=dpo", "data=uf,alg=ppo,rm=uf-13b,prompts=uf", PPO_MIXED[:-7])]
+    assert texts == expected
+    ppo_over_dpo = value["data=uf,alg=ppo,rm=uf-13b,prompts=uf"] - value["data=uf,alg=dpo"]
+    assert fmt(ppo_over_dpo, signed=True) not in texts
+    # bars start at zero, every CI bar fits, both axes say what they show
+    low, high = ax.get_ylim()
+    tops = [stats[g]["bench:gsm8k"].ci[1] for g in stats]
+    assert low <= 0 and high > max(tops) and ax.get_ylabel().startswith("GSM8k")
+    assert [b.get_facecolor()[:3] for b in ax.patches][1] == matplotlib.colors.to_rgb(BLUE)
+
+    # a tie with its parent at the shown precision is neither better nor worse
+    stats["data=uf,alg=dpo"]["bench:gsm8k"].value = sft + 0.01
+    fig = figure_1(results, stats)
+    assert fig.axes[0].patches[1].get_facecolor()[:3] == matplotlib.colors.to_rgb(GREY)
+    assert fig.axes[0].texts[0].get_text() == "+0.0"
+
+
 def test_figure_1_keeps_a_missing_step_in_place(tmp_path):
-    """A gain is drawn only against the step just before it: a step without results stays on
-    the axis as 'missing' instead of the next step's gain being taken over an earlier one."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -216,15 +248,14 @@ def test_figure_1_keeps_a_missing_step_in_place(tmp_path):
     store = fill_store(tmp_path / "runs", build_plan(),
                        skip=("data=uf,alg=dpo,seed=1/gsm8k", "data=uf,alg=dpo,seed=2/gsm8k"))
     results = load_results(store, "toy")
-    fig = figure_1(results, group_stats(results))
+    stats = group_stats(results)
+    fig = figure_1(results, stats)
     labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     texts = [t.get_text() for t in fig.axes[0].texts]
-    assert len(labels) == 4 and "missing" in texts
-    stats = group_stats(results)
+    assert len(labels) == 4 and texts[0] == "missing"
     sft = stats["sft"]["bench:gsm8k"].value
     first_ppo = stats["data=uf,alg=ppo,rm=uf-13b,prompts=uf"]["bench:gsm8k"].value
-    # the PPO step follows the missing DPO step: it gets no gain over the SFT bar
-    assert f"{first_ppo - sft:+.1f}" not in texts or first_ppo - sft == 0
+    assert texts[1] == fmt(first_ppo - sft, signed=True)  # PPO's parent is the SFT model
 
 
 def test_a_best_of_n_cell_whose_sampler_did_not_apply_is_noted(toy_store, tmp_path):
@@ -240,9 +271,24 @@ def test_a_best_of_n_cell_whose_sampler_did_not_apply_is_noted(toy_store, tmp_pa
 def test_cost_table(toy_store, tmp_path):
     out = report(toy_store, tmp_path, tables=["cost"], formats=["csv", "md"])
     md = read(tmp_path / "tablecost.md")
-    assert "| data=uf,alg=ppo,rm=uf-13b,prompts=uf,seed=1 | 7200.0 | 180.0 | 2.050 | 4.000 |" in md
-    assert "| sft | 0.0 | 180.0 | 0.050 | — |" in md
+    assert ("| +PPO on UltraF., 13B UltraF. RM, UF prompts | 7200.0 | 180.0 | 2.050 | 4.000 | 0 |"
+            in md)
+    assert "| +DPO on UltraF., seed 2 | 3600.0 |" in md
+    assert "| Tulu 2 13B (SFT) | 0.0 | 180.0 | 0.050 | 0.000 | 0 |" in md  # no GPUs recorded
+    assert "—" not in md and "data=uf" not in md
     assert not (tmp_path / "index.html").exists() and out.files
+
+
+def test_cost_table_says_cpu_for_a_cpu_run(toy_store, tmp_path):
+    plan = build_plan()
+    sft = next(c for c in plan.cells if c.is_baseline)
+    for sid in sft.evals.values():
+        done = toy_store.step_dir(plan.steps[sid]) / "DONE.json"
+        done.write_text(json.dumps({**json.loads(done.read_text()), "gpus": 0, "device": "cpu"}))
+    report(toy_store, tmp_path, tables=["cost"], formats=["md"])
+    md = read(tmp_path / "tablecost.md")
+    assert "| Tulu 2 13B (SFT) | 0.0 | 180.0 | 0.050 | 0 (CPU) | 0 |" in md
+    assert "0 (CPU): every step of the cell recorded running on CPU" in md
 
 
 def test_tables_3_and_4_pivot(toy_store, tmp_path):
@@ -250,7 +296,7 @@ def test_tables_3_and_4_pivot(toy_store, tmp_path):
     t3, t4 = out.tables
     assert [r.lead[0] for r in t3.rows] == ["13B UltraF. RM"]
     assert t3.rows[0].cells[0].text == "71.0"  # the RM's held-out accuracy, in percent
-    assert [r.lead for r in t4.rows] == [["Tulu 2 SFT", ""], ["13B UltraF. RM", "UF"],
+    assert [r.lead for r in t4.rows] == [["Tulu 2 13B (SFT)", ""], ["13B UltraF. RM", "UF"],
                                          ["13B UltraF. RM", "Mixed"]]
     assert t4.rows[2].cells[0].shade == "better"
 
@@ -260,7 +306,8 @@ def test_unknown_names_and_missing_grid(toy_store, tmp_path):
         report(toy_store, tmp_path, tables=["6"])
     with pytest.raises(ReportError, match="valid figures: 1, 2, 3, kl-frontier"):
         report(toy_store, tmp_path, figures=["9"])
-    with pytest.raises(FileNotFoundError, match="no plan for grid 'nope'"):
+    with pytest.raises(ReportError, match=r"no results for grid 'nope' .*: run `ablate grid "
+                       r"grids/nope.yaml` .*grids in this store: toy"):
         build_report(toy_store, "nope", ["smoke"], [], ["md"], tmp_path)
 
 
@@ -272,7 +319,8 @@ def test_cli(toy_store, tmp_path, monkeypatch):
     monkeypatch.setenv("ABLATE_STORE", str(toy_store.root))
     result = runner.invoke(app, ["report", "--all", "--grid", "toy", "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
-    assert "Smoke grid" in result.output and (tmp_path / "r" / "index.html").is_file()
+    assert "Every cell: SFT vs DPO and PPO on made-up scores" in result.output
+    assert (tmp_path / "r" / "index.html").is_file()
     assert (tmp_path / "r" / "figure2.png").is_file() and (tmp_path / "r" / "tablecost.md").is_file()
     bad = runner.invoke(app, ["report", "--figure", "7", "--grid", "toy"])
     assert bad.exit_code == 2 and "valid figures: 1, 2, 3, kl-frontier" in bad.output
@@ -301,7 +349,8 @@ def test_smoke_grid_table_from_its_real_plan(tmp_path):
 
     plan = expand(load_grid(Path(__file__).resolve().parents[2] / "grids" / "smoke.yaml"))
     store = RunStore(tmp_path / "runs")
-    store.save_plan(plan, source="grids/smoke.yaml")
+    # saved without the grid's words, as an older `ablate grid` did: they come from the source
+    store.save_plan(plan, source=str(Path(__file__).resolve().parents[2] / "grids" / "smoke.yaml"))
     for i, cell in enumerate(plan.cells):
         for j, (bench, sid) in enumerate(cell.evals.items()):
             if cell.is_baseline or i == 1:  # the hh cell is not evaluated yet
@@ -313,6 +362,8 @@ def test_smoke_grid_table_from_its_real_plan(tmp_path):
     assert "| GSM8k | MMLU | Factuality | Reasoning* | Average* |" in md
     assert ("* not the paper's aggregate: Reasoning = GSM8k only; Average = the mean of the 2 "
             "categories this grid has") in md
-    assert "+DPO on uf" in md and md.count("—") == 5  # the hh cell: 2 benchmarks, 2 categories, avg
+    assert "+DPO on UltraFeedback slice" in md and "SmolLM2 135M Instruct (SFT)" in md
+    assert "### Every cell: SFT baseline vs DPO on two shipped preference slices" in md
+    assert md.count("—") == 5  # the hh cell: 2 benchmarks, 2 categories, avg
     assert "train_dpo" in md and "(pending)" in md  # which jobs to run
     assert out.tables[0].rows[0].is_baseline
