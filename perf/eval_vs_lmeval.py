@@ -1,6 +1,6 @@
 """ablate's transformers backend against lm-eval's ``hf`` backend: same model, items, prompts, greedy.
 
-    python perf/eval_vs_lmeval.py [--quick] [--json PATH] [--model smollm2-135m-instruct]
+    python -m perf.eval_vs_lmeval [--quick] [--json PATH] [--model smollm2-135m-instruct]
 
 Both sides get the prompts ablate builds (chat template applied, rendered to text) through an
 lm-eval task defined on a local JSON file, share one loaded model object, and are scored by the
@@ -13,18 +13,12 @@ same function; the run fails if the scores differ. Timings exclude model loading
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+# first: perf.common sets the offline environment before transformers is imported
+from perf.common import Clock, benchmark_parser, emit, load_average, resolve_model, run_context
 
 from ablate.evals import get_benchmark
 from ablate.evals.base import EvalEnv
@@ -34,7 +28,6 @@ from ablate.evals.gsm8k import is_correct
 from ablate.evals.mmlu import LETTERS, build_user_turn
 from ablate.generate import SamplingParams, chat_prompt
 from ablate.generate.hf import HFBackend
-from ablate.models import prepare_builtin
 
 STOP = GSM8K_STOP["full"]
 
@@ -56,30 +49,26 @@ def run_lm_eval(model, tokenizer, folder: Path, task: str, batch_size: int, limi
     ours = model.config._attn_implementation
     model.set_attn_implementation("sdpa")
     try:
-        started = time.perf_counter()
-        out = simple_evaluate(model=lm, tasks=[task],
-                              task_manager=TaskManager(include_path=str(folder)),
-                              log_samples=True, limit=limit)
-        seconds = time.perf_counter() - started
+        with Clock() as clock:
+            out = simple_evaluate(model=lm, tasks=[task],
+                                  task_manager=TaskManager(include_path=str(folder)),
+                                  log_samples=True, limit=limit)
     finally:
         model.set_attn_implementation(ours)
     samples = sorted(out["samples"][task], key=lambda s: s["doc_id"])
-    return seconds, samples
+    return clock.seconds, samples
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer items (CPU, < 5 min)")
-    parser.add_argument("--json", type=Path, help="write both sides' figures here")
-    parser.add_argument("--model", default="smollm2-135m-instruct")
+def main(argv=None) -> dict:
+    parser = benchmark_parser(__doc__, quick_help="fewer items (CPU, < 5 min)")
     parser.add_argument("--gsm8k-items", type=int)
     parser.add_argument("--mmlu-items", type=int)
     parser.add_argument("--lm-eval-batch-size", type=int, default=8)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     n_gsm8k = args.gsm8k_items or (8 if args.quick else 40)
     n_mmlu = args.mmlu_items or (100 if args.quick else 500)
 
-    model_dir = prepare_builtin(args.model) if not Path(args.model).exists() else Path(args.model)
+    model_dir = resolve_model(args.model)
     backend = HFBackend(model_dir)
     tokenizer, model = backend.tokenizer, backend.model
     env = EvalEnv(model_dir=model_dir, _backend=backend)
@@ -89,11 +78,8 @@ def main() -> None:
     gsm_prompts = gsm8k.prompts(gsm_items, env)
     mmlu_prompts = [chat_prompt(tokenizer, build_user_turn(i, [], "paper"), "The answer is:")
                     for i in mmlu_items]
-    report: dict = {"model": str(args.model), "machine": f"{platform.node()} {platform.machine()}, "
-                    f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
-                    "torch": torch.__version__, "quick": args.quick,
-                    # Other jobs on a shared machine move these timings: record how busy it was.
-                    "load_average_start": os.getloadavg()}
+    report: dict = {"benchmark": "eval_vs_lmeval", "model": str(args.model), **run_context(),
+                    "quick": args.quick}
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -117,9 +103,9 @@ def main() -> None:
         run_lm_eval(model, tokenizer, folder, "ablate_mmlu", args.lm_eval_batch_size, 1)
 
         # ---- GSM8k
-        started = time.perf_counter()
-        ours = backend.generate(gsm_prompts, SamplingParams(max_new_tokens=512, stop=STOP))
-        ours_s = time.perf_counter() - started
+        with Clock() as clock:
+            ours = backend.generate(gsm_prompts, SamplingParams(max_new_tokens=512, stop=STOP))
+        ours_s = clock.seconds
         theirs_s, samples = run_lm_eval(model, tokenizer, folder, "ablate_gsm8k",
                                         args.lm_eval_batch_size, n_gsm8k)
         theirs = [s["resps"][0][0] for s in samples]
@@ -135,9 +121,9 @@ def main() -> None:
             "output_tokens_mean": sum(len(backend.encode(o[0])) for o in ours) / n_gsm8k}
 
         # ---- MMLU
-        started = time.perf_counter()
-        lls = backend.loglikelihood([(p, [f" {x}" for x in LETTERS]) for p in mmlu_prompts])
-        ours_s = time.perf_counter() - started
+        with Clock() as clock:
+            lls = backend.loglikelihood([(p, [f" {x}" for x in LETTERS]) for p in mmlu_prompts])
+        ours_s = clock.seconds
         our_pred = [max(range(4), key=lambda k: ll[k]) for ll in lls]
         theirs_s, samples = run_lm_eval(model, tokenizer, folder, "ablate_mmlu",
                                         args.lm_eval_batch_size, n_mmlu)
@@ -150,15 +136,13 @@ def main() -> None:
             "same_predictions": sum(a == b for a, b in zip(our_pred, their_pred)),
             "same_scores": our_pred == their_pred}
 
-    report["load_average_end"] = os.getloadavg()
+    report["load_average_end"] = load_average()
     report["ratio"] = report["gsm8k"]["lm_eval_s"] / report["gsm8k"]["ablate_s"]
     report["ratio_mmlu"] = report["mmlu"]["lm_eval_s"] / report["mmlu"]["ablate_s"]
-    print(json.dumps(report, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+    emit(report, args.json)
     if not (report["gsm8k"]["same_scores"] and report["mmlu"]["same_scores"]):
         raise SystemExit("the two backends' scores differ (see the JSON)")
+    return report
 
 
 if __name__ == "__main__":

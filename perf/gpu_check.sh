@@ -1,37 +1,39 @@
 #!/usr/bin/env bash
 # One short GPU check of ablate's trainers and generation backend (perf/RESULTS.md, "GPU check").
+# Every Python step runs as a module (`python -m perf.NAME`) from the repository root.
 #
-# On a lent GPU machine (repo root; carry [".whl", ".gpu"]):   bash perf/gpu_check.sh
+# On a GPU machine (repo root, with the ignored .whl/ and .gpu/ present):   bash perf/gpu_check.sh
 # Here on the CPU, the same steps at toy size (~2-3 minutes):   bash perf/gpu_check.sh --cpu-smoke
 #
 # Steps, most important first, each under its own `timeout` and inside an overall budget
 # (GPU_CHECK_BUDGET seconds from the start; a step that no longer fits is skipped):
-#   0. install the carried wheels (.whl/) into /tmp/site      (skipped without .whl or with
+#   0. install the wheels in .whl/ into /tmp/site             (skipped without .whl or with
 #                                                              GPU_CHECK_SKIP_WHEELS=1)
 #   1. nvidia-smi, versions, device, imports -> $OUT/env_gpu.json   (stops the check on failure)
 #   2. a random-weight Llama of SmolLM2-1.7B's shape in /tmp, SmolLM2's tokenizer from
 #      .gpu/tokenizer/                                          (stops the check on failure)
-#   3. perf/dpo_vs_trl.py on it: bf16, batch 8, max length 1024 (prompt 512), up to 168 pairs
+#   3. perf.dpo_vs_trl on it: bf16, batch 8, max length 1024 (prompt 512), up to 168 pairs
 #      -> $OUT/dpo_gpu.json   (micro-batch 8 on a GPU with >= 100 GiB, else 4), then ablate alone
 #      with the GPU_CHECK_DPO_VARIANTS settings (ablate first, then TRL, then the variants; the
 #      comparison is written before the variants run); on failure it is retried once at half
 #      the micro-batch (without variants) if time allows
-#   4. perf/rm_vs_trl.py: 256 pairs of GPU_CHECK_DATA_FILE (64 of the shipped slice without
+#   4. perf.rm_vs_trl: 256 pairs of GPU_CHECK_DATA_FILE (64 of the shipped slice without
 #      it), same lengths and batches, then ablate alone with the GPU_CHECK_RM_VARIANTS settings
 #      -> $OUT/rm_gpu.json
 #   4b. dpo_long: ablate's side alone over every pair of GPU_CHECK_DATA_FILE (default
 #      .gpu/data/train_1000.jsonl.gz, the 1000 UltraFeedback rows of ../shared/data, ~850 pairs
 #      fit 1024 tokens) that fits: a longer epoch, closer to a real run, then with the
 #      GPU_CHECK_LONG_VARIANTS settings -> $OUT/dpo_long_gpu.json
-#   4c. syncs: perf/sync_check.py on a tiny random Llama: every call in a DPO or RM step that
+#   4c. syncs: perf.checks.sync_check on a tiny random Llama: every call in a DPO or RM step that
 #      makes the host wait for the GPU before the step's one read -> $OUT/syncs_gpu.json
-#   5. perf/dpo_step_profile.py: one DPO step's GPU time by kernel group (torch.profiler), eager
+#   5. perf.checks.dpo_step_profile: one DPO step's GPU time by kernel group (torch.profiler), eager
 #      against the trainer's compiled regions, bf16 weights with fp32 masters, and pure bf16
 #      -> $OUT/profile_gpu.json
-#   6. perf/generate_check.py: 16 GSM8k 8-shot prompts x 64 greedy tokens -> $OUT/generate_gpu.json
-# Everything printed is also in $OUT/gpu_check.log. At the end perf/gpu_summary.py writes
-# $OUT/summary.md (every figure against issue 3's targets), and the JSON files (step outcomes in
-# steps.json) are bundled into $OUT/results.tgz: the device tool brings back at most 8 files.
+#   6. perf.checks.generate_check: 16 GSM8k 8-shot prompts x 64 greedy tokens
+#      -> $OUT/generate_gpu.json
+# Everything printed is also in $OUT/gpu_check.log. At the end perf.gpu_summary writes
+# $OUT/summary.md (every figure against the GPU targets), and the JSON files (step outcomes in
+# steps.json) are bundled into $OUT/results.tgz, one file to copy back.
 # Exit status: 0 all ran, 1 setup failed (wheels, preflight, model), 2 a measuring step failed.
 #
 # Settings (environment): GPU_CHECK_SHAPE (smollm2-1.7b | smollm2-135m | tiny), GPU_CHECK_PAIRS,
@@ -155,7 +157,7 @@ main() {
   fi
   local require_cuda=--require-cuda
   [ "$SMOKE" = 1 ] && require_cuda=
-  step preflight 150 30 "$PY" perf/gpu_env.py --json "$OUT/env_gpu.json" $require_cuda \
+  step preflight 150 30 "$PY" -m perf.gpu_env --json "$OUT/env_gpu.json" $require_cuda \
     || { echo "FATAL: preflight failed (see the import errors above)"; return 1; }
 
   local micro=$MICRO
@@ -171,21 +173,21 @@ main() {
   fi
 
   # 2. the model
-  step model 240 60 "$PY" perf/random_model.py --shape "$SHAPE" --out "$MODEL" \
+  step model 240 60 "$PY" -m perf.random_model --shape "$SHAPE" --out "$MODEL" \
     --tokenizer .gpu/tokenizer || { echo "FATAL: could not build the model"; return 1; }
   ls -la "$MODEL"
 
   for name in $STEPS; do
     case $name in
       dpo)
-        step dpo 300 90 "$PY" perf/dpo_vs_trl.py --model "$MODEL" --pairs "$PAIRS" \
+        step dpo 300 90 "$PY" -m perf.dpo_vs_trl --model "$MODEL" --pairs "$PAIRS" \
           --max-length "$MAX_LENGTH" --max-prompt-length "$MAX_PROMPT" --batch-size "$BATCH" \
           --micro-batch-size "$micro" --allow-fewer --skip-save --order ablate-first \
           --ablate-variants "$DPO_VARIANTS" --json "$OUT/dpo_gpu.json"
         local rc=$?
         if [ "$rc" -ne 0 ] && [ "$rc" -ne 99 ] && [ "$micro" -gt 1 ]; then
           echo "DPO failed at micro-batch $micro; retrying at $((micro / 2)), no variants"
-          step dpo_retry 300 120 "$PY" perf/dpo_vs_trl.py --model "$MODEL" --pairs "$PAIRS" \
+          step dpo_retry 300 120 "$PY" -m perf.dpo_vs_trl --model "$MODEL" --pairs "$PAIRS" \
             --max-length "$MAX_LENGTH" --max-prompt-length "$MAX_PROMPT" \
             --batch-size "$BATCH" --micro-batch-size "$((micro / 2))" --allow-fewer \
             --skip-save --order ablate-first --json "$OUT/dpo_gpu.json"
@@ -195,34 +197,35 @@ main() {
         if [ ! -f "$DATA_FILE" ]; then
           echo "=== [dpo_long] SKIPPED: no $DATA_FILE"; continue
         fi
-        step dpo_long 240 60 "$PY" perf/dpo_vs_trl.py --model "$MODEL" --pairs "$LONG_PAIRS" \
+        step dpo_long 240 60 "$PY" -m perf.dpo_vs_trl --model "$MODEL" --pairs "$LONG_PAIRS" \
           --data-file "$DATA_FILE" --max-length "$MAX_LENGTH" --max-prompt-length "$MAX_PROMPT" \
           --batch-size "$BATCH" --micro-batch-size "$micro" --allow-fewer --skip-save \
           --ablate-only --ablate-variants "$LONG_VARIANTS" --json "$OUT/dpo_long_gpu.json"
         ;;
       syncs)
-        step syncs_model 60 20 "$PY" perf/random_model.py --shape tiny --out "$WORK/model-tiny" \
+        step syncs_model 60 20 "$PY" -m perf.random_model --shape tiny --out "$WORK/model-tiny" \
           --tokenizer .gpu/tokenizer \
-          && step syncs 120 30 "$PY" perf/sync_check.py --model "$WORK/model-tiny" \
+          && step syncs 120 30 "$PY" -m perf.checks.sync_check --model "$WORK/model-tiny" \
             --json "$OUT/syncs_gpu.json"
         ;;
       rm)
         local rm_data=() rm_pairs=$RM_PAIRS
         if [ -f "$DATA_FILE" ]; then rm_data=(--data-file "$DATA_FILE")
         elif [ "$SMOKE" != 1 ]; then rm_pairs=${GPU_CHECK_RM_PAIRS:-64}; fi
-        step rm 240 90 "$PY" perf/rm_vs_trl.py --model "$MODEL" --pairs "$rm_pairs" \
+        step rm 240 90 "$PY" -m perf.rm_vs_trl --model "$MODEL" --pairs "$rm_pairs" \
           "${rm_data[@]}" --max-length "$MAX_LENGTH" --batch-size "$BATCH" \
           --micro-batch-size "$micro" --allow-fewer --skip-save --order ablate-first \
           --ablate-variants "$RM_VARIANTS" --json "$OUT/rm_gpu.json"
         ;;
       profile)
-        TORCH_LOGS=${TORCH_LOGS:-recompiles} step profile 200 60 "$PY" perf/dpo_step_profile.py \
+        TORCH_LOGS=${TORCH_LOGS:-recompiles} step profile 200 60 \
+          "$PY" -m perf.checks.dpo_step_profile \
           --model "$MODEL" --pairs "$PAIRS" --max-length "$MAX_LENGTH" \
           --max-prompt-length "$MAX_PROMPT" --batch-size "$BATCH" --modes $PROFILE_MODES \
           --json "$OUT/profile_gpu.json"
         ;;
       generate)
-        step generate 150 45 "$PY" perf/generate_check.py --model "$MODEL" \
+        step generate 150 45 "$PY" -m perf.checks.generate_check --model "$MODEL" \
           --prompts "$GEN_PROMPTS" --new-tokens "$GEN_TOKENS" --json "$OUT/generate_gpu.json"
         ;;
       *) echo "unknown step $name" ;;
@@ -251,7 +254,7 @@ rc=${PIPESTATUS[0]}
   echo "=== steps:"
   write_steps
   echo "=== summary:"
-  "$PY" perf/gpu_summary.py "$OUT" --out "$OUT/summary.md" || echo "(no summary)"
+  "$PY" -m perf.gpu_summary "$OUT" --out "$OUT/summary.md" || echo "(no summary)"
   (cd "$OUT" && tar czf results.tgz ./*.json && rm -f ./*.json) || echo "(JSON files not bundled)"
   echo "=== total ${SECONDS}s (budget ${BUDGET}s); results in $OUT:"
   ls -la "$OUT"

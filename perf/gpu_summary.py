@@ -1,6 +1,6 @@
-"""A GPU check's figures as one Markdown page, against issue 3's GPU targets.
+"""A GPU check's figures as one Markdown page, against the GPU targets (issue 3).
 
-    python perf/gpu_summary.py OUT_DIR [--out OUT_DIR/summary.md]
+    python -m perf.gpu_summary OUT_DIR [--out OUT_DIR/summary.md]
 
 OUT_DIR holds what ``perf/gpu_check.sh`` wrote (any of env_gpu.json, steps.json, dpo_gpu.json,
 rm_gpu.json, dpo_long_gpu.json, profile_gpu.json, syncs_gpu.json, generate_gpu.json), loose or
@@ -233,7 +233,7 @@ def summarise(results: dict[str, dict]) -> str:
                     f"{result.get('micro_batch_size')}", "", header(key.split("_")[0]),
                     *comparison(key.split("_")[0], result), ""]
     if "profile_gpu" in results:
-        out += ["## One DPO step, by mode (`perf/dpo_step_profile.py`)", "",
+        out += ["## One DPO step, by mode (`perf.checks.dpo_step_profile`)", "",
                 "| mode | s/step | 6·P·T / step time | GPU busy |", "|---|---|---|---|"]
         for mode in results["profile_gpu"].get("modes", []):
             profile = mode.get("profile") or {}
@@ -242,7 +242,7 @@ def summarise(results: dict[str, dict]) -> str:
                        f"{pct(profile.get('gpu_busy_fraction'))} |")
         out.append("")
     if "syncs_gpu" in results:
-        out += ["## Synchronising calls inside a training step (`perf/sync_check.py`)", ""]
+        out += ["## Synchronising calls inside a training step (`perf.checks.sync_check`)", ""]
         syncs = results["syncs_gpu"]
         for recipe in syncs.get("recipes", []):
             out.append(f"- {recipe.get('recipe')}: " + (

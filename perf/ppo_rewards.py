@@ -1,6 +1,6 @@
 """Checkable rewards for PPO runs that train no reward model: the examples of the programmatic
 reward extension point (``ablate.train.programmatic``), used by the PPO tests and the CPU proofs
-(``perf/ppo_smollm2_proof.py``, ``perf/ppo_step.py``). A grid names one by import path, with the
+(``perf/checks/ppo_smollm2_proof.py``, ``perf/ppo_step.py``). A grid names one by import path, with the
 repository root on ``PYTHONPATH``::
 
     reward_models:
@@ -51,7 +51,7 @@ SHORT_RESPONSE_CHARS = 200
 def short_response(item, response: str) -> float:
     """``1 - len/200`` for the response's characters (surrounding whitespace removed), 0 at 200
     characters or more: a dense, checkable brevity reward for PPO on a real chat model
-    (``perf/ppo_smollm2_proof.py``; 10 CPU iterations there did not move it, see
+    (``perf/checks/ppo_smollm2_proof.py``; 10 CPU iterations there did not move it, see
     perf/RESULTS.md). It rewards nothing but being short, so its optimum is the empty reply; the
     KL penalty is what keeps the policy from it."""
     return 1.0 - min(len(response.strip()), SHORT_RESPONSE_CHARS) / SHORT_RESPONSE_CHARS
@@ -61,7 +61,7 @@ def digit_share(item, response: str) -> float:
     """Share of the response's non-whitespace characters that are ASCII digits (0 for a reply with
     none): a dense, per-character reward that a chat model can move within a capped reply of a few
     dozen tokens, unlike a length reward when every reply hits the cap
-    (``perf/ppo_smollm2_proof.py``). Its optimum is a reply of digits only."""
+    (``perf/checks/ppo_smollm2_proof.py``). Its optimum is a reply of digits only."""
     visible = [c for c in response if not c.isspace()]
     return sum("0" <= c <= "9" for c in visible) / len(visible) if visible else 0.0
 
@@ -71,7 +71,7 @@ def opens_with_lets(item, response: str) -> float:
     punctuation ignored), else 0. A reward decided by the first one or two reply tokens, with a
     moderate base rate under SmolLM2-135M-Instruct on GSM8k questions (28 of 252 replies sampled
     at T = 0.7; most open with "To"), so that a short CPU PPO run can assign credit and move it
-    (``perf/ppo_smollm2_proof.py``). It pays for a minority opener, so sharpening the policy
+    (``perf/checks/ppo_smollm2_proof.py``). It pays for a minority opener, so sharpening the policy
     towards its most likely reply does not raise it."""
     words = response.split()
     return float(bool(words) and

@@ -12,35 +12,25 @@ Figures: per iteration the generation and training seconds, rollout tokens/s dur
 and rollout+update throughput = response tokens / (generation + training seconds); ``ratio`` =
 ablate's rollout+update throughput over TRL's (> 1: ablate is faster).
 
-    python perf/ppo_step.py --quick --json /tmp/ppo.json   # CPU, tiny Llama, < 5 minutes
-    python perf/ppo_step.py --json /tmp/ppo.json           # SmolLM2-135M, 64 rollouts x 256 (GPU)
+    python -m perf.ppo_step --quick --json /tmp/ppo.json   # CPU, tiny Llama, < 5 minutes
+    python -m perf.ppo_step --json /tmp/ppo.json           # SmolLM2-135M, 64 rollouts x 256 (GPU)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TQDM_DISABLE", "1")
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from perf.common import benchmark_parser, emit, resolve_model, run_context, shared_data_dir
 
 
 def prompt_rows(n: int) -> list[dict]:
     """GSM8k train questions from the shared data, or a built-in list when it is absent."""
-    path = Path(os.environ.get("ABLATE_SHARED_DATA", REPO.parent / "shared" / "data"))
-    path = path / "gsm8k" / "train.jsonl"
+    path = shared_data_dir() / "gsm8k" / "train.jsonl"
     if path.is_file():
         with open(path) as handle:
             questions = [json.loads(line)["question"] for _, line in zip(range(n), handle)]
@@ -130,21 +120,17 @@ def run_trl(model_dir: Path, rows: list[dict], rollouts: int, length: int, itera
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="CPU, small batch, < 5 minutes")
-    parser.add_argument("--model", default=None,
-                        help="a built-in model name or a transformers folder (default: "
-                             "tiny-llama with --quick, else smollm2-135m-instruct)")
+    parser = benchmark_parser(__doc__, quick_help="CPU, small batch, < 5 minutes", model=None,
+                              model_help="a built-in model name or a transformers folder "
+                              "(default: tiny-llama with --quick, else smollm2-135m-instruct)")
     parser.add_argument("--rollouts", type=int, default=None)
     parser.add_argument("--response-length", type=int, default=None)
     parser.add_argument("--iterations", type=int, default=None)
-    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    from ablate.models import BUILTIN_MODELS, prepare_builtin
 
     # SmolLM2 on a shared 2-core CPU takes minutes per PPO iteration: --quick uses the tiny model
     args.model = args.model or ("tiny-llama" if args.quick else "smollm2-135m-instruct")
-    model_dir = prepare_builtin(args.model) if args.model in BUILTIN_MODELS else Path(args.model)
+    model_dir = resolve_model(args.model)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.quick else "cpu")
     rollouts = args.rollouts or (8 if args.quick else 64)
     length = args.response_length or (32 if args.quick else 256)
@@ -152,21 +138,14 @@ def main(argv: list[str] | None = None) -> dict:
     rows = prompt_rows(rollouts * iterations)
     ablate = run_ablate(model_dir, rows, rollouts, length, iterations, device)
     trl = run_trl(model_dir, rows[: len(rows) // 2], rollouts, length, iterations, device)
-    result = {
-        "benchmark": "ppo_step", "model": args.model, "device": str(device),
-        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
-                   f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
-                   + (f", {torch.cuda.get_device_name()}" if device.type == "cuda" else ""),
+    result = emit({
+        "benchmark": "ppo_step", "model": args.model, **run_context(), "device": str(device),
         "rollouts_per_iteration": rollouts, "max_response_length": length,
         "ablate": ablate, "trl_rloo": trl,
         "ratio": ablate["rollout_update_tokens_per_second"]
         / trl["rollout_update_tokens_per_second"],
-    }
-    print(json.dumps(result, indent=2))
+    }, args.json)
     print(f"ratio (ablate PPO rollout+update tokens/s over TRL RLOO): {result['ratio']:.2f}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
     return result
 
 

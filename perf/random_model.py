@@ -3,7 +3,7 @@
 For timing only: the weights are random (seeded), so speed and memory are those of the real
 model while its outputs are noise.
 
-    python perf/random_model.py --shape smollm2-1.7b --out /tmp/smollm2-1.7b-random \
+    python -m perf.random_model --shape smollm2-1.7b --out /tmp/smollm2-1.7b-random \
         --tokenizer .gpu/tokenizer
 
 On a CUDA machine the weights are initialised on the GPU (seconds, where 1.7B on the CPU takes

@@ -6,7 +6,7 @@ tokenised pairs (TRL gets ablate's token ids as a processed dataset, so the toke
 same batch and micro-batch, float32, no gradient checkpointing (TRL's default turns it on, which
 is slower for a small model). Timed: the training epoch only. Figures as in ``dpo_vs_trl.py``.
 
-    python perf/rm_vs_trl.py --quick --json /tmp/rm.json
+    python -m perf.rm_vs_trl --quick --json /tmp/rm.json
 
 On CUDA: bf16 autocast on both sides, the GPU synchronised around the timed epoch, and the JSON
 adds each side's peak ``torch.cuda.max_memory_allocated`` (reset between sides) and its
@@ -15,21 +15,16 @@ useful-FLOP utilisation (6 x params x real tokens over the epoch's seconds).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
-import sys
-import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dpo_vs_trl import (  # noqa: E402
-    PeakRSS, count_parameters, cuda_figures, cuda_memory, cuda_reset, cuda_sync, cuda_warmup,
-    emit, first_step_clock, fitting_pairs, on_cuda, parse_settings, peak_bf16_flops, ratios,
-    processed_tokens, run_comparison, run_context, skipped_model_saves, trl_device_checks,
+from perf.common import (
+    Clock, PeakRSS, ablate_config, ablate_side, add_trainer_options, benchmark_parser, cuda_reset,
+    emit, first_step_clock, fitting_pairs, gpu_figures, on_cuda, ratios, resolve_model,
+    run_comparison, run_context, skipped_model_saves, trl_config_fields, trl_side, variant_settings,
 )
 
 
@@ -43,33 +38,17 @@ def run_trl(model_dir, pairs, tokenizer, args, out: Path) -> dict:
     model, _ = load_reward_model(model_dir)
     if on_cuda():
         model.to("cuda")
-    config = trl.RewardConfig(
-        output_dir=str(out), use_cpu=not torch.cuda.is_available(),
-        bf16=torch.cuda.is_available(), learning_rate=args.lr, lr_scheduler_type="linear",
-        warmup_steps=0, num_train_epochs=1, per_device_train_batch_size=args.micro_batch_size,
-        gradient_accumulation_steps=args.batch_size // args.micro_batch_size,
-        gradient_checkpointing=False, max_length=args.max_length, save_strategy="no",
-        logging_steps=1, report_to=[], seed=args.seed, dataloader_num_workers=0)
+    config = trl.RewardConfig(**trl_config_fields(args, out))
     dataset = Dataset.from_list([{"chosen_ids": list(p.prompt_ids + p.chosen_ids),
                                   "rejected_ids": list(p.prompt_ids + p.rejected_ids)}
                                  for p in pairs])
     first_step = first_step_clock()
     trainer = trl.RewardTrainer(model=model, args=config, train_dataset=dataset,
                                 processing_class=tokenizer, callbacks=[first_step])
-    with PeakRSS() as memory:
-        cuda_sync()
-        started, cpu_started = time.perf_counter(), time.process_time()
-        first_step.started = started
+    with PeakRSS() as memory, Clock() as clock:
+        first_step.started = clock.started
         trainer.train()
-        cuda_sync()
-        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    result = {"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss_gib": memory.gib,
-              "losses": losses, "steps": trainer.state.global_step,
-              "first_step_seconds": first_step.seconds}
-    if on_cuda():
-        result.update(cuda_memory())
-        result["checks"] = trl_device_checks(trainer)
+    result = trl_side(trainer, clock, memory, first_step)
     del trainer, model
     return result
 
@@ -79,27 +58,12 @@ def run_ablate(model_dir, rows, args, out: Path, **settings) -> dict:
     from ablate.spec.schema import RMConfig
     from ablate.train.rm import train_rm
 
-    fields = dict(lr=args.lr, warmup_ratio=0.0, epochs=1, batch_size=args.batch_size,
-                  micro_batch_size=args.micro_batch_size, max_length=args.max_length,
-                  eval_fraction=0.0, save_every_steps=10**6,
-                  length_grouping=args.length_grouping)
-    cfg = RMConfig(**(fields | settings))
+    cfg = ablate_config(RMConfig, args, settings)
     cuda_reset()
     with PeakRSS() as memory, skipped_model_saves(args.skip_save):
         result = train_rm(model_dir, rows, cfg, args.seed, out)
-    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").open()]
-    side = {"seconds": result["train_seconds"], "cpu_seconds": result["train_cpu_seconds"],
-            "peak_rss_gib": memory.gib, "losses": losses, "steps": result["steps"],
-            "first_step_seconds": result.get("first_step_seconds"),
-            "after_first_step_tokens": result.get("after_first_step_tokens"),
-            "settings": {"length_grouping": cfg.length_grouping,
-                         "pad_multiple": cfg.pad_multiple, "shared_prompt": cfg.shared_prompt,
-                         "compile_regions": cfg.compile_regions,
-                         "attention_kernel": cfg.attention_kernel,
-                         "precision": cfg.precision}}
-    if on_cuda():
-        side.update(cuda_memory())
-    return side
+    return ablate_side(result, cfg, memory, out, seconds=result["train_seconds"],
+                       cpu_seconds=result["train_cpu_seconds"])
 
 
 def shared_prompt_ab(model_dir, pairs, args) -> dict:
@@ -141,9 +105,9 @@ def shared_prompt_ab(model_dir, pairs, args) -> dict:
     for round_ in range(args.ab_rounds + 1):
         order = variants if round_ % 2 == 0 else variants[::-1]
         for layout, n in order:
-            started, cpu_started = time.perf_counter(), time.process_time()
-            loss = epoch(layout, n)
-            wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+            with Clock() as clock:
+                loss = epoch(layout, n)
+            wall, cpu = clock.seconds, clock.cpu_seconds
             entry = timings[f"{layout}@{n}"]
             entry["loss"] = loss
             if round_:
@@ -167,57 +131,30 @@ def shared_prompt_ab(model_dir, pairs, args) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="CPU-sized run (< 5 minutes)")
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--pairs", type=int, default=64)
-    parser.add_argument("--max-length", type=int, default=384)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--micro-batch-size", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=1e-5)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--allow-fewer", action="store_true", help="use all fitting pairs when "
-                        "fewer than --pairs fit, instead of stopping")
-    parser.add_argument("--data-file", type=Path, help="UltraFeedback rows (JSONL, optionally "
-                        "gzipped) instead of the shipped slice (as perf/dpo_vs_trl.py)")
-    parser.add_argument("--skip-save", action="store_true", help="skip ablate's final model save "
-                        "(untimed; saves minutes on a multi-GB model)")
-    parser.add_argument("--length-grouping", type=int, default=16,
-                        help="ablate's RMConfig.length_grouping (0: plain shuffled batches)")
+    parser = benchmark_parser(__doc__)
+    add_trainer_options(parser, "RMConfig", lr=1e-5)
     parser.add_argument("--ab-rounds", type=int, default=0, help="instead of the TRL "
                         "comparison: this many interleaved rounds of plain vs shared-prompt "
                         "forward+backward in ablate's RM (after one warm-up round)")
     parser.add_argument("--ab-per-forward", type=int, nargs="+", default=[1, 2, 4],
                         help="pairs per forward of the shared-prompt variants in the A/B")
-    parser.add_argument("--order", choices=["trl-first", "ablate-first"], default="trl-first")
-    parser.add_argument("--ablate-variants", default="", help="after the comparison, ablate "
-                        "alone again with these RMConfig overrides, e.g. "
-                        "'precision=bf16_weights;defaults' ('defaults': the main side again, "
-                        "warm, as a control; reported under 'variants', each with its ratio "
-                        "against the same TRL run)")
     args = parser.parse_args(argv)
     if args.quick:
         args.pairs, args.max_length = 16, 256
-    variant_settings = [parse_settings(v) for v in args.ablate_variants.split(";") if v.strip()]
+    variants = variant_settings(args.ablate_variants)
 
-    from ablate.models import prepare_builtin
-
-    model_dir = Path(args.model) if Path(args.model).is_dir() else prepare_builtin(args.model)
+    model_dir = resolve_model(args.model)
     rows, pairs, tokenizer = fitting_pairs(model_dir, args.pairs, args.max_length,
                                            args.max_length, allow_fewer=args.allow_fewer,
                                            data_file=args.data_file)
     if args.ab_rounds:
         return emit(shared_prompt_ab(model_dir, pairs, args), args.json)
-    if on_cuda():
-        cuda_warmup()
     return run_comparison(
         ["trl", "ablate"] if args.order == "trl-first" else ["ablate", "trl"],
         {"trl": lambda out: run_trl(model_dir, pairs, tokenizer, args, out),
          "ablate": lambda out: run_ablate(model_dir, rows, args, out)},
         lambda out, **settings: run_ablate(model_dir, rows, args, out, **settings),
-        variant_settings, lambda sides, variants: assemble(args, model_dir, pairs, sides,
-                                                           variants), args.json)
+        variants, lambda sides, done: assemble(args, model_dir, pairs, sides, done), args.json)
 
 
 def assemble(args, model_dir: Path, pairs, sides: dict, raw_variants: list[dict]) -> dict:
@@ -236,19 +173,14 @@ def assemble(args, model_dir: Path, pairs, sides: dict, raw_variants: list[dict]
             variant["ratio_vs_trl"] = ratios(variant, trl_side)["ratio"]
     extra = {"variants": variants} if variants else {}
     if on_cuda():
-        params = count_parameters(model_dir, sequence_classification=True)
-        peak, peak_note = peak_bf16_flops()
         for side in measured:
             side["train_seconds"] = side["seconds"]
-            shared = side.get("settings", {}).get("shared_prompt", False)
-            side.update(cuda_figures(side, params, real_tokens, peak, ref_multiplier=0,
-                                     processed_tokens=processed_tokens(pairs, shared)))
-        extra |= {"params": params, "peak_bf16_flops": peak, "peak_note": peak_note,
-                  "flops_note": "useful FLOPs = 6 x params x real tokens over the training "
-                  "epoch's seconds (params without the input embedding, a lookup); attention "
-                  "and padding not counted; real tokens count each pair's prompt twice; "
-                  "processed_flop_utilisation counts the tokens the side's layout runs",
-                  "torch": torch.__version__}
+        extra |= gpu_figures(
+            model_dir, pairs, measured,
+            "useful FLOPs = 6 x params x real tokens over the training epoch's seconds (params "
+            "without the input embedding, a lookup); attention and padding not counted; real "
+            "tokens count each pair's prompt twice; processed_flop_utilisation counts the "
+            "tokens the side's layout runs", sequence_classification=True, ref_multiplier=0)
     return {
         "benchmark": "rm_vs_trl", "model": args.model, "pairs": len(pairs),
         "real_tokens": real_tokens, "max_length": args.max_length,
@@ -259,5 +191,4 @@ def assemble(args, model_dir: Path, pairs, sides: dict, raw_variants: list[dict]
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     main()

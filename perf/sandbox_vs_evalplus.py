@@ -1,6 +1,6 @@
 """ablate's sandboxed HumanEval+/MBPP+ judge against evalplus's own evaluator, same samples.
 
-    PYTHONPATH=. python perf/sandbox_vs_evalplus.py [--quick] [--json PATH] [--data DIR]
+    python -m perf.sandbox_vs_evalplus [--quick] [--json PATH] [--data DIR]
 
 The samples are each task's canonical solution (the first tasks only with ``--quick``). ablate
 judges them through the benchmarks' own ``evaluate`` (every program in the sandbox, under the

@@ -1,6 +1,6 @@
 """Projected wall time of the whole paper-protocol suite (11 benchmarks) for one model on this machine.
 
-    python perf/suite_walltime.py [--quick] [--json PATH] [--model smollm2-135m-instruct]
+    python -m perf.suite_walltime [--quick] [--json PATH] [--model smollm2-135m-instruct]
         [--benchmarks mmlu,gsm8k,...] [--items N] [--block-size B] [--threads T] [--seed S]
         [--data-dir DIR] [--alpaca-judge reward_model] [--judge-rm DIR] [--no-stand-ins]
 
@@ -38,8 +38,6 @@ checkers) runs here in full.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import platform
@@ -52,12 +50,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout
-
-# Nothing can be downloaded here; fail fast instead of retrying a hub that is not there.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from perf.common import (
+    benchmark_parser, emit, load_average, resolve_model, run_context, shared_data_dir,
+)
 
 
 @dataclass(frozen=True)
@@ -165,13 +160,6 @@ def cpu_seconds() -> float:
     """This process's CPU time plus its finished children's (the code sandbox's programs)."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return time.process_time() + children.ru_utime + children.ru_stime
-
-
-def load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
 
 
 def roberta_large_stand_in(tokenizer):
@@ -329,12 +317,8 @@ def print_table(rows: list[dict], total: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="a few items per benchmark (blocks of 1-8 items; minutes)")
-    parser.add_argument("--json", type=Path, help="write every figure here")
-    parser.add_argument("--model", default="smollm2-135m-instruct",
-                        help="built-in model name or a local transformers folder")
+    parser = benchmark_parser(
+        __doc__, quick_help="a few items per benchmark (blocks of 1-8 items; minutes)")
     parser.add_argument("--benchmarks", default="all", help="comma-separated names, or all")
     parser.add_argument("--items", type=int, help="sampled items per benchmark (rounded down to "
                         "whole blocks, at least one; overrides the plan)")
@@ -356,7 +340,6 @@ def main() -> None:
     from ablate.evals import benchmark_names
     from ablate.generate import SamplingParams
     from ablate.generate.hf import HFBackend
-    from ablate.models import prepare_builtin
 
     import transformers
 
@@ -370,8 +353,7 @@ def main() -> None:
     unknown = sorted(set(names) - set(benchmark_names()))
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; valid: {', '.join(benchmark_names())}")
-    data_root = args.data_dir or Path(os.environ.get("ABLATE_DATA_DIR")
-                                      or REPO.parent / "shared" / "data")
+    data_root = args.data_dir or Path(os.environ.get("ABLATE_DATA_DIR") or shared_data_dir())
     if not data_root.is_dir():
         parser.error(f"no benchmark data folder at {data_root}: pass --data-dir")
     plans = QUICK_PLANS if args.quick else PLANS
@@ -385,7 +367,7 @@ def main() -> None:
     run_started = time.perf_counter()
     load_start = load_average()
     started = time.perf_counter()
-    model_dir = Path(args.model) if Path(args.model).exists() else prepare_builtin(args.model)
+    model_dir = resolve_model(args.model)
     backend = HFBackend(model_dir)
     model_load_s = time.perf_counter() - started
     # One-time allocation and dispatch costs, paid once per run, not per benchmark.
@@ -397,9 +379,7 @@ def main() -> None:
     report: dict = {
         "command": " ".join([Path(sys.executable).name] + sys.argv), "quick": args.quick,
         "model": str(args.model), "model_dir": str(model_dir), "backend": "transformers (HFBackend)",
-        "data_dir": str(data_root), "seed": args.seed,
-        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
-                   f"torch threads {torch.get_num_threads()}, cuda {torch.cuda.is_available()}",
+        "data_dir": str(data_root), "seed": args.seed, **run_context(),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version()},
         "load_average_start": load_start, "plans": {n: asdict(plans[n]) for n in names},
@@ -417,7 +397,7 @@ def main() -> None:
                        "status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:400]}
             report["benchmarks"].append(row)
             if args.json:  # a run stopped part-way still leaves the benchmarks it finished
-                write_json(report, args.json)
+                emit(report, args.json, show=False)
 
     measured = [r for r in report["benchmarks"] if r["status"] == "measured"]
     seconds, low, high = suite_total([Projection(**r["projection"]) for r in measured],
@@ -439,26 +419,8 @@ def main() -> None:
     print_table(report["benchmarks"], total)
     print(f"load average at start {load_start}, at end {report['load_average_end']}")
     if args.json:
-        write_json(report, args.json)
+        emit(report, args.json, show=False)
         print(f"wrote {args.json}")
-
-
-def write_json(report: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")  # whole file or none
-    tmp.write_text(json.dumps(_nan_to_none(report), indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def _nan_to_none(value):
-    """JSON has no NaN: an undefined interval is written as null."""
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-        return None
-    if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_nan_to_none(v) for v in value]
-    return value
 
 
 if __name__ == "__main__":

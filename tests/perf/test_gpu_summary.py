@@ -1,27 +1,20 @@
-"""perf/gpu_summary.py: a GPU check's JSON files become one page with verdicts on the targets,
+"""perf.gpu_summary: a GPU check's JSON files become one page with verdicts on the targets,
 read strictly (TRL's precision, without TRL's weight hashing, the same work, a real GPU run)."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
-import sys
 import tarfile
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from perf import gpu_summary
 
 
 @pytest.fixture(scope="module")
 def summary():
-    spec = importlib.util.spec_from_file_location("gpu_summary", REPO / "perf" / "gpu_summary.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_summary"] = module
-    spec.loader.exec_module(module)
-    return module
+    return gpu_summary
 
 
 def side(seconds, utilisation, ref=True, **extra):

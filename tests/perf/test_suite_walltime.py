@@ -1,8 +1,7 @@
-"""perf/suite_walltime.py: the projection arithmetic, the sampling, and a run on the tiny model."""
+"""perf.suite_walltime: the projection arithmetic, the sampling, and a run on the tiny model."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -11,16 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from perf import suite_walltime
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def walltime():
-    spec = importlib.util.spec_from_file_location("suite_walltime", REPO / "perf" / "suite_walltime.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["suite_walltime"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return suite_walltime
 
 
 def test_projection_is_mean_times_items_plus_fixed_with_a_t_interval(walltime):
@@ -81,12 +78,13 @@ def test_every_benchmark_has_a_plan(walltime):
 def test_runs_on_the_tiny_model_and_reports_the_missing_classifier(shared_data, tiny_model_dir,
                                                                    tmp_path):
     out = tmp_path / "walltime.json"
-    command = [sys.executable, str(REPO / "perf" / "suite_walltime.py"), "--quick",
+    command = [sys.executable, "-m", "perf.suite_walltime", "--quick",
                "--model", str(tiny_model_dir), "--benchmarks", "mmlu,truthfulqa,toxigen",
                "--no-stand-ins", "--threads", "1", "--data-dir", str(shared_data),
                "--json", str(out)]
     env = {**__import__("os").environ, "ABLATE_TOXIGEN_CLASSIFIER": str(tmp_path / "absent")}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env,
+                          cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text())
     rows = {r["benchmark"]: r for r in report["benchmarks"]}

@@ -3,8 +3,8 @@ policy fits its preference pairs (the implicit reward margin on the pairs it tra
 zero and the loss falls below log 2). CI-sized (a minute or two on 2 cores).
 
 Held-out generalisation on this model (accuracy and margin on pairs it never saw, and the reward
-model's held-out accuracy) takes longer than CI allows; `perf/smollm2_proof.py` measures it and
-perf/RESULTS.md records the figures.
+model's held-out accuracy) takes longer than CI allows; `perf/checks/smollm2_proof.py` measures
+it and perf/RESULTS.md records the figures.
 """
 
 import json

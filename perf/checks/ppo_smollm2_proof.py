@@ -10,7 +10,7 @@ reply's visible characters that are digits) is a per-character property the poli
 within a capped reply; the second run in perf/RESULTS.md uses it with more, shorter rollouts
 (it did not raise that reward either: 0.022 -> 0.011 over 12 iterations):
 
-    OMP_NUM_THREADS=1 python perf/ppo_smollm2_proof.py --reward digit_share --beta 0.05 \
+    OMP_NUM_THREADS=1 python -m perf.checks.ppo_smollm2_proof --reward digit_share --beta 0.05 \
         --iterations 12 --prompts 16 --response-length 20 --minibatch 16 --ppo-epochs 2 \
         --lr 5e-5 --repeat 0 --show-replies 4 --json /tmp/ppo_smollm2_digits.json
 
@@ -22,7 +22,7 @@ names and articles. Reward: ``opens_with_lets`` (1 when the first word is "Let's
 rate 0.11: decided by the first one or two tokens, and a minority opener, so that sharpening the
 policy towards its mode ("To") lowers it rather than raises it. Settings, fixed before the run:
 
-    OMP_NUM_THREADS=1 python perf/ppo_smollm2_proof.py --reward opens_with_lets --beta 0.05 \
+    OMP_NUM_THREADS=1 python -m perf.checks.ppo_smollm2_proof --reward opens_with_lets --beta 0.05 \
         --iterations 15 --prompts 16 --response-length 10 --minibatch 8 --ppo-epochs 1 \
         --lr 5e-5 --repeat 2 --json /tmp/ppo_lets_b0.05.json     # and --beta 0.5 --repeat 0
 
@@ -41,7 +41,7 @@ the 0/1 reward in the advantages. Fourth attempt, registered before its run: ``t
 zeroes a value head it initialises from the policy (first advantages = discounted returns), and
 the learning rate is lower to cut the drift the reward does not pay for:
 
-    OMP_NUM_THREADS=1 python perf/ppo_smollm2_proof.py --reward opens_with_lets --beta 0.05 \
+    OMP_NUM_THREADS=1 python -m perf.checks.ppo_smollm2_proof --reward opens_with_lets --beta 0.05 \
         --iterations 12 --prompts 16 --response-length 10 --minibatch 8 --ppo-epochs 1 \
         --lr 3e-5 --repeat 0 --json /tmp/ppo_lets4_b0.05.json      # and --beta 0.5, in parallel
 
@@ -66,7 +66,7 @@ compared with the first K iterations of the full run: seeded runs must repeat ex
 reply of the first and the last iteration of each run goes to ``--json`` with its reward
 (``--show-replies N`` prints N of each).
 
-    OMP_NUM_THREADS=1 python perf/ppo_smollm2_proof.py --json /tmp/ppo_smollm2.json
+    OMP_NUM_THREADS=1 python -m perf.checks.ppo_smollm2_proof --json /tmp/ppo_smollm2.json
 
 Nothing here asserts a figure: the script reports what the runs did.
 """
@@ -76,8 +76,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -86,8 +84,7 @@ from pathlib import Path
 
 import torch
 
-# ablate and the reward functions (perf.ppo_rewards) of this checkout
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from perf.common import load_average, resolve_model, run_context
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -131,14 +128,6 @@ def read_metrics(folder: Path) -> list[dict]:
 def comparable(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if "seconds" not in k and "per_second" not in k}
             for r in rows]
-
-
-def machine() -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or None,
-            "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "load_average": list(os.getloadavg())}
 
 
 def pooled(rewards: list[float]) -> dict:
@@ -208,7 +197,6 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     from ablate.data import load_prompts
-    from ablate.models import prepare_builtin
     from ablate.spec.schema import PPOConfig
     from ablate.train.common import plan_batches
     from ablate.train.loop import StopRequested
@@ -221,7 +209,7 @@ def main(argv=None) -> int:
         sys.exit(f"unknown reward {args.reward!r}; valid: {', '.join(ppo_rewards.REWARDS)}")
     reward = f"perf.ppo_rewards:{args.reward}"
     started = time.perf_counter()
-    policy_dir = prepare_builtin(args.model)
+    policy_dir = resolve_model(args.model)
     all_rows = load_prompts({"source": "prompt_set", "name": args.prompt_set, "max_rows": None,
                              "sample_seed": 0})
     # Drop long prompts here, not in train_ppo, so that the batch plan below counts what is used.
@@ -246,12 +234,12 @@ def main(argv=None) -> int:
         found = base_rates(args, policy_dir, rows)
         if args.json:
             args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                             "machine": machine(), **found}, indent=1))
+                                             "machine": run_context(), **found}, indent=1))
         return 0
     info = {"command": " ".join([sys.argv[0]] + (argv or sys.argv[1:])),
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "model_dir": str(policy_dir), "prompt_rows": len(rows),
-            "prompt_rows_in_set": len(all_rows), "machine": machine(),
+            "prompt_rows_in_set": len(all_rows), "machine": run_context(),
             "config": config(args.beta[0]).model_dump(exclude={"beta"}), "runs": []}
     print(f"{args.model} on {args.prompt_set} ({len(rows)} of {len(all_rows)} prompts, <= "
           f"{args.max_prompt_length} tokens), reward {args.reward}, "
@@ -330,7 +318,7 @@ def main(argv=None) -> int:
         print("KL (last 3 iterations) by beta: " + ", ".join(
             f"{r['beta']}: {r['kl_last3']:.4f}" for r in ordered))
     info["wall_seconds"] = time.perf_counter() - started
-    info["machine"]["load_average_end"] = list(os.getloadavg())
+    info["machine"]["load_average_end"] = load_average()
     print(f"wall time {info['wall_seconds']:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(info, indent=1))

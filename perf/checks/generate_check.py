@@ -7,30 +7,17 @@ generated tokens/s. As a correctness check it also compares, for the first promp
 greedy text with ``model.generate``'s (exact on float32; on bf16 a random model's near-tied
 logits can legitimately part ways after a few tokens, so that is reported, not failed).
 
-    python perf/generate_check.py --model /tmp/smollm2-1.7b-random --json /tmp/generate.json
+    python -m perf.checks.generate_check --model /tmp/smollm2-1.7b-random --json /tmp/generate.json
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import sys
-import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dpo_vs_trl import emit  # noqa: E402
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+from perf.common import Clock, emit, resolve_model, run_context
 
 
 def main(argv=None) -> dict:
@@ -48,18 +35,15 @@ def main(argv=None) -> dict:
     from ablate.evals.gsm8k import EXEMPLARS, build_user_turn
     from ablate.generate import hf
     from ablate.generate.base import SamplingParams, chat_prompt, load_backend
-    from ablate.models import prepare_builtin
 
-    model_dir = Path(args.model) if Path(args.model).is_dir() else prepare_builtin(args.model)
+    model_dir = resolve_model(args.model)
     rows = load_prompts({"source": "prompt_set", "name": "gsm8k-train-slice"})[:args.prompts]
     if len(rows) < args.prompts:
         print(f"WARNING: only {len(rows)} GSM8k prompts available", flush=True)
     exemplars = read_jsonl(EXEMPLARS["paper"])
 
-    started = time.perf_counter()
-    backend = load_backend(model_dir, "hf")
-    sync()
-    load_seconds = time.perf_counter() - started
+    with Clock() as load:
+        backend = load_backend(model_dir, "hf")
     prompts = [chat_prompt(backend.tokenizer,
                            build_user_turn(exemplars, r["prompt"][-1]["content"]), "Answer:")
                for r in rows]
@@ -75,19 +59,15 @@ def main(argv=None) -> dict:
 
     hf._DecodeBatch.run = counting_run
 
-    started = time.perf_counter()
-    backend.generate(prompts[:2], SamplingParams(max_new_tokens=4))
-    sync()
-    warmup_seconds = time.perf_counter() - started
+    with Clock() as warmup:
+        backend.generate(prompts[:2], SamplingParams(max_new_tokens=4))
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     picked[0] = 0
-    sync()
-    started = time.perf_counter()
-    replies = backend.generate(prompts, SamplingParams(max_new_tokens=args.new_tokens))
-    sync()
-    seconds = time.perf_counter() - started
+    with Clock() as clock:
+        replies = backend.generate(prompts, SamplingParams(max_new_tokens=args.new_tokens))
+    seconds = clock.seconds
     generated = picked[0]  # tokens chosen, EOS included; a finished row stops choosing
 
     comparison = None
@@ -111,13 +91,11 @@ def main(argv=None) -> dict:
     cuda = torch.cuda.is_available()
     result = {
         "benchmark": "generate_check", "backend": backend.name, "model": str(args.model),
-        "dtype": str(next(backend.model.parameters()).dtype), "device": (
-            torch.cuda.get_device_name() if cuda else f"cpu ({os.cpu_count()} cores)"),
-        "machine": platform.node(), "torch": torch.__version__,
+        **run_context(), "dtype": str(next(backend.model.parameters()).dtype),
         "prompts": len(prompts), "mean_prompt_tokens": round(sum(prompt_tokens) / len(prompts), 1),
         "max_new_tokens": args.new_tokens, "generated_tokens": generated,
         "seconds": round(seconds, 3), "tokens_per_second": round(generated / seconds, 1),
-        "load_seconds": round(load_seconds, 2), "warmup_seconds": round(warmup_seconds, 2),
+        "load_seconds": round(load.seconds, 2), "warmup_seconds": round(warmup.seconds, 2),
         "reply_chars": [len(r[0]) for r in replies],
         "peak_gpu_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)
         if cuda else None,
@@ -127,5 +105,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     main()

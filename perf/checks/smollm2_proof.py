@@ -16,8 +16,8 @@ split the pair came from, and the mean reward margin (chosen - rejected).
 (2) DPO (``ablate.train.dpo.train_dpo``, sigmoid loss): held-out implicit-reward accuracy and
 margin before and after training, as ``train_dpo`` reports them (``heldout_before/after``).
 
-    OMP_NUM_THREADS=1 python perf/smollm2_proof.py --json /tmp/smollm2_proof.json
-    OMP_NUM_THREADS=1 python perf/smollm2_proof.py --quick   # a wiring check: tiny sizes
+    OMP_NUM_THREADS=1 python -m perf.checks.smollm2_proof --json /tmp/smollm2_proof.json
+    OMP_NUM_THREADS=1 python -m perf.checks.smollm2_proof --quick   # a wiring check: tiny sizes
 
 ``--skip-rm`` / ``--skip-dpo`` run one trainer only. Nothing here asserts a figure.
 
@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import sys
 import tempfile
@@ -41,8 +40,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ppo_smollm2_proof import machine  # noqa: E402  (the same machine description)
+from perf.common import load_average, resolve_model, run_context
 
 
 # Registered before running (issue 3, second RM proof, Nov 27 2026). Success criterion, the same
@@ -150,13 +148,12 @@ def main(argv=None) -> int:
     import ablate.train.dpo as dpo_module
     import ablate.train.rm as rm_module
     from ablate.data import load_preferences
-    from ablate.models import prepare_builtin
     from ablate.spec.schema import DPOConfig, RMConfig
     from ablate.train.common import tokenize_pairs
     from transformers import AutoTokenizer
 
     started = time.perf_counter()
-    model_dir = prepare_builtin(args.model)
+    model_dir = resolve_model(args.model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     ref = {"name": args.dataset}
     train_data, test_data = load_preferences(ref, "train"), load_preferences(ref, "test")
@@ -181,7 +178,7 @@ def main(argv=None) -> int:
     n_train = len(train_rows)
     info = {"command": " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "model_dir": str(model_dir), "machine": machine(),
+            "model_dir": str(model_dir), "machine": run_context(),
             "data": {"train_split_rows": len(train_data.rows), "test_split_rows":
                      len(test_data.rows), "train_split_fitting": len(train_fit),
                      "test_split_fitting": len(test_fit),
@@ -285,7 +282,7 @@ def main(argv=None) -> int:
                       f"loss {m['loss']:.4f}")
             print(f"  DPO wall {info['dpo']['wall_seconds']:.0f} s", flush=True)
     info["wall_seconds"] = time.perf_counter() - started
-    info["machine"]["load_average_end"] = list(os.getloadavg())
+    info["machine"]["load_average_end"] = load_average()
     print(f"wall time {info['wall_seconds']:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(info, indent=1, default=str))

@@ -6,13 +6,12 @@ synchronising call CUDA reports, with where it came from. The CPU counterpart is
 tests/train/test_host_syncs.py (a dispatch mode that sees ``.item()`` and boolean indexing, but
 not blocking copies).
 
-    python perf/sync_check.py --model DIR --json OUT.json      # on a GPU
+    python -m perf.checks.sync_check --model DIR --json OUT.json      # on a GPU
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import traceback
 import warnings
@@ -20,8 +19,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dpo_vs_trl import emit, fitting_pairs, run_context  # noqa: E402
+from perf.common import emit, fitting_pairs, run_context
 
 
 def watched(recipe: str, model_dir: Path, rows, args) -> dict:
@@ -100,9 +98,8 @@ def main(argv=None):
     for result in results:
         print(result, flush=True)
     return emit({"benchmark": "sync_check", "model": args.model, "pairs": len(rows),
-                 **run_context(), "torch": torch.__version__, "recipes": results}, args.json)
+                 **run_context(), "recipes": results}, args.json)
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     main()

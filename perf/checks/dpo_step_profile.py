@@ -27,23 +27,21 @@ reports seconds per step (CUDA-synchronised) and the useful-FLOP utilisation 6·
 tokens / time / peak, as ``perf/dpo_vs_trl.py`` counts it. Modes run in one process; the patches
 of ``pointwise`` stay in place for later modes, so list it last.
 
-    python perf/dpo_step_profile.py --model DIR --modes eager pointwise --json OUT.json
-    python perf/dpo_step_profile.py --quick      # CPU, tiny model: checks the script runs
+    python -m perf.checks.dpo_step_profile --model DIR --modes eager pointwise --json OUT.json
+    python -m perf.checks.dpo_step_profile --quick      # CPU, tiny model: checks the script runs
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
-import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dpo_vs_trl import (  # noqa: E402
-    count_parameters, cuda_sync, emit, fitting_pairs, on_cuda, peak_bf16_flops, run_context,
+from perf.common import (
+    Clock, count_parameters, cuda_sync, emit, fitting_pairs, on_cuda, peak_bf16_flops,
+    resolve_model, run_context,
 )
 
 
@@ -131,18 +129,16 @@ def run_mode(mode: str, model_dir: Path, pairs, args, params: int, peak) -> dict
         return sum(pairs[i].real_tokens for i in group)
 
     timed = batches[:args.steps]
-    started = time.perf_counter()
-    for _ in range(args.warmup):
-        for group in timed:
-            step(group)
-    cuda_sync()
-    warmup_seconds = time.perf_counter() - started
+    with Clock() as warmup:
+        for _ in range(args.warmup):
+            for group in timed:
+                step(group)
+    warmup_seconds = warmup.seconds
     tokens = 0
-    started = time.perf_counter()
-    for group in timed:
-        tokens += step(group)
-    cuda_sync()
-    seconds = time.perf_counter() - started
+    with Clock() as clock:
+        for group in timed:
+            tokens += step(group)
+    seconds = clock.seconds
     result = {"mode": mode, "warmup_passes": args.warmup, "warmup_seconds": round(warmup_seconds, 2),
               "steps": len(timed), "seconds": round(seconds, 3),
               "seconds_per_step": round(seconds / max(1, len(timed)), 4),
@@ -164,13 +160,11 @@ def profile(step, groups) -> dict:
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda() else [])
-    cuda_sync()
-    started = time.perf_counter()
-    with torch_profile(activities=activities) as prof:
+    with Clock() as clock, torch_profile(activities=activities) as prof:
         for group in groups:
             step(group)
         cuda_sync()
-    wall = time.perf_counter() - started
+    wall = clock.seconds
     # kernels only: operator rows (aten::mm) repeat their kernels' time, and "Command Buffer
     # Full" is the launch queue waiting on the GPU, not GPU work
     events = [e for e in prof.key_averages()
@@ -217,9 +211,7 @@ def main(argv=None):
         args.pairs, args.max_length, args.max_prompt_length = 24, 256, 128
         args.steps, args.profile_steps = 2, 1
 
-    from ablate.models import prepare_builtin
-
-    model_dir = Path(args.model) if Path(args.model).is_dir() else prepare_builtin(args.model)
+    model_dir = resolve_model(args.model)
     _, pairs, _ = fitting_pairs(model_dir, args.pairs, args.max_length, args.max_prompt_length,
                                 allow_fewer=True)
     params = count_parameters(model_dir)
@@ -234,9 +226,8 @@ def main(argv=None):
               {k: v for k, v in modes[-1].items() if k != "profile"}, flush=True)
     return emit({"benchmark": "dpo_step_profile", "model": str(args.model), "pairs": len(pairs),
                  "params": params, "peak_bf16_flops": peak, **run_context(),
-                 "torch": torch.__version__, "modes": modes}, args.json)
+                 "modes": modes}, args.json)
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     main()
