@@ -14,7 +14,7 @@ from ablate.spec.schema import (
     BestOfN, BoNConfig, CellRule, DataRef, DPOConfig, EvalConfig, Greedy, GridSpec, JudgeSpec,
     ModelSpec, PPOConfig, PromptSetRef, RewardModelSpec, Sampler,
 )
-from ablate.spec.steps import DPOStep, EvalStep, PPOStep, PromptsRef, RMStep
+from ablate.spec.steps import STEP_KINDS, DPOStep, EvalStep, PPOStep, PromptsRef, RMStep
 
 BUILTIN_ALGORITHMS = {"dpo": DPOConfig(), "ppo": PPOConfig(), "bon": BoNConfig()}
 AXIS_NAMES = ("model", "data", "algorithm", "reward_model", "prompts", "seed")
@@ -96,7 +96,8 @@ def _rm_step(grid: GridSpec, rm_name: str, cell: dict[str, Any]) -> Step:
     base = _model(grid, rm.base or cell["model"])
     label = f"rm={rm_name}" + (f",data={cell['data']}" if rm.data == "cell" else "")
     return Step(name=f"train_rm {label}",
-                config=RMStep(model=base, data=data, train=rm.train, seed=rm.seed))
+                config=RMStep(version=STEP_KINDS["train_rm"].version, model=base, data=data,
+                              train=rm.train, seed=rm.seed))
 
 
 def _prompts(grid: GridSpec, name: str, cell: dict[str, Any]) -> PromptsRef:
@@ -214,7 +215,8 @@ def expand(grid: GridSpec) -> Plan:
         if isinstance(algo, DPOConfig):
             data = _data(grid, cell["data"], f"algorithm {cell['algorithm']!r}")
             train = Step(name=f"train_dpo {name}", config=DPOStep(
-                model=model, data=data, algorithm=algo, seed=cell["seed"]))
+                version=STEP_KINDS["train_dpo"].version, model=model, data=data, algorithm=algo,
+                seed=cell["seed"]))
             model_step = add(train)
             evals = _eval_steps(grid, name, None, {"model": model_step})
         elif isinstance(algo, PPOConfig):
@@ -222,8 +224,9 @@ def expand(grid: GridSpec) -> Plan:
             inputs = {} if programmatic is not None else {  # a checkable reward: no RM to train
                 "reward_model": add(_rm_step(grid, cell["reward_model"], cell))}
             train = Step(name=f"train_ppo {name}", config=PPOStep(
-                model=model, prompts=_prompts(grid, cell["prompts"], cell), algorithm=algo,
-                seed=cell["seed"], reward=programmatic), inputs=inputs)
+                version=STEP_KINDS["train_ppo"].version, model=model,
+                prompts=_prompts(grid, cell["prompts"], cell), algorithm=algo, seed=cell["seed"],
+                reward=programmatic), inputs=inputs)
             model_step = add(train)
             evals = _eval_steps(grid, name, None, {"model": model_step})
         else:  # best-of-N over the base model: no training, a different sampler at eval time

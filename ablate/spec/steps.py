@@ -5,8 +5,9 @@ a dict or restates a default. A step's id hashes ``identity(config)``: the field
 its result, without the ones that only say how it runs (``ablate.spec.schema.execution``) and
 without fields left at their default. The second rule lets the schema grow: a new field whose
 default reproduces the old behaviour keeps every existing id. Changing what an existing id means
-(a default's value, a benchmark's protocol) is a versioned change: a benchmark's ``version`` in
-``ablate.spec.benchmarks`` enters its eval ids, and a store migration re-keys older stores
+(a default's value, a benchmark's protocol, a trainer's mechanics) is a versioned change: a
+benchmark's protocol version (``ablate.spec.benchmarks``) and a trainer's ``version`` (its row of
+``STEP_KINDS``) enter the ids, and a store migration re-keys older stores
 (``ablate.store.migrate``).
 """
 
@@ -80,6 +81,7 @@ class PromptsRef(Frozen):
 
 class DPOStep(StepConfig):
     kind: ClassVar[str] = "train_dpo"
+    version: int = 1  # of the trainer's mechanics (STEP_KINDS)
     model: ModelSpec
     data: DataRef
     algorithm: DPOConfig
@@ -88,6 +90,7 @@ class DPOStep(StepConfig):
 
 class RMStep(StepConfig):
     kind: ClassVar[str] = "train_rm"
+    version: int = 1  # of the trainer's mechanics (STEP_KINDS)
     model: ModelSpec
     data: DataRef
     train: RMConfig
@@ -98,6 +101,7 @@ class PPOStep(StepConfig):
     """Input ``reward_model`` (a ``train_rm`` step) unless ``reward`` names a programmatic one."""
 
     kind: ClassVar[str] = "train_ppo"
+    version: int = 1  # of the trainer's mechanics (STEP_KINDS)
     model: ModelSpec
     prompts: PromptsRef
     algorithm: PPOConfig
@@ -134,6 +138,9 @@ class StepKind:
     runner: str
     resources: Literal["train", "eval"]
     recipe: str | None = None
+    # A trainer's mechanics version: bump it when the same config would train another model
+    # (an optimiser constant, a loss detail, a random stream), so older results are not reused.
+    version: int = 1
 
 
 STEP_KINDS: dict[str, StepKind] = {k.name: k for k in (

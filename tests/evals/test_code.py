@@ -258,7 +258,8 @@ def test_result_json_records_the_isolation_the_programs_ran_under(fresh_canonica
     monkeypatch.setattr(runner, "load_items", lambda *args: (items, None))
     monkeypatch.setattr(runner, "EvalEnv", lambda **kwargs: FakeEnv(
         ["def double(n):\n    return n * 2\n"], tmp_path))
-    result = runner.evaluate_benchmark("mbpp_plus", tmp_path, tmp_path / "out", backend=object())
-    assert result["provenance"] == {"sandbox": isolation_mode()} and result["value"] == 100.0
+    config = EvalStep(benchmark="mbpp_plus", protocol="paper", seed=0, sampler=PassAtK(n=1))
+    result = runner.evaluate_benchmark(config, tmp_path, tmp_path / "out", backend=object())
+    assert result.provenance == {"sandbox": isolation_mode()} and result.value == 100.0
     written = json.loads((tmp_path / "out" / "result.json").read_text())
     assert written["provenance"]["sandbox"] in ("bwrap", "guard")

@@ -135,3 +135,14 @@ def test_runners_read_typed_configs_not_dicts():
                 if re.search(r'config\.get\(|config\["', line):
                     offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_a_trainers_version_changes_its_steps_and_what_depends_on_them(monkeypatch):
+    import dataclasses
+
+    from ablate.spec.steps import STEP_KINDS
+
+    before = ids(JUDGED)
+    monkeypatch.setitem(STEP_KINDS, "train_dpo", dataclasses.replace(STEP_KINDS["train_dpo"],
+                                                                     version=2))
+    assert changed(before, ids(JUDGED)) == {n for n in before if "alg=dpo" in n}
