@@ -75,6 +75,8 @@ def ablate_side(name: str, items: list[dict], solutions: dict[str, str], folder:
     """ablate's benchmark evaluate() with one sample per item, its canonical cache empty."""
     from ablate.evals import get_benchmark
     from ablate.evals.base import EvalEnv
+    from ablate.spec.schema import PassAtK
+    from ablate.spec.steps import EvalStep
 
     class CanonicalSamples(EvalEnv):
         def chat(self, user, assistant_prefix=""):
@@ -85,7 +87,8 @@ def ablate_side(name: str, items: list[dict], solutions: dict[str, str], folder:
             return [[solutions[item["item_id"]]] for item in items]
 
     bench = get_benchmark(name)
-    env = CanonicalSamples(model_dir=folder, options={"n_samples": 1}, cache_dir=folder / name)
+    config = EvalStep(benchmark=name, protocol="paper", seed=0, sampler=PassAtK(n=1))
+    env = CanonicalSamples(model_dir=folder, config=config, cache_dir=folder / name)
     started = time.perf_counter()
     results = bench.evaluate(items, env)
     seconds = time.perf_counter() - started

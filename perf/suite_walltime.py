@@ -196,6 +196,9 @@ def measure_benchmark(name: str, plan: SamplePlan, backend, model_dir: Path, dat
                       args, scratch: Path) -> dict:
     from ablate.evals import get_benchmark
     from ablate.evals.base import EvalEnv, EvalError
+    from ablate.evals.cli import cli_judge
+    from ablate.spec.expand import eval_config
+    from ablate.spec.schema import EvalConfig, JudgeSpec
 
     bench = get_benchmark(name)
     row: dict = {"benchmark": name, "category": bench.category, "metric": bench.metric,
@@ -207,23 +210,26 @@ def measure_benchmark(name: str, plan: SamplePlan, backend, model_dir: Path, dat
 
     judge, reward_model_dir = None, None
     if name.startswith("alpaca_eval"):
-        judge = args.alpaca_judge
         reward_model_dir = Path(args.judge_rm) if args.judge_rm else model_dir
-        row["scoring"] = f"paper: GPT-4 judge over an API (not reachable here); timed with {judge!r}"
-        if judge == "reward_model":
+        judge = JudgeSpec(kind="reward_model", path=str(reward_model_dir)) \
+            if args.alpaca_judge == "reward_model" else cli_judge(args.alpaca_judge)
+        row["scoring"] = ("paper: GPT-4 judge over an API (not reachable here); timed with "
+                          f"{args.alpaca_judge!r}")
+        if args.alpaca_judge == "reward_model":
             row["scoring"] += f" = reward model {reward_model_dir}" + (
                 "" if args.judge_rm else " (untrained head: cost only, win rate meaningless)")
     restore = None
     if name == "toxigen":
         import ablate.evals.toxigen as toxigen
 
-        source = os.environ.get("ABLATE_TOXIGEN_CLASSIFIER") or toxigen.CLASSIFIER
+        classifier = EvalConfig().toxigen_classifier.hub
+        source = toxigen.classifier_location(EvalConfig().toxigen_classifier)
         try:
             toxigen.load_classifier(source)
             row["scoring"] = f"classifier {source}"
         except EvalError as exc:
             row["status"] = "not runnable here"
-            row["reason"] = (f"classifier {toxigen.CLASSIFIER} is not available offline "
+            row["reason"] = (f"classifier {classifier} is not available offline "
                              f"({str(exc)[:160]})")
             if args.no_stand_ins:
                 return row
@@ -231,15 +237,15 @@ def measure_benchmark(name: str, plan: SamplePlan, backend, model_dir: Path, dat
             restore = toxigen.load_classifier
             toxigen.load_classifier = lambda _source: stand_in  # timing only, see the docstring
             row["scoring"] = ("STAND-IN: random-weight RoBERTa-large classifier (same size as "
-                              f"{toxigen.CLASSIFIER}); estimate only, not in the total")
+                              f"{classifier}); estimate only, not in the total")
 
     blocks = sample_blocks(len(items), plan, args.seed)
     block_s, block_cpu_s, results = [], [], []
     try:
         for block in blocks:
-            env = EvalEnv(model_dir=model_dir, protocol="paper", seed=args.seed, judge=judge,
-                          reward_model_dir=reward_model_dir, data_root=data_root,
-                          cache_dir=scratch / name, _backend=backend)
+            config = eval_config(EvalConfig(seed=args.seed), name, judge=judge)
+            env = EvalEnv(model_dir=model_dir, config=config, reward_model_dir=reward_model_dir,
+                          data_root=data_root, cache_dir=scratch / name, _backend=backend)
             chosen = [items[i] for i in block]
             wall, cpu = time.perf_counter(), cpu_seconds()
             block_results = bench.evaluate(chosen, env)

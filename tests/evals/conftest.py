@@ -46,7 +46,7 @@ class FakeEnv:
 
     def __init__(self, protocol: str, reply, data_root: Path | None = None, **settings):
         self.protocol, self.reply, self.data_root = protocol, reply, data_root
-        self.seed, self.options, self.judge, self.reward_model_dir = 0, {}, None, None
+        self.seed, self.judge, self.reward_model_dir = 0, None, None
         self.cache_dir, self.stop = Path("."), None
         self.__dict__.update(settings)
 

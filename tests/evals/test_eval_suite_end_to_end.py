@@ -9,8 +9,11 @@ from http.server import HTTPServer
 import pytest
 
 from ablate.evals import benchmark_names
+from ablate.evals.cli import cli_judge
 from ablate.evals.runner import evaluate_benchmark
 from ablate.generate.hf import HFBackend
+from ablate.spec.expand import eval_config
+from ablate.spec.schema import EvalConfig, ModelSpec, PassAtK
 
 
 @pytest.fixture(scope="module")
@@ -66,18 +69,20 @@ def test_every_benchmark_runs_end_to_end(shared_data, tiny_model_dir, tmp_path, 
                                          toxicity_stand_in, fake_judge):
     monkeypatch.setenv("ABLATE_JUDGES", str(fake_judge))
     backend = HFBackend(tiny_model_dir)
-    options = {"toxigen": {"classifier": str(toxicity_stand_in)},
-               "humaneval_plus": {"n_samples": 2}, "mbpp_plus": {"n_samples": 2}}
-    judges = {"alpaca_eval_1": "fake", "alpaca_eval_2": "fake"}
+    names = benchmark_names()
+    settings = EvalConfig(benchmarks=tuple(names), limit={n: 2 for n in names},
+                          max_new_tokens={n: 6 for n in names}, pass_at_k=PassAtK(n=2),
+                          toxigen_classifier=ModelSpec(path=str(toxicity_stand_in)))
+    judge = cli_judge("fake")
     values = {}
-    for name in benchmark_names():
+    for name in names:
         if name == "alpaca_eval_2":
             monkeypatch.delenv("ABLATE_ALPACA_DF_GAMED", raising=False)
+        config = eval_config(settings, name, judge=judge if name.startswith("alpaca") else None)
         try:
-            result = evaluate_benchmark(name, tiny_model_dir, tmp_path / name, limit=2,
-                                        max_new_tokens=6, data_dir=shared_data,
-                                        judge=judges.get(name), options=options.get(name),
-                                        cache_dir=tmp_path / "cache", backend=backend)
+            result = evaluate_benchmark(config, tiny_model_dir, tmp_path / name,
+                                        data_dir=shared_data, cache_dir=tmp_path / "cache",
+                                        backend=backend).to_json()
         except Exception as exc:
             # AE2's primary metric needs alpaca-eval's difficulty file, absent offline: a clear
             # message that says how to fix it, and the raw win rate.

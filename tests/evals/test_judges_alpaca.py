@@ -145,9 +145,6 @@ def test_identical_outputs_are_draws_the_judge_never_sees(endpoint, tmp_path, mo
                                                            fake_env):
     from ablate.evals import get_benchmark
 
-    config = tmp_path / "judges.yaml"
-    config.write_text(f"j: {{kind: openai, base_url: '{endpoint}', model: m, api_key_env: K}}\n")
-    monkeypatch.setenv("ABLATE_JUDGES", str(config))
     monkeypatch.setenv("K", "key")
     bench = get_benchmark("alpaca_eval_1")
     items = [{"item_id": str(k), "index": k, "instruction": f"task {k}", "reference": ref,
@@ -156,7 +153,8 @@ def test_identical_outputs_are_draws_the_judge_never_sees(endpoint, tmp_path, mo
     outputs = {"task 0": "same words", "task 1": "mine", "task 2": "also mine"}
     ranking = "[{'model': 'model_1', 'rank': 1}, {'model': 'model_2', 'rank': 2}]"
     FakeEndpoint.answer = staticmethod(lambda content: ranking)  # the first output shown wins
-    env = fake_env("paper", lambda prompt: outputs[prompt.split("\n")[1]], judge="j",
+    judge = JudgeSpec(base_url=endpoint, model="m", api_key_env="K")
+    env = fake_env("paper", lambda prompt: outputs[prompt.split("\n")[1]], judge=judge,
                    cache_dir=tmp_path, seed=3)
     results = bench.evaluate(items, env)
     assert len(FakeEndpoint.seen) == 2
