@@ -44,10 +44,14 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def load_checked(path: Path) -> tuple[GridSpec, Plan]:
-    """Load, check every name against the registries, expand. Writes nothing."""
+def load_checked(path: Path, check_data: bool = False) -> tuple[GridSpec, Plan]:
+    """Load, check every name against the registries, resolve each file's digest and each own
+    benchmark's facts, expand; with ``check_data``, open each file or hub dataset the plan
+    trains on and count its unusable rows. Writes nothing."""
     from ablate.data import dataset_names, prompt_set_names
+    from ablate.data.own import resolve_source
     from ablate.evals import benchmark_names
+    from ablate.evals.custom import grid_custom_facts
     from ablate.models import BUILTIN_MODELS
     from ablate.train.programmatic import load_reward_function
 
@@ -56,12 +60,34 @@ def load_checked(path: Path) -> tuple[GridSpec, Plan]:
         check_names(grid, datasets=dataset_names(), prompt_sets=prompt_set_names(),
                     benchmarks=benchmark_names(), builtin_models=BUILTIN_MODELS,
                     load_reward=load_reward_function)
-        plan = expand(grid)
+        plan = expand(grid, resolve=resolve_source, custom_facts=grid_custom_facts(grid))
+        if check_data:
+            check_plan_data(plan)
     except SpecError as exc:
         if str(path) not in str(exc):
             exc = SpecError(f"{path}: {exc}")
         fail(str(exc))
     return grid, plan
+
+
+def check_plan_data(plan: Plan) -> None:
+    """Each declared file or hub dataset opened and its rows counted; a SpecError when one has
+    no usable row (nothing would train)."""
+    from ablate.data.load import DataUnavailable
+    from ablate.data.own import check_source, plan_sources
+
+    for ref, prompts in plan_sources(plan):
+        try:
+            checked = check_source(ref, prompts)
+        except DataUnavailable as exc:
+            raise SpecError(str(exc)) from None
+        usable = len(checked.rows)
+        sampled = f" (first {checked.read:,} checked)" if checked.read < checked.total else ""
+        problems = "".join(f"\n  unusable: {line}" for line in checked.describe())
+        if not usable:
+            raise SpecError(f"{checked.label}: no usable row of {checked.read:,}{problems}")
+        console.print(f"data {ref.describe()}: {checked.total:,} rows{sampled}, {usable:,} "
+                      f"usable{problems}", highlight=False)
 
 
 def step_table(plan: Plan, store: RunStore, states: dict | None = None) -> Table:
@@ -85,7 +111,7 @@ def grid(file: Path = typer.Argument(..., help="Grid spec (YAML)"),
                                          "prefix or 'all') and what depends on it"),
          store: Optional[Path] = StoreOption) -> None:
     """Expand a grid and run every step that is not done yet (locally, or on SLURM with --submit)."""
-    spec, plan = load_checked(file)
+    spec, plan = load_checked(file, check_data=True)
     run_store = store_at(store)
     checked_store(run_store)
     if dry_run and not submit:
@@ -114,8 +140,8 @@ def grid(file: Path = typer.Argument(..., help="Grid spec (YAML)"),
 
 @app.command()
 def validate(file: Path = typer.Argument(..., help="Grid spec (YAML)")) -> None:
-    """Check a grid spec without running or writing anything."""
-    spec, plan = load_checked(file)
+    """Check a grid spec and open the data it declares, without running or writing anything."""
+    spec, plan = load_checked(file, check_data=True)
     kinds = {}
     for step in plan.steps.values():
         kinds[step.kind] = kinds.get(step.kind, 0) + 1

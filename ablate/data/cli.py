@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
@@ -26,6 +27,29 @@ console = Console()
 def _fail(message: str) -> None:
     console.print(f"[red]error:[/] {message}", highlight=False)
     raise typer.Exit(2)
+
+
+def _own(path: str, fmt: Optional[str], columns: list[str], prompts: bool, max_rows, seed):
+    """A file of the user's own, read as a grid would read it (``path:``, ``format:``)."""
+    from ablate.data.own import resolve_source
+    from ablate.spec.load import SpecError
+    from ablate.spec.schema import PromptSetRef
+
+    try:
+        mapping = dict(c.split("=", 1) for c in columns)
+    except ValueError:
+        _fail(f"--column takes ablate's name=the file's name, got {columns}")
+    try:
+        ref = (PromptSetRef if prompts else DataRef)(path=path, format=fmt, columns=mapping,
+                                                     max_rows=max_rows, sample_seed=seed)
+        ref = resolve_source(ref)
+        if prompts:
+            return ref, load_prompts(PromptsRef(source="prompt_set", **ref.model_dump()))
+        return ref, load_preferences(ref)
+    except ValidationError as err:
+        _fail(f"{path}: " + "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors()))
+    except (SpecError, DataUnavailable, ValueError) as exc:
+        _fail(str(exc))
 
 
 def _load(name: str, split: str, max_rows: Optional[int], seed: int):
@@ -75,9 +99,25 @@ def show(name: str = typer.Argument(..., help="dataset or prompt-set name"),
          split: str = typer.Option("train", "--split", help="train or test (held out)"),
          n_examples: int = typer.Option(2, "--n-examples", help="examples to print"),
          max_rows: Optional[int] = typer.Option(None, "--max-rows"),
-         seed: int = typer.Option(0, "--seed")) -> None:
-    """Counts, length statistics (characters), skipped rows per reason and a few examples."""
-    data = _load(name, split, max_rows, seed)
+         seed: int = typer.Option(0, "--seed"),
+         fmt: Optional[str] = typer.Option(None, "--format", help="read NAME as a file of your "
+                                           "own in this format (chat, messages, text)"),
+         column: list[str] = typer.Option([], "--column", help="NAME=COLUMN: the file's column "
+                                          "for ablate's NAME (repeatable)"),
+         prompts: bool = typer.Option(False, "--prompts", help="the file is a prompt set")) -> None:
+    """Counts, length statistics (characters), skipped rows per reason and a few examples; for a
+    file of your own (``--format``), also where it is and its digest, as a grid records them."""
+    if fmt is not None:
+        ref, data = _own(name, fmt, column, prompts, max_rows, seed)
+        console.print(f"file {ref.path}\ndigest {ref.digest}", highlight=False)
+    else:
+        data = _load(name, split, max_rows, seed)
+        from ablate.data.own import override_path, resolve_source
+
+        if override_path(name) is not None and name in SOURCES:
+            ref = resolve_source(DataRef(name=name))
+            console.print(f"read from $ABLATE_DATA_{name.upper().replace('-', '_')}: "
+                          f"{override_path(name)} ({ref.digest})", highlight=False)
     rows, skipped, is_prompt_set = data.rows, data.skipped, isinstance(data, PromptData)
     what = "prompt set" if is_prompt_set else f"dataset, split {split}"
     console.print(f"[bold]{name}[/] ({what}): {len(rows):,} rows", highlight=False)

@@ -187,7 +187,14 @@ def _restrict(rows: list[dict], skipped: dict, other: str) -> tuple[list[dict], 
 
 
 def load_preferences(ref: DataRef, split: str = "train") -> PreferenceData:
-    """A named preference dataset (or mixture), one split, downsampled per ``ref``."""
+    """A named preference dataset (or mixture), or a file or hub dataset of the grid's own, one
+    split, downsampled per ``ref``."""
+    if ref.name is None:
+        from ablate.data.own import own_preferences
+
+        data = own_preferences(ref, split)
+        data.rows = downsample(data.rows, ref.max_rows, ref.sample_seed)
+        return data
     if ref.name in MIXTURES:
         mixture = MIXTURES[ref.name]
         parts = [load_preferences(DataRef(name=name, max_rows=rows, sample_seed=ref.sample_seed),
@@ -240,17 +247,17 @@ def clean_prompts(rows: Iterable[dict | SkipRow], skipped: Counter) -> list[dict
     return kept
 
 
-def _preference_prompts(name: str) -> tuple[list[dict], dict]:
+def _preference_prompts(ref: DataRef) -> tuple[list[dict], dict]:
     """The deduplicated prompts of a preference dataset's train split; the skips are the
     preference loader's plus the repeated prompts."""
-    data = load_preferences(DataRef(name=name))
+    data = load_preferences(ref)
     skipped = Counter(data.skipped)
     return clean_prompts(({"prompt": r["prompt"]} for r in data.rows), skipped), dict(skipped)
 
 
 def prompt_rows(prompt_set: PromptSource) -> tuple[list[dict], dict]:
     if prompt_set.from_preferences:
-        return _preference_prompts(prompt_set.from_preferences)
+        return _preference_prompts(DataRef(name=prompt_set.from_preferences))
     files = local_files(prompt_set.name, {"train": prompt_set.local_files}, "train",
                         prompt_set.packaged)
     if files is None:
@@ -271,11 +278,17 @@ def load_prompts(ref: PromptsRef) -> PromptData:
     skip counts by reason (``PromptData`` indexes and iterates as its rows). Preference data gives
     the prompts of its train split (deduplicated, no reference)."""
     if ref.source == "preference_data":
-        rows, skipped = _preference_prompts(ref.name)
+        source = ref.model_dump(exclude={"source", "max_rows", "sample_seed"})
+        rows, skipped = _preference_prompts(DataRef(**source))
+    elif ref.name is None:
+        from ablate.data.own import own_prompts
+
+        data = own_prompts(ref)
+        rows, skipped = data.rows, data.skipped
     else:
         if ref.name not in PROMPT_SETS:
             raise KeyError(f"unknown prompt set {ref.name!r}; "
                            f"known: {', '.join(sorted(PROMPT_SETS))}")
         rows, skipped = prompt_rows(PROMPT_SETS[ref.name])
-    return PromptData(name=ref.name, rows=downsample(rows, ref.max_rows, ref.sample_seed),
+    return PromptData(name=ref.name or ref.describe(), rows=downsample(rows, ref.max_rows, ref.sample_seed),
                       skipped=skipped)

@@ -1,7 +1,8 @@
 """The paper's 11-benchmark suite: a registry of benchmarks by name and the step runner.
 
 Adding a benchmark is a module with a ``Benchmark`` subclass plus one line in ``BENCHMARKS``, and
-its facts (category, how it is scored, judge) in ``ablate.spec.benchmarks``.
+its facts (category, how it is scored, judge) in ``ablate.spec.benchmarks``. A grid may also name
+a benchmark of the user's own by its class (``ablate.evals.custom``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,12 @@ def benchmark_names() -> list[str]:
     return list(BENCHMARKS)
 
 
-def get_benchmark(name: str) -> Benchmark:
+def get_benchmark(name: str, module: str | None = None) -> Benchmark:
+    """A built-in benchmark by name, or one of the user's own by its class (``module``)."""
+    if module is not None:
+        from ablate.evals.custom import custom_benchmark
+
+        return custom_benchmark(name, module)
     if name not in BENCHMARKS:
         raise EvalError(f"unknown benchmark {name!r}; valid: {', '.join(BENCHMARKS)}")
     module, cls = BENCHMARKS[name].split(":")

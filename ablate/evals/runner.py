@@ -42,7 +42,7 @@ def evaluate_benchmark(config: EvalStep, model_dir: Path, out_dir: Path, *,
     the shipped slice)."""
     started = time.time()
     check_protocol(config.protocol)
-    bench = get_benchmark(config.benchmark)
+    bench = get_benchmark(config.benchmark, config.module)
     items, data_root = load_items(bench, config.protocol, config.limit, data_dir)
     env = EvalEnv(model_dir=Path(model_dir), config=config, reward_model_dir=reward_model_dir,
                   data_root=data_root, cache_dir=Path(cache_dir),
@@ -80,7 +80,7 @@ def evaluate_benchmark(config: EvalStep, model_dir: Path, out_dir: Path, *,
         n_items=len(results), n_failed=summary.n_failed, limit=config.limit,
         versions=library_versions(CORE_LIBRARIES + bench.libraries),
         data_revision=bench.data_revision,
-        data_source=str(data_root) if data_root else "shipped slice",
+        data_source=config.module or (str(data_root) if data_root else "shipped slice"),
         sampler=config.sampler.model_dump(mode="json"),
         judge=config.judge.model_dump(mode="json") if config.judge else None,
         seconds=round(time.time() - started, 3), **extra)

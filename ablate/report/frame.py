@@ -58,6 +58,8 @@ class Results:
     grid_file: str | None = None
     reported: dict[tuple[str, str], float] = field(default_factory=dict)  # (group, key) -> number
     rm_scores: dict[str, float] = field(default_factory=dict)  # cell -> its RM's held-out accuracy
+    # a grid's own benchmarks (eval.custom) -> their categories: columns beside the paper's six
+    own_categories: dict[str, str] = field(default_factory=dict)
     value_replicates: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # cache
     # benchmark -> its metric, where the value is not the mean of the per-item scores: no CI and
     # no paired test for it (``stats.item_scale``)
@@ -157,7 +159,7 @@ def load_results(store: RunStore | Path | str, grid: str) -> Results:
     results = Results(grid=grid, frame=pd.DataFrame(columns=COLUMNS), cells=[],
                       benchmarks=benchmarks, store_root=store.root, plan=plan,
                       grid_file=raw_plan.get("source"), description=about["description"],
-                      labels=about["labels"])
+                      labels=about["labels"], own_categories=own_categories(plan))
     rows = []
     for cell in plan.cells:
         group = group_name(cell.name)
@@ -173,6 +175,12 @@ def load_results(store: RunStore | Path | str, grid: str) -> Results:
         _read_rm_score(store, plan, results, cell)
     results.frame = pd.DataFrame(rows, columns=COLUMNS)
     return results
+
+
+def own_categories(plan: Plan) -> dict[str, str]:
+    """The categories of a plan's own benchmarks, as their eval steps carry them."""
+    return {s.config.benchmark: s.config.category for s in plan.steps.values()
+            if s.kind == "eval" and s.config.module is not None and s.config.category}
 
 
 def grid_about(raw_plan: dict, store_root: Path) -> dict:
@@ -211,7 +219,7 @@ def _train_labels(store: RunStore, plan: Plan, model_step: str | None) -> dict:
 def _eval_row(store: RunStore, plan: Plan, results: Results, cell, group: str, bench: str) -> dict:
     row = dict.fromkeys(COLUMNS)
     row.update(grid=plan.grid, cell=cell.name, group=group, seed=cell.axes.get("seed"),
-               is_baseline=cell.is_baseline, benchmark=bench, category=category_of(bench),
+               is_baseline=cell.is_baseline, benchmark=bench, category=category_of(bench, results.own_categories),
                model_step=cell.model_step, status="missing")
     step_id = cell.evals.get(bench)
     if step_id is None or step_id not in plan.steps:

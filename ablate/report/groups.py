@@ -91,7 +91,7 @@ def _cell_numbers(results: Results, cell: str, baseline_cells: list[str]) -> _Ce
                 n_pairs[key] = min(d.size for d in runs)
     for source, target in ((cat_points, points), (cat_reps, reps), (cat_diff_points, diff_points),
                            (cat_diff_reps, diff_reps)):
-        target.update(aggregate(source, results.benchmarks))
+        target.update(aggregate(source, results.benchmarks, results.own_categories))
     return _CellNumbers(points, reps, diff_points, diff_reps, n_pairs)
 
 

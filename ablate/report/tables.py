@@ -50,16 +50,22 @@ def partial_categories(results: Results) -> dict[str, list[str]]:
         return {}
     out = {}
     for category in CATEGORIES:
-        have = [b for b in results.benchmarks if category_of(b) == category]
+        have = [b for b in results.benchmarks
+                if category_of(b, results.own_categories) == category]
         paper = [b for b, c in CATEGORY_OF.items() if c == category]
         if have and len(have) < len(paper):
             out[category] = have
     return out
 
 
+def paper_categories_present(results: Results) -> set[str]:
+    """The paper's categories the grid's benchmarks cover (its own benchmarks' are not)."""
+    return {category_of(b, results.own_categories) for b in results.benchmarks} & set(CATEGORIES)
+
+
 def average_is_partial(results: Results) -> bool:
-    present = {category_of(b) for b in results.benchmarks}
-    return bool(partial_categories(results)) or len(present) < len(CATEGORIES)
+    return bool(partial_categories(results)) or \
+        len(paper_categories_present(results)) < len(CATEGORIES)
 
 
 def category_columns(results: Results) -> list[Column]:
@@ -67,7 +73,10 @@ def category_columns(results: Results) -> list[Column]:
     partial = partial_categories(results)
     mark = {c: PARTIAL_MARK if c in partial else "" for c in present}
     average = "Average" + (PARTIAL_MARK if average_is_partial(results) else "")
-    return [Column(c, label(c) + mark[c]) for c in present] + [Column("average", average)]
+    own = list(dict.fromkeys(c for c in results.own_categories.values()
+                             if any(results.frame.category == c)))
+    return [Column(c, label(c) + mark[c]) for c in present] + [Column("average", average)] + \
+        [Column(c, label(c)) for c in own]
 
 
 def benchmark_and_category_columns(results: Results) -> list[Column]:
@@ -361,6 +370,19 @@ def _delta_row(spec: TableSpec, results: Results, stats, columns, groups, info,
     return TableRow(lead, cells, [], is_summary=True)
 
 
+def data_notes(results: Results) -> list[str]:
+    """Exactly what was trained on where the data is a file or hub dataset (or a registry
+    dataset read from ``$ABLATE_DATA_<NAME>``): where it was and its digest, per training step."""
+    found: dict[str, list[str]] = {}
+    for step in (results.plan.steps.values() if results.plan else ()):
+        for attr in ("data", "prompts"):
+            ref = getattr(step.config, attr, None)
+            if getattr(ref, "digest", None):
+                where = ref.path or ref.hub or ref.name
+                found.setdefault(f"{where} ({ref.digest})", []).append(f"{step.kind} {step.id}")
+    return [f"trained on {source}: {', '.join(steps)}" for source, steps in found.items()]
+
+
 def _notes(spec: TableSpec, results: Results, rows: list[TableRow], columns: list[Column]) -> list[str]:
     notes = []
     if any(c.within_noise for r in rows for c in r.cells):
@@ -378,10 +400,15 @@ def _notes(spec: TableSpec, results: Results, rows: list[TableRow], columns: lis
         parts = [f"{label(c)} = {' + '.join(label(b) for b in have)} only" for c, have in
                  partial.items()]
         if "average" in shown and average_is_partial(results):
-            n = len({category_of(b) for b in results.benchmarks})
+            n = len(paper_categories_present(results))
             parts.append(f"Average = the mean of the {n} categories this grid has")
         notes.append(f"{PARTIAL_MARK} not the paper's aggregate: " + "; ".join(parts)
                      + " (the paper's Average is over all 11 benchmarks in 6 categories).")
+    if results.own_categories:
+        notes.append("benchmarks of the grid's own: " + "; ".join(
+            f"{label(b)} ({label(c)})" for b, c in results.own_categories.items())
+            + ": each category is a column of its own, not in the Average.")
+    notes.extend(data_notes(results))
     if results.sampler_not_applied:
         notes.append("best-of-N does not apply to " + ", ".join(
             label(b) for b in results.sampler_not_applied)

@@ -60,10 +60,13 @@ CATEGORIES = {c: CATEGORIES[c] for c in ("factuality", "reasoning", "coding", "t
 CATEGORY_OF: dict[str, str] = {b: f.category for b, f in BENCHMARKS.items()}
 
 
-def category_of(benchmark: str) -> str:
-    """A benchmark's category; a paper-level row may name the category itself."""
+def category_of(benchmark: str, own: Mapping[str, str] | None = None) -> str:
+    """A benchmark's category; a paper-level row may name the category itself. ``own``: the
+    categories of a grid's own benchmarks (benchmark -> category), which are not the paper's."""
     if benchmark in CATEGORIES:
         return benchmark
+    if own and benchmark in own:
+        return own[benchmark]
     try:
         return CATEGORY_OF[benchmark]
     except KeyError:
@@ -71,24 +74,30 @@ def category_of(benchmark: str) -> str:
                        f"known: {', '.join(sorted(CATEGORY_OF))}") from None
 
 
-def aggregate(per_benchmark: Mapping[str, X | None], benchmarks: Iterable[str]) -> dict[str, X | None]:
+def aggregate(per_benchmark: Mapping[str, X | None], benchmarks: Iterable[str],
+              own: Mapping[str, str] | None = None) -> dict[str, X | None]:
     """The paper's aggregation: each category the mean of its ``benchmarks`` (the ones a grid or
     a run has), the average the mean of those categories, on category scores (higher is better).
 
     Works on floats and on replicate arrays alike. A category with any of its benchmarks missing
     is missing, and so is the average: a partial mean would silently change what is compared.
     Readers mark a category with fewer benchmarks than the paper's, or an average over fewer
-    than its six categories, as not the paper's aggregate.
+    than its six categories, as not the paper's aggregate. The categories of a grid's own
+    benchmarks (``own``) are means of their own, after the paper's, and not in the average: it
+    stays comparable with the paper's.
     """
     members: dict[str, list[str]] = {}
     for bench in benchmarks:
-        members.setdefault(category_of(bench), []).append(bench)
+        members.setdefault(category_of(bench, own), []).append(bench)
     out: dict[str, X | None] = {}
     for category in [c for c in CATEGORIES if c in members]:
         values = [per_benchmark.get(b) for b in members[category]]
         out[category] = None if any(v is None for v in values) else sum(values) / len(values)
     cats = list(out.values())
     out["average"] = None if not cats or any(v is None for v in cats) else sum(cats) / len(cats)
+    for category in [c for c in members if c not in CATEGORIES]:
+        values = [per_benchmark.get(b) for b in members[category]]
+        out[category] = None if any(v is None for v in values) else sum(values) / len(values)
     return out
 
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from pydantic import ValidationError
 
-from ablate.spec.benchmarks import BENCHMARKS
+from ablate.spec.benchmarks import BENCHMARKS, BenchmarkFacts
 from ablate.spec.load import SpecError
 from ablate.spec.plan import Cell, Plan, Step
 from ablate.spec.schema import (
-    BestOfN, BoNConfig, CellRule, DataRef, DPOConfig, EvalConfig, Greedy, GridSpec, JudgeSpec,
+    BestOfN, BoNConfig, CellRule, DataRef, DataSource, DPOConfig, EvalConfig, Greedy, GridSpec, JudgeSpec,
     ModelSpec, PPOConfig, PromptSetRef, RewardModelSpec, Sampler,
 )
 from ablate.spec.steps import STEP_KINDS, DPOStep, EvalStep, PPOStep, PromptsRef, RMStep
@@ -20,6 +20,18 @@ BUILTIN_ALGORITHMS = {"dpo": DPOConfig(), "ppo": PPOConfig(), "bon": BoNConfig()
 AXIS_NAMES = ("model", "data", "algorithm", "reward_model", "prompts", "seed")
 SHORT = {"model": "model", "data": "data", "algorithm": "alg", "reward_model": "rm",
          "prompts": "prompts", "seed": "seed"}
+
+D = TypeVar("D", bound=DataSource)
+# A data source with its ``digest`` filled in (what the rows are); computed in the data layer and
+# passed in, as the registries are, so that expansion stays a pure function of its arguments.
+Resolver = Callable[[DataSource], DataSource]
+
+
+def _unresolved(ref: D) -> D:
+    if ref.path is not None or ref.hub is not None:
+        raise SpecError(f"data {ref.describe()}: its digest was not resolved; expand the grid "
+                        "with the data layer's resolver (ablate.data.resolve_source)")
+    return ref
 
 
 def _matches(rule: CellRule, cell: dict[str, Any]) -> bool:
@@ -65,14 +77,15 @@ def _apply_overrides(grid: GridSpec, cell: dict[str, Any], algo):
     return algo, applied
 
 
-def _data(grid: GridSpec, name: str, needed_by: str | None = None) -> DataRef:
-    """The dataset ``name`` stands for; ``needed_by`` names what trains on it, for which the
-    axis value "none" (no data axis) is an error rather than a dataset called "none"."""
+def _data(grid: GridSpec, name: str, needed_by: str | None = None,
+          resolve: Resolver = _unresolved) -> DataRef:
+    """The dataset ``name`` stands for, resolved; ``needed_by`` names what trains on it, for which
+    the axis value "none" (no data axis) is an error rather than a dataset called "none"."""
     if needed_by and name == "none":
         raise SpecError(f"grid {grid.name!r}: {needed_by} trains on the cell's preference data, "
                         "but axes.data is not set (its value is 'none'): add a data axis or "
                         "name the data explicitly")
-    return grid.datasets.get(name) or DataRef(name=name)
+    return resolve(grid.datasets.get(name) or DataRef(name=name))
 
 
 def _model(grid: GridSpec, name: str):
@@ -89,10 +102,10 @@ def _reward_model(grid: GridSpec, rm_name: str) -> RewardModelSpec:
     return grid.reward_models[rm_name]
 
 
-def _rm_step(grid: GridSpec, rm_name: str, cell: dict[str, Any]) -> Step:
+def _rm_step(grid: GridSpec, rm_name: str, cell: dict[str, Any], resolve: Resolver) -> Step:
     rm = _reward_model(grid, rm_name)
-    data = _data(grid, cell["data"], f"reward model {rm_name!r} (data: cell)") \
-        if rm.data == "cell" else rm.data
+    data = _data(grid, cell["data"], f"reward model {rm_name!r} (data: cell)", resolve) \
+        if rm.data == "cell" else resolve(rm.data)
     base = _model(grid, rm.base or cell["model"])
     label = f"rm={rm_name}" + (f",data={cell['data']}" if rm.data == "cell" else "")
     return Step(name=f"train_rm {label}",
@@ -100,19 +113,19 @@ def _rm_step(grid: GridSpec, rm_name: str, cell: dict[str, Any]) -> Step:
                               train=rm.train, seed=rm.seed))
 
 
-def _prompts(grid: GridSpec, name: str, cell: dict[str, Any]) -> PromptsRef:
+def _prompts(grid: GridSpec, name: str, cell: dict[str, Any], resolve: Resolver) -> PromptsRef:
     if name in ("cell", "none"):
-        data = _data(grid, cell["data"], f"PPO (prompts: {name})")
-        return PromptsRef(source="preference_data", name=data.name, max_rows=data.max_rows,
-                            sample_seed=data.sample_seed)
-    ref = grid.prompt_sets.get(name) or PromptSetRef(name=name)
-    return PromptsRef(source="prompt_set", **ref.model_dump())
+        data = _data(grid, cell["data"], f"PPO (prompts: {name})", resolve)
+        return PromptsRef(source="preference_data", **data.model_dump(exclude_defaults=True))
+    ref = resolve(grid.prompt_sets.get(name) or PromptSetRef(name=name))
+    return PromptsRef(source="prompt_set", **ref.model_dump(exclude_defaults=True))
 
 
-def judge_for(grid: GridSpec, benchmark: str) -> JudgeSpec | None:
+def judge_for(grid: GridSpec, benchmark: str,
+              facts: Mapping[str, BenchmarkFacts] = BENCHMARKS) -> JudgeSpec | None:
     """The full definition of the judge a judged benchmark uses, from the grid's ``judges``."""
     name = grid.eval.judges.get(benchmark) or grid.eval.judge
-    if name is None or not BENCHMARKS[benchmark].judged:
+    if name is None or not facts[benchmark].judged:
         return None
     if name not in grid.judges:
         raise SpecError(f"grid {grid.name!r}: {benchmark}'s judge {name!r} is not defined; "
@@ -122,10 +135,13 @@ def judge_for(grid: GridSpec, benchmark: str) -> JudgeSpec | None:
 
 
 def eval_config(settings: EvalConfig, benchmark: str, *, judge: JudgeSpec | None = None,
-                model: ModelSpec | None = None, best_of_n: BestOfN | None = None) -> EvalStep:
+                model: ModelSpec | None = None, best_of_n: BestOfN | None = None,
+                facts: BenchmarkFacts | None = None) -> EvalStep:
     """The eval step config of one benchmark under a grid's (or the command line's) settings.
-    Best-of-N reranks greedy generations only; code benchmarks sample for pass@k."""
-    facts = BENCHMARKS[benchmark]
+    Best-of-N reranks greedy generations only; code benchmarks sample for pass@k. ``facts``: a
+    benchmark of the user's own (``settings.custom``), as its class declares them."""
+    custom = settings.custom.get(benchmark)
+    facts = facts or BENCHMARKS[benchmark]
     sampler: Sampler = Greedy()
     if facts.scoring == "pass_at_k":
         sampler = settings.pass_at_k
@@ -136,18 +152,21 @@ def eval_config(settings: EvalConfig, benchmark: str, *, judge: JudgeSpec | None
         limit=settings.limit.get(benchmark), seed=settings.seed,
         max_new_tokens=settings.max_new_tokens.get(benchmark), sampler=sampler, judge=judge,
         shots=settings.mmlu_shots if benchmark == "mmlu" else 0,
-        classifier=settings.toxigen_classifier if benchmark == "toxigen" else None, model=model)
+        classifier=settings.toxigen_classifier if benchmark == "toxigen" else None, model=model,
+        module=custom.module if custom else None, category=facts.category if custom else None)
 
 
 def _eval_steps(grid: GridSpec, label: str, model: ModelSpec | None,
-                inputs: dict[str, str], best_of_n: BestOfN | None = None) -> dict[str, Step]:
+                inputs: dict[str, str], facts: Mapping[str, BenchmarkFacts],
+                best_of_n: BestOfN | None = None) -> dict[str, Step]:
     """One eval step per benchmark. ``model`` is the base model when no training step made the
     model. Where best-of-N does not apply, a best-of-N cell's eval is the base model's own step
     (no reward model input): the same work, one step."""
     steps = {}
     for bench in grid.eval.benchmarks:
-        judge = judge_for(grid, bench)
-        config = eval_config(grid.eval, bench, judge=judge, model=model, best_of_n=best_of_n)
+        judge = judge_for(grid, bench, facts)
+        config = eval_config(grid.eval, bench, judge=judge, model=model, best_of_n=best_of_n,
+                             facts=facts[bench])
         step_inputs = {k: v for k, v in inputs.items() if k != "reward_model"}
         cell_rm = judge is not None and judge.kind == "reward_model" and judge.path is None
         if isinstance(config.sampler, BestOfN) or cell_rm:
@@ -164,8 +183,18 @@ def cell_name(cell: dict[str, Any], show_model: bool) -> str:
     return ",".join(f"{SHORT[a]}={cell[a]}" for a in axes)
 
 
-def expand(grid: GridSpec) -> Plan:
-    """Every combination of the axes, normalised, filtered by include/exclude, steps shared."""
+def expand(grid: GridSpec, *, resolve: Resolver = _unresolved,
+           custom_facts: Mapping[str, BenchmarkFacts] | None = None) -> Plan:
+    """Every combination of the axes, normalised, filtered by include/exclude, steps shared.
+
+    ``resolve`` fills in each data source's digest (``ablate.data.resolve_source``); without it,
+    only registry data without a ``$ABLATE_DATA_<NAME>`` file expands. ``custom_facts`` are the
+    facts of the grid's own benchmarks (``eval.custom``), as their classes declare them."""
+    missing = sorted(set(grid.eval.custom) - set(custom_facts or {}))
+    if missing:
+        raise SpecError(f"grid {grid.name!r}: the facts of benchmark(s) {', '.join(missing)} "
+                        "(eval.custom) were not resolved from their modules")
+    facts = {**BENCHMARKS, **(custom_facts or {})}
     axes = grid.axes
     show_model = len(axes.model) > 1
     steps: dict[str, Step] = {}
@@ -180,7 +209,7 @@ def expand(grid: GridSpec) -> Plan:
         for model_name in axes.model:
             model = _model(grid, model_name)
             label = f"{model_name} (SFT baseline)"
-            evals = _eval_steps(grid, label, model, {})
+            evals = _eval_steps(grid, label, model, {}, facts)
             cells.append(Cell(name=f"sft={model_name}" if show_model else "sft", axes={
                 "model": model_name, "data": "none", "algorithm": "sft", "reward_model": "none",
                 "prompts": "none", "seed": None}, model_step=None,
@@ -213,22 +242,22 @@ def expand(grid: GridSpec) -> Plan:
         model = _model(grid, cell["model"])
 
         if isinstance(algo, DPOConfig):
-            data = _data(grid, cell["data"], f"algorithm {cell['algorithm']!r}")
+            data = _data(grid, cell["data"], f"algorithm {cell['algorithm']!r}", resolve)
             train = Step(name=f"train_dpo {name}", config=DPOStep(
                 version=STEP_KINDS["train_dpo"].version, model=model, data=data, algorithm=algo,
                 seed=cell["seed"]))
             model_step = add(train)
-            evals = _eval_steps(grid, name, None, {"model": model_step})
+            evals = _eval_steps(grid, name, None, {"model": model_step}, facts)
         elif isinstance(algo, PPOConfig):
             programmatic = _reward_model(grid, cell["reward_model"]).programmatic
             inputs = {} if programmatic is not None else {  # a checkable reward: no RM to train
-                "reward_model": add(_rm_step(grid, cell["reward_model"], cell))}
+                "reward_model": add(_rm_step(grid, cell["reward_model"], cell, resolve))}
             train = Step(name=f"train_ppo {name}", config=PPOStep(
                 version=STEP_KINDS["train_ppo"].version, model=model,
-                prompts=_prompts(grid, cell["prompts"], cell), algorithm=algo, seed=cell["seed"],
+                prompts=_prompts(grid, cell["prompts"], cell, resolve), algorithm=algo, seed=cell["seed"],
                 reward=programmatic), inputs=inputs)
             model_step = add(train)
-            evals = _eval_steps(grid, name, None, {"model": model_step})
+            evals = _eval_steps(grid, name, None, {"model": model_step}, facts)
         else:  # best-of-N over the base model: no training, a different sampler at eval time
             programmatic = _reward_model(grid, cell["reward_model"]).programmatic
             if programmatic is not None:
@@ -237,10 +266,10 @@ def expand(grid: GridSpec) -> Plan:
                                 f"({programmatic!r}); best-of-N ranks its samples with a trained "
                                 "reward model, so give it one that is trained (no "
                                 "`programmatic`), or exclude the cell")
-            rm_id = add(_rm_step(grid, cell["reward_model"], cell))
+            rm_id = add(_rm_step(grid, cell["reward_model"], cell, resolve))
             model_step = None
             sampler = BestOfN(n=algo.n, temperature=algo.temperature, seed=cell["seed"])
-            evals = _eval_steps(grid, name, model, {"reward_model": rm_id}, sampler)
+            evals = _eval_steps(grid, name, model, {"reward_model": rm_id}, facts, sampler)
         cells.append(Cell(name=name, axes={**cell, "overrides": applied}, model_step=model_step,
                           evals={b: add(s) for b, s in evals.items()}))
 
@@ -290,10 +319,10 @@ def check_names(grid: GridSpec, *, datasets: Iterable[str], prompt_sets: Iterabl
     for name in grid.axes.model:
         if name not in grid.models:
             fail("model", name, "axes.model", sorted(grid.models))
-    refs = [(f"datasets.{k}", v.name) for k, v in grid.datasets.items()]
+    refs = [(f"datasets.{k}", v.name) for k, v in grid.datasets.items() if v.name is not None]
     refs += [("axes.data", n) for n in grid.axes.data if n != "none" and n not in grid.datasets]
     refs += [(f"reward_models.{k}.data", v.data.name) for k, v in grid.reward_models.items()
-             if isinstance(v.data, DataRef)]
+             if isinstance(v.data, DataRef) and v.data.name is not None]
     for where, name in refs:
         if name not in datasets:
             fail("dataset", name, where, datasets)
@@ -301,6 +330,8 @@ def check_names(grid: GridSpec, *, datasets: Iterable[str], prompt_sets: Iterabl
         if name in ("none", "cell"):
             continue
         ref = grid.prompt_sets.get(name)
+        if ref and ref.name is None:
+            continue  # a file or hub dataset of prompts, opened by the data layer's checks
         if (ref.name if ref else name) not in prompt_sets:
             fail("prompt set", ref.name if ref else name, "axes.prompts", prompt_sets)
     for name in grid.axes.algorithm:
@@ -318,9 +349,17 @@ def check_names(grid: GridSpec, *, datasets: Iterable[str], prompt_sets: Iterabl
             except ValueError as exc:
                 raise SpecError(f"grid {grid.name!r}: reward_models.{name}.programmatic: "
                                 f"{exc}") from None
+    for name in grid.eval.custom:
+        if name in benchmarks:
+            raise SpecError(f"grid {grid.name!r}: eval.custom.{name}: {name!r} is a built-in "
+                            "benchmark; give your own benchmark another name")
+        if name not in grid.eval.benchmarks:
+            raise SpecError(f"grid {grid.name!r}: eval.custom.{name} is defined but not listed "
+                            "in eval.benchmarks")
     for name in grid.eval.benchmarks:
-        if name not in benchmarks:
-            fail("benchmark", name, "eval.benchmarks", benchmarks)
+        if name not in benchmarks and name not in grid.eval.custom:
+            fail("benchmark", name, "eval.benchmarks (or define it under eval.custom)",
+                 benchmarks + sorted(grid.eval.custom))
     for field in ("limit", "max_new_tokens", "judges"):
         for name in getattr(grid.eval, field):
             if name not in grid.eval.benchmarks:

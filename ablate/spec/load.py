@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +167,26 @@ def load_model(model: type[BaseModel], path: Path | str) -> Any:
         return model.model_validate(data)
     except ValidationError as err:
         raise SpecError(format_validation_error(err, model, path, root)) from None
+
+
+def import_path(path: str, what: str, form: str = "name") -> Any:
+    """The object ``path`` (``"package.module:name"``) names; a ValueError says what is missing.
+    ``what`` names it in the message (e.g. "the reward"). The current folder is searched too, so
+    that a module beside the grid works without installing it (``python -m`` does the same)."""
+    module_name, _, name = path.partition(":")
+    if not module_name or not name:
+        raise ValueError(f"{path!r} is not an import path of the form 'package.module:{form}'")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # a module that fails while importing is the user's error too
+        raise ValueError(f"cannot import {module_name!r} for {what} {path!r}: "
+                         f"{type(exc).__name__}: {exc}") from None
+    found = getattr(module, name, None)
+    if found is None:
+        raise ValueError(f"module {module_name!r} has no {name!r} ({what} {path!r})")
+    return found
 
 
 def judges_file() -> Path:

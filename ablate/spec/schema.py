@@ -7,7 +7,7 @@ taken. The paper's hyperparameters (Ivison et al., 2024) are the defaults.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
@@ -49,10 +49,80 @@ class ModelSpec(Frozen):
         return f"hub:{self.hub}@{self.revision or 'main'}"
 
 
-class DataRef(Frozen):
-    """A named preference dataset from ``ablate.data``'s registry, optionally downsampled."""
+DataFormat = Literal["chat", "messages", "text"]
+FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {  # the columns each format reads, by ablate's name
+    "chat": ("prompt", "chosen", "rejected"),  # message lists; prompt optional
+    "messages": ("messages", "preference"),  # one conversation per row, marked chosen or rejected
+    "text": ("prompt", "chosen", "rejected"),  # plain strings
+}
+PROMPT_FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "chat": ("messages", "reference"),  # a message list ending with a user turn
+    "text": ("prompt", "reference"),  # a plain string
+}
 
-    name: str
+
+class DataSource(Frozen):
+    """Where rows come from: a registry ``name``, a local file or folder (``path``: JSONL, JSON,
+    Parquet or CSV), or a hub dataset (``hub`` at ``revision``, one ``split``), the last two read
+    in a declared ``format`` with ``columns`` mapping ablate's column names to the file's.
+
+    ``digest`` is what the rows are: a local file's content hash (also a registry name's
+    ``$ABLATE_DATA_<NAME>`` file), a hub dataset's resolved commit. ablate fills it in when it
+    loads a grid, so a changed file is a new step id; the path itself is only where the file is
+    found (an execution field), so moving a file keeps its results."""
+
+    name: str | None = None
+    path: str | None = execution(None)
+    hub: str | None = None
+    revision: str | None = None
+    split: str = "train"
+    format: DataFormat | None = None
+    columns: dict[str, str] = Field(default_factory=dict)
+    digest: str | None = None
+
+    formats: ClassVar[dict[str, tuple[str, ...]]] = FORMAT_COLUMNS
+
+    def format_columns(self) -> dict[str, tuple[str, ...]]:
+        """The formats this kind of data may be read in, and the columns each reads."""
+        return self.formats
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        given = [k for k in ("name", "path", "hub") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("needs exactly one of name (a registry dataset), path (a local file "
+                             f"or folder) or hub (a hub dataset); got {', '.join(given) or 'none'}")
+        # values away from their defaults, not fields set: a stored plan sets every field
+        changed = {k for k in ("format", "columns", "revision", "split")
+                   if getattr(self, k) != type(self).model_fields[k].get_default(
+                       call_default_factory=True)}
+        if self.name is not None:
+            extra = sorted(changed)
+            if extra:
+                raise ValueError(f"{', '.join(extra)} apply to path or hub data, not to the "
+                                 f"registry dataset {self.name!r}")
+            return self
+        formats = self.format_columns()
+        if self.format is None or self.format not in formats:
+            raise ValueError(f"{'path' if self.path else 'hub'} data needs a format: one of "
+                             f"{', '.join(formats)}" + (f" (got {self.format!r})" if self.format else ""))
+        if self.path is not None and {"revision", "split"} & changed:
+            raise ValueError("revision and split apply to hub data, not to a local path")
+        unknown = sorted(set(self.columns) - set(formats[self.format]))
+        if unknown:
+            raise ValueError(f"columns: {', '.join(unknown)} not read by format {self.format!r} "
+                             f"(it reads {', '.join(formats[self.format])})")
+        return self
+
+    def describe(self) -> str:
+        where = self.name or (f"path:{self.path}" if self.path else
+                              f"hub:{self.hub}@{self.revision or 'main'}:{self.split}")
+        return where + (f" ({self.digest})" if self.digest else "")
+
+
+class DataRef(DataSource):
+    """Preference data, optionally downsampled."""
+
     max_rows: int | None = Field(default=None, gt=0)
     sample_seed: int = 0
 
@@ -195,10 +265,11 @@ class RewardModelSpec(Frozen):
         return self
 
 
-class PromptSetRef(Frozen):
-    """Policy-training prompts for PPO: a named prompt set, or the prompts of the cell's data."""
+class PromptSetRef(DataSource):
+    """Policy-training prompts for PPO: a named prompt set (or "cell": the prompts of the cell's
+    data), or a file or hub dataset of prompts."""
 
-    name: str  # a prompt-set name from ablate.data, or "cell" (the cell's preference data)
+    formats: ClassVar[dict[str, tuple[str, ...]]] = PROMPT_FORMAT_COLUMNS
     max_rows: int | None = Field(default=None, gt=0)
     sample_seed: int = 0
 
@@ -263,6 +334,13 @@ class JudgeSpec(Frozen):
         return self
 
 
+class CustomBenchmark(Frozen):
+    """A benchmark defined in the user's own module: ``module`` is ``"package.module:Class"``, a
+    subclass of ``ablate.evals.Benchmark`` that declares its facts (``ablate.evals.custom``)."""
+
+    module: str
+
+
 class EvalConfig(Frozen):
     protocol: Literal["paper", "full"] = "paper"
     benchmarks: tuple[str, ...] = (
@@ -278,6 +356,8 @@ class EvalConfig(Frozen):
     mmlu_shots: Literal[0, 5] = 0
     pass_at_k: PassAtK = PassAtK()
     toxigen_classifier: ModelSpec = ModelSpec(hub="tomh/toxigen_roberta")
+    custom: dict[str, CustomBenchmark] = Field(default_factory=dict, description="benchmarks of "
+                                               "your own, by the name `benchmarks` lists them as")
 
 
 # ---------------------------------------------------------------- the grid

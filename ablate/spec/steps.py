@@ -20,7 +20,8 @@ from typing import Any, ClassVar, Literal, Mapping
 from pydantic import BaseModel, Field
 
 from ablate.spec.schema import (
-    DataRef, DPOConfig, Frozen, JudgeSpec, ModelSpec, PPOConfig, RMConfig, Sampler, Greedy,
+    FORMAT_COLUMNS, PROMPT_FORMAT_COLUMNS, DataRef, DataSource, DPOConfig, Frozen, JudgeSpec,
+    ModelSpec, PPOConfig, RMConfig, Sampler, Greedy,
     is_execution,
 )
 
@@ -70,13 +71,16 @@ class StepConfig(Frozen):
     kind: ClassVar[str]
 
 
-class PromptsRef(Frozen):
-    """PPO's prompts: the prompts of a preference dataset, or a named prompt set."""
+class PromptsRef(DataSource):
+    """PPO's prompts: the prompts of preference data, or a prompt set (each named, a file or a
+    hub dataset)."""
 
     source: Literal["preference_data", "prompt_set"]
-    name: str
     max_rows: int | None = Field(default=None, gt=0)
     sample_seed: int = 0
+
+    def format_columns(self) -> dict[str, tuple[str, ...]]:
+        return FORMAT_COLUMNS if self.source == "preference_data" else PROMPT_FORMAT_COLUMNS
 
 
 class DPOStep(StepConfig):
@@ -125,6 +129,10 @@ class EvalStep(StepConfig):
     shots: int = Field(default=0, ge=0)
     classifier: ModelSpec | None = None  # a classifier the benchmark scores with (ToxiGen)
     model: ModelSpec | None = None
+    # A benchmark of the user's own: its class ("package.module:Class") and its category, which
+    # the report needs without importing it
+    module: str | None = None
+    category: str | None = None
 
 
 @dataclass(frozen=True)

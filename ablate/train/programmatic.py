@@ -11,24 +11,16 @@ where the step runs (installed, or on ``PYTHONPATH``). Examples: ``perf/ppo_rewa
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Callable
+
+from ablate.spec.load import import_path
 
 RewardFunction = Callable[[Any, str], float]
 
 
 def load_reward_function(path: str) -> RewardFunction:
     """The function ``path`` (``"module:function"``) names; a ValueError says what is missing."""
-    module_name, _, name = path.partition(":")
-    if not module_name or not name:
-        raise ValueError(f"{path!r} is not an import path of the form 'package.module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"cannot import {module_name!r} for the reward {path!r}: {exc}") from None
-    function = getattr(module, name, None)
-    if function is None:
-        raise ValueError(f"module {module_name!r} has no {name!r} (reward {path!r})")
+    function = import_path(path, "the reward", "function")
     if not callable(function):
         raise ValueError(f"{path!r} is not callable (a {type(function).__name__})")
     return function
