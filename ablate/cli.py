@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ablate.spec import GridSpec, Plan, SpecError, check_names, expand, load_grid
+from ablate.spec.judges import describe as describe_judge
+from ablate.spec.judges import missing_credentials
 from ablate.spec.plan import StoreFormatError
 from ablate.store import RunStore
 
@@ -28,6 +30,22 @@ StoreOption = typer.Option(None, "--store", help="Run store folder [default: $AB
 
 def store_at(path: Optional[Path]) -> RunStore:
     return RunStore(path or os.environ.get("ABLATE_STORE", "runs"))
+
+
+def plan_judges(plan: Plan) -> dict:
+    """Judged benchmark -> the judge its eval steps use (one per benchmark in a grid)."""
+    return {s.config.benchmark: s.config.judge for s in plan.order()
+            if s.kind == "eval" and s.config.judge is not None}
+
+
+def check_judges(plan: Plan, run_store: RunStore) -> None:
+    """Before anything runs: every judge an unfinished eval step needs can be reached (its API
+    key is set), or one message says what is missing and how to provide it."""
+    pending = {s.config.benchmark: s.config.judge for s in plan.order()
+               if s.kind == "eval" and s.config.judge is not None and not run_store.is_done(s)}
+    problems = missing_credentials(pending, os.environ)
+    if problems:
+        fail("no usable judge, so nothing was run:\n  " + "\n  ".join(problems))
 
 
 def checked_store(run_store: RunStore) -> RunStore:
@@ -119,7 +137,11 @@ def grid(file: Path = typer.Argument(..., help="Grid spec (YAML)"),
         for cell in plan.cells:
             console.print(f"  cell {cell.name}: model step {cell.model_step or '(base model)'}, "
                           f"evals {', '.join(cell.evals)}")
+        for benchmark, judge in plan_judges(plan).items():
+            console.print(f"  judge of {benchmark}: {describe_judge(judge)}", highlight=False)
         return
+    if not dry_run:
+        check_judges(plan, run_store)
     if submit:
         from ablate.launch.slurm import submit_from_cli
 

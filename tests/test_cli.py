@@ -91,3 +91,24 @@ def test_grid_saves_its_description_and_labels_beside_the_plan(tmp_path, monkeyp
 
     plan = {k: saved[k] for k in ("schema", "grid", "cells", "steps")}
     assert snapshot.stem == config_hash(plan)
+
+
+def test_a_paper_grid_shows_its_judges_and_stops_before_running_without_their_key(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    dry = invoke("grid", REPO / "grids" / "table1.yaml", "--dry-run", "--store", tmp_path)
+    assert dry.exit_code == 0, dry.output
+    assert "judge of alpaca_eval_1: gpt-4 via https://api.openai.com/v1" in dry.output
+    assert "judge of alpaca_eval_2: gpt-4-1106-preview" in dry.output
+    assert "judge of xstest: gpt-4-0613" in dry.output
+    grid = tmp_path / "judged.yaml"
+    grid.write_text("name: judged\nmodels: {m: {builtin: tiny-llama}}\naxes: {model: [m]}\n"
+                    "eval: {benchmarks: [gsm8k, xstest, alpaca_eval_2]}\n")
+    monkeypatch.setenv("ABLATE_RUNNERS", "eval=ablate_missing_module:run")  # nothing may run
+    out = invoke("grid", grid, "--store", tmp_path / "store")
+    assert out.exit_code == 2 and "no usable judge, so nothing was run" in out.output
+    text = " ".join(out.output.split())
+    assert "xstest's judge gpt-4-0613 needs the API key in $OPENAI_API_KEY (unset)" in text
+    assert "or string_match" in text and "Traceback" not in out.output
+    assert not (tmp_path / "store" / "steps").exists()

@@ -20,7 +20,10 @@ import yaml
 
 from ablate.report.categories import category_of
 from ablate.report.stats import bootstrap_means, item_scale, percentile_ci, stable_seed
+from ablate.spec.judges import PAPER_JUDGES
+from ablate.spec.judges import describe as describe_judge
 from ablate.spec.plan import Plan
+from ablate.spec.steps import identity
 from ablate.store import RunStore, read_json
 from ablate.store.result import CorruptResult, EvalResult, read_result
 COLUMNS = ["grid", "cell", "group", "seed", "is_baseline", "benchmark", "category", "status",
@@ -66,6 +69,8 @@ class Results:
     not_resampled: dict[str, str] = field(default_factory=dict)
     # benchmark -> cells whose best-of-N sampler did not apply there (the model's own score)
     sampler_not_applied: dict[str, list[str]] = field(default_factory=dict)
+    # benchmark -> the judge of its paper-protocol results when it is not the paper's
+    other_judges: dict[str, str] = field(default_factory=dict)
     description: str = ""  # the grid's own words for what it compares: the tables' captions
     labels: dict[str, str] = field(default_factory=dict)  # the grid's display names for its keys
 
@@ -246,6 +251,10 @@ def _eval_row(store: RunStore, plan: Plan, results: Results, cell, group: str, b
     done = store.done_info(step) or {}
     if best_of_n_not_applied(cell, step, result):
         results.sampler_not_applied.setdefault(bench, []).append(cell.name)
+    judge, paper = getattr(step.config, "judge", None), PAPER_JUDGES.get(bench)
+    if judge is not None and paper is not None and step.config.protocol == "paper" \
+            and identity(judge) != identity(paper):  # where it was reached does not matter
+        results.other_judges[bench] = describe_judge(judge)
     extra = result.model_extra or {}
     row.update(status="done", value=result.in_percent(),
                category_score=result.category_score, higher_is_better=result.higher_is_better,

@@ -414,6 +414,10 @@ def _notes(spec: TableSpec, results: Results, rows: list[TableRow], columns: lis
             label(b) for b in results.sampler_not_applied)
             + " (log-likelihood scoring, or samples for pass@k): those cells show the model's "
             "own score.")
+    if results.other_judges:
+        notes.append("judged by another judge than the paper's: " + "; ".join(
+            f"{label(b)} by {j}" for b, j in results.other_judges.items())
+            + ": not comparable with the paper's numbers.")
     if results.not_resampled:
         notes.append("no CI or paired test for " + ", ".join(
             f"{label(b)} ({metric})" for b, metric in results.not_resampled.items())

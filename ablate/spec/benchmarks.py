@@ -24,6 +24,7 @@ class BenchmarkFacts:
     # log-likelihood; "pass_at_k": sampled completions run against tests.
     scoring: Scoring
     judged: bool = False  # needs a judge model (a judge's definition enters the step id)
+    annotator: str | None = None  # the judge's prompt the benchmark implements (judged ones)
     paper_version: int = 1  # of its "paper" protocol
     full_version: int = 1  # of its "full" protocol
 
@@ -42,11 +43,13 @@ BENCHMARKS: dict[str, BenchmarkFacts] = {
     "mbpp_plus": BenchmarkFacts("coding", "pass_at_k"),
     "truthfulqa": BenchmarkFacts("truthfulness", "loglik"),
     "toxigen": BenchmarkFacts("safety", "generate", paper_version=2, full_version=2),
-    "xstest": BenchmarkFacts("safety", "generate", judged=True),
+    "xstest": BenchmarkFacts("safety", "generate", judged=True,
+                             annotator="open-instruct:eval/xstest/classify_refusal.py"),
     "alpaca_eval_1": BenchmarkFacts("inst_following", "generate", judged=True, paper_version=2,
-                                    full_version=2),
+                                    full_version=2, annotator="alpaca_eval_gpt4"),
     "alpaca_eval_2": BenchmarkFacts("inst_following", "generate", judged=True, paper_version=2,
-                                    full_version=2),
+                                    full_version=2,
+                                    annotator="weighted_alpaca_eval_gpt4_turbo"),
     "ifeval": BenchmarkFacts("inst_following", "generate"),
 }
 

@@ -8,6 +8,7 @@ from typing import Any, Callable, Iterable, Mapping, TypeVar
 from pydantic import ValidationError
 
 from ablate.spec.benchmarks import BENCHMARKS, BenchmarkFacts
+from ablate.spec.judges import PAPER_JUDGES, STRING_MATCH
 from ablate.spec.load import SpecError
 from ablate.spec.plan import Cell, Plan, Step
 from ablate.spec.schema import (
@@ -123,15 +124,34 @@ def _prompts(grid: GridSpec, name: str, cell: dict[str, Any], resolve: Resolver)
 
 def judge_for(grid: GridSpec, benchmark: str,
               facts: Mapping[str, BenchmarkFacts] = BENCHMARKS) -> JudgeSpec | None:
-    """The full definition of the judge a judged benchmark uses, from the grid's ``judges``."""
-    name = grid.eval.judges.get(benchmark) or grid.eval.judge
-    if name is None or not facts[benchmark].judged:
+    """The full definition of the judge a judged benchmark uses: the one the grid names (its
+    ``judges``, or ``string_match``), else the paper's under ``protocol: paper``. Its prompt is
+    the one the benchmark implements (``annotator``), written out so the id says it."""
+    bench = facts[benchmark]
+    if not bench.judged:
         return None
-    if name not in grid.judges:
+    name = grid.eval.judges.get(benchmark) or grid.eval.judge
+    if name is None:
+        return PAPER_JUDGES.get(benchmark) if grid.eval.protocol == "paper" else None
+    if name == "string_match":
+        judge = STRING_MATCH
+    elif name in grid.judges:
+        judge = grid.judges[name]
+    else:
         raise SpecError(f"grid {grid.name!r}: {benchmark}'s judge {name!r} is not defined; "
                         f"define it under `judges:` in the grid or in $ABLATE_JUDGES "
-                        f"(known: {', '.join(sorted(grid.judges)) or 'none'})")
-    return grid.judges[name]
+                        f"(known: {', '.join(sorted(grid.judges)) or 'none'}), or use "
+                        "string_match (XSTest)")
+    if judge.kind == "string_match" and benchmark != "xstest":
+        raise SpecError(f"grid {grid.name!r}: {benchmark} needs a judge model; string_match is "
+                        "XSTest's rule only")
+    if judge.kind == "openai":
+        if judge.annotator not in (None, bench.annotator):
+            raise SpecError(f"grid {grid.name!r}: {benchmark}'s judge {name!r} asks for the "
+                            f"prompt {judge.annotator!r}; {benchmark} implements "
+                            f"{bench.annotator!r}")
+        judge = judge.model_copy(update={"annotator": bench.annotator})
+    return judge
 
 
 def eval_config(settings: EvalConfig, benchmark: str, *, judge: JudgeSpec | None = None,
@@ -370,7 +390,7 @@ def check_names(grid: GridSpec, *, datasets: Iterable[str], prompt_sets: Iterabl
             fail("judged benchmark", name, "eval.judges", judged)
     for where, name in [("eval.judge", grid.eval.judge),
                         *((f"eval.judges.{b}", n) for b, n in grid.eval.judges.items())]:
-        if name is not None and name not in grid.judges:
+        if name is not None and name != "string_match" and name not in grid.judges:
             fail("judge", name, f"{where} (define it under `judges:` or in $ABLATE_JUDGES)",
                  sorted(grid.judges))
     # a rule value that is on no axis matches no cell, so the rule silently does nothing

@@ -52,7 +52,9 @@ def _legacy_eval(config: dict[str, Any], inputs: dict[str, str]) -> tuple[EvalSt
     facts, defaults = BENCHMARKS[bench], EvalConfig()
     stale = None
     judge = config.pop("judge", None)
-    if judge is not None:
+    if judge is None and bench == "xstest":  # the old runner's rule without a judge
+        config["judge"] = JudgeSpec(kind="string_match")
+    elif judge is not None:
         config["judge"] = JudgeSpec(kind="unrecorded", name=str(judge))
         stale = (f"judged by {judge!r}, whose definition (model, prompt) the store did not "
                  "record")

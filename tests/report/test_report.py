@@ -367,3 +367,40 @@ def test_smoke_grid_table_from_its_real_plan(tmp_path):
     assert md.count("—") == 5  # the hh cell: 2 benchmarks, 2 categories, avg
     assert "train_dpo" in md and "(pending)" in md  # which jobs to run
     assert out.tables[0].rows[0].is_baseline
+
+
+def test_results_of_another_judge_than_the_papers_are_marked(tmp_path):
+    """XSTest judged by string matching under the paper protocol: the report says the number is
+    not the paper's judge's; the paper's own judge, reached at another URL, is not marked."""
+    from ablate.report.frame import load_results
+    from ablate.spec.judges import PAPER_JUDGES
+    from ablate.spec.plan import Cell, Plan, Step
+    from ablate.store import RunStore
+
+    def plan_with(judge):
+        step = Step.of("eval", "eval xstest of m (SFT baseline)", {
+            "benchmark": "xstest", "protocol": "paper", "seed": 42, "model": {"builtin": "m"},
+            "judge": judge})
+        cell = Cell("sft", {"model": "m", "data": "none", "algorithm": "sft",
+                            "reward_model": "none", "prompts": "none", "seed": None},
+                    None, {"xstest": step.id}, True)
+        return Plan("judged", (cell,), {step.id: step})
+
+    for judge, marked in (({"kind": "string_match"}, True),
+                          ({**PAPER_JUDGES["xstest"].model_dump(),
+                            "base_url": "http://127.0.0.1:8000/v1"}, False)):
+        store = RunStore(tmp_path / str(marked))
+        plan = plan_with(judge)
+        store.save_plan(plan)
+        step = next(iter(plan.steps.values()))
+        folder = store.step_dir(step)
+        folder.mkdir(parents=True)
+        (folder / "result.json").write_text(json.dumps({
+            "kind": "eval", "benchmark": "xstest", "category": "safety", "protocol": "paper",
+            "metric": "refusal_f1", "value": 80.0, "unit": "percent", "higher_is_better": True,
+            "category_score": 80.0, "n_items": 10}))
+        (folder / "DONE.json").write_text("{}")
+        results = load_results(store, "judged")
+        assert ("xstest" in results.other_judges) == marked
+        if marked:
+            assert "string match" in results.other_judges["xstest"]

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
+
+import pytest
 
 import yaml
 from typer.testing import CliRunner
 
 from ablate.cli import app
-from ablate.spec import expand, load_grid
+from ablate.spec import SpecError, expand, load_grid
+from ablate.spec.schema import GridSpec
 from ablate.spec.benchmarks import BENCHMARKS, BenchmarkFacts
 from ablate.spec.plan import step_id
 from ablate.spec.schema import DPOConfig, DataRef, ModelSpec
@@ -71,8 +75,7 @@ def test_a_judges_definition_changes_its_evals_ids_and_nothing_else():
     before = ids(JUDGED)
     judged = {n for n in before if n.startswith(("eval xstest", "eval alpaca_eval_1"))}
     assert len(judged) == 4  # two benchmarks, the SFT baseline and the DPO cell
-    for field, value in (("model", "gpt-4-turbo"), ("annotator", "my-prompt"),
-                         ("temperature", 0.5)):
+    for field, value in (("model", "gpt-4-turbo"), ("temperature", 0.5)):
         judge = {**JUDGED["judges"]["gpt4"], field: value}
         assert changed(before, ids({**JUDGED, "judges": {"gpt4": judge}})) == judged, field
     # where and how the judge is reached is not what it judges with
@@ -84,6 +87,38 @@ def test_a_judges_definition_changes_its_evals_ids_and_nothing_else():
     per_benchmark = {**JUDGED, "judges": {**JUDGED["judges"], "turbo": other},
                      "eval": {**JUDGED["eval"], "judges": {"alpaca_eval_1": "turbo"}}}
     assert changed(before, ids(per_benchmark)) == {n for n in judged if "alpaca" in n}
+
+
+def test_a_judges_prompt_is_part_of_its_evals_ids(monkeypatch):
+    """The prompt a benchmark gives its judge (its annotator) is written into the judge's
+    definition: another prompt is another id; one the benchmark does not implement is refused."""
+    before = ids(JUDGED)
+    same = {**JUDGED["judges"]["gpt4"], "annotator": BENCHMARKS["xstest"].annotator}
+    spelled = {**JUDGED, "judges": {**JUDGED["judges"], "explicit": same},
+               "eval": {**JUDGED["eval"], "judges": {"xstest": "explicit"}}}
+    assert changed(before, ids(spelled)) == set()
+    other = {**JUDGED["judges"]["gpt4"], "annotator": "my-prompt"}
+    with pytest.raises(SpecError, match="asks for the prompt 'my-prompt'"):
+        ids({**JUDGED, "judges": {"gpt4": other}})
+    monkeypatch.setitem(BENCHMARKS, "xstest", dataclasses.replace(BENCHMARKS["xstest"],
+                                                                  annotator="another-prompt"))
+    assert changed(before, ids(JUDGED)) == {n for n in before if n.startswith("eval xstest")}
+
+
+def test_paper_judges_by_default_and_string_match_by_name():
+    plan = expand(GridSpec.model_validate({**JUDGED, "eval": {
+        **JUDGED["eval"], "judge": None, "judges": {"xstest": "string_match"}}}))
+    judges = {s.config.benchmark: s.config.judge for s in plan.steps.values()
+              if s.kind == "eval"}
+    assert judges["alpaca_eval_1"].model == "gpt-4"
+    assert judges["alpaca_eval_1"].annotator == "alpaca_eval_gpt4"
+    assert judges["xstest"].kind == "string_match" and judges["gsm8k"] is None
+    full = expand(GridSpec.model_validate({**JUDGED, "eval": {
+        **JUDGED["eval"], "judge": None, "protocol": "full"}}))
+    assert all(s.config.judge is None for s in full.steps.values() if s.kind == "eval")
+    with pytest.raises(SpecError, match="string_match is XSTest's rule only"):
+        expand(GridSpec.model_validate({**JUDGED, "eval": {**JUDGED["eval"],
+                                                           "judge": "string_match"}}))
 
 
 def test_the_toxigen_classifier_changes_the_toxigen_ids_and_nothing_else():
