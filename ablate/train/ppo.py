@@ -379,7 +379,11 @@ def _train_on_rollout(policy, reference, value_model, optimizers, schedulers, ro
             scored.append(stats)
             _ppo_update(policy, value_model, optimizers, schedulers, experience, cfg,
                         [list(range(len(rows)))], device, iteration, totals)
-    means = {k: sum(s[k] for s in scored) / len(scored) for k in scored[0]}
+    means = {}
+    for key in scored[0]:
+        # a minibatch whose returns do not vary has no explained variance (nan): left out
+        values = [s[key] for s in scored if math.isfinite(s[key])]
+        means[key] = sum(values) / len(values) if values else float("nan")
     return {**means, **totals.stats()}
 
 
