@@ -432,9 +432,11 @@ def trl_side(trainer, clock: Clock, memory: PeakRSS, first_step) -> dict:
 
 def ablate_config(config_class, args, settings: dict, **fields):
     """ablate's trainer config for one epoch of the benchmark's batches, no held-out split, no
-    intermediate checkpoint; ``fields`` add the recipe's own, ``settings`` (a variant's
+    intermediate checkpoint, and TRL's schedule and AdamW (linear to 0, β2 0.999) so that both
+    sides compute the same steps; ``fields`` add the recipe's own, ``settings`` (a variant's
     overrides) come last."""
-    common = dict(lr=args.lr, warmup_ratio=0.0, epochs=1, batch_size=args.batch_size,
+    common = dict(lr=args.lr, warmup_ratio=0.0, end_lr=0.0, adam_beta2=0.999, epochs=1,
+                  batch_size=args.batch_size,
                   micro_batch_size=args.micro_batch_size, max_length=args.max_length,
                   eval_fraction=0.0, save_every_steps=10**6,
                   length_grouping=args.length_grouping)

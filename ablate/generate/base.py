@@ -6,12 +6,12 @@ Prompts are plain strings that already carry the model's chat template where a b
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 from ablate.data.chat_tokens import encode_chat_text
+from ablate.spec.seeds import derive_seed
 
 Progress = Callable[[int, int], None]
 
@@ -69,8 +69,7 @@ def release_accelerator_memory() -> None:
 def row_seed(seed: int, prompt_index: int, sample_index: int) -> int:
     """The sampling seed of one (prompt, sample): hashed, so that no two prompts, samples or run
     seeds share a random stream (seed s + 1 must not replay seed s's samples shifted by one)."""
-    digest = hashlib.sha256(f"{seed}:{prompt_index}:{sample_index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    return derive_seed(seed, prompt_index, sample_index)
 
 
 def truncate_at_stop(text: str, stop: Sequence[str]) -> str:

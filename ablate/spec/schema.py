@@ -130,6 +130,12 @@ class DataRef(DataSource):
 # ---------------------------------------------------------------- algorithms
 
 
+def adam_beta2():
+    return Field(default=0.95, gt=0, lt=1, description="AdamW's second-moment decay: 0.95 in "
+                 "the paper's optimiser (hamishivi/EasyLM, EasyLM/optimizers.py), 0.999 is "
+                 "torch's default")
+
+
 class PairTraining(Frozen):
     """What the pair trainers (DPO, RM) share: how pairs become batches and how they run."""
 
@@ -149,6 +155,7 @@ class PairTraining(Frozen):
     shared_prompt: bool = execution(
         True, description="run each pair's prompt once for both answers (exact; "
         "false: the plain chosen and rejected sequences)")
+    adam_beta2: float = adam_beta2()
     gradient_checkpointing: bool = execution(False)
     compile_regions: bool = execution(
         False, description="torch.compile each decoder layer's MLP and norms (fused "
@@ -160,7 +167,9 @@ class PairTraining(Frozen):
     attention_kernel: Literal["auto", "cudnn", "efficient", "math"] = execution(
         "auto", description="the kernel PyTorch's scaled-dot-product attention may use "
         "(auto: PyTorch's choice; cudnn and efficient need a CUDA GPU)")
-    eval_fraction: float = Field(default=0.05, ge=0, lt=1)
+    eval_fraction: float = Field(
+        default=0.0, ge=0, lt=1, description="share of the pairs held out for validation and "
+        "not trained on; the paper trained on every pair")
     save_every_steps: int = execution(200, gt=0)
 
 
@@ -173,6 +182,8 @@ class DPOConfig(PairTraining):
     label_smoothing: float = Field(default=0.0, ge=0, lt=0.5)
     simpo_gamma: float = 0.5
     lr: float = Field(default=5e-7, gt=0)
+    end_lr: float = Field(default=0.0, ge=0, description="the learning rate the linear decay "
+                          "reaches at the end of the run")
     warmup_ratio: float = Field(default=0.1, ge=0, le=1)
     epochs: float = Field(default=3, gt=0)
     batch_size: int = Field(default=32, gt=0, description="effective batch in pairs")
@@ -196,9 +207,13 @@ class RMConfig(PairTraining):
 
     kind: Literal["rm"] = "rm"
     lr: float = Field(default=1e-5, gt=0)
+    # the paper's RM command: end_lr=1e-6, batch 32 x 16 accumulated (EasyLM
+    # docs/paper_notes/unpacking_dpo_and_ppo.md)
+    end_lr: float = Field(default=1e-6, ge=0, description="the learning rate the linear decay "
+                          "reaches at the end of the run")
     warmup_ratio: float = Field(default=0.03, ge=0, le=1)
     epochs: float = Field(default=1, gt=0)
-    batch_size: int = Field(default=64, gt=0)
+    batch_size: int = Field(default=512, gt=0, description="effective batch in pairs")
     margin: bool = False
 
 
@@ -216,7 +231,28 @@ class PPOConfig(Frozen):
     max_prompt_length: int = Field(default=1024, gt=0)
     max_response_length: int = Field(default=1024, gt=0)
     temperature: float = Field(default=0.7, gt=0)
+    scale_logps_by_temperature: bool = Field(
+        default=False, description="false: the ratio's and the KL's log-probs come from the "
+        "unscaled logits, as in the paper's code (it samples at `temperature` but scores at 1); "
+        "true: from the logits divided by `temperature`, the distribution that sampled")
     no_eos_penalty: float = -10.0
+    no_eos_penalty_mode: Literal["replace", "add"] = Field(
+        default="replace", description="a response that never ends: replace: its score is "
+        "`no_eos_penalty` instead of the reward model's (the paper's code); add: the reward "
+        "model's score plus `no_eos_penalty`")
+    experience: Literal["per_minibatch", "per_batch"] = Field(
+        default="per_minibatch", description="per_minibatch (the paper's code): minibatches in "
+        "rollout order, each scored by the current policy, reference and value model just before "
+        "its own update (log-probs, values, advantages; advantages whitened within the "
+        "minibatch); per_batch: the whole rollout scored once by the policy that sampled it, "
+        "advantages whitened over the batch, minibatches in a seeded random order each PPO epoch")
+    warmup_epochs: float = Field(
+        default=0.1, ge=0, description="linear warm-up from 0 over this share of one pass's "
+        "optimiser updates (the paper's --warmup_epochs=0.1)")
+    end_lr: float | None = Field(
+        default=None, ge=0, description="None: hold `lr` after the warm-up (the paper's code "
+        "sets end_lr = lr); a number: decay linearly to it by the last update")
+    adam_beta2: float = adam_beta2()
     gamma: float = 1.0
     lam: float = 0.95
     clip_ratio: float = 0.2

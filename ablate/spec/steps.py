@@ -152,9 +152,11 @@ class StepKind:
 
 
 STEP_KINDS: dict[str, StepKind] = {k.name: k for k in (
-    StepKind("train_dpo", DPOStep, "ablate.train.dpo:run_step", "train", "dpo"),
-    StepKind("train_rm", RMStep, "ablate.train.rm:run_step", "train", "rm"),
-    StepKind("train_ppo", PPOStep, "ablate.train.ppo:run_step", "train", "ppo"),
+    # version 2: the paper's optimiser, schedules, data use and PPO mechanics (docs/protocol.md,
+    # Training) and one seed derivation for the training streams (ablate.spec.seeds)
+    StepKind("train_dpo", DPOStep, "ablate.train.dpo:run_step", "train", "dpo", version=2),
+    StepKind("train_rm", RMStep, "ablate.train.rm:run_step", "train", "rm", version=2),
+    StepKind("train_ppo", PPOStep, "ablate.train.ppo:run_step", "train", "ppo", version=2),
     StepKind("eval", EvalStep, "ablate.evals.runner:run_step", "eval"),
 )}
 

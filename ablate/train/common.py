@@ -21,6 +21,7 @@ from torch import nn
 
 from ablate.data.chat_tokens import as_messages, bos_added_by, encode_chat, keep_last
 from ablate.generate.forward import autocast
+from ablate.spec.seeds import derive_seed
 from ablate.train import fsdp
 
 
@@ -127,7 +128,7 @@ def pairs_digest(pairs: Iterable[TokenizedPair]) -> str:
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """The pair order of one epoch: a pure function of (seed, epoch), so a resumed run sees the
     same batches as an uninterrupted one."""
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    generator = torch.Generator().manual_seed(derive_seed(seed, "epoch-order", epoch))
     return torch.randperm(n, generator=generator).tolist()
 
 
@@ -162,7 +163,7 @@ def _length_grouped(order: list[int], lengths: Sequence[int], batch_size: int, g
     for start in range(0, len(order), window):
         ranked = sorted(order[start:start + window], key=lambda i: (-lengths[i], i))
         epoch_batches += [ranked[i:i + batch_size] for i in range(0, len(ranked), batch_size)]
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch + 7_919)
+    generator = torch.Generator().manual_seed(derive_seed(seed, "length-group-order", epoch))
     return [epoch_batches[i] for i in torch.randperm(len(epoch_batches),
                                                      generator=generator).tolist()]
 
@@ -180,8 +181,10 @@ def micro_batches(lengths: Sequence[int], positions: Sequence[int],
 # ---------------------------------------------------------------- optimiser and schedule
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW; biases and norms get no weight decay."""
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float, beta2: float
+                   ) -> torch.optim.Optimizer:
+    """AdamW with β1 0.9 and ε 1e-8 (optax's defaults, which the paper's optimiser keeps);
+    biases and norms get no weight decay."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
@@ -192,17 +195,22 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.op
     fused = fsdp.world_size() == 1 and all(p.is_cuda for p in decay + no_decay)
     return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}], lr=lr,
-                             fused=fused or None)
+                             betas=(0.9, beta2), eps=1e-8, fused=fused or None)
 
 
-def linear_warmup_decay(optimizer, total_steps: int, warmup_ratio: float):
-    """Linear warm-up over ``warmup_ratio`` of the steps, then linear decay to zero."""
-    warmup = math.ceil(warmup_ratio * total_steps)
+def warmup_then_linear(optimizer, total_steps: int, warmup_steps: int, end_lr: float | None):
+    """The paper's schedule (EasyLM/optimizers.py, optax's linear schedules counted from update
+    0): update k < W gets lr·k/W, so the first update's is 0; from update W the rate goes
+    linearly from lr to ``end_lr``, reached at update ``total_steps`` (one past the last), or
+    stays at lr when ``end_lr`` is None (the paper's PPO)."""
+    lr = optimizer.param_groups[0]["lr"]
+    end_factor = 1.0 if end_lr is None else end_lr / lr
 
     def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+        if step < warmup_steps:
+            return step / warmup_steps
+        span = max(1, total_steps - warmup_steps)
+        return 1.0 + (end_factor - 1.0) * min(step - warmup_steps, span) / span
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 

@@ -21,7 +21,7 @@ from ablate.train.checkpoints import (
     MetricsLog, Throughput, latest_checkpoint, load_checkpoint, save_checkpoint,
 )
 from ablate.train.common import (
-    TokenizedPair, TrainingError, linear_warmup_decay, make_optimizer, micro_batches, plan_batches,
+    TokenizedPair, TrainingError, make_optimizer, micro_batches, plan_batches, warmup_then_linear,
 )
 from ablate.train.precision import MasterWeights
 
@@ -41,7 +41,18 @@ class LoopConfig:
     max_grad_norm: float
     save_every_steps: int
     seed: int
+    end_lr: float
+    adam_beta2: float
     length_grouping: int = 0  # see plan_batches
+
+    @classmethod
+    def of(cls, cfg, seed: int) -> "LoopConfig":
+        """The loop's settings from a DPO or reward-model config."""
+        return cls(lr=cfg.lr, warmup_ratio=cfg.warmup_ratio, epochs=cfg.epochs,
+                   batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size,
+                   weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
+                   save_every_steps=cfg.save_every_steps, seed=seed, end_lr=cfg.end_lr,
+                   adam_beta2=cfg.adam_beta2, length_grouping=cfg.length_grouping)
 
 
 class StopRequested(Exception):
@@ -133,8 +144,9 @@ def train_loop(module: nn.Module, pairs: Sequence[TokenizedPair], cfg: LoopConfi
                            cfg.length_grouping)
     micro_lengths = lengths if lengths is not None else [p.length for p in pairs]
     total_steps = len(batches)
-    optimizer = make_optimizer(trained, cfg.lr, cfg.weight_decay)
-    scheduler = linear_warmup_decay(optimizer, total_steps, cfg.warmup_ratio)
+    optimizer = make_optimizer(trained, cfg.lr, cfg.weight_decay, cfg.adam_beta2)
+    scheduler = warmup_then_linear(optimizer, total_steps,
+                                   math.ceil(cfg.warmup_ratio * total_steps), cfg.end_lr)
     checkpoints = Path(out_dir) / "checkpoints"
     start = 0
     found = latest_checkpoint(checkpoints)

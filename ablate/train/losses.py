@@ -133,15 +133,27 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
 
 
 def masked_whiten(values: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
-    """(x − mean) / std over the masked entries (unbiased variance); padding comes back as 0.
-    Without ``shift_mean`` the mean is added back, as TRL does for advantages it keeps centred."""
+    """(x − mean) / √(var + 1e-6) over the masked entries (unbiased variance, the paper's PPO
+    code's ``whiten``); padding comes back as 0. Without ``shift_mean`` the mean is added back, as
+    TRL does for advantages it keeps centred."""
     mean = masked_mean(values, mask)
     n = mask.sum().clamp(min=2)
     variance = (((values - mean) ** 2) * mask).sum() / (n - 1)
-    whitened = (values - mean) * torch.rsqrt(variance + 1e-8)
+    whitened = (values - mean) * torch.rsqrt(variance + 1e-6)
     if not shift_mean:
         whitened = whitened + mean
     return whitened * mask
+
+
+def no_eos_scores(scores: Tensor, ended_with_eos: Tensor, penalty: float, mode: str) -> Tensor:
+    """The score of each response after the no-EOS rule: ``replace`` gives a response that never
+    ended ``penalty`` instead of its score (the paper's PPO code: ``jnp.where(last == eos,
+    reward, -10.0)``), ``add`` lowers its score by ``-penalty``."""
+    if mode == "replace":
+        return torch.where(ended_with_eos, scores, torch.full_like(scores, penalty))
+    if mode == "add":
+        return scores + penalty * (~ended_with_eos).to(scores.dtype)
+    raise ValueError(f"no_eos_penalty_mode {mode!r}: expected replace or add")
 
 
 def kl_penalized_rewards(scores: Tensor, logps: Tensor, ref_logps: Tensor, mask: Tensor,

@@ -2,12 +2,16 @@
 
 Four models: the policy and a frozen reference (both from the SFT model), a frozen scorer (the
 reward model, or a programmatic reward for checkable runs) and a value model (initialised from the
-RM, the paper's choice, or from the policy). Each iteration samples a batch of prompts, generates
-one response per prompt, scores it at its final token (plus ``no_eos_penalty``, −10 by default,
-when it never ends: the score is lowered, not replaced), subtracts the per-token KL penalty
-β·(log π − log π_ref), computes whitened GAE advantages, then runs PPO epochs over minibatches
-with the clipped policy and value losses. ``metrics.jsonl`` gets one line per
-iteration; its ``kl`` and ``rm_score`` are what the reward-vs-KL frontier plots.
+RM, the paper's choice, or from the policy). Each iteration samples a batch of prompts at
+``temperature``, generates one response per prompt and scores it at its final token (a response
+that never ends scores ``no_eos_penalty``, −10, instead). By default the rest follows the paper's
+code (hamishivi/EasyLM, ``llama_train_ppo.py``): minibatches are taken in rollout order, and each
+is scored just before its own update by the current policy, the reference and the value model
+(log-probs from the unscaled logits), gets the per-token KL penalty β·(log π − log π_ref), GAE
+advantages whitened within the minibatch, and one step of the clipped policy and value losses.
+``experience: per_batch`` scores the whole rollout once instead (``PPOConfig``).
+``metrics.jsonl`` gets one line per iteration; its ``kl`` and ``rm_score`` are what the
+reward-vs-KL frontier plots.
 
 Under ``torchrun`` (``python -m ablate.train.fsdp ppo``) the policy, reference and value models
 are sharded with FSDP2 as DPO's policy is, and each process generates, scores and trains on its
@@ -35,6 +39,7 @@ from torch import Tensor, nn
 
 from ablate.generate.forward import autocast
 from ablate.spec.schema import PPOConfig
+from ablate.spec.seeds import derive_seed
 from ablate.store import atomic_write_json
 from ablate.train import fsdp
 from ablate.train.checkpoints import (
@@ -42,13 +47,13 @@ from ablate.train.checkpoints import (
     save_rank_rng,
 )
 from ablate.train.common import (
-    TrainingError, device_for_training, linear_warmup_decay, make_optimizer, plan_batches,
+    TrainingError, device_for_training, make_optimizer, plan_batches, warmup_then_linear,
 )
 from ablate.train.logps import token_logps
 from ablate.train.loop import StopRequested
 from ablate.train.losses import (
     clipped_policy_loss, clipped_value_loss, explained_variance, gae_advantages,
-    kl_penalized_rewards, masked_mean, masked_whiten,
+    kl_penalized_rewards, masked_mean, masked_whiten, no_eos_scores,
 )
 from ablate.train.rollout import (
     PromptItem, Rollout, VLLMGenerator, build_rollout, eos_token_ids, make_scorer,
@@ -71,7 +76,7 @@ def _hidden(model: nn.Module, batch: Rollout) -> Tensor:
 
 def response_logps(lm: nn.Module, batch: Rollout, temperature: float,
                    hidden: Tensor | None = None) -> Tensor:
-    """log π(token) of each response token under the sampling temperature: [B, R]."""
+    """log π(token) of each response token with the logits divided by ``temperature``: [B, R]."""
     hidden = _hidden(lm, batch) if hidden is None else hidden
     flat = hidden.reshape(-1, hidden.shape[-1]) / temperature
     logps = token_logps(flat, lm.get_output_embeddings().weight, batch.responses.reshape(-1))
@@ -101,16 +106,25 @@ def response_values(value_model: nn.Module, batch: Rollout) -> Tensor:
 class PolicyScores(nn.Module):
     """A causal LM as one module whose forward covers the embeddings, the decoder and the output
     layer, so that FSDP has one root to gather them for: log-probs of a rollout's response tokens
-    and, when asked (no grad), the sampling distribution's entropy at each of them."""
+    (logits divided by ``logp_temperature``) and, when asked (no grad), the entropy of the
+    sampling distribution (``temperature``) at each of them."""
 
-    def __init__(self, lm: nn.Module, temperature: float):
+    def __init__(self, lm: nn.Module, temperature: float, logp_temperature: float):
         super().__init__()
         self.lm = lm
         self.temperature = temperature
+        self.logp_temperature = logp_temperature
+
+    @classmethod
+    def of(cls, lm: nn.Module, cfg: PPOConfig) -> "PolicyScores":
+        """The policy or the reference as PPO scores it: log-probs from the unscaled logits
+        unless ``scale_logps_by_temperature``, entropy at the sampling temperature."""
+        return cls(lm, cfg.temperature,
+                   cfg.temperature if cfg.scale_logps_by_temperature else 1.0)
 
     def forward(self, batch: Rollout, with_entropy: bool = False) -> tuple[Tensor, Tensor | None]:
         hidden = _hidden(self.lm, batch)
-        logps = response_logps(self.lm, batch, self.temperature, hidden)
+        logps = response_logps(self.lm, batch, self.logp_temperature, hidden)
         entropy = response_entropy(self.lm, hidden, self.temperature) if with_entropy else None
         # A fresh tensor, not a view: FSDP hooks backward onto a root's output, and warns that an
         # in-place op on a view would drop that hook.
@@ -210,7 +224,8 @@ def _score_rollout(policy, reference, value_model, rollout: Rollout, scores: Ten
     logps, ref_logps, values, entropy = (fsdp.all_reduce_sum(t) for t in
                                          (logps, ref_logps, values, entropy))
     mask = rollout.response_mask.float()
-    penalized = scores + cfg.no_eos_penalty * (~rollout.ended_with_eos).float()
+    penalized = no_eos_scores(scores, rollout.ended_with_eos, cfg.no_eos_penalty,
+                              cfg.no_eos_penalty_mode)
     rewards, kl = kl_penalized_rewards(penalized, logps, ref_logps, mask, cfg.beta)
     advantages, returns = gae_advantages(rewards, values, mask, cfg.gamma, cfg.lam)
     if cfg.whiten_advantages:
@@ -230,76 +245,146 @@ def _score_rollout(policy, reference, value_model, rollout: Rollout, scores: Ten
     return Experience(rollout, logps, values, advantages, returns, []), stats
 
 
+@dataclass
+class UpdateTotals:
+    """The PPO updates of one iteration, summed over minibatches (this process's share)."""
+
+    sums: dict
+    updates: int = 0
+    grad_norms: tuple[float, float] = (0.0, 0.0)
+    lr: float = 0.0
+
+    @classmethod
+    def empty(cls) -> "UpdateTotals":
+        return cls({k: 0.0 for k in ("policy_loss", "value_loss", "policy_clipfrac",
+                                     "value_clipfrac", "approx_kl_old", "tokens")})
+
+    def stats(self) -> dict:
+        """Token means over every process's minibatches, the last update's norms and rate."""
+        keys = sorted(self.sums)
+        totals = dict(zip(keys, fsdp.all_reduce_sum(
+            torch.tensor([self.sums[k] for k in keys], dtype=torch.float64)).tolist()))
+        tokens_seen = totals.pop("tokens")
+        stats = {k: v / max(tokens_seen, 1.0) for k, v in totals.items()}
+        stats.update(policy_grad_norm=self.grad_norms[0], value_grad_norm=self.grad_norms[1],
+                     updates=self.updates, lr=self.lr)
+        return stats
+
+
 def _ppo_update(policy, value_model, optimizers, schedulers, exp: Experience, cfg: PPOConfig,
-                generator: torch.Generator, device, iteration: int) -> dict:
-    n = len(exp.rollout.texts)
-    minibatch = min(cfg.minibatch_size, n)
-    sums = {"policy_loss": 0.0, "value_loss": 0.0, "policy_clipfrac": 0.0, "value_clipfrac": 0.0,
-            "approx_kl_old": 0.0, "tokens": 0.0}
-    updates = 0
+                minibatches: Sequence[Sequence[int]], device, iteration: int,
+                totals: UpdateTotals) -> None:
+    """One optimiser step per minibatch (rows of ``exp``), in the order given."""
+    sums = totals.sums
+    for rows in minibatches:
+        rows = list(rows)
+        # The loss is a mean over the minibatch's response tokens, however it is micro-batched
+        # and whatever the number of processes.
+        n_tokens = exp.rollout.response_mask[rows].sum().clamp(min=1).float().item()
+        micro = [rows[m:m + cfg.micro_batch_size]
+                 for m in range(0, len(rows), cfg.micro_batch_size)]
+        mine, slots = fsdp.rank_slots(len(micro))
+        for slot in range(slots):
+            part_rows = micro[mine[slot]] if slot < len(mine) else micro[0]  # a stand-in
+            # FSDP averages gradients over processes: scaling by their number makes the step's
+            # gradient the minibatch's, and a stand-in's weight 0 makes it count for nothing.
+            weight = 1.0 if slot < len(mine) else 0.0
+            part = exp.rollout.select(part_rows).to(device)
+            width = part.responses.shape[1]
+            take = torch.as_tensor(part_rows)
+            old_logps = exp.logps[take, :width].to(device)
+            old_values = exp.values[take, :width].to(device)
+            advantages = exp.advantages[take, :width].to(device)
+            returns = exp.returns[take, :width].to(device)
+            mask = part.response_mask.float()
+            with autocast(device):
+                logps, _ = policy(part)
+                values = value_model(part)
+            pg, pg_clipped = clipped_policy_loss(logps.float(), old_logps, advantages, mask,
+                                                 cfg.clip_ratio)
+            vf, vf_clipped = clipped_value_loss(values, old_values, returns, mask,
+                                                cfg.value_clip)
+            loss = (pg.sum() + cfg.value_coef * vf.sum()) / n_tokens
+            if not torch.isfinite(loss):
+                raise TrainingError(f"non-finite PPO loss at iteration {iteration} (prompt "
+                                    f"rows {[exp.prompt_rows[r] for r in part_rows]}); "
+                                    "the run stopped and the last good checkpoint is kept")
+            (loss * (weight * fsdp.world_size())).backward()
+            if weight:
+                sums["policy_loss"] += pg.sum().item()
+                sums["value_loss"] += vf.sum().item()
+                sums["policy_clipfrac"] += pg_clipped.sum().item()
+                sums["value_clipfrac"] += vf_clipped.sum().item()
+                sums["approx_kl_old"] += ((old_logps - logps.detach().float()) * mask
+                                          ).sum().item()
+                sums["tokens"] += mask.sum().item()
+        grad_norms = [float(fsdp.clip_grad_norm(m, cfg.max_grad_norm))
+                      for m in (policy, value_model)]
+        if not all(math.isfinite(g) for g in grad_norms):
+            raise TrainingError(f"non-finite gradient norm at iteration {iteration}; the run "
+                                "stopped and the last good checkpoint is kept")
+        totals.lr = schedulers[0].get_last_lr()[0]
+        for optimizer, scheduler in zip(optimizers, schedulers):
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        totals.updates += 1
+        totals.grad_norms = (grad_norms[0], grad_norms[1])
+
+
+def _check_experience(stats: dict, cfg: PPOConfig, iteration: int) -> None:
+    """Stop before an update on non-finite statistics or a KL past ``max_kl``."""
+    if not all(math.isfinite(v) for k, v in stats.items() if k != "explained_variance"):
+        raise TrainingError(f"non-finite rollout statistics at iteration {iteration}: {stats};"
+                            " the run stopped and the last good checkpoint is kept")
+    if stats["kl"] > cfg.max_kl:
+        raise TrainingError(f"KL to the reference reached {stats['kl']:.3f} at iteration "
+                            f"{iteration}, past max_kl={cfg.max_kl}: the policy collapsed; "
+                            "the run stopped and the last good checkpoint is kept")
+
+
+def _train_on_rollout(policy, reference, value_model, optimizers, schedulers, rollout: Rollout,
+                      scores: Tensor, prompt_rows: list[int], cfg: PPOConfig, device, seed: int,
+                      iteration: int) -> dict:
+    """Score one rollout and take its PPO updates (``cfg.experience``); returns the iteration's
+    statistics: the experience's (per_minibatch: the mean over the minibatches scored, as the
+    paper's code logs them) and the updates'."""
+    n = len(rollout.texts)
+    size = min(cfg.minibatch_size, n)
+    totals = UpdateTotals.empty()
+    if cfg.experience == "per_batch":
+        experience, stats = _score_rollout(policy, reference, value_model, rollout, scores, cfg,
+                                           device)
+        experience.prompt_rows = prompt_rows
+        _check_experience(stats, cfg, iteration)
+        generator = torch.Generator().manual_seed(derive_seed(seed, "minibatch-order", iteration))
+        minibatches = []
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(n, generator=generator).tolist()
+            minibatches += [order[start:start + size] for start in range(0, n, size)]
+        _ppo_update(policy, value_model, optimizers, schedulers, experience, cfg, minibatches,
+                    device, iteration, totals)
+        return {**stats, **totals.stats()}
+    # per_minibatch: the paper's code re-scores each minibatch right before its update, so the
+    # "old" log-probs and values are the current models' and the advantages are whitened over
+    # the minibatch alone
+    scored = []
     for _ in range(cfg.ppo_epochs):
-        order = torch.randperm(n, generator=generator).tolist()
-        for start in range(0, n, minibatch):
-            rows = order[start:start + minibatch]
-            # The loss is a mean over the minibatch's response tokens, however it is micro-batched
-            # and whatever the number of processes.
-            n_tokens = exp.rollout.response_mask[rows].sum().clamp(min=1).float().item()
-            micro = [rows[m:m + cfg.micro_batch_size]
-                     for m in range(0, len(rows), cfg.micro_batch_size)]
-            mine, slots = fsdp.rank_slots(len(micro))
-            for slot in range(slots):
-                part_rows = micro[mine[slot]] if slot < len(mine) else micro[0]  # a stand-in
-                # FSDP averages gradients over processes: scaling by their number makes the step's
-                # gradient the minibatch's, and a stand-in's weight 0 makes it count for nothing.
-                weight = 1.0 if slot < len(mine) else 0.0
-                part = exp.rollout.select(part_rows).to(device)
-                width = part.responses.shape[1]
-                take = torch.as_tensor(part_rows)
-                old_logps = exp.logps[take, :width].to(device)
-                old_values = exp.values[take, :width].to(device)
-                advantages = exp.advantages[take, :width].to(device)
-                returns = exp.returns[take, :width].to(device)
-                mask = part.response_mask.float()
-                with autocast(device):
-                    logps, _ = policy(part)
-                    values = value_model(part)
-                pg, pg_clipped = clipped_policy_loss(logps.float(), old_logps, advantages, mask,
-                                                     cfg.clip_ratio)
-                vf, vf_clipped = clipped_value_loss(values, old_values, returns, mask,
-                                                    cfg.value_clip)
-                loss = (pg.sum() + cfg.value_coef * vf.sum()) / n_tokens
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"non-finite PPO loss at iteration {iteration} (prompt "
-                                        f"rows {[exp.prompt_rows[r] for r in part_rows]}); "
-                                        "the run stopped and the last good checkpoint is kept")
-                (loss * (weight * fsdp.world_size())).backward()
-                if weight:
-                    sums["policy_loss"] += pg.sum().item()
-                    sums["value_loss"] += vf.sum().item()
-                    sums["policy_clipfrac"] += pg_clipped.sum().item()
-                    sums["value_clipfrac"] += vf_clipped.sum().item()
-                    sums["approx_kl_old"] += ((old_logps - logps.detach().float()) * mask
-                                              ).sum().item()
-                    sums["tokens"] += mask.sum().item()
-            grad_norms = [float(fsdp.clip_grad_norm(m, cfg.max_grad_norm))
-                          for m in (policy, value_model)]
-            if not all(math.isfinite(g) for g in grad_norms):
-                raise TrainingError(f"non-finite gradient norm at iteration {iteration}; the run "
-                                    "stopped and the last good checkpoint is kept")
-            lr = schedulers[0].get_last_lr()[0]
-            for optimizer, scheduler in zip(optimizers, schedulers):
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            updates += 1
-    keys = sorted(sums)
-    totals = dict(zip(keys, fsdp.all_reduce_sum(
-        torch.tensor([sums[k] for k in keys], dtype=torch.float64)).tolist()))
-    tokens_seen = totals.pop("tokens")
-    stats = {k: v / max(tokens_seen, 1.0) for k, v in totals.items()}
-    stats.update(policy_grad_norm=grad_norms[0], value_grad_norm=grad_norms[1], updates=updates,
-                 lr=lr)
-    return stats
+        for start in range(0, n, size):
+            rows = list(range(start, min(start + size, n)))
+            experience, stats = _score_rollout(policy, reference, value_model,
+                                               rollout.select(rows), scores[rows], cfg, device)
+            experience.prompt_rows = [prompt_rows[r] for r in rows]
+            _check_experience(stats, cfg, iteration)
+            scored.append(stats)
+            _ppo_update(policy, value_model, optimizers, schedulers, experience, cfg,
+                        [list(range(len(rows)))], device, iteration, totals)
+    means = {}
+    for key in scored[0]:
+        # a minibatch whose returns do not vary has no explained variance (nan): left out
+        values = [s[key] for s in scored if math.isfinite(s[key])]
+        means[key] = sum(values) / len(values) if values else float("nan")
+    return {**means, **totals.stats()}
 
 
 def _generate(policy: nn.Module, lm: nn.Module, tokenizer, prompts: Sequence[PromptItem],
@@ -322,6 +407,22 @@ def _generate(policy: nn.Module, lm: nn.Module, tokenizer, prompts: Sequence[Pro
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return build_rollout(prompt_ids, prompt_mask, generated[:, :width],
                          eos_token_ids(tokenizer, lm), pad, tokenizer)
+
+
+# ---------------------------------------------------------------- schedule
+
+
+def ppo_updates(batch_sizes: Sequence[int], cfg: PPOConfig) -> int:
+    """Optimiser updates of batches of these many prompts: one per minibatch per PPO epoch."""
+    return sum(cfg.ppo_epochs * math.ceil(n / min(cfg.minibatch_size, n)) for n in batch_sizes)
+
+
+def ppo_warmup_updates(n_prompts: int, cfg: PPOConfig) -> int:
+    """The warm-up's length: ``warmup_epochs`` of one pass's updates, rounded up (the paper's
+    ``lr_warmup_grad_updates = ceil(warmup_epochs * grad_updates_per_epoch)``)."""
+    one_pass = [min(cfg.prompts_per_batch, n_prompts - start)
+                for start in range(0, n_prompts, cfg.prompts_per_batch)]
+    return math.ceil(cfg.warmup_epochs * ppo_updates(one_pass, cfg))
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -383,8 +484,8 @@ def train_ppo(policy_dir: Path, rows: Sequence[dict], cfg: PPOConfig, seed: int,
     tokenizer, policy_lm, reference_lm, value_hf, value_from = _load_models(
         Path(policy_dir), None if reward_model_dir is None else Path(reward_model_dir), cfg,
         device, log)
-    policy = fsdp.shard(PolicyScores(policy_lm, cfg.temperature), policy_lm, device)
-    reference = fsdp.shard(PolicyScores(reference_lm, cfg.temperature), reference_lm, device)
+    policy = fsdp.shard(PolicyScores.of(policy_lm, cfg), policy_lm, device)
+    reference = fsdp.shard(PolicyScores.of(reference_lm, cfg), reference_lm, device)
     value_model = fsdp.shard(ValueScores(value_hf), value_hf, device)
     items, skipped = tokenize_prompts(rows, tokenizer, cfg.max_prompt_length)
     if skipped:
@@ -394,12 +495,11 @@ def train_ppo(policy_dir: Path, rows: Sequence[dict], cfg: PPOConfig, seed: int,
     scorer = make_scorer(reward, reward_model_dir, device, tokenizer, log)
     batches = plan_batches(len(items), cfg.prompts_per_batch, cfg.epochs, seed)
     total = len(batches)
-    policy_opt = make_optimizer(policy, cfg.lr, 0.0)
-    value_opt = make_optimizer(value_model, cfg.lr, 0.0)
-    # linear decay to zero over all of the run's optimiser updates, as the paper's PPO code does
-    updates = sum(cfg.ppo_epochs * math.ceil(len(b) / min(cfg.minibatch_size, len(b)))
-                  for b in batches)
-    schedulers = [linear_warmup_decay(o, updates, 0.0) for o in (policy_opt, value_opt)]
+    policy_opt = make_optimizer(policy, cfg.lr, 0.0, cfg.adam_beta2)
+    value_opt = make_optimizer(value_model, cfg.lr, 0.0, cfg.adam_beta2)
+    schedulers = [warmup_then_linear(o, ppo_updates([len(b) for b in batches], cfg),
+                                     ppo_warmup_updates(len(items), cfg), cfg.end_lr)
+                  for o in (policy_opt, value_opt)]
     checkpoints = out_dir / "checkpoints"
     start = 0
     found = latest_checkpoint(checkpoints)
@@ -418,7 +518,7 @@ def train_ppo(policy_dir: Path, rows: Sequence[dict], cfg: PPOConfig, seed: int,
     last: dict = {}
     for iteration in range(start, total):
         prompts: list[PromptItem] = [items[i] for i in batches[iteration]]
-        rollout_seed = seed * 1_000_003 + iteration
+        rollout_seed = derive_seed(seed, "rollout", iteration)
         began = time.perf_counter()
         if vllm is not None:
             rollout = vllm.generate(policy_lm, prompts, temperature=cfg.temperature,
@@ -428,19 +528,9 @@ def train_ppo(policy_dir: Path, rows: Sequence[dict], cfg: PPOConfig, seed: int,
         generation_seconds = time.perf_counter() - began
         began = time.perf_counter()
         scores = scorer(prompts, rollout.texts).float()
-        experience, stats = _score_rollout(policy, reference, value_model, rollout, scores, cfg,
-                                           device)
-        experience.prompt_rows = [p.index for p in prompts]
-        if not all(math.isfinite(v) for k, v in stats.items() if k != "explained_variance"):
-            raise TrainingError(f"non-finite rollout statistics at iteration {iteration}: {stats};"
-                                " the run stopped and the last good checkpoint is kept")
-        if stats["kl"] > cfg.max_kl:
-            raise TrainingError(f"KL to the reference reached {stats['kl']:.3f} at iteration "
-                                f"{iteration}, past max_kl={cfg.max_kl}: the policy collapsed; "
-                                "the run stopped and the last good checkpoint is kept")
-        generator = torch.Generator().manual_seed(rollout_seed)
-        stats.update(_ppo_update(policy, value_model, (policy_opt, value_opt), schedulers,
-                                 experience, cfg, generator, device, iteration))
+        stats = _train_on_rollout(policy, reference, value_model, (policy_opt, value_opt),
+                                  schedulers, rollout, scores, [p.index for p in prompts], cfg,
+                                  device, seed, iteration)
         training_seconds = time.perf_counter() - began
         response_tokens = int(rollout.response_mask.sum())
         last = {"step": iteration + 1, **stats, "prompts": len(prompts),

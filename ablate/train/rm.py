@@ -149,11 +149,7 @@ def train_rm(model_dir: Path, rows: Sequence[dict], cfg: RMConfig, seed: int, ou
                  "rewards/rejected": rejected.detach().sum()}
         return losses.sum(), stats
 
-    loop_cfg = LoopConfig(lr=cfg.lr, warmup_ratio=cfg.warmup_ratio, epochs=cfg.epochs,
-                          batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size,
-                          weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
-                          save_every_steps=cfg.save_every_steps, seed=seed,
-                          length_grouping=cfg.length_grouping)
+    loop_cfg = LoopConfig.of(cfg, seed)
     trained = train_loop(scorer, train_pairs, loop_cfg, micro_loss, out_dir, log, progress, "rm",
                          stop_after_steps=stop_after_steps,
                          lengths=[p.layout_length(shared_prompt) for p in train_pairs],

@@ -20,6 +20,7 @@ from torch import Tensor
 from ablate.data.chat_tokens import as_messages, chat_ids, decode_after, reward_model_ids
 from ablate.generate.base import row_seed
 from ablate.generate.reward_model import RewardScorer
+from ablate.spec.seeds import derive_seed
 from ablate.train.common import TrainingError
 from ablate.train.programmatic import RewardFunction, load_reward_function
 
@@ -132,7 +133,7 @@ def eos_token_ids(tokenizer, model_config) -> set[int]:
 def chunk_seed(seed: int, chunk: int) -> int:
     """The sampling seed of one generation chunk: each chunk of ``batch_size`` prompts draws from
     its own seeded stream, so a chunk samples the same tokens whichever process generates it."""
-    return seed * 65_537 + chunk
+    return derive_seed(seed, "generation-chunk", chunk)
 
 
 @torch.no_grad()

@@ -76,6 +76,7 @@ def run_mode(mode: str, model_dir: Path, pairs, args, params: int, peak) -> dict
     from transformers import AutoModelForCausalLM
 
     from ablate.train.collate import collate_shared_prompt, width_multiple
+    from ablate.spec.schema import DPOConfig
     from ablate.train.common import autocast, make_optimizer, plan_batches
     from ablate.train.logps import CompletionLogps
     from ablate.train.losses import preference_loss
@@ -100,7 +101,7 @@ def run_mode(mode: str, model_dir: Path, pairs, args, params: int, peak) -> dict
         compile_layers(model)
     policy = CompletionLogps(model).to(device)
     trained_module = policy if masters is None else masters.to(device)
-    optimizer = make_optimizer(trained_module, 1e-7, 0.0)
+    optimizer = make_optimizer(trained_module, 1e-7, 0.0, DPOConfig().adam_beta2)
     trained = list(trained_module.parameters())
     # bf16 weights run without autocast (it would only add dispatch work)
     precision = (lambda: contextlib.nullcontext()) if mode in ("bf16", "master") else \

@@ -227,6 +227,7 @@ def main(argv=None) -> int:
                          max_prompt_length=args.max_prompt_length,
                          max_response_length=args.response_length,
                          temperature=args.temperature, no_eos_penalty=args.no_eos_penalty,
+                         no_eos_penalty_mode="add",
                          value_init="policy", save_every_steps=10_000)
 
     assert len(plan_batches(len(rows), args.prompts, epochs, args.seed)) == args.iterations

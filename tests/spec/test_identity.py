@@ -178,6 +178,29 @@ def test_a_trainers_version_changes_its_steps_and_what_depends_on_them(monkeypat
     from ablate.spec.steps import STEP_KINDS
 
     before = ids(JUDGED)
-    monkeypatch.setitem(STEP_KINDS, "train_dpo", dataclasses.replace(STEP_KINDS["train_dpo"],
-                                                                     version=2))
+    bumped = dataclasses.replace(STEP_KINDS["train_dpo"],
+                                 version=STEP_KINDS["train_dpo"].version + 1)
+    monkeypatch.setitem(STEP_KINDS, "train_dpo", bumped)
     assert changed(before, ids(JUDGED)) == {n for n in before if "alg=dpo" in n}
+
+
+def test_the_paper_mechanics_bump_changed_every_training_id_and_what_depends_on_it(monkeypatch):
+    """Version 2 of DPO, RM and PPO training (the paper's optimiser, schedules, data use and
+    PPO mechanics; one seed derivation): no id of a version 1 step, nor of an eval of one, is
+    reused; the SFT baselines' evals keep theirs."""
+    import dataclasses
+
+    from ablate.spec.steps import STEP_KINDS
+
+    trainers = ("train_dpo", "train_rm", "train_ppo")
+    assert {STEP_KINDS[k].version for k in trainers} == {2}
+    grid = REPO / "grids" / "table2.yaml"
+    now = ids(grid)
+    for kind in trainers:
+        monkeypatch.setitem(STEP_KINDS, kind, dataclasses.replace(STEP_KINDS[kind], version=1))
+    before = ids(grid)
+    trained = {n for n in before if n.startswith(trainers)}
+    assert {n.split()[0] for n in trained} == set(trainers)
+    baseline = {n for n in before if n.startswith("eval") and "alg=" not in n}
+    assert baseline and trained
+    assert changed(before, now) == set(before) - baseline

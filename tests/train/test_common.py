@@ -6,7 +6,7 @@ import torch
 from ablate.train.checkpoints import Throughput
 from ablate.train.collate import collate_pairs, collate_shared_prompt, width_multiple
 from ablate.train.common import (
-    TokenizedPair, epoch_order, linear_warmup_decay, micro_batches, plan_batches, split_heldout,
+    TokenizedPair, epoch_order, micro_batches, plan_batches, split_heldout, warmup_then_linear,
     tokenize_pairs,
 )
 from ablate.train.logps import CompletionLogps, token_logps
@@ -201,13 +201,13 @@ def test_heldout_split_and_schedule():
     assert len(held) == 2 and len(train) == 18
     assert not {p.index for p in train} & {p.index for p in held}
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = linear_warmup_decay(opt, total_steps=10, warmup_ratio=0.2)
+    sched = warmup_then_linear(opt, total_steps=10, warmup_steps=2, end_lr=0.0)
     lrs = []
     for _ in range(10):
         lrs.append(sched.get_last_lr()[0])
         opt.step()
         sched.step()
-    assert lrs == pytest.approx([0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125])
+    assert lrs == pytest.approx([0.0, 0.5, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125])
 
 
 def test_attention_kernel_restricts_the_forward_and_refuses_gpu_kernels_on_cpu(tiny_model_dir,
@@ -251,7 +251,8 @@ def test_training_loop_groups_micro_batches_by_the_layout_length(tmp_path):
         return loss, {"loss": loss.detach()}
 
     cfg = LoopConfig(lr=1e-3, warmup_ratio=0.0, epochs=1, batch_size=4, micro_batch_size=2,
-                     weight_decay=0.0, max_grad_norm=1.0, save_every_steps=100, seed=0)
+                     weight_decay=0.0, max_grad_norm=1.0, save_every_steps=100, seed=0,
+                     end_lr=0.0, adam_beta2=0.95)
     train_loop(weight, pairs, cfg, micro_loss, tmp_path, logging.getLogger("test"),
                lambda *a: None, "test", lengths=[p.layout_length(True) for p in pairs])
     assert groups == [[0, 2], [1, 3]]  # by the longer sequence it would be [1, 3], [0, 2]...
