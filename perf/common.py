@@ -338,11 +338,12 @@ def fitting_pairs(model_dir: Path, n: int, max_length: int, max_prompt_length: i
     from transformers import AutoTokenizer
 
     from ablate.data import load_preferences
+    from ablate.spec.schema import DataRef
     from ablate.train.common import tokenize_pairs
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rows = rows_from_file(data_file, data_name) if data_file else \
-        load_preferences({"name": data_name}, "train").rows
+        load_preferences(DataRef(name=data_name), "train").rows
     pairs, _ = tokenize_pairs(rows, tokenizer, 10**9, 10**9)
     keep = [p for p in pairs if p.length <= max_length and len(p.prompt_ids) <= max_prompt_length]
     if len(keep) < n and not (allow_fewer and keep):

@@ -75,6 +75,17 @@ def _legacy_eval(config: dict[str, Any], inputs: dict[str, str]) -> tuple[EvalSt
     return EvalStep.model_validate(config), inputs, stale
 
 
+# What version 1 of the trainers did, for the fields added since with other defaults: an old
+# step's config spells them out, so its id says how it was trained.
+LEGACY_MECHANICS: dict[str, tuple[str, dict[str, Any]]] = {
+    "train_dpo": ("algorithm", {"adam_beta2": 0.999, "end_lr": 0.0}),
+    "train_rm": ("train", {"adam_beta2": 0.999, "end_lr": 0.0}),
+    "train_ppo": ("algorithm", {"adam_beta2": 0.999, "end_lr": 0.0, "warmup_epochs": 0.0,
+                                "scale_logps_by_temperature": True, "no_eos_penalty_mode": "add",
+                                "experience": "per_batch"}),
+}
+
+
 def legacy_step(data: dict[str, Any], new_ids: dict[str, str]) -> tuple[Step, str | None]:
     """The current step for an old stored step (its inputs already re-keyed in ``new_ids``)."""
     kind = STEP_KINDS.get(data.get("kind", ""))
@@ -86,7 +97,10 @@ def legacy_step(data: dict[str, Any], new_ids: dict[str, str]) -> tuple[Step, st
         if kind.name == "eval":
             config, inputs, stale = _legacy_eval(data["config"], inputs)
         else:
-            config = kind.config.model_validate(data["config"])
+            section, old = LEGACY_MECHANICS[kind.name]
+            raw = dict(data["config"])
+            raw[section] = {**old, **raw.get(section, {})}
+            config = kind.config.model_validate(raw)  # version 1: the default
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
         raise StoreFormatError(f"config does not fit {kind.config.__name__}: {problems}") from None

@@ -28,6 +28,31 @@ NUMBERS = ("row", "key", "value", "shown", "sd", "n_seeds", "ci_low", "ci_high",
 
 
 @pytest.fixture
+def same_trainers(monkeypatch, legacy):
+    """The trainers as the legacy store's (mechanics version 1, and its grid spelling out what
+    they did in the fields added since, ``LEGACY_MECHANICS``). The identity change alone leaves
+    every result reusable; a later versioned change of a trainer's mechanics does not
+    (test_results_of_trainers_whose_mechanics_changed_since_are_not_reused)."""
+    import dataclasses
+
+    import yaml
+
+    from ablate.spec.steps import STEP_KINDS
+    from ablate.store.migrate import LEGACY_MECHANICS
+
+    for kind in ("train_dpo", "train_rm", "train_ppo"):
+        monkeypatch.setitem(STEP_KINDS, kind, dataclasses.replace(STEP_KINDS[kind], version=1))
+    grid = yaml.safe_load((legacy / "grid.yaml").read_text())
+    for name in ("dpo", "ppo"):
+        grid["algorithms"][name].update(LEGACY_MECHANICS[f"train_{name}"][1])
+    grid["reward_models"]["rm"]["train"].update(LEGACY_MECHANICS["train_rm"][1])
+    # a default that changed since (the paper trained on every pair): the old one, spelled out
+    grid["algorithms"]["dpo"]["eval_fraction"] = 0.05
+    grid["reward_models"]["rm"]["train"]["eval_fraction"] = 0.05
+    (legacy / "grid.yaml").write_text(yaml.safe_dump(grid))
+
+
+@pytest.fixture
 def legacy(tmp_path, monkeypatch) -> Path:
     shutil.copytree(LEGACY, tmp_path / "legacy")
     monkeypatch.chdir(tmp_path / "legacy")
@@ -45,7 +70,7 @@ def table_numbers(path: Path) -> list[tuple]:
         return [tuple(row[k] for k in NUMBERS) for row in csv.DictReader(handle)]
 
 
-def test_a_legacy_store_is_refused_then_migrated_and_nothing_runs_again(legacy):
+def test_a_legacy_store_is_refused_then_migrated_and_nothing_runs_again(legacy, same_trainers):
     refused = ablate("grid", "grid.yaml", "--store", "store_v0")
     assert refused.exit_code == 2 and "ablate store migrate" in refused.output
     assert "Traceback" not in refused.output
@@ -82,7 +107,8 @@ def test_migrated_folders_say_what_they_hold(legacy):
     assert len(list((store.root / "migrated-duplicates" / "eval").iterdir())) == 2
 
 
-def test_an_interrupted_migration_is_refused_until_rerun_and_then_finishes(legacy, monkeypatch):
+def test_an_interrupted_migration_is_refused_until_rerun_and_then_finishes(legacy, monkeypatch,
+                                                                          same_trainers):
     store = RunStore(legacy / "store_v0")
     moves, real = [], os.replace
 
@@ -179,7 +205,8 @@ def test_legacy_eval_configs_become_the_steps_expansion_builds():
     assert step.config.classifier.hub == "tomh/toxigen_roberta"
 
 
-def test_a_result_of_a_protocol_that_changed_since_is_not_reused(legacy, monkeypatch):
+def test_a_result_of_a_protocol_that_changed_since_is_not_reused(legacy, monkeypatch,
+                                                                 same_trainers):
     """The store's GSM8k ran under version 1 of its protocol; were it version 2 now, a migrated
     GSM8k result must not stand in for the new protocol's."""
     from ablate.spec import expand, load_grid
@@ -192,3 +219,26 @@ def test_a_result_of_a_protocol_that_changed_since_is_not_reused(legacy, monkeyp
     plan = expand(load_grid(legacy / "grid.yaml"))
     evals = [s for s in plan.steps.values() if s.kind == "eval"]
     assert {s.config.benchmark for s in evals if not store.is_done(s)} == {"gsm8k"}
+
+
+def test_results_of_trainers_whose_mechanics_changed_since_are_not_reused(legacy):
+    """The legacy store's models were trained by version 1 of the trainers; today's are version
+    2 (the paper's optimiser and schedules): a grid retrains them and re-evaluates what they
+    made, while the base model's evaluations and every stored result stay as they were."""
+    from ablate.spec import expand, load_grid
+
+    store = RunStore(legacy / "store_v0")
+    migrate_store(store)
+    plan = expand(load_grid(legacy / "grid.yaml"))
+    rerun = {s.id for s in plan.steps.values() if not store.is_done(s)}
+    trained = {s.id for s in plan.steps.values() if s.kind.startswith("train")}
+    downstream = {s.id for s in plan.steps.values()
+                  if any(sid in trained or sid in rerun for sid in s.inputs.values())}
+    assert trained and rerun == trained | downstream
+    assert all(s.kind == "eval" and not s.inputs for s in plan.steps.values()
+               if s.id not in rerun)
+    report = ablate("report", "--table", "smoke", "--grid", "legacy", "--store", "store_v0",
+                    "--format", "csv", "--out", "migrated")
+    assert report.exit_code == 0, report.output
+    assert table_numbers(legacy / "migrated" / "tablesmoke.csv") == \
+        table_numbers(LEGACY / "expected_report" / "tablesmoke.csv")
