@@ -23,7 +23,8 @@ from ablate.data.rows import (
     user,
 )
 from ablate.spec.load import SpecError
-from ablate.spec.schema import DataSource
+from ablate.data.registry import MIXTURES, PROMPT_SETS, SOURCES, converter_version
+from ablate.spec.schema import DataSource, PromptSetRef
 
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 SAMPLE = 10_000  # rows a check reads: enough to see a format's problems, bounded for hub data
@@ -109,9 +110,10 @@ def override_path(name: str) -> Path | None:
 
 
 def resolve_source(ref: DataSource) -> DataSource:
-    """``ref`` with its digest: a local file's content (path made absolute), a hub dataset's
-    commit, a registry dataset's ``$ABLATE_DATA_<NAME>`` file; a registry dataset read from its
-    own source is left as it is (its revision is pinned in the registry)."""
+    """``ref`` with what its rows are: a local file's content digest (path made absolute), a hub
+    dataset's commit; for a registry dataset its converter's version and, where
+    ``$ABLATE_DATA_<NAME>`` replaces its source, that file's digest (the registry pins its own
+    sources' revisions)."""
     if ref.path is not None:
         path = Path(ref.path).expanduser().resolve()
         return ref.model_copy(update={"path": str(path), "digest": file_digest(path)})
@@ -120,10 +122,13 @@ def resolve_source(ref: DataSource) -> DataSource:
             return ref.model_copy(update={"digest": hub_commit(ref.hub, ref.revision)})
         except DataUnavailable as exc:
             raise SpecError(str(exc)) from None
+    prompts = isinstance(ref, PromptSetRef) or getattr(ref, "source", None) == "prompt_set"
+    known = PROMPT_SETS if prompts else {**SOURCES, **MIXTURES}
+    update = {"converter": converter_version(ref.name, prompts)} if ref.name in known else {}
     override = override_path(ref.name)
-    if override is None:
-        return ref
-    return ref.model_copy(update={"digest": file_digest(override)})
+    if override is not None:
+        update["digest"] = file_digest(override)
+    return ref.model_copy(update=update)
 
 
 # ---------------------------------------------------------------- raw rows

@@ -167,3 +167,17 @@ def dataset_names() -> list[str]:
 
 def prompt_set_names() -> list[str]:
     return sorted(PROMPT_SETS)
+
+
+def converter_version(name: str, prompts: bool = False) -> str:
+    """The version of the conversion a registry name's rows go through (``prompts``: a prompt
+    set's): part of what the rows are, so of a training step's id. A mixture's lists its
+    components'."""
+    if prompts:
+        source = PROMPT_SETS[name]
+        if source.from_preferences:
+            return converter_version(source.from_preferences)
+        return str(source.converter_version)
+    if name in MIXTURES:
+        return ",".join(f"{part}:{converter_version(part)}" for part, _ in MIXTURES[name].components)
+    return str(SOURCES[name].converter_version)

@@ -67,8 +67,9 @@ class DataSource(Frozen):
     in a declared ``format`` with ``columns`` mapping ablate's column names to the file's.
 
     ``digest`` is what the rows are: a local file's content hash (also a registry name's
-    ``$ABLATE_DATA_<NAME>`` file), a hub dataset's resolved commit. ablate fills it in when it
-    loads a grid, so a changed file is a new step id; the path itself is only where the file is
+    ``$ABLATE_DATA_<NAME>`` file), a hub dataset's resolved commit; ``converter`` the registry
+    converter's version. ablate fills both in when it loads a grid, so a changed file or
+    converter is a new step id; the path itself is only where the file is
     found (an execution field), so moving a file keeps its results."""
 
     name: str | None = None
@@ -79,6 +80,9 @@ class DataSource(Frozen):
     format: DataFormat | None = None
     columns: dict[str, str] = Field(default_factory=dict)
     digest: str | None = None
+    # a registry dataset's converter version (a mixture's, one per component): how raw rows
+    # become pairs or prompts is part of what the rows are; filled in with the digest
+    converter: str | None = None
 
     formats: ClassVar[dict[str, tuple[str, ...]]] = FORMAT_COLUMNS
 
@@ -260,6 +264,10 @@ class PPOConfig(Frozen):
     value_coef: float = 0.1
     whiten_advantages: bool = True
     value_init: Literal["reward_model", "policy"] = "reward_model"
+    rollout_engine: Literal["transformers", "vllm"] = Field(
+        default="transformers", description="what samples the rollouts: transformers' generate, "
+        "or vLLM (a GPU, one process); they draw from other random streams, so the engine is "
+        "part of what a run computes")
     max_kl: float = Field(default=100.0, gt=0, description="stop the run if KL passes this")
     max_grad_norm: float = Field(default=1.0, gt=0, description="clip the gradient's "
                                  "norm to this (0 or less would zero or flip it)")

@@ -86,8 +86,46 @@ LEGACY_MECHANICS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def legacy_step(data: dict[str, Any], new_ids: dict[str, str]) -> tuple[Step, str | None]:
-    """The current step for an old stored step (its inputs already re-keyed in ``new_ids``)."""
+# The registry's converter versions as the last code of store schema 0 had them (f546aac): an old
+# step's data were converted by these, so its id records them. A converter changed since has a
+# higher version, and its steps are not reused.
+LEGACY_CONVERTERS: dict[str, str] = {
+    "shp-2": "2", "stack-exchange": "1", "prm800k": "2", "chatbot-arena-2023": "1",
+    "chatbot-arena-2024": "1", "alpacafarm-human": "1", "hh-rlhf": "1", "helpsteer": "2",
+    "alpacafarm-gpt4": "1", "capybara-7k": "1", "orca-pairs": "1", "nectar": "2",
+    "ultrafeedback-overall": "1", "ultrafeedback-fg": "1", "ultrafeedback-fg-raw": "2",
+    "ultrafeedback-slice": "1", "hh-rlhf-slice": "1",
+    "rm-mix": "ultrafeedback-fg:1,helpsteer:2,nectar:2,stack-exchange:1,hh-rlhf:1,prm800k:2",
+}
+LEGACY_PROMPT_CONVERTERS: dict[str, str] = {
+    "ultrafeedback-prompts": "1", "gsm8k-train": "1", "gsm8k-train-slice": "1",
+    "math-mined": "1", "mixed": "1",
+}
+
+
+def _legacy_data(ref: dict, prompts: bool = False) -> dict:
+    """An old data reference with the converter version its rows were made by."""
+    table = LEGACY_PROMPT_CONVERTERS if prompts else LEGACY_CONVERTERS
+    name = ref.get("name")
+    if name not in table:
+        raise StoreFormatError(f"data {name!r} is not a dataset the old registry knew")
+    return {**ref, "converter": table[name]}
+
+
+def _legacy_rollout_engine(env: dict | None) -> tuple[str, str | None]:
+    """What sampled an old PPO step's rollouts: the old trainer chose vLLM by itself on a CUDA
+    machine that had it, so the step's recorded environment tells (or the step is stale)."""
+    if env is None:
+        return "transformers", "its environment (env.json) is missing, so the engine that " \
+            "sampled its rollouts is unknown"
+    on_gpu_with_vllm = env.get("device") == "cuda" and "vllm" in (env.get("packages") or {})
+    return ("vllm" if on_gpu_with_vllm else "transformers"), None
+
+
+def legacy_step(data: dict[str, Any], new_ids: dict[str, str],
+                env: dict | None = None) -> tuple[Step, str | None]:
+    """The current step for an old stored step (its inputs already re-keyed in ``new_ids``;
+    ``env``: its recorded env.json)."""
     kind = STEP_KINDS.get(data.get("kind", ""))
     if kind is None:
         raise StoreFormatError(f"unknown step kind {data.get('kind')!r}")
@@ -100,6 +138,12 @@ def legacy_step(data: dict[str, Any], new_ids: dict[str, str]) -> tuple[Step, st
             section, old = LEGACY_MECHANICS[kind.name]
             raw = dict(data["config"])
             raw[section] = {**old, **raw.get(section, {})}
+            if kind.name == "train_ppo":
+                raw[section]["rollout_engine"], stale = _legacy_rollout_engine(env)
+                prompts = raw["prompts"]
+                raw["prompts"] = _legacy_data(prompts, prompts.get("source") == "prompt_set")
+            else:
+                raw["data"] = _legacy_data(raw["data"])
             config = kind.config.model_validate(raw)  # version 1: the default
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
@@ -154,7 +198,8 @@ def _journal(store: RunStore) -> dict:
     for old in _order(old_steps):
         folder = store.root / "steps" / old_steps[old]["kind"] / old
         try:
-            step, stale = legacy_step(old_steps[old], new_ids)
+            env = read_json(folder / "env.json") if (folder / "env.json").is_file() else None
+            step, stale = legacy_step(old_steps[old], new_ids, env)
         except StoreFormatError as exc:
             raise StoreFormatError(f"{folder}: {exc}") from None
         new_ids[old] = step.id

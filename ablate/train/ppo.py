@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import shutil
 import time
@@ -506,12 +505,14 @@ def train_ppo(policy_dir: Path, rows: Sequence[dict], cfg: PPOConfig, seed: int,
     if found is not None:
         start = _load(found, policy, value_model, policy_opt, value_opt, schedulers)
         log.info("resuming PPO from %s (iteration %d of %d)", found, start, total)
-    backend = os.environ.get("ABLATE_PPO_GENERATOR") or \
-        ("vllm" if vllm_usable() and device.type == "cuda" and fsdp.world_size() == 1
-         else "transformers")
+    backend = cfg.rollout_engine
+    if backend == "vllm" and not (vllm_usable() and device.type == "cuda"):
+        raise TrainingError("rollout_engine vllm needs vLLM and a CUDA GPU (pip install -e "
+                            "'.[vllm]'); set rollout_engine: transformers to sample with "
+                            "transformers")
     if backend == "vllm" and fsdp.world_size() > 1:
         raise TrainingError("vLLM rollouts are not wired for a sharded (multi-process) PPO run: "
-                            "set ABLATE_PPO_GENERATOR=transformers or run one process")
+                            "set rollout_engine: transformers or run one process")
     vllm = VLLMGenerator(policy_dir, tokenizer, cfg.max_prompt_length
                          + cfg.max_response_length) if backend == "vllm" else None
     metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=start)

@@ -220,7 +220,7 @@ class VLLMGenerator:
             engine_model.load_weights(weights)
         except AttributeError as exc:
             raise TrainingError("this vLLM version does not expose its model for in-place weight "
-                                f"sync ({exc}); set ABLATE_PPO_GENERATOR=transformers") from None
+                                f"sync ({exc}); set rollout_engine: transformers") from None
 
     def generate(self, policy, prompts: Sequence[PromptItem], *, temperature: float,
                  max_new_tokens: int, seed: int) -> Rollout:

@@ -49,11 +49,21 @@ def test_a_changed_row_changes_the_training_id_and_a_moved_file_does_not(tmp_pat
     assert dpo_id(grid({"mine": {"path": str(moved), "format": "text"}})) == after
 
 
-def test_registry_ids_are_unchanged_and_an_override_file_enters_them(tmp_path, monkeypatch):
+def test_a_registry_datasets_converter_and_an_override_file_enter_its_ids(tmp_path, monkeypatch):
+    import dataclasses
+
+    from ablate.data import registry
+
     spec = {"uf": {"name": "ultrafeedback-slice", "max_rows": 8}}
-    plain = expand(grid(spec))  # without a resolver: as every grid expanded before
+    plain = expand(grid(spec))  # without a resolver: nothing says how the rows were made
     plain_id = next(s.id for s in plain.steps.values() if s.kind == "train_dpo")
-    assert dpo_id(grid(spec)) == plain_id
+    resolved = dpo_id(grid(spec))
+    assert resolved != plain_id
+    bumped = dataclasses.replace(registry.SOURCES["ultrafeedback-slice"], converter_version=9)
+    monkeypatch.setitem(registry.SOURCES, "ultrafeedback-slice", bumped)
+    assert dpo_id(grid(spec)) not in (plain_id, resolved)
+    monkeypatch.undo()
+    assert dpo_id(grid(spec)) == resolved
     override = write_jsonl(tmp_path / "uf.jsonl", PAIRS)
     monkeypatch.setenv("ABLATE_DATA_ULTRAFEEDBACK_SLICE", str(override))
     with_override = dpo_id(grid(spec))

@@ -135,6 +135,14 @@ def test_a_benchmark_version_changes_only_that_benchmarks_ids(monkeypatch):
     assert changed(before, ids(JUDGED)) == {n for n in before if n.startswith("eval gsm8k")}
 
 
+def test_ppos_rollout_engine_is_part_of_its_id():
+    """vLLM and transformers sample from other random streams: not an execution setting."""
+    grid = yaml.safe_load((REPO / "grids" / "table2.yaml").read_text())
+    before = ids(grid)
+    vllm = {**grid, "algorithms": {"ppo": {"kind": "ppo", "rollout_engine": "vllm"}}}
+    assert changed(before, ids(vllm)) == {n for n in before if "alg=ppo" in n}
+
+
 def test_a_new_field_whose_default_keeps_the_old_behaviour_keeps_every_id():
     class GrownDPOConfig(DPOConfig):
         new_knob: float = 0.0  # as a later version might add

@@ -214,9 +214,11 @@ def test_a_result_of_a_protocol_that_changed_since_is_not_reused(legacy, monkeyp
 
     monkeypatch.setitem(BENCHMARKS, "gsm8k", BenchmarkFacts("reasoning", "generate",
                                                             full_version=2))
+    from ablate.data.own import resolve_source
+
     store = RunStore(legacy / "store_v0")
     migrate_store(store)
-    plan = expand(load_grid(legacy / "grid.yaml"))
+    plan = expand(load_grid(legacy / "grid.yaml"), resolve=resolve_source)
     evals = [s for s in plan.steps.values() if s.kind == "eval"]
     assert {s.config.benchmark for s in evals if not store.is_done(s)} == {"gsm8k"}
 
@@ -227,9 +229,11 @@ def test_results_of_trainers_whose_mechanics_changed_since_are_not_reused(legacy
     made, while the base model's evaluations and every stored result stay as they were."""
     from ablate.spec import expand, load_grid
 
+    from ablate.data.own import resolve_source
+
     store = RunStore(legacy / "store_v0")
     migrate_store(store)
-    plan = expand(load_grid(legacy / "grid.yaml"))
+    plan = expand(load_grid(legacy / "grid.yaml"), resolve=resolve_source)
     rerun = {s.id for s in plan.steps.values() if not store.is_done(s)}
     trained = {s.id for s in plan.steps.values() if s.kind.startswith("train")}
     downstream = {s.id for s in plan.steps.values()
@@ -242,3 +246,16 @@ def test_results_of_trainers_whose_mechanics_changed_since_are_not_reused(legacy
     assert report.exit_code == 0, report.output
     assert table_numbers(legacy / "migrated" / "tablesmoke.csv") == \
         table_numbers(LEGACY / "expected_report" / "tablesmoke.csv")
+
+
+def test_an_old_ppo_steps_rollout_engine_comes_from_its_recorded_environment():
+    """The old trainer picked vLLM itself on a CUDA machine that had it installed."""
+    from ablate.store.migrate import _legacy_rollout_engine
+
+    assert _legacy_rollout_engine({"device": "cpu", "packages": {"vllm": "0.9"}}) == \
+        ("transformers", None)
+    assert _legacy_rollout_engine({"device": "cuda", "packages": {"vllm": "0.9"}}) == \
+        ("vllm", None)
+    assert _legacy_rollout_engine({"device": "cuda", "packages": {}})[0] == "transformers"
+    engine, stale = _legacy_rollout_engine(None)
+    assert stale and "env.json" in stale
