@@ -56,12 +56,26 @@ def load_checked(path: Path) -> tuple[GridSpec, Plan]:
         check_names(grid, datasets=dataset_names(), prompt_sets=prompt_set_names(),
                     benchmarks=benchmark_names(), builtin_models=BUILTIN_MODELS,
                     load_reward=load_reward_function)
+        check_model_paths(grid)
         plan = expand(grid)
     except SpecError as exc:
         if str(path) not in str(exc):
             exc = SpecError(f"{path}: {exc}")
         fail(str(exc))
     return grid, plan
+
+
+def check_model_paths(grid: GridSpec) -> None:
+    """A local model folder that is not there fails every step that reads it, after queueing."""
+    from ablate.models import ModelError, resolve_model
+
+    for name, model in grid.models.items():
+        if model.path is None:
+            continue
+        try:
+            resolve_model(model)
+        except ModelError as exc:
+            raise SpecError(f"grid {grid.name!r}: models.{name}.path: {exc}") from None
 
 
 def step_table(plan: Plan, store: RunStore, states: dict | None = None) -> Table:

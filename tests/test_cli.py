@@ -65,6 +65,8 @@ def test_bad_input_is_named_and_writes_nothing(tmp_path, change, expected):
      "max_new_tokens.gsm8k: Input should be greater than 0"),
     (("limit: {gsm8k: 10, mmlu: 40}", "limit: {gsm8k: -1, mmlu: 40}"),
      "limit.gsm8k: Input should be greater than 0"),
+    (("{builtin: smollm2-135m-instruct}", "{path: /nonexistent/model}"),
+     "models.smollm2.path: model path /nonexistent/model: no such folder"),
     (("benchmarks: [gsm8k, mmlu]", "benchmarks: [gsm8k, mmlu, alpaca_eval_2]\n  judge: gpt"),
      "unknown judge 'gpt'"),
 ])
@@ -77,6 +79,14 @@ def test_validate_refuses_what_would_only_fail_or_escape_the_store_later(tmp_pat
     result = invoke("validate", bad)
     assert result.exit_code == 2, result.output
     assert expected in " ".join(result.output.split()) and str(bad) in result.output
+
+
+def test_a_grid_file_that_is_not_utf8_is_named(tmp_path):
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes((REPO / "grids" / "smoke.yaml").read_bytes() + "# caf\xe9\n".encode("latin-1"))
+    result = invoke("validate", bad)
+    assert result.exit_code == 2
+    assert f"{bad}: not UTF-8 text" in "".join(result.output.split("\n"))
 
 
 def test_unknown_programmatic_reward_is_refused_at_load(tmp_path):
