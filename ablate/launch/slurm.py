@@ -36,7 +36,7 @@ from ablate.launch.profile import LoadedProfile, Resources, load_profile, resour
 from ablate.spec.load import SpecError
 from ablate.spec.plan import Plan, Step
 from ablate.spec.steps import step_kind
-from ablate.store import RunStore
+from ablate.store import RunStore, StepBusy
 from ablate.store.store import blocked_state
 
 # squeue states of a job that will still run (or is running): never submit its step again.
@@ -577,7 +577,7 @@ def submit_from_cli(plan: Plan, store: RunStore, cluster: Path | None, dry_run: 
     try:
         profile = load_profile(cluster)
         rows = submit_plan(plan, store, profile, dry_run=dry_run, force=force, source=source)
-    except (SlurmError, SpecError, ValueError) as exc:
+    except (SlurmError, SpecError, ValueError, StepBusy) as exc:
         console.print(f"[red]error:[/] {exc}", highlight=False)
         raise SystemExit(2)
     if dry_run:

@@ -326,6 +326,12 @@ def test_cli(toy_store, tmp_path, monkeypatch):
     assert bad.exit_code == 2 and "valid figures: 1, 2, 3, kl-frontier" in bad.output
     none = runner.invoke(app, ["report"])
     assert none.exit_code == 2 and "tables: 1, 2, 3, 4, 5, smoke, cost" in none.output
+    (tmp_path / "a-file").write_text("")
+    unwritable = runner.invoke(app, ["report", "--all", "--grid", "toy", "--out",
+                                     str(tmp_path / "a-file" / "r")])
+    assert unwritable.exit_code == 2 and unwritable.exception is not None
+    assert "cannot write the report" in unwritable.output
+    assert str(tmp_path / "a-file" / "r") in unwritable.output and "Traceback" not in unwritable.output
 
 
 def test_report_never_imports_torch():
@@ -367,3 +373,14 @@ def test_smoke_grid_table_from_its_real_plan(tmp_path):
     assert md.count("—") == 5  # the hh cell: 2 benchmarks, 2 categories, avg
     assert "train_dpo" in md and "(pending)" in md  # which jobs to run
     assert out.tables[0].rows[0].is_baseline
+
+
+def test_a_corrupt_done_marker_is_a_step_to_run_naming_its_file(toy_store):
+    from ablate.report.frame import load_results
+
+    plan = toy_store.load_plan("toy")
+    step = plan.steps[plan.cells[0].evals["gsm8k"]]
+    done = toy_store.step_dir(step) / "DONE.json"
+    done.write_text("{cut sho")
+    results = load_results(toy_store, "toy")
+    assert any(f"corrupt: {done}" in line for line in results.missing_jobs), results.missing_jobs
