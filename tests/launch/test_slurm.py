@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from ablate.cli import app
 from ablate.launch.local import run_plan
 from ablate.launch.profile import load_profile
-from ablate.launch.slurm import cancel_plan, slurm_states, submit_plan
+from ablate.launch.slurm import LIVE_STATES, cancel_plan, slurm_states, submit_plan
 from ablate.spec import expand, load_grid
 from ablate.store import RunStore
 from ablate.train.checkpoints import latest_checkpoint
@@ -85,7 +85,9 @@ def wait_settled(plan, store, timeout: float = 900) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         release_requeued()
-        if not slurm_states(recorded_jobs(plan, store)):
+        # squeue --states=all also lists jobs that ended a moment ago
+        if not [j for j, seen in slurm_states(recorded_jobs(plan, store)).items()
+                if seen["state"] in LIVE_STATES]:
             return
         time.sleep(1)
     raise AssertionError(f"jobs still queued after {timeout} s: {slurm_states(recorded_jobs(plan, store))}")
@@ -231,10 +233,13 @@ def test_cancel_stops_queued_and_running_jobs(slurm_cluster, job_env, monkeypatc
     cancelled = cancel_plan(plan, store)
     assert len(cancelled) == 3  # the training job and its two evaluations (array tasks)
     deadline = time.time() + 60
-    while slurm_states(cancelled) and time.time() < deadline:
+    def live():  # squeue --states=all keeps listing them, as CANCELLED, for a while
+        return {j: s for j, s in slurm_states(cancelled).items()
+                if s["state"] in LIVE_STATES - {"COMPLETING"}}
+
+    while live() and time.time() < deadline:
         time.sleep(0.5)
-    live = {j: s for j, s in slurm_states(cancelled).items() if s["state"] != "COMPLETING"}
-    assert not live
+    assert not live()
     assert {store.state(s)["state"] for s in plan.steps.values()} == {"cancelled"}
 
 
