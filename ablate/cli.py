@@ -16,6 +16,7 @@ from ablate.spec.judges import describe as describe_judge
 from ablate.spec.judges import missing_credentials
 from ablate.spec.plan import StoreFormatError
 from ablate.store import RunStore
+from ablate.store.store import blocked_state
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Evaluation-first ablations of learning from preference feedback.")
@@ -62,14 +63,21 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def plan_of(grid: GridSpec) -> Plan:
+    """The plan of a grid as every command makes it: each data source resolved to what its rows
+    are, each own benchmark's facts read from its class (so the ids are the store's)."""
+    from ablate.data.own import resolve_source
+    from ablate.evals.custom import grid_custom_facts
+
+    return expand(grid, resolve=resolve_source, custom_facts=grid_custom_facts(grid))
+
+
 def load_checked(path: Path, check_data: bool = False) -> tuple[GridSpec, Plan]:
     """Load, check every name against the registries, resolve each file's digest and each own
     benchmark's facts, expand; with ``check_data``, open each file or hub dataset the plan
     trains on and count its unusable rows. Writes nothing."""
     from ablate.data import dataset_names, prompt_set_names
-    from ablate.data.own import resolve_source
     from ablate.evals import benchmark_names
-    from ablate.evals.custom import grid_custom_facts
     from ablate.models import BUILTIN_MODELS
     from ablate.train.programmatic import load_reward_function
 
@@ -78,7 +86,8 @@ def load_checked(path: Path, check_data: bool = False) -> tuple[GridSpec, Plan]:
         check_names(grid, datasets=dataset_names(), prompt_sets=prompt_set_names(),
                     benchmarks=benchmark_names(), builtin_models=BUILTIN_MODELS,
                     load_reward=load_reward_function)
-        plan = expand(grid, resolve=resolve_source, custom_facts=grid_custom_facts(grid))
+        check_model_paths(grid)
+        plan = plan_of(grid)
         if check_data:
             check_plan_data(plan)
     except SpecError as exc:
@@ -106,6 +115,19 @@ def check_plan_data(plan: Plan) -> None:
             raise SpecError(f"{checked.label}: no usable row of {checked.read:,}{problems}")
         console.print(f"data {ref.describe()}: {checked.total:,} rows{sampled}, {usable:,} "
                       f"usable{problems}", highlight=False)
+
+
+def check_model_paths(grid: GridSpec) -> None:
+    """A local model folder that is not there fails every step that reads it, after queueing."""
+    from ablate.models import ModelError, resolve_model
+
+    for name, model in grid.models.items():
+        if model.path is None:
+            continue
+        try:
+            resolve_model(model)
+        except ModelError as exc:
+            raise SpecError(f"grid {grid.name!r}: models.{name}.path: {exc}") from None
 
 
 def step_table(plan: Plan, store: RunStore, states: dict | None = None) -> Table:
@@ -148,14 +170,21 @@ def grid(file: Path = typer.Argument(..., help="Grid spec (YAML)"),
         submit_from_cli(plan, run_store, cluster, dry_run=dry_run, force=force, console=console,
                         source=str(file))
         return
-    from ablate.launch.local import run_plan
+    from ablate.launch.local import Terminated, run_plan
+    from ablate.store import StepBusy
 
-    run_store.save_plan(plan, source=str(file),
-                        about={"description": spec.description, "labels": dict(spec.labels)})
+    try:
+        run_store.save_plan(plan, source=str(file),
+                            about={"description": spec.description, "labels": dict(spec.labels)})
+    except OSError as exc:
+        fail(f"cannot write the run store {run_store.root}: {exc}")
     try:
         summary = run_plan(plan, run_store, force=force, console=console)
-    except ValueError as exc:
+    except (ValueError, StepBusy) as exc:
         fail(str(exc))
+    except Terminated as exc:
+        console.print(f"[yellow]interrupted:[/] {exc}")
+        raise typer.Exit(128 + exc.signum)
     if not summary.ok:
         raise typer.Exit(1)
 
@@ -185,6 +214,9 @@ def status(file: Path = typer.Argument(..., help="Grid spec (YAML)"),
         states = refresh_states(plan, run_store, states)
     except ImportError:
         pass
+    for step in plan.order():  # inputs first, so a block passes down a chain
+        if states[step.id].get("state") == "pending":
+            states[step.id] = blocked_state(plan, states, step.id) or states[step.id]
     if steps:
         console.print(step_table(plan, run_store, states))
         return
@@ -193,22 +225,36 @@ def status(file: Path = typer.Argument(..., help="Grid spec (YAML)"),
     for column in ("cell", "train", *benches):
         table.add_column(column)
     style = {"done": "green", "failed": "red", "running": "cyan", "pending": "dim",
-             "submitted": "yellow", "queued": "yellow"}
-    problems = []
+             "submitted": "yellow", "queued": "yellow", "retrying": "yellow", "blocked": "yellow",
+             "interrupted": "red", "corrupt": "red", "lost": "red"}
+    problems: dict[str, dict] = {}
 
     def show(sid: str | None) -> str:
         if sid is None:
             return "-"
         state = states[sid].get("state", "unknown")
-        if state == "failed":
-            problems.append((plan.steps[sid].name, states[sid]))
+        if state in PROBLEM_STATES:
+            problems[sid] = states[sid]
         return f"[{style.get(state, 'white')}]{state}[/]"
 
     for cell in plan.cells:
         table.add_row(cell.name, show(cell.model_step), *(show(cell.evals.get(b)) for b in benches))
     console.print(table)
-    for name, state in problems:
-        console.print(f"[red]failed[/] {name}: {state.get('error', '')}\n  log: {state.get('log', '')}")
+    for sid, state in problems.items():
+        console.print(describe_problem(plan.steps[sid].name, state), highlight=False)
+
+
+PROBLEM_STATES = ("failed", "interrupted", "corrupt", "blocked", "lost", "retrying")
+
+
+def describe_problem(name: str, state: dict) -> str:
+    """What went wrong with a step and where to read more: its error, then its log (or the
+    unreadable file); a blocked step names the step that blocked it with that step's error."""
+    lines = [f"[red]{state['state']}[/] {name}: {state.get('error') or '(no error recorded)'}"]
+    where = state.get("log") or state.get("file")
+    if where:
+        lines.append(f"  {'file' if state['state'] == 'corrupt' else 'log'}: {where}")
+    return "\n".join(lines)
 
 
 @model_app.command("prepare")

@@ -53,6 +53,42 @@ def test_bad_input_is_named_and_writes_nothing(tmp_path, change, expected):
     assert not store.exists()
 
 
+@pytest.mark.parametrize("change, expected", [
+    # a grid's name names files in the store and the report folder
+    (("name: smoke", "name: ../elsewhere"), "name: Value error, a grid name is"),
+    (("name: smoke", "name: a/b"), "name: Value error, a grid name is"),
+    (("name: smoke", "name: ''"), "name: Value error, a grid name is"),
+    # values that could only fail or loop inside a job
+    (("lr: 2.0e-5", "lr: .inf"), "lr: Input should be a finite number"),
+    (("epochs: 1", "epochs: 1.0e+308"), "epochs: Input should be less than or equal to 1000"),
+    (("max_new_tokens: {gsm8k: 256}", "max_new_tokens: {gsm8k: 0}"),
+     "max_new_tokens.gsm8k: Input should be greater than 0"),
+    (("limit: {gsm8k: 10, mmlu: 40}", "limit: {gsm8k: -1, mmlu: 40}"),
+     "limit.gsm8k: Input should be greater than 0"),
+    (("{builtin: smollm2-135m-instruct}", "{path: /nonexistent/model}"),
+     "models.smollm2.path: model path /nonexistent/model: no such folder"),
+    (("benchmarks: [gsm8k, mmlu]", "benchmarks: [gsm8k, mmlu, alpaca_eval_2]\n  judge: gpt"),
+     "unknown judge 'gpt'"),
+])
+def test_validate_refuses_what_would_only_fail_or_escape_the_store_later(tmp_path, change,
+                                                                         expected):
+    text = (REPO / "grids" / "smoke.yaml").read_text()
+    assert change[0] in text
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace(change[0], change[1]))
+    result = invoke("validate", bad)
+    assert result.exit_code == 2, result.output
+    assert expected in " ".join(result.output.split()) and str(bad) in result.output
+
+
+def test_a_grid_file_that_is_not_utf8_is_named(tmp_path):
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes((REPO / "grids" / "smoke.yaml").read_bytes() + "# caf\xe9\n".encode("latin-1"))
+    result = invoke("validate", bad)
+    assert result.exit_code == 2
+    assert f"{bad}: not UTF-8 text" in "".join(result.output.split("\n"))
+
+
 def test_unknown_programmatic_reward_is_refused_at_load(tmp_path):
     grid = tmp_path / "prog.yaml"
     grid.write_text(

@@ -41,6 +41,8 @@ EXTENSIONS = (".jsonl", ".jsonl.gz", ".json", ".parquet")
 class DataUnavailable(RuntimeError):
     """The source is not on this machine and the hub cannot be reached."""
 
+    will_fail_again = True  # a job's node does not gain the data or a network by retrying
+
 
 # ---------------------------------------------------------------- raw rows
 

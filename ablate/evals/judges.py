@@ -14,13 +14,15 @@ config and id::
 Configs hold the *name* of the environment variable with the key, never the key. Every answer is
 cached on disk under the run's cache folder (keyed by endpoint, model, prompt and settings), so a
 judgement is never paid for twice; rate limits and server errors are retried with backoff; an
-answer that still fails is returned as None and counted by the benchmark.
+answer that still fails is returned as None, counted by the benchmark and its cause logged; a
+refused key (HTTP 401 or 403) stops the step at once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 import time
@@ -34,6 +36,8 @@ from ablate.evals.base import EvalError
 from ablate.spec.schema import JudgeSpec
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+REFUSED_STATUS = {401, 403}
+log = logging.getLogger(__name__)
 
 
 def get_judge(spec: JudgeSpec, cache_dir: Path, reward_model_dir: Path | None = None):
@@ -93,12 +97,15 @@ class OpenAIJudge:
         self.concurrency, self.temperature = concurrency, temperature
         self.cache = JudgementCache(Path(cache_dir) / "judgements" / "openai.jsonl")
         self.calls = 0  # requests actually sent (tests and cost reports read this)
+        self.refused: EvalError | None = None  # set by a 401/403: no further request is sent
 
     def _key(self, payload: dict) -> str:
         text = json.dumps({"url": self.base_url, **payload}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def _post(self, payload: dict) -> dict:
+        if self.refused is not None:
+            raise self.refused
         key = os.environ.get(self.api_key_env)
         if not key:
             raise EvalError(f"judge endpoint {self.base_url}: environment variable "
@@ -112,6 +119,12 @@ class OpenAIJudge:
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                     return json.loads(response.read())
             except urllib.error.HTTPError as exc:
+                if exc.code in REFUSED_STATUS:  # every other request would be refused too
+                    self.refused = EvalError(
+                        f"judge endpoint {self.base_url}: HTTP {exc.code} ({exc.reason}): the "
+                        f"key in the environment variable {self.api_key_env} was refused (check "
+                        "the variable, or the judge's base_url and model)")
+                    raise self.refused from None
                 if exc.code not in RETRY_STATUS or attempt == self.max_retries:
                     raise
                 wait = float(exc.headers.get("Retry-After") or self.backoff_s * 2 ** attempt)
@@ -140,7 +153,11 @@ class OpenAIJudge:
                       .get("top_logprobs")}
         except EvalError:
             raise
-        except Exception:  # network, HTTP or a malformed body after the retries: one failure
+        except Exception as exc:  # network, HTTP or a malformed body after the retries
+            # one failed judgement, counted by the benchmark; its cause goes to the step's log
+            # (the messages hold no key: it travels only in the request's header)
+            log.warning("judge %s (model %s): a judgement failed: %s: %s", self.base_url,
+                        self.model, type(exc).__name__, exc)
             return None
         self.cache.put(key, answer)
         return answer

@@ -8,8 +8,6 @@ asks submitit to requeue it on preemption or time-out; the step then resumes fro
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import importlib
 import logging
 import os
@@ -87,24 +85,10 @@ def run_step(store: RunStore, plan: Plan, step: Step,
     missing = [role for role, sid in step.inputs.items() if not store.is_done(plan.steps[sid])]
     if missing:
         raise RuntimeError(f"step {step.name!r}: inputs not done yet: {', '.join(missing)}")
-    with step_lock(store.step_dir(step)):
+    with store.lock(step):
         if store.is_done(step):  # another process ran it while this one waited
             return "skipped"
         return _run_locked(store, plan, step, progress, runner)
-
-
-@contextlib.contextmanager
-def step_lock(folder: Path):
-    """Hold ``<step>/.lock`` while a step runs: a second ablate process on the same store (two
-    local runs, or a local run beside a SLURM job) waits here instead of running the step into
-    the same folder at the same time."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _run_locked(store: RunStore, plan: Plan, step: Step, progress, runner) -> str:
@@ -130,9 +114,11 @@ def _run_locked(store: RunStore, plan: Plan, step: Step, progress, runner) -> st
     try:
         (runner or runner_for(step.kind))(ctx)
     except BaseException as exc:
-        logger.error("failed: %s\n%s", exc, traceback.format_exc())
-        store.set_state(step, "failed", error=f"{type(exc).__name__}: {exc}",
-                        log=str(log_path), log_tail=log_tail(log_path))
+        stopped = isinstance(exc, KeyboardInterrupt)  # Ctrl-C or SIGTERM: not the step's fault
+        logger.error("%s: %s\n%s", "interrupted" if stopped else "failed", exc,
+                     traceback.format_exc())
+        record_end(store, step, "interrupted" if stopped else "failed",
+                   error=f"{type(exc).__name__}: {exc}", log=str(log_path))
         raise
     finally:
         package_logger.removeHandler(handler)
@@ -140,6 +126,23 @@ def _run_locked(store: RunStore, plan: Plan, step: Step, progress, runner) -> st
     store.mark_done(step, started=started)
     store.set_state(step, "done", seconds=round(time.time() - started, 3))
     return "done"
+
+
+def record_end(store: RunStore, step: Step, state: str, error: str, log: str) -> None:
+    """Record how a step ended, so that ``status`` does not keep showing it running. A full disk
+    can refuse the record itself: then a short one goes over the old state file in place, and
+    whatever happens here the caller re-raises the step's own error, not this one's."""
+    try:
+        store.set_state(step, state, error=error, log=log, log_tail=log_tail(Path(log)))
+        return
+    except OSError as exc:
+        first = exc
+    try:
+        store.set_state_in_place(step, state, error=error, log=log,
+                                 slurm_job_id=current_slurm_job_id())
+    except OSError as exc:
+        logging.getLogger(__name__).error("could not record that step %s %s (%s; then %s)",
+                                          step.id, state, first, exc)
 
 
 @dataclass

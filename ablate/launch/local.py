@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 import time
@@ -24,6 +25,12 @@ class Outcome:
     status: str  # done | skipped | failed | blocked
     seconds: float = 0.0
     error: str = ""
+    note: str = ""  # why a step was skipped, when not because it was done before this run
+    log: str = ""
+
+    @property
+    def shown(self) -> str:
+        return f"{self.status} ({self.note})" if self.note else self.status
 
 
 @dataclass
@@ -62,8 +69,16 @@ def select_steps(plan: Plan, selectors: Iterable[str]) -> set[str]:
     return chosen
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: stops a run like Ctrl-C; the process exits with 128 + the signal's number."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+
+
 def _terminated(signum, frame):
-    raise KeyboardInterrupt(f"stopped by signal {signum}")
+    raise Terminated(signum)
 
 
 @contextlib.contextmanager
@@ -90,7 +105,7 @@ def _run_plan(plan: Plan, store: RunStore, force: Iterable[str],
               console: Console | None) -> Summary:
     console = console or Console()
     for sid in select_steps(plan, force):
-        store.reset(plan.steps[sid])
+        store.reset(plan.steps[sid])  # StepBusy if another process runs it now
     ordered = plan.order()
     todo = [s for s in ordered if not store.is_done(s)]
     summary = Summary([Outcome(s, "skipped") for s in ordered if store.is_done(s)])
@@ -98,6 +113,14 @@ def _run_plan(plan: Plan, store: RunStore, force: Iterable[str],
         console.print(f"[green]Nothing to do:[/] all {len(ordered)} steps of grid "
                       f"{plan.grid!r} are done (use --force STEP to redo one).")
         return summary
+    try:
+        store.root.mkdir(parents=True, exist_ok=True)
+        writable = os.access(store.root, os.W_OK)
+    except OSError:
+        writable = False
+    if not writable:
+        raise ValueError(f"{store.root}: the run store is not writable, and {len(todo)} of "
+                         f"grid {plan.grid!r}'s steps are left to run")
     if summary.outcomes:
         console.print(f"{len(summary.outcomes)} of {len(ordered)} steps already done; "
                       f"running the other {len(todo)}.")
@@ -110,8 +133,9 @@ def _run_plan(plan: Plan, store: RunStore, force: Iterable[str],
             blocked_by = [sid for sid in step.inputs.values() if sid in failed]
             if blocked_by:
                 failed.add(step.id)
-                summary.outcomes.append(Outcome(step, "blocked",
-                                                error=f"input failed: {blocked_by[0]}"))
+                summary.outcomes.append(Outcome(
+                    step, "blocked", error=f"input failed: {plan.steps[blocked_by[0]].name} "
+                    f"({blocked_by[0]})"))
                 bars.advance(overall)
                 continue
             current = bars.add_task(f"  {step.name}", total=None)
@@ -121,17 +145,21 @@ def _run_plan(plan: Plan, store: RunStore, force: Iterable[str],
 
             started = time.time()
             try:
-                run_step(store, plan, step, progress=progress)
+                result = run_step(store, plan, step, progress=progress)
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # one failed step must not stop unrelated ones
                 failed.add(step.id)
+                log = str(store.step_dir(step) / "log.txt")
                 summary.outcomes.append(Outcome(step, "failed", time.time() - started,
-                                                f"{type(exc).__name__}: {exc}"))
+                                                f"{type(exc).__name__}: {exc}", log=log))
                 console.print(f"[red]failed[/] {step.name}: {type(exc).__name__}: {exc}\n"
-                              f"  log: {store.step_dir(step) / 'log.txt'}")
+                              f"  log: {log}")
             else:
-                summary.outcomes.append(Outcome(step, "done", time.time() - started))
+                # not done when this run began: a concurrent run did it while this one waited
+                summary.outcomes.append(
+                    Outcome(step, "skipped", note="done by another run") if result == "skipped"
+                    else Outcome(step, "done", time.time() - started))
             bars.update(current, visible=False)
             bars.advance(overall)
     print_summary(summary, console)
@@ -144,11 +172,16 @@ def print_summary(summary: Summary, console: Console) -> None:
         table.add_column(column)
     style = {"done": "green", "skipped": "dim", "failed": "red", "blocked": "yellow"}
     for o in summary.outcomes:
-        table.add_row(o.step.name, o.step.kind, f"[{style[o.status]}]{o.status}[/]",
+        table.add_row(o.step.name, o.step.kind, f"[{style[o.status]}]{o.shown}[/]",
                       f"{o.seconds:.1f}" if o.seconds else "", )
     console.print(table)
-    console.print(f"done {summary.count('done')}, skipped (already done) {summary.count('skipped')}, "
-                  f"failed {summary.count('failed')}, blocked {summary.count('blocked')}")
+    elsewhere = sum(o.note == "done by another run" for o in summary.outcomes)
+    console.print(f"done {summary.count('done')}, skipped (already done) "
+                  f"{summary.count('skipped') - elsewhere}, skipped (done by another run) "
+                  f"{elsewhere}, failed {summary.count('failed')}, blocked "
+                  f"{summary.count('blocked')}")
     for o in summary.outcomes:
         if o.error:
             console.print(f"[red]{o.status}[/] {o.step.name}: {o.error}")
+            if o.status == "failed":
+                console.print(f"  log: {o.log}")

@@ -36,7 +36,8 @@ from ablate.launch.profile import LoadedProfile, Resources, load_profile, resour
 from ablate.spec.load import SpecError
 from ablate.spec.plan import Plan, Step
 from ablate.spec.steps import step_kind
-from ablate.store import RunStore
+from ablate.store import RunStore, StepBusy
+from ablate.store.store import blocked_state
 
 # squeue states of a job that will still run (or is running): never submit its step again.
 LIVE_STATES = frozenset({"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED",
@@ -76,7 +77,9 @@ def slurm_states(job_ids: Iterable[str]) -> dict[str, dict]:
     if not wanted:
         return {}
     found: dict[str, dict] = {}
-    out = _run(["squeue", "--noheader", "--array", "--format=%i|%T|%r"])
+    # --states=all: a job that just failed or was cancelled stays listed for a while (MinJobAge)
+    # where there is no sacct to ask, instead of looking lost
+    out = _run(["squeue", "--noheader", "--array", "--states=all", "--format=%i|%T|%r"])
     if out.returncode != 0:
         raise SlurmError(f"squeue failed: {out.stderr.strip() or out.stdout.strip()}")
     for line in out.stdout.splitlines():
@@ -203,14 +206,18 @@ class SlurmStepJob(StepJob):
         step = plan.steps[self.step_id]
         try:
             return run_step(store, plan, step, runner=self._runner(store, step))
-        except Exception:
+        except Exception as exc:
             failures = int(store.state(step).get("failures") or 0) + 1
             job_id = current_slurm_job_id()
-            if failures < self.max_attempts and job_id and _requeue(job_id):
-                store.set_state(step, "retrying", failures=failures,
-                                retry=f"attempt {failures + 1} of {self.max_attempts}")
-            else:
-                store.set_state(step, "failed", failures=failures)
+            try:
+                if (failures < self.max_attempts and not will_fail_again(exc) and job_id
+                        and _requeue(job_id)):
+                    store.set_state(step, "retrying", failures=failures,
+                                    retry=f"attempt {failures + 1} of {self.max_attempts}")
+                else:
+                    store.set_state(step, "failed", failures=failures)
+            except OSError:  # a full disk: run_step recorded the failure as best it could
+                pass
             raise
 
     def checkpoint(self, *args, **kwargs):
@@ -218,6 +225,13 @@ class SlurmStepJob(StepJob):
         import submitit
 
         return submitit.helpers.DelayedSubmission(self)
+
+
+def will_fail_again(exc: BaseException) -> bool:
+    """An error another attempt on the same inputs repeats (bad data or settings, no usable
+    pairs or prompts): retrying it only spends the queue. A class says so with
+    ``will_fail_again = True``; a ValueError is a bad value by its meaning."""
+    return bool(getattr(exc, "will_fail_again", False)) or isinstance(exc, ValueError)
 
 
 def _requeue(job_id: str) -> bool:
@@ -364,8 +378,9 @@ def submit_plan(plan: Plan, store: RunStore, profile: LoadedProfile, dry_run: bo
     for n, group in enumerate(group_steps(to_submit)):
         after = sorted({job_of[sid] for s in group.steps for sid in s.inputs.values()
                         if sid in job_of})
-        name = f"ablate-{plan.grid}-{group.klass}" + (
-            f"-{group.steps[0].id[:8]}" if len(group.steps) == 1 else f"-x{len(group.steps)}")
+        # the first step's id tells the arrays of one grid apart in squeue
+        name = f"ablate-{plan.grid}-{group.klass}-{group.steps[0].id[:8]}" + (
+            f"-x{len(group.steps)}" if len(group.steps) > 1 else "")
         params = sbatch_parameters(profile, group.klass, name, after)
         if dry_run:
             ids = [f"new{n}" + (f"_{i}" if len(group.steps) > 1 else "")
@@ -448,23 +463,34 @@ def refresh_states(plan: Plan, store: RunStore, states: dict[str, dict]) -> dict
             continue
         info = seen.get(str(job_id))
         log = now.get("slurm_log") or now.get("log")
-        failed_inputs = [plan.steps[i].name for i in plan.steps[sid].inputs.values()
-                         if out.get(i, states.get(i, {})).get("state") in ("failed", "blocked")]
-        if info is None and failed_inputs:  # SLURM cancelled it: --kill-on-invalid-dep
-            out[sid] = {**now, "state": "blocked", "log": log,
-                        "error": f"input failed: {failed_inputs[0]}"}
+        blocked = blocked_state(plan, out, sid)
+        if blocked and (info is None or info["state"] in FAILED_STATES
+                        or "DependencyNeverSatisfied" in info["reason"]):
+            # SLURM cancelled it (--kill-on-invalid-dep) or holds it for good
+            out[sid] = {**now, **blocked, "slurm_log": log}
         elif info is None:
             out[sid] = {**now, "state": "lost", "log": log,
                         "error": now.get("error") or f"SLURM job {job_id} is gone from the queue "
                         "and the step did not finish (cancelled, killed or out of memory?)"}
-        elif info["state"] == "PENDING":
-            blocked = "DependencyNeverSatisfied" in info["reason"]
-            out[sid] = {**now, "state": "blocked" if blocked else "queued",
-                        "reason": info["reason"], "log": log}
         elif info["state"] in FAILED_STATES:
             out[sid] = {**now, "state": "failed", "log": log,
                         "error": now.get("error") or f"SLURM job {job_id}: {info['state']} "
                         f"({info['reason']})"}
+        elif info["state"] == "COMPLETED":  # the job ended well but the step has no result
+            out[sid] = {**now, "state": "lost", "log": log,
+                        "error": now.get("error") or f"SLURM job {job_id} completed but the "
+                        "step recorded no result"}
+        elif now.get("state") == "retrying" and info["state"] != "RUNNING":
+            # requeued after a failed attempt: the attempt's error is why it runs again
+            out[sid] = {**now, "state": "retrying", "reason": info["reason"], "log": log,
+                        "error": f"{now.get('retry', 'another attempt')} queued after: "
+                                 f"{now.get('error') or '(no error recorded)'}"}
+        elif info["state"] == "PENDING":
+            blocked = "DependencyNeverSatisfied" in info["reason"]
+            out[sid] = {**now, "state": "blocked" if blocked else "queued",
+                        "reason": info["reason"], "log": log}
+            if blocked:
+                out[sid]["error"] = f"SLURM holds job {job_id} for good ({info['reason']})"
         else:
             out[sid] = {**now, "state": info["state"].lower(), "log": log}
     return out
@@ -551,7 +577,7 @@ def submit_from_cli(plan: Plan, store: RunStore, cluster: Path | None, dry_run: 
     try:
         profile = load_profile(cluster)
         rows = submit_plan(plan, store, profile, dry_run=dry_run, force=force, source=source)
-    except (SlurmError, SpecError, ValueError) as exc:
+    except (SlurmError, SpecError, ValueError, StepBusy) as exc:
         console.print(f"[red]error:[/] {exc}", highlight=False)
         raise SystemExit(2)
     if dry_run:

@@ -49,6 +49,10 @@ def report_command(
     except (ReportError, FileNotFoundError, ValueError) as exc:
         console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
+    except OSError as exc:  # an unwritable or full report folder; the error names the file
+        console.print(f"[red]error:[/] cannot write the report: {exc}", highlight=False,
+                      soft_wrap=True)
+        raise typer.Exit(2)
     for built in report.tables:
         typer.echo(markdown(built))
     for note in report.notes:

@@ -96,6 +96,12 @@ def group_name(cell_name: str) -> str:
     return re.sub(r"(^|,)seed=[^,]*", "", cell_name).strip(",") or cell_name
 
 
+def _state_words(store: RunStore, step) -> str:
+    """A step's state for the report's list of what to run; a corrupt record names its file."""
+    state = store.state(step)
+    return f"corrupt: {state['file']}" if state["state"] == "corrupt" else state["state"]
+
+
 def read_scores(path: Path) -> dict[str, float]:
     """``scores.jsonl``: item id -> score. Raises ``CorruptResult`` naming the bad line."""
     scores: dict[str, float] = {}
@@ -236,7 +242,7 @@ def _eval_row(store: RunStore, plan: Plan, results: Results, cell, group: str, b
                result_file=str(folder / "result.json"))
     if not store.is_done(step):
         pending = [sid for sid in plan.upstream(step_id) if not store.is_done(plan.steps[sid])]
-        states = ", ".join(f"{plan.steps[s].kind} {s} ({store.state(plan.steps[s])['state']})"
+        states = ", ".join(f"{plan.steps[s].kind} {s} ({_state_words(store, plan.steps[s])})"
                            for s in pending)
         results.missing_jobs.append(f"{cell.name} / {bench}: run {states}")
         return row

@@ -7,16 +7,19 @@ taken. The paper's hyperparameters (Ivison et al., 2024) are the defaults.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 
 class Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # an infinite or NaN number is never a setting: it only fails (or loops) inside a job
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 EXECUTION = {"execution": True}
+MAX_EPOCHS = 1000  # more passes than any run finishes: a larger number is a typo (1e308)
 
 
 def execution(default, **kwargs):
@@ -189,7 +192,7 @@ class DPOConfig(PairTraining):
     end_lr: float = Field(default=0.0, ge=0, description="the learning rate the linear decay "
                           "reaches at the end of the run")
     warmup_ratio: float = Field(default=0.1, ge=0, le=1)
-    epochs: float = Field(default=3, gt=0)
+    epochs: float = Field(default=3, gt=0, le=MAX_EPOCHS)
     batch_size: int = Field(default=32, gt=0, description="effective batch in pairs")
     max_prompt_length: int = Field(default=2048, gt=0)
     # precomputed once or computed beside the policy: the same reference log-probs either way
@@ -216,7 +219,7 @@ class RMConfig(PairTraining):
     end_lr: float = Field(default=1e-6, ge=0, description="the learning rate the linear decay "
                           "reaches at the end of the run")
     warmup_ratio: float = Field(default=0.03, ge=0, le=1)
-    epochs: float = Field(default=1, gt=0)
+    epochs: float = Field(default=1, gt=0, le=MAX_EPOCHS)
     batch_size: int = Field(default=512, gt=0, description="effective batch in pairs")
     margin: bool = False
 
@@ -231,7 +234,7 @@ class PPOConfig(Frozen):
     minibatch_size: int = Field(default=64, gt=0)
     micro_batch_size: int = execution(8, gt=0)
     ppo_epochs: int = Field(default=1, gt=0)
-    epochs: float = Field(default=1, gt=0, description="passes over the prompt set")
+    epochs: float = Field(default=1, gt=0, le=MAX_EPOCHS, description="passes over the prompt set")
     max_prompt_length: int = Field(default=1024, gt=0)
     max_response_length: int = Field(default=1024, gt=0)
     temperature: float = Field(default=0.7, gt=0)
@@ -452,3 +455,12 @@ class GridSpec(Frozen):
     baseline: bool = True  # evaluate each base model as the SFT baseline
     eval: EvalConfig = EvalConfig()
     labels: dict[str, str] = {}  # display names for the report: key or "<axis>.<key>" -> words
+
+    @field_validator("name")
+    @classmethod
+    def _file_name(cls, name: str) -> str:
+        # the name becomes a file name in the store and the report folder
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", name):
+            raise ValueError("a grid name is 1 to 100 letters, digits, '_', '-' or '.', starting "
+                             "with a letter or digit (it names files: no '/', no '..')")
+        return name

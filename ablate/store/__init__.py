@@ -2,8 +2,9 @@
 
 from ablate.store.context import StepContext
 from ablate.store.store import (
-    RunStore, atomic_write_json, atomic_write_jsonl, atomic_write_text, environment, read_json,
+    RunStore, StepBusy, atomic_write_json, atomic_write_jsonl, atomic_write_text, environment,
+    read_json,
 )
 
-__all__ = ["RunStore", "StepContext", "atomic_write_json", "atomic_write_jsonl",
+__all__ = ["RunStore", "StepBusy", "StepContext", "atomic_write_json", "atomic_write_jsonl",
            "atomic_write_text", "environment", "read_json"]

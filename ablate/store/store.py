@@ -14,15 +14,18 @@ Layout::
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import platform
+import secrets
 import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -34,23 +37,28 @@ DONE = "DONE.json"
 STATE = "state.json"
 MIGRATION_JOURNAL = "migration.json"
 STALE = "STALE.json"
+LOCK = ".lock"
+STALE_ON_SUCCESS = ("error", "log_tail", "reason")
 TRACKED_PACKAGES = ("ablate", "torch", "transformers", "tokenizers", "datasets", "accelerate",
                     "trl", "lm_eval", "evalplus", "alpaca_eval", "vllm", "submitit")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see half a file."""
+    """Write to a temp file in the same folder, then rename: readers never see half a file. The
+    file is created with the umask's permissions (mkstemp's 0600 would hide results from the
+    group on a shared cluster)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, "w") as handle:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -113,6 +121,63 @@ def _file_digest(path: Path, limit: int = 64 << 20) -> str | None:
     return digest.hexdigest()
 
 
+class StepBusy(RuntimeError):
+    """A step another process is running, where this one needs it idle."""
+
+
+class CorruptRecord(ValueError):
+    def __init__(self, path: Path, why: str):
+        super().__init__(f"{path}: unreadable ({why}); delete it to run the step again")
+        self.path = path
+
+
+def _read_record(path: Path) -> dict | None:
+    """A step's JSON record, None when absent; ``CorruptRecord`` when it is not a JSON object."""
+    try:
+        data = read_json(path)
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptRecord(path, f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(data, dict):
+        raise CorruptRecord(path, f"a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def lock_is_held(folder: Path) -> bool:
+    """Whether a process holds ``folder/.lock`` now (it is running the step)."""
+    try:
+        fd = os.open(folder / LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return True
+        raise
+    finally:
+        os.close(fd)  # closing drops a lock this call took
+    return False
+
+
+ENDED_BADLY = ("failed", "blocked", "interrupted", "lost", "corrupt")
+
+
+def blocked_state(plan: Plan, states: dict[str, dict], step_id: str) -> dict | None:
+    """``blocked`` with what blocked it, when an input of the step ended badly: the input's
+    name, its error and its log, so the user reads the cause without looking it up."""
+    for input_id in plan.steps[step_id].inputs.values():
+        upstream = states.get(input_id, {})
+        if upstream.get("state") in ENDED_BADLY:
+            name = plan.steps[input_id].name
+            return {"state": "blocked", "blocked_by": input_id,
+                    "error": f"input {upstream['state']}: {name}: "
+                             f"{upstream.get('error') or '(no error recorded)'}",
+                    "log": upstream.get("log") or upstream.get("file")}
+    return None
+
+
 class RunStore:
     def __init__(self, root: Path | str):
         self.root = Path(root).resolve()
@@ -131,38 +196,82 @@ class RunStore:
 
     # ---------------------------------------------------------------- state
     def is_done(self, step: Step) -> bool:
-        return (self.step_dir(step) / DONE).is_file()
+        """A readable DONE.json: a corrupt one (a full disk, a hand edit) is not a result."""
+        return self.done_info(step) is not None
 
     def done_info(self, step: Step) -> dict | None:
-        path = self.step_dir(step) / DONE
-        return read_json(path) if path.is_file() else None
+        try:
+            return _read_record(self.step_dir(step) / DONE)
+        except CorruptRecord:
+            return None
 
     def state(self, step: Step) -> dict:
-        """``done``, or the last recorded state (``running``, ``failed``, ``submitted``), or
-        ``pending`` when the step never started."""
+        """``done``, or the last recorded state (``running``, ``failed``, ``submitted``, ...),
+        ``interrupted`` when it says running but no process holds the step's lock (a local run
+        that was killed; a SLURM job's liveness is squeue's to say), ``corrupt`` when a record
+        cannot be read, or ``pending`` when the step never started."""
         folder = self.step_dir(step)
-        if (folder / DONE).is_file():
-            return {"state": "done", **read_json(folder / DONE)}
-        if (folder / STALE).is_file():  # a migrated result whose meaning could not be known
-            return {**read_json(folder / STALE), "state": "stale"}
-        if (folder / STATE).is_file():
+        try:
+            done = _read_record(folder / DONE)
+            if done is not None:
+                return {"state": "done", **done}
+            stale = _read_record(folder / STALE)  # a migrated result whose meaning is unknown
+            if stale is not None:
+                return {**stale, "state": "stale"}
+            state = _read_record(folder / STATE)
+        except CorruptRecord as exc:
+            return {"state": "corrupt", "error": str(exc), "file": str(exc.path)}
+        if state is None:
+            return {"state": "pending"}
+        if state.get("state") == "running" and not state.get("slurm_job_id") \
+                and not lock_is_held(folder):
+            return {**state, "state": "interrupted",
+                    "error": state.get("error") or "the process running it stopped without "
+                    "recording why (killed?)", "log": str(folder / "log.txt")}
+        return state
+
+    @contextlib.contextmanager
+    def lock(self, step: Step, wait: bool = True):
+        """Hold ``<step>/.lock`` while a step runs or is reset: a second ablate process on the
+        same store (two local runs, a local run beside a SLURM job, a ``--force``) waits here,
+        or with ``wait=False`` gets ``StepBusy``, instead of working in the same folder."""
+        folder = self.step_dir(step)
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / LOCK, "a") as handle:
             try:
-                return read_json(folder / STATE)
-            except (OSError, json.JSONDecodeError):
-                return {"state": "unknown"}
-        return {"state": "pending"}
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                raise StepBusy(f"step {step.name!r} is running in another process (it holds "
+                               f"{folder / LOCK}); wait for it to finish or stop it, then "
+                               "run again") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def set_state(self, step: Step, state: str, **extra: Any) -> None:
         folder = self.step_dir(step)
         folder.mkdir(parents=True, exist_ok=True)
-        previous = {}
-        if (folder / STATE).is_file():
-            try:
-                previous = read_json(folder / STATE)
-            except (OSError, json.JSONDecodeError):
-                previous = {}
+        try:
+            previous = _read_record(folder / STATE) or {}
+        except CorruptRecord:
+            previous = {}
+        if state in ("running", "done"):  # an earlier attempt's error is not this one's
+            previous = {k: v for k, v in previous.items() if k not in STALE_ON_SUCCESS}
         atomic_write_json(folder / STATE, {**previous, **extra, "state": state,
                                            "updated": time.time()})
+
+    def set_state_in_place(self, step: Step, state: str, **fields: Any) -> None:
+        """Overwrite ``state.json`` in place with only ``fields``: on a full disk, where the temp
+        file of ``set_state`` cannot be written, the old record's own space still holds a short
+        one, so the step does not keep saying "running"."""
+        record = json.dumps({**fields, "state": state, "updated": time.time()}, default=str)
+        with open(self.step_dir(step) / STATE, "r+" if (self.step_dir(step) / STATE).is_file()
+                  else "w", encoding="utf-8") as handle:
+            handle.truncate(0)
+            handle.write(record + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
 
     def begin(self, step: Step) -> Path:
         """Create the step's folder with its spec and environment; keep partial outputs (resume)."""
@@ -174,6 +283,11 @@ class RunStore:
 
     def mark_done(self, step: Step, started: float | None = None) -> dict:
         folder = self.step_dir(step)
+        for orphan in folder.rglob(".*.tmp"):  # left by a write that was killed half way
+            if orphan.is_file():
+                orphan.unlink()
+            else:
+                shutil.rmtree(orphan, ignore_errors=True)
         outputs = {}
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
             rel = path.relative_to(folder).as_posix()
@@ -187,15 +301,23 @@ class RunStore:
         return info
 
     def reset(self, step: Step, keep_checkpoints: bool = False) -> None:
-        """Forget a step's result so that it runs again (``--force``)."""
+        """Forget a step's result so that it runs again (``--force``). Refused (``StepBusy``)
+        while another process runs the step: its folder is that run's."""
         folder = self.step_dir(step)
         if not folder.exists():
             return
-        if keep_checkpoints:
-            for name in (DONE, STATE):
-                (folder / name).unlink(missing_ok=True)
-        else:
-            shutil.rmtree(folder)
+        with self.lock(step, wait=False):
+            if keep_checkpoints:
+                for name in (DONE, STATE):
+                    (folder / name).unlink(missing_ok=True)
+                return
+            for entry in folder.iterdir():
+                if entry.name == LOCK:  # a waiting process holds this file open: keep it
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
 
     # ---------------------------------------------------------------- plans
     def plan_path(self, grid_name: str) -> Path:
@@ -224,7 +346,13 @@ class RunStore:
         saved = {**plan.to_json(), "source": source, **(about or {})}
         if not snapshot.is_file():
             atomic_write_json(snapshot, saved)
-        atomic_write_json(self.plan_path(plan.grid), saved)
+        try:
+            unchanged = read_json(self.plan_path(plan.grid)) == json.loads(
+                json.dumps(saved, default=str))
+        except (OSError, ValueError):
+            unchanged = False
+        if not unchanged:  # a store that has nothing to run needs no write (read-only is fine)
+            atomic_write_json(self.plan_path(plan.grid), saved)
         return plan_id
 
     def _read_plan(self, path: Path) -> Plan:

@@ -79,17 +79,23 @@ def save_checkpoint(folder: Path, step: int, model: nn.Module, optimizer, schedu
     target = folder / f"step_{step}"
     tmp = folder / f".step_{step}.tmp"
     if fsdp.is_main_process():
-        shutil.rmtree(tmp, ignore_errors=True)
+        for stale in folder.glob(".step_*.tmp"):  # a save that was killed half way
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True)
     fsdp.barrier()
-    fsdp.save_train_state(tmp, model, optimizer)
-    save_rank_rng(tmp)
-    fsdp.barrier()  # every rank's file is in before the folder is published
-    if fsdp.is_main_process():
-        torch.save({"scheduler": scheduler.state_dict(), "world_size": fsdp.world_size()},
-                   tmp / "schedule_rng.pt")
-        atomic_write_json(tmp / "trainer_state.json", {"step": step, **extra})
-        publish_checkpoint(tmp, target)
+    try:
+        fsdp.save_train_state(tmp, model, optimizer)
+        save_rank_rng(tmp)
+        fsdp.barrier()  # every rank's file is in before the folder is published
+        if fsdp.is_main_process():
+            torch.save({"scheduler": scheduler.state_dict(), "world_size": fsdp.world_size()},
+                       tmp / "schedule_rng.pt")
+            atomic_write_json(tmp / "trainer_state.json", {"step": step, **extra})
+            publish_checkpoint(tmp, target)
+    except BaseException:
+        # a half-written checkpoint (a full disk) would hold its space for every later step
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     fsdp.barrier()
     return target
 

@@ -29,6 +29,12 @@ class TrainingError(RuntimeError):
     pass
 
 
+class NoTrainingData(TrainingError):
+    """No usable pairs or prompts: every attempt on the same data ends the same way."""
+
+    will_fail_again = True
+
+
 # ---------------------------------------------------------------- tokenising preference pairs
 
 

@@ -29,7 +29,7 @@ from ablate.store import atomic_write_json
 from ablate.train import fsdp
 from ablate.train.collate import collate, on_device, shared_prompt_usable, width_multiple
 from ablate.train.common import (
-    TokenizedPair, TrainingError, compile_regions, device_for_training, disable_dropout,
+    NoTrainingData, TokenizedPair, compile_regions, device_for_training, disable_dropout,
     forward_context, model_identity, pairs_digest, split_heldout, tokenize_pairs,
 )
 from ablate.train.logps import CompletionLogps
@@ -148,7 +148,7 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
              "skipped here: %s", cfg.loss, len(pairs), len(rows), dict(data_skipped or {}) or "none",
              dict(skipped - Counter(data_skipped or {})) or "none")
     if not pairs:
-        raise TrainingError(f"no usable preference pairs ({len(rows)} rows; skipped: "
+        raise NoTrainingData(f"no usable preference pairs ({len(rows)} rows; skipped: "
                             f"{dict(skipped)})")
     train_pairs, heldout = split_heldout(pairs, cfg.eval_fraction, seed)
     all_pairs = train_pairs + heldout

@@ -46,7 +46,8 @@ from ablate.train.checkpoints import (
     save_rank_rng,
 )
 from ablate.train.common import (
-    TrainingError, device_for_training, make_optimizer, plan_batches, warmup_then_linear,
+    NoTrainingData, TrainingError, device_for_training, make_optimizer, plan_batches,
+    warmup_then_linear,
 )
 from ablate.train.logps import token_logps
 from ablate.train.loop import StopRequested
@@ -490,7 +491,7 @@ def train_ppo(policy_dir: Path, rows: Sequence[dict], cfg: PPOConfig, seed: int,
     if skipped:
         log.info("dropped %d of %d prompts: %s", sum(skipped.values()), len(rows), dict(skipped))
     if not items:
-        raise TrainingError(f"no usable prompts: all {len(rows)} were dropped ({dict(skipped)})")
+        raise NoTrainingData(f"no usable prompts: all {len(rows)} were dropped ({dict(skipped)})")
     scorer = make_scorer(reward, reward_model_dir, device, tokenizer, log)
     batches = plan_batches(len(items), cfg.prompts_per_batch, cfg.epochs, seed)
     total = len(batches)

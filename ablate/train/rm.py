@@ -34,8 +34,8 @@ from ablate.train.collate import (
     width_multiple,
 )
 from ablate.train.common import (
-    TokenizedPair, TrainingError, compile_regions, device_for_training, disable_dropout,
-    forward_context, split_heldout, tokenize_pairs,
+    NoTrainingData, TokenizedPair, TrainingError, compile_regions, device_for_training,
+    disable_dropout, forward_context, split_heldout, tokenize_pairs,
 )
 from ablate.train.loop import LoopConfig, train_loop
 from ablate.train.losses import bradley_terry_loss
@@ -110,7 +110,7 @@ def train_rm(model_dir: Path, rows: Sequence[dict], cfg: RMConfig, seed: int, ou
              len(pairs), len(rows), dict(data_skipped or {}) or "none",
              dict(skipped - Counter(data_skipped or {})) or "none")
     if not pairs:
-        raise TrainingError(f"no usable preference pairs ({len(rows)} rows; skipped: "
+        raise NoTrainingData(f"no usable preference pairs ({len(rows)} rows; skipped: "
                             f"{dict(skipped)})")
     if cfg.margin and any(p.margin is None for p in pairs):
         missing = [p.index for p in pairs if p.margin is None][:5]

@@ -70,6 +70,31 @@ def test_openai_judge_retries_caches_and_counts_failures(endpoint, tmp_path, mon
         OpenAIJudge(endpoint, "other", "JUDGE_KEY", tmp_path).complete(["x"])
 
 
+def test_a_failed_judgement_logs_its_cause_without_the_key(endpoint, tmp_path, monkeypatch,
+                                                           caplog):
+    monkeypatch.setenv("JUDGE_KEY", "secret-123")
+    judge = OpenAIJudge(endpoint, "judge-model", "JUDGE_KEY", tmp_path, backoff_s=0.01,
+                        concurrency=1)
+    FakeEndpoint.script = [400]
+    with caplog.at_level("WARNING", logger="ablate.evals.judges"):
+        assert judge.complete(["pick-m now"]) == [None]
+    assert "HTTP Error 400" in caplog.text and endpoint in caplog.text
+    assert "secret-123" not in caplog.text
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_key_stops_at_once_naming_endpoint_and_variable(endpoint, tmp_path,
+                                                                  monkeypatch, status):
+    monkeypatch.setenv("JUDGE_KEY", "secret-123")
+    judge = OpenAIJudge(endpoint, "judge-model", "JUDGE_KEY", tmp_path, backoff_s=0.01,
+                        concurrency=1)
+    FakeEndpoint.script = [status] * 5
+    with pytest.raises(EvalError, match=f"{endpoint}: HTTP {status}.*JUDGE_KEY") as raised:
+        judge.complete(["pick-m now", "pick-M too"])
+    assert "secret-123" not in str(raised.value)
+    assert judge.calls == 1  # not retried, and the next prompt is not sent
+
+
 def test_a_judge_definition_makes_its_judge(tmp_path, endpoint):
     judge = get_judge(JudgeSpec(base_url=endpoint, model="m", api_key_env="K", timeout_s=5,
                                 concurrency=2), tmp_path)

@@ -169,6 +169,6 @@ def test_sigterm_stops_a_local_run_like_ctrl_c(tmp_path, plan, monkeypatch):
     with pytest.raises(KeyboardInterrupt, match="stopped by signal"):
         run_plan(plan, store, console=quiet())
     first = plan.order()[0]
-    assert store.state(first)["state"] == "failed"
-    assert "stopped by signal" in store.state(first)["error"]
+    assert store.state(first)["state"] == "interrupted"  # stopped, not failed
+    assert "stopped by signal 15" in store.state(first)["error"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored

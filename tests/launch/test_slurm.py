@@ -18,11 +18,11 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from ablate.cli import app
+from ablate.cli import app, plan_of
 from ablate.launch.local import run_plan
 from ablate.launch.profile import load_profile
-from ablate.launch.slurm import cancel_plan, slurm_states, submit_plan
-from ablate.spec import expand, load_grid
+from ablate.launch.slurm import LIVE_STATES, cancel_plan, slurm_states, submit_plan
+from ablate.spec import load_grid
 from ablate.store import RunStore
 from ablate.train.checkpoints import latest_checkpoint
 
@@ -85,7 +85,9 @@ def wait_settled(plan, store, timeout: float = 900) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         release_requeued()
-        if not slurm_states(recorded_jobs(plan, store)):
+        # squeue --states=all also lists jobs that ended a moment ago
+        if not [j for j, seen in slurm_states(recorded_jobs(plan, store)).items()
+                if seen["state"] in LIVE_STATES]:
             return
         time.sleep(1)
     raise AssertionError(f"jobs still queued after {timeout} s: {slurm_states(recorded_jobs(plan, store))}")
@@ -112,7 +114,7 @@ def local_reference(tmp_path_factory):
     mp.setenv("ABLATE_RUNNERS", "eval=slurm_runners:weights_eval")
     mp.syspath_prepend(str(HERE))
     try:
-        plan = expand(load_grid(write_grid(folder, "slurmgrid")))
+        plan = plan_of(load_grid(write_grid(folder, "slurmgrid")))
         store = RunStore(folder / "store")
         assert run_plan(plan, store, console=quiet()).ok
         yield results(plan, store)
@@ -129,7 +131,7 @@ def test_grid_through_sbatch_matches_local_and_is_not_duplicated(
     first = cli.invoke(app, ["grid", str(grid), "--submit", "--cluster", str(LOCAL_PROFILE),
                              "--store", str(store_dir)])
     assert first.exit_code == 0, first.output
-    plan, store = expand(load_grid(grid)), RunStore(store_dir)
+    plan, store = plan_of(load_grid(grid)), RunStore(store_dir)
     submitted = recorded_jobs(plan, store)
     assert len(submitted) == 5
     # One training job, then the evaluations of each model as one array: 3 sbatch submissions.
@@ -161,7 +163,7 @@ def test_requeued_training_resumes_from_its_checkpoint(slurm_cluster, job_env, l
     monkeypatch.setenv("ABLATE_RUNNERS", "eval=slurm_runners:weights_eval,"
                        "train_dpo=slurm_runners:paced_train_dpo")
     grid = write_grid(tmp_path, "slurmgrid")
-    plan, store = expand(load_grid(grid)), RunStore(tmp_path / "store")
+    plan, store = plan_of(load_grid(grid)), RunStore(tmp_path / "store")
     submit_plan(plan, store, load_profile(LOCAL_PROFILE))
     train = next(s for s in plan.steps.values() if s.kind == "train_dpo")
     job_id = store.state(train)["slurm_job_id"]
@@ -196,7 +198,7 @@ def test_failing_evaluation_is_retried_then_failed_while_others_finish(slurm_clu
     out = cli.invoke(app, ["grid", str(grid), "--submit", "--cluster", str(LOCAL_PROFILE),
                            "--store", str(store_dir)])
     assert out.exit_code == 0, out.output
-    plan, store = expand(load_grid(grid)), RunStore(store_dir)
+    plan, store = plan_of(load_grid(grid)), RunStore(store_dir)
     wait_settled(plan, store)
 
     mmlu = next(s for s in plan.steps.values() if getattr(s.config, "benchmark", None) == "mmlu")
@@ -225,16 +227,19 @@ def test_cancel_stops_queued_and_running_jobs(slurm_cluster, job_env, monkeypatc
     monkeypatch.setenv("ABLATE_RUNNERS", "train_dpo=slurm_runners:sleep_train")
     monkeypatch.setenv("ABLATE_TEST_SLEEP", "300")
     grid = write_grid(tmp_path, "cancelgrid", baseline=False)
-    plan, store = expand(load_grid(grid)), RunStore(tmp_path / "store")
+    plan, store = plan_of(load_grid(grid)), RunStore(tmp_path / "store")
     rows = submit_plan(plan, store, load_profile(LOCAL_PROFILE))
     assert {r["action"] for r in rows} == {"submitted"}
     cancelled = cancel_plan(plan, store)
     assert len(cancelled) == 3  # the training job and its two evaluations (array tasks)
     deadline = time.time() + 60
-    while slurm_states(cancelled) and time.time() < deadline:
+    def live():  # squeue --states=all keeps listing them, as CANCELLED, for a while
+        return {j: s for j, s in slurm_states(cancelled).items()
+                if s["state"] in LIVE_STATES - {"COMPLETING"}}
+
+    while live() and time.time() < deadline:
         time.sleep(0.5)
-    live = {j: s for j, s in slurm_states(cancelled).items() if s["state"] != "COMPLETING"}
-    assert not live
+    assert not live()
     assert {store.state(s)["state"] for s in plan.steps.values()} == {"cancelled"}
 
 
@@ -263,7 +268,7 @@ def test_multi_process_training_runs_torchrun_inside_the_job(slurm_cluster, job_
     # step (a rank without one trips ablate.train.loop's stats all-reduce: reported to its owner).
     grid = write_grid(tmp_path, "twoprocs", baseline=False, rows=16)
     grid.write_text(grid.read_text().replace("batch_size: 2,", "batch_size: 4,"))
-    plan = expand(load_grid(grid))
+    plan = plan_of(load_grid(grid))
     local = RunStore(tmp_path / "local")
     assert run_plan(plan, local, console=quiet()).ok
     store = RunStore(tmp_path / "store")

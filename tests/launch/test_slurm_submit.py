@@ -4,12 +4,13 @@ the dry run's sbatch scripts, grouping into jobs and arrays, and how squeue's an
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 
 import pytest
 from typer.testing import CliRunner
 
 import ablate.launch.slurm as slurm
-from ablate.cli import app
+from ablate.cli import app, plan_of
 from ablate.launch.profile import load_profile, resource_class
 from ablate.launch.slurm import (
     SlurmError, _gpus_in_gres, group_steps, preflight, refresh_states, submit_plan,
@@ -173,7 +174,7 @@ def test_status_shows_dependents_of_a_failed_step_as_blocked(plan, tmp_path, mon
     states = refresh_states(plan, store, {s.id: store.state(s) for s in plan.order()})
     assert states[train.id]["state"] == "failed"
     assert {states[s.id]["state"] for s in users} == {"blocked"}
-    assert states[users[0].id]["error"] == f"input failed: {train.name}"
+    assert states[users[0].id]["error"] == f"input failed: {train.name}: RuntimeError: boom"
 
 
 def test_a_worker_node_starts_torchrun_with_the_steps_inputs(tmp_path, monkeypatch):
@@ -229,3 +230,118 @@ def test_a_queued_job_runs_the_plan_it_was_submitted_with(plan, tmp_path, monkey
     assert ran[1][1] == step
     with pytest.raises(FileNotFoundError, match="no saved plan 'nope'"):
         StepJob(str(store.root), "nope", step.id)()
+
+
+PPO_GRID = """\
+name: ppo
+models: {tiny: {builtin: tiny-llama}}
+datasets: {uf: {name: ultrafeedback-slice, max_rows: 8}}
+algorithms: {ppo: {kind: ppo}}
+reward_models: {rm: {}}
+axes: {model: [tiny], data: [uf], algorithm: [ppo], reward_model: [rm]}
+baseline: false
+eval: {benchmarks: [gsm8k]}
+"""
+
+
+def test_status_shows_ppo_blocked_by_its_failed_reward_model(tmp_path, monkeypatch):
+    """The reward model's job failed for good; SLURM cancelled the PPO job that depended on it
+    (--kill-on-invalid-dep), so squeue lists it CANCELLED for a while, then not at all."""
+    from ablate.spec import load_grid
+
+    grid = tmp_path / "ppo.yaml"
+    grid.write_text(PPO_GRID)
+    plan = plan_of(load_grid(grid))
+    store = RunStore(tmp_path / "store")
+    rm = next(s for s in plan.order() if s.kind == "train_rm")
+    ppo = next(s for s in plan.order() if s.kind == "train_ppo")
+    rm_log = str(store.step_dir(rm) / "log.txt")
+    store.set_state(rm, "failed", slurm_job_id="7", failures=1, log=rm_log,
+                    error="NoTrainingData: no usable preference pairs (8 rows)")
+    store.set_state(ppo, "submitted", slurm_job_id="8", slurm_log="/logs/8_0_log.out")
+    monkeypatch.setattr(slurm.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    for squeue_says in ({"8": {"state": "CANCELLED", "reason": "DependencyNeverSatisfied"}}, {}):
+        monkeypatch.setattr(slurm, "slurm_states", lambda ids: squeue_says)
+        result = CliRunner().invoke(app, ["status", str(grid), "--store", str(store.root)],
+                                    env={"COLUMNS": "300"})
+        assert result.exit_code == 0, result.output
+        assert (f"blocked {ppo.name}: input failed: {rm.name}: NoTrainingData: no usable "
+                "preference pairs") in result.output
+        assert f"log: {rm_log}" in result.output
+
+
+def test_squeue_is_asked_for_finished_jobs_too(monkeypatch):
+    """Without sacct (the local cluster has none), a job that failed or was cancelled is still
+    in squeue --states=all for a while: it must read as failed, not lost."""
+    asked = []
+
+    def fake_run(cmd, timeout=60):
+        asked.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, "5|FAILED|NonZeroExitCode\n6_1|CANCELLED|None\n",
+                                           "")
+
+    monkeypatch.setattr(slurm, "_run", fake_run)
+    monkeypatch.setattr(slurm.shutil, "which", lambda tool: None)  # no sacct
+    found = slurm.slurm_states(["5", "6_1"])
+    assert "--states=all" in asked[0]
+    assert found["5"]["state"] == "FAILED" and found["6_1"]["state"] == "CANCELLED"
+
+
+def test_status_shows_a_failed_job_failed_and_a_retrying_one_retrying(plan, tmp_path,
+                                                                      monkeypatch):
+    store = RunStore(tmp_path)
+    first, second, third = [s for s in plan.order() if s.kind == "eval"][:3]
+    store.set_state(first, "submitted", slurm_job_id="10", slurm_log="/logs/10")
+    store.set_state(second, "retrying", slurm_job_id="11", failures=1, retry="attempt 2 of 3",
+                    error="RuntimeError: CUDA error: unspecified launch failure")
+    store.set_state(third, "submitted", slurm_job_id="12")
+    monkeypatch.setattr(slurm.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    monkeypatch.setattr(slurm, "slurm_states", lambda ids: {
+        "10": {"state": "FAILED", "reason": "NonZeroExitCode"},
+        "11": {"state": "PENDING", "reason": "BeginTime"},
+        "12": {"state": "COMPLETED", "reason": "None"}})
+    states = refresh_states(plan, store, {s.id: store.state(s) for s in plan.order()})
+    assert states[first.id]["state"] == "failed" and states[first.id]["log"] == "/logs/10"
+    assert "FAILED (NonZeroExitCode)" in states[first.id]["error"]
+    assert states[second.id]["state"] == "retrying"
+    assert states[second.id]["error"] == ("attempt 2 of 3 queued after: RuntimeError: CUDA "
+                                          "error: unspecified launch failure")
+    assert states[third.id]["state"] == "lost"  # finished, yet no result
+
+
+@pytest.mark.parametrize("error, retried", [
+    (RuntimeError("CUDA error: an illegal memory access"), True),
+    (type("NoTrainingData", (RuntimeError,), {"will_fail_again": True})("no usable pairs"), False),
+    (ValueError("bad row"), False),
+])
+def test_an_error_that_will_fail_again_is_not_retried(plan, tmp_path, monkeypatch, error,
+                                                      retried):
+    import ablate.launch.job as job_module
+
+    store = RunStore(tmp_path / "store")
+    plan_id = store.save_plan(plan)
+    step = next(s for s in plan.order() if s.kind == "train_dpo")
+
+    def failing(ctx):
+        raise error
+
+    requeued = []
+    monkeypatch.setattr(job_module, "runner_for", lambda kind: failing)
+    monkeypatch.setattr(slurm, "_requeue", lambda job_id: requeued.append(job_id) or True)
+    monkeypatch.setenv("SLURM_JOB_ID", "31")
+    with pytest.raises(type(error)):
+        slurm.SlurmStepJob(str(store.root), plan_id, step.id, max_attempts=3)()
+    assert bool(requeued) == retried
+    assert store.state(step)["state"] == ("retrying" if retried else "failed")
+
+
+def test_each_eval_array_of_a_grid_has_its_own_job_name(plan, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    rows = submit_plan(plan, RunStore(tmp_path / "store"), load_profile(LOCAL_PROFILE),
+                       dry_run=True)
+    names = {}
+    for row in rows:
+        job = row["job_id"].split("_")[0]
+        names[job] = next(line for line in row["sbatch"].splitlines()
+                          if line.startswith("#SBATCH --job-name="))
+    assert len(set(names.values())) == len(names) > 2, names

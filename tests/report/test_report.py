@@ -6,6 +6,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from ablate.cli import plan_of
 from ablate.report.build import ReportError, build_report
 from ablate.report.cli import report_command
 from ablate.report.frame import load_results
@@ -326,6 +327,12 @@ def test_cli(toy_store, tmp_path, monkeypatch):
     assert bad.exit_code == 2 and "valid figures: 1, 2, 3, kl-frontier" in bad.output
     none = runner.invoke(app, ["report"])
     assert none.exit_code == 2 and "tables: 1, 2, 3, 4, 5, smoke, cost" in none.output
+    (tmp_path / "a-file").write_text("")
+    unwritable = runner.invoke(app, ["report", "--all", "--grid", "toy", "--out",
+                                     str(tmp_path / "a-file" / "r")])
+    assert unwritable.exit_code == 2 and unwritable.exception is not None
+    assert "cannot write the report" in unwritable.output
+    assert str(tmp_path / "a-file" / "r") in unwritable.output and "Traceback" not in unwritable.output
 
 
 def test_report_never_imports_torch():
@@ -343,11 +350,11 @@ def test_smoke_grid_table_from_its_real_plan(tmp_path):
     """The demo's `ablate report --table smoke --grid smoke` on the real smoke plan."""
     from pathlib import Path
 
-    from ablate.spec import expand, load_grid
+    from ablate.spec import load_grid
     from ablate.store import RunStore
     from report_store import write_eval
 
-    plan = expand(load_grid(Path(__file__).resolve().parents[2] / "grids" / "smoke.yaml"))
+    plan = plan_of(load_grid(Path(__file__).resolve().parents[2] / "grids" / "smoke.yaml"))
     store = RunStore(tmp_path / "runs")
     # saved without the grid's words, as an older `ablate grid` did: they come from the source
     store.save_plan(plan, source=str(Path(__file__).resolve().parents[2] / "grids" / "smoke.yaml"))
@@ -404,3 +411,14 @@ def test_results_of_another_judge_than_the_papers_are_marked(tmp_path):
         assert ("xstest" in results.other_judges) == marked
         if marked:
             assert "string match" in results.other_judges["xstest"]
+
+
+def test_a_corrupt_done_marker_is_a_step_to_run_naming_its_file(toy_store):
+    from ablate.report.frame import load_results
+
+    plan = toy_store.load_plan("toy")
+    step = plan.steps[plan.cells[0].evals["gsm8k"]]
+    done = toy_store.step_dir(step) / "DONE.json"
+    done.write_text("{cut sho")
+    results = load_results(toy_store, "toy")
+    assert any(f"corrupt: {done}" in line for line in results.missing_jobs), results.missing_jobs

@@ -54,7 +54,9 @@ def test_reset_and_state(tmp_path):
     store.reset(s, keep_checkpoints=True)
     assert not store.is_done(s) and store.step_dir(s).exists()
     store.reset(s)
-    assert not store.step_dir(s).exists()
+    # only the lock stays: a process waiting on it keeps the same file
+    assert [p.name for p in store.step_dir(s).iterdir()] == [".lock"]
+    assert store.state(s)["state"] == "pending"
 
 
 def test_env_records_versions(tmp_path):

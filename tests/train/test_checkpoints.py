@@ -40,3 +40,20 @@ def test_a_checkpoint_from_before_per_rank_files_still_resumes(tmp_path):
     expected = torch.rand(3)
     checkpoints.restore_rng_states(checkpoints.checkpoint_rng(tmp_path, 0, 1, legacy))
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_checkpoint_that_cannot_be_written_leaves_no_half_folder(tmp_path, monkeypatch):
+    """A full disk mid-save: the half-written folder would hold its space for every later step."""
+    import errno
+
+    (tmp_path / ".step_2.tmp").mkdir()  # a save killed half way, earlier
+    (tmp_path / ".step_2.tmp" / "model.pt").write_bytes(b"x" * 100)
+
+    def disk_full(folder, model, optimizer):
+        (folder / "model.pt").write_bytes(b"x" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fsdp, "save_train_state", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        checkpoints.save_checkpoint(tmp_path, 4, None, None, None, {})
+    assert list(tmp_path.iterdir()) == []
