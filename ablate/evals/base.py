@@ -62,6 +62,9 @@ class EvalEnv:
     _backend: Any = None
     best_of_n_calls: int = 0  # generations a best_of_n sampler reranked (0: it never applied)
 
+    def __post_init__(self) -> None:
+        self._owns_backend = self._backend is None  # a backend handed in is shared: kept open
+
     @property
     def protocol(self) -> str:
         return self.config.protocol
@@ -85,6 +88,13 @@ class EvalEnv:
             self._backend = load_backend(self.model_dir, self.backend_kind)
         return self._backend
 
+    def release_backend(self) -> None:
+        """Free the model's memory for what runs after generation (a judge model), where this
+        evaluation loaded the model itself."""
+        if self._owns_backend and self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
     @property
     def tokenizer(self):
         return self.backend.tokenizer
@@ -98,7 +108,7 @@ class EvalEnv:
         return chat_prompt(self.tokenizer, user, assistant_prefix)
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = (),
-                 n: int = 1, temperature: float = 0.0,
+                 n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
                  rm_prompts: Sequence[str] | None = None) -> list[list[str]]:
         """``n`` completions per prompt; under a best-of-N sampler a single greedy answer is
         replaced by the reward model's favourite of N samples."""
@@ -110,7 +120,7 @@ class EvalEnv:
         # best-of-N sampler leaves a benchmark's own samples alone, greedy ones included
         once = 1 if temperature == 0.0 else n
         params = SamplingParams(max_new_tokens=max_new_tokens, n=once, temperature=temperature,
-                                seed=self.seed, stop=tuple(stop))
+                                top_p=top_p, seed=self.seed, stop=tuple(stop))
         replies = self.backend.generate(list(prompts), params, progress=self.progress)
         return replies if once == n else [r * n for r in replies]
 

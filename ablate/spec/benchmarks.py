@@ -27,9 +27,22 @@ class BenchmarkFacts:
     annotator: str | None = None  # the judge's prompt the benchmark implements (judged ones)
     paper_version: int = 1  # of its "paper" protocol
     full_version: int = 1  # of its "full" protocol
+    # Where its full protocol is scored another way (TruthfulQA: MC2, no judge)
+    full_scoring: Scoring | None = None
+    full_judged: bool | None = None
+    judge_roles: tuple[str, ...] = ()  # the roles of its panel judge, where it needs several
+    paper_top_p: float | None = None  # nucleus sampling of its paper protocol's pass@k samples
 
     def version(self, protocol: str) -> int:
         return self.paper_version if protocol == "paper" else self.full_version
+
+    def scoring_under(self, protocol: str) -> Scoring:
+        return self.full_scoring if protocol == "full" and self.full_scoring else self.scoring
+
+    def judged_under(self, protocol: str) -> bool:
+        if protocol == "full" and self.full_judged is not None:
+            return self.full_judged
+        return self.judged
 
 
 # Versions 2: scored as open-instruct@959cbbc9d scores them (BBH's shared seed-42 draw and
@@ -39,9 +52,17 @@ BENCHMARKS: dict[str, BenchmarkFacts] = {
     "mmlu": BenchmarkFacts("factuality", "loglik", paper_version=2),
     "gsm8k": BenchmarkFacts("reasoning", "generate", paper_version=2),
     "bbh": BenchmarkFacts("reasoning", "generate", paper_version=2, full_version=2),
-    "humaneval_plus": BenchmarkFacts("coding", "pass_at_k"),
-    "mbpp_plus": BenchmarkFacts("coding", "pass_at_k"),
-    "truthfulqa": BenchmarkFacts("truthfulness", "loglik"),
+    # Versions 2 of the code benchmarks: open-instruct's prompts, top_p 0.95 and 3 s per program
+    # (HumanEval+); its items [100:], prompt and test assertions (MBPP+).
+    "humaneval_plus": BenchmarkFacts("coding", "pass_at_k", paper_version=2, paper_top_p=0.95),
+    "mbpp_plus": BenchmarkFacts("coding", "pass_at_k", paper_version=2),
+    # Paper version 2: greedy generations judged truthful and informative by two local judges
+    # (open-instruct's truth and info judges); its full protocol stays MC2 by log-likelihood.
+    "truthfulqa": BenchmarkFacts("truthfulness", "generate", judged=True, paper_version=2,
+                                 full_scoring="loglik", full_judged=False,
+                                 judge_roles=("truth", "info"),
+                                 annotator="open-instruct:eval/truthfulqa/utilities.py"
+                                           ":format_end2end_prompt"),
     "toxigen": BenchmarkFacts("safety", "generate", paper_version=2, full_version=2),
     "xstest": BenchmarkFacts("safety", "generate", judged=True,
                              annotator="open-instruct:eval/xstest/classify_refusal.py"),

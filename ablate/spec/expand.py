@@ -128,7 +128,7 @@ def judge_for(grid: GridSpec, benchmark: str,
     ``judges``, or ``string_match``), else the paper's under ``protocol: paper``. Its prompt is
     the one the benchmark implements (``annotator``), written out so the id says it."""
     bench = facts[benchmark]
-    if not bench.judged:
+    if not bench.judged_under(grid.eval.protocol):
         return None
     name = grid.eval.judges.get(benchmark) or grid.eval.judge
     if name is None:
@@ -145,6 +145,18 @@ def judge_for(grid: GridSpec, benchmark: str,
     if judge.kind == "string_match" and benchmark != "xstest":
         raise SpecError(f"grid {grid.name!r}: {benchmark} needs a judge model; string_match is "
                         "XSTest's rule only")
+    roles = bench.judge_roles
+    if roles and (judge.kind != "panel" or set(judge.roles) != set(roles)
+                  or any(j.kind != "local" for j in judge.roles.values())):
+        raise SpecError(f"grid {grid.name!r}: {benchmark}'s judge {name!r} must be a panel of "
+                        f"local judges with the roles {', '.join(roles)} (kind: panel, roles: "
+                        "{" + ", ".join(f"{r}: {{kind: local, hub: ..., revision: ...}}"
+                                        for r in roles) + "})")
+    if not roles and judge.kind in ("panel", "local"):
+        raise SpecError(f"grid {grid.name!r}: {benchmark}'s judge {name!r} is a {judge.kind} "
+                        "judge; only TruthfulQA asks local judges for yes/no likelihoods")
+    if judge.kind == "panel":
+        judge = judge.model_copy(update={"annotator": bench.annotator})
     if judge.kind == "openai":
         if judge.annotator not in (None, bench.annotator):
             raise SpecError(f"grid {grid.name!r}: {benchmark}'s judge {name!r} asks for the "
@@ -163,9 +175,13 @@ def eval_config(settings: EvalConfig, benchmark: str, *, judge: JudgeSpec | None
     custom = settings.custom.get(benchmark)
     facts = facts or BENCHMARKS[benchmark]
     sampler: Sampler = Greedy()
-    if facts.scoring == "pass_at_k":
+    scoring = facts.scoring_under(settings.protocol)
+    if scoring == "pass_at_k":
         sampler = settings.pass_at_k
-    elif best_of_n is not None and facts.scoring == "generate":
+        if settings.protocol == "paper" and facts.paper_top_p is not None \
+                and "top_p" not in sampler.model_fields_set:
+            sampler = sampler.model_copy(update={"top_p": facts.paper_top_p})
+    elif best_of_n is not None and scoring == "generate":
         sampler = best_of_n
     return EvalStep(
         benchmark=benchmark, protocol=settings.protocol, version=facts.version(settings.protocol),
@@ -384,7 +400,8 @@ def check_names(grid: GridSpec, *, datasets: Iterable[str], prompt_sets: Iterabl
         for name in getattr(grid.eval, field):
             if name not in grid.eval.benchmarks:
                 fail("benchmark", name, f"eval.{field}", list(grid.eval.benchmarks))
-    judged = [b for b in grid.eval.benchmarks if b in BENCHMARKS and BENCHMARKS[b].judged]
+    judged = [b for b in grid.eval.benchmarks
+              if b in BENCHMARKS and BENCHMARKS[b].judged_under(grid.eval.protocol)]
     for name in grid.eval.judges:
         if name not in judged:
             fail("judged benchmark", name, "eval.judges", judged)

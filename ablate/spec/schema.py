@@ -347,6 +347,9 @@ class PassAtK(Frozen):
     kind: Literal["pass_at_k"] = "pass_at_k"
     n: int = Field(default=20, gt=0)
     temperature: float = Field(default=0.8, ge=0)
+    # nucleus sampling; 1.0 (none) keeps the ids of steps made before it existed, and the paper
+    # protocol sets open-instruct's 0.95 (``ablate.spec.expand.eval_config``)
+    top_p: float = Field(default=1.0, gt=0, le=1)
 
 
 Sampler = Annotated[Union[Greedy, BestOfN, PassAtK], Field(discriminator="kind")]
@@ -355,16 +358,27 @@ Sampler = Annotated[Union[Greedy, BestOfN, PassAtK], Field(discriminator="kind")
 class JudgeSpec(Frozen):
     """A judge: the model that grades outputs, where it runs, and how it is prompted.
 
-    What it is (kind, model, annotator, temperature) enters the id of every eval step it judges;
-    where it is reached (URL, the name of the environment variable holding the key, concurrency)
-    does not. ``unrecorded`` stands for a judge of a store made before judges were recorded."""
+    What it is (kind, model, annotator, temperature, a local judge's hub id and revision or
+    folder, a panel's roles) enters the id of every eval step it judges; where it is reached (URL,
+    the name of the environment variable holding the key, concurrency, a hub judge's local copy)
+    does not. ``local``: a causal LM that ablate runs itself, read from the hub (``hub`` at
+    ``revision``) or from a folder of one's own (``path``). ``panel``: several judges by role,
+    for a benchmark that asks more than one question of each output (TruthfulQA: ``truth`` and
+    ``info``). ``unrecorded`` stands for a judge of a store made before judges were recorded."""
 
-    kind: Literal["openai", "reward_model", "string_match", "unrecorded"] = "openai"
+    kind: Literal["openai", "reward_model", "local", "panel", "string_match",
+                  "unrecorded"] = "openai"
     model: str | None = None  # the judge model's name at its endpoint
     annotator: str | None = None  # the prompt/annotator configuration; None: the benchmark's own
     temperature: float = 0.0
-    path: str | None = None  # a local reward model folder (kind reward_model); None: the cell's RM
+    path: str | None = None  # a local model folder (kinds reward_model, local); None: the cell's RM
+    hub: str | None = None  # a local judge's hub id
+    revision: str | None = None  # ... at this revision (a commit, so that it cannot move)
+    roles: dict[str, "JudgeSpec"] = Field(default_factory=dict, description="a panel's judges")
     name: str | None = None  # unrecorded: the name the old store gave it
+    local_copy: str | None = execution(None, description="a folder holding a hub judge's files, "
+                                       "read instead of the hub (hub and revision still say "
+                                       "which model it is)")
     base_url: str | None = execution(None)
     api_key_env: str | None = execution(None, description="the NAME of the environment "
                                         "variable holding the key; keys are never written")
@@ -378,7 +392,27 @@ class JudgeSpec(Frozen):
             missing = [f for f in ("base_url", "model", "api_key_env") if getattr(self, f) is None]
             if missing:
                 raise ValueError(f"an openai judge needs {', '.join(missing)}")
+        if self.kind == "local" and (self.hub is None) == (self.path is None):
+            raise ValueError("a local judge needs exactly one of hub (a hub id, with its "
+                             "revision) or path (a model folder of your own)")
+        if self.kind != "local" and (self.hub or self.revision or self.local_copy):
+            raise ValueError("hub, revision and local_copy apply to a local judge only")
+        if self.kind == "local" and self.local_copy and self.hub is None:
+            raise ValueError("local_copy is where a hub judge's files are; a judge given by "
+                             "path needs none")
+        if self.kind == "panel":
+            if not self.roles:
+                raise ValueError("a panel judge needs roles (role -> judge)")
+            nested = sorted(r for r, j in self.roles.items() if j.kind == "panel")
+            if nested:
+                raise ValueError(f"a panel's roles are single judges, not panels: "
+                                 f"{', '.join(nested)}")
+        elif self.roles:
+            raise ValueError("roles apply to a panel judge only")
         return self
+
+
+JudgeSpec.model_rebuild()
 
 
 class CustomBenchmark(Frozen):

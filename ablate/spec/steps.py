@@ -52,6 +52,11 @@ def execution_fields(model: BaseModel) -> dict[str, Any]:
             inner = execution_fields(value)
             if inner:
                 data[name] = inner
+        elif isinstance(value, Mapping):  # a panel judge's roles
+            inner = {str(k): execution_fields(v) for k, v in value.items()
+                     if isinstance(v, BaseModel)}
+            if any(inner.values()):
+                data[name] = inner
     return data
 
 

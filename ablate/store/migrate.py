@@ -42,6 +42,11 @@ class MigrationReport:
     nothing_to_do: bool = False
 
 
+# How a benchmark was scored before typed ids, where that has changed since (TruthfulQA's
+# protocols were MC2 by log-likelihood until its paper version 2).
+LEGACY_SCORING = {"truthfulqa": "loglik"}
+
+
 def _legacy_eval(config: dict[str, Any], inputs: dict[str, str]) -> tuple[EvalStep, dict, str | None]:
     """An old eval config as the typed config of the same work, its inputs, and why it is
     stale (None if it is not)."""
@@ -60,9 +65,10 @@ def _legacy_eval(config: dict[str, Any], inputs: dict[str, str]) -> tuple[EvalSt
                  "record")
     sampler = config.pop("sampler", None) or {"kind": "greedy"}
     inputs = dict(inputs)
-    if facts.scoring == "pass_at_k":  # the code benchmarks always sampled with these settings
+    scoring = LEGACY_SCORING.get(bench, facts.scoring)
+    if scoring == "pass_at_k":  # the code benchmarks always sampled with these settings
         config["sampler"] = defaults.pass_at_k
-    elif sampler.get("kind") == "best_of_n" and facts.scoring == "generate":
+    elif sampler.get("kind") == "best_of_n" and scoring == "generate":
         config["sampler"] = BestOfN.model_validate(sampler)
     else:  # best-of-N never applied here: the model's own score, the base model's step
         config["sampler"] = Greedy()

@@ -56,11 +56,73 @@ class FakeEnv:
     def new_tokens(self, default: int) -> int:
         return default
 
-    def generate(self, prompts, max_new_tokens, stop=(), n=1, temperature=0.0, rm_prompts=None):
-        self.stop = tuple(stop)
+    def generate(self, prompts, max_new_tokens, stop=(), n=1, temperature=0.0, top_p=1.0,
+                 rm_prompts=None):
+        self.stop, self.top_p = tuple(stop), top_p
         return [[self.reply(p)] for p in prompts]
 
 
 @pytest.fixture
 def fake_env():
     return FakeEnv
+
+
+# HumanEvalPack's row for HumanEval/0 (bigcode/humanevalpack data/python/data/humanevalpack.jsonl)
+HEP_0 = ("Write a Python function `has_close_elements(numbers: List[float], threshold: float) -> "
+         "bool` to solve the following problem:\nCheck if in given list of numbers, are any two "
+         "numbers closer to each other than\ngiven threshold.\n>>> has_close_elements([1.0, 2.0, "
+         "3.0], 0.5)\nFalse\n>>> has_close_elements([1.0, 2.8, 3.0, 4.0, 5.0, 2.0], 0.3)\nTrue")
+
+
+@pytest.fixture
+def humanevalpack(tmp_path, monkeypatch):
+    """HumanEvalPack's instruction file (hub-only): HumanEval/0's real row, the others made up."""
+    path = tmp_path / "humanevalpack.jsonl"
+    rows = [{"task_id": f"Python/{n}", "instruction": HEP_0 if n == 0 else f"task {n}"}
+            for n in range(164)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setenv("ABLATE_HUMANEVALPACK", str(path))
+    return path
+
+
+def hub_rows(count: int) -> list[dict]:
+    """Rows in the hub dataset evalplus/mbppplus's columns; row k doubles its input."""
+    return [{"task_id": k + 2, "prompt": f"Write a function to double a number ({k}).",
+             "code": f"import math\ndef double_{k}(n):\n    return 2 * n",
+             "source_file": "x", "test_imports": [],
+             "test_list": [f"assert double_{k}(2) == 4"],
+             "test": f"assert double_{k}(2) == 4\nassert double_{k}(5) == 10\n"}
+            for k in range(count)]
+
+
+
+
+@pytest.fixture
+def mbppplus_hub(tmp_path, monkeypatch):
+    """The hub dataset evalplus/mbppplus's test split (hub-only) in its columns: 103 made-up rows."""
+    path = tmp_path / "mbppplus.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in hub_rows(103)))
+    monkeypatch.setenv("ABLATE_MBPPPLUS_HUB", str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def judge_stand_ins(tmp_path_factory, tiny_model_dir):
+    """Two tiny random causal LMs in place of the 7B judges (not reachable offline)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    folders = {}
+    for seed, role in enumerate(("truth", "info")):
+        out = tmp_path_factory.mktemp(role)
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                             num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                             bos_token_id=tokenizer.bos_token_id,
+                             eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id)
+        torch.manual_seed(seed)
+        LlamaForCausalLM(config).save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        folders[role] = out
+    return folders

@@ -57,7 +57,7 @@ def test_bbh_items(shared_data):
 def test_truthfulqa_mc2_matches_lm_eval(shared_data):
     from lm_eval.tasks.truthfulqa.utils import process_results_mc2
 
-    items = get_benchmark("truthfulqa").items("paper", shared_data)
+    items = get_benchmark("truthfulqa").items("full", shared_data)  # MC2: the full protocol
     assert len(items) == 817 and items[0]["context"].endswith(f"Q: {items[0]['question']}\nA:")
     for item in items[:20]:
         lls = [-1.0 - 0.37 * k for k in range(len(item["labels"]))][::-1]

@@ -28,7 +28,7 @@ def test_pass_at_k_is_the_unbiased_estimator():
 @pytest.mark.parametrize("name", ["humaneval_plus", "mbpp_plus"])
 def test_canonical_passes_and_wrong_fails(shared_data, name):
     bench = get_benchmark(name)
-    items = bench.items("paper", shared_data)
+    items = bench.items("full", shared_data)
     assert len(items) == (164 if name == "humaneval_plus" else 378)
     for item in items[:3]:
         if name == "humaneval_plus":
@@ -141,7 +141,7 @@ class FakeEnv(EvalEnv):
     """Samples without a model: the same completions for every prompt."""
 
     def __init__(self, completions: list[str], cache_dir: Path):
-        config = EvalStep(benchmark="mbpp_plus", protocol="paper", seed=0,
+        config = EvalStep(benchmark="mbpp_plus", protocol="full", seed=0,
                           sampler=PassAtK(n=len(completions)))
         super().__init__(model_dir=cache_dir, config=config, cache_dir=cache_dir)
         self.completions = completions
@@ -149,7 +149,8 @@ class FakeEnv(EvalEnv):
     def chat(self, user: str, assistant_prefix: str = "") -> str:
         return user + assistant_prefix
 
-    def generate(self, prompts, max_new_tokens, stop=(), n=1, temperature=0.0, rm_prompts=None):
+    def generate(self, prompts, max_new_tokens, stop=(), n=1, temperature=0.0, top_p=1.0,
+                 rm_prompts=None):
         return [list(self.completions) for _ in prompts]
 
 
@@ -258,7 +259,7 @@ def test_result_json_records_the_isolation_the_programs_ran_under(fresh_canonica
     monkeypatch.setattr(runner, "load_items", lambda *args: (items, None))
     monkeypatch.setattr(runner, "EvalEnv", lambda **kwargs: FakeEnv(
         ["def double(n):\n    return n * 2\n"], tmp_path))
-    config = EvalStep(benchmark="mbpp_plus", protocol="paper", seed=0, sampler=PassAtK(n=1))
+    config = EvalStep(benchmark="mbpp_plus", protocol="full", seed=0, sampler=PassAtK(n=1))
     result = runner.evaluate_benchmark(config, tmp_path, tmp_path / "out", backend=object())
     assert result.provenance == {"sandbox": isolation_mode()} and result.value == 100.0
     written = json.loads((tmp_path / "out" / "result.json").read_text())

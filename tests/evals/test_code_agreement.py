@@ -59,7 +59,7 @@ def read_problems(path, count: int) -> dict:
 @pytest.mark.slow
 def test_humaneval_plus_verdicts_match_evalplus(shared_data, tmp_path, monkeypatch):
     bench = get_benchmark("humaneval_plus")
-    items = {i["item_id"]: i for i in bench.items("paper", shared_data)}
+    items = {i["item_id"]: i for i in bench.items("full", shared_data)}
     # evalplus's own format (inputs + canonical solution) of the same problems
     problems = read_problems(shared_data / "humaneval_plus" / "HumanEvalPlus-v0.1.10.jsonl.gz",
                              PROBLEMS_PER_BENCHMARK)
@@ -80,7 +80,7 @@ def test_humaneval_plus_verdicts_match_evalplus(shared_data, tmp_path, monkeypat
 @pytest.mark.slow
 def test_mbpp_plus_verdicts_match_evalplus(shared_data, tmp_path, monkeypatch):
     bench = get_benchmark("mbpp_plus")
-    items = bench.items("paper", shared_data)[:PROBLEMS_PER_BENCHMARK]
+    items = bench.items("full", shared_data)[:PROBLEMS_PER_BENCHMARK]
     problems = {i["item_id"]: {k: v for k, v in i.items() if k != "item_id"} for i in items}
     for problem in problems.values():  # evalplus's loader decodes these from their JSON strings
         for key in ("base_input", "plus_input"):
@@ -110,14 +110,14 @@ def test_mbpp_plus_canonical_solutions_pass_where_inputs_need_evalplus_types(sha
     return match objects, which EvalPlus compares only as found or not; 255 needs more than
     2 GB."""
     bench = get_benchmark("mbpp_plus")
-    item = next(i for i in bench.items("paper", shared_data) if i["item_id"] == task_id)
+    item = next(i for i in bench.items("full", shared_data) if i["item_id"] == task_id)
     outcome = bench.program(item, item["canonical_solution"]).run()
     assert outcome.passed, outcome
 
 
 def test_mbpp_plus_accepts_an_answer_in_another_order_where_evalplus_does(shared_data):
     bench = get_benchmark("mbpp_plus")
-    item = next(i for i in bench.items("paper", shared_data) if i["item_id"] == "Mbpp/2")
+    item = next(i for i in bench.items("full", shared_data) if i["item_id"] == "Mbpp/2")
     reordered = "def similar_elements(a, b):\n    return tuple(sorted(set(a) & set(b)))\n"
     assert bench.program(item, reordered).run().passed
     wrong = "def similar_elements(a, b):\n    return tuple(set(a) | set(b))\n"
@@ -130,7 +130,7 @@ def test_mbpp_599_heavy_inputs_pass_within_their_own_time_limits(shared_data):
     old single 20 s budget for canonical + candidate could not hold. Each input now has its own
     limit (4 x the canonical's time on it), and EvalPlus's plus check allows 63 s in all."""
     bench = get_benchmark("mbpp_plus")
-    item = next(i for i in bench.items("paper", shared_data) if i["item_id"] == "Mbpp/599")
+    item = next(i for i in bench.items("full", shared_data) if i["item_id"] == "Mbpp/599")
     outcome = bench.program(item, item["canonical_solution"]).run()
     assert outcome.passed, outcome
     loop = ("def sum_average(number):\n    total = 0\n    for i in range(1, number + 1):\n"

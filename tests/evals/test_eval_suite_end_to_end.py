@@ -13,7 +13,7 @@ from ablate.evals.cli import cli_judge
 from ablate.evals.runner import evaluate_benchmark
 from ablate.generate.hf import HFBackend
 from ablate.spec.expand import eval_config
-from ablate.spec.schema import EvalConfig, ModelSpec, PassAtK
+from ablate.spec.schema import EvalConfig, JudgeSpec, ModelSpec, PassAtK
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,8 @@ def fake_judge(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_every_benchmark_runs_end_to_end(shared_data, tiny_model_dir, tmp_path, monkeypatch,
-                                         toxicity_stand_in, fake_judge):
+                                         toxicity_stand_in, fake_judge, judge_stand_ins,
+                                         humanevalpack, mbppplus_hub):
     monkeypatch.setenv("ABLATE_JUDGES", str(fake_judge))
     backend = HFBackend(tiny_model_dir)
     names = benchmark_names()
@@ -74,11 +75,14 @@ def test_every_benchmark_runs_end_to_end(shared_data, tiny_model_dir, tmp_path, 
                           max_new_tokens={n: 6 for n in names}, pass_at_k=PassAtK(n=2),
                           toxigen_classifier=ModelSpec(path=str(toxicity_stand_in)))
     judge = cli_judge("fake")
+    truthfulqa_judges = JudgeSpec(kind="panel", roles={
+        role: JudgeSpec(kind="local", path=str(folder)) for role, folder in judge_stand_ins.items()})
     values = {}
     for name in names:
         if name == "alpaca_eval_2":
             monkeypatch.delenv("ABLATE_ALPACA_DF_GAMED", raising=False)
-        config = eval_config(settings, name, judge=judge if name.startswith("alpaca") else None)
+        config = eval_config(settings, name, judge=judge if name.startswith("alpaca") else
+                             truthfulqa_judges if name == "truthfulqa" else None)
         try:
             result = evaluate_benchmark(config, tiny_model_dir, tmp_path / name,
                                         data_dir=shared_data, cache_dir=tmp_path / "cache",
