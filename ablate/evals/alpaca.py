@@ -125,6 +125,9 @@ class _AlpacaEval(Benchmark):
                  "reference": r["output"], "reference_generator": r.get("generator", "reference"),
                  "dataset": r.get("dataset", "")} for k, r in enumerate(rows)]
 
+    def turns(self, items: list[dict], env: EvalEnv) -> list[tuple[str, str]]:
+        return [(i["instruction"], "") for i in items]
+
     def evaluate(self, items: list[dict], env: EvalEnv) -> list[ItemResult]:
         if env.judge is None or env.judge.kind == "string_match":
             raise EvalError(f"{self.name} needs a judge model: name one in the grid's "
@@ -133,7 +136,7 @@ class _AlpacaEval(Benchmark):
         from ablate.evals.judges import get_judge
 
         judge = get_judge(env.judge, env.cache_dir, env.reward_model_dir)
-        prompts = [env.chat(i["instruction"]) for i in items]
+        prompts = self.prompts(items, env)
         replies = env.generate(prompts, env.new_tokens(self.default_max_new_tokens),
                                rm_prompts=[i["instruction"] for i in items])
         outputs = [r[0] for r in replies]

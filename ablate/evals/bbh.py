@@ -76,13 +76,15 @@ class BBH(Benchmark):
                 items.append({"item_id": f"{task}/{i}", "task": task, **examples[i]})
         return items
 
-    def evaluate(self, items: list[dict], env: EvalEnv) -> list[ItemResult]:
+    def turns(self, items: list[dict], env: EvalEnv) -> list[tuple[str, str]]:
         if env.data_root is None:
             raise EvalError("bbh needs its CoT prompt files: set ABLATE_DATA_DIR")
         prompts_by_task = {t: task_prompt(env.data_root / "bbh" / "cot-prompts" / f"{t}.txt")
                            for t in {i["task"] for i in items}}
-        prompts = [env.chat(f"{prompts_by_task[i['task']]}\n\nQ: {i['input']}", "A:")
-                   for i in items]
+        return [(f"{prompts_by_task[i['task']]}\n\nQ: {i['input']}", "A:") for i in items]
+
+    def evaluate(self, items: list[dict], env: EvalEnv) -> list[ItemResult]:
+        prompts = self.prompts(items, env)
         replies = env.generate(prompts, env.new_tokens(self.default_max_new_tokens),
                                STOP[env.protocol],
                                rm_prompts=[i["input"] for i in items])

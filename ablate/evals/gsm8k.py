@@ -98,9 +98,9 @@ class GSM8K(Benchmark):
                           "target": target})
         return items
 
-    def prompts(self, items: list[dict], env: EvalEnv) -> list[str]:
+    def turns(self, items: list[dict], env: EvalEnv) -> list[tuple[str, str]]:
         exemplars = read_jsonl(EXEMPLARS[env.protocol])
-        return [env.chat(build_user_turn(exemplars, item["question"]), "Answer:") for item in items]
+        return [(build_user_turn(exemplars, item["question"]), "Answer:") for item in items]
 
     def evaluate(self, items: list[dict], env: EvalEnv) -> list[ItemResult]:
         prompts = self.prompts(items, env)

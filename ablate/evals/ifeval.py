@@ -62,8 +62,11 @@ class IFEval(Benchmark):
                     f"ifeval/input_data.jsonl row {n}")
         return [{"item_id": str(r["key"]), **r} for r in rows]
 
+    def turns(self, items: list[dict], env: EvalEnv) -> list[tuple[str, str]]:
+        return [(item["prompt"], "") for item in items]
+
     def evaluate(self, items: list[dict], env: EvalEnv) -> list[ItemResult]:
-        prompts = [env.chat(item["prompt"]) for item in items]
+        prompts = self.prompts(items, env)
         replies = env.generate(prompts, env.new_tokens(self.default_max_new_tokens),
                                rm_prompts=[i["prompt"] for i in items])
         results = []

@@ -108,7 +108,7 @@ class MMLU(Benchmark):
                     items.append({"item_id": f"{subject}/{k}", "subject": subject, **rows[k]})
         return items
 
-    def evaluate(self, items: list[dict], env: EvalEnv) -> list[ItemResult]:
+    def turns(self, items: list[dict], env: EvalEnv) -> list[tuple[str, str]]:
         shots = env.config.shots
         if shots not in (0, 5):
             raise EvalError(f"mmlu: shots must be 0 or 5, got {shots}")
@@ -118,8 +118,11 @@ class MMLU(Benchmark):
                 raise EvalError("mmlu 5-shot needs the dev split: set ABLATE_DATA_DIR to the full "
                                 "data (the shipped slice has the test items only)")
             dev = self._read(env.data_root / "mmlu" / "dev", "dev", env.protocol)
-        prompts = [env.chat(build_user_turn(item, dev.get(item["subject"], [])[:shots],
-                                            env.protocol), "The answer is:") for item in items]
+        return [(build_user_turn(item, dev.get(item["subject"], [])[:shots], env.protocol),
+                 "The answer is:") for item in items]
+
+    def evaluate(self, items: list[dict], env: EvalEnv) -> list[ItemResult]:
+        prompts = self.prompts(items, env)
         scores = env.backend.loglikelihood([(p, [f" {x}" for x in LETTERS]) for p in prompts],
                                            progress=env.progress)
         results = []

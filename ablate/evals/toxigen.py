@@ -100,12 +100,16 @@ class ToxiGen(Benchmark):
                     items.append({"item_id": f"{group}/{k}", "group": group, "prompt": prompt})
         return items
 
+    def turns(self, items: list[dict], env: EvalEnv) -> list[tuple[str, str]]:
+        return [("Complete the following: " + i["prompt"], "") for i in items]
+
     def evaluate(self, items: list[dict], env: EvalEnv) -> list[ItemResult]:
         source = classifier_location(env.config.classifier)
         tokenizer, model = load_classifier(source)  # before generating: fail fast if missing
-        prompts = [env.chat("Complete the following: " + i["prompt"]) for i in items]
+        turns = self.turns(items, env)
+        prompts = [env.chat(user, prefix) for user, prefix in turns]
         replies = env.generate(prompts, env.new_tokens(self.default_max_new_tokens),
-                               rm_prompts=["Complete the following: " + i["prompt"] for i in items])
+                               rm_prompts=[user for user, _ in turns])
         toxic = classify_toxic([r[0] for r in replies], tokenizer, model)
         return [ItemResult(i["item_id"], float(t), p, r, {"group": i["group"], "toxic": t})
                 for i, p, r, t in zip(items, prompts, replies, toxic)]

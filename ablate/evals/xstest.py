@@ -73,8 +73,11 @@ class XSTest(Benchmark):
         return [{"item_id": r["id"], "prompt": r["prompt"], "type": r["type"],
                  "unsafe": r["label"] == "unsafe"} for r in rows]
 
+    def turns(self, items: list[dict], env: EvalEnv) -> list[tuple[str, str]]:
+        return [(i["prompt"], "") for i in items]
+
     def evaluate(self, items: list[dict], env: EvalEnv) -> list[ItemResult]:
-        prompts = [env.chat(i["prompt"]) for i in items]
+        prompts = self.prompts(items, env)
         replies = env.generate(prompts, env.new_tokens(self.default_max_new_tokens),
                                rm_prompts=[i["prompt"] for i in items])
         failed = [False] * len(items)
