@@ -50,6 +50,9 @@ class _CodeBenchmark(Benchmark):
     def prompt_parts(self, item: dict) -> tuple[str, str, tuple[str, ...]]:
         """(user turn, assistant prefix, stop strings) of the item's prompt."""
 
+    def turns(self, items: list[dict], env: EvalEnv) -> list[tuple[str, str]]:
+        return [self.prompt_parts(item)[:2] for item in items]
+
     def evaluate(self, items: list[dict], env: EvalEnv) -> list[ItemResult]:
         if not isinstance(env.sampler, PassAtK):
             raise EvalError(f"{self.name} samples completions for pass@{self.k}: its sampler must "

@@ -25,6 +25,10 @@ class TruthfulQA(Benchmark):
     hub_id = "truthfulqa/truthful_qa"
     data_revision = "github:sylinrl/TruthfulQA (via SimarBhatiaSB7/TruthX@9f9e3d00) mc_task.json"
     required_files = ("truthfulqa/mc_task.json", "truthfulqa/qa_primer.txt")
+    chat_template = False
+
+    def turns(self, items: list[dict], env: EvalEnv) -> list[tuple[str, str]]:
+        return [(i["context"], "") for i in items]
 
     def items(self, protocol: str, data_dir: Path) -> list[dict]:
         rows = read_json(data_dir / "truthfulqa" / "mc_task.json")
