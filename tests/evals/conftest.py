@@ -64,3 +64,20 @@ class FakeEnv:
 @pytest.fixture
 def fake_env():
     return FakeEnv
+
+
+@pytest.fixture(scope="module")
+def toxicity_stand_in(tmp_path_factory, tiny_model_dir):
+    """A random 2-label classifier in place of tomh/toxigen_roberta (not reachable offline)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    out = tmp_path_factory.mktemp("toxicity")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                         num_labels=2, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
