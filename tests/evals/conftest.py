@@ -30,6 +30,31 @@ def lm_eval_yaml(relative: str) -> dict:
     return yaml.load(text, Loader=loader)
 
 
+def lm_eval_gsm8k(replies: list[str], targets: list[str]) -> tuple[list[str], list[float]]:
+    """lm-eval's gsm8k-cot "flexible-extract" answer of each reply and its exact-match score."""
+    from lm_eval.api.metrics import exact_match_hf_evaluate
+    from lm_eval.filters import build_filter_ensemble
+
+    config = lm_eval_yaml("gsm8k/gsm8k-cot.yaml")
+    spec = next(f for f in config["filter_list"] if f["name"] == "flexible-extract")
+    ensemble = build_filter_ensemble("flexible-extract", [
+        (step["function"], {k: v for k, v in step.items() if k != "function"})
+        for step in spec["filter"]])
+    metric_args = {k: v for k, v in config["metric_list"][0].items()
+                   if k in ("ignore_case", "ignore_punctuation", "regexes_to_ignore")}
+    filtered = [[r] for r in replies]
+    for make_filter in ensemble.filters:  # regex, then take_first
+        filtered = list(make_filter().apply(filtered, [{}] * len(replies)))
+    picks = [r[0] if isinstance(r, list) else r for r in filtered]
+    return picks, [exact_match_hf_evaluate([p], [t], **metric_args)["exact_match"]
+                   for p, t in zip(picks, targets)]
+
+
+@pytest.fixture(name="lm_eval_gsm8k")
+def lm_eval_gsm8k_fixture():
+    return lm_eval_gsm8k
+
+
 @pytest.fixture(name="lm_eval_yaml")
 def lm_eval_yaml_fixture():
     return lm_eval_yaml
