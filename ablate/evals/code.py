@@ -100,6 +100,8 @@ class HumanEvalPlus(_CodeBenchmark):
     hub_id = "evalplus/humanevalplus"
     data_revision = "github:evalplus/humanevalplus_release v0.1.9 HumanEvalPlus-OriginFmt"
     required_files = ("humaneval_plus/HumanEvalPlus-OriginFmt-v0.1.9.jsonl.gz",)
+    paper_settings = {"items": "all 164", "shots": 0, "samples": "20 at temperature 0.8",
+                      "max_new_tokens": 512, "stop": list(HUMANEVAL_STOP), "metric": "pass@10"}
 
     def items(self, protocol: str, data_dir: Path) -> list[dict]:
         rows = read_jsonl(data_dir / self.required_files[0])
@@ -121,6 +123,8 @@ class MBPPPlus(_CodeBenchmark):
     hub_id = "evalplus/mbppplus"
     data_revision = "github:evalplus/mbppplus_release v0.2.0"
     required_files = ("mbpp_plus/MbppPlus-v0.2.0.jsonl.gz",)
+    paper_settings = {"items": "all 378", "shots": 0, "samples": "20 at temperature 0.8",
+                      "max_new_tokens": 512, "stop": list(MBPP_STOP), "metric": "pass@10"}
 
     def items(self, protocol: str, data_dir: Path) -> list[dict]:
         rows = read_jsonl(data_dir / self.required_files[0])

@@ -26,6 +26,9 @@ class TruthfulQA(Benchmark):
     data_revision = "github:sylinrl/TruthfulQA (via SimarBhatiaSB7/TruthX@9f9e3d00) mc_task.json"
     required_files = ("truthfulqa/mc_task.json", "truthfulqa/qa_primer.txt")
     chat_template = False
+    paper_settings = {"items": "all 817", "shots": 6,
+                      "prompt": "QA primer + 'Q: <question>\\nA:', plain text",
+                      "answer": "log-likelihood of each answer", "metric": "mc2"}
 
     def turns(self, items: list[dict], env: EvalEnv) -> list[tuple[str, str]]:
         return [(i["context"], "") for i in items]
