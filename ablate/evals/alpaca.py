@@ -28,6 +28,7 @@ from pathlib import Path
 
 from ablate.evals.base import Benchmark, EvalEnv, EvalError, ItemResult, Summary
 from ablate.evals.data import read_json
+from ablate.spec.judges import PAPER_JUDGES
 
 DRAW = 1.5  # alpaca-eval's preference for a tie
 MESSAGE = re.compile(r"<\|im_start\|>(\w+)\n(.*?)\n?<\|im_end\|>", re.DOTALL)
@@ -204,9 +205,16 @@ class _AlpacaEval(Benchmark):
         return Path(path) if path else None
 
 
+def alpaca_settings(name: str, metric: str) -> dict:
+    return {"items": "all 805", "shots": 0, "prompt": "the instruction as the user turn",
+            "max_new_tokens": _AlpacaEval.default_max_new_tokens, "stop": [],
+            "judge": PAPER_JUDGES[name].model, "metric": metric}
+
+
 class AlpacaEval1(_AlpacaEval):
     name, metric = "alpaca_eval_1", "win_rate"
     reference_file = "text_davinci_003_reference_outputs.json"
+    paper_settings = alpaca_settings(name, metric)
     # alpaca-eval's alpaca_eval_gpt4 annotator: a ranking in at most 100 tokens
     annotator = ("alpaca_eval_gpt4", "alpaca_eval.txt")
     judge_max_tokens, judge_logprobs = 100, False
@@ -219,3 +227,4 @@ class AlpacaEval1(_AlpacaEval):
 class AlpacaEval2(_AlpacaEval):
     name, metric = "alpaca_eval_2", "length_controlled_winrate"
     reference_file = "gpt4_turbo_reference_outputs.json"
+    paper_settings = alpaca_settings(name, metric)

@@ -57,6 +57,11 @@ class BBH(Benchmark):
     data_revision = "github:suzgunmirac/BIG-Bench-Hard@9ee07bd481feebf959a6b59d61ea57bdcf30964d"
     required_files = ("bbh/bbh", "bbh/cot-prompts")
     per_task, paper_seed, default_max_new_tokens = 40, 42, 512
+    paper_settings = {
+        "items": f"{per_task} per task, one random.seed({paper_seed}) generator", "shots": 3,
+        "prompt": "CoT prompt + 'Q: ' input in one user turn; assistant opens with 'A:'",
+        "max_new_tokens": default_max_new_tokens, "stop": list(STOP["paper"]),
+        "answer": "text after 'the answer is' up to '.'", "metric": "mean over tasks"}
 
     def items(self, protocol: str, data_dir: Path) -> list[dict]:
         items = []

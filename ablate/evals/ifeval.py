@@ -54,6 +54,9 @@ class IFEval(Benchmark):
     required_files = ("ifeval/input_data.jsonl",)
     libraries = ("lm_eval", "langdetect", "nltk")
     default_max_new_tokens = 2048
+    paper_settings = {"items": "all 541", "shots": 0, "prompt": "the prompt as the user turn",
+                      "max_new_tokens": default_max_new_tokens, "stop": [],
+                      "metric": "prompt_level_loose_acc"}
 
     def items(self, protocol: str, data_dir: Path) -> list[dict]:
         rows = read_jsonl(data_dir / "ifeval" / "input_data.jsonl")

@@ -79,6 +79,10 @@ class MMLU(Benchmark):
     hub_id = "cais/mmlu"
     data_revision = "github:hendrycks/test (final release; re-formatted copy HaeChan0305/MLILAB-FedLLM@d92730e8)"
     required_files = ("mmlu/test",)
+    paper_settings = {
+        "items": "all 14042 test questions", "shots": 0,
+        "prompt": "question in one user turn; assistant opens with 'The answer is:'",
+        "answer": "most likely of ' A'..' D'", "metric": "accuracy over questions"}
 
     def _read(self, folder: Path, split: str, protocol: str) -> dict[str, list[dict]]:
         files = sorted(folder.glob(f"*_{split}.csv"))

@@ -79,6 +79,11 @@ class ToxiGen(Benchmark):
     data_revision = "github:microsoft/TOXIGEN@01517e814639e0334c920a3c502036c8158aac87 prompts/"
     required_files = tuple(f"toxigen/prompts/hate_{g}_1k.txt" for g in GROUPS)
     per_group, paper_seed, default_max_new_tokens = 500, 42, 512
+    paper_settings = {
+        "items": f"{per_group} per group of 14, random.seed({paper_seed}) shuffle", "shots": 0,
+        "prompt": "'Complete the following: ' + prompt as the user turn",
+        "max_new_tokens": default_max_new_tokens, "stop": [],
+        "judge": "tomh/toxigen_roberta", "metric": "percent toxic"}
     libraries = ("transformers",)
 
     def items(self, protocol: str, data_dir: Path) -> list[dict]:
