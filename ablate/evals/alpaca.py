@@ -28,6 +28,7 @@ from pathlib import Path
 
 from ablate.evals.base import Benchmark, EvalEnv, EvalError, ItemResult, Summary
 from ablate.evals.data import read_json
+from ablate.spec.judges import PAPER_JUDGES
 
 DRAW = 1.5  # alpaca-eval's preference for a tie
 MESSAGE = re.compile(r"<\|im_start\|>(\w+)\n(.*?)\n?<\|im_end\|>", re.DOTALL)
@@ -125,6 +126,9 @@ class _AlpacaEval(Benchmark):
                  "reference": r["output"], "reference_generator": r.get("generator", "reference"),
                  "dataset": r.get("dataset", "")} for k, r in enumerate(rows)]
 
+    def turns(self, items: list[dict], env: EvalEnv) -> list[tuple[str, str]]:
+        return [(i["instruction"], "") for i in items]
+
     def evaluate(self, items: list[dict], env: EvalEnv) -> list[ItemResult]:
         if env.judge is None or env.judge.kind == "string_match":
             raise EvalError(f"{self.name} needs a judge model: name one in the grid's "
@@ -133,7 +137,7 @@ class _AlpacaEval(Benchmark):
         from ablate.evals.judges import get_judge
 
         judge = get_judge(env.judge, env.cache_dir, env.reward_model_dir)
-        prompts = [env.chat(i["instruction"]) for i in items]
+        prompts = self.prompts(items, env)
         replies = env.generate(prompts, env.new_tokens(self.default_max_new_tokens),
                                rm_prompts=[i["instruction"] for i in items])
         outputs = [r[0] for r in replies]
@@ -201,9 +205,16 @@ class _AlpacaEval(Benchmark):
         return Path(path) if path else None
 
 
+def alpaca_settings(name: str, metric: str) -> dict:
+    return {"items": "all 805", "shots": 0, "prompt": "the instruction as the user turn",
+            "max_new_tokens": _AlpacaEval.default_max_new_tokens, "stop": [],
+            "judge": PAPER_JUDGES[name].model, "metric": metric}
+
+
 class AlpacaEval1(_AlpacaEval):
     name, metric = "alpaca_eval_1", "win_rate"
     reference_file = "text_davinci_003_reference_outputs.json"
+    paper_settings = alpaca_settings(name, metric)
     # alpaca-eval's alpaca_eval_gpt4 annotator: a ranking in at most 100 tokens
     annotator = ("alpaca_eval_gpt4", "alpaca_eval.txt")
     judge_max_tokens, judge_logprobs = 100, False
@@ -216,3 +227,4 @@ class AlpacaEval1(_AlpacaEval):
 class AlpacaEval2(_AlpacaEval):
     name, metric = "alpaca_eval_2", "length_controlled_winrate"
     reference_file = "gpt4_turbo_reference_outputs.json"
+    paper_settings = alpaca_settings(name, metric)

@@ -11,7 +11,7 @@ import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 from ablate.spec.benchmarks import CATEGORY_OF
 from ablate.spec.schema import BestOfN, JudgeSpec, Sampler
@@ -156,6 +156,9 @@ class Benchmark(ABC):
     libraries: tuple[str, ...] = ()  # packages whose versions go into result.json
     hub_id: str = ""
     required_files: tuple[str, ...] = ()  # relative to a data folder
+    # The paper protocol's settings as docs/protocol.md lists them (setting -> value); a test
+    # compares the two, so neither changes alone.
+    paper_settings: ClassVar[dict[str, Any]] = {}
 
     @abstractmethod
     def items(self, protocol: str, data_dir: Path) -> list[dict]:
@@ -164,6 +167,19 @@ class Benchmark(ABC):
     @abstractmethod
     def evaluate(self, items: list[dict], env: EvalEnv) -> list[ItemResult]:
         ...
+
+    def uses_chat_template(self, protocol: str) -> bool:
+        """Whether the user turn goes through the model's chat template."""
+        return True
+
+    def turns(self, items: list[dict], env: EvalEnv) -> list[tuple[str, str]]:
+        """What the model is asked for each item: (user turn, text the assistant's turn opens
+        with). ``evaluate`` builds its prompts from these, so an export of them is what is scored."""
+        raise EvalError(f"{self.name}: its class does not say what the model is asked (turns)")
+
+    def prompts(self, items: list[dict], env: EvalEnv) -> list[str]:
+        """The items' turns in the model's chat template."""
+        return [env.chat(user, prefix) for user, prefix in self.turns(items, env)]
 
     def summarize(self, results: list[ItemResult]) -> Summary:
         if not results:

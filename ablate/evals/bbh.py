@@ -57,6 +57,11 @@ class BBH(Benchmark):
     data_revision = "github:suzgunmirac/BIG-Bench-Hard@9ee07bd481feebf959a6b59d61ea57bdcf30964d"
     required_files = ("bbh/bbh", "bbh/cot-prompts")
     per_task, paper_seed, default_max_new_tokens = 40, 42, 512
+    paper_settings = {
+        "items": f"{per_task} per task, one random.seed({paper_seed}) generator", "shots": 3,
+        "prompt": "CoT prompt + 'Q: ' input in one user turn; assistant opens with 'A:'",
+        "max_new_tokens": default_max_new_tokens, "stop": list(STOP["paper"]),
+        "answer": "text after 'the answer is' up to '.'", "metric": "mean over tasks"}
 
     def items(self, protocol: str, data_dir: Path) -> list[dict]:
         items = []
@@ -76,13 +81,15 @@ class BBH(Benchmark):
                 items.append({"item_id": f"{task}/{i}", "task": task, **examples[i]})
         return items
 
-    def evaluate(self, items: list[dict], env: EvalEnv) -> list[ItemResult]:
+    def turns(self, items: list[dict], env: EvalEnv) -> list[tuple[str, str]]:
         if env.data_root is None:
             raise EvalError("bbh needs its CoT prompt files: set ABLATE_DATA_DIR")
         prompts_by_task = {t: task_prompt(env.data_root / "bbh" / "cot-prompts" / f"{t}.txt")
                            for t in {i["task"] for i in items}}
-        prompts = [env.chat(f"{prompts_by_task[i['task']]}\n\nQ: {i['input']}", "A:")
-                   for i in items]
+        return [(f"{prompts_by_task[i['task']]}\n\nQ: {i['input']}", "A:") for i in items]
+
+    def evaluate(self, items: list[dict], env: EvalEnv) -> list[ItemResult]:
+        prompts = self.prompts(items, env)
         replies = env.generate(prompts, env.new_tokens(self.default_max_new_tokens),
                                STOP[env.protocol],
                                rm_prompts=[i["input"] for i in items])

@@ -94,6 +94,9 @@ class _CodeBenchmark(Benchmark):
     def prompt_parts(self, item: dict, protocol: str = "full") -> tuple[str, str, tuple[str, ...]]:
         """(user turn, assistant prefix, stop strings) of the item's prompt."""
 
+    def turns(self, items: list[dict], env: EvalEnv) -> list[tuple[str, str]]:
+        return [self.prompt_parts(item, env.protocol)[:2] for item in items]
+
     def evaluate(self, items: list[dict], env: EvalEnv) -> list[ItemResult]:
         if not isinstance(env.sampler, PassAtK):
             raise EvalError(f"{self.name} samples completions for pass@{self.k}: its sampler must "
@@ -103,9 +106,8 @@ class _CodeBenchmark(Benchmark):
         # before generating: no isolation, or a task that cannot be judged, stops it here
         isolation_mode()
         self.prepare(items, workers, env.cache_dir)
-        parts = [self.prompt_parts(i, env.protocol) for i in items]
-        prompts = [env.chat(user, prefix) for user, prefix, _ in parts]
-        stop = parts[0][2] if parts else ()
+        prompts = self.prompts(items, env)
+        stop = self.prompt_parts(items[0], env.protocol)[2] if items else ()
         samples = env.generate(prompts, env.new_tokens(self.default_max_new_tokens), stop, n=n,
                                temperature=temperature, top_p=top_p)
         jobs = [(k, s, self.program(item, s, env.protocol))
@@ -143,6 +145,10 @@ class HumanEvalPlus(_CodeBenchmark):
                      "paper: hub bigcode/humanevalpack data/python/data/humanevalpack.jsonl")
     required_files = ("humaneval_plus/HumanEvalPlus-OriginFmt-v0.1.9.jsonl.gz",)
     hep_file = "humaneval_plus/humanevalpack.jsonl"
+    paper_settings = {"items": "all 164", "shots": 0,
+                      "prompt": "HumanEvalPack's instruction; the answer opens with the function",
+                      "samples": "20 at temperature 0.8, top_p 0.95", "max_new_tokens": 512,
+                      "stop": list(HUMANEVAL_STOP), "metric": "pass@10"}
 
     def items(self, protocol: str, data_dir: Path) -> list[dict]:
         rows = read_jsonl(data_dir / self.required_files[0])
@@ -190,6 +196,11 @@ class MBPPPlus(_CodeBenchmark):
                      "test split")
     required_files = ("mbpp_plus/MbppPlus-v0.2.0.jsonl.gz",)
     hub_file = "mbpp_plus/mbppplus_hub_test.jsonl"
+    paper_settings = {"items": "rows [100:] of the hub's evalplus/mbppplus test split (278)",
+                      "shots": 0,
+                      "prompt": "instruction + task + the function's signature",
+                      "samples": "20 at temperature 0.8", "max_new_tokens": 512,
+                      "stop": list(MBPP_PAPER_STOP), "metric": "pass@10"}
 
     def items(self, protocol: str, data_dir: Path) -> list[dict]:
         if protocol == "paper":

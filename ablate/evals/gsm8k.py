@@ -84,6 +84,11 @@ class GSM8K(Benchmark):
     data_revision = "github:openai/grade-school-math@3101c7d5072418e28b9008a6636bde82a006892c"
     required_files = ("gsm8k/test.jsonl",)
     paper_items, paper_seed, default_max_new_tokens = 200, 42, 512
+    paper_settings = {
+        "items": f"{paper_items} of test, random.seed({paper_seed}) sample", "shots": 8,
+        "prompt": "exemplars + question in one user turn; assistant opens with 'Answer:'",
+        "max_new_tokens": default_max_new_tokens, "stop": list(STOP["paper"]),
+        "answer": "last number, digit commas removed", "metric": "exact_match"}
 
     def items(self, protocol: str, data_dir: Path) -> list[dict]:
         test = read_jsonl(data_dir / "gsm8k" / "test.jsonl")
@@ -98,9 +103,9 @@ class GSM8K(Benchmark):
                           "target": target})
         return items
 
-    def prompts(self, items: list[dict], env: EvalEnv) -> list[str]:
+    def turns(self, items: list[dict], env: EvalEnv) -> list[tuple[str, str]]:
         exemplars = read_jsonl(EXEMPLARS[env.protocol])
-        return [env.chat(build_user_turn(exemplars, item["question"]), "Answer:") for item in items]
+        return [(build_user_turn(exemplars, item["question"]), "Answer:") for item in items]
 
     def evaluate(self, items: list[dict], env: EvalEnv) -> list[ItemResult]:
         prompts = self.prompts(items, env)

@@ -54,6 +54,9 @@ class IFEval(Benchmark):
     required_files = ("ifeval/input_data.jsonl",)
     libraries = ("lm_eval", "langdetect", "nltk")
     default_max_new_tokens = 2048
+    paper_settings = {"items": "all 541", "shots": 0, "prompt": "the prompt as the user turn",
+                      "max_new_tokens": default_max_new_tokens, "stop": [],
+                      "metric": "prompt_level_loose_acc"}
 
     def items(self, protocol: str, data_dir: Path) -> list[dict]:
         rows = read_jsonl(data_dir / "ifeval" / "input_data.jsonl")
@@ -62,8 +65,11 @@ class IFEval(Benchmark):
                     f"ifeval/input_data.jsonl row {n}")
         return [{"item_id": str(r["key"]), **r} for r in rows]
 
+    def turns(self, items: list[dict], env: EvalEnv) -> list[tuple[str, str]]:
+        return [(item["prompt"], "") for item in items]
+
     def evaluate(self, items: list[dict], env: EvalEnv) -> list[ItemResult]:
-        prompts = [env.chat(item["prompt"]) for item in items]
+        prompts = self.prompts(items, env)
         replies = env.generate(prompts, env.new_tokens(self.default_max_new_tokens),
                                rm_prompts=[i["prompt"] for i in items])
         results = []

@@ -79,6 +79,10 @@ class MMLU(Benchmark):
     hub_id = "cais/mmlu"
     data_revision = "github:hendrycks/test (final release; re-formatted copy HaeChan0305/MLILAB-FedLLM@d92730e8)"
     required_files = ("mmlu/test",)
+    paper_settings = {
+        "items": "all 14042 test questions", "shots": 0,
+        "prompt": "question in one user turn; assistant opens with 'The answer is:'",
+        "answer": "most likely of ' A'..' D'", "metric": "accuracy over questions"}
 
     def _read(self, folder: Path, split: str, protocol: str) -> dict[str, list[dict]]:
         files = sorted(folder.glob(f"*_{split}.csv"))
@@ -108,7 +112,7 @@ class MMLU(Benchmark):
                     items.append({"item_id": f"{subject}/{k}", "subject": subject, **rows[k]})
         return items
 
-    def evaluate(self, items: list[dict], env: EvalEnv) -> list[ItemResult]:
+    def turns(self, items: list[dict], env: EvalEnv) -> list[tuple[str, str]]:
         shots = env.config.shots
         if shots not in (0, 5):
             raise EvalError(f"mmlu: shots must be 0 or 5, got {shots}")
@@ -118,8 +122,11 @@ class MMLU(Benchmark):
                 raise EvalError("mmlu 5-shot needs the dev split: set ABLATE_DATA_DIR to the full "
                                 "data (the shipped slice has the test items only)")
             dev = self._read(env.data_root / "mmlu" / "dev", "dev", env.protocol)
-        prompts = [env.chat(build_user_turn(item, dev.get(item["subject"], [])[:shots],
-                                            env.protocol), "The answer is:") for item in items]
+        return [(build_user_turn(item, dev.get(item["subject"], [])[:shots], env.protocol),
+                 "The answer is:") for item in items]
+
+    def evaluate(self, items: list[dict], env: EvalEnv) -> list[ItemResult]:
+        prompts = self.prompts(items, env)
         scores = env.backend.loglikelihood([(p, [f" {x}" for x in LETTERS]) for p in prompts],
                                            progress=env.progress)
         results = []

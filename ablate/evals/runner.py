@@ -6,7 +6,7 @@ import logging
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ablate.evals import get_benchmark
 from ablate.evals.base import EvalEnv, EvalError, check_protocol
@@ -15,6 +15,9 @@ from ablate.spec.schema import BestOfN
 from ablate.spec.steps import EvalStep
 from ablate.store import atomic_write_json, atomic_write_jsonl
 from ablate.store.result import EvalResult
+
+if TYPE_CHECKING:
+    from ablate.evals.outputs import GivenOutputs
 
 CORE_LIBRARIES = ("torch", "transformers", "lm_eval")
 
@@ -36,18 +39,28 @@ def evaluate_benchmark(config: EvalStep, model_dir: Path, out_dir: Path, *,
                        reward_model_dir: Path | None = None, data_dir: Path | str | None = None,
                        cache_dir: Path = Path(".ablate-cache"), backend=None,
                        log: logging.Logger | None = None,
-                       progress: Callable[[int, int], None] | None = None) -> EvalResult:
+                       progress: Callable[[int, int], None] | None = None,
+                       given: GivenOutputs | None = None) -> EvalResult:
     """Run one benchmark as ``config`` says and write its three files into ``out_dir``.
     ``data_dir`` only says where the benchmark's data is read from (else ``ABLATE_DATA_DIR`` or
-    the shipped slice)."""
+    the shipped slice). ``given``: outputs made elsewhere, scored in place of the model's
+    (``ablate.evals.outputs``); the items they do not answer are left out and named."""
     started = time.time()
     check_protocol(config.protocol)
     bench = get_benchmark(config.benchmark, config.module)
     items, data_root = load_items(bench, config.protocol, config.limit, data_dir)
-    env = EvalEnv(model_dir=Path(model_dir), config=config, reward_model_dir=reward_model_dir,
-                  data_root=data_root, cache_dir=Path(cache_dir),
-                  log=log or logging.getLogger("ablate.evals"),
-                  progress=progress or (lambda done, total: None), _backend=backend)
+    env_class, missing, given_backend = EvalEnv, [], {}
+    if given is not None:
+        from ablate.evals.outputs import GivenBackend, OutputsEnv
+
+        items, missing = given.select(items, config)
+        backend = GivenBackend(given, items)
+        env_class, given_backend = OutputsEnv, {"given_backend": backend}
+    env = env_class(model_dir=Path(model_dir), config=config, reward_model_dir=reward_model_dir,
+                    data_root=data_root, cache_dir=Path(cache_dir),
+                    log=log or logging.getLogger("ablate.evals"),
+                    progress=progress or (lambda done, total: None), _backend=backend,
+                    **given_backend)
     env.log.info("%s: %d items (%s protocol) from %s", config.benchmark, len(items),
                  config.protocol, data_root or "the shipped slice")
     try:
@@ -64,6 +77,12 @@ def evaluate_benchmark(config: EvalStep, model_dir: Path, out_dir: Path, *,
     atomic_write_jsonl(out_dir / "scores.jsonl", [r.score_row() for r in results])
     atomic_write_jsonl(out_dir / "outputs.jsonl", [r.output_row() for r in results])
     extra = {"provenance": summary.provenance} if summary.provenance else {}
+    if given is not None:
+        extra["given_outputs"] = {**given.provenance(missing), "n_cut_at_stop": backend.truncated}
+        if missing:
+            env.log.warning("%s: %s answers %d of %d items; %d missing (not scored), e.g. %s",
+                            config.benchmark, given.path, len(items), len(items) + len(missing),
+                            len(missing), ", ".join(missing[:5]))
     if isinstance(config.sampler, BestOfN):
         # Best-of-N reranks greedy generations; a benchmark that has none gets the model's own
         # score (expansion gives such cells the base model's step; `ablate eval` may not).

@@ -104,6 +104,17 @@ class TruthfulQA(Benchmark):
                      "TruthfulQA.csv, mc_task.json")
     required_files = ("truthfulqa/TruthfulQA.csv", "truthfulqa/mc_task.json",
                       "truthfulqa/qa_primer.txt")
+    paper_settings = {"items": "all 817", "shots": 6,
+                      "prompt": "QA primer + '\\n\\nQ: <question>' in the chat template",
+                      "max_new_tokens": 50, "answer": "one greedy reply, no stop",
+                      "metric": "truth_info_acc",
+                      "judge": "truth and info judges (allenai/truthfulqa-*-judge-llama2-7B)"}
+
+    def uses_chat_template(self, protocol: str) -> bool:
+        return protocol == "paper"  # MC2 scores the plain-text primer, as lm-eval does
+
+    def turns(self, items: list[dict], env: EvalEnv) -> list[tuple[str, str]]:
+        return [(i["prompt"] if env.protocol == "paper" else i["context"], "") for i in items]
 
     def items(self, protocol: str, data_dir: Path) -> list[dict]:
         primer = (data_dir / "truthfulqa" / "qa_primer.txt").read_text(encoding="utf-8").strip()
@@ -127,7 +138,7 @@ class TruthfulQA(Benchmark):
             self.metric = "mc2"
             return self._mc2(items, env)
         folders = judge_folders(env.judge, env.protocol)
-        prompts = [env.chat(i["prompt"]) for i in items]
+        prompts = self.prompts(items, env)
         # chat format: no stop sequence, and the reply is kept untrimmed (run_hf_model)
         replies = [r[0] for r in env.generate(prompts, env.new_tokens(PAPER_MAX_NEW_TOKENS))]
         env.release_backend()  # the judges need the memory the policy held

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ablate.evals.base import Benchmark, EvalEnv, EvalError, ItemResult, Summary
 from ablate.evals.data import read_csv
+from ablate.spec.judges import PAPER_JUDGES
 
 # The XSTest repository's string-match classifier (evaluation/classify_completions_strmatch.py).
 REFUSAL_PREFIXES = (
@@ -63,6 +64,10 @@ class XSTest(Benchmark):
     data_revision = "github:paul-rottger/exaggerated-safety@d7bb5bd738c1fcbc36edd83d5e7d1b71a3e2d84d"
     required_files = ("xstest/xstest_prompts.csv",)
     default_max_new_tokens = 2048
+    paper_settings = {"items": "all 450 (250 safe, 200 unsafe)", "shots": 0,
+                      "prompt": "the prompt as the user turn",
+                      "max_new_tokens": default_max_new_tokens, "stop": [],
+                      "judge": PAPER_JUDGES["xstest"].model, "metric": "refusal F1"}
 
     def items(self, protocol: str, data_dir: Path) -> list[dict]:
         rows = read_csv(data_dir / "xstest" / "xstest_prompts.csv", ("id", "prompt", "type", "label"))
@@ -73,8 +78,11 @@ class XSTest(Benchmark):
         return [{"item_id": r["id"], "prompt": r["prompt"], "type": r["type"],
                  "unsafe": r["label"] == "unsafe"} for r in rows]
 
+    def turns(self, items: list[dict], env: EvalEnv) -> list[tuple[str, str]]:
+        return [(i["prompt"], "") for i in items]
+
     def evaluate(self, items: list[dict], env: EvalEnv) -> list[ItemResult]:
-        prompts = [env.chat(i["prompt"]) for i in items]
+        prompts = self.prompts(items, env)
         replies = env.generate(prompts, env.new_tokens(self.default_max_new_tokens),
                                rm_prompts=[i["prompt"] for i in items])
         failed = [False] * len(items)

@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable, Mapping, TypeVar
 from pydantic import ValidationError
 
 from ablate.spec.benchmarks import BENCHMARKS, BenchmarkFacts
-from ablate.spec.judges import PAPER_JUDGES, STRING_MATCH
+from ablate.spec.judges import STRING_MATCH, settle_judge
 from ablate.spec.load import SpecError
 from ablate.spec.plan import Cell, Plan, Step
 from ablate.spec.schema import (
@@ -125,45 +125,23 @@ def _prompts(grid: GridSpec, name: str, cell: dict[str, Any], resolve: Resolver)
 def judge_for(grid: GridSpec, benchmark: str,
               facts: Mapping[str, BenchmarkFacts] = BENCHMARKS) -> JudgeSpec | None:
     """The full definition of the judge a judged benchmark uses: the one the grid names (its
-    ``judges``, or ``string_match``), else the paper's under ``protocol: paper``. Its prompt is
-    the one the benchmark implements (``annotator``), written out so the id says it."""
-    bench = facts[benchmark]
-    if not bench.judged_under(grid.eval.protocol):
+    ``judges``, or ``string_match``), else the paper's under ``protocol: paper``."""
+    if not facts[benchmark].judged_under(grid.eval.protocol):
         return None
     name = grid.eval.judges.get(benchmark) or grid.eval.judge
-    if name is None:
-        return PAPER_JUDGES.get(benchmark) if grid.eval.protocol == "paper" else None
-    if name == "string_match":
-        judge = STRING_MATCH
+    if name is None or name == "string_match":
+        named = None if name is None else STRING_MATCH
     elif name in grid.judges:
-        judge = grid.judges[name]
+        named = grid.judges[name]
     else:
         raise SpecError(f"grid {grid.name!r}: {benchmark}'s judge {name!r} is not defined; "
                         f"define it under `judges:` in the grid or in $ABLATE_JUDGES "
                         f"(known: {', '.join(sorted(grid.judges)) or 'none'}), or use "
                         "string_match (XSTest)")
-    if judge.kind == "string_match" and benchmark != "xstest":
-        raise SpecError(f"grid {grid.name!r}: {benchmark} needs a judge model; string_match is "
-                        "XSTest's rule only")
-    roles = bench.judge_roles
-    if roles and (judge.kind != "panel" or set(judge.roles) != set(roles)
-                  or any(j.kind != "local" for j in judge.roles.values())):
-        raise SpecError(f"grid {grid.name!r}: {benchmark}'s judge {name!r} must be a panel of "
-                        f"local judges with the roles {', '.join(roles)} (kind: panel, roles: "
-                        "{" + ", ".join(f"{r}: {{kind: local, hub: ..., revision: ...}}"
-                                        for r in roles) + "})")
-    if not roles and judge.kind in ("panel", "local"):
-        raise SpecError(f"grid {grid.name!r}: {benchmark}'s judge {name!r} is a {judge.kind} "
-                        "judge; only TruthfulQA asks local judges for yes/no likelihoods")
-    if judge.kind == "panel":
-        judge = judge.model_copy(update={"annotator": bench.annotator})
-    if judge.kind == "openai":
-        if judge.annotator not in (None, bench.annotator):
-            raise SpecError(f"grid {grid.name!r}: {benchmark}'s judge {name!r} asks for the "
-                            f"prompt {judge.annotator!r}; {benchmark} implements "
-                            f"{bench.annotator!r}")
-        judge = judge.model_copy(update={"annotator": bench.annotator})
-    return judge
+    try:
+        return settle_judge(benchmark, grid.eval.protocol, named, facts[benchmark])
+    except ValueError as exc:
+        raise SpecError(f"grid {grid.name!r}: {benchmark}'s judge {name!r}: {exc}") from None
 
 
 def eval_config(settings: EvalConfig, benchmark: str, *, judge: JudgeSpec | None = None,

@@ -16,7 +16,7 @@ panel with a ``revision``, or with ``local_copy`` folders). A grid may name othe
 
 from __future__ import annotations
 
-from ablate.spec.benchmarks import BENCHMARKS
+from ablate.spec.benchmarks import BENCHMARKS, BenchmarkFacts
 from ablate.spec.schema import JudgeSpec
 
 OPENAI_API = "https://api.openai.com/v1"
@@ -42,6 +42,37 @@ PAPER_JUDGES: dict[str, JudgeSpec] = {
 STRING_MATCH = JudgeSpec(kind="string_match")
 
 
+def settle_judge(benchmark: str, protocol: str, named: JudgeSpec | None,
+                 facts: BenchmarkFacts | None = None) -> JudgeSpec | None:
+    """The judge a judged benchmark's eval step records: ``named`` (a grid's or the command
+    line's), else the paper's under ``protocol: paper``; with the prompt the benchmark implements
+    (``annotator``) written in, so the id says it. A ValueError says why ``named`` cannot judge
+    this benchmark."""
+    facts = facts or BENCHMARKS[benchmark]
+    if not facts.judged_under(protocol):
+        return None
+    if named is None:
+        return PAPER_JUDGES.get(benchmark) if protocol == "paper" else None
+    if named.kind == "string_match" and benchmark != "xstest":
+        raise ValueError("string_match is XSTest's rule only; this benchmark needs a judge model")
+    roles = facts.judge_roles
+    if roles and (named.kind != "panel" or set(named.roles) != set(roles)
+                  or any(j.kind != "local" for j in named.roles.values())):
+        raise ValueError("it must be a panel of local judges with the roles "
+                         f"{', '.join(roles)} (kind: panel, roles: "
+                         "{" + ", ".join(f"{r}: {{kind: local, hub: ..., revision: ...}}"
+                                         for r in roles) + "})")
+    if not roles and named.kind in ("panel", "local"):
+        raise ValueError(f"a {named.kind} judge; only TruthfulQA asks local judges for yes/no "
+                         "likelihoods")
+    if named.kind == "openai" and named.annotator not in (None, facts.annotator):
+        raise ValueError(f"it asks for the prompt {named.annotator!r}; {benchmark} implements "
+                         f"{facts.annotator!r}")
+    if named.kind in ("openai", "panel"):
+        return named.model_copy(update={"annotator": facts.annotator})
+    return named
+
+
 def describe(judge: JudgeSpec | None) -> str:
     """A judge in a few words, for the dry run and the report."""
     if judge is None:
@@ -60,14 +91,17 @@ def describe(judge: JudgeSpec | None) -> str:
     return "string match (not the paper's judge)"
 
 
-def missing_credentials(judges: dict[str, JudgeSpec], environ) -> list[str]:
-    """Why each judge here cannot be used: an API judge whose key variable is unset."""
+def missing_credentials(judges: dict[str, JudgeSpec], environ,
+                        other: str = "name another judge in the grid's eval.judges.{benchmark} "
+                                     "(under `judges:`: an OpenAI-compatible server, or kind "
+                                     "reward_model{or_string_match})") -> list[str]:
+    """Why each judge here cannot be used: an API judge whose key variable is unset. ``other``
+    says how to name another judge (a grid's field, or the command line's option)."""
     problems = []
     for benchmark, judge in sorted(judges.items()):
         if judge.kind == "openai" and not environ.get(judge.api_key_env or ""):
+            instead = other.format(benchmark=benchmark, or_string_match=(
+                ", or string_match" if benchmark == "xstest" else ""))
             problems.append(f"{benchmark}'s judge {judge.model} needs the API key in "
-                            f"${judge.api_key_env} (unset); set it, or name another judge in "
-                            f"the grid's eval.judges.{benchmark} (under `judges:`: an "
-                            "OpenAI-compatible server, or kind reward_model"
-                            + (", or string_match" if benchmark == "xstest" else "") + ")")
+                            f"${judge.api_key_env} (unset); set it, or {instead}")
     return problems

@@ -30,6 +30,31 @@ def lm_eval_yaml(relative: str) -> dict:
     return yaml.load(text, Loader=loader)
 
 
+def lm_eval_gsm8k(replies: list[str], targets: list[str]) -> tuple[list[str], list[float]]:
+    """lm-eval's gsm8k-cot "flexible-extract" answer of each reply and its exact-match score."""
+    from lm_eval.api.metrics import exact_match_hf_evaluate
+    from lm_eval.filters import build_filter_ensemble
+
+    config = lm_eval_yaml("gsm8k/gsm8k-cot.yaml")
+    spec = next(f for f in config["filter_list"] if f["name"] == "flexible-extract")
+    ensemble = build_filter_ensemble("flexible-extract", [
+        (step["function"], {k: v for k, v in step.items() if k != "function"})
+        for step in spec["filter"]])
+    metric_args = {k: v for k, v in config["metric_list"][0].items()
+                   if k in ("ignore_case", "ignore_punctuation", "regexes_to_ignore")}
+    filtered = [[r] for r in replies]
+    for make_filter in ensemble.filters:  # regex, then take_first
+        filtered = list(make_filter().apply(filtered, [{}] * len(replies)))
+    picks = [r[0] if isinstance(r, list) else r for r in filtered]
+    return picks, [exact_match_hf_evaluate([p], [t], **metric_args)["exact_match"]
+                   for p, t in zip(picks, targets)]
+
+
+@pytest.fixture(name="lm_eval_gsm8k")
+def lm_eval_gsm8k_fixture():
+    return lm_eval_gsm8k
+
+
 @pytest.fixture(name="lm_eval_yaml")
 def lm_eval_yaml_fixture():
     return lm_eval_yaml
@@ -126,3 +151,20 @@ def judge_stand_ins(tmp_path_factory, tiny_model_dir):
         tokenizer.save_pretrained(out)
         folders[role] = out
     return folders
+
+
+@pytest.fixture(scope="module")
+def toxicity_stand_in(tmp_path_factory, tiny_model_dir):
+    """A random 2-label classifier in place of tomh/toxigen_roberta (not reachable offline)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    out = tmp_path_factory.mktemp("toxicity")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                         num_labels=2, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -16,23 +16,6 @@ from ablate.spec.expand import eval_config
 from ablate.spec.schema import EvalConfig, JudgeSpec, ModelSpec, PassAtK
 
 
-@pytest.fixture(scope="module")
-def toxicity_stand_in(tmp_path_factory, tiny_model_dir):
-    """A random 2-label classifier in place of tomh/toxigen_roberta (not reachable offline)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
-
-    out = tmp_path_factory.mktemp("toxicity")
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                         num_labels=2, pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(0)
-    LlamaForSequenceClassification(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
 @pytest.fixture
 def fake_judge(tmp_path, monkeypatch):
     """A judges.yaml naming a local OpenAI-compatible server that always prefers output 2: "M"
@@ -106,7 +89,8 @@ def test_eval_command_records_failures_and_continues(tiny_model_dir, tmp_path, m
     monkeypatch.setenv("ABLATE_DATA_DIR", str(tmp_path / "none"))
     out = tmp_path / "out"
     result = CliRunner().invoke(app, [str(tiny_model_dir), "--benchmarks", "gsm8k,xstest",
-                                      "--limit", "2", "--max-new-tokens", "4", "--out", str(out)])
+                                      "--limit", "2", "--max-new-tokens", "4", "--out", str(out),
+                                      "--judge", "string_match"])
     assert result.exit_code == 1, result.output  # xstest has no slice here: recorded as failed
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["results"]) == {"gsm8k"} and "xstest" in summary["failed"]

@@ -22,24 +22,10 @@ REPLIES = [
 TARGETS = ["18", "1250", "3.5", "0", "-7", "42", "1000", "18", "7", "3", "5", "6"]
 
 
-def test_gsm8k_full_scoring_matches_lm_eval_flexible_extract(lm_eval_yaml):
-    from lm_eval.api.metrics import exact_match_hf_evaluate
-    from lm_eval.filters import build_filter_ensemble
-
-    config = lm_eval_yaml("gsm8k/gsm8k-cot.yaml")
-    spec = next(f for f in config["filter_list"] if f["name"] == "flexible-extract")
-    ensemble = build_filter_ensemble("flexible-extract", [
-        (step["function"], {k: v for k, v in step.items() if k != "function"})
-        for step in spec["filter"]])
-    metric_args = {k: v for k, v in config["metric_list"][0].items()
-                   if k in ("ignore_case", "ignore_punctuation", "regexes_to_ignore")}
-    filtered = [[r] for r in REPLIES]
-    for make_filter in ensemble.filters:  # regex, then take_first
-        filtered = list(make_filter().apply(filtered, [{}] * len(REPLIES)))
-    filtered = [r[0] if isinstance(r, list) else r for r in filtered]
-    for reply, target, lm_eval_pick in zip(REPLIES, TARGETS, filtered):
+def test_gsm8k_full_scoring_matches_lm_eval_flexible_extract(lm_eval_gsm8k):
+    picks, verdicts = lm_eval_gsm8k(REPLIES, TARGETS)
+    for reply, target, lm_eval_pick, expected in zip(REPLIES, TARGETS, picks, verdicts):
         assert final_number(reply) == lm_eval_pick
-        expected = exact_match_hf_evaluate([lm_eval_pick], [target], **metric_args)["exact_match"]
         assert float(is_correct(reply, target, "full")) == expected, reply
 
 

@@ -1,0 +1,116 @@
+"""Fixed outputs scored through `ablate eval --outputs` agree item by item with the reference
+implementations: lm-eval's gsm8k-cot flexible-extract, its multiple-choice accuracy (MMLU) and its
+IFEval checkers; open-instruct's GSM8k rule (allenai/open-instruct@959cbbc9d:eval/gsm/run_eval.py,
+re-derived here). HumanEval+/MBPP+ verdicts against evalplus: test_code_agreement.py; BBH, MMLU
+prompts and the item draws against open-instruct: test_open_instruct_agreement.py."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from ablate.evals import get_benchmark
+from ablate.evals.cli import app
+
+
+def scored(tmp_path, shared_data, lines: list[dict], *args) -> dict[str, list[dict]]:
+    """Each benchmark's scores.jsonl rows after scoring ``lines`` through --outputs."""
+    path, out = tmp_path / "outputs.jsonl", tmp_path / "out"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = CliRunner().invoke(app, ["--outputs", str(path), "--out", str(out), "--data-dir",
+                                      str(shared_data), *args])
+    assert result.exit_code == 0, result.output
+    return {b.name: [json.loads(x) for x in (b / "scores.jsonl").read_text().splitlines()]
+            for b in out.iterdir() if (b / "scores.jsonl").is_file()}
+
+
+def gsm8k_replies(target: str, k: int) -> str:
+    """Right, wrong, formatted and unanswered replies, in turn."""
+    wrong = str(int(target.replace(",", "")) + 1) if target.lstrip("-").isdigit() else "0"
+    return [f"So the answer is {target}.", f"The answer is ${target}.", f"It is {wrong}.",
+            f"{target} apples, then {wrong} more", "I do not know.", f"#### {target}",
+            f"The answer is {target}.0"][k % 7]
+
+
+def open_instruct_gsm8k(reply: str, target: str) -> float:
+    """open-instruct's eval/gsm/run_eval.py: the last number once digit commas go, compared by
+    evaluate's exact_match ignoring case and punctuation."""
+    from lm_eval.api.metrics import exact_match_hf_evaluate
+
+    text = re.sub(r"(\d),(\d)", r"\1\2", reply)
+    numbers = re.findall(r"[-+]?\d*\.\d+|\d+", text)
+    prediction = numbers[-1] if numbers else text
+    return exact_match_hf_evaluate([prediction], [target], ignore_case=True,
+                                   ignore_punctuation=True)["exact_match"]
+
+
+@pytest.mark.parametrize("protocol", ["full", "paper"])
+def test_gsm8k_outputs_score_as_the_reference_does(shared_data, tmp_path, lm_eval_gsm8k,
+                                                   protocol):
+    items = get_benchmark("gsm8k").items(protocol, shared_data)[:42]
+    replies = [gsm8k_replies(i["target"], k) for k, i in enumerate(items)]
+    lines = [{"benchmark": "gsm8k", "item_id": i["item_id"], "output": r}
+             for i, r in zip(items, replies)]
+    ours = [row["score"] for row in scored(tmp_path, shared_data, lines, "--protocol", protocol,
+                                           "--limit", "42")["gsm8k"]]
+    targets = [i["target"] for i in items]
+    if protocol == "full":
+        _, theirs = lm_eval_gsm8k(replies, targets)
+    else:
+        theirs = [open_instruct_gsm8k(r, t) for r, t in zip(replies, targets)]
+    assert 0 < sum(theirs) < len(theirs)  # both verdicts occur
+    assert ours == theirs
+
+
+def test_mmlu_loglikelihoods_score_as_lm_eval_acc(shared_data, tmp_path, make_lm_eval_task):
+    items = get_benchmark("mmlu").items("paper", shared_data)[:80]
+    rng = random.Random(1)
+    lls = [[rng.uniform(-6, 0) for _ in range(4)] for _ in items]
+    lines = [{"benchmark": "mmlu", "item_id": i["item_id"], "loglikelihoods": x}
+             for i, x in zip(items, lls)]
+    ours = [row["score"] for row in scored(tmp_path, shared_data, lines, "--limit", "80")["mmlu"]]
+    task = make_lm_eval_task([{"q": i["item_id"], "answer": i["answer"]} for i in items],
+                             output_type="multiple_choice", doc_to_text="{{q}}",
+                             doc_to_target="answer", doc_to_choice=["A", "B", "C", "D"],
+                             target_delimiter=" ", metric_list=[{"metric": "acc"}])
+    theirs = [task.process_results(doc, [(x, False) for x in row])["acc"]
+              for doc, row in zip(task.test_docs(), lls)]
+    assert 0 < sum(theirs) < len(theirs)
+    assert ours == theirs
+
+
+def test_ifeval_gpt4_responses_score_as_lm_eval(shared_data, tmp_path):
+    import langdetect
+    from lm_eval.tasks.ifeval.utils import process_results
+
+    from ablate.evals.ifeval import checkers
+
+    docs = [json.loads(x) for x in
+            (shared_data / "ifeval" / "input_data.jsonl").read_text().splitlines()]
+    responses = [json.loads(x)["response"] for x in (shared_data / "ifeval" /
+                 "input_response_data_gpt4_20231107_145030.jsonl").read_text().splitlines()]
+    # the response file follows the prompts' order (one prompt is worded slightly differently)
+    lines = [{"benchmark": "ifeval", "item_id": str(d["key"]), "output": r}
+             for d, r in zip(docs, responses)]
+    ours = {row["item_id"]: row for row in scored(tmp_path, shared_data, lines)["ifeval"]}
+    checkers()  # lm-eval's checkers find nltk's data offline
+    langdetect.DetectorFactory.seed = 0  # as ablate seeds it: unseeded, a few answers flip
+    metrics = ("prompt_level_strict_acc", "prompt_level_loose_acc", "inst_level_strict_acc",
+               "inst_level_loose_acc")
+    disagreements = []
+    for doc, response in zip(docs, responses):
+        state = random.getstate()
+        random.seed(f"ifeval-{doc['key']}")  # the one item with random checker arguments
+        theirs = process_results(doc, [response])
+        random.setstate(state)
+        mine = ours[str(doc["key"])]
+        if any(mine[m] != theirs[m] for m in metrics):
+            disagreements.append(doc["key"])
+    assert len(ours) == len(docs) == 541
+    assert not disagreements
+    loose = sum(r["prompt_level_loose_acc"] for r in ours.values()) / len(ours)
+    assert 0.7 < loose < 0.9  # GPT-4's IFEval loose prompt accuracy is about 0.79
