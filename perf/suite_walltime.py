@@ -32,8 +32,9 @@ What does not run offline here, and what the script does then:
   AlpacaEval 2's length-controlled win rate needs alpaca-eval's df_gamed.csv (hub only): without
   ``ABLATE_ALPACA_DF_GAMED`` the summary fails after judging; the time is still measured.
 - XSTest uses its string-match refusal rules (the protocol's judge-free option).
-Everything else (MMLU, GSM8k, BBH, HumanEval+/MBPP+ sandboxed execution, TruthfulQA MC2, IFEval's
-checkers) runs here in full.
+- TruthfulQA: the paper's judged generation needs two 7B judges (hub only); its MC2 is timed.
+Everything else (MMLU, GSM8k, BBH, HumanEval+/MBPP+ sandboxed execution, IFEval's checkers) runs
+here in full.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ SCORING_NOTES = {
     "bbh": "exact match, no judge",
     "humaneval_plus": "20 samples/problem run in the sandbox here",
     "mbpp_plus": "20 samples/problem run in the sandbox here",
-    "truthfulqa": "MC2 log-likelihood (the default; judged generation not timed)",
+    "truthfulqa": "MC2 log-likelihood (the full protocol; the paper's judged generation by two "
+                  "local 7B judges is not timed)",
     "toxigen": "needs classifier tomh/toxigen_roberta",
     "xstest": "string-match refusal rules (no judge)",
     "ifeval": "lm-eval's checkers, offline",
@@ -204,7 +206,10 @@ def measure_benchmark(name: str, plan: SamplePlan, backend, model_dir: Path, dat
     row: dict = {"benchmark": name, "category": bench.category, "metric": bench.metric,
                  "scoring": SCORING_NOTES.get(name, ""), "status": "measured"}
     started = time.perf_counter()
-    items = bench.items("paper", data_root)
+    # TruthfulQA's paper protocol is judged by two local 7B judges that cannot be had here: its
+    # MC2 (the full protocol) is timed instead, and SCORING_NOTES says so
+    protocol = "full" if name == "truthfulqa" else "paper"
+    items = bench.items(protocol, data_root)
     items_s = time.perf_counter() - started
     row["protocol_items"] = len(items)
 
@@ -243,7 +248,7 @@ def measure_benchmark(name: str, plan: SamplePlan, backend, model_dir: Path, dat
     block_s, block_cpu_s, results = [], [], []
     try:
         for block in blocks:
-            config = eval_config(EvalConfig(seed=args.seed), name, judge=judge)
+            config = eval_config(EvalConfig(seed=args.seed, protocol=protocol), name, judge=judge)
             env = EvalEnv(model_dir=model_dir, config=config, reward_model_dir=reward_model_dir,
                           data_root=data_root, cache_dir=scratch / name, _backend=backend)
             chosen = [items[i] for i in block]
