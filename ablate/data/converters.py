@@ -22,8 +22,9 @@ from typing import Callable, Iterable, Iterator
 from ablate.data.rows import (
     BROKEN_TURNS, MISSING_FIELD, NO_LOWER, NON_STRING, NOT_AN_OBJECT, NOT_DRAWN, RAW_ROWS, TIE,
     SchemaError, SkipRow, assistant, bad_field, make_row, parse_transcript, require_columns,
-    split_shared_prompt, stable_hash, system, user,
+    split_shared_prompt, system, user,
 )
+from ablate.spec.seeds import derive_seed
 
 Converter = Callable[[Iterable[dict], str, int], Iterator[dict | SkipRow]]
 NEUTRAL_STEP = "rating 0 (a neutral step: neither chosen nor rejected)"
@@ -100,7 +101,9 @@ def text(value) -> str:
 
 
 def seeded_rng(seed: int, key: str) -> random.Random:
-    return random.Random(stable_hash(f"{seed}:{key}"))
+    """A random stream of its own for each prompt (``ablate.spec.seeds``), so that a prompt's
+    draw does not depend on the rows before it."""
+    return random.Random(derive_seed(seed, key))
 
 
 def as_messages(value) -> list[dict]:

@@ -43,6 +43,8 @@ class Mixture:
     name: str
     components: tuple[tuple[str, int | None], ...]
     note: str = ""
+    # how components are drawn and shuffled: part of a mixture's converter version
+    mixing_version: int = 2
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
            note="the paper downsamples to 500k (set max_rows)"),
     # human
     Source("prm800k", "openai/prm800k (step-level, denormalized)", c.prm800k_pairs, group="human",
-           paper_rows=6_949, licence="MIT", converter_version=2,
+           paper_rows=6_949, licence="MIT", converter_version=3,
            hub_splits={"train": "phase2_train", "test": "phase1_test"},
            local_files={"train": ("prm800k_stepwise_critic/phase2_train*.parquet",),
                         "test": ("prm800k_stepwise_critic/phase1_test*.parquet",)},
@@ -95,7 +97,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
            paper_rows=158_530, hub_splits={"train": "train", "test": "test"}, licence="MIT",
            local_files={"train": ("hh_rlhf/*/train.jsonl.gz",), "test": ("hh_rlhf/*/test.jsonl.gz",)}),
     Source("helpsteer", "nvidia/HelpSteer", c.helpsteer, group="human", paper_rows=9_270,
-           converter_version=2,
+           converter_version=3,
            hub_splits={"train": "train", "test": "validation"}, licence="CC-BY-4.0",
            note="per prompt: best mean of the aspects except verbosity vs a random lower one"),
     # synthetic
@@ -107,7 +109,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
     Source("orca-pairs", "Intel/orca_dpo_pairs", c.orca_pairs, group="synthetic",
            paper_rows=12_859, licence="Apache-2.0"),
     Source("nectar", "berkeley-nest/Nectar", c.nectar, group="synthetic", paper_rows=180_099,
-           converter_version=2,
+           converter_version=3,
            licence="Apache-2.0 (outputs also under the generating models' terms)",
            note="top-ranked of 7 answers vs a random lower-ranked one"),
     Source("ultrafeedback-overall", "HuggingFaceH4/ultrafeedback_binarized", uf.ultrafeedback_h4,
@@ -121,7 +123,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
            note="best mean of the 4 aspect ratings vs a random lower mean; ties and TruthfulQA "
                 "prompts removed"),
     Source("ultrafeedback-fg-raw", "openbmb/UltraFeedback", uf.ultrafeedback_mean_aspects,
-           group="synthetic", licence="MIT", converter_version=2,
+           group="synthetic", licence="MIT", converter_version=3,
            note="the fine-grained binarization rebuilt from the raw ratings (keeps all 4 aspects)"),
     # shipped slices (see ablate/data/slices/LICENSES.md)
     Source("ultrafeedback-slice", "trl-lib/ultrafeedback_binarized", uf.ultrafeedback_trl_slice,
@@ -179,5 +181,7 @@ def converter_version(name: str, prompts: bool = False) -> str:
             return converter_version(source.from_preferences)
         return str(source.converter_version)
     if name in MIXTURES:
-        return ",".join(f"{part}:{converter_version(part)}" for part, _ in MIXTURES[name].components)
+        mixture = MIXTURES[name]
+        return f"mix{mixture.mixing_version};" + ",".join(
+            f"{part}:{converter_version(part)}" for part, _ in mixture.components)
     return str(SOURCES[name].converter_version)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ablate.data.chat_tokens import chat_ids
+from ablate.spec.seeds import derive_seed
 
 # Skip reasons, shared by every converter so that counts add up across sources.
 MISSING_FIELD = "missing or empty field"
@@ -269,9 +270,9 @@ def mix_preferences(name: str, parts: Sequence[tuple[PreferenceData, float]], se
         if want > len(data):
             raise ValueError(f"mixture {name!r}: part {data.name!r} has {len(data)} rows, "
                              f"{want} wanted; lower the total or that part's weight")
-        rows += downsample(data.rows, want, seed + i)
+        rows += downsample(data.rows, want, derive_seed(seed, "mixture-component", i))
         skipped.update(data.skipped)
-    random.Random(seed).shuffle(rows)
+    random.Random(derive_seed(seed, "mixture-order")).shuffle(rows)
     return PreferenceData(name=name, rows=rows, skipped=dict(skipped))
 
 

@@ -10,11 +10,12 @@ gives the same intervals.
 from __future__ import annotations
 
 import math
-import zlib
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence, TypeVar
 
 import numpy as np
+
+from ablate.spec.seeds import derive_seed
 
 N_BOOT = 2000
 BASE_SEED = 20240612
@@ -24,7 +25,7 @@ X = TypeVar("X", float, np.ndarray)
 
 def stable_seed(*parts: str) -> int:
     """A seed from names (not Python's salted ``hash``): same names, same resamples, every run."""
-    return zlib.crc32("\x1f".join(parts).encode()) ^ BASE_SEED
+    return derive_seed(BASE_SEED, *parts)
 
 
 def bootstrap_means(scores: Sequence[float] | np.ndarray, n_boot: int = N_BOOT,
