@@ -267,7 +267,9 @@ def test_multi_process_training_runs_torchrun_inside_the_job(slurm_cluster, job_
     # 16 rows: 15 training pairs in steps of 4, so that each of the two ranks has a pair in every
     # step (a rank without one trips ablate.train.loop's stats all-reduce: reported to its owner).
     grid = write_grid(tmp_path, "twoprocs", baseline=False, rows=16)
-    grid.write_text(grid.read_text().replace("batch_size: 2,", "batch_size: 4,"))
+    # one pair held out (5%), to compare the held-out metrics of the two runs
+    grid.write_text(grid.read_text().replace("batch_size: 2,", "batch_size: 4,").replace(
+        "max_length: 128,", "max_length: 128, eval_fraction: 0.05,"))
     plan = plan_of(load_grid(grid))
     local = RunStore(tmp_path / "local")
     assert run_plan(plan, local, console=quiet()).ok
