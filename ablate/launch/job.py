@@ -129,6 +129,8 @@ def _run_locked(store: RunStore, plan: Plan, step: Step, progress, runner) -> st
     logger.info("start %s (%s)", step.name, step.id)
     try:
         (runner or runner_for(step.kind))(ctx)
+        # the last line of a finished step's log, so that a log alone tells done from cut off
+        logger.info("finished %s in %.1f s", step.name, time.time() - started)
     except BaseException as exc:
         logger.error("failed: %s\n%s", exc, traceback.format_exc())
         store.set_state(step, "failed", error=f"{type(exc).__name__}: {exc}",
