@@ -367,3 +367,16 @@ def test_smoke_grid_table_from_its_real_plan(tmp_path):
     assert md.count("—") == 5  # the hh cell: 2 benchmarks, 2 categories, avg
     assert "train_dpo" in md and "(pending)" in md  # which jobs to run
     assert out.tables[0].rows[0].is_baseline
+
+
+def test_notes_give_each_difference_beyond_noise_with_its_paired_ci(toy_store, tmp_path):
+    report(toy_store, tmp_path, formats=["md"])
+    md = read(tmp_path / "tablesmoke.md")
+    note = next(line for line in md.splitlines() if line.startswith("- beyond noise"))
+    dpo = group_stats(load_results(toy_store, "toy"))["data=uf,alg=dpo"]["bench:mmlu"].test
+    assert (f"+DPO on UltraF. / MMLU {fmt(dpo.delta, signed=True)} (95% CI "
+            f"{fmt(dpo.ci_low, signed=True)} to {fmt(dpo.ci_high, signed=True)}, "
+            f"p = {dpo.p_value:.3f})") in note
+    assert "/ GSM8k" in note and "PPO on UltraF., 13B UltraF. RM, UF prompts / GSM8k" in note
+    assert "DPO on UltraF. / GSM8k" not in note  # within noise (†)
+    assert "Average" not in note and "Factuality" not in note  # they repeat the benchmarks
