@@ -113,6 +113,8 @@ def _run_locked(store: RunStore, plan: Plan, step: Step, progress, runner) -> st
     logger.info("start %s (%s)", step.name, step.id)
     try:
         (runner or runner_for(step.kind))(ctx)
+        # the last line of a finished step's log, so that a log alone tells done from cut off
+        logger.info("finished %s in %.1f s", step.name, time.time() - started)
     except BaseException as exc:
         stopped = isinstance(exc, KeyboardInterrupt)  # Ctrl-C or SIGTERM: not the step's fault
         logger.error("%s: %s\n%s", "interrupted" if stopped else "failed", exc,

@@ -8,7 +8,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -101,9 +101,19 @@ def run_plan(plan: Plan, store: RunStore, force: Iterable[str] = (),
         return _run_plan(plan, store, force, console)
 
 
+def plain_lines(console: Console) -> Callable[[str], None]:
+    """Where the output is not a terminal (SLURM, CI, a pipe) rich draws no live bars, so a run
+    would print nothing of its own until the end: there, one timestamped line per event."""
+    if console.is_terminal:
+        return lambda text: None
+    return lambda text: console.print(f"{time.strftime('%H:%M:%S')} {text}", markup=False,
+                                      highlight=False, soft_wrap=True)
+
+
 def _run_plan(plan: Plan, store: RunStore, force: Iterable[str],
               console: Console | None) -> Summary:
     console = console or Console()
+    line = plain_lines(console)
     for sid in select_steps(plan, force):
         store.reset(plan.steps[sid])  # StepBusy if another process runs it now
     ordered = plan.order()
@@ -136,9 +146,12 @@ def _run_plan(plan: Plan, store: RunStore, force: Iterable[str],
                 summary.outcomes.append(Outcome(
                     step, "blocked", error=f"input failed: {plan.steps[blocked_by[0]].name} "
                     f"({blocked_by[0]})"))
+                line(f"blocked {len(summary.outcomes)}/{len(ordered)} {step.name}")
                 bars.advance(overall)
                 continue
             current = bars.add_task(f"  {step.name}", total=None)
+            position = f"{len(summary.outcomes) + 1}/{len(ordered)}"
+            line(f"start {position} {step.name} ({step.kind}, {step.id})")
 
             def progress(done, total=None, desc=None, _task=current):
                 bars.update(_task, completed=done, total=total)
@@ -160,6 +173,8 @@ def _run_plan(plan: Plan, store: RunStore, force: Iterable[str],
                 summary.outcomes.append(
                     Outcome(step, "skipped", note="done by another run") if result == "skipped"
                     else Outcome(step, "done", time.time() - started))
+            outcome = summary.outcomes[-1]
+            line(f"{outcome.status} {position} {step.name} in {outcome.seconds:.1f} s")
             bars.update(current, visible=False)
             bars.advance(overall)
     print_summary(summary, console)

@@ -388,6 +388,17 @@ def _notes(spec: TableSpec, results: Results, rows: list[TableRow], columns: lis
     if any(c.within_noise for r in rows for c in r.cells):
         notes.append(f"{NOISE_MARK} within noise of the SFT baseline: the 95% paired-bootstrap CI "
                      "of the difference includes 0.")
+    beyond = [f"{' '.join(r.lead).strip()} / {col.label} {fmt(c.stat.test.delta, signed=True)} "
+              f"(95% CI {fmt(c.stat.test.ci_low, signed=True)} to "
+              f"{fmt(c.stat.test.ci_high, signed=True)}, p = {c.stat.test.p_value:.3f})"
+              for r in rows if not r.is_summary for col, c in zip(columns, r.cells)
+              if col.key.startswith("bench:") and c.stat and c.stat.test
+              and not c.stat.test.within_noise]
+    if beyond:
+        # the benchmark cells a reader should believe: the effect with its paired CI, not only a
+        # missing † (categories and averages repeat them)
+        notes.append("beyond noise (paired difference from the SFT baseline on the same items): "
+                     + "; ".join(beyond) + ".")
     if any(c.stat and c.stat.n_seeds > 1 for r in rows for c in r.cells):
         notes.append("a ± b: mean ± sd across seeds.")
     missing = [f"{' '.join(r.lead).strip()} / {col.label}" for r in rows if not r.is_summary

@@ -44,7 +44,8 @@ def test_gsm8k_paper_items_are_seed_42_sample(shared_data):
     assert turn.endswith("The answer is 8.\n\nQuestion: What is 1+1?") and turn.count("Question:") == 9
 
 
-@pytest.mark.parametrize("name,protocol", [("gsm8k", "paper"), ("gsm8k", "full"), ("mmlu", "paper")])
+@pytest.mark.parametrize("name,protocol", [("gsm8k", "paper"), ("gsm8k", "full"), ("mmlu", "paper"),
+                                           ("truthfulqa", "full")])
 def test_shipped_slices_are_the_first_items(shared_data, name, protocol):
     shipped = read_jsonl(slice_path(name, protocol))
     assert shipped == get_benchmark(name).items(protocol, shared_data)[:len(shipped)]

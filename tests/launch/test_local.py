@@ -172,3 +172,48 @@ def test_sigterm_stops_a_local_run_like_ctrl_c(tmp_path, plan, monkeypatch):
     assert store.state(first)["state"] == "interrupted"  # stopped, not failed
     assert "stopped by signal 15" in store.state(first)["error"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+
+
+def test_without_a_terminal_each_step_prints_its_start_and_end(tmp_path, monkeypatch):
+    """Under SLURM or CI rich draws no bars: `ablate grid` prints one timestamped line per step
+    start and end instead, and each finished step's log ends with a line saying so."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from ablate.cli import app
+
+    def runner(ctx):  # the training step fails, so its evaluations are blocked
+        if ctx.step.kind == "train_dpo":
+            raise RuntimeError("training exploded")
+        atomic_write_json(ctx.out_dir / "result.json", {"value": 1.0})
+
+    monkeypatch.setattr(job, "runner_for", lambda kind: runner)
+    grid = tmp_path / "t.yaml"
+    grid.write_text("name: t\nmodels: {m: {builtin: tiny-llama}}\n"
+                    "datasets: {uf: {name: ultrafeedback-slice, max_rows: 8}}\n"
+                    "algorithms: {dpo: {kind: dpo}}\n"
+                    "axes: {model: [m], data: [uf], algorithm: [dpo]}\n"
+                    "eval: {benchmarks: [gsm8k, mmlu]}\n")
+    store = RunStore(tmp_path / "store")
+    result = CliRunner().invoke(app, ["grid", str(grid), "--store", str(store.root)])
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if re.match(r"\d\d:\d\d:\d\d ", line)]
+    events = [re.sub(r" in \d+\.\d s$| \((eval|train_dpo), [0-9a-f]{12}\)$", "", line[9:])
+              for line in lines]
+    train, trained = "train_dpo data=uf,alg=dpo,rm=none,prompts=none,seed=1", "data=uf,alg=dpo"
+    base = "of m (SFT baseline)"
+    assert events == [f"start 1/5 {train}", f"failed 1/5 {train}",
+                      f"start 2/5 eval gsm8k {base}", f"done 2/5 eval gsm8k {base}",
+                      f"start 3/5 eval mmlu {base}", f"done 3/5 eval mmlu {base}",
+                      f"blocked 4/5 eval gsm8k of {trained},rm=none,prompts=none,seed=1",
+                      f"blocked 5/5 eval mmlu of {trained},rm=none,prompts=none,seed=1"], \
+        result.output
+    assert all(re.search(r" in \d+\.\d s$", line) for line in lines
+               if line[9:].startswith(("done", "failed")))
+    plan = store.load_plan_snapshot(next((store.root / "plans").iterdir()).stem)
+    done = next(s for s in plan.steps.values() if s.name == f"eval gsm8k {base}")
+    last = (store.step_dir(done) / "log.txt").read_text().splitlines()[-1]
+    assert re.search(rf"finished eval gsm8k {re.escape(base)} in \d+\.\d s$", last), last
+    failed = next(s for s in plan.steps.values() if s.kind == "train_dpo")
+    assert "finished" not in (store.step_dir(failed) / "log.txt").read_text()

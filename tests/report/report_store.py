@@ -92,7 +92,7 @@ def write_eval(store: RunStore, step: Step, bench: str, prob: float, seed: int) 
                         for i in range(3)])
     atomic_write_json(folder / "result.json", {
         "benchmark": bench, "category": {"gsm8k": "reasoning", "mmlu": "factuality",
-                                         "toxigen": "safety"}[bench],
+                                         "toxigen": "safety", "truthfulqa": "truthfulness"}[bench],
         "kind": "eval", "protocol": "paper", "metric": "exact_match", "value": value,
         "unit": "percent", "higher_is_better": higher,
         "category_score": value if higher else 100 - value, "n_items": N_ITEMS,

@@ -422,3 +422,16 @@ def test_a_corrupt_done_marker_is_a_step_to_run_naming_its_file(toy_store):
     done.write_text("{cut sho")
     results = load_results(toy_store, "toy")
     assert any(f"corrupt: {done}" in line for line in results.missing_jobs), results.missing_jobs
+
+
+def test_notes_give_each_difference_beyond_noise_with_its_paired_ci(toy_store, tmp_path):
+    report(toy_store, tmp_path, formats=["md"])
+    md = read(tmp_path / "tablesmoke.md")
+    note = next(line for line in md.splitlines() if line.startswith("- beyond noise"))
+    dpo = group_stats(load_results(toy_store, "toy"))["data=uf,alg=dpo"]["bench:mmlu"].test
+    assert (f"+DPO on UltraF. / MMLU {fmt(dpo.delta, signed=True)} (95% CI "
+            f"{fmt(dpo.ci_low, signed=True)} to {fmt(dpo.ci_high, signed=True)}, "
+            f"p = {dpo.p_value:.3f})") in note
+    assert "/ GSM8k" in note and "PPO on UltraF., 13B UltraF. RM, UF prompts / GSM8k" in note
+    assert "DPO on UltraF. / GSM8k" not in note  # within noise (†)
+    assert "Average" not in note and "Factuality" not in note  # they repeat the benchmarks
