@@ -4,7 +4,7 @@
 model's, and ``ablate eval --export-items BENCHMARK FILE.jsonl`` writes the items such a file
 answers (``ablate.evals.outputs`` says what the lines hold).
 
-The lead mounts ``eval_command`` on the main app (``app.command("eval")(eval_command)``); ``app``
+``ablate.cli`` mounts ``eval_command`` on the main app (``app.command("eval")(eval_command)``); ``app``
 here also runs on its own (``python -m ablate.evals.cli``).
 """
 

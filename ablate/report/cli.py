@@ -1,6 +1,6 @@
 """``ablate report``: the paper's tables and figures from the run store.
 
-The lead mounts ``report_command`` on the top-level app: ``app.command("report")(report_command)``.
+``ablate.cli`` mounts ``report_command`` on the top-level app: ``app.command("report")(report_command)``.
 """
 
 from __future__ import annotations
