@@ -88,33 +88,33 @@ class PromptsRef(DataSource):
         return FORMAT_COLUMNS if self.source == "preference_data" else PROMPT_FORMAT_COLUMNS
 
 
-class DPOStep(StepConfig):
-    kind: ClassVar[str] = "train_dpo"
-    version: int = 1  # of the trainer's mechanics (STEP_KINDS)
+class TrainStep(StepConfig):
+    """What every training step has: the trainer's mechanics version (its row of
+    ``STEP_KINDS``), the base model and the run's seed."""
+
+    version: int = 1
     model: ModelSpec
+    seed: int
+
+
+class DPOStep(TrainStep):
+    kind: ClassVar[str] = "train_dpo"
     data: DataRef
     algorithm: DPOConfig
-    seed: int
 
 
-class RMStep(StepConfig):
+class RMStep(TrainStep):
     kind: ClassVar[str] = "train_rm"
-    version: int = 1  # of the trainer's mechanics (STEP_KINDS)
-    model: ModelSpec
     data: DataRef
     train: RMConfig
-    seed: int
 
 
-class PPOStep(StepConfig):
+class PPOStep(TrainStep):
     """Input ``reward_model`` (a ``train_rm`` step) unless ``reward`` names a programmatic one."""
 
     kind: ClassVar[str] = "train_ppo"
-    version: int = 1  # of the trainer's mechanics (STEP_KINDS)
-    model: ModelSpec
     prompts: PromptsRef
     algorithm: PPOConfig
-    seed: int
     reward: str | None = None  # a programmatic reward instead of the reward model input
 
 
