@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from ablate.spec.benchmarks import CATEGORY_OF
 from ablate.spec.plan import Cell, Plan, Step
 from ablate.store import RunStore, atomic_write_json, atomic_write_jsonl
 
@@ -91,8 +92,7 @@ def write_eval(store: RunStore, step: Step, bench: str, prob: float, seed: int) 
                          "\nAnswer:", "outputs": [f"The answer to item {i} is {40 + i}."]}
                         for i in range(3)])
     atomic_write_json(folder / "result.json", {
-        "benchmark": bench, "category": {"gsm8k": "reasoning", "mmlu": "factuality",
-                                         "toxigen": "safety", "truthfulqa": "truthfulness"}[bench],
+        "benchmark": bench, "category": CATEGORY_OF[bench],
         "kind": "eval", "protocol": "paper", "metric": "exact_match", "value": value,
         "unit": "percent", "higher_is_better": higher,
         "category_score": value if higher else 100 - value, "n_items": N_ITEMS,

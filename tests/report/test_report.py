@@ -435,3 +435,22 @@ def test_notes_give_each_difference_beyond_noise_with_its_paired_ci(toy_store, t
     assert "/ GSM8k" in note and "PPO on UltraF., 13B UltraF. RM, UF prompts / GSM8k" in note
     assert "DPO on UltraF. / GSM8k" not in note  # within noise (†)
     assert "Average" not in note and "Factuality" not in note  # they repeat the benchmarks
+
+
+def test_report_all_on_a_grid_without_a_reasoning_benchmark(tmp_path, monkeypatch):
+    """AlpacaEval 1 alone: Figure 1's first panel is that benchmark (no GSM8k, no reasoning
+    category to draw), and the whole report is written without a traceback."""
+    import report_store
+    from typer.testing import CliRunner
+
+    from ablate.cli import app
+
+    monkeypatch.setattr(report_store, "BENCHMARKS", ("alpaca_eval_1",))
+    monkeypatch.setattr(report_store, "CELLS", {
+        name: (axes, {"alpaca_eval_1": 0.3 + 0.1 * k})
+        for k, (name, (axes, _)) in enumerate(report_store.CELLS.items())})
+    store = report_store.fill_store(tmp_path / "runs", report_store.build_plan())
+    out = CliRunner().invoke(app, ["report", "--all", "--grid", "toy", "--store", str(store.root),
+                                   "--out", str(tmp_path / "out")])
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "out" / "figure1.png").is_file()
