@@ -268,7 +268,10 @@ def _eval_row(store: RunStore, plan: Plan, results: Results, cell, group: str, b
                seconds=done.get("seconds", extra.get("seconds")),
                judge_calls=extra.get("judge_calls", result.secondary.get("judge_calls")))
     scores_path = folder / result.scores_file
-    if scores_path.is_file():
+    if not scores_path.is_file():
+        results.problems.append(f"per-item scores missing ({scores_path}): no CI or paired "
+                                f"test for {cell.name} / {bench}")
+    else:
         try:
             scores = read_scores(scores_path)
         except CorruptResult as exc:

@@ -454,3 +454,16 @@ def test_report_all_on_a_grid_without_a_reasoning_benchmark(tmp_path, monkeypatc
                                    "--out", str(tmp_path / "out")])
     assert out.exit_code == 0, out.output
     assert (tmp_path / "out" / "figure1.png").is_file()
+
+
+def test_a_missing_per_item_scores_file_is_said_not_silently_dropped(toy_store, tmp_path):
+    from ablate.report.frame import load_results
+
+    plan = toy_store.load_plan("toy")
+    cell = next(c for c in plan.cells if c.name == "data=uf,alg=dpo,seed=1")
+    (toy_store.step_dir(plan.steps[cell.evals["mmlu"]]) / "scores.jsonl").unlink()
+    results = load_results(toy_store, "toy")
+    assert any("per-item scores missing" in p and "data=uf,alg=dpo,seed=1 / mmlu" in p
+               for p in results.problems)
+    row = results.frame[(results.frame.cell == cell.name) & (results.frame.benchmark == "mmlu")]
+    assert row.ci_low.isna().all() and (row.status == "done").all()
