@@ -48,6 +48,16 @@ class DataUnavailable(RuntimeError):
 
 
 def read_file(path: Path) -> Iterator[dict]:
+    """The rows of a data file; a file that is not UTF-8 text (or not its format) is a
+    ValueError naming the file."""
+    try:
+        yield from _read_rows(path)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as "
+                         "UTF-8") from None
+
+
+def _read_rows(path: Path) -> Iterator[dict]:
     name = path.name
     if name.endswith(".parquet"):
         import pyarrow.parquet as pq
@@ -55,8 +65,11 @@ def read_file(path: Path) -> Iterator[dict]:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=2048):
             yield from batch.to_pylist()
     elif name.endswith(".json"):
-        with open(path) as handle:
-            data = json.load(handle)
+        with open(path, encoding="utf-8") as handle:
+            try:
+                data = json.load(handle)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
         yield from (data if isinstance(data, list) else data.get("data", []))
     elif name.endswith((".jsonl", ".jsonl.gz")):
         opener = gzip.open if name.endswith(".gz") else open

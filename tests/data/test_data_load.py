@@ -282,3 +282,14 @@ def test_a_cached_hub_conversion_loads_without_the_hub(monkeypatch):
     assert load_preferences(DataRef(name="orca-pairs")).rows == first.rows
     assert len(load_preferences(DataRef(name="orca-pairs"), "test")) == 50 - len(first)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_a_data_file_that_is_not_utf8_is_named(tmp_path, suffix):
+    from ablate.data.load import read_file
+
+    path = tmp_path / f"train{suffix}"
+    path.write_bytes(b'[{"prompt": "caf\xe9"}]\n' if suffix == ".json"
+                     else b'{"prompt": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match=rf"{path.name}: not UTF-8 text"):
+        list(read_file(path))
