@@ -72,7 +72,8 @@ def plan_of(grid: GridSpec) -> Plan:
     return expand(grid, resolve=resolve_source, custom_facts=grid_custom_facts(grid))
 
 
-def load_checked(path: Path, check_data: bool = False) -> tuple[GridSpec, Plan]:
+def load_checked(path: Path, check_data: bool = False,
+                 check_lengths: bool = False) -> tuple[GridSpec, Plan]:
     """Load, check every name against the registries, resolve each file's digest and each own
     benchmark's facts, expand; with ``check_data``, open each file or hub dataset the plan
     trains on and count its unusable rows. Writes nothing."""
@@ -90,11 +91,36 @@ def load_checked(path: Path, check_data: bool = False) -> tuple[GridSpec, Plan]:
         plan = plan_of(grid)
         if check_data:
             check_plan_data(plan)
+        if check_lengths:
+            check_training_lengths(plan)
     except SpecError as exc:
         if str(path) not in str(exc):
             exc = SpecError(f"{path}: {exc}")
         fail(str(exc))
     return grid, plan
+
+
+def check_training_lengths(plan: Plan) -> None:
+    """Each training step has something its length limits keep (counted as its trainer will);
+    a step whose model or data cannot be read here is named and left to its job."""
+    from ablate.train.preflight import usable_examples
+
+    for step in plan.order():
+        if not step.kind.startswith("train"):
+            continue
+        try:
+            usable, rows, skipped = usable_examples(step)
+        except Exception as exc:  # a hub model or dataset offline: the job will read it
+            console.print(f"[yellow]note:[/] {step.name}: lengths not checked here "
+                          f"({type(exc).__name__}: {str(exc)[:160]})", highlight=False)
+            continue
+        what = "prompts" if step.kind == "train_ppo" else "pairs"
+        if not usable:
+            raise SpecError(f"{step.name}: every one of its {rows:,} rows is dropped before "
+                            f"training ({', '.join(f'{k}: {v}' for k, v in skipped.items())}); "
+                            "raise its max_length / max_prompt_length, or check its data")
+        console.print(f"{step.name}: {usable:,} of {rows:,} {what} fit its length limits",
+                      highlight=False)
 
 
 def check_plan_data(plan: Plan) -> None:
@@ -151,7 +177,8 @@ def grid(file: Path = typer.Argument(..., help="Grid spec (YAML)"),
                                          "prefix or 'all') and what depends on it"),
          store: Optional[Path] = StoreOption) -> None:
     """Expand a grid and run every step that is not done yet (locally, or on SLURM with --submit)."""
-    spec, plan = load_checked(file, check_data=True)
+    # before queueing, a training step whose length limits drop every example is refused here
+    spec, plan = load_checked(file, check_data=True, check_lengths=submit and not dry_run)
     run_store = store_at(store)
     checked_store(run_store)
     if dry_run and not submit:
@@ -191,8 +218,9 @@ def grid(file: Path = typer.Argument(..., help="Grid spec (YAML)"),
 
 @app.command()
 def validate(file: Path = typer.Argument(..., help="Grid spec (YAML)")) -> None:
-    """Check a grid spec and open the data it declares, without running or writing anything."""
-    spec, plan = load_checked(file, check_data=True)
+    """Check a grid spec, open the data it declares and count what each training step's length
+    limits keep, without running or writing anything."""
+    spec, plan = load_checked(file, check_data=True, check_lengths=True)
     kinds = {}
     for step in plan.steps.values():
         kinds[step.kind] = kinds.get(step.kind, 0) + 1

@@ -148,3 +148,30 @@ def test_a_paper_grid_shows_its_judges_and_stops_before_running_without_their_ke
     assert "xstest's judge gpt-4-0613 needs the API key in $OPENAI_API_KEY (unset)" in text
     assert "or string_match" in text and "Traceback" not in out.output
     assert not (tmp_path / "store" / "steps").exists()
+
+
+def test_validate_refuses_a_training_step_whose_length_limits_drop_every_pair(tmp_path):
+    """The RM recipe drops pairs that do not fit and PPO prompts that do not: with limits no pair
+    or prompt meets, the step is refused before anything is queued, not inside its job."""
+    grid = tmp_path / "short.yaml"
+    body = ("name: short\nmodels: {m: {builtin: tiny-llama}}\n"
+            "datasets: {uf: {name: ultrafeedback-slice, max_rows: 8}}\n"
+            "algorithms: {ppo: {kind: ppo, max_prompt_length: PROMPT}}\n"
+            "reward_models: {rm: {data: cell, train: {max_length: LEN}}}\n"
+            "axes: {model: [m], data: [uf], algorithm: [ppo], reward_model: [rm]}\n"
+            "eval: {benchmarks: [gsm8k]}\n")
+    grid.write_text(body.replace("LEN", "8").replace("PROMPT", "1024"))
+    out = invoke("validate", grid)
+    text = " ".join(out.output.split())
+    assert out.exit_code == 2, out.output
+    assert "train_rm rm=rm,data=uf: every one of its 8 rows is dropped before training" in text
+    assert "longer than max_length" in text and "Traceback" not in out.output
+    grid.write_text(body.replace("LEN", "4096").replace("PROMPT", "4"))
+    out = invoke("validate", grid)
+    text = " ".join(out.output.split())
+    assert out.exit_code == 2 and "train_ppo" in text and "is dropped before training" in text
+    grid.write_text(body.replace("LEN", "4096").replace("PROMPT", "1024"))
+    fine = invoke("validate", grid)
+    text = " ".join(fine.output.split())
+    assert fine.exit_code == 0, fine.output
+    assert "8 of 8 pairs fit its length limits" in text and "prompts fit" in text
