@@ -168,6 +168,10 @@ class Benchmark(ABC):
     def evaluate(self, items: list[dict], env: EvalEnv) -> list[ItemResult]:
         ...
 
+    def metric_under(self, protocol: str) -> str:
+        """The primary metric a protocol reports (one for most benchmarks)."""
+        return self.metric
+
     def uses_chat_template(self, protocol: str) -> bool:
         """Whether the user turn goes through the model's chat template."""
         return True

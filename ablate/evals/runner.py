@@ -92,7 +92,7 @@ def evaluate_benchmark(config: EvalStep, model_dir: Path, out_dir: Path, *,
                             "score is the model's own", config.benchmark)
     result = EvalResult(
         benchmark=config.benchmark, category=bench.category, protocol=config.protocol,
-        metric=bench.metric, value=summary.value, unit="percent",
+        metric=bench.metric_under(config.protocol), value=summary.value, unit="percent",
         higher_is_better=bench.higher_is_better,
         category_score=bench.category_score(summary.value),
         secondary={k: _plain_number(v) for k, v in summary.secondary.items()},

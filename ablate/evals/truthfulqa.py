@@ -110,6 +110,9 @@ class TruthfulQA(Benchmark):
                       "metric": "truth_info_acc",
                       "judge": "truth and info judges (allenai/truthfulqa-*-judge-llama2-7B)"}
 
+    def metric_under(self, protocol: str) -> str:
+        return self.metric if protocol == "paper" else "mc2"
+
     def uses_chat_template(self, protocol: str) -> bool:
         return protocol == "paper"  # MC2 scores the plain-text primer, as lm-eval does
 
@@ -135,7 +138,6 @@ class TruthfulQA(Benchmark):
 
     def evaluate(self, items: list[dict], env: EvalEnv) -> list[ItemResult]:
         if env.protocol != "paper":
-            self.metric = "mc2"
             return self._mc2(items, env)
         folders = judge_folders(env.judge, env.protocol)
         prompts = self.prompts(items, env)
