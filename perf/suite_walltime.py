@@ -203,12 +203,13 @@ def measure_benchmark(name: str, plan: SamplePlan, backend, model_dir: Path, dat
     from ablate.spec.schema import EvalConfig, JudgeSpec
 
     bench = get_benchmark(name)
-    row: dict = {"benchmark": name, "category": bench.category, "metric": bench.metric,
-                 "scoring": SCORING_NOTES.get(name, ""), "status": "measured"}
-    started = time.perf_counter()
     # TruthfulQA's paper protocol is judged by two local 7B judges that cannot be had here: its
     # MC2 (the full protocol) is timed instead, and SCORING_NOTES says so
     protocol = "full" if name == "truthfulqa" else "paper"
+    row: dict = {"benchmark": name, "category": bench.category,
+                 "metric": bench.metric_under(protocol), "scoring": SCORING_NOTES.get(name, ""),
+                 "status": "measured"}
+    started = time.perf_counter()
     items = bench.items(protocol, data_root)
     items_s = time.perf_counter() - started
     row["protocol_items"] = len(items)
