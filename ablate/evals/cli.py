@@ -24,7 +24,7 @@ from rich.table import Table
 from ablate.spec.benchmarks import BENCHMARKS, aggregate, paper_aggregate
 from ablate.spec.expand import eval_config
 from ablate.spec.judges import missing_credentials, settle_judge
-from ablate.spec.load import JudgeFile, SpecError, judges_file, load_model
+from ablate.spec.load import SpecError, judges_file, shared_judges
 from ablate.spec.schema import EvalConfig, JudgeSpec, ModelSpec, PassAtK
 
 console = Console()
@@ -67,10 +67,9 @@ def cli_judge(name: str | None) -> JudgeSpec | None:
         return None
     if name == "string_match":
         return JudgeSpec(kind="string_match")
-    path = judges_file()
-    judges = load_model(JudgeFile, path).root if path.is_file() else {}
+    judges = shared_judges()
     if name not in judges:
-        raise SpecError(f"--judge {name!r} is not defined in {path} (known: "
+        raise SpecError(f"--judge {name!r} is not defined in {judges_file()} (known: "
                         f"{', '.join(sorted(judges)) or 'none'}); or use string_match")
     return judges[name]
 

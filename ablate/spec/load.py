@@ -199,12 +199,17 @@ def judges_file() -> Path:
     return Path(os.environ.get("ABLATE_JUDGES", "judges.yaml"))
 
 
+def shared_judges() -> dict[str, JudgeSpec]:
+    """The judges defined in ``judges_file()`` (none when there is no such file)."""
+    path = judges_file()
+    return load_model(JudgeFile, path).root if path.is_file() else {}
+
+
 def load_grid(path: Path | str) -> GridSpec:
-    """A grid, with the judges of ``judges_file()`` added to its own (the grid's win): the full
-    definition of each judge a benchmark uses goes into its eval steps' ids."""
+    """A grid, with the shared judges added to its own (the grid's win): the full definition of
+    each judge a benchmark uses goes into its eval steps' ids."""
     grid = load_model(GridSpec, path)
-    shared = judges_file()
-    if not shared.is_file():
+    judges = shared_judges()
+    if not judges:
         return grid
-    judges = load_model(JudgeFile, shared).root
     return grid.model_copy(update={"judges": {**judges, **grid.judges}})
