@@ -76,7 +76,9 @@ TULU25_PROMPTS = "allenai/tulu-2.5-prompts"
 TULU25_PREFERENCES = "allenai/tulu-2.5-preference-data"
 # main at 6e87e7b ("fix uf files"), the latest commit whose files were described publicly; the
 # UltraFeedback files were replaced there after the paper, and which version its runs read is not
-# recorded, so a run that needs the earlier files pins adf4e275d5c7ef90a009e95f5f8d0b161fb1e95d.
+# recorded; a grid that wants the earlier files names them as its own hub data (`hub:` this id,
+# `revision: adf4e275d5c7ef90a009e95f5f8d0b161fb1e95d`, `split:`, `format: chat`).
+# Another revision is other rows: bump the converter_version of `tulu25` with it (step ids).
 TULU25_PREFERENCES_REVISION = "6e87e7ba11eeb2a21db459cf13267f62d1feea23"
 
 
