@@ -87,6 +87,25 @@ def test_a_split_from_a_local_copy_trains_on_every_pair_and_counts_the_bad_rows(
         load_preferences(DataRef(name="tulu25-hh-rlhf"), "test")
 
 
+def test_data_show_names_the_split_its_skips_and_refuses_a_test_split(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from ablate.data.cli import app
+
+    write_split(tmp_path, "hh_rlhf", GOOD + BAD)
+    monkeypatch.setenv("ABLATE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "200")
+    out = CliRunner().invoke(app, ["show", "tulu25-hh-rlhf", "--n-examples", "0"])
+    assert out.exit_code == 0, out.output
+    assert "60 rows" in out.output and "paper (Table 1): 158,530 rows" in out.output
+    for reason in EXPECTED_SKIPS:
+        assert reason in out.output
+    out = CliRunner().invoke(app, ["show", "tulu25-hh-rlhf", "--split", "test"])
+    assert out.exit_code == 2 and "has no test split" in out.output
+    listed = CliRunner().invoke(app, ["list"]).output
+    assert "allenai/tulu-2.5-preference-data@6e87e7ba11ee, split hh_rlhf " in listed
+
+
 def test_a_per_dataset_override_reads_the_same_file(tmp_path, monkeypatch):
     path = write_split(tmp_path, "nectar_60k", GOOD + BAD)
     monkeypatch.setenv("ABLATE_DATA_TULU25_NECTAR_60K", str(path))
