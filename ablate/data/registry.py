@@ -234,6 +234,12 @@ PROMPT_SETS: dict[str, PromptSource] = {p.name: p for p in [
     PromptSource("math-mined", licence="ODC-BY", hub_id=TULU25_PROMPTS,
                  revision=TULU25_PROMPTS_REVISION, split="math_prompts_20k",
                  convert=uf.chat_prompts, note="math prompts mined from several datasets (hub only)"),
+    # The paper's PPO prompts for Tables 3-5: hamishivi/EasyLM@dbf2212
+    # docs/paper_notes/unpacking_dpo_and_ppo.md (tulu_prompt_dataset.hf_split='ultrafeedback_prompts')
+    PromptSource("tulu25-ultrafeedback-prompts", licence="ODC-BY", hub_id=TULU25_PROMPTS,
+                 revision=TULU25_PROMPTS_REVISION, split="ultrafeedback_prompts",
+                 convert=uf.chat_prompts,
+                 note="the UltraFeedback prompts the paper's PPO ran on (hub only)"),
     PromptSource("mixed", licence="ODC-BY", hub_id=TULU25_PROMPTS,
                  revision=TULU25_PROMPTS_REVISION, split="ultrafeedback_code_math_prompts",
                  convert=uf.chat_prompts,

@@ -10,7 +10,10 @@ import yaml
 from typer.testing import CliRunner
 
 from ablate.cli import app
-from ablate.data.registry import SOURCES, TULU25_PREFERENCES, TULU25_PREFERENCES_REVISION
+from ablate.data.registry import (
+    PROMPT_SETS, SOURCES, TULU25_PREFERENCES, TULU25_PREFERENCES_REVISION, TULU25_PROMPTS,
+    TULU25_PROMPTS_REVISION,
+)
 from ablate.spec import expand, load_grid
 from ablate.spec.schema import DPOConfig, PPOConfig, RMConfig
 
@@ -53,12 +56,20 @@ def test_table2_trains_every_pair_of_those_splits_with_the_papers_settings():
 
 
 def test_every_paper_grid_names_only_published_splits():
+    """Preference data from the paper's splits; PPO prompts from them or from the paper's prompt
+    sets (allenai/tulu-2.5-prompts)."""
     for table in ("table1", "table2", "table3", "table4", "table5"):
         plan = expand(load_grid(REPO / "grids" / f"{table}.yaml"))
         for step in plan.steps.values():
             ref = getattr(step.config, "data", None)
             if ref is not None:
                 assert SOURCES[ref.name].hub_id == TULU25_PREFERENCES, (table, step.name)
+            prompts = getattr(step.config, "prompts", None)
+            if prompts is not None and prompts.source == "prompt_set":
+                assert PROMPT_SETS[prompts.name].hub_id == TULU25_PROMPTS, (table, step.name)
+                assert PROMPT_SETS[prompts.name].revision == TULU25_PROMPTS_REVISION
+            elif prompts is not None:
+                assert SOURCES[prompts.name].hub_id == TULU25_PREFERENCES, (table, step.name)
 
 
 def test_a_grid_can_still_name_a_raw_source_converter():
