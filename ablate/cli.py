@@ -156,6 +156,27 @@ def check_model_paths(grid: GridSpec) -> None:
             raise SpecError(f"grid {grid.name!r}: models.{name}.path: {exc}") from None
 
 
+def plan_data_origins(plan: Plan) -> list[tuple[str, str]]:
+    """(training step, where its preference data or prompts come from), so a dry run shows
+    which rows each cell trains on."""
+    from ablate.data.registry import MIXTURES, PROMPT_SETS, SOURCES, origin
+
+    origins = []
+    for step in plan.order():
+        ref = getattr(step.config, "data", None) or getattr(step.config, "prompts", None)
+        if ref is None:
+            continue
+        prompts = getattr(ref, "source", None) == "prompt_set"
+        known = ref.name in (PROMPT_SETS if prompts else {**SOURCES, **MIXTURES})
+        where = f"{ref.name} = {origin(ref.name, prompts)}" if known else ref.describe()
+        if getattr(ref, "source", None) == "preference_data":
+            where = "the prompts of " + where
+        if getattr(ref, "max_rows", None):
+            where += f", {ref.max_rows:,} rows drawn (seed {ref.sample_seed})"
+        origins.append((step.name, where))
+    return origins
+
+
 def step_table(plan: Plan, store: RunStore, states: dict | None = None) -> Table:
     """One row per step; ``states`` (step id -> state record) as ``status`` has corrected them
     from SLURM, else as the store holds them."""
@@ -188,6 +209,8 @@ def grid(file: Path = typer.Argument(..., help="Grid spec (YAML)"),
                           f"evals {', '.join(cell.evals)}")
         for benchmark, judge in plan_judges(plan).items():
             console.print(f"  judge of {benchmark}: {describe_judge(judge)}", highlight=False)
+        for step_name, where in plan_data_origins(plan):
+            console.print(f"  data of {step_name}: {where}", highlight=False)
         return
     if not dry_run:
         check_judges(plan, run_store)

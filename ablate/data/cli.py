@@ -14,7 +14,9 @@ from rich.panel import Panel
 from rich.table import Table
 
 from ablate.data.load import DataUnavailable, load_preferences, load_prompts
-from ablate.data.registry import MIXTURES, PROMPT_SETS, SOURCES, dataset_names, prompt_set_names
+from ablate.data.registry import (
+    MIXTURES, PROMPT_SETS, SOURCES, dataset_names, origin, prompt_set_names,
+)
 from ablate.data.rows import PromptData, SchemaError, render_messages
 from ablate.spec.schema import DataRef
 from ablate.spec.steps import PromptsRef
@@ -80,7 +82,7 @@ def list_names() -> None:
     for column in ("name", "group", "source", "paper rows", "licence"):
         table.add_column(column)
     for name, s in sorted(SOURCES.items()):
-        table.add_row(name, s.group, f"{s.hub_id}@{s.revision[:12]}",
+        table.add_row(name, s.group, origin(name),
                       f"{s.paper_rows:,}" if s.paper_rows else "-", s.licence)
     for name, m in sorted(MIXTURES.items()):
         table.add_row(name, "mixture", " + ".join(n for n, _ in m.components), "-", "per component")

@@ -20,14 +20,15 @@ from collections import defaultdict
 from typing import Callable, Iterable, Iterator
 
 from ablate.data.rows import (
-    BROKEN_TURNS, MISSING_FIELD, NO_LOWER, NON_STRING, NOT_AN_OBJECT, NOT_DRAWN, RAW_ROWS, TIE,
-    SchemaError, SkipRow, assistant, bad_field, make_row, parse_transcript, require_columns,
-    split_shared_prompt, system, user,
+    BROKEN_TURNS, DIFFERENT_HISTORY, MISSING_FIELD, NO_LOWER, NON_STRING, NOT_AN_OBJECT, NOT_DRAWN,
+    NOT_ENDING_WITH_ASSISTANT, RAW_ROWS, TIE, SchemaError, SkipRow, assistant, bad_field, make_row,
+    parse_transcript, require_columns, split_shared_prompt, system, user,
 )
 from ablate.spec.seeds import derive_seed
 
 Converter = Callable[[Iterable[dict], str, int], Iterator[dict | SkipRow]]
 NEUTRAL_STEP = "rating 0 (a neutral step: neither chosen nor rejected)"
+NO_WRONG_SOLUTION = "no model solution labelled wrong (finish_reason found_error)"
 
 
 class ReadLog(dict):
@@ -141,6 +142,63 @@ def stack_exchange_paired(raw: dict) -> dict:
 
 
 PRM800K_COLUMNS = ("instruction", "responses", "next_response", "rating")
+PRM800K_RAW_COLUMNS = ("question", "label")
+
+
+def prm800k_solution_pairs(raws: Iterable[dict], dataset: str,
+                           seed: int = 0) -> Iterator[dict | SkipRow]:
+    """openai/prm800k phase 2 as released (``phase2_train.jsonl``: one row per labelled model
+    solution), paired as the paper's code pairs it (hamishivi/EasyLM@dbf2212:
+    conversion_scripts/convert_preference_data.py, the phase-2 branch, whose output is the
+    published ``prm800k_pairs_phase2`` split): per problem, chosen = the problem's ground-truth
+    solution, rejected = a random model solution whose labeller found an error (``finish_reason``
+    found_error), its pre-generated steps joined by newlines. Solutions labelled correct or given
+    up on are not used. The pair stands for one raw row (the rejected solution's); the problem's
+    other rows are not drawn; a problem without a wrong solution or a ground truth is a counted
+    skip of each of its rows."""
+    problems: dict[str, dict] = {}
+    for i, raw in checked_rows(raws, PRM800K_RAW_COLUMNS, dataset):
+        if isinstance(raw, SkipRow):
+            yield raw
+            continue
+        try:
+            question, label = raw["question"], raw["label"]
+            if not isinstance(question, dict):
+                raise bad_field("question", "not an object")
+            if not isinstance(label, dict):
+                raise bad_field("label", "not an object")
+            problem = text(question.get("problem"))
+            wrong = None
+            if label.get("finish_reason") == "found_error":
+                steps = question.get("pre_generated_steps")
+                if not isinstance(steps, list) or not steps \
+                        or not all(isinstance(step, str) for step in steps):
+                    raise bad_field("question", "pre_generated_steps is not a list of strings")
+                wrong = "\n".join(steps)
+        except SkipRow as skip:
+            yield skip
+            continue
+        except Exception as exc:
+            raise row_error(dataset, i, raw, exc) from exc
+        group = problems.setdefault(problem, {"rows": 0, "truth": None, "wrong": []})
+        group["rows"] += 1
+        truth = question.get("ground_truth_solution")
+        if group["truth"] is None and isinstance(truth, str) and truth.strip():
+            group["truth"] = truth
+        if wrong is not None:
+            group["wrong"].append(wrong)
+    for problem, group in problems.items():
+        if group["truth"] is None:
+            yield SkipRow(bad_field("question", "no ground_truth_solution").reason,
+                          rows=group["rows"])
+            continue
+        if not group["wrong"]:
+            yield SkipRow(NO_WRONG_SOLUTION, rows=group["rows"])
+            continue
+        rejected = seeded_rng(seed, problem).choice(sorted(group["wrong"]))
+        yield {**make_row([user(problem)], group["truth"], rejected, "prm800k"), RAW_ROWS: 1}
+        if group["rows"] > 1:
+            yield SkipRow(NOT_DRAWN, rows=group["rows"] - 1)
 
 
 def prm800k_pairs(raws: Iterable[dict], dataset: str, seed: int = 0) -> Iterator[dict | SkipRow]:
@@ -374,6 +432,26 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
+# ---------------------------------------------------------------- the paper's published splits
+
+
+def tulu25_pairs(source: str):
+    @per_row("chosen", "rejected")
+    def convert(raw: dict) -> dict:
+        """allenai/tulu-2.5-preference-data: ``chosen`` and ``rejected`` are whole conversations
+        (lists of ``{role, content}``) that share every turn but the last, an assistant turn."""
+        chosen, rejected = as_messages(raw["chosen"]), as_messages(raw["rejected"])
+        if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
+            raise SkipRow(NOT_ENDING_WITH_ASSISTANT)
+        # The paper's trainer reads each side with its own history; a pair here has one prompt.
+        if chosen[:-1] != rejected[:-1]:
+            raise SkipRow(DIFFERENT_HISTORY)
+        return make_row(chosen[:-1], [chosen[-1]], [rejected[-1]], source)
+
+    return convert
+
+
 nectar.columns = ("prompt", "answers")
 helpsteer.columns = ("prompt", "response", *HELPSTEER_ASPECTS)
 prm800k_pairs.columns = PRM800K_COLUMNS
+prm800k_solution_pairs.columns = PRM800K_RAW_COLUMNS

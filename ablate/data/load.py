@@ -111,15 +111,20 @@ def _fingerprint(paths: list[Path]) -> list:
 
 
 def _hub_rows(hub_id: str, config: str | None, split: str, revision: str,
-              name: str, data_dir: str | None = None) -> Iterable[dict]:
+              name: str, data_dir: str | None = None,
+              data_files: str | None = None) -> Iterable[dict]:
+    """One split of a hub dataset; ``data_files`` (a pattern in the repository) reads only the
+    files that hold it, where one repository keeps many data sets."""
     import datasets
 
     try:
         return datasets.load_dataset(hub_id, config, split=split, revision=revision,
-                                     data_dir=data_dir)
+                                     data_dir=data_dir,
+                                     data_files={split: data_files} if data_files else None)
     except Exception as exc:  # offline, gated, renamed: all end the same way for the user
+        files = f", files={data_files}" if data_files else ""
         raise DataUnavailable(
-            f"dataset {name!r}: could not load {hub_id} (config={config}, split={split}, "
+            f"dataset {name!r}: could not load {hub_id} (config={config}, split={split}{files}, "
             f"revision={revision}) from the hub: {type(exc).__name__}: {exc}. Offline, point "
             f"ABLATE_DATA_DIR (or ABLATE_DATA_{name.upper().replace('-', '_')}) at local files"
         ) from exc
@@ -141,9 +146,11 @@ def raw_rows(source: Source, split: str) -> tuple[Callable[[], Iterable[dict]], 
                                   f"or {source.name}/{split}*)")
         return (lambda: (row for path in files for row in read_file(path))), _fingerprint(files)
     hub_split = source.hub_splits[split]
+    data_files = source.hub_data_files.get(split)
+    fingerprint = [source.hub_id, source.config, source.data_dir, hub_split, source.revision]
     return (lambda: _hub_rows(source.hub_id, source.config, hub_split, source.revision,
-                              source.name, source.data_dir),
-            [source.hub_id, source.config, source.data_dir, hub_split, source.revision])
+                              source.name, source.data_dir, data_files),
+            fingerprint + [data_files] if data_files else fingerprint)
 
 
 def has_native_test(source: Source) -> bool:
@@ -187,6 +194,11 @@ def _source_split(source: Source, split: str) -> tuple[list[dict], dict]:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if has_native_test(source):
         return converted(source, split)
+    if not source.hold_out_test:
+        if split == "test":
+            raise ValueError(f"dataset {source.name!r} has no test split: the paper trained on "
+                             "every row of it (its train split is all of them)")
+        return converted(source, "train")
     rows, skipped = converted(source, "train")
     return [r for r in rows if is_held_out(r) == (split == "test")], skipped
 

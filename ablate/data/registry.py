@@ -5,6 +5,10 @@ Names are what grids use (``DataRef.name``). ``paper_rows`` is the size Table 1 
 loader asks for; a commit hash pins it, ``main`` is used where no commit could be checked from
 here. ``local_files`` are glob patterns, relative to ``$ABLATE_DATA_DIR`` (or to the shipped
 slices folder when ``packaged``), that replace the hub when present.
+
+The paper trained on the published splits of ``allenai/tulu-2.5-preference-data`` (one file per
+data set): those are the ``tulu25-*`` names, the paper grids' default. The other names rebuild each
+data set from its raw source with ablate's converters: a named alternative, not the paper's pairs.
 """
 
 from __future__ import annotations
@@ -22,17 +26,22 @@ class Source:
     hub_id: str
     convert: Callable
     licence: str
-    group: str  # web | human | synthetic | slice
+    group: str  # web | human | synthetic | slice | mixture
     revision: str = "main"
     config: str | None = None
     data_dir: str | None = None
     hub_splits: dict[str, str] = field(default_factory=lambda: {"train": "train"})
+    # native split -> the hub files that hold it, where one repository keeps many data sets
+    hub_data_files: dict[str, str] = field(default_factory=dict)
     local_files: dict[str, tuple[str, ...]] = field(default_factory=dict)
     packaged: bool = False
     # Part of the conversion cache key: bump when a converter's rows or skip counts change.
     converter_version: int = 1
     paper_rows: int | None = None
     restrict_to_prompts_of: str | None = None  # keep only prompts that this other dataset has
+    # True: without a test split, a share of prompts is held out as one (rows.is_held_out);
+    # False: train is every row, as the paper trained on every pair of a published split
+    hold_out_test: bool = True
     note: str = ""
 
 
@@ -64,6 +73,64 @@ class PromptSource:
 
 
 TULU25_PROMPTS = "allenai/tulu-2.5-prompts"
+TULU25_PREFERENCES = "allenai/tulu-2.5-preference-data"
+# main at 6e87e7b ("fix uf files"), the latest commit whose files were described publicly; the
+# UltraFeedback files were replaced there after the paper, and which version its runs read is not
+# recorded; a grid that wants the earlier files names them as its own hub data (`hub:` this id,
+# `revision: adf4e275d5c7ef90a009e95f5f8d0b161fb1e95d`, `split:`, `format: chat`).
+# Another revision is other rows: bump the converter_version of `tulu25` with it (step ids).
+TULU25_PREFERENCES_REVISION = "6e87e7ba11eeb2a21db459cf13267f62d1feea23"
+
+
+def tulu25(split: str, group: str, licence: str, paper_rows: int | None = None,
+           note: str = "") -> Source:
+    """One published split of the paper's preference data, as the paper trained on it (every
+    row, no held-out share). On the hub it is the file ``data/<split>-*.jsonl`` (the card: "each
+    dataset exists in one file under the data/ directory"); offline, the same file under
+    ``$ABLATE_DATA_DIR/tulu-2.5-preference-data/data/`` (a copy of the repository)."""
+    name = "tulu25-" + split.replace("_", "-")
+    return Source(name, TULU25_PREFERENCES, c.tulu25_pairs(name),
+                  licence=f"ODC-BY (the collection); {licence}", group=group, revision=TULU25_PREFERENCES_REVISION,
+                  hub_splits={"train": split}, hub_data_files={"train": f"data/{split}-*.jsonl"},
+                  local_files={"train": (f"tulu-2.5-preference-data/data/{split}-*.jsonl",)},
+                  paper_rows=paper_rows, hold_out_test=False,
+                  note=f"split {split} of {TULU25_PREFERENCES}" + (f"; {note}" if note else ""))
+
+
+# Table 1's rows (and Tables 2 and 3's data) -> the split the paper trained on. Split names: the
+# dataset card's split list (huggingface.co/datasets/allenai/tulu-2.5-preference-data, README) and
+# allenai/open-instruct docs/data/preference-data.md ("Tulu 2.5 Data", one entry per split); the
+# UltraFeedback split the paper's commands name: hamishivi/EasyLM@dbf2212
+# docs/paper_notes/unpacking_dpo_and_ppo.md (hf_split='ultrafeedback_mean_aspects'). Each split's
+# size on the hub equals Table 1's count except ultrafeedback_overall (58,933 at this revision).
+PAPER_SPLITS: list[Source] = [
+    tulu25("shp_2", "web", "Reddit data: Reddit API terms", 500_000),
+    tulu25("stack_exchange_paired", "web", "CC-BY-SA-4.0", 500_000),
+    tulu25("prm800k_pairs_phase2", "human", "MIT", 6_949,
+           note="solution-level pairs from phase 2: ground truth vs a solution with an error"),
+    tulu25("chatbot_arena_2023", "human", "prompts CC-BY-4.0, model outputs CC-BY-NC-4.0", 20_465),
+    tulu25("chatbot_arena_2024", "human", "Apache-2.0", 34_269),
+    tulu25("alpaca_farm_human_pref", "human", "CC-BY-NC-4.0", 9_686),
+    tulu25("hh_rlhf", "human", "MIT", 158_530),
+    tulu25("helpsteer", "human", "CC-BY-4.0", 9_270),
+    tulu25("alpaca_farm_gpt4_pref", "synthetic", "CC-BY-NC-4.0", 19_465),
+    tulu25("capybara", "synthetic", "Apache-2.0", 7_563),
+    tulu25("orca_dpo_pairs", "synthetic", "Apache-2.0", 12_859),
+    tulu25("nectar", "synthetic", "Apache-2.0 (outputs also under the generating models' terms)",
+           180_099),
+    tulu25("ultrafeedback_overall", "synthetic", "MIT", 60_908,
+           note="H4's overall-score binarization on the fine-grained set's prompts"),
+    tulu25("ultrafeedback_mean_aspects", "synthetic", "MIT", 60_908,
+           note="the fine-grained (mean of aspects) binarization"),
+    # Table 2's PPO data: random 60,908-pair downsamples of the large sets
+    tulu25("stack_exchange_60k", "web", "CC-BY-SA-4.0", note="Table 2's 60,908-pair downsample"),
+    tulu25("hh_rlhf_60k", "human", "MIT", note="Table 2's 60,908-pair downsample"),
+    tulu25("nectar_60k", "synthetic", "Apache-2.0", note="Table 2's 60,908-pair downsample"),
+    # Table 3's 'Mix': HelpSteer, PRM800k, HH-RLHF, Nectar, StackExchange and UltraFeedback, the
+    # last four downsampled to 60,908 (4 x 60,908 + 9,270 + 6,949 = 259,851 rows)
+    tulu25("preference_big_mixture", "mixture", "per component (see the card)",
+           note="Table 3's Mix of six sets"),
+]
 TULU25_PROMPTS_REVISION = "de267afac62d4131ce50f8529c6d6a4f29c5787b"
 
 SOURCES: dict[str, Source] = {s.name: s for s in [
@@ -77,14 +144,24 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
            group="web", paper_rows=500_000, licence="CC-BY-SA-4.0",
            note="the paper downsamples to 500k (set max_rows)"),
     # human
-    Source("prm800k", "openai/prm800k (step-level, denormalized)", c.prm800k_pairs, group="human",
-           paper_rows=6_949, licence="MIT", converter_version=3,
+    Source("prm800k", "openai/prm800k (GitHub: prm800k/data/phase2_*.jsonl)",
+           c.prm800k_solution_pairs, group="human", paper_rows=6_949, licence="MIT",
+           converter_version=4,
+           local_files={"train": ("prm800k/phase2_train*.jsonl",),
+                        "test": ("prm800k/phase2_test*.jsonl",)},
+           hub_splits={"train": "phase2_train", "test": "phase2_test"},
+           note="the paper's pairs rebuilt from the raw phase-2 release (ground-truth solution vs a "
+                "solution with an error); the release is on GitHub only, so it needs a local copy "
+                "(ABLATE_DATA_DIR)"),
+    Source("prm800k-steps", "openai/prm800k (step-level, denormalized)", c.prm800k_pairs,
+           group="human", licence="MIT", converter_version=3,
            hub_splits={"train": "phase2_train", "test": "phase1_test"},
            local_files={"train": ("prm800k_stepwise_critic/phase2_train*.parquet",),
                         "test": ("prm800k_stepwise_critic/phase1_test*.parquet",)},
            note="pairs of a good and a bad step after the same prefix; the hub id names the "
                 "denormalized step-level layout (columns instruction, responses, next_response, "
-                "rating) and needs a local copy (ABLATE_DATA_DIR)"),
+                "rating) and needs a local copy (ABLATE_DATA_DIR); not the paper's construction "
+                "(solution-level pairs, `prm800k`)"),
     Source("chatbot-arena-2023", "lmsys/chatbot_arena_conversations", c.chatbot_arena_2023,
            group="human", paper_rows=20_465,
            licence="prompts CC-BY-4.0, model outputs CC-BY-NC-4.0 (gated: accept terms on the hub)"),
@@ -136,6 +213,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
            local_files={"train": ("hh_rlhf_helpful_base_train.jsonl.gz",),
                         "test": ("hh_rlhf_helpful_base_test.jsonl.gz",)},
            note="rows 0-199 (train) and 200-249 (test) of HH-RLHF helpful-base test"),
+    *PAPER_SPLITS,
 ]}
 
 MIXTURES: dict[str, Mixture] = {m.name: m for m in [
@@ -156,6 +234,12 @@ PROMPT_SETS: dict[str, PromptSource] = {p.name: p for p in [
     PromptSource("math-mined", licence="ODC-BY", hub_id=TULU25_PROMPTS,
                  revision=TULU25_PROMPTS_REVISION, split="math_prompts_20k",
                  convert=uf.chat_prompts, note="math prompts mined from several datasets (hub only)"),
+    # The paper's PPO prompts for Tables 3-5: hamishivi/EasyLM@dbf2212
+    # docs/paper_notes/unpacking_dpo_and_ppo.md (tulu_prompt_dataset.hf_split='ultrafeedback_prompts')
+    PromptSource("tulu25-ultrafeedback-prompts", licence="ODC-BY", hub_id=TULU25_PROMPTS,
+                 revision=TULU25_PROMPTS_REVISION, split="ultrafeedback_prompts",
+                 convert=uf.chat_prompts,
+                 note="the UltraFeedback prompts the paper's PPO ran on (hub only)"),
     PromptSource("mixed", licence="ODC-BY", hub_id=TULU25_PROMPTS,
                  revision=TULU25_PROMPTS_REVISION, split="ultrafeedback_code_math_prompts",
                  convert=uf.chat_prompts,
@@ -185,3 +269,21 @@ def converter_version(name: str, prompts: bool = False) -> str:
         return f"mix{mixture.mixing_version};" + ",".join(
             f"{part}:{converter_version(part)}" for part, _ in mixture.components)
     return str(SOURCES[name].converter_version)
+
+
+def origin(name: str, prompts: bool = False) -> str:
+    """Where a registry name's rows come from, in one line: the hub repository at its revision
+    and the split (or files) read, or a mixture's components, or the preference data whose
+    prompts a prompt set is."""
+    if prompts:
+        source = PROMPT_SETS[name]
+        if source.from_preferences:
+            return f"the prompts of {source.from_preferences} ({origin(source.from_preferences)})"
+        return f"{source.hub_id}@{source.revision[:12]}, split {source.split}"
+    if name in MIXTURES:
+        return "mixture of " + ", ".join(
+            part + (f" (up to {rows:,})" if rows else "") for part, rows in MIXTURES[name].components)
+    source = SOURCES[name]
+    if source.packaged:
+        return f"shipped slice of {source.hub_id}"
+    return f"{source.hub_id}@{source.revision[:12]}, split {source.hub_splits['train']}"

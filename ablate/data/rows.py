@@ -32,6 +32,9 @@ TOO_LONG = "longer than max_length tokens"
 # Grouped sources (several raw rows per prompt) make one pair per prompt; the group's other rows.
 NOT_DRAWN = "not drawn (one pair per prompt, or per step prefix)"
 NOT_AN_OBJECT = "row is not a JSON object"
+# Whole-conversation pairs (chosen and rejected each a full chat): what makes one unusable.
+NOT_ENDING_WITH_ASSISTANT = "conversation does not end with an assistant turn"
+DIFFERENT_HISTORY = "chosen and rejected differ before their last turn"
 DUPLICATE_PROMPT = "duplicate prompt"
 
 # A transient key on a converted pair: how many raw rows it stands for (2 where chosen and rejected

@@ -238,6 +238,10 @@ class PPOConfig(Frozen):
     max_prompt_length: int = Field(default=1024, gt=0)
     max_response_length: int = Field(default=1024, gt=0)
     temperature: float = Field(default=0.7, gt=0)
+    top_k: int = Field(
+        default=50, ge=0, description="rollouts sample from the `top_k` most likely tokens only "
+        "(0: from every token); 50 is the paper's: its code leaves transformers' GenerationConfig "
+        "default in place")
     scale_logps_by_temperature: bool = Field(
         default=False, description="false: the ratio's and the KL's log-probs come from the "
         "unscaled logits, as in the paper's code (it samples at `temperature` but scores at 1); "

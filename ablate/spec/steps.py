@@ -161,7 +161,9 @@ STEP_KINDS: dict[str, StepKind] = {k.name: k for k in (
     # Training) and one seed derivation for the training streams (ablate.spec.seeds)
     StepKind("train_dpo", DPOStep, "ablate.train.dpo:run_step", "train", "dpo", version=2),
     StepKind("train_rm", RMStep, "ablate.train.rm:run_step", "train", "rm", version=2),
-    StepKind("train_ppo", PPOStep, "ablate.train.ppo:run_step", "train", "ppo", version=2),
+    # version 3 of PPO: rollouts sample from the 50 most likely tokens, as the paper's did
+    # (PPOConfig.top_k; version 2 sampled from every token)
+    StepKind("train_ppo", PPOStep, "ablate.train.ppo:run_step", "train", "ppo", version=3),
     StepKind("eval", EvalStep, "ablate.evals.runner:run_step", "eval"),
 )}
 

@@ -398,7 +398,7 @@ def _generate(policy: nn.Module, lm: nn.Module, tokenizer, prompts: Sequence[Pro
         prompt_ids, prompt_mask, generated, width = sample_token_ids(
             lm, tokenizer, prompts, temperature=cfg.temperature,
             max_new_tokens=cfg.max_response_length, seed=seed, batch_size=batch_size,
-            chunks=chunks)
+            chunks=chunks, top_k=cfg.top_k)
     mine = torch.zeros(len(prompts), dtype=torch.bool)
     for chunk in chunks:
         mine[chunk * batch_size:(chunk + 1) * batch_size] = True
@@ -524,7 +524,8 @@ def train_ppo(policy_dir: Path, rows: Sequence[dict], cfg: PPOConfig, seed: int,
         began = time.perf_counter()
         if vllm is not None:
             rollout = vllm.generate(policy_lm, prompts, temperature=cfg.temperature,
-                                    max_new_tokens=cfg.max_response_length, seed=rollout_seed)
+                                    max_new_tokens=cfg.max_response_length, seed=rollout_seed,
+                                    top_k=cfg.top_k)
         else:
             rollout = _generate(policy, policy_lm, tokenizer, prompts, cfg, rollout_seed)
         generation_seconds = time.perf_counter() - began

@@ -139,10 +139,11 @@ def chunk_seed(seed: int, chunk: int) -> int:
 @torch.no_grad()
 def sample_token_ids(model, tokenizer, prompts: Sequence[PromptItem], *, temperature: float,
                      max_new_tokens: int, seed: int, batch_size: int,
-                     chunks: Sequence[int] | None = None) -> tuple[Tensor, Tensor, Tensor, int]:
+                     chunks: Sequence[int] | None = None,
+                     top_k: int = 0) -> tuple[Tensor, Tensor, Tensor, int]:
     """Sample one continuation per prompt of the chunks ``chunks`` (all when None) of
-    ``batch_size`` prompts: plain temperature sampling (no top-k/top-p), so that the log-probs PPO
-    computes later are those of the distribution that sampled.
+    ``batch_size`` prompts: temperature sampling from the ``top_k`` most likely tokens (0: from
+    every token), no top-p and nothing else, as ``PPOConfig`` says.
 
     Returns the left-padded prompts (all of them), their mask, the sampled ids ``[N,
     max_new_tokens]`` (pad after a chunk's end; rows of chunks not sampled here are 0) and the
@@ -152,7 +153,7 @@ def sample_token_ids(model, tokenizer, prompts: Sequence[PromptItem], *, tempera
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = eos_token_ids(tokenizer, model)
-    config = GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+    config = GenerationConfig(do_sample=True, temperature=temperature, top_k=top_k, top_p=1.0,
                               max_new_tokens=max_new_tokens, pad_token_id=pad,
                               eos_token_id=sorted(eos))
     prompt_ids, prompt_mask = left_pad([p.ids for p in prompts], pad)
@@ -223,13 +224,13 @@ class VLLMGenerator:
                                 f"sync ({exc}); set rollout_engine: transformers") from None
 
     def generate(self, policy, prompts: Sequence[PromptItem], *, temperature: float,
-                 max_new_tokens: int, seed: int) -> Rollout:
+                 max_new_tokens: int, seed: int, top_k: int = 0) -> Rollout:
         from vllm import SamplingParams
 
         self.sync_weights(policy)
         # one seed per prompt: a seed shared by the batch would draw every prompt's reply from
         # the same random stream
-        params = [SamplingParams(temperature=temperature, top_k=-1, top_p=1.0,
+        params = [SamplingParams(temperature=temperature, top_k=top_k or -1, top_p=1.0,
                                  seed=row_seed(seed, k, 0), max_tokens=max_new_tokens)
                   for k in range(len(prompts))]
         outputs = self.llm.generate([{"prompt_token_ids": list(p.ids)} for p in prompts], params,

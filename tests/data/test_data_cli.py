@@ -59,10 +59,10 @@ def test_show_counts_malformed_rows_and_names_an_unreadable_one(tmp_path, monkey
     step = {"instruction": "Q", "responses": [], "next_response": "good", "rating": 1}
     (tmp_path / "prm.jsonl").write_text(json.dumps(step) + "\n"
                                         + json.dumps({**step, "responses": 7}) + "\n")
-    monkeypatch.setenv("ABLATE_DATA_PRM800K", str(tmp_path / "prm.jsonl"))
-    result = invoke("show", "prm800k")
+    monkeypatch.setenv("ABLATE_DATA_PRM800K_STEPS", str(tmp_path / "prm.jsonl"))
+    result = invoke("show", "prm800k-steps")
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert "dataset 'prm800k', raw row 1 (from 0), column 'responses'" in result.output
+    assert "dataset 'prm800k-steps', raw row 1 (from 0), column 'responses'" in result.output
 
 
 def test_show_rejects_unknown_names_and_splits():

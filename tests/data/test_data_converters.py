@@ -53,7 +53,7 @@ def test_stack_exchange_paired_prefers_response_j():
     assert skipped == {SAME_RESPONSE: 1}
 
 
-def test_prm800k_pairs_good_and_bad_steps_after_the_same_prefix():
+def test_prm800k_step_pairs_good_and_bad_steps_after_the_same_prefix():
     def step(prefix, text, rating):
         return {"instruction": "What is 2+2?", "responses": prefix, "next_response": text,
                 "answer": None, "is_human_response": False, "is_solution": False,
@@ -61,7 +61,7 @@ def test_prm800k_pairs_good_and_bad_steps_after_the_same_prefix():
 
     raws = [step([], "Add them.", 1.0), step([], "Multiply them.", -1.0),
             step(["Add them."], "It is 4.", 1.0), step(["Add them."], "It is 4 too.", 0.0)]
-    rows, skipped = run("prm800k", raws)
+    rows, skipped = run("prm800k-steps", raws)
     assert only(rows)[1:] == ("Add them.", "Multiply them.")
     # the second prefix has no step rated -1; its 0-rated step is neither side
     assert skipped == {NO_LOWER: 1, NEUTRAL_STEP: 1}
@@ -73,7 +73,7 @@ def prm_step(question, prefix, text, rating):
             "is_preferred_response": rating == 1, "rating": rating}
 
 
-def test_prm800k_every_raw_row_is_in_a_pair_or_counted():
+def test_prm800k_step_pairs_every_raw_row_is_in_a_pair_or_counted():
     raws = [
         # prefix [] of Q1: 2 good, 2 bad, a neutral, an unrated -> 1 pair (2 rows), 2 not drawn
         prm_step("Q1", [], "good a", 1), prm_step("Q1", [], "good b", 1),
@@ -86,7 +86,7 @@ def test_prm800k_every_raw_row_is_in_a_pair_or_counted():
         prm_step("Q2", [], "unrated", None),
         prm_step("Q3", [], "odd", 2), prm_step("Q3", [], "", 1),
     ]
-    rows, skipped = run("prm800k", raws)
+    rows, skipped = run("prm800k-steps", raws)
     assert len(rows) == 1
     assert skipped == {NOT_DRAWN: 2, NO_LOWER: 2, NEUTRAL_STEP: 3,
                        "rating: missing (an unrated step)": 2, "rating: not -1, 0 or 1": 1,
@@ -99,9 +99,10 @@ def test_a_grouped_pair_removed_by_the_cleaner_counts_its_raw_rows():
     counted as the two raw rows it came from."""
     raws = [prm_step("Q", [], "good", 1), prm_step("Q", [], "bad", -1),
             prm_step("Q", ["x"], "good", 1), prm_step("Q", ["x"], "bad", -1)]
-    rows, skipped = run("prm800k", raws + raws[:2])
+    rows, skipped = run("prm800k-steps", raws + raws[:2])
     assert len(rows) == 2 and skipped == {NOT_DRAWN: 2}
-    rows, skipped = run("prm800k", [prm_step("Q", [], "same", 1), prm_step("Q", [], "same", -1)])
+    rows, skipped = run("prm800k-steps", [prm_step("Q", [], "same", 1),
+                                          prm_step("Q", [], "same", -1)])
     assert rows == [] and skipped == {SAME_RESPONSE: 2}
 
 
@@ -224,9 +225,9 @@ def test_shp2_rows_without_a_usable_label_are_counted():
 
 def test_an_unexpected_value_is_an_error_naming_dataset_row_and_column():
     ok = prm_step("Q", [], "good", 1)
-    with pytest.raises(SchemaError, match=r"dataset 'prm800k', raw row 1 \(from 0\), column "
+    with pytest.raises(SchemaError, match=r"dataset 'prm800k-steps', raw row 1 \(from 0\), column "
                                           r"'responses'.*TypeError"):
-        run("prm800k", [ok, {**ok, "responses": 7}])
+        run("prm800k-steps", [ok, {**ok, "responses": 7}])
 
     @per_row("a", "b")
     def toy(raw):

@@ -211,9 +211,9 @@ def test_hh_rlhf_test_split_from_the_real_files(shared_data, monkeypatch):
 
 
 @pytest.mark.shared
-def test_prm800k_pairs_from_the_real_step_file(shared_data, monkeypatch):
+def test_prm800k_step_pairs_from_the_real_step_file(shared_data, monkeypatch):
     monkeypatch.setenv("ABLATE_DATA_DIR", str(shared_data))
-    data = load_preferences(DataRef(name="prm800k"), "test")
+    data = load_preferences(DataRef(name="prm800k-steps"), "test")
     assert len(data) == 237  # prefixes with both a +1 and a -1 rated next step (counted by pandas)
     row = data.rows[0]
     assert row["chosen"][0]["content"] != row["rejected"][0]["content"]
@@ -270,7 +270,7 @@ def test_a_cached_hub_conversion_loads_without_the_hub(monkeypatch):
     raws = [{"system": "", "question": f"Q{i}", "chosen": "good", "rejected": "bad"} for i in range(50)]
     calls = []
 
-    def fake_hub(hub_id, config, split, revision, name, data_dir=None):
+    def fake_hub(hub_id, config, split, revision, name, data_dir=None, data_files=None):
         calls.append((hub_id, split, revision))
         if len(calls) > 1:
             raise DataUnavailable("offline")

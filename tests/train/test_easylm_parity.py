@@ -240,3 +240,37 @@ def test_recipes_train_on_every_pair_with_the_paper_batches():
         train, held = split_heldout(pairs, cfg.eval_fraction, 1)
         assert (len(train), len(held)) == (40, 0)
     assert math.isclose(dpo.weight_decay + rm.weight_decay, 0.0)
+
+
+def test_ppo_rollouts_sample_from_the_50_most_likely_tokens_at_temperature_07():
+    """EasyLM samples with ``GenerationConfig(do_sample=True, temperature=0.7, ...)`` and no
+    ``top_k``, so transformers' default top_k = 50 applies (its Flax generate warps the logits by
+    temperature, then keeps the 50 largest). With next-token logits fixed at 0 for 50 tokens and
+    −0.01 for 10 others, the paper's sampling draws only from the first 50 (each 1/50), while
+    sampling from every token would draw one of the 10 about 10 times in 60."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ablate.train.ppo import _generate
+    from ablate.train.rollout import PromptItem
+
+    vocab, eos = 60, 59
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, eos_token_id=eos, pad_token_id=eos)).eval()
+    model.lm_head = nn.Linear(16, vocab, bias=True)  # logits = the bias, whatever the input
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+        model.lm_head.bias.copy_(torch.tensor([0.0] * 50 + [-0.01] * 10))
+    tokenizer = SimpleNamespace(pad_token_id=eos, eos_token_id=eos,
+                                decode=lambda ids, **kwargs: "")
+    prompts = [PromptItem(i, (), (1, 2 + i), None) for i in range(16)]
+    cfg = PPOConfig(max_response_length=24, minibatch_size=8)
+    assert (cfg.temperature, cfg.top_k) == (0.7, 50)
+    sampled = _generate(model, model, tokenizer, prompts, cfg, seed=0).responses
+    assert sampled.numel() == 16 * 24 and int((sampled >= 50).sum()) == 0
+    assert len(set(sampled.flatten().tolist())) > 40  # the 50 stay (about) uniform
+    every = _generate(model, model, tokenizer, prompts, cfg.model_copy(update={"top_k": 0}),
+                      seed=0)
+    drawn = every.response_mask.bool()  # up to and including a sampled EOS (id 59)
+    assert int(((every.responses >= 50) & drawn).sum()) > 20  # about 1 drawn token in 6
