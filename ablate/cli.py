@@ -156,6 +156,69 @@ def check_model_paths(grid: GridSpec) -> None:
             raise SpecError(f"grid {grid.name!r}: models.{name}.path: {exc}") from None
 
 
+def count_examples(step) -> int | None:
+    """The pairs (or prompts) a training step reads, where its data says (``max_rows``)."""
+    ref = getattr(step.config, "data", None) or step.config.prompts
+    return ref.max_rows
+
+
+def check_resources(plan: Plan, cluster: Optional[Path], only_refusals: bool = False) -> None:
+    """The planner's estimate of each step on the profile's resources (peak memory per GPU,
+    GPU-hours, checkpointing); a step that cannot fit fails the command, naming what would
+    make it fit. A profile without ``gpu`` is not sized (with ``only_refusals``, silently)."""
+    from ablate.launch.planner import GIB, plan_resources
+    from ablate.launch.profile import load_profile
+    from ablate.models import cache_root
+
+    try:
+        profile = load_profile(cluster)
+    except SpecError as exc:
+        fail(str(exc))
+    if profile.config.gpu is None:
+        if not only_refusals:
+            console.print(f"{profile.path}: no gpu: {{memory_gib: ...}} in the profile, so no "
+                          "step was sized", highlight=False)
+        return
+    plans = plan_resources(plan, profile.config, count_examples, cache_root())
+    gpu = profile.config.gpu
+    if not only_refusals:
+        table = Table(title=f"resources on {profile.name} ({gpu.memory_gib:g} GiB GPUs; memory "
+                      "per GPU at the step's length limits; GPU-hours at most, from its rows)")
+        for column in ("step", "size", "job", "peak memory per GPU (GiB)", "checkpointing",
+                       "micro-batch", "GPU-hours", "fits"):
+            table.add_column(column)
+        for sp in plans:
+            res = sp.resources
+            table.add_row(sp.step.name, "?" if sp.params is None else f"{sp.params / 1e9:.1f}B",
+                          f"{sp.settings.nodes}×{res.gpus_per_node} GPU, {res.cpus_per_task} CPU, "
+                          f"{res.mem_gb:g} GB, {res.time_min} min",
+                          sp.note or sp.describe_memory(),
+                          ("on (planner)" if sp.checkpointing_by_rule else
+                           "on" if sp.settings.checkpointing else "off")
+                          if sp.step.kind.startswith("train") else "-",
+                          str(sp.settings.micro_batch) if sp.step.kind.startswith("train") else "-",
+                          "-" if sp.gpu_hours is None else f"{sp.gpu_hours:,.0f}",
+                          "yes" if sp.fits else "[red]no[/]")
+        console.print(table)
+        hours = sum(sp.gpu_hours or 0 for sp in plans)
+        console.print(f"training: at most {hours:,.0f} GPU-hours in all (steps whose rows are "
+                      "known); checkpointing on, then the micro-batch halved, where a step would "
+                      "not fit otherwise", highlight=False)
+    refused = [sp for sp in plans if not sp.fits]
+    for sp in refused:
+        need = sp.estimate.peak_bytes / GIB
+        console.print(f"[red]refused:[/] {sp.step.name} needs {need:.1f} GiB per GPU on "
+                      f"{sp.settings.nodes} node(s) of {sp.resources.processes_per_node} GPUs "
+                      f"({gpu.memory_gib:g} GiB each)"
+                      + (f" and {sp.estimate.host_bytes / 1e9:.0f} GB of host memory per node"
+                         if sp.estimate.host_bytes else "")
+                      + "; it would fit with: " + ("; or ".join(sp.options) or
+                                                   "nothing the planner can change"),
+                      highlight=False)
+    if refused:
+        fail(f"{len(refused)} step(s) cannot fit on {profile.path}; nothing was submitted")
+
+
 def step_table(plan: Plan, store: RunStore, states: dict | None = None) -> Table:
     """One row per step; ``states`` (step id -> state record) as ``status`` has corrected them
     from SLURM, else as the store holds them."""
@@ -188,10 +251,13 @@ def grid(file: Path = typer.Argument(..., help="Grid spec (YAML)"),
                           f"evals {', '.join(cell.evals)}")
         for benchmark, judge in plan_judges(plan).items():
             console.print(f"  judge of {benchmark}: {describe_judge(judge)}", highlight=False)
+        if cluster is not None:
+            check_resources(plan, cluster)
         return
     if not dry_run:
         check_judges(plan, run_store)
     if submit:
+        check_resources(plan, cluster, only_refusals=True)
         from ablate.launch.slurm import submit_from_cli
 
         submit_from_cli(plan, run_store, cluster, dry_run=dry_run, force=force, console=console,

@@ -1,0 +1,398 @@
+"""The planner: per step, the peak memory one GPU needs and the GPU-hours it takes, from the
+models' shapes, the step's settings and the job's resources; a step that cannot fit is refused
+with the settings that would make it fit.
+
+Memory per GPU (bytes) under FSDP sharding over the job's ``world`` ranks:
+- a trained model: fp32 weights (4 B/param) and AdamW's two fp32 moments (8 B/param), each
+  sharded 1/world; fp32 gradients (4 B/param, sharded) while micro-batches accumulate (between
+  optimiser steps with one micro-batch each they are freed, ``zero_grad(set_to_none=True)``);
+  with ``cpu_offload`` all three live in host memory; over several ranks FSDP gathers
+  ``PREFETCHED_LAYERS`` decoder layers in fp32 at a time.
+- a frozen model (PPO's reference and reward model, DPO's online reference): bf16, sharded.
+- activations of the longest micro-batch (``activation_bytes_per_token``): each decoder layer
+  keeps its norms' fp32 inputs and outputs, the bf16 copies autocast feeds its five input
+  projections, the rotated queries and keys, the values and the attention output, and the gated
+  MLP's four intermediate tensors; with checkpointing only each layer's input plus one layer
+  recomputed in the backward. Output-layer logits are chunked by the trainers, so not counted.
+- PPO's generation: the policy gathered whole in bf16 and a bf16 KV cache.
+
+Calibration (tests/launch/test_planner.py checks both within 15 %): the H200 DPO run of
+perf/RESULTS.md (1.7B shape, micro-batch 8 pairs, longest row 1,742 tokens, peak 58.6 GiB
+allocated) and CPU runs of small random models (fp32, peak resident memory above the process's
+own). GPU-hours: useful FLOPs (8·P·T for DPO's reference pass plus training, 6·P·T for a reward
+model, forward and backward passes of every PPO model) at ``USEFUL_FLOP_UTILISATION`` of the GPU's
+dense bf16 peak.
+
+The rules ``plan_step`` applies to a training step, in order, until it fits: activation
+checkpointing on (on where the config sets ``gradient_checkpointing: true``, else only where the
+step would not fit without it: it costs about a third more compute), then the micro-batch halved
+down to 1 (both execution fields: the result is the same). A step that still does not fit is
+refused with what would make it fit: ``cpu_offload``, or the fewest nodes that would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ablate.launch.profile import ClusterProfile, GPUSpec, Resources, resource_kind
+from ablate.spec.model_shapes import KNOWN_SHAPES, ModelShape, shape_from_config
+from ablate.spec.plan import Plan, Step
+from ablate.spec.schema import ModelSpec
+
+GIB = 2 ** 30
+FP32, BF16 = 4, 2
+ADAM_BYTES = 2 * FP32  # AdamW's two moments
+PREFETCHED_LAYERS = 2  # FSDP gathers the next layer while one runs
+# perf/RESULTS.md, DPO on the 1.7B shape on an H200 (2026-11-27): 19.1 % as 8·P·T over reference
+# plus training seconds (the RM's 6·P·T over training seconds: 18.3 %)
+USEFUL_FLOP_UTILISATION = 0.191
+EVAL_CONTEXT = 4096  # tokens of prompt and reply an evaluation's KV cache is sized for
+HEADROOM = 0.95  # share of a GPU's memory a step may plan for (allocator fragmentation)
+
+
+# ---------------------------------------------------------------- pure formulas
+
+
+def attention_scores_bytes(shape: ModelShape, rows: int, width: int, checkpointing: bool,
+                           compute_bytes: int = FP32) -> float:
+    """The softmax the math attention kernel keeps per layer (PyTorch's choice on a CPU with a
+    mask; GPU kernels keep none): rows × heads × width² (one layer's under checkpointing)."""
+    layers = 1 if checkpointing else shape.layers
+    return layers * rows * shape.heads * width * width * compute_bytes
+
+
+def activation_bytes_per_token(shape: ModelShape, checkpointing: bool, compute_bytes: int = BF16,
+                               residual_bytes: int = FP32) -> float:
+    """Activation bytes one token of a training micro-batch keeps for the backward pass:
+    ``compute_bytes`` is what matmuls produce (bf16 under autocast, 4 in fp32), ``residual_bytes``
+    the residual stream's (the weights' dtype)."""
+    h, kv, f = shape.hidden, shape.kv_dim, shape.intermediate
+    casts = 5 * compute_bytes * h if compute_bytes != residual_bytes else 0  # q, k, v, gate, up
+    layer = (4 * residual_bytes * h + casts
+             + compute_bytes * (2 * h + 2 * kv)  # rotated q, k; v; attention output
+             + compute_bytes * 4 * f)  # gate, up, silu(gate), their product
+    final_norm = 2 * residual_bytes * h
+    if not checkpointing:
+        return shape.layers * layer + final_norm
+    return shape.layers * residual_bytes * h + layer + final_norm
+
+
+def trained_model_bytes(params: float, world: int, accumulating: bool,
+                        offload: bool) -> dict[str, float]:
+    """Weights, gradients and optimiser state of a trained model on one GPU."""
+    if offload:
+        return {"weights": 0.0, "gradients": 0.0, "optimiser": 0.0}
+    return {"weights": FP32 * params / world,
+            "gradients": FP32 * params / world if accumulating else 0.0,
+            "optimiser": ADAM_BYTES * params / world}
+
+
+def host_bytes_per_rank(params: float, world: int) -> float:
+    """Host memory one rank holds for an offloaded trained model (weights, gradients, moments)."""
+    return (2 * FP32 + ADAM_BYTES) * params / world
+
+
+def gathered_layers_bytes(shape: ModelShape, world: int, offload: bool) -> float:
+    """The decoder layers FSDP holds whole while it computes (none on one unsharded rank)."""
+    if world == 1 and not offload:
+        return 0.0
+    return PREFETCHED_LAYERS * shape.layer_params * FP32
+
+
+def frozen_model_bytes(params: float, world: int) -> float:
+    return BF16 * params / world
+
+
+def kv_cache_bytes(shape: ModelShape, sequences: int, tokens: int) -> float:
+    """A bf16 KV cache: keys and values of every layer for ``sequences`` × ``tokens``."""
+    return 2 * shape.layers * shape.kv_dim * BF16 * sequences * tokens
+
+
+def gpu_hours(flops: float, gpu: GPUSpec, utilisation: float = USEFUL_FLOP_UTILISATION) -> float:
+    return flops / (utilisation * gpu.bf16_tflops * 1e12) / 3600
+
+
+# ---------------------------------------------------------------- a step's plan
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """What a training step processes: ``examples`` (pairs or prompts; None if unknown) and the
+    longest micro-batch's tokens per example (the step's length limit unless the data's are
+    known); ``tokens_per_example`` is an upper bound unless given from the data."""
+
+    examples: int | None
+    longest: int | None = None
+    tokens_per_example: float | None = None
+
+
+@dataclass(frozen=True)
+class Estimate:
+    phases: dict[str, dict[str, float]]  # phase -> component -> bytes per GPU
+    host_bytes: float = 0.0  # per node, offloaded state
+    flops: float | None = None
+
+    @property
+    def peak_phase(self) -> str:
+        return max(self.phases, key=lambda p: sum(self.phases[p].values()))
+
+    @property
+    def peak_bytes(self) -> float:
+        return sum(self.phases[self.peak_phase].values())
+
+
+@dataclass(frozen=True)
+class Settings:
+    checkpointing: bool
+    offload: bool
+    nodes: int
+    micro_batch: int  # per rank: pairs (DPO, RM) or sequences (PPO)
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    step: Step
+    resources: Resources
+    settings: Settings
+    checkpointing_by_rule: bool  # the planner turned checkpointing on (no fit without it)
+    estimate: Estimate | None
+    params: float | None
+    gpu_hours: float | None
+    fits: bool
+    options: tuple[str, ...] = field(default=())  # settings that would make it fit
+    note: str | None = None  # why it was not sized
+
+    def describe_memory(self) -> str:
+        if self.estimate is None:
+            return "-"
+        parts = self.estimate.phases[self.estimate.peak_phase]
+        shown = ", ".join(f"{k} {v / GIB:.1f}" for k, v in parts.items() if v >= 0.05 * GIB)
+        return f"{self.estimate.peak_bytes / GIB:.1f} GiB ({shown})"
+
+
+def world_size(resources: Resources, nodes: int | None = None) -> int:
+    return (nodes or resources.nodes) * resources.processes_per_node
+
+
+def estimate_training(step: Step, shapes: dict[str, ModelShape], settings: Settings,
+                      resources: Resources, tokens: Tokens) -> Estimate:
+    """Peak memory per GPU and FLOPs of a DPO, RM or PPO step (``shapes``: role -> shape,
+    ``policy`` always, ``reward_model`` for PPO)."""
+    cfg = step.config
+    world = world_size(resources, settings.nodes)
+    policy = shapes["policy"]
+    ckpt, offload = settings.checkpointing, settings.offload
+    if step.kind in ("train_dpo", "train_rm"):
+        algo = cfg.algorithm if step.kind == "train_dpo" else cfg.train
+        per_example = 2 * algo.max_length  # both answers: one shared-prompt row or two rows
+        longest = tokens.longest or per_example
+        states = trained_model_bytes(policy.params, world, algo.batch_size / world
+                                     > settings.micro_batch, offload)
+        phase = {**states, "gathered layers": gathered_layers_bytes(policy, world, offload),
+                 "activations": settings.micro_batch * longest
+                 * activation_bytes_per_token(policy, ckpt)}
+        if step.kind == "train_dpo" and algo.ref_logps == "online":
+            phase["reference"] = frozen_model_bytes(policy.params, world)
+        flops = None
+        if tokens.examples is not None:
+            total = tokens.examples * algo.epochs * (tokens.tokens_per_example or per_example)
+            flops = (8 if step.kind == "train_dpo" else 6) * policy.params * total
+        host = host_bytes_per_rank(policy.params, world) * resources.processes_per_node \
+            if offload else 0.0
+        return Estimate({"training": phase}, host, flops)
+    # PPO: policy, value model (the reward model's shape, or the policy's), reference, reward model
+    algo = cfg.algorithm
+    reward = shapes.get("reward_model")
+    value = reward if algo.value_init == "reward_model" and reward is not None else policy
+    sequence = algo.max_prompt_length + algo.max_response_length
+    accumulating = algo.minibatch_size / world > settings.micro_batch
+    states = {f"policy {k}": v for k, v in
+              trained_model_bytes(policy.params, world, accumulating, offload).items()}
+    states.update({f"value {k}": v for k, v in
+                   trained_model_bytes(value.params, world, accumulating, offload).items()})
+    states["reference"] = frozen_model_bytes(policy.params, world)
+    if reward is not None:
+        states["reward model"] = frozen_model_bytes(reward.params, world)
+    generation = {**states, "policy gathered": BF16 * policy.params,
+                  "kv cache": kv_cache_bytes(policy, math.ceil(algo.minibatch_size / world),
+                                             sequence)}
+    training = {**states, "gathered layers": gathered_layers_bytes(
+                    max(policy, value, key=lambda s: s.layer_params), world, offload),
+                "activations": settings.micro_batch * sequence * max(
+                    activation_bytes_per_token(policy, ckpt),
+                    activation_bytes_per_token(value, ckpt))}
+    flops = None
+    if tokens.examples is not None:
+        n = tokens.examples * algo.epochs
+        scored = n * sequence
+        flops = (2 * policy.params * n * algo.max_response_length  # sampling
+                 + 2 * (policy.params * 2 + value.params + (reward.params if reward else 0))
+                 * scored  # policy, reference, value and reward passes over the rollouts
+                 + 6 * (policy.params + value.params) * scored * algo.ppo_epochs)
+    host = (host_bytes_per_rank(policy.params, world) + host_bytes_per_rank(value.params, world)) \
+        * resources.processes_per_node if offload else 0.0
+    return Estimate({"generation": generation, "training": training}, host, flops)
+
+
+def estimate_eval(step: Step, shapes: dict[str, ModelShape], resources: Resources) -> Estimate:
+    """An evaluation on one node: the model in bf16 over its GPUs with a KV cache for one
+    sequence (generation engines batch as memory allows); a best-of-N step then scores the
+    samples with the reward model in bf16."""
+    gpus = max(1, resources.gpus_per_node)
+    policy = shapes["policy"]
+    phases = {"generation": {"weights": BF16 * policy.params / gpus,
+                             "kv cache": kv_cache_bytes(policy, 1, EVAL_CONTEXT) / gpus}}
+    if "reward_model" in shapes:
+        phases["scoring"] = {"reward model": BF16 * shapes["reward_model"].params / gpus}
+    return Estimate(phases)
+
+
+def fits(estimate: Estimate, gpu: GPUSpec, resources: Resources) -> bool:
+    return (estimate.peak_bytes <= HEADROOM * gpu.memory_gib * GIB
+            and estimate.host_bytes <= resources.mem_gb * 1e9)
+
+
+def plan_step(step: Step, shapes: dict[str, ModelShape], resources: Resources, gpu: GPUSpec,
+              tokens: Tokens = Tokens(None)) -> StepPlan:
+    """Size one step on its resources and apply the checkpointing rule; a step that does not
+    fit gets the settings that would make it fit (``options``)."""
+    params = max(s.params for s in shapes.values())
+    if not step.kind.startswith("train"):
+        est = estimate_eval(step, shapes, resources)
+        settings = Settings(False, False, 1, 1)
+        ok = fits(est, gpu, resources)
+        options = () if ok else (f"more GPUs per node for {step.kind} steps of this size "
+                                 "(steps.<kind>: [{min_params: ..., gpus_per_node: N}])",)
+        return StepPlan(step, resources, settings, False, est, params, None, ok, options)
+    algo = step.config.algorithm if step.kind != "train_rm" else step.config.train
+    chosen = getattr(algo, "gradient_checkpointing", False)
+    can_checkpoint = hasattr(algo, "gradient_checkpointing")
+    offload = getattr(algo, "cpu_offload", False)
+
+    def sized(settings: Settings) -> tuple[Estimate, bool]:
+        est = estimate_training(step, shapes, settings, resources, tokens)
+        return est, fits(est, gpu, resources)
+
+    def fitted(settings: Settings) -> tuple[Settings, Estimate, bool]:
+        """The rules: checkpointing on, then the micro-batch halved (to 1), until it fits."""
+        est, ok = sized(settings)
+        if not ok and can_checkpoint and not settings.checkpointing:
+            settings = replace(settings, checkpointing=True)
+            est, ok = sized(settings)
+        while not ok and settings.micro_batch > 1:
+            settings = replace(settings, micro_batch=settings.micro_batch // 2)
+            est, ok = sized(settings)
+        return settings, est, ok
+
+    configured = Settings(chosen, offload, resources.nodes, algo.micro_batch_size)
+    settings, est, ok = fitted(configured)
+    hours = gpu_hours(est.flops, gpu) if est.flops is not None else None
+    if ok:
+        return StepPlan(step, resources, settings, settings.checkpointing and not chosen, est,
+                        params, hours, True)
+    options = []
+    where = "algorithm" if step.kind != "train_rm" else "reward_models.<name>.train"
+    if not offload and hasattr(algo, "cpu_offload") \
+            and fitted(replace(configured, offload=True))[2]:
+        options.append(f"cpu_offload: true ({where})")
+    for nodes in range(configured.nodes + 1, 65):
+        if fitted(replace(configured, nodes=nodes))[2]:
+            options.append(f"{nodes} nodes of {resources.processes_per_node} GPUs "
+                           f"(steps.{step.kind.removeprefix('train_')}: [{{min_params: "
+                           f"{_billions(params)}, nodes: {nodes}}}] in the profile)")
+            break
+    if not can_checkpoint:
+        options.append(f"activation checkpointing, which {step.kind} steps do not have")
+    return StepPlan(step, resources, settings, settings.checkpointing and not chosen, est, params,
+                    hours, False, tuple(options))
+
+
+def _billions(params: float) -> str:
+    return f"{math.floor(params / 1e9)}B" if params >= 1e9 else f"{math.floor(params / 1e6)}M"
+
+
+# ---------------------------------------------------------------- the models of a step
+
+
+def step_models(plan: Plan, step: Step) -> dict[str, ModelSpec]:
+    """Role -> model of a step: ``policy`` (the model trained or evaluated) and, for PPO and
+    best-of-N, ``reward_model`` (the base of the reward model it reads)."""
+    models: dict[str, ModelSpec] = {}
+    if step.kind.startswith("train"):
+        models["policy"] = step.config.model
+    else:
+        source = plan.steps.get(step.inputs.get("model", ""))
+        models["policy"] = source.config.model if source is not None else step.config.model
+    reward = plan.steps.get(step.inputs.get("reward_model", ""))
+    if reward is not None and (step.kind == "train_ppo" or
+                               getattr(getattr(step.config, "sampler", None), "kind", "")
+                               == "best_of_n"):
+        models["reward_model"] = reward.config.model
+    return {role: spec for role, spec in models.items() if spec is not None}
+
+
+def resolve_shape(spec: ModelSpec, cache_root: Path | None = None) -> ModelShape | None:
+    """A model's shape without its weights: the paper's models' known shapes, else its
+    ``config.json`` (a local folder, the hub's local cache, a prepared built-in); None if none
+    is here."""
+    candidates: list[Path] = []
+    if spec.hub:
+        if spec.hub in KNOWN_SHAPES:
+            return KNOWN_SHAPES[spec.hub]
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(spec.hub, "config.json", revision=spec.revision)
+            if isinstance(found, str):
+                candidates.append(Path(found))
+        except Exception:  # no hub client or a bad id: the shape is unknown
+            pass
+    elif spec.path:
+        candidates.append(Path(spec.path) / "config.json")
+    elif spec.builtin and cache_root is not None:
+        candidates.append(cache_root / "models" / spec.builtin / "config.json")
+    for path in candidates:
+        try:
+            return shape_from_config(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError):
+            continue
+    return None
+
+
+def plan_resources(plan: Plan, profile: ClusterProfile, count_examples=None,
+                   cache_root: Path | None = None) -> list[StepPlan]:
+    """Every step of ``plan`` sized on the resources ``profile`` gives it (by kind and model
+    size), in plan order; a step whose models' shapes are not known here is listed unsized.
+    ``count_examples(step)``: the examples (pairs or prompts) a training step reads, or None."""
+    if profile.gpu is None:
+        raise ValueError("the profile has no gpu: {memory_gib: ..., bf16_tflops: ...}, so no step "
+                         "can be sized")
+    plans = []
+    for step in plan.order():
+        models = step_models(plan, step)
+        shapes = {role: resolve_shape(spec, cache_root) for role, spec in models.items()}
+        missing = [models[r].describe() for r, s in shapes.items() if s is None]
+        if missing or not shapes:
+            resources = profile.resources_for(resource_kind(step), None)
+            plans.append(StepPlan(step, resources, Settings(False, False, resources.nodes, 1), False,
+                                  None, None, None, True,
+                                  note=f"shape of {', '.join(missing) or 'its model'} not known "
+                                  "here (no config.json)"))
+            continue
+        params = max(s.params for s in shapes.values())
+        resources = profile.resources_for(resource_kind(step), params)
+        tokens = Tokens(count_examples(step) if count_examples and
+                        step.kind.startswith("train") else None)
+        plans.append(plan_step(step, shapes, resources, profile.gpu, tokens))
+    return plans
+
+
+def step_resources(profile: ClusterProfile, plan: Plan, step: Step,
+                   cache_root: Path | None = None) -> Resources:
+    """What a step's job asks SLURM for: its kind's resources at its largest model's size."""
+    shapes = [resolve_shape(spec, cache_root) for spec in step_models(plan, step).values()]
+    known = [s.params for s in shapes if s is not None]
+    return profile.resources_for(resource_kind(step), max(known) if known else None)

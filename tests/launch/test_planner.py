@@ -1,0 +1,140 @@
+"""The planner (ablate/launch/planner.py): its formulas by hand, its estimates against measured
+peaks (the H200 DPO run of perf/RESULTS.md, CPU runs of a small model), resources per step kind
+and size, and the dry run of the paper's Table 3 on the example GPU profile."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from ablate.cli import app
+from ablate.launch.planner import (
+    GIB, activation_bytes_per_token, attention_scores_bytes, kv_cache_bytes, trained_model_bytes,
+)
+from ablate.launch.profile import ClusterProfile, load_profile, parse_params
+from ablate.launch.slurm import _dry_run_script, sbatch_parameters
+from ablate.spec.model_shapes import KNOWN_SHAPES, ModelShape
+
+from test_slurm import REPO
+
+TINY = ModelShape(hidden=8, layers=2, heads=2, kv_heads=1, intermediate=16, vocab=10)
+
+
+def test_parameter_counts_by_hand():
+    # embeddings 2·10·8 = 160; a layer: q,o 2·8·8 = 128, k,v 2·8·4 = 64, MLP 3·8·16 = 384,
+    # norms 16 -> 592; final norm 8
+    assert TINY.kv_dim == 4 and TINY.layer_params == 592
+    assert TINY.params == 160 + 2 * 592 + 8
+    # Llama 2's published sizes: 13.0B and 69.0B
+    assert 13.0e9 < KNOWN_SHAPES["allenai/tulu-2-13b"].params < 13.1e9
+    assert 68.9e9 < KNOWN_SHAPES["allenai/tulu-2-70b"].params < 69.1e9
+
+
+def test_memory_formulas_by_hand():
+    # a layer under bf16 autocast over fp32: norms 4·4·8 = 128, casts 5·2·8 = 80, attention
+    # 2·(2·8 + 2·4) = 48, MLP 2·4·16 = 128 -> 384; two layers and the final norm 2·4·8 = 64
+    assert activation_bytes_per_token(TINY, False) == 2 * 384 + 64
+    # checkpointed: each layer's fp32 input (2·4·8) plus one layer recomputed
+    assert activation_bytes_per_token(TINY, True) == 64 + 384 + 64
+    # fp32 throughout: no casts, 4-byte tensors
+    assert activation_bytes_per_token(TINY, False, 4, 4) == 2 * (128 + 4 * 24 + 4 * 64) + 64
+    assert attention_scores_bytes(TINY, rows=3, width=5, checkpointing=False) == 2 * 3 * 2 * 25 * 4
+    assert kv_cache_bytes(TINY, sequences=3, tokens=7) == 2 * 2 * 4 * 2 * 3 * 7
+    assert trained_model_bytes(100, 4, accumulating=True, offload=False) == {
+        "weights": 100.0, "gradients": 100.0, "optimiser": 200.0}
+    assert trained_model_bytes(100, 4, accumulating=False, offload=False)["gradients"] == 0
+    assert set(trained_model_bytes(100, 4, True, offload=True).values()) == {0}
+
+
+def test_h200_dpo_peak_within_15_percent():
+    """perf/RESULTS.md (GPU check of 2026-11-27, call 2): ablate's DPO on the 1.7B shape, bf16
+    autocast over fp32 weights, batch = micro-batch = 8 pairs, one GPU: 58.6 GiB peak allocated.
+    Its longest shared-prompt row is 1,742 tokens (the 168 shipped UltraFeedback-slice pairs
+    that fit 1,024 / 512, with SmolLM2's tokenizer), so the largest micro-batch is 8 × 1,742."""
+    shape = ModelShape(hidden=2048, layers=24, heads=32, kv_heads=32, intermediate=8192,
+                       vocab=49152, tied=True)  # perf/random_model.py's smollm2-1.7b
+    assert abs(shape.params - 1.71e9) < 0.01e9
+    estimate = (sum(trained_model_bytes(shape.params, 1, False, False).values())
+                + 8 * 1742 * activation_bytes_per_token(shape, False))
+    assert abs(estimate / GIB / 58.6 - 1) < 0.15
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", [
+    dict(hidden=256, intermediate=1024, layers=4, heads=4, kv_heads=4, vocab=4096,
+         micro_batch=4, prompt=128, answer=384),
+])
+def test_cpu_dpo_peak_within_15_percent(shape):
+    """Peak resident memory of DPO steps of small random models on the CPU (fp32, the math
+    attention kernel) against the same formulas."""
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in shape.items()]
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-m", "perf.checks.training_memory", *args], env=env,
+                         capture_output=True, text=True, check=True, cwd=REPO, timeout=300)
+    measured = json.loads(out.stdout.strip().splitlines()[-1])
+    model = ModelShape(**{k: shape[k] for k in ("hidden", "intermediate", "layers", "heads",
+                                                 "kv_heads", "vocab")})
+    assert measured["params"] == model.params
+    rows, width = shape["micro_batch"], shape["prompt"] + 2 * shape["answer"]
+    estimate = (sum(trained_model_bytes(model.params, 1, False, False).values())
+                + rows * width * activation_bytes_per_token(model, False, 4, 4)
+                + attention_scores_bytes(model, rows, width, False))
+    assert abs(estimate / measured["peak_bytes"] - 1) < 0.15, (estimate, measured)
+
+
+def test_resources_by_step_kind_and_size():
+    profile = ClusterProfile.model_validate({
+        "train": {"nodes": 1, "gpus_per_node": 8, "cpus_per_task": 32},
+        "steps": {"rm": [{"min_params": "30B", "nodes": 4}, {"min_params": "100B", "nodes": 8}],
+                  "best_of_n": [{"gpus_per_node": 2}]}})
+    assert profile.resources_for("rm", 13e9).nodes == 1
+    assert profile.resources_for("rm", 69e9).nodes == 4
+    assert profile.resources_for("rm", 69e9).cpus_per_task == 32  # the class's, unchanged
+    assert profile.resources_for("rm", 200e9).nodes == 8
+    assert profile.resources_for("dpo", 69e9).nodes == 1
+    assert profile.resources_for("best_of_n", None).gpus_per_node == 2
+    assert profile.resources_for("eval", None).gpus_per_node == 0
+    assert parse_params("1.5b") == 1.5e9 and parse_params(7e9) == 7e9
+    with pytest.raises(ValueError, match="not a parameter count"):
+        parse_params("70Q")
+    with pytest.raises(ValueError, match="evaluation jobs run on one node"):
+        ClusterProfile.model_validate({"steps": {"eval": [{"nodes": 2}]}})
+
+
+def test_srun_gets_the_cpus_per_task():
+    profile = load_profile(REPO / "slurm" / "example-gpu.yaml")
+    params = sbatch_parameters(profile, "train", "job")
+    script = _dry_run_script(REPO / "logs", params, 1)
+    srun = [line for line in script.splitlines() if line.startswith("srun")]
+    assert srun and "--cpus-per-task=64" in srun[0]
+
+
+def test_table3_dry_run_refuses_70b_rms_on_one_node_and_accepts_them_on_four(tmp_path):
+    example = (REPO / "slurm" / "example-gpu.yaml").read_text()
+    one_node = tmp_path / "one-node.yaml"
+    one_node.write_text(example.split("# --- resources by step kind")[0]
+                        + "gpu: {memory_gib: 80, bf16_tflops: 989}\n")
+    runner = CliRunner()
+    env = {"COLUMNS": "250"}
+    base = ["grid", str(REPO / "grids" / "table3.yaml"), "--dry-run",
+            "--store", str(tmp_path / "store"), "--cluster"]
+    refused = runner.invoke(app, [*base, str(one_node)], env=env)
+    assert refused.exit_code == 2, refused.output
+    lines = " ".join(refused.output.split())
+    for rm in ("uf-70b", "mix-70b"):
+        assert f"refused: train_rm rm={rm} needs" in lines
+    # what to change: enough nodes (the example gives 4); offload would need > 900 GB per node
+    assert "it would fit with: 3 nodes of 8 GPUs (steps.rm: [{min_params: 68B, nodes: 3}]" in lines
+    assert "refused: train_rm rm=uf-13b" not in lines  # 13B fits one node
+    assert "nothing was submitted" in lines
+
+    accepted = runner.invoke(app, [*base, str(REPO / "slurm" / "example-gpu.yaml")], env=env)
+    lines = " ".join(accepted.output.split())
+    assert "refused: train_rm" not in lines and "refused: train_dpo" not in lines, lines
+    assert "peak memory per GPU" in lines and "GPU-hours" in lines
