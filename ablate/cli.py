@@ -162,11 +162,12 @@ def count_examples(step) -> int | None:
     return ref.max_rows
 
 
-def check_resources(plan: Plan, cluster: Optional[Path], only_refusals: bool = False) -> None:
+def check_resources(plan: Plan, cluster: Optional[Path], only_refusals: bool = False) -> Plan:
     """The planner's estimate of each step on the profile's resources (peak memory per GPU,
     GPU-hours, checkpointing); a step that cannot fit fails the command, naming what would
-    make it fit. A profile without ``gpu`` is not sized (with ``only_refusals``, silently)."""
-    from ablate.launch.planner import GIB, plan_resources
+    make it fit. Returns the plan with the checkpointing and micro-batches the planner chose. A
+    profile without ``gpu`` is not sized (with ``only_refusals``, silently)."""
+    from ablate.launch.planner import GIB, plan_resources, with_planned_settings
     from ablate.launch.profile import load_profile
     from ablate.models import cache_root
 
@@ -178,7 +179,7 @@ def check_resources(plan: Plan, cluster: Optional[Path], only_refusals: bool = F
         if not only_refusals:
             console.print(f"{profile.path}: no gpu: {{memory_gib: ...}} in the profile, so no "
                           "step was sized", highlight=False)
-        return
+        return plan
     plans = plan_resources(plan, profile.config, count_examples, cache_root())
     gpu = profile.config.gpu
     if not only_refusals:
@@ -217,6 +218,7 @@ def check_resources(plan: Plan, cluster: Optional[Path], only_refusals: bool = F
                       highlight=False)
     if refused:
         fail(f"{len(refused)} step(s) cannot fit on {profile.path}; nothing was submitted")
+    return with_planned_settings(plan, plans)
 
 
 def step_table(plan: Plan, store: RunStore, states: dict | None = None) -> Table:
@@ -257,7 +259,7 @@ def grid(file: Path = typer.Argument(..., help="Grid spec (YAML)"),
     if not dry_run:
         check_judges(plan, run_store)
     if submit:
-        check_resources(plan, cluster, only_refusals=True)
+        plan = check_resources(plan, cluster, only_refusals=True)
         from ablate.launch.slurm import submit_from_cli
 
         submit_from_cli(plan, run_store, cluster, dry_run=dry_run, force=force, console=console,

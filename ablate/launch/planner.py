@@ -11,9 +11,11 @@ Memory per GPU (bytes) under FSDP sharding over the job's ``world`` ranks:
 - a frozen model (PPO's reference and reward model, DPO's online reference): bf16, sharded.
 - activations of the longest micro-batch (``activation_bytes_per_token``): each decoder layer
   keeps its norms' fp32 inputs and outputs, the bf16 copies autocast feeds its five input
-  projections, the rotated queries and keys, the values and the attention output, and the gated
-  MLP's four intermediate tensors; with checkpointing only each layer's input plus one layer
-  recomputed in the backward. Output-layer logits are chunked by the trainers, so not counted.
+  projections, the rotated queries, the keys and values (repeated to every head: training
+  batches are masked), the attention output, and the gated MLP's four intermediate tensors; with
+  checkpointing only each layer's input plus one layer recomputed in the backward. Output-layer
+  logits are chunked by the trainers (``ablate.train.logps``), so not counted. On a CPU the math
+  attention kernel also keeps each layer's softmax (``attention_scores_bytes``).
 - PPO's generation: the policy gathered whole in bf16 and a bf16 KV cache.
 
 Calibration (tests/launch/test_planner.py checks both within 15 %): the H200 DPO run of
@@ -49,6 +51,9 @@ PREFETCHED_LAYERS = 2  # FSDP gathers the next layer while one runs
 # perf/RESULTS.md, DPO on the 1.7B shape on an H200 (2026-11-27): 19.1 % as 8·P·T over reference
 # plus training seconds (the RM's 6·P·T over training seconds: 18.3 %)
 USEFUL_FLOP_UTILISATION = 0.191
+# answer tokens per output-layer chunk: CompletionLogps's default (ablate/train/logps.py; a test
+# checks they agree)
+LOGIT_CHUNK = 1024
 EVAL_CONTEXT = 4096  # tokens of prompt and reply an evaluation's KV cache is sized for
 HEADROOM = 0.95  # share of a GPU's memory a step may plan for (allocator fragmentation)
 
@@ -69,10 +74,13 @@ def activation_bytes_per_token(shape: ModelShape, checkpointing: bool, compute_b
     """Activation bytes one token of a training micro-batch keeps for the backward pass:
     ``compute_bytes`` is what matmuls produce (bf16 under autocast, 4 in fp32), ``residual_bytes``
     the residual stream's (the weights' dtype)."""
-    h, kv, f = shape.hidden, shape.kv_dim, shape.intermediate
+    h, f = shape.hidden, shape.intermediate
+    q = shape.heads * (shape.head_dim or h // shape.heads)
     casts = 5 * compute_bytes * h if compute_bytes != residual_bytes else 0  # q, k, v, gate, up
+    # with a mask (every training batch has one) transformers repeats grouped keys and values
+    # to every head before attention, so attention keeps them at the queries' width
     layer = (4 * residual_bytes * h + casts
-             + compute_bytes * (2 * h + 2 * kv)  # rotated q, k; v; attention output
+             + compute_bytes * 4 * q  # rotated queries, keys, values; attention output
              + compute_bytes * 4 * f)  # gate, up, silu(gate), their product
     final_norm = 2 * residual_bytes * h
     if not checkpointing:
@@ -93,6 +101,43 @@ def trained_model_bytes(params: float, world: int, accumulating: bool,
 def host_bytes_per_rank(params: float, world: int) -> float:
     """Host memory one rank holds for an offloaded trained model (weights, gradients, moments)."""
     return (2 * FP32 + ADAM_BYTES) * params / world
+
+
+def output_layer_bytes(shape: ModelShape, answer_tokens: int) -> float:
+    """What the start of the backward adds under a language-model head: one chunk's fp32
+    logits and their softmax, and the output layer's fp32 gradient (made first)."""
+    return 2 * min(LOGIT_CHUNK, answer_tokens) * shape.vocab * FP32 \
+        + shape.vocab * shape.hidden * FP32
+
+
+def optimiser_step_bytes(params: float, world: int, offload: bool, fused: bool) -> float:
+    """During AdamW's step: weights, gradients, both moments, and the unfused (foreach) path's
+    one state-sized temporary (fused: one process on a GPU, ``ablate.train.common``)."""
+    if offload:
+        return 0.0
+    return (2 * FP32 + ADAM_BYTES + (0 if fused else FP32)) * params / world
+
+
+def trained_model_phases(shape: ModelShape, world: int, rows: int, width: int,
+                         answer_tokens: int | None, checkpointing: bool, accumulating: bool,
+                         offload: bool = False, compute_bytes: int = BF16,
+                         residual_bytes: int = FP32, attention_scores: bool = False,
+                         fused: bool = False) -> dict[str, dict[str, float]]:
+    """Bytes per GPU of one trained model at its two peaks: the start of the backward of a
+    micro-batch of ``rows`` × ``width`` tokens (``answer_tokens`` reach a language-model head;
+    None: a reward or value head) and the optimiser step."""
+    backward = {**trained_model_bytes(shape.params, world, accumulating, offload),
+                "gathered layers": gathered_layers_bytes(shape, world, offload),
+                "activations": rows * width * activation_bytes_per_token(
+                    shape, checkpointing, compute_bytes, residual_bytes)}
+    if attention_scores:
+        backward["attention scores"] = attention_scores_bytes(shape, rows, width, checkpointing,
+                                                              compute_bytes)
+    if answer_tokens:
+        backward["output layer"] = output_layer_bytes(shape, answer_tokens)
+    step = {"weights, gradients, optimiser": optimiser_step_bytes(shape.params, world, offload,
+                                                                  fused)}
+    return {"backward": backward, "optimiser step": step}
 
 
 def gathered_layers_bytes(shape: ModelShape, world: int, offload: bool) -> float:
@@ -189,20 +234,20 @@ def estimate_training(step: Step, shapes: dict[str, ModelShape], settings: Setti
         algo = cfg.algorithm if step.kind == "train_dpo" else cfg.train
         per_example = 2 * algo.max_length  # both answers: one shared-prompt row or two rows
         longest = tokens.longest or per_example
-        states = trained_model_bytes(policy.params, world, algo.batch_size / world
-                                     > settings.micro_batch, offload)
-        phase = {**states, "gathered layers": gathered_layers_bytes(policy, world, offload),
-                 "activations": settings.micro_batch * longest
-                 * activation_bytes_per_token(policy, ckpt)}
+        rows = settings.micro_batch
+        phases = trained_model_phases(
+            policy, world, rows, longest,
+            rows * longest if step.kind == "train_dpo" else None, ckpt,
+            algo.batch_size / world > rows, offload, fused=world == 1)
         if step.kind == "train_dpo" and algo.ref_logps == "online":
-            phase["reference"] = frozen_model_bytes(policy.params, world)
+            phases["backward"]["reference"] = frozen_model_bytes(policy.params, world)
         flops = None
         if tokens.examples is not None:
             total = tokens.examples * algo.epochs * (tokens.tokens_per_example or per_example)
             flops = (8 if step.kind == "train_dpo" else 6) * policy.params * total
         host = host_bytes_per_rank(policy.params, world) * resources.processes_per_node \
             if offload else 0.0
-        return Estimate({"training": phase}, host, flops)
+        return Estimate(phases, host, flops)
     # PPO: policy, value model (the reward model's shape, or the policy's), reference, reward model
     algo = cfg.algorithm
     reward = shapes.get("reward_model")
@@ -219,11 +264,17 @@ def estimate_training(step: Step, shapes: dict[str, ModelShape], settings: Setti
     generation = {**states, "policy gathered": BF16 * policy.params,
                   "kv cache": kv_cache_bytes(policy, math.ceil(algo.minibatch_size / world),
                                              sequence)}
-    training = {**states, "gathered layers": gathered_layers_bytes(
-                    max(policy, value, key=lambda s: s.layer_params), world, offload),
-                "activations": settings.micro_batch * sequence * max(
-                    activation_bytes_per_token(policy, ckpt),
-                    activation_bytes_per_token(value, ckpt))}
+    frozen = {k: v for k, v in states.items() if k in ("reference", "reward model")}
+    phases = {"generation": generation}
+    for role, shape, head in (("policy", policy, True), ("value", value, False)):
+        other = {k: v for k, v in states.items()
+                 if k not in frozen and not k.startswith(role + " ")}
+        for phase, parts in trained_model_phases(
+                shape, world, settings.micro_batch, sequence,
+                settings.micro_batch * algo.max_response_length if head else None, ckpt,
+                accumulating, offload, fused=world == 1).items():
+            phases[f"{role} {phase}"] = {**{f"{role} {k}": v for k, v in parts.items()},
+                                         **other, **frozen}
     flops = None
     if tokens.examples is not None:
         n = tokens.examples * algo.epochs
@@ -234,7 +285,7 @@ def estimate_training(step: Step, shapes: dict[str, ModelShape], settings: Setti
                  + 6 * (policy.params + value.params) * scored * algo.ppo_epochs)
     host = (host_bytes_per_rank(policy.params, world) + host_bytes_per_rank(value.params, world)) \
         * resources.processes_per_node if offload else 0.0
-    return Estimate({"generation": generation, "training": training}, host, flops)
+    return Estimate(phases, host, flops)
 
 
 def estimate_eval(step: Step, shapes: dict[str, ModelShape], resources: Resources) -> Estimate:
@@ -264,9 +315,15 @@ def plan_step(step: Step, shapes: dict[str, ModelShape], resources: Resources, g
         est = estimate_eval(step, shapes, resources)
         settings = Settings(False, False, 1, 1)
         ok = fits(est, gpu, resources)
-        options = () if ok else (f"more GPUs per node for {step.kind} steps of this size "
-                                 "(steps.<kind>: [{min_params: ..., gpus_per_node: N}])",)
-        return StepPlan(step, resources, settings, False, est, params, None, ok, options)
+        options = []
+        for gpus in range(max(1, resources.gpus_per_node) + 1, 17):
+            wider = resources.model_copy(update={"gpus_per_node": gpus})
+            if fits(estimate_eval(step, shapes, wider), gpu, wider):
+                options.append(f"{gpus} GPUs (steps.{resource_kind(step)}: [{{min_params: "
+                               f"{_billions(params)}, gpus_per_node: {gpus}}}] in the profile)")
+                break
+        return StepPlan(step, resources, settings, False, est, params, None, ok,
+                        () if ok else tuple(options))
     algo = step.config.algorithm if step.kind != "train_rm" else step.config.train
     chosen = getattr(algo, "gradient_checkpointing", False)
     can_checkpoint = hasattr(algo, "gradient_checkpointing")
@@ -295,9 +352,14 @@ def plan_step(step: Step, shapes: dict[str, ModelShape], resources: Resources, g
                         params, hours, True)
     options = []
     where = "algorithm" if step.kind != "train_rm" else "reward_models.<name>.train"
-    if not offload and hasattr(algo, "cpu_offload") \
-            and fitted(replace(configured, offload=True))[2]:
-        options.append(f"cpu_offload: true ({where})")
+    if not offload and hasattr(algo, "cpu_offload"):
+        _, with_offload, ok_offload = fitted(replace(configured, offload=True))
+        if ok_offload:
+            options.append(f"cpu_offload: true ({where})")
+        elif with_offload.peak_bytes <= HEADROOM * gpu.memory_gib * GIB:  # short of host memory
+            host_gb = math.ceil(with_offload.host_bytes / 1e9)
+            options.append(f"cpu_offload: true ({where}) on nodes with {host_gb} GB for the job "
+                           f"(mem_gb, now {resources.mem_gb:g})")
     for nodes in range(configured.nodes + 1, 65):
         if fitted(replace(configured, nodes=nodes))[2]:
             options.append(f"{nodes} nodes of {resources.processes_per_node} GPUs "
@@ -396,3 +458,22 @@ def step_resources(profile: ClusterProfile, plan: Plan, step: Step,
     shapes = [resolve_shape(spec, cache_root) for spec in step_models(plan, step).values()]
     known = [s.params for s in shapes if s is not None]
     return profile.resources_for(resource_kind(step), max(known) if known else None)
+
+
+def with_planned_settings(plan: Plan, plans: list[StepPlan]) -> Plan:
+    """``plan`` with each training step's ``gradient_checkpointing`` and ``micro_batch_size`` as
+    the planner chose them: execution fields, so every id (and result) stays the same."""
+    steps = dict(plan.steps)
+    for sp in plans:
+        step = sp.step
+        if not step.kind.startswith("train") or sp.estimate is None:
+            continue
+        where = "train" if step.kind == "train_rm" else "algorithm"
+        algo = getattr(step.config, where)
+        update = {"micro_batch_size": sp.settings.micro_batch}
+        if hasattr(algo, "gradient_checkpointing"):
+            update["gradient_checkpointing"] = sp.settings.checkpointing
+        config = step.config.model_copy(update={where: algo.model_copy(update=update)})
+        steps[step.id] = replace(step, config=config)
+        assert steps[step.id].id == step.id  # execution fields only
+    return replace(plan, steps=steps)

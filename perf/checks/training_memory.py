@@ -6,9 +6,12 @@ the sigmoid loss, AdamW), one micro-batch per optimiser step.
 Large allocations are mapped and unmapped one by one (``MALLOC_MMAP_THRESHOLD_``, set by the
 caller), so resident memory follows live tensors; the peak of the second step (after
 ``clear_refs`` resets the high-water mark) above the resident memory before the model existed is
-what the planner estimates. Prints one JSON line.
+what the planner estimates. Prints one JSON line per shape; the shapes run one after another
+in one process (each model freed before the next baseline).
 
-    MALLOC_MMAP_THRESHOLD_=65536 python -m perf.checks.training_memory --hidden 256 ...
+    MALLOC_MMAP_THRESHOLD_=65536 python -m perf.checks.training_memory --shapes '[{"hidden":
+    256, "intermediate": 1024, "layers": 4, "heads": 4, "kv_heads": 4, "vocab": 4096,
+    "micro_batch": 4, "prompt": 128, "answer": 384}]' 
 """
 
 from __future__ import annotations
@@ -26,14 +29,12 @@ def resident(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser()
-    for name, default in (("hidden", 256), ("intermediate", 1024), ("layers", 4), ("heads", 4),
-                          ("kv-heads", 4), ("vocab", 4096), ("micro-batch", 4),
-                          ("prompt", 128), ("answer", 384)):
-        parser.add_argument(f"--{name}", type=int, default=default)
-    args = parser.parse_args(argv)
+FIELDS = ("hidden", "intermediate", "layers", "heads", "kv_heads", "vocab", "micro_batch",
+          "prompt", "answer")
 
+
+def measure(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, vocab: int,
+            micro_batch: int, prompt: int, answer: int) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -43,26 +44,25 @@ def main(argv=None) -> None:
     from ablate.train.losses import preference_loss
 
     torch.manual_seed(0)
-    pairs = [TokenizedPair(i, tuple(range(5, 5 + args.prompt)),
-                           tuple(range(7, 7 + args.answer)), tuple(range(9, 9 + args.answer)))
-             for i in range(args.micro_batch)]
+    pairs = [TokenizedPair(i, tuple(range(5, 5 + prompt)), tuple(range(7, 7 + answer)),
+                           tuple(range(9, 9 + answer))) for i in range(micro_batch)]
     batch = collate(pairs, 0, True, 1)
     torch.ones(64, 64) @ torch.ones(64, 64)  # thread pools up before the baseline
     before = resident("VmRSS")
-    config = LlamaConfig(hidden_size=args.hidden, intermediate_size=args.intermediate,
-                         num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                         num_key_value_heads=args.kv_heads, vocab_size=args.vocab,
+    config = LlamaConfig(hidden_size=hidden, intermediate_size=intermediate,
+                         num_hidden_layers=layers, num_attention_heads=heads,
+                         num_key_value_heads=kv_heads, vocab_size=vocab,
                          tie_word_embeddings=False, attention_dropout=0.0)
     model = LlamaForCausalLM(config)
     model.config.use_cache = False
     policy = CompletionLogps(model)
     optimizer = make_optimizer(model, 1e-5, 0.0, 0.95)
-    n = args.micro_batch
 
     def step() -> None:
         logps = policy.batch_logps(batch)
-        losses, _, _ = preference_loss("sigmoid", logps[:n], logps[n:], logps[:n].detach() * 0,
-                                       logps[n:].detach() * 0, beta=0.1)
+        chosen, rejected = logps[:micro_batch], logps[micro_batch:]
+        losses, _, _ = preference_loss("sigmoid", chosen, rejected, chosen.detach() * 0,
+                                       rejected.detach() * 0, beta=0.1)
         losses.sum().backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -70,10 +70,19 @@ def main(argv=None) -> None:
     step()  # AdamW's moments exist from here on
     Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark
     step()
-    print(json.dumps({"params": sum(p.numel() for p in model.parameters()),
-                      "tokens": int(batch.input_ids.numel()),
-                      "peak_bytes": resident("VmHWM") - before,
-                      "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_")}))
+    peak = resident("VmHWM") - before
+    params = sum(p.numel() for p in model.parameters())
+    return {"params": params, "tokens": int(batch.input_ids.numel()), "peak_bytes": peak,
+            "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_")}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shapes", type=json.loads, required=True,
+                        help=f"a JSON list of shapes, each with {', '.join(FIELDS)}")
+    args = parser.parse_args(argv)
+    for shape in args.shapes:
+        print(json.dumps({**shape, **measure(**{k: shape[k] for k in FIELDS})}), flush=True)
 
 
 if __name__ == "__main__":
