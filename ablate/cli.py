@@ -213,8 +213,8 @@ def check_resources(plan: Plan, cluster: Optional[Path], only_refusals: bool = F
                       f"({gpu.memory_gib:g} GiB each)"
                       + (f" and {sp.estimate.host_bytes / 1e9:.0f} GB of host memory per node"
                          if sp.estimate.host_bytes else "")
-                      + "; it would fit with: " + ("; or ".join(sp.options) or
-                                                   "nothing the planner can change"),
+                      + "; to make it fit: " + ("; or ".join(sp.options) or
+                                                "nothing the planner knows of"),
                       highlight=False)
     if refused:
         fail(f"{len(refused)} step(s) cannot fit on {profile.path}; nothing was submitted")

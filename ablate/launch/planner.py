@@ -2,28 +2,32 @@
 models' shapes, the step's settings and the job's resources; a step that cannot fit is refused
 with the settings that would make it fit.
 
-Memory per GPU (bytes) under FSDP sharding over the job's ``world`` ranks:
+Memory per GPU (bytes) under FSDP sharding over the job's ``world`` ranks, at each of a step's
+peaks (the start of a micro-batch's backward, AdamW's step, PPO's generation):
 - a trained model: fp32 weights (4 B/param) and AdamW's two fp32 moments (8 B/param), each
   sharded 1/world; fp32 gradients (4 B/param, sharded) while micro-batches accumulate (between
-  optimiser steps with one micro-batch each they are freed, ``zero_grad(set_to_none=True)``);
-  with ``cpu_offload`` all three live in host memory; over several ranks FSDP gathers
-  ``PREFETCHED_LAYERS`` decoder layers in fp32 at a time.
+  optimiser steps with one micro-batch each they are freed, ``zero_grad(set_to_none=True)``),
+  and during the step, plus one state-sized temporary where AdamW is not fused; with
+  ``cpu_offload`` all of it lives in host memory; over several ranks FSDP gathers
+  ``PREFETCHED_LAYERS`` decoder layers at a time (bf16, its mixed precision on a GPU).
 - a frozen model (PPO's reference and reward model, DPO's online reference): bf16, sharded.
 - activations of the longest micro-batch (``activation_bytes_per_token``): each decoder layer
   keeps its norms' fp32 inputs and outputs, the bf16 copies autocast feeds its five input
   projections, the rotated queries, the keys and values (repeated to every head: training
   batches are masked), the attention output, and the gated MLP's four intermediate tensors; with
-  checkpointing only each layer's input plus one layer recomputed in the backward. Output-layer
-  logits are chunked by the trainers (``ablate.train.logps``), so not counted. On a CPU the math
-  attention kernel also keeps each layer's softmax (``attention_scores_bytes``).
+  checkpointing only each layer's input plus one layer recomputed in the backward. The trainers
+  chunk the output layer (``ablate.train.logps``): one chunk's logits and the layer's gradient
+  (``output_layer_bytes``). On a CPU the math attention kernel also keeps each layer's softmax
+  (``attention_scores_bytes``).
 - PPO's generation: the policy gathered whole in bf16 and a bf16 KV cache.
 
-Calibration (tests/launch/test_planner.py checks both within 15 %): the H200 DPO run of
+Calibration (tests/launch/test_planner.py checks each within 15 %): the H200 DPO run of
 perf/RESULTS.md (1.7B shape, micro-batch 8 pairs, longest row 1,742 tokens, peak 58.6 GiB
-allocated) and CPU runs of small random models (fp32, peak resident memory above the process's
-own). GPU-hours: useful FLOPs (8·P·T for DPO's reference pass plus training, 6·P·T for a reward
-model, forward and backward passes of every PPO model) at ``USEFUL_FLOP_UTILISATION`` of the GPU's
-dense bf16 peak.
+allocated; the formulas: 62.2) and CPU runs of two small random models
+(``perf.checks.training_memory``: fp32, peak resident memory above the process's own).
+GPU-hours: useful FLOPs (8·P·T for DPO's reference pass plus training, 6·P·T for a reward model,
+forward and backward passes of every PPO model) at ``USEFUL_FLOP_UTILISATION`` of the GPU's dense
+bf16 peak, with T at the step's length limits (an upper bound).
 
 The rules ``plan_step`` applies to a training step, in order, until it fits: activation
 checkpointing on (on where the config sets ``gradient_checkpointing: true``, else only where the
@@ -144,7 +148,7 @@ def gathered_layers_bytes(shape: ModelShape, world: int, offload: bool) -> float
     """The decoder layers FSDP holds whole while it computes (none on one unsharded rank)."""
     if world == 1 and not offload:
         return 0.0
-    return PREFETCHED_LAYERS * shape.layer_params * FP32
+    return PREFETCHED_LAYERS * shape.layer_params * BF16  # FSDP gathers bf16 on a GPU
 
 
 def frozen_model_bytes(params: float, world: int) -> float:
@@ -239,8 +243,9 @@ def estimate_training(step: Step, shapes: dict[str, ModelShape], settings: Setti
             policy, world, rows, longest,
             rows * longest if step.kind == "train_dpo" else None, ckpt,
             algo.batch_size / world > rows, offload, fused=world == 1)
-        if step.kind == "train_dpo" and algo.ref_logps == "online":
-            phases["backward"]["reference"] = frozen_model_bytes(policy.params, world)
+        if step.kind == "train_dpo" and algo.ref_logps == "online":  # a frozen copy throughout
+            for parts in phases.values():
+                parts["reference"] = frozen_model_bytes(policy.params, world)
         flops = None
         if tokens.examples is not None:
             total = tokens.examples * algo.epochs * (tokens.tokens_per_example or per_example)
@@ -262,8 +267,8 @@ def estimate_training(step: Step, shapes: dict[str, ModelShape], settings: Setti
     if reward is not None:
         states["reward model"] = frozen_model_bytes(reward.params, world)
     generation = {**states, "policy gathered": BF16 * policy.params,
-                  "kv cache": kv_cache_bytes(policy, math.ceil(algo.minibatch_size / world),
-                                             sequence)}
+                  # each process samples chunks of minibatch_size prompts (ablate.train.ppo)
+                  "kv cache": kv_cache_bytes(policy, algo.minibatch_size, sequence)}
     frozen = {k: v for k, v in states.items() if k in ("reference", "reward model")}
     phases = {"generation": generation}
     for role, shape, head in (("policy", policy, True), ("value", value, False)):
@@ -366,7 +371,12 @@ def plan_step(step: Step, shapes: dict[str, ModelShape], resources: Resources, g
                            f"(steps.{step.kind.removeprefix('train_')}: [{{min_params: "
                            f"{_billions(params)}, nodes: {nodes}}}] in the profile)")
             break
-    if not can_checkpoint:
+    budget = HEADROOM * gpu.memory_gib * GIB
+    over = [phase for phase, parts in est.phases.items() if sum(parts.values()) > budget]
+    if "generation" in over:
+        options.append("a smaller minibatch_size (each process samples that many prompts at "
+                       "a time and their KV cache is the peak; it changes the run's result)")
+    if not can_checkpoint and any(phase.endswith("backward") for phase in over):
         options.append(f"activation checkpointing, which {step.kind} steps do not have")
     return StepPlan(step, resources, settings, settings.checkpointing and not chosen, est, params,
                     hours, False, tuple(options))

@@ -145,6 +145,10 @@ class ClusterProfile(_Frozen):
                 if KIND_CLASS[kind] != "train" and (rule.nodes or 1) != 1:
                     raise ValueError(f"steps.{kind}[{n}].nodes: evaluation jobs run on one node "
                                      f"(got {rule.nodes})")
+                if self.node_gpus is not None and (rule.gpus_per_node or 0) > self.node_gpus:
+                    raise ValueError(f"steps.{kind}[{n}].gpus_per_node: {rule.gpus_per_node} "
+                                     f"GPUs, but a node has {self.node_gpus} (node_gpus); raise "
+                                     "its nodes instead")
         return self
 
     def resources(self, resource_class: str) -> Resources:

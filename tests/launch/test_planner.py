@@ -138,6 +138,8 @@ def test_resources_by_step_kind_and_size():
         parse_params("70Q")
     with pytest.raises(ValueError, match="evaluation jobs run on one node"):
         ClusterProfile.model_validate({"steps": {"eval": [{"nodes": 2}]}})
+    with pytest.raises(ValueError, match=r"steps.rm\[0\].gpus_per_node: 16 GPUs, but a node has 8"):
+        ClusterProfile.model_validate({"node_gpus": 8, "steps": {"rm": [{"gpus_per_node": 16}]}})
 
 
 def test_srun_gets_the_cpus_per_task():
@@ -164,7 +166,7 @@ def test_table3_dry_run_refuses_70b_rms_on_one_node_and_accepts_them_on_four(tmp
         assert f"refused: train_rm rm={rm} needs" in lines
     # what to change: enough nodes (the example gives 4); offload would need > 900 GB per node
     assert "or 3 nodes of 8 GPUs (steps.rm: [{min_params: 68B, nodes: 3}] in the profile)" in lines
-    assert ("it would fit with: cpu_offload: true (reward_models.<name>.train) on nodes with "
+    assert ("to make it fit: cpu_offload: true (reward_models.<name>.train) on nodes with "
             "1104 GB for the job (mem_gb, now 900)") in lines
     assert "refused: train_rm rm=uf-13b" not in lines  # 13B fits one node
     assert "nothing was submitted" in lines
