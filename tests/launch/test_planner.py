@@ -223,3 +223,26 @@ def test_70b_reward_model_on_one_node_fits_with_offload_and_the_host_memory_it_n
     # the mix-70b RM, not offloaded, still needs more nodes and says how many
     mix = next(sp for sp in plan_resources(plan, big) if sp.step.name == "train_rm rm=mix-70b")
     assert not mix.fits and any("3 nodes of 8 GPUs" in o for o in mix.options)
+
+
+def test_submit_refuses_what_cannot_fit_before_any_script(tmp_path):
+    profile = tmp_path / "one-gpu.yaml"
+    profile.write_text("partition: gpu\nnode_gpus: 1\ngpu: {memory_gib: 24}\n"
+                       "train: {gpus_per_node: 1, mem_gb: 64}\neval: {gpus_per_node: 1}\n"
+                       "judge: {gpus_per_node: 1}\n")
+    result = CliRunner().invoke(app, ["grid", str(REPO / "grids" / "table3.yaml"), "--submit",
+                                      "--dry-run", "--cluster", str(profile), "--store",
+                                      str(tmp_path / "store")], env={"COLUMNS": "250"})
+    lines = " ".join(result.output.split())
+    assert result.exit_code == 2, lines
+    assert "refused: train_rm rm=uf-13b" in lines and "#SBATCH" not in lines
+    assert not (tmp_path / "store" / "grids").exists()
+
+
+def test_a_profile_without_gpu_sizes_nothing(tmp_path):
+    result = CliRunner().invoke(app, ["grid", str(REPO / "grids" / "table3.yaml"), "--dry-run",
+                                      "--cluster", str(REPO / "slurm" / "local.yaml"), "--store",
+                                      str(tmp_path / "store")], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert "no gpu: {memory_gib: ...} in the profile, so no step was sized" in \
+        " ".join(result.output.split())
