@@ -169,13 +169,15 @@ def gpu_hours(flops: float, gpu: GPUSpec, utilisation: float = USEFUL_FLOP_UTILI
 
 @dataclass(frozen=True)
 class Tokens:
-    """What a training step processes: ``examples`` (pairs or prompts; None if unknown) and the
-    longest micro-batch's tokens per example (the step's length limit unless the data's are
-    known); ``tokens_per_example`` is an upper bound unless given from the data."""
+    """What a training step processes: ``examples`` (pairs or prompts; None if unknown),
+    ``longest`` the tokens its longest example runs as (a pair's row or rows; a prompt with
+    its longest reply) and ``tokens_per_example`` their mean (real tokens). Unknown: the step's
+    length limits, an upper bound."""
 
     examples: int | None
     longest: int | None = None
     tokens_per_example: float | None = None
+    counted: bool = False  # longest and tokens_per_example from the tokenized data
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,7 @@ class StepPlan:
     fits: bool
     options: tuple[str, ...] = field(default=())  # settings that would make it fit
     note: str | None = None  # why it was not sized
+    tokens: Tokens = Tokens(None)  # what it was sized for
 
     def describe_memory(self) -> str:
         if self.estimate is None:
@@ -257,7 +260,7 @@ def estimate_training(step: Step, shapes: dict[str, ModelShape], settings: Setti
     algo = cfg.algorithm
     reward = shapes.get("reward_model")
     value = reward if algo.value_init == "reward_model" and reward is not None else policy
-    sequence = algo.max_prompt_length + algo.max_response_length
+    sequence = tokens.longest or algo.max_prompt_length + algo.max_response_length
     accumulating = algo.minibatch_size / world > settings.micro_batch
     states = {f"policy {k}": v for k, v in
               trained_model_bytes(policy.params, world, accumulating, offload).items()}
@@ -283,7 +286,7 @@ def estimate_training(step: Step, shapes: dict[str, ModelShape], settings: Setti
     flops = None
     if tokens.examples is not None:
         n = tokens.examples * algo.epochs
-        scored = n * sequence
+        scored = n * (tokens.tokens_per_example or sequence)
         flops = (2 * policy.params * n * algo.max_response_length  # sampling
                  + 2 * (policy.params * 2 + value.params + (reward.params if reward else 0))
                  * scored  # policy, reference, value and reward passes over the rollouts
@@ -354,7 +357,7 @@ def plan_step(step: Step, shapes: dict[str, ModelShape], resources: Resources, g
     hours = gpu_hours(est.flops, gpu) if est.flops is not None else None
     if ok:
         return StepPlan(step, resources, settings, settings.checkpointing and not chosen, est,
-                        params, hours, True)
+                        params, hours, True, tokens=tokens)
     options = []
     where = "algorithm" if step.kind != "train_rm" else "reward_models.<name>.train"
     if not offload and hasattr(algo, "cpu_offload"):
@@ -379,7 +382,7 @@ def plan_step(step: Step, shapes: dict[str, ModelShape], resources: Resources, g
     if not can_checkpoint and any(phase.endswith("backward") for phase in over):
         options.append(f"activation checkpointing, which {step.kind} steps do not have")
     return StepPlan(step, resources, settings, settings.checkpointing and not chosen, est, params,
-                    hours, False, tuple(options))
+                    hours, False, tuple(options), tokens=tokens)
 
 
 def _billions(params: float) -> str:
@@ -434,11 +437,34 @@ def resolve_shape(spec: ModelSpec, cache_root: Path | None = None) -> ModelShape
     return None
 
 
-def plan_resources(plan: Plan, profile: ClusterProfile, count_examples=None,
+def limit_tokens(step: Step) -> Tokens:
+    """A training step's tokens as its config bounds them: its data's ``max_rows`` (if any)
+    examples at its length limits."""
+    ref = getattr(step.config, "data", None) or step.config.prompts
+    return Tokens(ref.max_rows)
+
+
+def counted_tokens(step: Step, examples: list) -> Tokens:
+    """A training step's tokens from its tokenized data (its trainer's pairs or prompts)."""
+    if not examples:
+        return Tokens(0)
+    if step.kind == "train_ppo":
+        reply = step.config.algorithm.max_response_length  # replies may run to the cap
+        prompts = [len(item.ids) for item in examples]
+        return Tokens(len(examples), max(prompts) + reply, sum(prompts) / len(prompts) + reply,
+                      counted=True)
+    algo = step.config.algorithm if step.kind == "train_dpo" else step.config.train
+    longest = max(p.layout_length(True) if algo.shared_prompt else 2 * p.length
+                  for p in examples)
+    return Tokens(len(examples), longest, sum(p.real_tokens for p in examples) / len(examples),
+                  counted=True)
+
+
+def plan_resources(plan: Plan, profile: ClusterProfile, tokens_of=limit_tokens,
                    cache_root: Path | None = None) -> list[StepPlan]:
     """Every step of ``plan`` sized on the resources ``profile`` gives it (by kind and model
     size), in plan order; a step whose models' shapes are not known here is listed unsized.
-    ``count_examples(step)``: the examples (pairs or prompts) a training step reads, or None."""
+    ``tokens_of(step)``: what a training step processes (``Tokens``)."""
     if profile.gpu is None:
         raise ValueError("the profile has no gpu: {memory_gib: ..., bf16_tflops: ...}, so no step "
                          "can be sized")
@@ -456,8 +482,7 @@ def plan_resources(plan: Plan, profile: ClusterProfile, count_examples=None,
             continue
         params = max(s.params for s in shapes.values())
         resources = profile.resources_for(resource_kind(step), params)
-        tokens = Tokens(count_examples(step) if count_examples and
-                        step.kind.startswith("train") else None)
+        tokens = tokens_of(step) if step.kind.startswith("train") else Tokens(None)
         plans.append(plan_step(step, shapes, resources, profile.gpu, tokens))
     return plans
 

@@ -5,6 +5,7 @@ and size, and the dry run of the paper's Table 3 on the example GPU profile."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -246,3 +247,45 @@ def test_a_profile_without_gpu_sizes_nothing(tmp_path):
     assert result.exit_code == 0, result.output
     assert "no gpu: {memory_gib: ...} in the profile, so no step was sized" in \
         " ".join(result.output.split())
+
+
+def test_counted_tokens_by_hand():
+    from ablate.launch.planner import counted_tokens
+    from ablate.spec.plan import Step
+    from ablate.spec.schema import DataRef, DPOConfig, ModelSpec, PPOConfig
+    from ablate.spec.steps import DPOStep, PPOStep, PromptsRef
+    from ablate.train.common import TokenizedPair
+    from ablate.train.rollout import PromptItem
+
+    dpo = Step("d", DPOStep(model=ModelSpec(builtin="tiny-llama"), seed=1,
+                            data=DataRef(name="x"), algorithm=DPOConfig()), {})
+    pairs = [TokenizedPair(0, (1, 2), (3,), (4, 5, 6)), TokenizedPair(1, (1,), (2, 3), (4,))]
+    tokens = counted_tokens(dpo, pairs)
+    # shared-prompt rows: 2 + 1 + 3 = 6 and 1 + 2 + 1 = 4; real tokens 2·2 + 1 + 3 = 8, 2 + 3 = 5
+    assert (tokens.examples, tokens.longest, tokens.tokens_per_example) == (2, 6, 6.5)
+    plain = Step("d", dpo.config.model_copy(update={"algorithm": DPOConfig(shared_prompt=False)}),
+                 {})
+    assert counted_tokens(plain, pairs).longest == 2 * 5  # two rows of prompt + longer answer
+    ppo = Step("p", PPOStep(model=ModelSpec(builtin="tiny-llama"), seed=1,
+                            prompts=PromptsRef(name="x", source="prompt_set"),
+                            algorithm=PPOConfig(max_response_length=10), reward="m:f"), {})
+    items = [PromptItem(0, (), (1, 2, 3), None), PromptItem(1, (), (1,), None)]
+    assert counted_tokens(ppo, items) == type(tokens)(2, 13, 12.0, counted=True)
+
+
+def test_count_tokens_sizes_a_step_at_its_data(tmp_path):
+    """--count-tokens: the shipped slice tokenized as DPO will, on the built-in tiny model."""
+    grid = tmp_path / "tiny.yaml"
+    grid.write_text("name: tiny\nmodels: {m: {builtin: tiny-llama}}\n"
+                    "datasets: {uf: {name: ultrafeedback-slice, max_rows: 16}}\n"
+                    "algorithms: {dpo: {kind: dpo, max_length: 512, max_prompt_length: 256}}\n"
+                    "axes: {model: [m], data: [uf], algorithm: [dpo]}\n"
+                    "baseline: false\neval: {benchmarks: [gsm8k]}\n")
+    base = ["grid", str(grid), "--dry-run", "--cluster", str(REPO / "slurm" / "example-gpu.yaml"),
+            "--store", str(tmp_path / "store")]
+    counted = CliRunner().invoke(app, [*base, "--count-tokens"], env={"COLUMNS": "250"})
+    bounded = CliRunner().invoke(app, base, env={"COLUMNS": "250"})
+    assert counted.exit_code == 0 and bounded.exit_code == 0, counted.output + bounded.output
+    assert "16 rows, ≤ limits" in bounded.output
+    longest = int(re.search(r"16 rows, longest ([\d,]+)", counted.output).group(1).replace(",", ""))
+    assert 0 < longest <= 2 * 512
