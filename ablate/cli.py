@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -163,15 +164,24 @@ def token_counter():
     from ablate.launch.planner import counted_tokens, limit_tokens
     from ablate.train.preflight import tokenized_examples
 
+    seen: dict[str, object] = {}
+
     def tokens_of(step):
-        try:
-            examples, _, _ = tokenized_examples(step)
-        except Exception as exc:  # a hub model or dataset offline: sized at its limits
-            console.print(f"[yellow]note:[/] {step.name}: tokens not counted here, sized at its "
-                          f"length limits ({type(exc).__name__}: {str(exc)[:160]})",
-                          highlight=False)
-            return limit_tokens(step)
-        return counted_tokens(step, examples)
+        config = step.config
+        algo = getattr(config, "algorithm", None) or config.train
+        # what the tokenization reads: the model's tokenizer, the data and the length limits
+        key = json.dumps([step.kind, config.model.model_dump(mode="json"),
+                          (getattr(config, "data", None) or config.prompts).model_dump(mode="json"),
+                          [getattr(algo, f, None) for f in ("max_length", "max_prompt_length")]])
+        if key not in seen:
+            try:
+                seen[key] = tokenized_examples(step)[0]
+            except Exception as exc:  # a hub model or dataset offline: sized at its limits
+                console.print(f"[yellow]note:[/] {step.name}: tokens not counted here, sized at "
+                              f"its length limits ({type(exc).__name__}: {str(exc)[:160]})",
+                              highlight=False)
+                seen[key] = None
+        return limit_tokens(step) if seen[key] is None else counted_tokens(step, seen[key])
 
     return tokens_of
 
