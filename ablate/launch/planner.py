@@ -309,15 +309,20 @@ def estimate_eval(step: Step, shapes: dict[str, ModelShape], resources: Resource
     return Estimate(phases)
 
 
+def gpu_budget(gpu: GPUSpec) -> float:
+    """Bytes of one GPU a step may plan for."""
+    return HEADROOM * gpu.memory_gib * GIB
+
+
 def fits(estimate: Estimate, gpu: GPUSpec, resources: Resources) -> bool:
-    return (estimate.peak_bytes <= HEADROOM * gpu.memory_gib * GIB
+    return (estimate.peak_bytes <= gpu_budget(gpu)
             and estimate.host_bytes <= resources.mem_gb * 1e9)
 
 
 def plan_step(step: Step, shapes: dict[str, ModelShape], resources: Resources, gpu: GPUSpec,
               tokens: Tokens = Tokens(None)) -> StepPlan:
-    """Size one step on its resources and apply the checkpointing rule; a step that does not
-    fit gets the settings that would make it fit (``options``)."""
+    """Size one step on its resources and apply the rules (checkpointing, then smaller
+    micro-batches); a step that still does not fit gets what would make it fit (``options``)."""
     params = max(s.params for s in shapes.values())
     if not step.kind.startswith("train"):
         est = estimate_eval(step, shapes, resources)
@@ -364,18 +369,18 @@ def plan_step(step: Step, shapes: dict[str, ModelShape], resources: Resources, g
         _, with_offload, ok_offload = fitted(replace(configured, offload=True))
         if ok_offload:
             options.append(f"cpu_offload: true ({where})")
-        elif with_offload.peak_bytes <= HEADROOM * gpu.memory_gib * GIB:  # short of host memory
+        elif with_offload.peak_bytes <= gpu_budget(gpu):  # short of host memory only
             host_gb = math.ceil(with_offload.host_bytes / 1e9)
             options.append(f"cpu_offload: true ({where}) on nodes with {host_gb} GB for the job "
                            f"(mem_gb, now {resources.mem_gb:g})")
     for nodes in range(configured.nodes + 1, 65):
         if fitted(replace(configured, nodes=nodes))[2]:
             options.append(f"{nodes} nodes of {resources.processes_per_node} GPUs "
-                           f"(steps.{step.kind.removeprefix('train_')}: [{{min_params: "
+                           f"(steps.{resource_kind(step)}: [{{min_params: "
                            f"{_billions(params)}, nodes: {nodes}}}] in the profile)")
             break
-    budget = HEADROOM * gpu.memory_gib * GIB
-    over = [phase for phase, parts in est.phases.items() if sum(parts.values()) > budget]
+    over = [phase for phase, parts in est.phases.items()
+            if sum(parts.values()) > gpu_budget(gpu)]
     if "generation" in over:
         options.append("a smaller minibatch_size (each process samples that many prompts at "
                        "a time and their KV cache is the peak; it changes the run's result)")
