@@ -213,7 +213,7 @@ def check_resources(plan: Plan, cluster: Optional[Path], only_refusals: bool = F
         table = Table(title=f"resources on {profile.name} ({gpu.memory_gib:g} GiB GPUs; tokens: "
                       "an example's longest, ≤ its length limits where not counted)")
         for column in ("step", "size", "job", "tokens", "peak memory per GPU (GiB)",
-                       "checkpointing", "micro-batch", "GPU-hours", "fits"):
+                       "checkpointing", "micro-batch", "GPU-hours (wall)", "fits"):
             table.add_column(column)
         for sp in plans:
             res = sp.resources
@@ -226,8 +226,7 @@ def check_resources(plan: Plan, cluster: Optional[Path], only_refusals: bool = F
                            "on" if sp.settings.checkpointing else "off")
                           if sp.step.kind.startswith("train") else "-",
                           str(sp.settings.micro_batch) if sp.step.kind.startswith("train") else "-",
-                          "-" if sp.gpu_hours is None else f"{sp.gpu_hours:,.0f}"
-                          if sp.gpu_hours >= 10 else f"{sp.gpu_hours:.2g}",
+                          describe_hours(sp),
                           "yes" if sp.fits else "[red]no[/]")
         console.print(table)
         hours = sum(sp.gpu_hours or 0 for sp in plans)
@@ -248,6 +247,17 @@ def check_resources(plan: Plan, cluster: Optional[Path], only_refusals: bool = F
     if refused:
         fail(f"{len(refused)} step(s) cannot fit on {profile.path}; nothing was submitted")
     return with_planned_settings(plan, plans)
+
+
+def describe_hours(sp) -> str:
+    """GPU-hours, and the job's wall-clock hours on its GPUs."""
+    if sp.gpu_hours is None:
+        return "-"
+    def hours(h: float) -> str:
+        return f"{h:,.0f}" if h >= 10 else f"{h:.2g}"
+
+    gpus = sp.settings.nodes * max(1, sp.resources.gpus_per_node)
+    return f"{hours(sp.gpu_hours)} ({hours(sp.gpu_hours / gpus)} h)"
 
 
 def describe_tokens(sp) -> str:

@@ -25,9 +25,10 @@ Calibration (tests/launch/test_planner.py checks each within 15 %): the H200 DPO
 perf/RESULTS.md (1.7B shape, micro-batch 8 pairs, longest row 1,742 tokens, peak 58.6 GiB
 allocated; the formulas: 62.2) and CPU runs of two small random models
 (``perf.checks.training_memory``: fp32, peak resident memory above the process's own).
-GPU-hours: useful FLOPs (8·P·T for DPO's reference pass plus training, 6·P·T for a reward model,
-forward and backward passes of every PPO model) at ``USEFUL_FLOP_UTILISATION`` of the GPU's dense
-bf16 peak, with T at the step's length limits (an upper bound).
+GPU-hours: FLOPs (8·P·T for DPO's reference pass plus training, 6·P·T for a reward model,
+forward and backward passes of every PPO model, 2·P·T more where checkpointing recomputes the
+forward) at ``USEFUL_FLOP_UTILISATION`` of the GPU's dense bf16 peak, with T the data's real
+tokens where counted, else at the step's length limits (an upper bound).
 
 The rules ``plan_step`` applies to a training step, in order, until it fits: activation
 checkpointing on (on where the config sets ``gradient_checkpointing: true``, else only where the
@@ -252,7 +253,9 @@ def estimate_training(step: Step, shapes: dict[str, ModelShape], settings: Setti
         flops = None
         if tokens.examples is not None:
             total = tokens.examples * algo.epochs * (tokens.tokens_per_example or per_example)
-            flops = (8 if step.kind == "train_dpo" else 6) * policy.params * total
+            # a reference pass (DPO), forward and backward, the forward again if checkpointed
+            flops = ((2 if step.kind == "train_dpo" else 0) + 6 + (2 if ckpt else 0)) \
+                * policy.params * total
         host = host_bytes_per_rank(policy.params, world) * resources.processes_per_node \
             if offload else 0.0
         return Estimate(phases, host, flops)
@@ -290,7 +293,8 @@ def estimate_training(step: Step, shapes: dict[str, ModelShape], settings: Setti
         flops = (2 * policy.params * n * algo.max_response_length  # sampling
                  + 2 * (policy.params * 2 + value.params + (reward.params if reward else 0))
                  * scored  # policy, reference, value and reward passes over the rollouts
-                 + 6 * (policy.params + value.params) * scored * algo.ppo_epochs)
+                 + (8 if ckpt else 6) * (policy.params + value.params) * scored
+                 * algo.ppo_epochs)
     host = (host_bytes_per_rank(policy.params, world) + host_bytes_per_rank(value.params, world)) \
         * resources.processes_per_node if offload else 0.0
     return Estimate(phases, host, flops)

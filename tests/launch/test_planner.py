@@ -289,3 +289,30 @@ def test_count_tokens_sizes_a_step_at_its_data(tmp_path):
     assert "16 rows, ≤ limits" in bounded.output
     longest = int(re.search(r"16 rows, longest ([\d,]+)", counted.output).group(1).replace(",", ""))
     assert 0 < longest <= 2 * 512
+
+
+def test_gpu_hours_by_hand():
+    from ablate.launch.planner import USEFUL_FLOP_UTILISATION, Tokens, gpu_hours, plan_step
+    from ablate.launch.profile import GPUSpec, Resources
+    from ablate.spec.plan import Step
+    from ablate.spec.schema import DataRef, ModelSpec, RMConfig
+    from ablate.spec.steps import RMStep
+
+    gpu = GPUSpec(memory_gib=80, bf16_tflops=1000)
+    # an hour of a 1,000 TFLOP/s GPU at the calibrated utilisation
+    assert gpu_hours(3.6e18 * USEFUL_FLOP_UTILISATION, gpu) == pytest.approx(1.0)
+    rm = Step("r", RMStep(model=ModelSpec(builtin="tiny-llama"), seed=1, data=DataRef(name="x"),
+                          train=RMConfig(epochs=2)), {})
+    shapes = {"policy": TINY}
+    tokens = Tokens(examples=100, longest=50, tokens_per_example=30.0, counted=True)
+    sized = plan_step(rm, shapes, Resources(gpus_per_node=1), gpu, tokens)
+    assert sized.fits and not sized.settings.checkpointing
+    # 6·P·T over 2 epochs of 100 pairs of 30 tokens
+    flops = 6 * TINY.params * 2 * 100 * 30
+    assert sized.estimate.flops == flops
+    assert sized.gpu_hours == pytest.approx(flops / (USEFUL_FLOP_UTILISATION * 1e15) / 3600)
+    # a GPU too small for the activations: checkpointing on, and its recomputed forward counted
+    small = GPUSpec(memory_gib=(sized.estimate.peak_bytes - 1) / GIB / 0.95)
+    checkpointed = plan_step(rm, shapes, Resources(gpus_per_node=1), small, tokens)
+    assert checkpointed.settings.checkpointing and checkpointed.checkpointing_by_rule
+    assert checkpointed.estimate.flops == 8 * TINY.params * 2 * 100 * 30
