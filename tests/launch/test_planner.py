@@ -316,3 +316,22 @@ def test_gpu_hours_by_hand():
     checkpointed = plan_step(rm, shapes, Resources(gpus_per_node=1), small, tokens)
     assert checkpointed.settings.checkpointing and checkpointed.checkpointing_by_rule
     assert checkpointed.estimate.flops == 8 * TINY.params * 2 * 100 * 30
+
+
+def test_each_job_asks_sbatch_for_its_step_kind_and_size(tmp_path):
+    from ablate.cli import load_checked
+    from ablate.launch.slurm import submit_plan
+    from ablate.store import RunStore
+
+    _, plan = load_checked(REPO / "grids" / "table3.yaml")
+    rows = submit_plan(plan, RunStore(tmp_path / "store"),
+                       load_profile(REPO / "slurm" / "example-gpu.yaml"), dry_run=True)
+    script = {row["name"]: row["sbatch"] for row in rows}
+    assert "#SBATCH --nodes=4" in script["train_rm rm=uf-70b"]
+    assert "#SBATCH --nodes=1" in script["train_rm rm=uf-13b"]
+    assert "#SBATCH --nodes=2" in script["train_ppo data=uf-fg,alg=ppo,rm=uf-13b,prompts=uf,seed=1"]
+    bon70 = next(name for name in script if name.startswith("eval gsm8k") and "alg=bon,rm=uf-70b"
+                 in name)
+    assert "#SBATCH --gpus-per-node=4" in script[bon70]
+    baseline = next(name for name in script if name.startswith("eval gsm8k") and "SFT" in name)
+    assert "#SBATCH --gpus-per-node=1" in script[baseline]
