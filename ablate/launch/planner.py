@@ -221,9 +221,10 @@ class StepPlan:
     def describe_memory(self) -> str:
         if self.estimate is None:
             return "-"
-        parts = self.estimate.phases[self.estimate.peak_phase]
+        phase = self.estimate.peak_phase
+        parts = self.estimate.phases[phase]
         shown = ", ".join(f"{k} {v / GIB:.1f}" for k, v in parts.items() if v >= 0.05 * GIB)
-        return f"{self.estimate.peak_bytes / GIB:.1f} GiB ({shown})"
+        return f"{self.estimate.peak_bytes / GIB:.1f} GiB at {phase} ({shown})"
 
 
 def world_size(resources: Resources, nodes: int | None = None) -> int:
