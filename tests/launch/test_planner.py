@@ -200,11 +200,10 @@ def test_70b_reward_model_on_one_node_fits_with_offload_and_the_host_memory_it_n
     from ablate.launch.planner import plan_resources
     from ablate.spec import expand, load_grid
 
+    spec = yaml.safe_load((REPO / "grids" / "table3.yaml").read_text())
+    spec["reward_models"]["uf-70b"]["train"] = {"cpu_offload": True}
     grid = tmp_path / "table3.yaml"
-    grid.write_text((REPO / "grids" / "table3.yaml").read_text().replace(
-        "uf-70b: {data: {name: ultrafeedback-fg, max_rows: 60908}, base: tulu2-70b-sft}",
-        "uf-70b: {data: {name: ultrafeedback-fg, max_rows: 60908}, base: tulu2-70b-sft, "
-        "train: {cpu_offload: true}}"))
+    grid.write_text(yaml.safe_dump(spec))
     plan = expand(load_grid(grid))
     example = (REPO / "slurm" / "example-gpu.yaml").read_text().split("# --- resources by step")[0]
     gpu = "gpu: {memory_gib: 80}\n"
