@@ -10,7 +10,9 @@ peaks (the start of a micro-batch's backward, AdamW's step, PPO's generation):
   and during the step, plus one state-sized temporary where AdamW is not fused; with
   ``cpu_offload`` all of it lives in host memory; over several ranks FSDP gathers
   ``PREFETCHED_LAYERS`` decoder layers at a time (bf16, its mixed precision on a GPU).
-- a frozen model (PPO's reference and reward model, DPO's online reference): bf16, sharded.
+- a frozen model as the trainers load it today (``FROZEN_BYTES``, ``REWARD_MODEL_WHOLE``): PPO's
+  reference and DPO's online reference in fp32, sharded with the policy; a reward model (PPO's,
+  best-of-N's) in fp32, whole on every GPU.
 - activations of the longest micro-batch (``activation_bytes_per_token``): each decoder layer
   keeps its norms' fp32 inputs and outputs, the bf16 copies autocast feeds its five input
   projections, the rotated queries, the keys and values (repeated to every head: training
@@ -61,6 +63,11 @@ USEFUL_FLOP_UTILISATION = 0.191
 LOGIT_CHUNK = 1024
 EVAL_CONTEXT = 4096  # tokens of prompt and reply an evaluation's KV cache is sized for
 HEADROOM = 0.95  # share of a GPU's memory a step may plan for (allocator fragmentation)
+# Frozen models as the trainers hold them: fp32 (ablate/train/ppo.py, ablate/train/dpo.py,
+# ablate/generate/reward_model.py); a reward model whole on each GPU that scores with it
+# (ablate/train/rollout.py RewardModelScorer, best-of-N's RewardScorer). Change these with them.
+FROZEN_BYTES = FP32
+REWARD_MODEL_WHOLE = True
 
 
 # ---------------------------------------------------------------- pure formulas
@@ -152,8 +159,9 @@ def gathered_layers_bytes(shape: ModelShape, world: int, offload: bool) -> float
     return PREFETCHED_LAYERS * shape.layer_params * BF16  # FSDP gathers bf16 on a GPU
 
 
-def frozen_model_bytes(params: float, world: int) -> float:
-    return BF16 * params / world
+def frozen_model_bytes(params: float, world: int, whole: bool = False) -> float:
+    """A frozen model on one GPU: sharded 1/world, or ``whole``."""
+    return FROZEN_BYTES * params / (1 if whole else world)
 
 
 def kv_cache_bytes(shape: ModelShape, sequences: int, tokens: int) -> float:
@@ -272,7 +280,7 @@ def estimate_training(step: Step, shapes: dict[str, ModelShape], settings: Setti
                    trained_model_bytes(value.params, world, accumulating, offload).items()})
     states["reference"] = frozen_model_bytes(policy.params, world)
     if reward is not None:
-        states["reward model"] = frozen_model_bytes(reward.params, world)
+        states["reward model"] = frozen_model_bytes(reward.params, world, REWARD_MODEL_WHOLE)
     generation = {**states, "policy gathered": BF16 * policy.params,
                   # each process samples chunks of minibatch_size prompts (ablate.train.ppo)
                   "kv cache": kv_cache_bytes(policy, algo.minibatch_size, sequence)}
@@ -304,13 +312,15 @@ def estimate_training(step: Step, shapes: dict[str, ModelShape], settings: Setti
 def estimate_eval(step: Step, shapes: dict[str, ModelShape], resources: Resources) -> Estimate:
     """An evaluation on one node: the model in bf16 over its GPUs with a KV cache for one
     sequence (generation engines batch as memory allows); a best-of-N step then scores the
-    samples with the reward model in bf16."""
+    samples with the reward model, the generating model still loaded."""
     gpus = max(1, resources.gpus_per_node)
     policy = shapes["policy"]
-    phases = {"generation": {"weights": BF16 * policy.params / gpus,
-                             "kv cache": kv_cache_bytes(policy, 1, EVAL_CONTEXT) / gpus}}
+    generation = {"weights": BF16 * policy.params / gpus,
+                  "kv cache": kv_cache_bytes(policy, 1, EVAL_CONTEXT) / gpus}
+    phases = {"generation": generation}
     if "reward_model" in shapes:
-        phases["scoring"] = {"reward model": BF16 * shapes["reward_model"].params / gpus}
+        phases["scoring"] = {"weights": generation["weights"], "reward model": frozen_model_bytes(
+            shapes["reward_model"].params, gpus, REWARD_MODEL_WHOLE)}
     return Estimate(phases)
 
 
@@ -341,7 +351,7 @@ def plan_step(step: Step, shapes: dict[str, ModelShape], resources: Resources, g
                                f"{_billions(params)}, gpus_per_node: {gpus}}}] in the profile)")
                 break
         return StepPlan(step, resources, settings, False, est, params, None, ok,
-                        () if ok else tuple(options))
+                        () if ok else tuple(options + _code_limits(est, gpu)))
     algo = step.config.algorithm if step.kind != "train_rm" else step.config.train
     chosen = getattr(algo, "gradient_checkpointing", False)
     can_checkpoint = hasattr(algo, "gradient_checkpointing")
@@ -391,8 +401,18 @@ def plan_step(step: Step, shapes: dict[str, ModelShape], resources: Resources, g
                        "a time and their KV cache is the peak; it changes the run's result)")
     if not can_checkpoint and any(phase.endswith("backward") for phase in over):
         options.append(f"activation checkpointing, which {step.kind} steps do not have")
+    options += _code_limits(est, gpu)
     return StepPlan(step, resources, settings, settings.checkpointing and not chosen, est, params,
                     hours, False, tuple(options), tokens=tokens)
+
+
+def _code_limits(est: Estimate, gpu: GPUSpec) -> list[str]:
+    """What no setting changes: a reward model that alone takes a quarter of the GPU."""
+    whole = max((parts.get("reward model", 0) for parts in est.phases.values()), default=0)
+    if REWARD_MODEL_WHOLE and whole > gpu_budget(gpu) / 4:
+        return [f"a reward model held sharded or in bf16 (ablate loads it whole, in fp32, on "
+                f"every GPU that scores with it: {whole / GIB:.0f} GiB)"]
+    return []
 
 
 def _billions(params: float) -> str:

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from ablate.cli import app
 from ablate.launch.planner import (
-    GIB, LOGIT_CHUNK, activation_bytes_per_token, attention_scores_bytes, kv_cache_bytes,
-    optimiser_step_bytes, output_layer_bytes, trained_model_bytes, trained_model_phases,
+    GIB, LOGIT_CHUNK, activation_bytes_per_token, attention_scores_bytes, frozen_model_bytes,
+    kv_cache_bytes, optimiser_step_bytes, output_layer_bytes, trained_model_bytes, trained_model_phases,
 )
 from ablate.launch.profile import ClusterProfile, load_profile, parse_params
 from ablate.launch.slurm import _dry_run_script, sbatch_parameters
@@ -53,6 +53,8 @@ def test_memory_formulas_by_hand():
         "weights": 100.0, "gradients": 100.0, "optimiser": 200.0}
     assert trained_model_bytes(100, 4, accumulating=False, offload=False)["gradients"] == 0
     assert set(trained_model_bytes(100, 4, True, offload=True).values()) == {0}
+    # frozen models in fp32, as the trainers load them: sharded, or a reward model whole
+    assert frozen_model_bytes(100, 4) == 100 and frozen_model_bytes(100, 4, whole=True) == 400
     assert optimiser_step_bytes(100, 4, offload=False, fused=True) == 400
     assert optimiser_step_bytes(100, 4, offload=False, fused=False) == 500  # a foreach temporary
     # two chunks' worth of answers: one chunk's fp32 logits and softmax, and the head's gradient
