@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -177,6 +178,120 @@ def plan_data_origins(plan: Plan) -> list[tuple[str, str]]:
     return origins
 
 
+def token_counter():
+    """``tokens_of(step)`` for the planner from each training step's data tokenized as its
+    trainer will (each data set and tokenizer once); a step whose data or tokenizer cannot be
+    read here is named and sized at its length limits."""
+    from ablate.launch.planner import counted_tokens, limit_tokens
+    from ablate.train.preflight import tokenized_examples
+
+    seen: dict[str, object] = {}
+
+    def tokens_of(step):
+        config = step.config
+        algo = getattr(config, "algorithm", None) or config.train
+        # what the tokenization reads: the model's tokenizer, the data and the length limits
+        key = json.dumps([step.kind, config.model.model_dump(mode="json"),
+                          (getattr(config, "data", None) or config.prompts).model_dump(mode="json"),
+                          [getattr(algo, f, None) for f in ("max_length", "max_prompt_length")]])
+        if key not in seen:
+            try:
+                seen[key] = tokenized_examples(step)[0]
+            except Exception as exc:  # a hub model or dataset offline: sized at its limits
+                console.print(f"[yellow]note:[/] {step.name}: tokens not counted here, sized at "
+                              f"its length limits ({type(exc).__name__}: {str(exc)[:160]})",
+                              highlight=False)
+                seen[key] = None
+        return limit_tokens(step) if seen[key] is None else counted_tokens(step, seen[key])
+
+    return tokens_of
+
+
+def check_resources(plan: Plan, cluster: Optional[Path], only_refusals: bool = False,
+                    count_tokens: bool = False) -> Plan:
+    """The planner's estimate of each step on the profile's resources (peak memory per GPU,
+    GPU-hours, checkpointing); a step that cannot fit fails the command, naming what would
+    make it fit. Returns the plan with the checkpointing and micro-batches the planner chose. A
+    profile without ``gpu`` is not sized (with ``only_refusals``, silently). ``count_tokens``:
+    size training steps at their data's real lengths instead of their limits."""
+    from ablate.launch.planner import GIB, limit_tokens, plan_resources, with_planned_settings
+    from ablate.launch.profile import load_profile
+    from ablate.models import cache_root
+
+    try:
+        profile = load_profile(cluster)
+    except SpecError as exc:
+        fail(str(exc))
+    if profile.config.gpu is None:
+        if not only_refusals:
+            console.print(f"{profile.path}: no gpu: {{memory_gib: ...}} in the profile, so no "
+                          "step was sized", highlight=False)
+        return plan
+    plans = plan_resources(plan, profile.config,
+                           token_counter() if count_tokens else limit_tokens, cache_root())
+    gpu = profile.config.gpu
+    if not only_refusals:
+        table = Table(title=f"resources on {profile.name} ({gpu.memory_gib:g} GiB GPUs; tokens: "
+                      "an example's longest, ≤ its length limits where not counted)")
+        for column in ("step", "size", "job", "tokens", "peak memory per GPU (GiB)",
+                       "checkpointing", "micro-batch", "GPU-hours (wall)", "fits"):
+            table.add_column(column)
+        for sp in plans:
+            res = sp.resources
+            table.add_row(sp.step.name, "?" if sp.params is None else f"{sp.params / 1e9:.1f}B",
+                          f"{sp.settings.nodes}×{res.gpus_per_node} GPU, {res.cpus_per_task} CPU, "
+                          f"{res.mem_gb:g} GB, {res.time_min} min",
+                          describe_tokens(sp),
+                          sp.note or sp.describe_memory(),
+                          ("on (planner)" if sp.checkpointing_by_rule else
+                           "on" if sp.settings.checkpointing else "off")
+                          if sp.step.kind.startswith("train") else "-",
+                          str(sp.settings.micro_batch) if sp.step.kind.startswith("train") else "-",
+                          describe_hours(sp),
+                          "yes" if sp.fits else "[red]no[/]")
+        console.print(table)
+        hours = sum(sp.gpu_hours or 0 for sp in plans)
+        console.print(f"training: {hours:,.0f} GPU-hours in all (the steps whose rows are known; "
+                      "at most, where tokens were not counted); checkpointing on, then the "
+                      "micro-batch halved, where a step would not fit otherwise", highlight=False)
+    refused = [sp for sp in plans if not sp.fits]
+    for sp in refused:
+        need = sp.estimate.peak_bytes / GIB
+        console.print(f"[red]refused:[/] {sp.step.name} needs {need:.1f} GiB per GPU on "
+                      f"{sp.settings.nodes} node(s) of {sp.resources.processes_per_node} GPUs "
+                      f"({gpu.memory_gib:g} GiB each)"
+                      + (f" and {sp.estimate.host_bytes / 1e9:.0f} GB of host memory per node"
+                         if sp.estimate.host_bytes else "")
+                      + "; to make it fit: " + ("; or ".join(sp.options) or
+                                                "nothing the planner knows of"),
+                      highlight=False)
+    if refused:
+        fail(f"{len(refused)} step(s) cannot fit on {profile.path}; nothing was submitted")
+    return with_planned_settings(plan, plans)
+
+
+def describe_hours(sp) -> str:
+    """GPU-hours, and the job's wall-clock hours on its GPUs."""
+    if sp.gpu_hours is None:
+        return "-"
+    def hours(h: float) -> str:
+        return f"{h:,.0f}" if h >= 10 else f"{h:.2g}"
+
+    gpus = sp.settings.nodes * max(1, sp.resources.gpus_per_node)
+    return f"{hours(sp.gpu_hours)} ({hours(sp.gpu_hours / gpus)} h)"
+
+
+def describe_tokens(sp) -> str:
+    """A sized training step's examples and longest example, as counted or as bounded."""
+    if not sp.step.kind.startswith("train") or sp.estimate is None:
+        return "-"
+    tokens = sp.tokens
+    rows = "? rows" if tokens.examples is None else f"{tokens.examples:,} rows"
+    if tokens.counted:
+        return f"{rows}, longest {tokens.longest:,}"
+    return f"{rows}, ≤ limits"
+
+
 def step_table(plan: Plan, store: RunStore, states: dict | None = None) -> Table:
     """One row per step; ``states`` (step id -> state record) as ``status`` has corrected them
     from SLURM, else as the store holds them."""
@@ -193,7 +308,11 @@ def step_table(plan: Plan, store: RunStore, states: dict | None = None) -> Table
 def grid(file: Path = typer.Argument(..., help="Grid spec (YAML)"),
          submit: bool = typer.Option(False, "--submit", help="Submit to SLURM via submitit"),
          cluster: Optional[Path] = typer.Option(None, "--cluster", help="SLURM profile (slurm/*.yaml)"),
-         dry_run: bool = typer.Option(False, "--dry-run", help="Print the expanded jobs and exit"),
+         dry_run: bool = typer.Option(False, "--dry-run", help="Print the expanded jobs and exit "
+                                      "(with --cluster: each step's memory, GPU-hours and fit)"),
+         count_tokens: bool = typer.Option(False, "--count-tokens", help="With --cluster: size "
+                                           "training steps at their data's real lengths "
+                                           "(tokenizes the data here)"),
          force: List[str] = typer.Option([], "--force", help="Redo a step (kind, benchmark, id "
                                          "prefix or 'all') and what depends on it"),
          store: Optional[Path] = StoreOption) -> None:
@@ -211,10 +330,13 @@ def grid(file: Path = typer.Argument(..., help="Grid spec (YAML)"),
             console.print(f"  judge of {benchmark}: {describe_judge(judge)}", highlight=False)
         for step_name, where in plan_data_origins(plan):
             console.print(f"  data of {step_name}: {where}", highlight=False)
+        if cluster is not None:
+            check_resources(plan, cluster, count_tokens=count_tokens)
         return
     if not dry_run:
         check_judges(plan, run_store)
     if submit:
+        plan = check_resources(plan, cluster, only_refusals=True, count_tokens=count_tokens)
         from ablate.launch.slurm import submit_from_cli
 
         submit_from_cli(plan, run_store, cluster, dry_run=dry_run, force=force, console=console,

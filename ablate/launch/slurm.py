@@ -120,9 +120,10 @@ def partition_node_gpus(partition: str | None) -> int | None:
 
 
 def sbatch_parameters(profile: LoadedProfile, klass: str, job_name: str,
-                      dependency: list[str] = ()) -> dict:
-    """submitit SlurmExecutor parameters for one job of a resource class."""
-    cfg, res = profile.config, profile.config.resources(klass)
+                      dependency: list[str] = (), res: Resources | None = None) -> dict:
+    """submitit SlurmExecutor parameters for one job of a resource class (``res``: the step's
+    own resources, by kind and model size; default: its class's)."""
+    cfg, res = profile.config, res or profile.config.resources(klass)
     params = {
         "job_name": job_name, "partition": cfg.partition_for(klass), "account": cfg.account,
         "qos": res.qos or cfg.qos, "constraint": res.constraint or cfg.constraint,
@@ -131,6 +132,8 @@ def sbatch_parameters(profile: LoadedProfile, klass: str, job_name: str,
         "mem": f"{int(res.mem_gb * 1024)}M", "signal_delay_s": cfg.signal_delay_s,
         "setup": list(cfg.setup) or None, "array_parallelism": cfg.array_parallelism,
         "dependency": "afterok:" + ":".join(dependency) if dependency else None,
+        # srun does not take the job's --cpus-per-task from sbatch (SLURM >= 22.05)
+        "srun_args": [f"--cpus-per-task={res.cpus_per_task}"],
         # Requeueable (failed attempts and preemptions come back with the same id), and cancelled
         # by SLURM when an input's job failed for good instead of pending forever.
         "additional_parameters": {"requeue": True, "kill_on_invalid_dep": "yes",
@@ -306,21 +309,24 @@ class JobGroup:
 
     klass: str
     steps: list[Step] = field(default_factory=list)
+    resources: Resources | None = None  # None: the class's
 
 
-def group_steps(steps: list[Step]) -> list[JobGroup]:
+def group_steps(steps: list[Step], resources_of=None) -> list[JobGroup]:
     """Training steps one job each (in dependency order); evaluations of the same inputs with the
-    same resources as one array."""
+    same resources as one array (``resources_of(step)``: a step's own resources)."""
     groups: list[JobGroup] = []
     arrays: dict[tuple, JobGroup] = {}
     for step in steps:
         klass = resource_class(step)
+        res = resources_of(step) if resources_of else None
         if klass == "train":
-            groups.append(JobGroup(klass, [step]))
+            groups.append(JobGroup(klass, [step], res))
             continue
-        key = (klass, tuple(sorted(step.inputs.values())))
+        key = (klass, tuple(sorted(step.inputs.values())),
+               res.model_dump_json() if res else None)
         if key not in arrays:
-            arrays[key] = JobGroup(klass, [])
+            arrays[key] = JobGroup(klass, [], res)
             groups.append(arrays[key])
         arrays[key].steps.append(step)
     train = [g for g in groups if g.klass == "train"]
@@ -328,9 +334,9 @@ def group_steps(steps: list[Step]) -> list[JobGroup]:
 
 
 def _job_for(step: Step, plan_id: str, store: RunStore,
-             profile: LoadedProfile) -> SlurmStepJob:
+             profile: LoadedProfile, res: Resources | None = None) -> SlurmStepJob:
     cfg = profile.config
-    res: Resources = cfg.resources(resource_class(step))
+    res = res or cfg.resources(resource_class(step))
     common = dict(store_root=str(store.root), plan_id=plan_id, step_id=step.id,
                   max_attempts=cfg.max_attempts)
     if resource_class(step) == "train" and res.world_size > 1:
@@ -375,13 +381,17 @@ def submit_plan(plan: Plan, store: RunStore, profile: LoadedProfile, dry_run: bo
     to_submit = [s for s in todo if s.id not in job_of]
 
     folder = Path(profile.config.log_dir or store.root / "slurm") / "%j"
-    for n, group in enumerate(group_steps(to_submit)):
+    from ablate.launch.planner import step_resources
+    from ablate.models import cache_root
+
+    for n, group in enumerate(group_steps(
+            to_submit, lambda s: step_resources(profile.config, plan, s, cache_root()))):
         after = sorted({job_of[sid] for s in group.steps for sid in s.inputs.values()
                         if sid in job_of})
         # the first step's id tells the arrays of one grid apart in squeue
         name = f"ablate-{plan.grid}-{group.klass}-{group.steps[0].id[:8]}" + (
             f"-x{len(group.steps)}" if len(group.steps) > 1 else "")
-        params = sbatch_parameters(profile, group.klass, name, after)
+        params = sbatch_parameters(profile, group.klass, name, after, group.resources)
         if dry_run:
             ids = [f"new{n}" + (f"_{i}" if len(group.steps) > 1 else "")
                    for i in range(len(group.steps))]
@@ -418,7 +428,7 @@ def _submit_group(group: JobGroup, params: dict, folder: Path, store: RunStore,
 
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=profile.config.max_requeues)
     executor.update_parameters(**params)
-    callables = [_job_for(step, plan_id, store, profile) for step in group.steps]
+    callables = [_job_for(step, plan_id, store, profile, group.resources) for step in group.steps]
     try:
         if len(callables) == 1:
             return [executor.submit(callables[0])]

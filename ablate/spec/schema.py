@@ -164,6 +164,7 @@ class PairTraining(Frozen):
         "false: the plain chosen and rejected sequences)")
     adam_beta2: float = adam_beta2()
     gradient_checkpointing: bool = execution(False)
+    cpu_offload: bool = execution(False)
     compile_regions: bool = execution(
         False, description="torch.compile each decoder layer's MLP and norms (fused "
         "element-wise kernels; attention and the varying lengths stay outside the graphs)")

@@ -16,6 +16,13 @@ from ablate.spec.plan import Step
 def usable_examples(step: Step) -> tuple[int, int, dict]:
     """(usable, rows, skipped by reason) of a training step's pairs (DPO, RM) or prompts (PPO),
     as its trainer tokenizes and filters them."""
+    examples, rows, skipped = tokenized_examples(step)
+    return len(examples), rows, skipped
+
+
+def tokenized_examples(step: Step) -> tuple[list, int, dict]:
+    """(the tokenized pairs or prompts its trainer keeps, rows, skipped by reason) of a training
+    step, as its trainer tokenizes and filters them."""
     from transformers import AutoTokenizer
 
     from ablate.data import load_preferences, load_prompts
@@ -28,7 +35,7 @@ def usable_examples(step: Step) -> tuple[int, int, dict]:
     if step.kind == "train_ppo":
         loaded = load_prompts(config.prompts)
         items, skipped = tokenize_prompts(loaded.rows, tokenizer, config.algorithm.max_prompt_length)
-        return len(items), len(loaded.rows), dict(Counter(loaded.skipped) + skipped)
+        return items, len(loaded.rows), dict(Counter(loaded.skipped) + skipped)
     data = load_preferences(config.data, "train")
     if step.kind == "train_rm":  # the paper's RM recipe drops pairs that do not fit
         pairs, skipped = tokenize_pairs(data.rows, tokenizer, config.train.max_length,
@@ -36,4 +43,4 @@ def usable_examples(step: Step) -> tuple[int, int, dict]:
     else:
         pairs, skipped = tokenize_pairs(data.rows, tokenizer, config.algorithm.max_length,
                                         config.algorithm.max_prompt_length)
-    return len(pairs), len(data.rows), dict(Counter(data.skipped) + skipped)
+    return pairs, len(data.rows), dict(Counter(data.skipped) + skipped)
