@@ -65,7 +65,8 @@ BENCHMARKS: dict[str, BenchmarkFacts] = {
                                            ":format_end2end_prompt"),
     "toxigen": BenchmarkFacts("safety", "generate", paper_version=2, full_version=2),
     "xstest": BenchmarkFacts("safety", "generate", judged=True,
-                             annotator="open-instruct:eval/xstest/classify_refusal.py"),
+                             annotator="open-instruct:eval/xstest/classify_refusal.py:"
+                                       "xstest_refusal_detect"),
     "alpaca_eval_1": BenchmarkFacts("inst_following", "generate", judged=True, paper_version=2,
                                     full_version=2, annotator="alpaca_eval_gpt4"),
     "alpaca_eval_2": BenchmarkFacts("inst_following", "generate", judged=True, paper_version=2,
