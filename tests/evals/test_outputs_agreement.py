@@ -221,3 +221,50 @@ def test_xstest_items_are_open_instructs_v2_prompts(shared_data):
     items = get_benchmark("xstest").items("paper", shared_data)
     assert [(i["prompt"], i["unsafe"]) for i in items] == \
         [(p, "contrast" in t) for p, t in zip(v2["prompt"], v2["type"])]
+
+
+# -------------------------------------------------------------------------------------------- BBH
+def bbh_reply(item: dict, other_target: str, k: int) -> str:
+    """Right, wrong, differently written and unanswered replies, in turn."""
+    target = item["target"]
+    return [f"Let's think step by step.\nSo the answer is {target}.",
+            f"So the answer is {other_target}.",
+            f"the answer is {target.lower()}!.",  # case and punctuation are ignored
+            f"{target}",  # no "the answer is": the whole reply
+            f"The answer is {target} because.",  # the text up to the next period
+            "I am not sure.",
+            f"The answer is  {target} .",
+            f"So the answer is {target}\n",  # no period: the whole reply
+            f"Hence |he answer is {target}."][k % 9]  # open-instruct's class [t|T] takes "|"
+
+
+def open_instruct_bbh(reply: str, target: str) -> float:
+    """open-instruct@959cbbc9d:eval/bbh/run_eval.py: the first "[t|T]he answer is X." (X
+    stripped), else the whole reply stripped; evaluate's exact_match ignoring case and
+    punctuation."""
+    from lm_eval.api.metrics import exact_match_hf_evaluate
+
+    found = re.search(r"[t|T]he answer is (.*?)\.", reply)
+    prediction = found.group(1).strip() if found else reply.strip()
+    return exact_match_hf_evaluate([prediction], [target], ignore_case=True,
+                                   ignore_punctuation=True)["exact_match"]
+
+
+def test_bbh_outputs_score_as_open_instruct(shared_data, tmp_path):
+    items = get_benchmark("bbh").items("paper", shared_data)
+    assert len(items) == 27 * 40
+    replies = [bbh_reply(item, items[k - 1]["target"], k) for k, item in enumerate(items)]
+    lines = [{"benchmark": "bbh", "item_id": i["item_id"], "output": r}
+             for i, r in zip(items, replies)]
+    ours = scored(tmp_path, shared_data, lines)["bbh"]
+    theirs = [open_instruct_bbh(r, i["target"]) for i, r in zip(items, replies)]
+    assert 0 < sum(theirs) < len(theirs)
+    assert [row["item_id"] for row in ours] == [i["item_id"] for i in items]
+    assert [row["score"] for row in ours] == theirs
+    # the headline: open-instruct's average_exact_match, the mean of the task means
+    tasks: dict[str, list[float]] = {}
+    for item, score in zip(items, theirs):
+        tasks.setdefault(item["task"], []).append(score)
+    average = sum(sum(v) / len(v) for v in tasks.values()) / len(tasks)
+    result = json.loads((tmp_path / "out" / "bbh" / "result.json").read_text())
+    assert result["value"] == pytest.approx(100 * average)
