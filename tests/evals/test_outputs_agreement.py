@@ -268,3 +268,71 @@ def test_bbh_outputs_score_as_open_instruct(shared_data, tmp_path):
     average = sum(sum(v) / len(v) for v in tasks.values()) / len(tasks)
     result = json.loads((tmp_path / "out" / "bbh" / "result.json").read_text())
     assert result["value"] == pytest.approx(100 * average)
+
+
+# ------------------------------------------------------------------------------------ AlpacaEval
+AE1_PROMPT = re.compile(r'"instruction": """(.*)""",\n\}.*"model": "model_1",\n\s*"answer": '
+                        r'"""(.*)"""\n\s*\},\n\s*\{\n\s*"model": "model_2"', re.DOTALL)
+
+
+def fake_openai_judge(tmp_path, monkeypatch, endpoint, answer) -> None:
+    """judges.yaml naming the stand-in endpoint as ``fake``, which answers with ``answer``."""
+    from fake_openai import FakeEndpoint
+
+    FakeEndpoint.answer = staticmethod(answer)
+    judges = tmp_path / "judges.yaml"
+    judges.write_text(f"fake: {{kind: openai, base_url: '{endpoint}', model: gpt-4, "
+                      "api_key_env: FAKE_KEY}\n")
+    monkeypatch.setenv("ABLATE_JUDGES", str(judges))
+    monkeypatch.setenv("FAKE_KEY", "k")
+
+
+def test_alpaca_eval_1_outputs_score_as_alpaca_eval_scored_them(shared_data, tmp_path,
+                                                                 monkeypatch, endpoint):
+    """tulu-2-dpo-13b's outputs, judged as alpaca-eval's GPT-4 annotator judged them
+    (alpaca_eval_gpt4's annotations, replayed as rankings), give alpaca-eval's preferences item
+    by item and its win rate."""
+    import pandas as pd
+    from alpaca_eval.metrics import get_winrate
+
+    folder = shared_data / "alpaca_eval"
+    outputs = json.loads((folder / "model_outputs" / "tulu-2-dpo-13b.json").read_text())
+    annotations = json.loads((folder / "annotations" / "tulu-2-dpo-13b__alpaca_eval_gpt4.json")
+                             .read_text())
+    verdict = {a["instruction"]: (o["output"], a["preference"])
+               for a, o in zip(annotations, outputs)}
+
+    def ranking(content: str) -> str:
+        instruction, first = AE1_PROMPT.search(content).groups()
+        output, preference = verdict[instruction]
+        if preference not in (1.0, 2.0):  # a draw, which a ranking cannot say
+            return "no ranking"
+        model_wins = preference == 2.0
+        first_wins = model_wins == (first == output)
+        return (f"[{{'model': 'model_1', 'rank': {1 if first_wins else 2}}}, "
+                f"{{'model': 'model_2', 'rank': {2 if first_wins else 1}}}]")
+
+    fake_openai_judge(tmp_path, monkeypatch, endpoint, ranking)
+    items = get_benchmark("alpaca_eval_1").items("paper", shared_data)
+    assert [i["instruction"] for i in items] == [o["instruction"] for o in outputs]
+    lines = [{"benchmark": "alpaca_eval_1", "item_id": i["item_id"], "output": o["output"]}
+             for i, o in zip(items, outputs)]
+    ours = scored(tmp_path, shared_data, lines, "--judge", "fake")["alpaca_eval_1"]
+    # outputs identical to the reference are draws that no judge is asked about, as alpaca-eval
+    # decides them (the annotation file's reference is an older davinci-003 text, so one of these
+    # was judged there); the annotations' two other non-rankings are not said here
+    identical = {k for k, (i, o) in enumerate(zip(items, outputs)) if o["output"] == i["reference"]}
+    unsaid = {k for k, a in enumerate(annotations)
+              if a["preference"] not in (1.0, 2.0) and k not in identical}
+    assert len(identical) == 3 and len(unsaid) == 2
+    expected = [1.5 if k in identical else None if k in unsaid else float(a["preference"])
+                for k, a in enumerate(annotations)]
+    assert [row["preference"] for row in ours] == expected
+    result = json.loads((tmp_path / "out" / "alpaca_eval_1" / "result.json").read_text())
+    theirs = get_winrate(pd.DataFrame({"preference": [p for p in expected if p is not None]}))
+    assert result["value"] == pytest.approx(theirs["win_rate"])
+    print(f"alpaca_eval_1 win rate {result['value']:.3f} (leaderboard 88.122)")
+    assert abs(result["value"] - 88.122) < 0.2  # its leaderboard row, up to the four draws
+    assert result["n_failed"] == 2
+    for key in ("n_wins", "n_wins_base", "n_draws", "n_total"):
+        assert result["secondary"][key] == theirs[key], key
