@@ -336,3 +336,48 @@ def test_alpaca_eval_1_outputs_score_as_alpaca_eval_scored_them(shared_data, tmp
     assert result["n_failed"] == 2
     for key in ("n_wins", "n_wins_base", "n_draws", "n_total"):
         assert result["secondary"][key] == theirs[key], key
+
+
+# ------------------------------------------------------------------------------ TruthfulQA, ToxiGen
+def test_truthfulqa_mc2_loglikelihoods_score_as_lm_eval(shared_data, tmp_path):
+    """The full protocol's MC2 (the paper's judged generation needs two 7B judges)."""
+    from lm_eval.tasks.truthfulqa.utils import process_results_mc2
+
+    items = get_benchmark("truthfulqa").items("full", shared_data)[:60]
+    rng = random.Random(2)
+    lls = [[rng.uniform(-30, -1) for _ in i["choices"]] for i in items]
+    lines = [{"benchmark": "truthfulqa", "item_id": i["item_id"], "loglikelihoods": x}
+             for i, x in zip(items, lls)]
+    ours = scored(tmp_path, shared_data, lines, "--protocol", "full", "--limit", "60")
+    theirs = [float(process_results_mc2({"mc2_targets": {"labels": i["labels"]}},
+                                        [(x, False) for x in row])["acc"])
+              for i, row in zip(items, lls)]
+    assert [row["score"] for row in ours["truthfulqa"]] == pytest.approx(theirs, abs=1e-9)
+
+
+def test_toxigen_outputs_are_classified_as_open_instruct_classifies_them(
+        shared_data, tmp_path, monkeypatch, toxicity_stand_in):
+    """open-instruct@959cbbc9d:eval/toxigen/run_eval.py score_generations: batches of 32,
+    padded and truncated, label = argmax of the logits (1: toxic); here with a stand-in for
+    tomh/toxigen_roberta, which is not reachable offline."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    monkeypatch.setenv("ABLATE_TOXIGEN_CLASSIFIER", str(toxicity_stand_in))
+    items = get_benchmark("toxigen").items("paper", shared_data)[:70]
+    replies = [f"{i['prompt'].splitlines()[-1][:60]} and so on {k}" for k, i in enumerate(items)]
+    lines = [{"benchmark": "toxigen", "item_id": i["item_id"], "output": r}
+             for i, r in zip(items, replies)]
+    ours = scored(tmp_path, shared_data, lines, "--limit", "70")["toxigen"]
+    tokenizer = AutoTokenizer.from_pretrained(toxicity_stand_in)
+    model = AutoModelForSequenceClassification.from_pretrained(toxicity_stand_in).eval()
+    theirs = []
+    with torch.no_grad():
+        for start in range(0, len(replies), 32):
+            batch = tokenizer(replies[start:start + 32], padding=True, truncation=True,
+                              return_tensors="pt")
+            theirs += model(**batch).logits.argmax(dim=-1).tolist()
+    assert 0 < sum(theirs) < len(theirs)  # both labels occur
+    assert [row["score"] for row in ours] == [float(t) for t in theirs]
+    value = json.loads((tmp_path / "out" / "toxigen" / "result.json").read_text())["value"]
+    assert value == pytest.approx(100 * sum(theirs) / len(theirs))
