@@ -115,7 +115,8 @@ def test_a_tulu_2_model_formats_chats_as_the_paper_whatever_template_the_hub_has
     assert resolve_model(spec) == folder != snapshot  # built once per commit
     tokenizer = AutoTokenizer.from_pretrained(folder)
     eos = tokenizer.eos_token
-    assert chat_prompt(tokenizer, "What is 2+2?", "A:") == "<|user|>\nWhat is 2+2?\n<|assistant|>\nA:"
+    assert chat_prompt(tokenizer, "What is 2+2?", "A:") == \
+        "<|user|>\nWhat is 2+2?\n<|assistant|>\nA:"
     conversation = [{"role": "system", "content": "Be brief."},
                     {"role": "user", "content": "Hi"},
                     {"role": "assistant", "content": " Hello there.\n"},

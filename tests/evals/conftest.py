@@ -180,5 +180,6 @@ def endpoint():
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     FakeEndpoint.script, FakeEndpoint.seen, FakeEndpoint.answer = [], [], staticmethod(pick)
+    FakeEndpoint.top_logprobs = None
     yield f"http://127.0.0.1:{server.server_port}/v1"
     server.shutdown()

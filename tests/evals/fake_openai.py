@@ -16,6 +16,7 @@ class FakeEndpoint(BaseHTTPRequestHandler):
     script: list = []  # status codes to answer before succeeding
     seen: list = []
     answer = staticmethod(pick)  # the judge's reply to the last message's content
+    top_logprobs = None  # or content -> the first token's top log-probabilities
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -25,7 +26,10 @@ class FakeEndpoint(BaseHTTPRequestHandler):
             self.end_headers()
             return
         text = FakeEndpoint.answer(body["messages"][-1]["content"])
-        payload = {"choices": [{"message": {"content": text}, "logprobs": None}]}
+        content = body["messages"][-1]["content"]
+        top = FakeEndpoint.top_logprobs(content) if FakeEndpoint.top_logprobs else None
+        logprobs = {"content": [{"token": text, "top_logprobs": top}]} if top else None
+        payload = {"choices": [{"message": {"content": text}, "logprobs": logprobs}]}
         data = json.dumps(payload).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(data)))

@@ -381,3 +381,76 @@ def test_toxigen_outputs_are_classified_as_open_instruct_classifies_them(
     assert [row["score"] for row in ours] == [float(t) for t in theirs]
     value = json.loads((tmp_path / "out" / "toxigen" / "result.json").read_text())["value"]
     assert value == pytest.approx(100 * sum(theirs) / len(theirs))
+
+
+AE2_PROMPT = re.compile(r'"instruction": """(.*)""",\n\}.*"model_identifier": "m",\n\s*"output": '
+                        r'"""(.*)"""\n\s*\},\n\s*\{\n\s*"model_identifier": "M"', re.DOTALL)
+
+
+def df_gamed_stand_in(path, n_items: int) -> None:
+    """A made-up instruction-difficulty table in the columns of alpaca-eval's df_gamed.csv (a
+    hub-only file): two gamed baselines, seeded difficulties."""
+    import pandas as pd
+
+    rng = random.Random(5)
+    difficulty = [rng.uniform(-1, 1) for _ in range(n_items)]
+    rows = [{"model": model, "index": k, "instruction_difficulty": difficulty[k],
+             "preference": rng.random(), "std_delta_len": sign * rng.uniform(0.5, 2),
+             "not_gamed_baseline": False}
+            for model, sign in (("gamed_long", 1), ("gamed_short", -1)) for k in range(n_items)]
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def test_alpaca_eval_2_outputs_score_as_alpaca_eval_scored_them(shared_data, tmp_path,
+                                                                 monkeypatch, endpoint):
+    """text-davinci-003's outputs against GPT-4-turbo's, judged as alpaca-eval's
+    weighted_alpaca_eval_gpt4_turbo annotator judged them (its preferences replayed as the
+    judge's top log-probabilities), give alpaca-eval's weighted preferences item by item, its win
+    rate and its length-controlled win rate (on a stand-in difficulty table: the real one is
+    hub-only)."""
+    import math
+
+    import pandas as pd
+    from alpaca_eval import metrics
+    from alpaca_eval.metrics import glm_winrate
+
+    folder = shared_data / "alpaca_eval"
+    annotations = json.loads((folder / "annotations"
+                              / "text_davinci_003__weighted_alpaca_eval_gpt4_turbo.json")
+                             .read_text())
+    items = get_benchmark("alpaca_eval_2").items("paper", shared_data)
+    assert [i["reference"] for i in items] == [a["output_1"] for a in annotations]
+    model_wins = {a["instruction"]: (a["output_2"], float(a["preference"]) - 1)
+                  for a in annotations}
+
+    def top_logprobs(content: str) -> list[dict]:
+        instruction, first = AE2_PROMPT.search(content).groups()
+        output, p = model_wins[instruction]
+        p_big_m = p if first != output else 1 - p  # "M" names the second output shown
+        return [{"token": t, "logprob": math.log(q)}
+                for t, q in (("M", p_big_m), ("m", 1 - p_big_m)) if q > 0]
+
+    from fake_openai import FakeEndpoint
+
+    FakeEndpoint.top_logprobs = staticmethod(top_logprobs)
+    fake_openai_judge(tmp_path, monkeypatch, endpoint, lambda content: max(
+        top_logprobs(content), key=lambda t: t["logprob"])["token"])
+    difficulty = tmp_path / "df_gamed.csv"
+    df_gamed_stand_in(difficulty, len(items))
+    monkeypatch.setenv("ABLATE_ALPACA_DF_GAMED", str(difficulty))
+    lines = [{"benchmark": "alpaca_eval_2", "item_id": i["item_id"], "output": a["output_2"]}
+             for i, a in zip(items, annotations)]
+    ours = scored(tmp_path, shared_data, lines, "--judge", "fake")["alpaca_eval_2"]
+    theirs = [float(a["preference"]) for a in annotations]
+    assert [row["preference"] for row in ours] == pytest.approx(theirs, abs=1e-9)
+    result = json.loads((tmp_path / "out" / "alpaca_eval_2" / "result.json").read_text())
+    frame = pd.DataFrame([{**a, "preference": float(a["preference"]), "index": k}
+                          for k, a in enumerate(annotations)])
+    monkeypatch.setattr(glm_winrate, "hf_hub_download", lambda *a, **k: str(difficulty))
+    reference = metrics.get_length_controlled_winrate(frame, save_weights_dir=None,
+                                                      is_add_glm_preference_inplace=False)
+    assert result["value"] == pytest.approx(reference["length_controlled_winrate"], abs=1e-6)
+    assert result["secondary"]["win_rate"] == pytest.approx(reference["win_rate"], abs=1e-6)
+    print(f"alpaca_eval_2 (text_davinci_003): win rate {result['secondary']['win_rate']:.3f}, "
+          f"length-controlled {result['value']:.3f} on the stand-in table")
+    assert sum(0 < p % 1 for p in theirs) > 700  # weighted: the log-probabilities were read
