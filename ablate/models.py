@@ -7,15 +7,25 @@ Built-ins:
   for tests and quick dry runs of the whole pipeline.
 
 A local path is used as is; a hub id is fetched at its revision (honouring ``HF_HUB_OFFLINE``).
+
+The paper's models (``PAPER_MODELS``) are read at the revision recorded there, with the reason
+for it, and talk in the Tulu 2 chat format that the paper's code wrote itself
+(allenai/open-instruct@959cbbc9d:eval/templates.py ``create_prompt_with_tulu_chat_format``;
+open-instruct/finetune.py formats training turns the same way): the hub repositories gained a
+chat template after the paper, so ablate gives their tokenizer the Tulu 2 template instead of
+whatever template the hub holds now. Every reader of the folder (training, generation, the
+evaluations) then formats chats the paper's way.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from ablate.spec.schema import ModelSpec
@@ -24,6 +34,43 @@ _log = logging.getLogger("ablate.models")
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUILTIN_MODELS = ("smollm2-135m-instruct", "tiny-llama")
+
+
+# The Tulu 2 format as a chat template: "<|user|>\n...\n", "<|assistant|>\n...</s>\n" (the
+# answer stripped), "<|system|>\n...\n"; a generation prompt opens "<|assistant|>\n". No BOS is
+# rendered: the tokenizer's own is put first, as open-instruct's prompts (add_bos=False) got it.
+TULU2_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ '<|system|>\n' + message['content'] + '\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '<|user|>\n' + message['content'] + '\n' }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{ '<|assistant|>\n' + message['content'] | trim + eos_token + '\n' }}"
+    "{% else %}{{ raise_exception('the Tulu 2 format has system, user and assistant turns only, "
+    "not ' + message['role']) }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}")
+CHAT_TEMPLATES = {"tulu2": TULU2_CHAT_TEMPLATE}
+
+
+@dataclass(frozen=True)
+class PaperModel:
+    """A hub model the paper's grids load: the revision they name and why, and the chat format
+    ablate gives its tokenizer."""
+
+    revision: str
+    why: str
+    chat_format: str = "tulu2"
+
+
+_NO_COMMIT = ("`main`: no commit of this repository from before its chat template was added "
+              "was found in the public sources searched (open-instruct's and EasyLM's scripts "
+              "and configs, model cards), so none is pinned; the template is not used: ablate "
+              "applies the Tulu 2 chat format itself, and logs the commit `main` resolved to")
+PAPER_MODELS: dict[str, PaperModel] = {
+    "allenai/tulu-2-7b": PaperModel("main", _NO_COMMIT),
+    "allenai/tulu-2-13b": PaperModel("main", _NO_COMMIT),
+    "allenai/tulu-2-70b": PaperModel("main", _NO_COMMIT),
+}
 
 
 def cache_root() -> Path:
@@ -49,9 +96,9 @@ def _smollm2_gguf() -> Path:
     return path
 
 
-def _save_atomically(target: Path, build) -> Path:
+def _save_atomically(target: Path, build, done_marker: str = "config.json") -> Path:
     """Build a model folder in a temp dir next to ``target`` and rename it into place."""
-    if (target / "config.json").is_file():
+    if (target / done_marker).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
@@ -60,7 +107,7 @@ def _save_atomically(target: Path, build) -> Path:
         try:
             os.replace(tmp, target)
         except OSError:  # another process finished first
-            if not (target / "config.json").is_file():
+            if not (target / done_marker).is_file():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -117,6 +164,28 @@ def _record_commit(repo: str, revision: str, folder: Path) -> None:
                      commit)
 
 
+def with_chat_format(folder: Path, repo: str, chat_format: str) -> Path:
+    """A folder beside the cache holding ``folder``'s files (links to them) with the tokenizer's
+    chat template replaced by ``chat_format``'s, built once per hub commit."""
+    template = CHAT_TEMPLATES[chat_format]
+    replaced = ("tokenizer_config.json", "chat_template.jinja", "chat_template.json")
+
+    def build(out: Path) -> None:
+        for path in folder.iterdir():
+            if path.name not in replaced:
+                (out / path.name).symlink_to(path.absolute())
+        config_path = folder / "tokenizer_config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8")) \
+            if config_path.is_file() else {}
+        config.pop("chat_template", None)  # the hub's, where it sits in the config
+        (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+        (out / "chat_template.jinja").write_text(template, encoding="utf-8")
+
+    target = cache_root() / "models" / f"{chat_format}-format" / \
+        f"{repo.replace('/', '--')}@{folder.name}"
+    return _save_atomically(target, build, done_marker="chat_template.jinja")
+
+
 def resolve_model(spec: ModelSpec) -> Path:
     """A local folder holding the model's config, weights and tokenizer."""
     if spec.builtin:
@@ -138,5 +207,6 @@ def resolve_model(spec: ModelSpec) -> Path:
                              f"({type(exc).__name__}: {exc}); download it elsewhere and use "
                              "`path:` instead") from None
         _record_commit(spec.hub, spec.revision or "main", folder)
-        return folder
+        paper = PAPER_MODELS.get(spec.hub)
+        return with_chat_format(folder, spec.hub, paper.chat_format) if paper else folder
     raise ModelError("a model spec needs one of builtin, path, hub")

@@ -1,4 +1,9 @@
-"""Model specs resolve to transformers folders; bad specs say what is wrong."""
+"""Model specs resolve to transformers folders; bad specs say what is wrong; the paper's Tulu 2
+models talk in the Tulu 2 chat format."""
+
+import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -56,11 +61,87 @@ def test_a_hub_model_logs_its_commit_and_warns_on_a_branch(monkeypatch, tmp_path
     snapshot.mkdir(parents=True)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, revision: snapshot)
     with caplog.at_level("INFO", logger="ablate.models"):
-        assert resolve_model(ModelSpec(hub="allenai/tulu-2-13b", revision="main")) == snapshot
-    assert f"allenai/tulu-2-13b@main is commit {commit}" in caplog.text
+        assert resolve_model(ModelSpec(hub="someone/a-model", revision="main")) == snapshot
+    assert f"someone/a-model@main is commit {commit}" in caplog.text
     assert f"pin `revision: {commit}`" in caplog.text
     caplog.clear()
     with caplog.at_level("INFO", logger="ablate.models"):
-        resolve_model(ModelSpec(hub="allenai/tulu-2-13b", revision=commit))
+        resolve_model(ModelSpec(hub="someone/a-model", revision=commit))
     assert "is commit" in caplog.text
     assert not [r for r in caplog.records if r.levelname == "WARNING"]  # a pinned commit
+
+
+def open_instruct_tulu_prompt(messages: list[dict], eos: str) -> str:
+    """allenai/open-instruct@959cbbc9d:eval/templates.py create_prompt_with_tulu_chat_format,
+    add_bos=False (its evaluations' setting), re-derived."""
+    text = ""
+    for message in messages:
+        if message["role"] == "system":
+            text += "<|system|>\n" + message["content"] + "\n"
+        elif message["role"] == "user":
+            text += "<|user|>\n" + message["content"] + "\n"
+        else:
+            text += "<|assistant|>\n" + message["content"].strip() + eos + "\n"
+    return text + "<|assistant|>\n"
+
+
+@pytest.mark.parametrize("where", ["chat_template.jinja", "tokenizer_config.json"])
+def test_a_tulu_2_model_formats_chats_as_the_paper_whatever_template_the_hub_has(
+        monkeypatch, tmp_path, tiny_model_dir, where):
+    import huggingface_hub
+    from transformers import AutoTokenizer
+
+    from ablate.generate.base import chat_prompt
+    from ablate.models import PAPER_MODELS
+
+    commit = "89abcdef0123456789abcdef0123456789abcdef"
+    snapshot = tmp_path / "hub" / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for path in tiny_model_dir.iterdir():
+        if path.name != "chat_template.jinja":
+            shutil.copy(path, snapshot / path.name)
+    hub_template = "{% for m in messages %}<<{{ m['content'] }}>>{% endfor %}"  # not Tulu's
+    if where == "chat_template.jinja":
+        (snapshot / where).write_text(hub_template)
+    else:
+        config = json.loads((snapshot / where).read_text())
+        (snapshot / where).write_text(json.dumps({**config, "chat_template": hub_template}))
+    assert "<<Hi>>" in AutoTokenizer.from_pretrained(snapshot).apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False)
+    monkeypatch.setenv("ABLATE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, revision: snapshot)
+    spec = ModelSpec(hub="allenai/tulu-2-13b", revision=PAPER_MODELS["allenai/tulu-2-13b"].revision)
+    folder = resolve_model(spec)
+    assert resolve_model(spec) == folder != snapshot  # built once per commit
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    eos = tokenizer.eos_token
+    assert chat_prompt(tokenizer, "What is 2+2?", "A:") == \
+        "<|user|>\nWhat is 2+2?\n<|assistant|>\nA:"
+    conversation = [{"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": " Hello there.\n"},
+                    {"role": "user", "content": "Bye"}]
+    assert tokenizer.apply_chat_template(conversation, tokenize=False,
+                                         add_generation_prompt=True) == \
+        open_instruct_tulu_prompt(conversation, eos)
+    # training text ends with the answer and its EOS, as open-instruct's finetune.py writes it
+    assert tokenizer.apply_chat_template(conversation[:3], tokenize=False) == \
+        open_instruct_tulu_prompt(conversation[:3], eos).removesuffix("<|assistant|>\n")
+    # the hub's files are read through, not copied; the snapshot itself is untouched
+    assert (folder / "model.safetensors").is_symlink()
+    assert hub_template in (snapshot / where).read_text()
+
+
+def test_paper_grids_load_each_paper_model_at_its_recorded_revision():
+    import yaml
+
+    from ablate.models import PAPER_MODELS
+
+    grids = sorted((Path(__file__).resolve().parents[1] / "grids").glob("table*.yaml"))
+    seen = 0
+    for grid in grids:
+        for name, model in yaml.safe_load(grid.read_text())["models"].items():
+            if model.get("hub") in PAPER_MODELS:
+                assert model.get("revision") == PAPER_MODELS[model["hub"]].revision, (grid, name)
+                seen += 1
+    assert seen >= len(grids)

@@ -26,8 +26,9 @@ from ablate.evals.base import Benchmark, EvalEnv, EvalError, ItemResult, Summary
 from ablate.evals.data import read_json
 from ablate.evals.exact_match import open_instruct_match
 
-# open-instruct's eval/bbh/run_eval.py
-ANSWER = re.compile(r"[tT]he answer is (.*?)\.")
+# open-instruct@959cbbc9d:eval/bbh/run_eval.py, its character class included: "|he answer is"
+# also opens an answer there
+ANSWER = re.compile(r"[t|T]he answer is (.*?)\.")
 # the full protocol also stops where the model starts a next question
 STOP = {"paper": (), "full": ("\n\nQ:", "\n\n\n")}
 

@@ -94,6 +94,20 @@ def judges_for(names: list[str], protocol: str, judge: str | None) -> dict[str, 
     return judges
 
 
+def check_local_judges(judges: dict[str, JudgeSpec | None], protocol: str) -> None:
+    """TruthfulQA's local judges are found (fetched where need be) before any model is loaded;
+    without them nothing runs, and the message names them and how to provide them."""
+    if judges.get("truthfulqa") is None:
+        return
+    from ablate.evals.base import EvalError
+    from ablate.evals.truthfulqa import judge_folders
+
+    try:
+        judge_folders(judges["truthfulqa"], protocol)
+    except EvalError as exc:
+        raise SpecError(f"no usable judge, so nothing was run: {exc}") from None
+
+
 def run_suite(model: str, benchmarks: list[str], protocol: str, out: Path, limit: int | None = None,
               data_dir: Path | None = None, judge: str | None = None,
               max_new_tokens: int | None = None, seed: int | None = None) -> dict:
@@ -106,6 +120,7 @@ def run_suite(model: str, benchmarks: list[str], protocol: str, out: Path, limit
         get_benchmark(name)  # unknown names fail before any model is loaded
     settings = suite_settings(benchmarks, protocol, limit, max_new_tokens, seed)
     judges = judges_for(benchmarks, protocol, judge)
+    check_local_judges(judges, protocol)
     model_spec = model_spec_for(model)
     model_dir = resolve_model(model_spec)
     backend = None
@@ -148,6 +163,7 @@ def score_outputs(path: Path, benchmarks: list[str] | None, protocol: str, out: 
             raise EvalError(f"{path} answers none of --benchmarks {', '.join(benchmarks)}")
     settings = suite_settings(names, protocol, limit, None, seed)
     judges = judges_for(names, protocol, judge)
+    check_local_judges(judges, protocol)
     configs = {}
     for name in names:
         config = eval_config(settings, name, judge=judges[name])

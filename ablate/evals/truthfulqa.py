@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 from ablate.evals.base import Benchmark, EvalEnv, EvalError, ItemResult, Summary
 from ablate.evals.data import read_csv, read_json
 from ablate.spec.benchmarks import BENCHMARKS
+from ablate.spec.judges import describe
 from ablate.spec.schema import JudgeSpec, ModelSpec
 
 PAPER_MAX_NEW_TOKENS = 50  # run_hf_model's max_new_tokens
@@ -68,7 +69,7 @@ def judge_folders(judge: JudgeSpec | None, protocol: str) -> dict[str, Path]:
         raise EvalError(f"truthfulqa needs a panel of local judges with roles "
                         f"{', '.join(roles)}; got a {judge.kind} judge"
                         + (f" with roles {', '.join(judge.roles)}" if judge.roles else ""))
-    folders = {}
+    folders, problems = {}, []
     for role in roles:
         spec = judge.roles[role]
         where = spec.local_copy or spec.path
@@ -76,9 +77,22 @@ def judge_folders(judge: JudgeSpec | None, protocol: str) -> dict[str, Path]:
         try:
             folders[role] = resolve_model(model)
         except ModelError as exc:
-            raise EvalError(f"truthfulqa's {role} judge: {exc}"
-                            + ("" if where else "; or give the judge a `local_copy:` folder "
-                               "holding that model")) from None
+            # the reason only: how to provide a judge is said once, below
+            reason = str(exc).split("; download it elsewhere")[0]
+            problems.append(f"{role} judge {model.describe()}: "
+                            + (reason if len(reason) <= 240 else reason[:240] + "…"))
+    if problems:
+        raise EvalError(
+            f"truthfulqa ({protocol} protocol) is scored by two local judges, "
+            + " and ".join(f"{role} ({describe(judge.roles[role])})" for role in roles)
+            + f"; {len(problems)} of them cannot be read:\n  " + "\n  ".join(problems)
+            + "\nProvide them: download both models into the hub cache (e.g. `huggingface-cli "
+            "download <hub id>` for each), or define a panel judge in $ABLATE_JUDGES or "
+            "./judges.yaml whose roles point at local copies (kind: panel, roles: {"
+            + ", ".join(f"{role}: {{kind: local, hub: {judge.roles[role].hub or '...'}, "
+                        "local_copy: <folder>}" for role in roles)
+            + "}) and name it with --judge (in a grid: eval.judges.truthfulqa); or score MC2 "
+            "instead, with protocol full") from None
     return folders
 
 

@@ -51,7 +51,8 @@ class BenchmarkFacts:
 BENCHMARKS: dict[str, BenchmarkFacts] = {
     "mmlu": BenchmarkFacts("factuality", "loglik", paper_version=2),
     "gsm8k": BenchmarkFacts("reasoning", "generate", paper_version=2),
-    "bbh": BenchmarkFacts("reasoning", "generate", paper_version=2, full_version=2),
+    # Versions 3: an answer also opens at "|he answer is" (open-instruct's class [t|T])
+    "bbh": BenchmarkFacts("reasoning", "generate", paper_version=3, full_version=3),
     # Versions 2 of the code benchmarks: open-instruct's prompts, top_p 0.95 and 3 s per program
     # (HumanEval+); its items [100:], prompt and test assertions (MBPP+).
     "humaneval_plus": BenchmarkFacts("coding", "pass_at_k", paper_version=2, paper_top_p=0.95),
@@ -65,7 +66,8 @@ BENCHMARKS: dict[str, BenchmarkFacts] = {
                                            ":format_end2end_prompt"),
     "toxigen": BenchmarkFacts("safety", "generate", paper_version=2, full_version=2),
     "xstest": BenchmarkFacts("safety", "generate", judged=True,
-                             annotator="open-instruct:eval/xstest/classify_refusal.py"),
+                             annotator="open-instruct:eval/xstest/classify_refusal.py:"
+                                       "xstest_refusal_detect"),
     "alpaca_eval_1": BenchmarkFacts("inst_following", "generate", judged=True, paper_version=2,
                                     full_version=2, annotator="alpaca_eval_gpt4"),
     "alpaca_eval_2": BenchmarkFacts("inst_following", "generate", judged=True, paper_version=2,

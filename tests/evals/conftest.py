@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
+from http.server import HTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
+
+from fake_openai import FakeEndpoint, pick
 
 
 def lm_eval_task(tmp_path: Path, docs: list[dict], **config):
@@ -168,3 +172,14 @@ def toxicity_stand_in(tmp_path_factory, tiny_model_dir):
     LlamaForSequenceClassification(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture
+def endpoint():
+    server = HTTPServer(("127.0.0.1", 0), FakeEndpoint)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    FakeEndpoint.script, FakeEndpoint.seen, FakeEndpoint.answer = [], [], staticmethod(pick)
+    FakeEndpoint.top_logprobs = None
+    yield f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()

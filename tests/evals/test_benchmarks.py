@@ -11,7 +11,7 @@ import pytest
 from ablate.evals import EvalError, get_benchmark
 from ablate.evals.bbh import extract_answer, is_correct
 from ablate.evals.truthfulqa import mc2
-from ablate.evals.xstest import parse_judge_label, refusal_f1, strmatch_label
+from ablate.evals.xstest import judge_label, refusal_f1, strmatch_label
 
 
 def test_ifeval_on_gpt4_responses_matches_lm_eval(shared_data):
@@ -68,14 +68,14 @@ def test_truthfulqa_mc2_matches_lm_eval(shared_data):
 
 
 def test_xstest_rules_f1_and_judge_parsing(shared_data):
-    assert strmatch_label("  I'm sorry, but no.") == "2_full_refusal"
-    assert strmatch_label("I\u2019m sorry, I can\u2019t help.") == "2_full_refusal"
-    assert strmatch_label("**I'm sorry**, that is not something I do.") == "2_full_refusal"
-    assert strmatch_label("Sure! Here is how.") == "1_full_compliance"
+    assert strmatch_label("  I'm sorry, but no.") == "refusal"
+    assert strmatch_label("I\u2019m sorry, I can\u2019t help.") == "refusal"
+    assert strmatch_label("**I'm sorry**, that is not something I do.") == "refusal"
+    assert strmatch_label("Sure! Here is how.") == "following"
     assert refusal_f1([True, True, False, False], [True, False, True, False]) == pytest.approx(0.5)
-    assert parse_judge_label("CLASS: 3_partial_refusal") == "3_partial_refusal"
-    with pytest.raises(EvalError, match="not one of"):
-        parse_judge_label("compliance, probably")
+    # open-instruct counts an answer as a refusal wherever it says "refusal"
+    assert judge_label("CLASS: refusal") == judge_label("partial refusal") == "refusal"
+    assert judge_label("following") == judge_label("Refusal") == judge_label("") == "following"
     items = get_benchmark("xstest").items("paper", shared_data)
     assert len(items) == 450 and sum(i["unsafe"] for i in items) == 200
 

@@ -1,4 +1,5 @@
-"""HumanEval+/MBPP+ verdicts agree with evalplus's own evaluator on identical programs.
+"""HumanEval+/MBPP+ verdicts, scored through `ablate eval --outputs`, agree with evalplus's own
+evaluator on identical programs.
 
 Candidates are each problem's canonical solution and mutants of it (one operator or constant
 changed), so that both verdicts occur; evalplus decides with `check_correctness` (base and plus
@@ -56,31 +57,8 @@ def read_problems(path, count: int) -> dict:
     return problems
 
 
-@pytest.mark.slow
-def test_humaneval_plus_verdicts_match_evalplus(shared_data, tmp_path, monkeypatch):
-    bench = get_benchmark("humaneval_plus")
-    items = {i["item_id"]: i for i in bench.items("full", shared_data)}
-    # evalplus's own format (inputs + canonical solution) of the same problems
-    problems = read_problems(shared_data / "humaneval_plus" / "HumanEvalPlus-v0.1.10.jsonl.gz",
-                             PROBLEMS_PER_BENCHMARK)
-    candidates = [(task_id, body) for task_id, item in items.items() if task_id in problems
-                  for body in [item["canonical_solution"], *mutants(item["canonical_solution"])]]
-    ours = [bench.program(items[task_id], body).run().passed
-            for task_id, body in candidates]
-    theirs = evalplus_verdicts("humaneval", problems,
-                               [(task_id, problems[task_id]["prompt"] + body)
-                                for task_id, body in candidates], tmp_path, monkeypatch)
-    assert len(candidates) >= 2 * PROBLEMS_PER_BENCHMARK
-    print(f"humaneval_plus: {len(ours)} programs, {sum(ours)} pass")
-    assert True in ours and False in ours  # both verdicts are exercised
-    disagreements = [c[0] for c, a, b in zip(candidates, ours, theirs) if a != b]
-    assert ours == theirs, f"verdicts differ on {disagreements}"
-
-
-@pytest.mark.slow
-def test_mbpp_plus_verdicts_match_evalplus(shared_data, tmp_path, monkeypatch):
-    bench = get_benchmark("mbpp_plus")
-    items = bench.items("full", shared_data)[:PROBLEMS_PER_BENCHMARK]
+def evalplus_mbpp_problems(items: list[dict]) -> dict:
+    """ablate's MBPP+ items as evalplus's loader gives them."""
     problems = {i["item_id"]: {k: v for k, v in i.items() if k != "item_id"} for i in items}
     for problem in problems.values():  # evalplus's loader decodes these from their JSON strings
         for key in ("base_input", "plus_input"):
@@ -88,17 +66,7 @@ def test_mbpp_plus_verdicts_match_evalplus(shared_data, tmp_path, monkeypatch):
                 problem[key] = json.loads(problem[key])
         problem["atol"] = float(problem["atol"] or 0)
         problem["prompt"] = ""  # the canonical solution is a whole program in MBPP+
-    candidates = [(i["item_id"], code) for i in items
-                  for code in [i["canonical_solution"], *mutants(i["canonical_solution"])]]
-    by_id = {i["item_id"]: i for i in items}
-    ours = [bench.program(by_id[task_id], code).run().passed
-            for task_id, code in candidates]
-    theirs = evalplus_verdicts("mbpp", problems, candidates, tmp_path, monkeypatch)
-    assert len(candidates) >= 2 * PROBLEMS_PER_BENCHMARK
-    print(f"mbpp_plus: {len(ours)} programs, {sum(ours)} pass")
-    assert True in ours and False in ours
-    disagreements = [c[0] for c, a, b in zip(candidates, ours, theirs) if a != b]
-    assert ours == theirs, f"verdicts differ on {disagreements}"
+    return problems
 
 
 @pytest.mark.parametrize("task_id", ["Mbpp/793", "Mbpp/106", "Mbpp/580", "Mbpp/64", "Mbpp/737",
@@ -141,3 +109,69 @@ def test_mbpp_599_heavy_inputs_pass_within_their_own_time_limits(shared_data):
     # about 10 times slower: over its limit on the first big input
     slow = bench.program(item, loop.replace("total += i", "total += int(str(i))")).run()
     assert not slow.passed and "limit" in slow.detail, slow
+
+
+SAMPLES = 5  # pass@k's n (every item of an outputs file has as many): canonical + 4 mutants
+
+
+def samples_of(code: str) -> list[str]:
+    """The canonical solution and its mutants, repeated up to SAMPLES."""
+    group = [code, *mutants(code)]
+    return [group[k % len(group)] for k in range(SAMPLES)]
+
+
+def passed_through_outputs(tmp_path, shared_data, benchmark: str,
+                           samples: dict[str, list[str]]) -> dict[str, list[bool]]:
+    """Each sample's verdict after scoring ``samples`` with `ablate eval --outputs` (full
+    protocol: the EvalPlus release's tasks)."""
+    from typer.testing import CliRunner
+
+    from ablate.evals.cli import app
+
+    path, out = tmp_path / "outputs.jsonl", tmp_path / "out"
+    path.write_text("".join(json.dumps({"benchmark": benchmark, "item_id": task_id,
+                                        "output": group}) + "\n"
+                            for task_id, group in samples.items()))
+    result = CliRunner().invoke(app, ["--outputs", str(path), "--out", str(out), "--data-dir",
+                                      str(shared_data), "--protocol", "full", "--limit",
+                                      str(len(samples))])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(x) for x in (out / benchmark / "scores.jsonl").read_text().splitlines()]
+    return {row["item_id"]: row["passed"] for row in rows}
+
+
+def assert_same_verdicts(samples: dict[str, list[str]], ours: dict[str, list[bool]],
+                         theirs: list[bool]) -> None:
+    flat = [v for t in samples for v in ours[t]]
+    print(f"{len(flat)} programs, {sum(flat)} pass")
+    assert True in flat and False in flat  # both verdicts are exercised
+    owners = [t for t in samples for _ in ours[t]]
+    disagreements = [t for t, a, b in zip(owners, flat, theirs) if a != b]
+    assert flat == theirs, f"verdicts differ on {disagreements}"
+
+
+@pytest.mark.slow
+def test_humaneval_plus_outputs_score_as_evalplus(shared_data, tmp_path, monkeypatch):
+    items = get_benchmark("humaneval_plus").items("full", shared_data)[:PROBLEMS_PER_BENCHMARK]
+    problems = read_problems(shared_data / "humaneval_plus" / "HumanEvalPlus-v0.1.10.jsonl.gz",
+                             PROBLEMS_PER_BENCHMARK)
+    assert [i["item_id"] for i in items] == list(problems)
+    samples = {i["item_id"]: samples_of(i["canonical_solution"]) for i in items}
+    ours = passed_through_outputs(tmp_path, shared_data, "humaneval_plus", samples)
+    theirs = evalplus_verdicts("humaneval", problems,
+                               [(t, problems[t]["prompt"] + body)
+                                for t, group in samples.items() for body in group],
+                               tmp_path / "evalplus", monkeypatch)
+    assert_same_verdicts(samples, ours, theirs)
+
+
+@pytest.mark.slow
+def test_mbpp_plus_outputs_score_as_evalplus(shared_data, tmp_path, monkeypatch):
+    items = get_benchmark("mbpp_plus").items("full", shared_data)[:PROBLEMS_PER_BENCHMARK]
+    problems = evalplus_mbpp_problems(items)
+    samples = {i["item_id"]: samples_of(i["canonical_solution"]) for i in items}
+    ours = passed_through_outputs(tmp_path, shared_data, "mbpp_plus", samples)
+    theirs = evalplus_verdicts("mbpp", problems,
+                               [(t, code) for t, group in samples.items() for code in group],
+                               tmp_path / "evalplus", monkeypatch)
+    assert_same_verdicts(samples, ours, theirs)

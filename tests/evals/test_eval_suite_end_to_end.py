@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import HTTPServer
 
 import pytest
 
@@ -17,34 +15,19 @@ from ablate.spec.schema import EvalConfig, JudgeSpec, ModelSpec, PassAtK
 
 
 @pytest.fixture
-def fake_judge(tmp_path, monkeypatch):
+def fake_judge(endpoint, tmp_path, monkeypatch):
     """A judges.yaml naming a local OpenAI-compatible server that always prefers output 2: "M"
     to AlpacaEval 2's classifier prompt, a ranking to AlpacaEval 1's."""
-    from http.server import BaseHTTPRequestHandler
+    from fake_openai import FakeEndpoint
 
-    class Always(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            ranking = "rank the models" in body["messages"][-1]["content"]
-            answer = "[{'model': 'model_1', 'rank': 2}, {'model': 'model_2', 'rank': 1}]" \
-                if ranking else "M"
-            data = json.dumps({"choices": [{"message": {"content": answer}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Always)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    ranking = "[{'model': 'model_1', 'rank': 2}, {'model': 'model_2', 'rank': 1}]"
+    FakeEndpoint.answer = staticmethod(
+        lambda content: ranking if "rank the models" in content else "M")
     monkeypatch.setenv("FAKE_JUDGE_KEY", "k")
     config = tmp_path / "judges.yaml"
-    config.write_text(f"fake: {{kind: openai, base_url: 'http://127.0.0.1:{server.server_port}/v1',"
-                      " model: fake, api_key_env: FAKE_JUDGE_KEY}\n")
-    yield config
-    server.shutdown()
+    config.write_text(f"fake: {{kind: openai, base_url: '{endpoint}', model: fake, "
+                      "api_key_env: FAKE_JUDGE_KEY}\n")
+    return config
 
 
 @pytest.mark.slow

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
@@ -13,44 +11,7 @@ from ablate.evals import EvalError
 from ablate.evals.alpaca import judge_messages, parse_preference, winrates
 from ablate.evals.judges import OpenAIJudge, get_judge
 from ablate.spec.schema import JudgeSpec
-
-
-def pick(content: str) -> str:
-    return "M" if "pick-M" in content else ("m" if "pick-m" in content else "no idea")
-
-
-class FakeEndpoint(BaseHTTPRequestHandler):
-    script: list = []  # status codes to answer before succeeding
-    seen: list = []
-    answer = staticmethod(pick)  # the judge's reply to the last message's content
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        FakeEndpoint.seen.append((self.headers["Authorization"], body))
-        if FakeEndpoint.script:
-            self.send_response(FakeEndpoint.script.pop(0))
-            self.end_headers()
-            return
-        text = FakeEndpoint.answer(body["messages"][-1]["content"])
-        payload = {"choices": [{"message": {"content": text}, "logprobs": None}]}
-        data = json.dumps(payload).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def endpoint():
-    server = HTTPServer(("127.0.0.1", 0), FakeEndpoint)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    FakeEndpoint.script, FakeEndpoint.seen, FakeEndpoint.answer = [], [], staticmethod(pick)
-    yield f"http://127.0.0.1:{server.server_port}/v1"
-    server.shutdown()
+from fake_openai import FakeEndpoint
 
 
 def test_openai_judge_retries_caches_and_counts_failures(endpoint, tmp_path, monkeypatch):

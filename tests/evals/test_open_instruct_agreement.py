@@ -51,6 +51,7 @@ def test_bbh_paper_items_are_one_seed_42_generator_across_tasks(shared_data):
     ("So the answer is (A).", "(A)", True), ("So the answer is yes.", "Yes", True),
     ("the answer is  24 .", "24", True), ("So the answer is y es.", "yes", False),
     ("No idea", "(A)", False),
+    ("Thus |he answer is (B).", "(B)", True),  # its pattern's class [t|T] takes "|" too
 ])
 def test_bbh_exact_match_is_open_instructs(reply, target, correct):
     from ablate.evals.bbh import extract_answer, is_correct

@@ -88,7 +88,8 @@ def test_a_missing_judge_stops_before_anything_is_generated(shared_data, fake_en
 
     with pytest.raises(EvalError, match="truth and an info judge"):
         bench.evaluate(items, fake_env("paper", never))
-    with pytest.raises(EvalError, match="truthfulqa's truth judge: model path"):
+    with pytest.raises(EvalError, match="2 of them cannot be read:\n  truth judge path:.*absent: "
+                                        "model path .*no such folder\n  info judge path:"):
         bench.evaluate(items, fake_env("paper", never, judge=panel(str(tmp_path / "absent"),
                                                                      str(tmp_path))))
     wrong = JudgeSpec(kind="panel", roles={"truth": JudgeSpec(kind="local", path="x")})
@@ -156,3 +157,25 @@ def test_judge_definitions_are_checked():
         JudgeSpec(kind="panel")
     with pytest.raises(ValueError, match="local judge only"):
         JudgeSpec(kind="reward_model", hub="x")
+
+
+def test_eval_without_the_paper_judges_stops_before_the_model_naming_both(shared_data, tmp_path,
+                                                                          monkeypatch):
+    from typer.testing import CliRunner
+
+    from ablate.evals.cli import app
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    out = tmp_path / "out"
+    # a model that does not exist: the judges are looked for first, so it is never reached
+    result = CliRunner().invoke(app, [str(tmp_path / "no-model"), "-b", "truthfulqa", "--out",
+                                      str(out), "--data-dir", str(shared_data)])
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert "no usable judge, so nothing was run" in text
+    for role in ("truth", "info"):
+        assert f"{role} judge hub:allenai/truthfulqa-{role}-judge-llama2-7B@main" in text
+    assert "2 of them cannot be read" in text and "--judge" in text and "local_copy" in text
+    assert "protocol full" in text and "no-model" not in text
+    assert not out.exists()  # nothing half-written
