@@ -24,6 +24,6 @@ if [ -f "$DIR/slurm.conf" ] && [ -s "$DIR/slurmctld.pid" ]; then
   SLURM_CONF="$DIR/slurm.conf" timeout 20 scancel --full --quiet --user "$(id -un)" 2>/dev/null || true
   sleep 1
 fi
-stop slurmd "$DIR/slurmd.pid"
+for pidfile in "$DIR"/slurmd*.pid; do stop slurmd "$pidfile"; done
 stop slurmctld "$DIR/slurmctld.pid"
 stop munged "$DIR/munged.pid"
