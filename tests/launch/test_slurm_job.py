@@ -141,3 +141,27 @@ def test_an_evaluation_keeps_submitits_requeue_on_the_warning(tmp_path, monkeypa
     finally:
         signal.signal(STOP_SIGNAL, previous)
     assert seen == [submitits_requeue]
+
+
+@pytest.mark.slow
+def test_ppo_asked_to_stop_saves_the_iteration_it_is_in(tmp_path, tiny_model_dir):
+    """(Resuming PPO from a checkpoint: tests/train/test_ppo.py.)"""
+    from ablate.spec.schema import PPOConfig
+    from ablate.train.ppo import train_ppo
+    from ablate.train.stop import Stopped, clear_stop_request, request_stop
+
+    rows = [{"prompt": [{"role": "user", "content": f"say {word}"}], "reference": None}
+            for word in ("abc", "de", "fgh", "ij")]
+    # two iterations of 2 prompts; periodic saves off
+    cfg = PPOConfig(lr=1e-3, beta=0.05, prompts_per_batch=2, minibatch_size=2, micro_batch_size=2,
+                    max_prompt_length=64, max_response_length=4, no_eos_penalty=0.0,
+                    no_eos_penalty_mode="add", value_init="policy", save_every_steps=1000)
+    out = tmp_path / "ppo"
+    request_stop()  # as the warning signal's handler does
+    try:
+        with pytest.raises(Stopped, match="after iteration 1"):
+            train_ppo(tiny_model_dir, rows, cfg, 1, out, reward="perf.ppo_rewards:uppercase_share")
+    finally:
+        clear_stop_request()
+    assert (out / "checkpoints" / "step_1").is_dir()
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
