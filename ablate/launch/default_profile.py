@@ -59,8 +59,7 @@ def resolve_profile(cluster: Path | str | None, environ: Mapping[str, str] | Non
                         "derive one from (see slurm/README.md)")
     text = (sinfo or _sinfo)()
     return ResolvedProfile(LoadedProfile(SINFO_SOURCE, profile_from_sinfo(text)),
-                           "derived from sinfo (no --cluster, no "
-                           f"${ENV_VAR}, no {user})")
+                           f"no --cluster, no ${ENV_VAR}, no {user}")
 
 
 def _sinfo() -> str:

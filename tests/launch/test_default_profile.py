@@ -58,7 +58,7 @@ gpu*|gpu:a100:4|48|500000|2-00:00:00
 
 def test_a_profile_derived_from_sinfo_fits_the_default_partitions_smallest_node(tmp_path):
     found = resolve_profile(None, {"HOME": str(tmp_path)}, sinfo=lambda: SINFO)
-    assert found.profile.path == SINFO_SOURCE and "derived from sinfo" in found.source
+    assert found.profile.path == SINFO_SOURCE and found.source.startswith("no --cluster")
     cfg = found.profile.config
     assert cfg.partition == "gpu" and cfg.node_gpus == 4
     assert (cfg.train.gpus_per_node, cfg.train.cpus_per_task, cfg.train.time_min) == (4, 48, 1440)
@@ -114,7 +114,8 @@ def test_submit_without_cluster_derives_the_local_clusters_profile(slurm_cluster
                                    "--store", str(tmp_path / "store")])
     assert out.exit_code == 0, out.output
     text = out.output
-    assert "cluster profile: (derived from sinfo)" in text and "partition: debug" in text
+    assert "cluster profile: (derived from sinfo) (no --cluster, no $ABLATE_CLUSTER" in text
+    assert "partition: debug" in text
     assert "#SBATCH --partition=debug" in text
 
 
