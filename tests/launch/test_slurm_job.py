@@ -9,11 +9,10 @@ import os
 import signal
 
 import pytest
-from rich.console import Console
 
 import ablate.launch.job as job_module
 from ablate.cli import plan_of
-from ablate.launch.local import run_plan
+from ablate.launch.job import run_step
 from ablate.launch.slurm_job import RendezvousError, SlurmStepJob, TorchrunStepJob
 from ablate.spec import load_grid
 from ablate.store import RunStore
@@ -47,8 +46,7 @@ def test_the_warning_signal_stops_training_at_a_checkpoint_then_it_resumes(tmp_p
     plan = plan_of(load_grid(grid))
     train = next(s for s in plan.steps.values() if s.kind == "train_dpo")
     reference = RunStore(tmp_path / "reference")
-    monkeypatch.setenv("ABLATE_RUNNERS", "eval=slurm_runners:weights_eval")
-    assert run_plan(plan, reference, console=Console(file=open(os.devnull, "w"))).ok
+    assert run_step(reference, plan, train) == "done"
 
     def signalled_at_step_3(ctx):
         report = ctx.progress
