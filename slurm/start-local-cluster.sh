@@ -30,12 +30,14 @@ fi
 mkdir -p "$DIR/state" "$DIR/log"
 HOST=$(hostname)
 PORT=${ABLATE_SLURM_PORT:-6817}
-# Each node declares 4 CPUs and half of the available memory (at most 16 GiB), whatever the
-# machine has (SlurmdParameters=config_overrides): both nodes share this host's cores, and the
-# tests need room for a 2-process training job per node beside other jobs.
+# Each node declares 4 CPUs and half of the available memory (8 to 16 GiB), whatever the
+# machine has (SlurmdParameters=config_overrides; nothing enforces memory here without cgroups):
+# both nodes share this host, and the tests need room for a 2-process training job per node
+# beside other jobs, on a machine whose free memory varies.
 CPUS=4
 AVAIL_MB=$(awk '/MemAvailable/ {print int($2 / 1024)}' /proc/meminfo)
 MEM_MB=$(( AVAIL_MB / 2 < 16384 ? AVAIL_MB / 2 : 16384 ))
+MEM_MB=$(( MEM_MB > 8192 ? MEM_MB : 8192 ))
 
 # munge: one key, folders owned by munge; started once for the machine (shared with other users).
 install -d -o munge -g munge -m 0700 /etc/munge /var/lib/munge /var/log/munge
