@@ -24,6 +24,11 @@ if [ -f "$DIR/slurm.conf" ] && [ -s "$DIR/slurmctld.pid" ]; then
   SLURM_CONF="$DIR/slurm.conf" timeout 20 scancel --full --quiet --user "$(id -un)" 2>/dev/null || true
   sleep 1
 fi
-stop slurmd "$DIR/slurmd.pid"
+for pidfile in "$DIR"/slurmd*.pid; do stop slurmd "$pidfile"; done
 stop slurmctld "$DIR/slurmctld.pid"
-stop munged "$DIR/munged.pid"
+# munged serves every SLURM on the machine: another cluster's daemons may still need it
+if pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null; then
+  [ -s "$DIR/munged.pid" ] && echo "munged ($(cat "$DIR/munged.pid")) left running: other SLURM daemons on this machine use it"
+else
+  stop munged "$DIR/munged.pid"
+fi

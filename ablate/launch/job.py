@@ -8,7 +8,6 @@ asks submitit to requeue it on preemption or time-out; the step then resumes fro
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import sys
@@ -19,29 +18,9 @@ from pathlib import Path
 from typing import Callable
 
 from ablate.spec.plan import Plan, Step
-from ablate.spec.steps import STEP_KINDS
+from ablate.spec.steps import runner_for  # noqa: F401  (tests replace it here)
 from ablate.store import RunStore, StepContext
-
-
-def runner_overrides() -> dict[str, str]:
-    """``ABLATE_RUNNERS="eval=pkg.mod:fn,train_dpo=..."``: replace a kind's runner in this process
-    and in every job it submits (SLURM jobs inherit the environment). For plugins and for tests
-    that need a runner to fail inside a scheduler's job, where monkeypatching cannot reach."""
-    overrides = {}
-    for item in filter(None, os.environ.get("ABLATE_RUNNERS", "").split(",")):
-        kind, sep, target = item.strip().partition("=")
-        if not sep or ":" not in target:
-            raise ValueError(f"ABLATE_RUNNERS: expected KIND=module:function, got {item!r}")
-        overrides[kind] = target
-    return overrides
-
-
-def runner_for(kind: str) -> Callable[[StepContext], None]:
-    runners = {**{k: v.runner for k, v in STEP_KINDS.items()}, **runner_overrides()}
-    if kind not in runners:
-        raise KeyError(f"no runner for step kind {kind!r}; known: {', '.join(runners)}")
-    module, _, name = runners[kind].partition(":")
-    return getattr(importlib.import_module(module), name)
+from ablate.train.stop import Stopped
 
 
 def current_slurm_job_id() -> str | None:
@@ -116,7 +95,8 @@ def _run_locked(store: RunStore, plan: Plan, step: Step, progress, runner) -> st
         # the last line of a finished step's log, so that a log alone tells done from cut off
         logger.info("finished %s in %.1f s", step.name, time.time() - started)
     except BaseException as exc:
-        stopped = isinstance(exc, KeyboardInterrupt)  # Ctrl-C or SIGTERM: not the step's fault
+        # Ctrl-C or SIGTERM, or asked to stop at a checkpoint: not the step's fault
+        stopped = isinstance(exc, (KeyboardInterrupt, Stopped))
         logger.error("%s: %s\n%s", "interrupted" if stopped else "failed", exc,
                      traceback.format_exc())
         record_end(store, step, "interrupted" if stopped else "failed",

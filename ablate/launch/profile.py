@@ -11,6 +11,7 @@ with their line) by ``ablate.spec.load.load_model``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -106,6 +107,44 @@ class GPUSpec(_Frozen):
                                "for an H100 SXM or H200")
 
 
+class ClusterEnvironment(_Frozen):
+    """What the processes of every job see: exported by the sbatch script before ``srun``, so
+    that every node's tasks (and torchrun's workers) inherit it. Values are expanded by the job's
+    shell (``$SCRATCH/ablate-cache`` works)."""
+
+    interface: str | None = Field(default=None, description="network interface of the nodes' "
+                                  "interconnect: NCCL_SOCKET_IFNAME and GLOO_SOCKET_IFNAME")
+    env: dict[str, str] = Field(default_factory=dict, description="more variables, e.g. "
+                                "{NCCL_IB_HCA: mlx5, NCCL_DEBUG: WARN}")
+    cpu_bind: str | None = Field(default=None, description="srun --cpu-bind (cores, sockets, "
+                                 "none, map_cpu:...)")
+    cache_dir: str | None = Field(default=None, description="models and data cache on storage "
+                                  "every node sees: ABLATE_CACHE, and HF_HOME beneath it")
+
+    @model_validator(mode="after")
+    def _variable_names(self) -> "ClusterEnvironment":
+        bad = [name for name in self.env if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name)]
+        if bad:
+            raise ValueError(f"environment.env: {', '.join(map(repr, bad))} cannot be an "
+                             "environment variable's name (letters, digits and _)")
+        return self
+
+    def variables(self) -> dict[str, str]:
+        out = {}
+        if self.interface:
+            out["NCCL_SOCKET_IFNAME"] = out["GLOO_SOCKET_IFNAME"] = self.interface
+        if self.cache_dir:
+            out["ABLATE_CACHE"] = self.cache_dir
+            out["HF_HOME"] = f"{self.cache_dir}/huggingface"
+        return {**out, **self.env}
+
+    def export_lines(self) -> list[str]:
+        def quoted(value: str) -> str:  # double quotes: $VARIABLES expand, nothing else does
+            return '"' + re.sub(r'(["\\`])', r"\\\1", value) + '"'
+
+        return [f"export {name}={quoted(value)}" for name, value in self.variables().items()]
+
+
 class ClusterProfile(_Frozen):
     partition: str | None = None  # None: the cluster's default partition
     account: str | None = None
@@ -124,6 +163,10 @@ class ClusterProfile(_Frozen):
                                 "which a job checkpoints and requeues itself")
     array_parallelism: int = Field(default=64, gt=0)
     log_dir: str | None = None  # submitit's folder; default <store>/slurm
+    environment: ClusterEnvironment = ClusterEnvironment()
+    rendezvous_timeout_s: int = Field(default=600, gt=0, description="how long the other nodes "
+                                      "of a multi-node job wait for the first one's torchrun "
+                                      "address before failing")
     train: Resources = Resources(cpus_per_task=4, mem_gb=32, time_min=24 * 60)
     eval: Resources = Resources(cpus_per_task=4, mem_gb=16, time_min=4 * 60)
     judge: Resources = Resources(cpus_per_task=4, mem_gb=16, time_min=4 * 60)

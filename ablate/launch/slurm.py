@@ -14,14 +14,13 @@ What a submission does, in order:
    SLURM if one of them fails for good (``--kill-on-invalid-dep``).
 
 A failing step requeues its own job (same id, so dependents keep waiting) until it has failed
-``max_attempts`` times; a preempted or timed-out one is requeued by submitit's ``checkpoint()``
-and resumes from its ``checkpoints/`` folder.
+``max_attempts`` times; one warned of its time limit or of a preemption saves a checkpoint, is
+requeued and resumes from it. What runs inside the jobs is ``ablate.launch.slurm_job``.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import shutil
 import subprocess
@@ -29,10 +28,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable
 
-from ablate.launch.job import StepJob, current_slurm_job_id, run_step
-from ablate.launch.profile import LoadedProfile, Resources, load_profile, resource_class
+from ablate.launch.default_profile import SINFO_SOURCE, gpus_in_gres, resolve_profile
+from ablate.launch.profile import LoadedProfile, Resources, resource_class
+from ablate.launch.slurm_job import (  # noqa: F401  (SlurmStepJob: the jobs' class, from here too)
+    CONFIG_FILE, RENDEZVOUS_FILE, SlurmStepJob, TorchrunStepJob, torchrun_command,
+)
 from ablate.spec.load import SpecError
 from ablate.spec.plan import Plan, Step
 from ablate.spec.steps import step_kind
@@ -100,11 +102,6 @@ def slurm_states(job_ids: Iterable[str]) -> dict[str, dict]:
     return found
 
 
-def _gpus_in_gres(gres: str) -> int:
-    """GPUs in a GRES string from sinfo (``gpu:a100:8(S:0-1),shard:8`` -> 8; ``(null)`` -> 0)."""
-    return sum(int(m.group(1)) for m in re.finditer(r"\bgpu(?::[^:,()]+)?:(\d+)", gres))
-
-
 def partition_node_gpus(partition: str | None) -> int | None:
     """The most GPUs one node of the partition has, from sinfo; None when sinfo cannot say."""
     if shutil.which("sinfo") is None:
@@ -113,7 +110,7 @@ def partition_node_gpus(partition: str | None) -> int | None:
     out = _run(cmd)
     if out.returncode != 0 or not out.stdout.strip():
         return None
-    return max(_gpus_in_gres(line) for line in out.stdout.splitlines())
+    return max(gpus_in_gres(line) for line in out.stdout.splitlines())
 
 
 # ---------------------------------------------------------------- sbatch parameters
@@ -130,10 +127,13 @@ def sbatch_parameters(profile: LoadedProfile, klass: str, job_name: str,
         "time": res.time_min, "nodes": res.nodes, "ntasks_per_node": 1,
         "cpus_per_task": res.cpus_per_task, "gpus_per_node": res.gpus_per_node or None,
         "mem": f"{int(res.mem_gb * 1024)}M", "signal_delay_s": cfg.signal_delay_s,
-        "setup": list(cfg.setup) or None, "array_parallelism": cfg.array_parallelism,
+        "setup": [*cfg.setup, *cfg.environment.export_lines()] or None,
+        "array_parallelism": cfg.array_parallelism,
         "dependency": "afterok:" + ":".join(dependency) if dependency else None,
         # srun does not take the job's --cpus-per-task from sbatch (SLURM >= 22.05)
-        "srun_args": [f"--cpus-per-task={res.cpus_per_task}"],
+        "srun_args": [f"--cpus-per-task={res.cpus_per_task}",
+                      *([f"--cpu-bind={cfg.environment.cpu_bind}"] if cfg.environment.cpu_bind
+                        else [])],
         # Requeueable (failed attempts and preemptions come back with the same id), and cancelled
         # by SLURM when an input's job failed for good instead of pending forever.
         "additional_parameters": {"requeue": True, "kill_on_invalid_dep": "yes",
@@ -191,115 +191,6 @@ def preflight(plan: Plan, steps: list[Step], profile: LoadedProfile, dry_run: bo
                              f"{cfg.partition_for(klass) or '(default)'}): {message}")
 
 
-# ---------------------------------------------------------------- the job callables
-
-
-@dataclass
-class SlurmStepJob(StepJob):
-    """StepJob plus retries: a failing run requeues its own job until ``max_attempts`` runs failed."""
-
-    max_attempts: int = 2
-
-    def _runner(self, store: RunStore, step: Step):
-        return None  # the step kind's own runner
-
-    def __call__(self) -> str:
-        store = RunStore(self.store_root)
-        plan = self.plan(store)
-        step = plan.steps[self.step_id]
-        try:
-            return run_step(store, plan, step, runner=self._runner(store, step))
-        except Exception as exc:
-            failures = int(store.state(step).get("failures") or 0) + 1
-            job_id = current_slurm_job_id()
-            try:
-                if (failures < self.max_attempts and not will_fail_again(exc) and job_id
-                        and _requeue(job_id)):
-                    store.set_state(step, "retrying", failures=failures,
-                                    retry=f"attempt {failures + 1} of {self.max_attempts}")
-                else:
-                    store.set_state(step, "failed", failures=failures)
-            except OSError:  # a full disk: run_step recorded the failure as best it could
-                pass
-            raise
-
-    def checkpoint(self, *args, **kwargs):
-        """Preemption or time-out: requeue this same job; the step resumes from checkpoints/."""
-        import submitit
-
-        return submitit.helpers.DelayedSubmission(self)
-
-
-def will_fail_again(exc: BaseException) -> bool:
-    """An error another attempt on the same inputs repeats (bad data or settings, no usable
-    pairs or prompts): retrying it only spends the queue. A class says so with
-    ``will_fail_again = True``; a ValueError is a bad value by its meaning."""
-    return bool(getattr(exc, "will_fail_again", False)) or isinstance(exc, ValueError)
-
-
-def _requeue(job_id: str) -> bool:
-    out = _run(["scontrol", "requeue", job_id])
-    return out.returncode == 0
-
-
-@dataclass
-class TorchrunStepJob(SlurmStepJob):
-    """A training step over several processes: one submitit task per node, each starting torchrun
-    with ``procs_per_node`` workers of ``ablate.train.fsdp``; the first task keeps the store."""
-
-    procs_per_node: int = 1
-
-    def _runner(self, store: RunStore, step: Step):
-        return lambda ctx: self._torchrun(ctx.out_dir, store.cache_dir, step, ctx.inputs)
-
-    def _torchrun(self, out_dir: Path, cache_dir: Path, step: Step,
-                  inputs: Mapping[str, Path]) -> None:
-        import submitit
-
-        env = submitit.JobEnvironment()
-        config_path = out_dir / "torchrun_config.json"
-        if env.global_rank == 0:
-            from ablate.store import atomic_write_json
-
-            atomic_write_json(config_path, step.to_json())
-        port = 20000 + int(re.sub(r"\D", "", str(env.job_id)) or 0) % 20000  # one per job
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={env.num_nodes}",
-               f"--node_rank={env.node}", f"--nproc_per_node={self.procs_per_node}",
-               f"--master_addr={env.hostnames[0]}", f"--master_port={port}",
-               "-m", "ablate.train.fsdp", step_kind(step.kind).recipe,
-               "--config", str(config_path), "--out", str(out_dir), "--cache", str(cache_dir),
-               *(arg for role, path in inputs.items() for arg in ("--input", f"{role}={path}"))]
-        # The workers' output goes to a file in the step folder; its tail is the error on failure.
-        log_path = out_dir / f"torchrun-node{env.node}.log"
-        with open(log_path, "a") as log:
-            code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
-        if code != 0:
-            from ablate.launch.job import log_tail
-
-            raise RuntimeError(f"torchrun on node {env.node} exited with {code}; the end of "
-                               f"{log_path}:\n{log_tail(log_path, 20)}")
-
-    def __call__(self) -> str:
-        import submitit
-
-        if submitit.JobEnvironment().global_rank == 0:
-            return super().__call__()
-        # The other nodes only run their workers; they wait for the first to write the config.
-        store = RunStore(self.store_root)
-        plan = self.plan(store)
-        step = plan.steps[self.step_id]
-        folder = store.step_dir(step)
-        for _ in range(300):
-            if (folder / "torchrun_config.json").is_file() or store.is_done(step):
-                break
-            time.sleep(1)
-        if store.is_done(step):
-            return "skipped"
-        inputs = {role: store.step_dir(plan.steps[sid]) for role, sid in step.inputs.items()}
-        self._torchrun(folder, store.cache_dir, step, inputs)
-        return "worker"
-
-
 # ---------------------------------------------------------------- submitting a plan
 
 
@@ -340,8 +231,19 @@ def _job_for(step: Step, plan_id: str, store: RunStore,
     common = dict(store_root=str(store.root), plan_id=plan_id, step_id=step.id,
                   max_attempts=cfg.max_attempts)
     if resource_class(step) == "train" and res.world_size > 1:
-        return TorchrunStepJob(**common, procs_per_node=res.processes_per_node)
+        return TorchrunStepJob(**common, procs_per_node=res.processes_per_node,
+                               threads_per_process=threads_per_process(profile),
+                               rendezvous_timeout_s=cfg.rendezvous_timeout_s)
     return SlurmStepJob(**common)
+
+
+def threads_per_process(profile: LoadedProfile) -> int:
+    """CPU threads of each training process on a node: the profile's OMP_NUM_THREADS, else the
+    task's CPUs shared among the node's processes (torch would start one per core of the node)."""
+    env, res = profile.config.environment.env, profile.config.train
+    if env.get("OMP_NUM_THREADS", "").isdigit():
+        return int(env["OMP_NUM_THREADS"])
+    return max(1, res.cpus_per_task // res.processes_per_node)
 
 
 def submit_plan(plan: Plan, store: RunStore, profile: LoadedProfile, dry_run: bool = False,
@@ -396,6 +298,8 @@ def submit_plan(plan: Plan, store: RunStore, profile: LoadedProfile, dry_run: bo
             ids = [f"new{n}" + (f"_{i}" if len(group.steps) > 1 else "")
                    for i in range(len(group.steps))]
             script = _dry_run_script(folder, params, len(group.steps))
+            if group.klass == "train":
+                script += _torchrun_lines(group.steps[0], store, plan, profile)
             for step, job_id in zip(group.steps, ids):
                 job_of[step.id] = job_id
                 rows.append(_row(step, "would submit", job_id, after, group.klass, script))
@@ -438,6 +342,26 @@ def _submit_group(group: JobGroup, params: dict, folder: Path, store: RunStore,
     except Exception as exc:  # submitit wraps sbatch's refusal in several exception types
         raise SlurmError(f"cluster profile {profile.path} ({profile.name}): sbatch refused the "
                          f"{group.klass} job for {group.steps[0].name!r}: {exc}") from None
+
+
+def _torchrun_lines(step: Step, store: RunStore, plan: Plan, profile: LoadedProfile) -> str:
+    """What each node's task starts in a multi-process training job (as shell comments)."""
+    job = _job_for(step, "PLAN", store, profile)
+    if not isinstance(job, TorchrunStepJob):
+        return ""
+    res = profile.config.train
+    folder = store.step_dir(step)
+    inputs = {role: store.step_dir(plan.steps[sid]) for role, sid in step.inputs.items()}
+    lines = [f"# each node's task (of {res.nodes}) then starts, with OMP_NUM_THREADS="
+             f"{job.threads_per_process} (the first node's address and port from "
+             f"{folder / RENDEZVOUS_FILE}):"]
+    for node in range(res.nodes):
+        cmd = torchrun_command(step_kind(step.kind).recipe, res.nodes, node, job.procs_per_node,
+                               "$MASTER_ADDR", "$MASTER_PORT", folder / CONFIG_FILE, folder,
+                               store.cache_dir, inputs)
+        lines.append("# " + " ".join(shlex.quote(c) if not c.startswith("--master") else c
+                                     for c in cmd))
+    return "\n" + "\n".join(lines) + "\n"
 
 
 def _dry_run_script(folder: Path, params: dict, n_steps: int) -> str:
@@ -577,15 +501,28 @@ def job_log(store: RunStore, job: str) -> str:
 # ---------------------------------------------------------------- the CLI's entry point
 
 
+def profile_yaml(config) -> str:
+    """A profile as the YAML file that would give it (what was derived, shown to the user)."""
+    import yaml
+
+    return yaml.safe_dump(config.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+
+
 def submit_from_cli(plan: Plan, store: RunStore, cluster: Path | None, dry_run: bool = False,
                     force: Iterable[str] = (), console=None, source: str | None = None) -> list[dict]:
-    """``ablate grid FILE --submit --cluster PROFILE [--dry-run] [--force …]``."""
+    """``ablate grid FILE --submit [--cluster PROFILE] [--dry-run] [--force …]``; without
+    ``--cluster``, the profile of ``ablate.launch.default_profile``."""
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
     try:
-        profile = load_profile(cluster)
+        resolved = resolve_profile(cluster)
+        profile = resolved.profile
+        if resolved.source != "--cluster":
+            console.print(f"cluster profile: {profile.path} ({resolved.source})", highlight=False)
+            if profile.path == SINFO_SOURCE:
+                console.print(profile_yaml(profile.config), markup=False, highlight=False)
         rows = submit_plan(plan, store, profile, dry_run=dry_run, force=force, source=source)
     except (SlurmError, SpecError, ValueError, StepBusy) as exc:
         console.print(f"[red]error:[/] {exc}", highlight=False)

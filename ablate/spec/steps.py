@@ -13,9 +13,11 @@ benchmark's protocol version (``ablate.spec.benchmarks``) and a trainer's ``vers
 
 from __future__ import annotations
 
+import importlib
+import os
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import Any, ClassVar, Literal, Mapping
+from typing import Any, Callable, ClassVar, Literal, Mapping
 
 from pydantic import BaseModel, Field
 
@@ -182,3 +184,26 @@ def recipe_kind(recipe: str) -> StepKind:
             return kind
     raise KeyError(f"unknown recipe {recipe!r}; known: "
                    f"{', '.join(k.recipe for k in STEP_KINDS.values() if k.recipe)}")
+
+
+def runner_overrides() -> dict[str, str]:
+    """``ABLATE_RUNNERS="eval=pkg.mod:fn,train_dpo=..."``: replace a kind's runner in this process
+    and in every job it submits (SLURM jobs and their torchrun workers inherit the environment).
+    For plugins and for tests that need a runner to fail or pace itself inside a scheduler's job,
+    where monkeypatching cannot reach."""
+    overrides = {}
+    for item in filter(None, os.environ.get("ABLATE_RUNNERS", "").split(",")):
+        kind, sep, target = item.strip().partition("=")
+        if not sep or ":" not in target:
+            raise ValueError(f"ABLATE_RUNNERS: expected KIND=module:function, got {item!r}")
+        overrides[kind] = target
+    return overrides
+
+
+def runner_for(kind: str) -> Callable:
+    """The function that runs a step of ``kind`` (it takes the step's ``StepContext``)."""
+    runners = {**{k: v.runner for k, v in STEP_KINDS.items()}, **runner_overrides()}
+    if kind not in runners:
+        raise KeyError(f"no runner for step kind {kind!r}; known: {', '.join(runners)}")
+    module, _, name = runners[kind].partition(":")
+    return getattr(importlib.import_module(module), name)

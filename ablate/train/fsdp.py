@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -254,8 +255,9 @@ def main(argv: list[str] | None = None) -> None:
     import logging
 
     from ablate.spec.plan import Step
-    from ablate.spec.steps import STEP_KINDS, recipe_kind
+    from ablate.spec.steps import STEP_KINDS, recipe_kind, runner_for
     from ablate.store.context import StepContext
+    from ablate.train.stop import STOPPED_FILE, Stopped
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("recipe", choices=[k.recipe for k in STEP_KINDS.values() if k.recipe])
@@ -271,18 +273,27 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     init_from_env()
     logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING)
+    # one line per process in the launcher's log: where it runs and with how many threads
+    node = os.environ.get("SLURMD_NODENAME") or os.uname().nodename
+    print(f"rank {rank()} of {world_size()} on {node}: {torch.get_num_threads()} threads",
+          file=sys.stderr, flush=True)
     try:
         kind = recipe_kind(args.recipe)
         step = Step.from_json(json.loads(args.config.read_text()))
         if step.kind != kind.name:
             raise SystemExit(f"{args.config}: a {step.kind} step, not a {kind.name} step")
         inputs = dict(_role_and_dir(text) for text in args.input)
-        runner_module, _, runner = kind.runner.partition(":")
         if args.rows is None:
-            getattr(importlib.import_module(runner_module), runner)(StepContext(
-                step=step, out_dir=args.out, cache_dir=args.cache, inputs=inputs))
+            runner_for(kind.name)(StepContext(step=step, out_dir=args.out, cache_dir=args.cache,
+                                              inputs=inputs))
         else:
-            _train_on_rows(args, step, inputs, importlib.import_module(runner_module))
+            recipe = importlib.import_module(kind.runner.partition(":")[0])
+            _train_on_rows(args, step, inputs, recipe)
+    except Stopped as stopped:
+        # asked to stop (ablate.train.stop): the checkpoint is saved; the launcher reads this
+        # file to requeue the job instead of taking the exit for the step's end
+        if is_main_process():
+            (args.out / STOPPED_FILE).write_text(json.dumps({"step": stopped.step}))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -3,7 +3,8 @@
 A recipe hands over a module, its tokenised pairs and a function that returns the summed loss of a
 micro-batch of pairs; the loop owns the rest: the seeded batch order, gradient accumulation
 normalised by the effective batch, clipping, the schedule, non-finite checks, checkpoints every
-``save_every_steps`` and resume from the latest one, the metrics log and progress.
+``save_every_steps`` (and when asked to stop: ``ablate.train.stop``) and resume from the latest
+one, the metrics log and progress.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ablate.train.common import (
     TokenizedPair, TrainingError, make_optimizer, micro_batches, plan_batches, warmup_then_linear,
 )
 from ablate.train.precision import MasterWeights
+from ablate.train.stop import Stopped, stop_requested
 
 # micro_loss(pair positions) -> (sum of the per-pair losses, summed statistics to log), all
 # tensors on the training device: reading them there would make the host wait for the GPU
@@ -172,23 +174,37 @@ def train_loop(module: nn.Module, pairs: Sequence[TokenizedPair], cfg: LoopConfi
             if masters is not None:
                 masters.copy_back()
             keys = sorted(sums)
+            # the stop request rides on the step's all-reduce: a signal reaches the processes
+            # at different moments, and they must all stop after the same step
             reduced = fsdp.all_reduce_sum(torch.tensor(
-                [sums[k] for k in keys] + [float(work.tokens)], dtype=torch.float64))
-            last = {k: float(v) / len(positions) for k, v in zip(keys, reduced[:-1].tolist())}
+                [sums[k] for k in keys] + [float(work.tokens), float(stop_requested())],
+                dtype=torch.float64))
+            stop = bool(reduced[-1] > 0)
+            last = {k: float(v) / len(positions) for k, v in zip(keys, reduced[:-2].tolist())}
             metrics.write({"step": step + 1, "lr": lr, "grad_norm": grad_norm,
-                           "pairs": len(positions), "tokens": int(reduced[-1]), **last})
+                           "pairs": len(positions), "tokens": int(reduced[-2]), **last})
             progress(step + 1, total_steps, desc)
             if step + 1 == total_steps:
                 # the last optimiser step may still be queued on the GPU: the training time
                 # ends when it has run
                 _wait_for_device(trained)
-        speed.add(int(reduced[-1]), len(positions))
-        if (step + 1) % cfg.save_every_steps == 0 and step + 1 < total_steps:
+        speed.add(int(reduced[-2]), len(positions))
+        if step + 1 < total_steps and (stop or (step + 1) % cfg.save_every_steps == 0):
             save_checkpoint(checkpoints, step + 1, trained, optimizer, scheduler,
                             {"total_steps": total_steps})
+            if stop:
+                raise Stopped(step + 1)
         if stop_after_steps is not None and step + 1 >= stop_after_steps:
             raise StopRequested(f"stopped after step {step + 1}")
     return {"steps": total_steps, "resumed_from_step": start, "last": last, **speed.summary()}
+
+
+def stop_agreed() -> bool:
+    """Whether any process was asked to stop (``ablate.train.stop``), the same answer in all:
+    they must stop after the same step. A collective; the DPO and RM loop carries the flag in
+    its step's all-reduce instead."""
+    flag = torch.tensor([float(stop_requested())], dtype=torch.float64)
+    return bool(fsdp.all_reduce_sum(flag)[0] > 0)
 
 
 def _wait_for_device(module: nn.Module) -> None:

@@ -50,7 +50,8 @@ from ablate.train.common import (
     warmup_then_linear,
 )
 from ablate.train.logps import token_logps
-from ablate.train.loop import StopRequested
+from ablate.train.loop import StopRequested, stop_agreed
+from ablate.train.stop import Stopped
 from ablate.train.losses import (
     clipped_policy_loss, clipped_value_loss, explained_variance, gae_advantages,
     kl_penalized_rewards, masked_mean, masked_whiten, no_eos_scores,
@@ -543,9 +544,12 @@ def train_ppo(policy_dir: Path, rows: Sequence[dict], cfg: PPOConfig, seed: int,
                 "rollout_tokens_per_second": round(response_tokens / generation_seconds, 2)}
         metrics.write(last)
         progress(iteration + 1, total, "ppo")
-        if (iteration + 1) % cfg.save_every_steps == 0 and iteration + 1 < total:
+        stop = stop_agreed()
+        if iteration + 1 < total and (stop or (iteration + 1) % cfg.save_every_steps == 0):
             _save(checkpoints, iteration + 1, policy, value_model, policy_opt, value_opt,
                   schedulers, {"total": total})
+            if stop:
+                raise Stopped(iteration + 1, "iteration")
         if stop_after is not None and iteration + 1 >= stop_after:
             raise StopRequested(f"stopped after iteration {iteration + 1}")
     fsdp.save_pretrained(policy, policy_lm, tokenizer, out_dir / "model")

@@ -1,4 +1,4 @@
-"""`ablate grid --submit` against a real SLURM scheduler (the local one-node cluster): the grid
+"""`ablate grid --submit` against a real SLURM scheduler (the local two-node cluster): the grid
 runs to the local executor's results, a requeued training resumes from its checkpoint, a failing
 evaluation is retried then shown failed, and submitting twice does not duplicate work.
 
@@ -53,14 +53,6 @@ def write_grid(folder: Path, name: str, baseline: bool = True, rows: int = 24) -
     return path
 
 
-@pytest.fixture
-def job_env(monkeypatch):
-    """What the jobs inherit: the test runners importable, and chosen for evaluations."""
-    monkeypatch.setenv("PYTHONPATH", str(HERE))
-    monkeypatch.setenv("ABLATE_RUNNERS", "eval=slurm_runners:weights_eval")
-    monkeypatch.syspath_prepend(str(HERE))
-
-
 def quiet() -> Console:
     return Console(file=open("/dev/null", "w"))
 
@@ -106,8 +98,14 @@ def results(plan, store) -> dict:
     return out
 
 
+def losses(folder: Path) -> list[float]:
+    """A training step's loss curve, one value per optimiser step."""
+    return [json.loads(line)["loss"] for line in (folder / "metrics.jsonl").read_text().splitlines()
+            if line.strip()]
+
+
 @pytest.fixture(scope="module")
-def local_reference(tmp_path_factory):
+def local_run(tmp_path_factory):
     """The grid run by the local executor, uninterrupted: what SLURM runs must match it."""
     folder = tmp_path_factory.mktemp("local")
     mp = pytest.MonkeyPatch()
@@ -117,9 +115,14 @@ def local_reference(tmp_path_factory):
         plan = plan_of(load_grid(write_grid(folder, "slurmgrid")))
         store = RunStore(folder / "store")
         assert run_plan(plan, store, console=quiet()).ok
-        yield results(plan, store)
+        yield plan, store
     finally:
         mp.undo()
+
+
+@pytest.fixture(scope="module")
+def local_reference(local_run):
+    return results(*local_run)
 
 
 @pytest.mark.slow
@@ -286,3 +289,47 @@ def test_multi_process_training_runs_torchrun_inside_the_job(slurm_cluster, job_
     # round differently; the reward margin, a difference of two close rewards, carries that
     # rounding in absolute terms (6e-6 seen): the same tolerance as tests/train/test_fsdp.py
     assert summary["heldout_after"] == pytest.approx(reference, rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_a_time_limit_stops_training_at_a_checkpoint_and_the_job_resumes_from_it(
+        slurm_cluster, job_env, tmp_path, monkeypatch):
+    """Two nodes, one training process each (torchrun), a 2-minute time limit and SLURM's warning
+    signal 60 s before it; the DPO step, paced to run longer than that, is asked to stop, saves a
+    checkpoint after the step it is in (periodic saves are off), and the job requeues and
+    resumes from it: the loss curve is the uninterrupted one-process run's."""
+    from ablate.launch.job import run_step
+
+    grid = write_grid(tmp_path, "timelimit", baseline=False)
+    # steps of 4 pairs (2 a process): 6 of them
+    grid.write_text(grid.read_text().replace("save_every_steps: 2", "save_every_steps: 1000")
+                    .replace("batch_size: 2,", "batch_size: 4,"))
+    plan = plan_of(load_grid(grid))
+    train = next(s for s in plan.steps.values() if s.kind == "train_dpo")
+    reference = RunStore(tmp_path / "reference")
+    assert run_step(reference, plan, train) == "done"
+
+    monkeypatch.setenv("ABLATE_RUNNERS", "eval=slurm_runners:weights_eval,"
+                       "train_dpo=slurm_runners:paced_train_dpo")
+    # 12 s a step, 70 s and more: longer than the 30-60 s after which SLURM's warning comes (a
+    # loaded machine, slow to start the processes, may need a requeue for each step)
+    monkeypatch.setenv("ABLATE_TEST_STEP_PAUSE", "12")
+    profile = tmp_path / "short.yaml"
+    profile.write_text("partition: debug\nnode_gpus: 0\nsignal_delay_s: 60\nmax_requeues: 6\n"
+                       "train: {nodes: 2, procs_per_node: 1, cpus_per_task: 1, mem_gb: 3, "
+                       "time_min: 2}\neval: {cpus_per_task: 1, mem_gb: 2, time_min: 30}\n")
+    store = RunStore(tmp_path / "store")
+    submit_plan(plan, store, load_profile(profile))
+    wait_settled(plan, store)
+
+    folder = store.step_dir(train)
+    assert store.is_done(train), (store.state(train), (folder / "torchrun-node0.log").read_text())
+    summary = json.loads((folder / "train_summary.json").read_text())
+    # only the stop could have saved: the resumed run started from a step > 0
+    assert 0 < summary["resumed_from_step"] < summary["steps"]
+    assert summary["world_size"] == 2
+    log = (folder / "log.txt").read_text()
+    assert "stopped on request after optimiser step" in log
+    assert log.count(f"start {train.name}") >= 2
+    # two processes sum each step's gradient in another order: float rounding
+    assert losses(folder) == pytest.approx(losses(reference.step_dir(train)), rel=1e-4, abs=1e-6)

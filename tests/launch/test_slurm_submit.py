@@ -10,10 +10,12 @@ import pytest
 from typer.testing import CliRunner
 
 import ablate.launch.slurm as slurm
+import ablate.launch.slurm_job as slurm_job
 from ablate.cli import app, plan_of
+from ablate.launch.default_profile import gpus_in_gres
 from ablate.launch.profile import load_profile, resource_class
 from ablate.launch.slurm import (
-    SlurmError, _gpus_in_gres, group_steps, preflight, refresh_states, submit_plan,
+    SlurmError, group_steps, preflight, refresh_states, submit_plan,
 )
 from ablate.spec import SpecError, expand
 from ablate.spec.schema import GridSpec
@@ -134,9 +136,9 @@ def test_jobs_group_training_alone_and_evaluations_per_model(plan):
 
 
 def test_gres_parsing():
-    assert _gpus_in_gres("gpu:a100:8(S:0-1)") == 8
-    assert _gpus_in_gres("gpu:4,shard:8") == 4
-    assert _gpus_in_gres("(null)") == 0
+    assert gpus_in_gres("gpu:a100:8(S:0-1)") == 8
+    assert gpus_in_gres("gpu:4,shard:8") == 4
+    assert gpus_in_gres("(null)") == 0
 
 
 def test_status_reads_squeue_and_the_store(plan, tmp_path, monkeypatch):
@@ -177,29 +179,6 @@ def test_status_shows_dependents_of_a_failed_step_as_blocked(plan, tmp_path, mon
     assert states[users[0].id]["error"] == f"input failed: {train.name}: RuntimeError: boom"
 
 
-def test_a_worker_node_starts_torchrun_with_the_steps_inputs(tmp_path, monkeypatch):
-    """Nodes after the first only start their workers; they need the step's input folders (the
-    reward model of a PPO step) as the first node does."""
-    import submitit
-
-    ppo = ppo_plan()
-    store = RunStore(tmp_path / "store")
-    plan_id = store.save_plan(ppo)
-    step = next(s for s in ppo.steps.values() if s.kind == "train_ppo")
-    folder = store.step_dir(step)
-    folder.mkdir(parents=True)
-    (folder / "torchrun_config.json").write_text("{}")
-    monkeypatch.setattr(submitit, "JobEnvironment",
-                        lambda: type("Env", (), {"global_rank": 1})())
-    started = []
-    monkeypatch.setattr(slurm.TorchrunStepJob, "_torchrun",
-                        lambda self, out, cache, step, inputs: started.append((out, inputs)))
-    job = slurm.TorchrunStepJob(str(store.root), plan_id, step.id, procs_per_node=2)
-    assert job() == "worker"
-    rm_step = ppo.steps[step.inputs["reward_model"]]
-    assert started == [(folder, {"reward_model": store.step_dir(rm_step)})]
-
-
 def test_a_queued_job_runs_the_plan_it_was_submitted_with(plan, tmp_path, monkeypatch):
     """Re-expanding an edited grid replaces the grid's latest plan; a job still waiting in the
     queue must find its step in the snapshot it was submitted with."""
@@ -223,7 +202,7 @@ def test_a_queued_job_runs_the_plan_it_was_submitted_with(plan, tmp_path, monkey
         return "done"
 
     monkeypatch.setattr(job_module, "run_step", fake_run_step)
-    monkeypatch.setattr(slurm, "run_step", fake_run_step)
+    monkeypatch.setattr(slurm_job, "run_step", fake_run_step)
     assert StepJob(str(store.root), first_id, step.id)() == "done"
     assert ran[0][1] == step and set(ran[0][0].steps) == set(plan.steps)
     assert slurm.SlurmStepJob(str(store.root), first_id, step.id)() == "done"
@@ -327,7 +306,7 @@ def test_an_error_that_will_fail_again_is_not_retried(plan, tmp_path, monkeypatc
 
     requeued = []
     monkeypatch.setattr(job_module, "runner_for", lambda kind: failing)
-    monkeypatch.setattr(slurm, "_requeue", lambda job_id: requeued.append(job_id) or True)
+    monkeypatch.setattr(slurm_job, "_requeue", lambda job_id: requeued.append(job_id) or True)
     monkeypatch.setenv("SLURM_JOB_ID", "31")
     with pytest.raises(type(error)):
         slurm.SlurmStepJob(str(store.root), plan_id, step.id, max_attempts=3)()
