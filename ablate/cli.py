@@ -207,7 +207,7 @@ def token_counter():
     return tokens_of
 
 
-def check_resources(plan: Plan, cluster: Optional[Path], only_refusals: bool = False,
+def check_resources(plan: Plan, profile, only_refusals: bool = False,
                     count_tokens: bool = False) -> Plan:
     """The planner's estimate of each step on the profile's resources (peak memory per GPU,
     GPU-hours, checkpointing); a step that cannot fit fails the command, naming what would
@@ -215,13 +215,8 @@ def check_resources(plan: Plan, cluster: Optional[Path], only_refusals: bool = F
     profile without ``gpu`` is not sized (with ``only_refusals``, silently). ``count_tokens``:
     size training steps at their data's real lengths instead of their limits."""
     from ablate.launch.planner import GIB, limit_tokens, plan_resources, with_planned_settings
-    from ablate.launch.profile import load_profile
     from ablate.models import cache_root
 
-    try:
-        profile = load_profile(cluster)
-    except SpecError as exc:
-        fail(str(exc))
     if profile.config.gpu is None:
         if not only_refusals:
             console.print(f"{profile.path}: no gpu: {{memory_gib: ...}} in the profile, so no "
@@ -331,15 +326,27 @@ def grid(file: Path = typer.Argument(..., help="Grid spec (YAML)"),
         for step_name, where in plan_data_origins(plan):
             console.print(f"  data of {step_name}: {where}", highlight=False)
         if cluster is not None:
-            check_resources(plan, cluster, count_tokens=count_tokens)
+            from ablate.launch.profile import load_profile
+
+            try:
+                profile = load_profile(cluster)
+            except SpecError as exc:
+                fail(str(exc))
+            check_resources(plan, profile, count_tokens=count_tokens)
         return
     if not dry_run:
         check_judges(plan, run_store)
     if submit:
-        plan = check_resources(plan, cluster, only_refusals=True, count_tokens=count_tokens)
+        from ablate.launch.default_profile import resolve_profile
         from ablate.launch.slurm import submit_from_cli
 
-        submit_from_cli(plan, run_store, cluster, dry_run=dry_run, force=force, console=console,
+        try:
+            resolved = resolve_profile(cluster)  # --cluster, $ABLATE_CLUSTER, the user's, sinfo
+        except SpecError as exc:
+            fail(str(exc))
+        plan = check_resources(plan, resolved.profile, only_refusals=True,
+                               count_tokens=count_tokens)
+        submit_from_cli(plan, run_store, resolved, dry_run=dry_run, force=force, console=console,
                         source=str(file))
         return
     from ablate.launch.local import Terminated, run_plan

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from ablate.launch.default_profile import SINFO_SOURCE, gpus_in_gres, resolve_profile
+from ablate.launch.default_profile import SINFO_SOURCE, ResolvedProfile, gpus_in_gres
 from ablate.launch.profile import LoadedProfile, Resources, resource_class
 from ablate.launch.slurm_job import (  # noqa: F401  (SlurmStepJob: the jobs' class, from here too)
     CONFIG_FILE, RENDEZVOUS_FILE, SlurmStepJob, TorchrunStepJob, torchrun_command,
@@ -508,16 +508,15 @@ def profile_yaml(config) -> str:
     return yaml.safe_dump(config.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
 
 
-def submit_from_cli(plan: Plan, store: RunStore, cluster: Path | None, dry_run: bool = False,
+def submit_from_cli(plan: Plan, store: RunStore, resolved: ResolvedProfile, dry_run: bool = False,
                     force: Iterable[str] = (), console=None, source: str | None = None) -> list[dict]:
-    """``ablate grid FILE --submit [--cluster PROFILE] [--dry-run] [--force …]``; without
-    ``--cluster``, the profile of ``ablate.launch.default_profile``."""
+    """``ablate grid FILE --submit [--cluster PROFILE] [--dry-run] [--force …]`` on the profile
+    ``ablate.launch.default_profile.resolve_profile`` found."""
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
     try:
-        resolved = resolve_profile(cluster)
         profile = resolved.profile
         if resolved.source != "--cluster":
             console.print(f"cluster profile: {profile.path} ({resolved.source})", highlight=False)
