@@ -107,7 +107,7 @@ def run_suite(model: str, benchmarks: list[str], protocol: str, out: Path, limit
     settings = suite_settings(benchmarks, protocol, limit, max_new_tokens, seed)
     judges = judges_for(benchmarks, protocol, judge)
     model_spec = model_spec_for(model)
-    model_dir = resolve_model(model_spec)
+    model_dir = resolve_model(model_spec, fetch=True)  # downloaded here: steps read the cache
     backend = None
 
     def evaluate(name: str):

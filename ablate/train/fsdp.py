@@ -265,6 +265,11 @@ def save_pretrained(root: nn.Module, hf_model: nn.Module, tokenizer, target: Pat
 
 def main(argv: list[str] | None = None) -> None:
     """Run one training step's recipe in every process of a torchrun/srun launch."""
+    # The process that planned the run downloaded the step's models and data (`ablate fetch`):
+    # these processes read them from the caches with the hub offline, so that no node downloads
+    # or needs the network. Set before anything imports the hub's libraries, which read it once.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     import importlib
     import logging
 
