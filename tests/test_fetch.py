@@ -4,6 +4,7 @@ missing fails before anything is queued, naming the file and the command that fe
 No test here reaches the network: the hub cache is a folder written by the test."""
 
 import json
+import os
 import shutil
 import socket
 
@@ -110,14 +111,16 @@ def test_a_missing_model_or_dataset_fails_before_anything_runs_or_is_queued(
     grid = tmp_path / "offline.yaml"
     grid.write_text(grid_text())
     store = tmp_path / "store"
-    missing_model = f"model {REPO}@{COMMIT} is not in the hub cache ({offline}/models--test-org--tiny-llama)"
+    missing_model = (f"model {REPO}@{COMMIT} is not in the hub cache "
+                     f"({offline}/models--test-org--tiny-llama)")
     for args in (["grid", grid, "--store", store],
                  ["grid", grid, "--submit", "--cluster", "slurm/local.yaml", "--store", store],
                  ["fetch", grid]):
         code, output = invoke(*args)
         assert code == 2, output
         assert squeezed(missing_model) in output and "ablatefetchGRID.yaml" in output, output
-    assert not (store / "steps").exists() and not (store / "slurm").exists()
+    # no plan saved, no step folder: nothing was run or queued
+    assert not (store / "grids").exists() and not (store / "steps").exists()
 
     cache_model(offline, tiny_model_dir)  # the model now, but not the data
     code, output = invoke("grid", grid, "--store", store)
@@ -143,3 +146,15 @@ def test_a_grid_whose_models_and_data_are_cached_runs_with_the_hub_unreachable(
     assert done == ["eval", "eval", "train_dpo"]
     summary = json.loads(next(store.glob("steps/train_dpo/*/train_summary.json")).read_text())
     assert summary["train_pairs"] == 4
+
+
+def test_the_training_processes_read_the_hub_offline(tmp_path, monkeypatch):
+    """The distributed entry point turns the hub offline for its process before anything reads
+    a model or data (here a step file that is not there stops it right after)."""
+    from ablate.train import fsdp
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    with pytest.raises(FileNotFoundError):
+        fsdp.main(["dpo", "--config", str(tmp_path / "absent.json"), "--out", str(tmp_path)])
+    assert os.environ["HF_HUB_OFFLINE"] == os.environ["HF_DATASETS_OFFLINE"] == "1"

@@ -12,7 +12,8 @@ Files may be .jsonl, .jsonl.gz, .json (a list) or .parquet.
 A conversion is cached under ``$ABLATE_CACHE/data/<name>/`` keyed by the source revision (or the
 local files' size and mtime), the converter version and the split, so every job of a grid reuses
 it: ``ablate fetch`` (and the preflight of ``ablate grid``) converts each hub source once, where
-the hub can be reached, and a job that misses the cache names the file and that command. Downsampling happens after the cache and is cheap.
+the hub can be reached, and a job that misses the cache names the file and that command.
+Downsampling happens after the cache and is cheap.
 """
 
 from __future__ import annotations
