@@ -219,7 +219,7 @@ def load_train_state(folder: Path, model: nn.Module, optimizer) -> None:
 
     if not (folder / "sharded").is_dir():
         raise RuntimeError(f"{folder} holds neither sharded/ nor model.pt: the checkpoint is "
-                           "incomplete; delete it to resume from an earlier one")
+                           "incomplete; delete the step's checkpoints/ folder to start it afresh")
     # the optimiser's state is initialised here, so that there are tensors to load into
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optimizer": optim_state}
