@@ -1,4 +1,5 @@
-"""The `ablate` command line: grid, status, validate, report, eval, data, model, cancel, logs."""
+"""The `ablate` command line: grid, fetch, status, validate, report, eval, data, model, cancel,
+logs."""
 
 from __future__ import annotations
 
@@ -287,6 +288,65 @@ def describe_tokens(sp) -> str:
     return f"{rows}, ≤ limits"
 
 
+def hub_models(value, found: dict) -> dict:
+    """Every hub model a step's config names, anywhere in it (its model, a classifier, a local
+    judge without a local copy), keyed by repo and revision."""
+    from pydantic import BaseModel
+
+    from ablate.spec.schema import JudgeSpec, ModelSpec
+
+    if isinstance(value, ModelSpec) and value.hub:
+        found.setdefault(value.describe(), value)
+    elif isinstance(value, JudgeSpec) and value.kind == "local" and value.hub and not (
+            value.path or value.local_copy):
+        spec = ModelSpec(hub=value.hub, revision=value.revision)
+        found.setdefault(spec.describe(), spec)
+    if isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            hub_models(getattr(value, name), found)
+    elif isinstance(value, dict):
+        for item in value.values():
+            hub_models(item, found)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            hub_models(item, found)
+    return found
+
+
+def fetch_plan(steps: list) -> None:
+    """Download, once and here, every hub model the steps name and every dataset they train on,
+    into the caches their jobs read with the hub offline (``ablate.models``, ``ablate.data``); a
+    SpecError names the step and what could not be had."""
+    from ablate.data import load_preferences, load_prompts
+    from ablate.data.load import DataUnavailable
+    from ablate.models import ModelError, resolve_model
+    from ablate.spec.steps import PromptsRef
+
+    models: dict[str, tuple[str, object]] = {}
+    data: dict[str, tuple[str, object]] = {}
+    for step in steps:
+        for key, spec in hub_models(step.config, {}).items():
+            models.setdefault(key, (step.name, spec))
+        for attr in ("data", "prompts"):
+            ref = getattr(step.config, attr, None) if step.kind.startswith("train") else None
+            if ref is not None:
+                data.setdefault(ref.model_dump_json(), (step.name, ref))
+    for step_name, spec in models.values():
+        try:
+            folder = resolve_model(spec, fetch=True)
+        except ModelError as exc:
+            raise SpecError(f"{step_name}: {exc}") from None
+        console.print(f"model {spec.describe()}: {folder}", highlight=False)
+    for step_name, ref in data.values():
+        try:
+            loaded = load_prompts(ref) if isinstance(ref, PromptsRef) else load_preferences(ref)
+        except (DataUnavailable, KeyError, ValueError) as exc:
+            why = exc.args[0] if isinstance(exc, KeyError) else exc  # a KeyError's str quotes
+            raise SpecError(f"{step_name}: {why}") from None
+        console.print(f"data {ref.describe()}: {len(loaded.rows):,} rows in the cache",
+                      highlight=False)
+
+
 def step_table(plan: Plan, store: RunStore, states: dict | None = None) -> Table:
     """One row per step; ``states`` (step id -> state record) as ``status`` has corrected them
     from SLURM, else as the store holds them."""
@@ -312,8 +372,7 @@ def grid(file: Path = typer.Argument(..., help="Grid spec (YAML)"),
                                          "prefix or 'all') and what depends on it"),
          store: Optional[Path] = StoreOption) -> None:
     """Expand a grid and run every step that is not done yet (locally, or on SLURM with --submit)."""
-    # before queueing, a training step whose length limits drop every example is refused here
-    spec, plan = load_checked(file, check_data=True, check_lengths=submit and not dry_run)
+    spec, plan = load_checked(file, check_data=True)
     run_store = store_at(store)
     checked_store(run_store)
     if dry_run and not submit:
@@ -336,6 +395,16 @@ def grid(file: Path = typer.Argument(..., help="Grid spec (YAML)"),
         return
     if not dry_run:
         check_judges(plan, run_store)
+        # Models and data are downloaded here, once: the steps' own processes read them offline.
+        # Then, before queueing, a training step whose length limits drop every example is
+        # refused.
+        todo = plan.order() if force else [s for s in plan.order() if not run_store.is_done(s)]
+        try:
+            fetch_plan(todo)
+            if submit:
+                check_training_lengths(plan)
+        except SpecError as exc:
+            fail(f"{file}: {exc}")
     if submit:
         from ablate.launch.default_profile import resolve_profile
         from ablate.launch.slurm import submit_from_cli
@@ -378,6 +447,18 @@ def validate(file: Path = typer.Argument(..., help="Grid spec (YAML)")) -> None:
         kinds[step.kind] = kinds.get(step.kind, 0) + 1
     console.print(f"[green]ok[/] {file}: grid {spec.name!r}, {len(plan.cells)} cells, "
                   f"{len(plan.steps)} steps ({', '.join(f'{v} {k}' for k, v in sorted(kinds.items()))})")
+
+
+@app.command()
+def fetch(file: Path = typer.Argument(..., help="Grid spec (YAML)")) -> None:
+    """Download the grid's hub models and its training data into the caches, once, where the hub
+    can be reached: its steps read them offline (compute nodes often are)."""
+    spec, plan = load_checked(file)
+    try:
+        fetch_plan(plan.order())
+    except SpecError as exc:
+        fail(f"{file}: {exc}")
+    console.print(f"[green]fetched[/] what grid {spec.name!r} reads", highlight=False)
 
 
 @app.command()

@@ -6,7 +6,10 @@ Built-ins:
 - ``tiny-llama``: a 2-layer, 64-wide Llama with random weights (seeded) and SmolLM2's tokenizer,
   for tests and quick dry runs of the whole pipeline.
 
-A local path is used as is; a hub id is fetched at its revision (honouring ``HF_HUB_OFFLINE``).
+A local path is used as is. A hub id is downloaded once, by the process that plans the run
+(``ablate fetch``, and the preflight of ``ablate grid`` and ``ablate eval``: ``resolve_model(spec,
+fetch=True)``), into the hub's cache; the steps' own processes read it from there with the hub
+offline (``local_files_only``), so no compute node downloads and none needs the network.
 
 The paper's models (``PAPER_MODELS``) are read at the revision recorded there, with the reason
 for it, and talk in the Tulu 2 chat format that the paper's code wrote itself
@@ -28,6 +31,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ablate.spec.load import FETCH_COMMAND
 from ablate.spec.schema import ModelSpec
 
 _log = logging.getLogger("ablate.models")
@@ -158,7 +162,7 @@ def _record_commit(repo: str, revision: str, folder: Path) -> None:
     id, so it is worth a warning."""
     commit = folder.name
     _log.info("%s@%s is commit %s", repo, revision, commit)
-    if not re.fullmatch(r"[0-9a-f]{7,40}", revision):  # a commit hash, whole or abbreviated
+    if not _is_commit(revision):  # a commit hash, whole or abbreviated
         _log.warning("%s: revision %r is a branch or tag, not a commit; results can change when "
                      "the repository does (pin `revision: %s` in the grid)", repo, revision,
                      commit)
@@ -186,8 +190,84 @@ def with_chat_format(folder: Path, repo: str, chat_format: str) -> Path:
     return _save_atomically(target, build, done_marker="chat_template.jinja")
 
 
-def resolve_model(spec: ModelSpec) -> Path:
-    """A local folder holding the model's config, weights and tokenizer."""
+def hub_cache_folder(repo: str) -> Path:
+    """The hub cache's folder of a model repository (``$HF_HUB_CACHE/models--org--name``)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
+
+
+def missing_model_files(folder: Path) -> list[str]:
+    """What a transformers folder needs to load and lacks: its config, and its weights (each
+    shard an index names, else one weights file)."""
+    import json
+
+    if not (folder / "config.json").is_file():
+        return ["config.json"]
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = folder / index_name
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+            return [shard for shard in shards if not (folder / shard).is_file()]
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        return ["model.safetensors"]
+    return []
+
+
+def _cached_hub_model(spec: ModelSpec) -> Path:
+    """The hub model's snapshot from the cache, without the network; a missing snapshot or file
+    names what is missing and the command that fetches it."""
+    from huggingface_hub import snapshot_download
+
+    where = hub_cache_folder(spec.hub)
+    try:
+        folder = Path(snapshot_download(spec.hub, revision=spec.revision, local_files_only=True))
+    except Exception:  # not in the cache (or not this revision of it)
+        raise ModelError(f"model {spec.hub}@{spec.revision or 'main'} is not in the hub cache "
+                         f"({where}), and a step reads the hub offline: download it first with "
+                         f"`{FETCH_COMMAND}` where the hub can be reached (or give the model as "
+                         "`path:`)") from None
+    missing = missing_model_files(folder)
+    if missing:
+        raise ModelError(f"model {spec.hub}@{spec.revision or 'main'}: {folder / missing[0]} is "
+                         f"missing from the hub cache; download it again with `{FETCH_COMMAND}` "
+                         "where the hub can be reached")
+    return folder
+
+
+def _fetch_hub_model(spec: ModelSpec) -> Path:
+    """Download the hub model into the cache (a pinned commit already there whole is not asked
+    for again: its files cannot change)."""
+    from huggingface_hub import snapshot_download
+
+    revision = spec.revision or "main"
+    if _is_commit(revision):
+        try:
+            return _cached_hub_model(spec)
+        except ModelError:
+            pass
+    try:
+        folder = Path(snapshot_download(spec.hub, revision=spec.revision))
+    except Exception as exc:  # offline, gated, or unknown: say which model and why
+        raise ModelError(f"model {spec.hub}@{revision} is not in the hub cache "
+                         f"({hub_cache_folder(spec.hub)}) and could not be fetched from the hub "
+                         f"({type(exc).__name__}: {exc}); run `{FETCH_COMMAND}` where the hub "
+                         "can be reached, with the same cache, or give the model as `path:`"
+                         ) from None
+    missing = missing_model_files(folder)
+    if missing:  # the hub unreachable, and the cache holds only part of the snapshot
+        raise ModelError(f"model {spec.hub}@{revision}: {folder / missing[0]} is missing from "
+                         "the hub cache, and the hub did not provide it (is it reachable?)")
+    return folder
+
+
+def _is_commit(revision: str) -> bool:
+    return re.fullmatch(r"[0-9a-f]{7,40}", revision) is not None
+
+
+def resolve_model(spec: ModelSpec, fetch: bool = False) -> Path:
+    """A local folder holding the model's config, weights and tokenizer. A hub model is read
+    from the cache; ``fetch`` downloads it there first (the planning process, not a step's)."""
     if spec.builtin:
         return prepare_builtin(spec.builtin)
     if spec.path:
@@ -199,13 +279,7 @@ def resolve_model(spec: ModelSpec) -> Path:
                              "folder)")
         return path
     if spec.hub:
-        from huggingface_hub import snapshot_download
-        try:
-            folder = Path(snapshot_download(spec.hub, revision=spec.revision))
-        except Exception as exc:  # offline, gated, or unknown: say which model and why
-            raise ModelError(f"could not fetch {spec.hub}@{spec.revision or 'main'} from the hub "
-                             f"({type(exc).__name__}: {exc}); download it elsewhere and use "
-                             "`path:` instead") from None
+        folder = _fetch_hub_model(spec) if fetch else _cached_hub_model(spec)
         _record_commit(spec.hub, spec.revision or "main", folder)
         paper = PAPER_MODELS.get(spec.hub)
         return with_chat_format(folder, spec.hub, paper.chat_format) if paper else folder

@@ -59,7 +59,10 @@ def test_a_hub_model_logs_its_commit_and_warns_on_a_branch(monkeypatch, tmp_path
     commit = "0123456789abcdef0123456789abcdef01234567"
     snapshot = tmp_path / "snapshots" / commit
     snapshot.mkdir(parents=True)
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, revision: snapshot)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo, revision, local_files_only: snapshot)
+    (snapshot / "config.json").write_text("{}")
+    (snapshot / "model.safetensors").write_bytes(b"")
     with caplog.at_level("INFO", logger="ablate.models"):
         assert resolve_model(ModelSpec(hub="someone/a-model", revision="main")) == snapshot
     assert f"someone/a-model@main is commit {commit}" in caplog.text
@@ -109,7 +112,7 @@ def test_a_tulu_2_model_formats_chats_as_the_paper_whatever_template_the_hub_has
     assert "<<Hi>>" in AutoTokenizer.from_pretrained(snapshot).apply_chat_template(
         [{"role": "user", "content": "Hi"}], tokenize=False)
     monkeypatch.setenv("ABLATE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, revision: snapshot)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, revision, **_: snapshot)
     spec = ModelSpec(hub="allenai/tulu-2-13b", revision=PAPER_MODELS["allenai/tulu-2-13b"].revision)
     folder = resolve_model(spec)
     assert resolve_model(spec) == folder != snapshot  # built once per commit
@@ -145,3 +148,49 @@ def test_paper_grids_load_each_paper_model_at_its_recorded_revision():
                 assert model.get("revision") == PAPER_MODELS[model["hub"]].revision, (grid, name)
                 seen += 1
     assert seen >= len(grids)
+
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch, tiny_model_dir):
+    """A hub cache laid out as huggingface_hub writes it, holding the tiny model at COMMIT (with
+    ``main`` pointing there), and the hub offline."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    folder = tmp_path / "hub" / "models--org--tiny"
+    shutil.copytree(tiny_model_dir, folder / "snapshots" / COMMIT)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(COMMIT)
+    return folder / "snapshots" / COMMIT
+
+
+def test_a_cached_hub_model_is_read_without_the_network(hub_cache):
+    for revision in ("main", COMMIT, None):
+        for fetch in (False, True):
+            assert resolve_model(ModelSpec(hub="org/tiny", revision=revision),
+                                 fetch=fetch) == hub_cache
+
+
+def test_a_model_or_file_missing_from_the_cache_is_named_with_the_fetch_command(hub_cache):
+    with pytest.raises(ModelError, match=r"org/absent@main is not in the hub cache "
+                                         r"\(.*models--org--absent\).*`ablate fetch GRID.yaml`"):
+        resolve_model(ModelSpec(hub="org/absent"))
+    (hub_cache / "model.safetensors").unlink()
+    with pytest.raises(ModelError, match=f"{hub_cache / 'model.safetensors'} is missing from "
+                                         r"the hub cache.*`ablate fetch GRID.yaml`"):
+        resolve_model(ModelSpec(hub="org/tiny", revision=COMMIT))
+    # a sharded checkpoint: each shard its index names
+    (hub_cache / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"a": "model-00001-of-00002.safetensors",
+                        "b": "model-00002-of-00002.safetensors"}}))
+    (hub_cache / "model-00001-of-00002.safetensors").write_bytes(b"")
+    with pytest.raises(ModelError, match="model-00002-of-00002.safetensors is missing"):
+        resolve_model(ModelSpec(hub="org/tiny", revision=COMMIT))
+    # fetching asks the hub for what the cache lacks; offline, it cannot provide it
+    with pytest.raises(ModelError, match="model-00002-of-00002.safetensors is missing from the "
+                                         "hub cache, and the hub did not provide it"):
+        resolve_model(ModelSpec(hub="org/tiny", revision=COMMIT), fetch=True)

@@ -11,7 +11,9 @@ Files may be .jsonl, .jsonl.gz, .json (a list) or .parquet.
 
 A conversion is cached under ``$ABLATE_CACHE/data/<name>/`` keyed by the source revision (or the
 local files' size and mtime), the converter version and the split, so every job of a grid reuses
-it. Downsampling happens after the cache and is cheap.
+it: ``ablate fetch`` (and the preflight of ``ablate grid``) converts each hub source once, where
+the hub can be reached, and a job that misses the cache names the file and that command.
+Downsampling happens after the cache and is cheap.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ablate.data.rows import (
     BROKEN_TURNS, DUPLICATE_PROMPT, MISSING_FIELD, NON_STRING, PreferenceData, PromptData, SkipRow,
     clean, downsample, first_user_text, is_held_out, mix_preferences, prompt_text,
 )
+from ablate.spec.load import FETCH_COMMAND
 from ablate.spec.schema import DataRef
 from ablate.spec.steps import PromptsRef
 from ablate.store import atomic_write_json, atomic_write_jsonl
@@ -125,8 +128,9 @@ def _hub_rows(hub_id: str, config: str | None, split: str, revision: str,
         files = f", files={data_files}" if data_files else ""
         raise DataUnavailable(
             f"dataset {name!r}: could not load {hub_id} (config={config}, split={split}{files}, "
-            f"revision={revision}) from the hub: {type(exc).__name__}: {exc}. Offline, point "
-            f"ABLATE_DATA_DIR (or ABLATE_DATA_{name.upper().replace('-', '_')}) at local files"
+            f"revision={revision}) from the hub: {type(exc).__name__}: {exc}. Download it first "
+            f"with `{FETCH_COMMAND}` where the hub can be reached, or point ABLATE_DATA_DIR (or "
+            f"ABLATE_DATA_{name.upper().replace('-', '_')}) at local files"
         ) from exc
 
 
@@ -171,18 +175,28 @@ def convert_rows(source: Source, raws: Iterable[dict], seed: int = 0) -> tuple[l
     return rows, dict(skipped)
 
 
-def converted(source: Source, split: str) -> tuple[list[dict], dict]:
-    """All clean rows of one native split, from the cache when this conversion was done before."""
-    read_raws, fingerprint = raw_rows(source, split)
+def conversion_files(source: Source, split: str, fingerprint) -> tuple[Path, Path]:
+    """The cache's files of one split's conversion: its rows (JSONL) and their record."""
     key = hashlib.sha256(json.dumps([source.name, split, fingerprint, source.converter_version],
                                     sort_keys=True, default=str).encode()).hexdigest()[:16]
     folder = cache_root() / source.name
-    rows_path, meta_path = folder / f"{split}-{key}.jsonl", folder / f"{split}-{key}.meta.json"
+    return folder / f"{split}-{key}.jsonl", folder / f"{split}-{key}.meta.json"
+
+
+def converted(source: Source, split: str) -> tuple[list[dict], dict]:
+    """All clean rows of one native split, from the cache when this conversion was done before
+    (``ablate fetch`` does it once where the hub can be reached; a step then reads the cache)."""
+    read_raws, fingerprint = raw_rows(source, split)
+    rows_path, meta_path = conversion_files(source, split, fingerprint)
     if meta_path.is_file() and rows_path.is_file():
         meta = json.loads(meta_path.read_text())
         with open(rows_path) as handle:
             return [json.loads(line) for line in handle], meta["skipped"]
-    rows, skipped = convert_rows(source, read_raws())
+    try:
+        raws = read_raws()
+    except DataUnavailable as exc:
+        raise DataUnavailable(f"{rows_path} is not in the cache. {exc}") from None
+    rows, skipped = convert_rows(source, raws)
     atomic_write_jsonl(rows_path, rows)
     atomic_write_json(meta_path, {"skipped": skipped, "rows": len(rows), "key": fingerprint,
                                   "converter_version": source.converter_version})

@@ -122,7 +122,7 @@ def run_suite(model: str, benchmarks: list[str], protocol: str, out: Path, limit
     judges = judges_for(benchmarks, protocol, judge)
     check_local_judges(judges, protocol)
     model_spec = model_spec_for(model)
-    model_dir = resolve_model(model_spec)
+    model_dir = resolve_model(model_spec, fetch=True)  # downloaded here: steps read the cache
     backend = None
 
     def evaluate(name: str):

@@ -19,6 +19,11 @@ class JudgeFile(RootModel[dict[str, JudgeSpec]]):
     """A judges file: judge name -> definition."""
 
 
+# The command that downloads what a grid's steps read (hub models, training data) into the
+# caches, once, where the hub can be reached; a step that finds something missing names it.
+FETCH_COMMAND = "ablate fetch GRID.yaml"
+
+
 class SpecError(ValueError):
     """A grid or profile file that cannot be used, with a message meant for the user."""
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ablate.spec.seeds import derive_seed
 from ablate.store import atomic_write_json, atomic_write_text
 from ablate.train import fsdp
 from ablate.train.common import TrainingError
@@ -52,23 +53,38 @@ def save_rank_rng(folder: Path) -> None:
     torch.save(rng_states(), Path(folder) / rng_file(fsdp.rank()))
 
 
-def checkpoint_rng(path: Path, rank: int, world_size: int, schedule: dict) -> dict:
-    """The generator states this process resumes with: its own rank's. A checkpoint written by
-    another number of processes cannot hand each rank its own stream, so that is an error rather
-    than a silent reuse of another rank's. Checkpoints from before per-rank files kept rank 0's
-    states beside the schedule; those are read as they were saved."""
+def checkpoint_rng(path: Path, rank: int, world_size: int, schedule: dict) -> dict | None:
+    """The generator states this process resumes with: its own rank's, or None when the
+    checkpoint was written by another number of processes (no saved stream is this rank's;
+    ``resume_generators`` then derives one). Checkpoints from before per-rank files kept rank
+    0's states beside the schedule; those are read as they were saved."""
     own = Path(path) / rng_file(rank)
     saved_world = schedule.get("world_size")
     if saved_world is not None and saved_world != world_size:
-        raise TrainingError(f"{path}: saved by {saved_world} processes, resumed by "
-                            f"{world_size}; resume with {saved_world} processes, or delete "
-                            "the checkpoints to start the step afresh")
+        return None
     if own.is_file():
         return torch.load(own, weights_only=False)
     if "rng" in schedule:
         return schedule
     raise TrainingError(f"{path}: no random-generator state for rank {rank} ({own.name} is "
                         "missing); the checkpoint is incomplete")
+
+
+def seed_generators(seed: int) -> None:
+    torch.manual_seed(seed)  # every device's generator
+    random.seed(seed)
+
+
+def resume_generators(path: Path, schedule: dict, seed: int, step: int) -> None:
+    """Continue this process's generators from a checkpoint of ``step``: its own saved states
+    on the same number of processes; on another number, a stream derived from the run's seed,
+    the step and the rank (no trainer's result draws from these generators: dropout is off and
+    every sampled or shuffled stream is seeded by name, docs/architecture.md "Resume")."""
+    states = checkpoint_rng(path, fsdp.rank(), fsdp.world_size(), schedule)
+    if states is None:
+        seed_generators(derive_seed(seed, "process-generators", step, fsdp.rank()))
+    else:
+        restore_rng_states(states)
 
 
 def save_checkpoint(folder: Path, step: int, model: nn.Module, optimizer, scheduler,
@@ -110,12 +126,14 @@ def publish_checkpoint(tmp: Path, target: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler) -> dict:
+def load_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, seed: int) -> dict:
+    """Resume from ``path``, written by this or any other number of processes."""
     fsdp.load_train_state(path, model, optimizer)
     extra = torch.load(path / "schedule_rng.pt", weights_only=False)
     scheduler.load_state_dict(extra["scheduler"])
-    restore_rng_states(checkpoint_rng(path, fsdp.rank(), fsdp.world_size(), extra))
-    return json.loads((path / "trainer_state.json").read_text())
+    state = json.loads((path / "trainer_state.json").read_text())
+    resume_generators(path, extra, seed, state["step"])
+    return state
 
 
 class MetricsLog:

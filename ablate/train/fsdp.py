@@ -5,8 +5,9 @@ SLURM variables are read when torchrun's are absent)::
 
     torchrun --nproc_per_node 8 -m ablate.train.fsdp dpo --config step.json --out DIR
 
-Without those variables everything here degrades to a single process and plain ``torch.save``
-checkpoints, so the recipes call these helpers unconditionally. On CPU the backend is gloo, which
+Without those variables everything here degrades to a single process, so the recipes call
+these helpers unconditionally; checkpoints are ``torch.distributed.checkpoint`` folders either
+way, so a run resumes on another number of processes. On CPU the backend is gloo, which
 is how the tests run two processes on one machine.
 """
 
@@ -18,6 +19,7 @@ import json
 import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -178,27 +180,38 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
     return norm
 
 
+@contextlib.contextmanager
+def _single_process_is_meant():
+    """Without a process group, torch.distributed.checkpoint warns that it assumes one process:
+    here that is the intent."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
 def save_train_state(folder: Path, model: nn.Module, optimizer) -> None:
-    """Model and optimiser state: one file each for a single process, a sharded
-    ``torch.distributed.checkpoint`` folder (each rank writes its shards) otherwise."""
-    if not dist.is_initialized():
-        torch.save(model.state_dict(), Path(folder) / "model.pt")
-        torch.save(optimizer.state_dict(), Path(folder) / "optimizer.pt")
-        return
+    """Model and optimiser state as a ``torch.distributed.checkpoint`` folder (``sharded``):
+    each process writes its shards (a single process the whole), keyed by parameter names, so
+    any number of processes reads it back, resharded as it loads."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model_state, optim_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optimizer": optim_state},
-             checkpoint_id=str(Path(folder) / "sharded"))
+    with _single_process_is_meant():
+        dcp.save({"model": model_state, "optimizer": optim_state},
+                 checkpoint_id=str(Path(folder) / "sharded"))
 
 
 def load_train_state(folder: Path, model: nn.Module, optimizer) -> None:
+    """What ``save_train_state`` wrote, by any number of processes, into this run's shards (or
+    whole modules for a single process). A ``model.pt`` folder is a single process's checkpoint
+    from before every checkpoint was a ``torch.distributed.checkpoint`` folder."""
     folder = Path(folder)
-    if not dist.is_initialized():
-        if not (folder / "model.pt").is_file():
-            raise RuntimeError(f"{folder} holds a sharded checkpoint: resume it with the same "
-                               "number of processes under torchrun")
+    if (folder / "model.pt").is_file():
+        if dist.is_initialized():
+            raise RuntimeError(f"{folder} holds a single-process checkpoint in the older "
+                               "model.pt format, which cannot be resharded: resume it with one "
+                               "process")
         model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
         optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
         return
@@ -206,11 +219,13 @@ def load_train_state(folder: Path, model: nn.Module, optimizer) -> None:
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     if not (folder / "sharded").is_dir():
-        raise RuntimeError(f"{folder} holds a single-process checkpoint; resume it without "
-                           "torchrun")
+        raise RuntimeError(f"{folder} holds neither sharded/ nor model.pt: the checkpoint is "
+                           "incomplete; delete the step's checkpoints/ folder to start it afresh")
+    # the optimiser's state is initialised here, so that there are tensors to load into
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optimizer": optim_state}
-    dcp.load(state, checkpoint_id=str(folder / "sharded"))
+    with _single_process_is_meant():
+        dcp.load(state, checkpoint_id=str(folder / "sharded"))
     set_state_dict(model, optimizer, model_state_dict=state["model"],
                    optim_state_dict=state["optimizer"])
 
@@ -251,6 +266,11 @@ def save_pretrained(root: nn.Module, hf_model: nn.Module, tokenizer, target: Pat
 
 def main(argv: list[str] | None = None) -> None:
     """Run one training step's recipe in every process of a torchrun/srun launch."""
+    # The process that planned the run downloaded the step's models and data (`ablate fetch`):
+    # these processes read them from the caches with the hub offline, so that no node downloads
+    # or needs the network. Set before anything imports the hub's libraries, which read it once.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     import importlib
     import logging
 

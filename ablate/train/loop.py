@@ -46,6 +46,7 @@ class LoopConfig:
     end_lr: float
     adam_beta2: float
     length_grouping: int = 0  # see plan_batches
+    batch_field: str = "batch_size"  # how the user's config names batch_size, for errors
 
     @classmethod
     def of(cls, cfg, seed: int) -> "LoopConfig":
@@ -54,7 +55,18 @@ class LoopConfig:
                    batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size,
                    weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
                    save_every_steps=cfg.save_every_steps, seed=seed, end_lr=cfg.end_lr,
-                   adam_beta2=cfg.adam_beta2, length_grouping=cfg.length_grouping)
+                   adam_beta2=cfg.adam_beta2, length_grouping=cfg.length_grouping,
+                   batch_field=f"{cfg.kind} batch_size")
+
+
+def check_batch_divides(batch_size: int, field: str, processes: int) -> None:
+    """Each process takes an equal slice of every batch (of a whole one: an epoch's last may be
+    shorter), so the batch size must divide among the processes, on a resume too."""
+    if batch_size % processes:
+        raise TrainingError(f"{field} is {batch_size}, which does not divide among {processes} "
+                            f"processes (each takes an equal share of every batch): set "
+                            f"{field} to a multiple of {processes}, or run on a number of "
+                            f"processes that divides {batch_size}")
 
 
 class StopRequested(Exception):
@@ -141,7 +153,10 @@ def train_loop(module: nn.Module, pairs: Sequence[TokenizedPair], cfg: LoopConfi
     and micro-batches (default: its longer sequence).
     ``masters``: fp32 master weights (``precision: bf16_weights``), which the optimiser,
     clipping and checkpoints take in place of ``module``'s bf16 ones."""
+    check_batch_divides(cfg.batch_size, cfg.batch_field, fsdp.world_size())
     trained = module if masters is None else masters
+    # the same global batches whatever the number of processes: a resume on another number
+    # continues the same data order
     batches = plan_batches(len(pairs), cfg.batch_size, cfg.epochs, cfg.seed, lengths,
                            cfg.length_grouping)
     micro_lengths = lengths if lengths is not None else [p.length for p in pairs]
@@ -153,7 +168,7 @@ def train_loop(module: nn.Module, pairs: Sequence[TokenizedPair], cfg: LoopConfi
     start = 0
     found = latest_checkpoint(checkpoints)
     if found is not None:
-        start = load_checkpoint(found, trained, optimizer, scheduler)["step"]
+        start = load_checkpoint(found, trained, optimizer, scheduler, cfg.seed)["step"]
         if masters is not None:
             masters.copy_back()
         log.info("resuming from %s (step %d of %d)", found, start, total_steps)

@@ -42,8 +42,7 @@ from ablate.spec.seeds import derive_seed
 from ablate.store import atomic_write_json
 from ablate.train import fsdp
 from ablate.train.checkpoints import (
-    MetricsLog, checkpoint_rng, latest_checkpoint, publish_checkpoint, restore_rng_states,
-    save_rank_rng,
+    MetricsLog, latest_checkpoint, publish_checkpoint, resume_generators, save_rank_rng,
 )
 from ablate.train.common import (
     NoTrainingData, TrainingError, device_for_training, make_optimizer, plan_batches,
@@ -453,16 +452,18 @@ def _save(folder: Path, iteration: int, policy, value_model, policy_opt, value_o
     return target
 
 
-def _load(path: Path, policy, value_model, policy_opt, value_opt, schedulers) -> int:
+def _load(path: Path, policy, value_model, policy_opt, value_opt, schedulers, seed: int) -> int:
+    """Resume from ``path``, written by this or any other number of processes."""
     import json
 
     fsdp.load_train_state(path / "policy", policy, policy_opt)
     fsdp.load_train_state(path / "value", value_model, value_opt)
     schedule = torch.load(path / "rng.pt", weights_only=False)
-    restore_rng_states(checkpoint_rng(path, fsdp.rank(), fsdp.world_size(), schedule))
+    iteration = int(json.loads((path / "trainer_state.json").read_text())["step"])
+    resume_generators(path, schedule, seed, iteration)
     for scheduler, state in zip(schedulers, schedule["schedulers"]):
         scheduler.load_state_dict(state)
-    return int(json.loads((path / "trainer_state.json").read_text())["step"])
+    return iteration
 
 
 # ---------------------------------------------------------------- the run
@@ -505,7 +506,7 @@ def train_ppo(policy_dir: Path, rows: Sequence[dict], cfg: PPOConfig, seed: int,
     start = 0
     found = latest_checkpoint(checkpoints)
     if found is not None:
-        start = _load(found, policy, value_model, policy_opt, value_opt, schedulers)
+        start = _load(found, policy, value_model, policy_opt, value_opt, schedulers, seed)
         log.info("resuming PPO from %s (iteration %d of %d)", found, start, total)
     backend = cfg.rollout_engine
     if backend == "vllm" and not (vllm_usable() and device.type == "cuda"):

@@ -120,7 +120,7 @@ def test_nan_loss_stops_with_step_and_rows_and_keeps_the_checkpoint(tmp_path, ti
             save_every_steps=1)
     checkpoints = tmp_path / "nan" / "checkpoints"
     assert [p.name for p in checkpoints.iterdir()] == ["step_1"]
-    assert (checkpoints / "step_1" / "model.pt").is_file()
+    assert (checkpoints / "step_1" / "sharded").is_dir()
     assert not (tmp_path / "nan" / "model").exists()
 
 

@@ -29,14 +29,15 @@ def step_json(recipe: str, config: dict) -> dict:
                    {**ROWS_FILE[recipe], **config}).to_json()
 
 
-def torchrun(tmp_path, recipe, config, rows, out, timeout=240, extra=(), expect_ok=True):
+def torchrun(tmp_path, recipe, config, rows, out, timeout=240, extra=(), expect_ok=True,
+             nproc=2):
     torchrun_bin = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     if torchrun_bin is None:
         pytest.skip("torchrun is not installed next to this Python")
     (tmp_path / "config.json").write_text(json.dumps(step_json(recipe, config)))
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
-    proc = subprocess.run([torchrun_bin, "--standalone", "--nproc_per_node", "2", "-m",
+    proc = subprocess.run([torchrun_bin, "--standalone", "--nproc_per_node", str(nproc), "-m",
                            "ablate.train.fsdp", recipe, "--config", str(tmp_path / "config.json"),
                            "--rows", str(tmp_path / "rows.jsonl"), "--out", str(out),
                            "--cache", str(tmp_path / "cache2"), *extra],
@@ -74,10 +75,10 @@ def test_dpo_world_size_2_equals_1_with_a_sharded_resume(tmp_path, tiny_model_di
 
 @pytest.mark.slow
 def test_rm_world_size_2_equals_1(tmp_path, tiny_model_dir):
-    rows = arithmetic_rows(16)
-    # 12 training pairs in batches of 11: one step has one pair, so the second process has
+    rows = arithmetic_rows(17)
+    # 13 training pairs in batches of 12: one step has one pair, so the second process has
     # nothing but an empty slot and must still join every collective with the same shapes.
-    cfg = RMConfig(lr=1e-3, warmup_ratio=0.0, epochs=1, batch_size=11, micro_batch_size=4,
+    cfg = RMConfig(lr=1e-3, warmup_ratio=0.0, epochs=1, batch_size=12, micro_batch_size=4,
                    max_length=128, eval_fraction=0.25)
     one = train_rm(tiny_model_dir, rows, cfg, 1, tmp_path / "one")
     torchrun(tmp_path, "rm", {"model": {"path": str(tiny_model_dir)}, "train": cfg.model_dump(),
@@ -85,7 +86,7 @@ def test_rm_world_size_2_equals_1(tmp_path, tiny_model_dir):
     two = json.loads((tmp_path / "two" / "result.json").read_text())
     assert two["world_size"] == 2
     steps = [json.loads(l) for l in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
-    assert sorted(s["pairs"] for s in steps) == [1, 11]
+    assert sorted(s["pairs"] for s in steps) == [1, 12]
     assert two["heldout_accuracy"] == one["heldout_accuracy"]
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-5)
     assert_same_weights(tmp_path / "one" / "model", tmp_path / "two" / "model", atol=2e-5)

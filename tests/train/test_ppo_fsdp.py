@@ -10,6 +10,7 @@ agree to float rounding, not bit for bit.
 """
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -39,7 +40,7 @@ def ppo_config() -> PPOConfig:
 
 
 @pytest.mark.slow
-def test_ppo_world_size_2_equals_1_with_a_sharded_resume(tmp_path, tiny_model_dir):
+def test_ppo_world_size_2_equals_1_with_a_sharded_resume_on_2_and_on_1(tmp_path, tiny_model_dir):
     rows, cfg = letter_prompts(20), ppo_config()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -55,12 +56,35 @@ def test_ppo_world_size_2_equals_1_with_a_sharded_resume(tmp_path, tiny_model_di
     assert killed.returncode != 0 and "stopped after iteration 1" in killed.stderr + killed.stdout
     assert (tmp_path / "two" / "checkpoints" / "step_1" / "policy" / "sharded").is_dir()
     assert (tmp_path / "two" / "checkpoints" / "step_1" / "value" / "sharded").is_dir()
+    shutil.copytree(tmp_path / "two", tmp_path / "two_then_one")  # resumed by one process below
     torchrun(tmp_path, "ppo", config, rows, tmp_path / "two")
     two = json.loads((tmp_path / "two" / "train_summary.json").read_text())
     assert two["world_size"] == 2 and one["world_size"] == 1
     assert two["iterations"] == one["iterations"] == 2 and two["resumed_from"] == 1
 
-    m1, m2 = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    m1 = read_metrics(tmp_path / "one")
+    assert_same_run(m1, read_metrics(tmp_path / "two"))
+    # The first iteration's KL is not 0: each minibatch is scored just before its own update
+    # (the paper's PPO), so the third sees the policy that the first two updates moved.
+    assert m1[0]["kl"] != 0.0 != m1[1]["kl"]  # it moved, and the same way in both runs
+    assert_same_weights(tmp_path / "one" / "model", tmp_path / "two" / "model", atol=2e-5)
+
+    # the checkpoint of two processes resumed by one: the same run again
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        then_one = train_ppo(tiny_model_dir, rows, cfg, 1, tmp_path / "two_then_one",
+                             reward=UPPERCASE)
+    finally:
+        torch.set_num_threads(threads)
+    assert then_one["resumed_from"] == 1 and then_one["world_size"] == 1
+    assert_same_run(m1, read_metrics(tmp_path / "two_then_one"))
+    assert_same_weights(tmp_path / "one" / "model", tmp_path / "two_then_one" / "model",
+                        atol=2e-5)
+
+
+def assert_same_run(m1: list[dict], m2: list[dict]) -> None:
+    """Two runs' metrics: the sampled tokens' figures exactly, the rest to float rounding."""
     assert len(m1) == len(m2) == 2
     for a, b in zip(m1, m2):
         assert a.keys() == b.keys()
@@ -69,10 +93,6 @@ def test_ppo_world_size_2_equals_1_with_a_sharded_resume(tmp_path, tiny_model_di
                 assert a[key] == b[key], (key, a[key], b[key])
             else:
                 assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), key
-    # The first iteration's KL is not 0: each minibatch is scored just before its own update
-    # (the paper's PPO), so the third sees the policy that the first two updates moved.
-    assert m1[0]["kl"] != 0.0 != m1[1]["kl"]  # it moved, and the same way in both runs
-    assert_same_weights(tmp_path / "one" / "model", tmp_path / "two" / "model", atol=2e-5)
 
 
 def test_torchrun_entry_passes_upstream_folders_to_the_step(tmp_path, monkeypatch):
