@@ -8,7 +8,10 @@ category scores, which the rounded categories cannot always reproduce (a mean en
 .x5); ``groups`` checks it against the mean of the categories and uses it only when they agree.
 
 ``paper_tables/data_sets.csv`` names each data set of ``ablate.data`` as the paper's Tables 1
-and 2 name it (they name some differently), so a grid's cell finds its paper row.
+and 2 name it (they name some differently), so a grid's cell finds its paper row;
+``paper_tables/recipes.csv`` names Table 5's rows by what trained them (the algorithm, DPO's data
+set, PPO's reward model by its data and base model, and PPO's prompt set), as the paper's Section
+5 describes each row.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from ablate.report.groups import group_stats
 from ablate.report.tables import TABLES, TableResult, build_table
 
 SHIPPED = Path(__file__).with_name("paper_tables")
-VS_PAPER = ("1", "2")  # the tables whose rows are a data set and an algorithm
+VS_PAPER = ("1", "2", "5")  # tables whose rows a grid's cells can be matched with
 ALGORITHM_OF_STEP = {"train_dpo": "dpo", "train_ppo": "ppo"}
 PAPER_FILES = {"1": "table1_preference_data.csv", "2": "table2_dpo_vs_ppo.csv",
                "5": "table5_recipe.csv"}
@@ -126,13 +129,40 @@ def _paper_row_key(results: Results, cell: CellInfo, names: dict) -> tuple | Non
     return (name, algorithm) if name and algorithm else None
 
 
+def recipe_of(results: Results, cell: CellInfo) -> tuple[str, str, str, str, str] | None:
+    """What trained a cell's model, as ``recipes.csv`` names Table 5's rows: (algorithm, DPO's
+    data set, the reward model's data set and base model, PPO's prompt set); "" where it does not
+    apply. None for a cell without a DPO or PPO step of its own."""
+    plan = results.plan
+    step = plan.steps.get(cell.model_step or "") if plan else None
+    algorithm = ALGORITHM_OF_STEP.get(step.kind) if step else None
+    if algorithm == "dpo":
+        return ("dpo", step.config.data.name or "", "", "", "")
+    if algorithm != "ppo":
+        return None
+    rm = plan.steps.get(step.inputs.get("reward_model", ""))
+    rm_data = getattr(getattr(rm, "config", None), "data", None)
+    rm_model = getattr(getattr(rm, "config", None), "model", None)
+    return ("ppo", "", (rm_data.name or "") if rm_data else "",
+            (rm_model.hub or "") if rm_model else "", step.config.prompts.name or "")
+
+
+def _table5_row_key(results: Results, cell: CellInfo) -> tuple | None:
+    if cell.is_baseline:
+        return ("sft",)
+    recipes = pd.read_csv(SHIPPED / "recipes.csv", dtype=str, keep_default_na=False)
+    by_recipe = {tuple(r[1:]): r[0] for r in recipes.itertuples(index=False)}
+    name = by_recipe.get(recipe_of(results, cell))
+    return (name,) if name else None
+
+
 def compare_with_paper(table: TableResult, results: Results, paper_dir: Path | None = None) -> None:
     """Put the paper's number beside each cell of ``table`` whose row the paper has (matched by
     data set and algorithm; the SFT row with the paper's SFT row), and say which rows it lacks."""
     if table.spec.name not in VS_PAPER:
         raise ValueError(f"--vs-paper: table {table.spec.name} has no per-cell counterpart in the "
                          f"paper's CSVs; tables {', '.join(VS_PAPER)} match cells by data set and "
-                         "algorithm")
+                         "algorithm (Table 5: by recipe)")
     folder = Path(paper_dir or SHIPPED)
     paper = load_paper_table(folder, table.spec.name)
     built = build_table(TABLES[table.spec.name], paper, group_stats(paper))
@@ -143,15 +173,23 @@ def compare_with_paper(table: TableResult, results: Results, paper_dir: Path | N
             paper_rows[("summary",)] = row
         else:
             cell = info[row.groups[0]]
-            paper_rows[("sft",) if cell.is_baseline else
+            paper_rows[("sft",) if cell.is_baseline else (cell.axes["row"],)
+                       if table.spec.name == "5" else
                        (cell.axes["data"], cell.axes["algorithm"])] = row
-    names = pd.read_csv(SHIPPED / "data_sets.csv", dtype=str).set_index("data_set")[
-        f"table{table.spec.name}"].dropna().to_dict()
+    if table.spec.name == "5":
+        def our_key(cell: CellInfo) -> tuple | None:
+            return _table5_row_key(results, cell)
+    else:
+        names = pd.read_csv(SHIPPED / "data_sets.csv", dtype=str).set_index("data_set")[
+            f"table{table.spec.name}"].dropna().to_dict()
+
+        def our_key(cell: CellInfo) -> tuple | None:
+            return _paper_row_key(results, cell, names)
     ours = {c.group: c for c in reversed(results.cells)}
     unmatched = []
     for row in table.rows:
-        key = ("summary",) if row.is_summary else _paper_row_key(
-            results, ours[row.groups[0]], names) if row.groups else None
+        key = ("summary",) if row.is_summary else our_key(ours[row.groups[0]]) \
+            if row.groups else None
         match = paper_rows.get(key) if key else None
         if match is None:
             unmatched.append(" ".join(row.lead).strip())
@@ -165,6 +203,9 @@ def compare_with_paper(table: TableResult, results: Results, paper_dir: Path | N
     source = "as shipped with ablate" if paper_dir is None else str(folder)
     table.notes.insert(0, f"(paper x, ±d): the paper's number for the cell (Ivison et al., 2024, "
                           f"Table {table.spec.name}: {PAPER_FILES[table.spec.name]}, {source}) "
-                          "and this grid's minus it; rows matched by data set and algorithm, the "
-                          "SFT row with the paper's SFT row (its base model may differ)."
+                          "and this grid's minus it; rows matched "
+                          + ("by recipe (recipes.csv: algorithm, DPO data, the reward model's "
+                             "data and base model, PPO prompts)" if table.spec.name == "5"
+                             else "by data set and algorithm")
+                          + ", the SFT row with the paper's SFT row (its base model may differ)."
                        + (f" No paper row for: {'; '.join(unmatched)}." if unmatched else ""))

@@ -1,7 +1,11 @@
 """`make demo` keeps its word: it runs the grid the README describes, from what ships in the
 repository, and its table's marks of what is beyond noise come from the paired tests."""
 
+import shutil
+import subprocess
 from pathlib import Path
+
+import pytest
 
 
 from ablate.cli import plan_of
@@ -74,12 +78,11 @@ def write_eval(store: RunStore, step, rows: list[dict], value: float) -> None:
     atomic_write_json(folder / "DONE.json", {"step": step.id, "seconds": 1.0})
 
 
-def test_the_demo_table_marks_noise_and_effects_from_the_paired_tests(tmp_path):
-    """On the real demo plan, a DPO model that refuses 40 of the 50 unsafe prompts where SFT
-    refused 10, and answers MMLU exactly as SFT did: XSTest is beyond noise (no mark, its paired
-    CI in the notes, as the stats computed it), MMLU within noise (marked)."""
+def demo_store(root: Path) -> RunStore:
+    """The real demo plan with made-up results: a DPO model that refuses 40 of the 50 unsafe
+    prompts where SFT refused 10, and answers MMLU exactly as SFT did."""
     plan = plan_of(load_grid(DEMO))
-    store = RunStore(tmp_path / "runs")
+    store = RunStore(root)
     store.save_plan(plan, source=str(DEMO), about={"description": "d", "labels": {}})
     unsafe = [k % 2 == 0 for k in range(100)]
     refusing = {True: [u and k % 5 != 4 for k, u in enumerate(unsafe)],
@@ -92,6 +95,13 @@ def test_the_demo_table_marks_noise_and_effects_from_the_paired_tests(tmp_path):
                     for k, (u, r) in enumerate(zip(unsafe, refused))],
                    100 * refusal_f1(unsafe, refused))
         write_eval(store, plan.steps[cell.evals["mmlu"]], mmlu, 100 * 14 / 40)
+    return store
+
+
+def test_the_demo_table_marks_noise_and_effects_from_the_paired_tests(tmp_path):
+    """XSTest is beyond noise (no mark, its paired CI in the notes, as the stats computed it),
+    MMLU within noise (marked)."""
+    store = demo_store(tmp_path / "runs")
     stats = group_stats(load_results(store, "demo"))
     dpo = next(s for g, s in stats.items() if "alg=dpo" in g)
     test = dpo["bench:xstest"].test
@@ -107,3 +117,14 @@ def test_the_demo_table_marks_noise_and_effects_from_the_paired_tests(tmp_path):
     assert cells["MMLU"] == fmt(dpo["bench:mmlu"].value) + NOISE_MARK
     assert (f"XSTest {fmt(test.delta, signed=True)} (95% CI {fmt(test.ci_low, signed=True)} to "
             f"{fmt(test.ci_high, signed=True)}, p = {test.p_value:.3f})") in md
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="needs pdflatex")
+def test_the_demo_tables_compile_with_pdflatex(tmp_path):
+    store = demo_store(tmp_path / "runs")
+    build_report(store, "demo", ["smoke"], [], ["latex"], tmp_path / "r")
+    result = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error",
+                             "tables.tex"], cwd=tmp_path / "r", capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert (tmp_path / "r" / "tables.pdf").stat().st_size > 1000

@@ -148,3 +148,46 @@ def test_a_plan_saved_without_its_words_takes_them_from_its_grid_file(toy_store,
     table = build_report(toy_store, "toy", ["1"], [], ["md"], tmp_path / "out").tables[0]
     assert table.title == "Table 1: From the grid file"
     assert [r.lead[0] for r in table.rows[:2]] == ["Base M (SFT)", "UF data"]
+
+
+def test_table_5_vs_paper_matches_each_recipe_with_its_paper_row(tmp_path):
+    """The real Table 5 grid: SFT, DPO on UltraFeedback, PPO with the 13B and 70B UltraFeedback
+    RMs on UltraFeedback prompts and the 70B one on mixed prompts; each row beside its paper row,
+    matched by what trained it (not by the row's position or label)."""
+    from pathlib import Path
+
+    from ablate.cli import plan_of
+    from ablate.spec import load_grid
+    from ablate.store import RunStore
+    from report_store import write_eval
+
+    grid = Path(__file__).resolve().parents[2] / "grids" / "table5.yaml"
+    plan = plan_of(load_grid(grid))
+    store = RunStore(tmp_path / "runs")
+    store.save_plan(plan, source=str(grid))
+    for i, cell in enumerate(plan.cells):
+        for j, (bench, sid) in enumerate(cell.evals.items()):
+            write_eval(store, plan.steps[sid], bench, 0.3 + 0.05 * i, seed=10 * i + j)
+    result = cli("--table", "5", "--vs-paper", "--grid", "table5", "--store", str(store.root),
+                 "--out", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    paper = pd.read_csv(SHIPPED / PAPER_FILES["5"]).set_index("model")
+    out = build_report(store, "table5", ["5"], [], ["md"], tmp_path / "x").tables[0]
+    expected = {"Tulu 2 13B (SFT)": "TULU 2 13B SFT",
+                "+DPO on UltraF. (fine-grained)": "TULU 2+DPO 13B",
+                "+PPO on UltraF. (fine-grained), 13B UltraF. RM, UF prompts":
+                    "TULU 2+PPO 13B (13B UFRM)",
+                "+PPO on UltraF. (fine-grained), 70B UltraF. RM, UF prompts":
+                    "TULU 2+PPO 13B (70B UFRM)",
+                "+PPO on UltraF. (fine-grained), 70B UltraF. RM, Mixed prompts":
+                    "TULU 2+PPO 13B (70B UFRM+MP)"}
+    lines = {line.split("|")[1].strip(): line for line in result.output.splitlines()
+             if line.startswith("| ")}
+    assert len(out.rows) == len(expected)
+    for row in out.rows:
+        theirs = paper.loc[expected[row.lead[0]]]
+        ours = {c.key: c.stat.value for c in row.cells}
+        diff = fmt(ours["reasoning"] - theirs["reasoning"], signed=True)
+        assert f"(paper {theirs['reasoning']:.1f}, {diff})" in lines[row.lead[0]], row.lead[0]
+    assert "rows matched by recipe" in result.output and "No paper row" not in result.output
+    assert r"{\scriptsize (paper 53.1, " in read(tmp_path / "r" / "table5.tex")
