@@ -348,11 +348,17 @@ def _eval_row(store: RunStore, plan: Plan, results: Results, cell, group: str, b
     return row
 
 
+def reward_model_of(plan: Plan, cell) -> str | None:
+    """The id of the reward model a plan cell's model was trained with (PPO) or reranked by
+    (best-of-N), else None."""
+    users = [cell.model_step, *cell.evals.values()]
+    return next((plan.steps[s].inputs["reward_model"] for s in users
+                 if s in plan.steps and "reward_model" in plan.steps[s].inputs), None)
+
+
 def _read_rm_score(store: RunStore, plan: Plan, results: Results, cell) -> None:
     """Table 3's RewardBench column: the held-out accuracy of the cell's reward model."""
-    users = [cell.model_step, *cell.evals.values()]
-    rm_id = next((plan.steps[s].inputs["reward_model"] for s in users
-                  if s in plan.steps and "reward_model" in plan.steps[s].inputs), None)
+    rm_id = reward_model_of(plan, cell)
     if rm_id is None or rm_id not in plan.steps or not store.is_done(plan.steps[rm_id]):
         return
     try:

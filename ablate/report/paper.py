@@ -11,7 +11,10 @@ category scores, which the rounded categories cannot always reproduce (a mean en
 and 2 name it (they name some differently), so a grid's cell finds its paper row;
 ``paper_tables/recipes.csv`` names Table 5's rows by what trained them (the algorithm, DPO's data
 set, PPO's reward model by its data and base model, and PPO's prompt set), as the paper's Section
-5 describes each row.
+5 describes each row. Tables 3 and 4 print other columns than the categories (best-of-N and PPO
+numbers per reward model, PPO per reward model and prompt set): ``CELL_TABLES`` maps each of their
+CSV columns onto a column of ablate's table, and ``paper_tables/reward_models.csv`` names a
+reward model (its data set and base model) as those tables do.
 """
 
 from __future__ import annotations
@@ -21,16 +24,30 @@ from pathlib import Path
 import pandas as pd
 
 from ablate.report.categories import CATEGORIES
-from ablate.report.frame import COLUMNS, CellInfo, Results
+from ablate.report.frame import COLUMNS, CellInfo, Results, group_name as group_of, reward_model_of
 from ablate.report.groups import group_stats
-from ablate.report.tables import TABLES, TableResult, build_table
+from ablate.report.tables import TABLES, TableResult, build_table, fmt
 
 SHIPPED = Path(__file__).with_name("paper_tables")
-VS_PAPER = ("1", "2", "5")  # tables whose rows a grid's cells can be matched with
+VS_PAPER = ("1", "2", "3", "4", "5")  # tables whose rows a grid's cells can be matched with
 ALGORITHM_OF_STEP = {"train_dpo": "dpo", "train_ppo": "ppo"}
 PAPER_FILES = {"1": "table1_preference_data.csv", "2": "table2_dpo_vs_ppo.csv",
                "5": "table5_recipe.csv"}
 BASELINES = {"1": "TULU 2 (SFT)", "2": "TULU 2 (SFT)", "5": "TULU 2 13B SFT"}
+# Tables 3 and 4: file, and each CSV column as (column key, algorithm) of ablate's table. Table 3's
+# RewardBench score has no counterpart (ablate's column is the RM's held-out pair accuracy).
+CELL_TABLES = {
+    "3": ("table3_reward_models.csv", {
+        ("average", "bon"): "best_of_n_avg", ("delta:average", "bon"): "best_of_n_delta_over_sft",
+        ("bench:gsm8k", "ppo"): "ppo_gsm_acc",
+        ("bench:alpaca_eval_2", "ppo"): "ppo_alpacaeval2_winrate",
+        ("average", "ppo"): "ppo_avg_all_evals"}),
+    "4": ("table4_policy_prompts.csv", {
+        ("bench:gsm8k", "ppo"): "gsm_acc", ("coding", "ppo"): "coding",
+        ("average", "ppo"): "avg_all_evals"}),
+}
+# the paper's names of PPO's prompt sets in Table 4 (ablate.data names -> the paper's)
+PROMPTS_IN_TABLE4 = {"ultrafeedback-prompts": "UF", "mixed": "Mixed"}
 
 
 def _number(value, path: Path, line: int, column: str) -> float | None:
@@ -156,6 +173,69 @@ def _table5_row_key(results: Results, cell: CellInfo) -> tuple | None:
     return (name,) if name else None
 
 
+def _reward_model_name(results: Results, group: str, table: str) -> str | None:
+    """The paper's name (Table 3 or 4) of the reward model a group's cell used."""
+    plan = results.plan
+    cell = next((c for c in plan.cells if group_of(c.name) == group), None) if plan else None
+    rm = plan.steps.get(reward_model_of(plan, cell) or "") if cell else None
+    if rm is None or getattr(rm.config, "data", None) is None:
+        return None
+    names = pd.read_csv(SHIPPED / "reward_models.csv", dtype=str)
+    hits = names[(names.data_set == rm.config.data.name) & (names.base == rm.config.model.hub)]
+    return hits.iloc[0][f"table{table}"] if len(hits) else None
+
+
+def _cell_table_key(results: Results, table: TableResult, row) -> tuple | None:
+    """The paper's row of a Table 3 or 4 row: the reward model (and Table 4's prompt set);
+    ("sft",) for Table 4's SFT row."""
+    if row.is_baseline:
+        return ("sft",)
+    if row.is_summary or not row.groups:
+        return None
+    name = _reward_model_name(results, row.groups[0], table.spec.name)
+    if table.spec.name == "3":
+        return (name,) if name else None
+    plan = results.plan
+    step = plan.steps.get(next((c.model_step for c in plan.cells
+                                if group_of(c.name) == row.groups[0]), None) or "")
+    prompts = getattr(getattr(step, "config", None), "prompts", None)
+    paper_prompts = PROMPTS_IN_TABLE4.get(prompts.name or "") if prompts else None
+    return (name, paper_prompts) if name and paper_prompts else None
+
+
+def compare_cells_with_paper(table: TableResult, results: Results, folder: Path) -> list[str]:
+    """Tables 3 and 4: the paper's number beside each cell whose row and column it has; the
+    rows it lacks."""
+    file, columns = CELL_TABLES[table.spec.name]
+    path = folder / file
+    data = pd.read_csv(path)
+    rows = {}
+    for index, line in data.iterrows():
+        if table.spec.name == "3":
+            key = (str(line["reward_model"]),)
+        elif pd.isna(line["prompts"]):
+            key = ("sft",)
+        else:
+            key = (str(line["reward_model"]), str(line["prompts"]))
+        rows[key] = (index + 2, line)
+    unmatched = []
+    for row in table.rows:
+        key = _cell_table_key(results, table, row)
+        if key not in rows:
+            unmatched.append(" ".join(row.lead).strip())
+            continue
+        number, line = rows[key]
+        for column, cell in zip(table.columns, row.cells):
+            algorithm = dict(column.where).get("algorithm")
+            name = columns.get((column.key, algorithm))
+            cell.has_paper = name is not None
+            value = _number(line[name], path, number, name) if name else None
+            if value is not None:
+                cell.paper, cell.paper_text = value, fmt(value, signed=column.key.startswith(
+                    "delta:"))
+    return unmatched
+
+
 def compare_with_paper(table: TableResult, results: Results, paper_dir: Path | None = None) -> None:
     """Put the paper's number beside each cell of ``table`` whose row the paper has (matched by
     data set and algorithm; the SFT row with the paper's SFT row), and say which rows it lacks."""
@@ -164,6 +244,20 @@ def compare_with_paper(table: TableResult, results: Results, paper_dir: Path | N
                          f"paper's CSVs; tables {', '.join(VS_PAPER)} match cells by data set and "
                          "algorithm (Table 5: by recipe)")
     folder = Path(paper_dir or SHIPPED)
+    if table.spec.name in CELL_TABLES:
+        unmatched = compare_cells_with_paper(table, results, folder)
+        source = "as shipped with ablate" if paper_dir is None else str(folder)
+        table.notes.insert(0, f"(paper x, ±d): the paper's number for the cell (Ivison et al., "
+                              f"2024, Table {table.spec.name}: {CELL_TABLES[table.spec.name][0]}, "
+                              f"{source}) and this grid's minus it; rows matched by reward model "
+                              "(its data set and base model, reward_models.csv)"
+                           + (" and PPO prompt set" if table.spec.name == "4" else "")
+                           + (", the SFT row with the paper's" if table.spec.name == "4" else "")
+                           + ("; the paper's RewardBench score is not beside the held-out "
+                              "accuracy, another measure" if table.spec.name == "3" else "")
+                           + "." + (f" No paper row for: {'; '.join(unmatched)}."
+                                    if unmatched else ""))
+        return
     paper = load_paper_table(folder, table.spec.name)
     built = build_table(TABLES[table.spec.name], paper, group_stats(paper))
     info = {c.group: c for c in paper.cells}
