@@ -20,8 +20,8 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(BIN)/ablate model prepare smollm2-135m-instruct
-	$(BIN)/ablate grid grids/smoke.yaml --store $(STORE)
-	$(BIN)/ablate report --table smoke --grid smoke --store $(STORE)
+	$(BIN)/ablate grid grids/demo.yaml --store $(STORE)
+	$(BIN)/ablate report --table smoke --grid demo --store $(STORE)
 
 test: setup
 	bash tests/run.sh

@@ -15,7 +15,8 @@ from ablate.evals import get_benchmark
 from ablate.evals.data import SLICES
 from ablate.store import atomic_write_jsonl
 
-SIZES = {"gsm8k": {"paper": 200, "full": 50}, "mmlu": {"paper": 570}, "truthfulqa": {"full": 100}}
+SIZES = {"gsm8k": {"paper": 200, "full": 50}, "mmlu": {"paper": 570}, "truthfulqa": {"full": 100},
+         "xstest": {"paper": 450}}
 
 
 def main(data_dir: Path) -> None:

@@ -24,6 +24,8 @@ SLICES = {
     "ultrafeedback_test.jsonl.gz": ("ultrafeedback_binarized_slice/eval_200.jsonl", 0, 50),
     "hh_rlhf_helpful_base_train.jsonl.gz": ("hh_rlhf/helpful-base/test.jsonl.gz", 0, 200),
     "hh_rlhf_helpful_base_test.jsonl.gz": ("hh_rlhf/helpful-base/test.jsonl.gz", 200, 50),
+    "hh_rlhf_harmless_base_train.jsonl.gz": ("hh_rlhf/harmless-base/test.jsonl.gz", 0, 200),
+    "hh_rlhf_harmless_base_test.jsonl.gz": ("hh_rlhf/harmless-base/test.jsonl.gz", 200, 50),
     "gsm8k_train.jsonl.gz": ("gsm8k/train.jsonl", 0, 200),
 }
 

@@ -69,7 +69,7 @@ def build_report(store: RunStore | Path | str | None, grid: str | None, tables: 
                  everything: bool = False, paper_dir: Path | None = None,
                  vs_paper: bool = False) -> Report:
     """Build the requested tables/figures of one grid (or of the paper's CSVs) into ``out_dir``;
-    ``vs_paper``: each cell of Tables 1 and 2 beside the paper's."""
+    ``vs_paper``: each cell of Tables 1-5 beside the paper's."""
     check_names(tables, figures, formats)
     wanted = set(FORMATS) if not formats or "all" in formats else set(formats)
     if paper_dir is not None:
@@ -99,9 +99,11 @@ def build_report(store: RunStore | Path | str | None, grid: str | None, tables: 
     if vs_paper:
         comparable = [t for t in built if t.spec.name in VS_PAPER]
         if not comparable:
-            raise ReportError(f"--vs-paper: the paper's rows match a grid's cells by data set and "
-                              f"algorithm in tables {', '.join(VS_PAPER)}; ask for one of them "
-                              "(--table 1 or --table 2)")
+            raise ReportError(f"--vs-paper: the paper's rows match a grid's cells in tables "
+                              f"{', '.join(VS_PAPER)} (by data set and algorithm; Tables 3 "
+                              "and 4 by reward model and prompts, Table 5 by recipe); ask for "
+                              "one of them ("
+                              + " or ".join(f"--table {t}" for t in VS_PAPER) + ")")
         for table in comparable:
             compare_with_paper(table, results)
     report.tables = built

@@ -33,7 +33,7 @@ def report_command(
                                    "per-category numbers (shipped with ablate), not the store"),
         paper_dir: Optional[Path] = typer.Option(None, "--paper-dir", help="With --paper: read the "
                                                  "paper's CSVs from this folder instead"),
-        vs_paper: bool = typer.Option(False, "--vs-paper", help="Tables 1 and 2: the paper's "
+        vs_paper: bool = typer.Option(False, "--vs-paper", help="Tables 1-5: the paper's "
                                       "number beside each cell, and the difference"),
 ) -> None:
     """Rebuild the paper's tables and figures from the run store, with 95% CIs and noise marks."""

@@ -19,9 +19,12 @@ import pandas as pd
 import yaml
 
 from ablate.report.categories import category_of
-from ablate.report.stats import bootstrap_means, item_scale, percentile_ci, stable_seed
+from ablate.report.stats import (
+    bootstrap_means, bootstrap_statistic, item_scale, metric_on_items, percentile_ci, stable_seed,
+)
 from ablate.spec.judges import PAPER_JUDGES
 from ablate.spec.judges import describe as describe_judge
+from ablate.spec.metrics import ITEM_METRICS
 from ablate.spec.plan import Plan
 from ablate.spec.steps import identity
 from ablate.store import RunStore, read_json
@@ -52,6 +55,9 @@ class Results:
     cells: list[CellInfo]
     benchmarks: list[str]
     item_scores: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    # (cell, benchmark) -> item id -> the fields its metric needs, for a metric that is not the
+    # mean of the scores (``ablate.spec.metrics.ITEM_METRICS``): resampled by recomputing it
+    item_fields: dict[tuple[str, str], dict[str, dict]] = field(default_factory=dict)
     examples: dict[tuple[str, str], list[dict]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     missing_jobs: list[str] = field(default_factory=list)
@@ -102,25 +108,68 @@ def _state_words(store: RunStore, step) -> str:
     return f"corrupt: {state['file']}" if state["state"] == "corrupt" else state["state"]
 
 
-def read_scores(path: Path) -> dict[str, float]:
-    """``scores.jsonl``: item id -> score. Raises ``CorruptResult`` naming the bad line."""
-    scores: dict[str, float] = {}
+def _score_lines(path: Path, expected: str):
+    """(line number, row) of each line of ``scores.jsonl``; a line that is not a JSON object is
+    a ``CorruptResult`` naming it and what was ``expected``."""
     with open(path) as handle:
         for lineno, line in enumerate(handle, 1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
-                score = float(row["score"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise CorruptResult(f"{path}:{lineno}: expected {{\"item_id\", \"score\"}} "
-                                    f"({type(exc).__name__}: {exc})") from None
-            if not math.isfinite(score):
-                # one NaN would make every bootstrap comparison False: a p of 0, no CI, no note
-                raise CorruptResult(f"{path}:{lineno}: score must be a finite number, got "
-                                    f"{row['score']!r}")
-            scores[str(row["item_id"])] = score
+            except json.JSONDecodeError as exc:
+                raise CorruptResult(f"{path}:{lineno}: expected {expected} ({exc})") from None
+            if not isinstance(row, dict):
+                raise CorruptResult(f"{path}:{lineno}: expected {expected}, got {row!r}")
+            yield lineno, row
+
+
+def read_scores(path: Path) -> dict[str, float]:
+    """``scores.jsonl``: item id -> score. Raises ``CorruptResult`` naming the bad line."""
+    scores: dict[str, float] = {}
+    expected = '{"item_id", "score"}'
+    for lineno, row in _score_lines(path, expected):
+        try:
+            score = float(row["score"])
+            item = str(row["item_id"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptResult(f"{path}:{lineno}: expected {expected} "
+                                f"({type(exc).__name__}: {exc})") from None
+        if not math.isfinite(score):
+            # one NaN would make every bootstrap comparison False: a p of 0, no CI, no note
+            raise CorruptResult(f"{path}:{lineno}: score must be a finite number, got "
+                                f"{row['score']!r}")
+        scores[item] = score
     return scores
+
+
+def read_item_fields(path: Path, fields: tuple[str, ...]) -> dict[str, dict]:
+    """``scores.jsonl``: item id -> the named per-item fields. Raises ``CorruptResult`` naming
+    the line that lacks one."""
+    rows: dict[str, dict] = {}
+    expected = f"the fields item_id, {', '.join(fields)}"
+    for lineno, row in _score_lines(path, expected):
+        try:
+            rows[str(row["item_id"])] = {f: row[f] for f in fields}
+        except KeyError as exc:
+            raise CorruptResult(f"{path}:{lineno}: expected {expected} (KeyError: {exc})") \
+                from None
+    return rows
+
+
+def metric_replicates(value: float, bench: str, rows: dict[str, dict],
+                      label: str) -> np.ndarray | None:
+    """Bootstrap replicates of a value that is not the mean of its items, recomputed by its
+    metric (``ITEM_METRICS``) on each resample; None when the metric is not known or does not
+    give the reported value on all the items (the file is not what the result was made from)."""
+    if bench not in ITEM_METRICS or not rows:
+        return None
+    fields, metric = ITEM_METRICS[bench]
+    ids = sorted(rows)
+    on_items = metric_on_items(metric, rows, ids, fields)
+    if abs(on_items(np.arange(len(ids))) - value) > 0.05:
+        return None
+    return bootstrap_statistic(on_items, len(ids), seed=stable_seed(label))
 
 
 def read_examples(path: Path, limit: int = 2, chars: int = 600) -> list[dict]:
@@ -280,6 +329,15 @@ def _eval_row(store: RunStore, plan: Plan, results: Results, cell, group: str, b
             if scores:
                 reps = value_replicates(result.in_percent(), scores, bench)
                 row["n_items"] = row["n_items"] or len(scores)
+                if reps is None and bench in ITEM_METRICS:
+                    try:
+                        fields = read_item_fields(scores_path, ITEM_METRICS[bench][0])
+                    except CorruptResult as exc:
+                        results.problems.append(f"per-item fields unreadable (no CI): {exc}")
+                    else:
+                        reps = metric_replicates(result.in_percent(), bench, fields, bench)
+                        if reps is not None:
+                            results.item_fields[(cell.name, bench)] = fields
                 if reps is None:
                     results.not_resampled.setdefault(bench, result.metric)
                 else:
@@ -290,11 +348,17 @@ def _eval_row(store: RunStore, plan: Plan, results: Results, cell, group: str, b
     return row
 
 
+def reward_model_of(plan: Plan, cell) -> str | None:
+    """The id of the reward model a plan cell's model was trained with (PPO) or reranked by
+    (best-of-N), else None."""
+    users = [cell.model_step, *cell.evals.values()]
+    return next((plan.steps[s].inputs["reward_model"] for s in users
+                 if s in plan.steps and "reward_model" in plan.steps[s].inputs), None)
+
+
 def _read_rm_score(store: RunStore, plan: Plan, results: Results, cell) -> None:
     """Table 3's RewardBench column: the held-out accuracy of the cell's reward model."""
-    users = [cell.model_step, *cell.evals.values()]
-    rm_id = next((plan.steps[s].inputs["reward_model"] for s in users
-                  if s in plan.steps and "reward_model" in plan.steps[s].inputs), None)
+    rm_id = reward_model_of(plan, cell)
     if rm_id is None or rm_id not in plan.steps or not store.is_done(plan.steps[rm_id]):
         return
     try:

@@ -16,9 +16,10 @@ import numpy as np
 from ablate.report.frame import Results, value_replicates
 from ablate.report.stats import (
     PairedTest, bootstrap_means, mean_sd, paired_differences, paired_from_replicates,
-    percentile_ci, stable_seed, to_category_scale,
+    paired_metric_replicates, percentile_ci, stable_seed, to_category_scale,
 )
 from ablate.spec.benchmarks import aggregate
+from ablate.spec.metrics import ITEM_METRICS
 
 # A published average is computed from unrounded category scores; the published categories are
 # rounded to 0.1, so their mean can differ from it by up to half a rounding step.
@@ -82,7 +83,17 @@ def _cell_numbers(results: Results, cell: str, baseline_cells: list[str]) -> _Ce
             diff_points[key] = value - base_value
             cat_diff_points[bench] = sign * diff_points[key]
             base_items = [results.item_scores.get((b, bench)) for b in baseline_cells]
-            if items and all(base_items):
+            fields = [results.item_fields.get((c, bench)) for c in (cell, *baseline_cells)]
+            if items and all(base_items) and all(fields):
+                # a metric that is not a mean (frame.metric_replicates): recomputed on the same
+                # resampled items for both runs
+                names, metric = ITEM_METRICS[bench]
+                diff_reps[key] = np.mean([paired_metric_replicates(
+                    metric, names, fields[0], other, seed=stable_seed(bench, "paired"))
+                    for other in fields[1:]], axis=0)
+                cat_diff_reps[bench] = sign * diff_reps[key]
+                n_pairs[key] = min(len(set(fields[0]) & set(other)) for other in fields[1:])
+            elif items and all(base_items):
                 runs = [paired_differences(items, other) for other in base_items]
                 # percent: only mean metrics keep their item scores (frame.value_replicates)
                 diff_reps[key] = np.mean([bootstrap_means(d, seed=stable_seed(bench, "paired"))

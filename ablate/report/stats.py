@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence, TypeVar
+from typing import Callable, Iterable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -41,6 +41,40 @@ def bootstrap_means(scores: Sequence[float] | np.ndarray, n_boot: int = N_BOOT,
         rows = min(chunk, n_boot - start)
         out[start:start + rows] = values[rng.integers(0, values.size, (rows, values.size))].mean(1)
     return out
+
+
+def bootstrap_statistic(statistic: Callable[[np.ndarray], float], n_items: int,
+                        n_boot: int = N_BOOT, seed: int = BASE_SEED) -> np.ndarray:
+    """``statistic(indices)`` for ``n_boot`` resamples (with replacement) of ``n_items`` items: the
+    bootstrap of a value that is not a mean of per-item scores (XSTest's refusal F1). Two runs'
+    statistics in one function (a minus b) resample the same items for both: a paired test."""
+    if n_items < 1:
+        raise ValueError("bootstrap needs at least one item")
+    rng = np.random.default_rng(seed)
+    return np.array([statistic(rng.integers(0, n_items, n_items)) for _ in range(n_boot)])
+
+
+def metric_on_items(metric: Callable[[Mapping[str, np.ndarray]], float],
+                    rows: Mapping[str, Mapping[str, object]], ids: Sequence[str],
+                    fields: Sequence[str]) -> Callable[[np.ndarray], float]:
+    """``metric`` of the items ``ids[indices]``, from each item's ``fields`` (``rows``: item id ->
+    its fields): what ``bootstrap_statistic`` resamples."""
+    columns = {f: np.array([rows[i][f] for i in ids]) for f in fields}
+    return lambda indices: metric({f: column[indices] for f, column in columns.items()})
+
+
+def paired_metric_replicates(metric: Callable[[Mapping[str, np.ndarray]], float],
+                             fields: Sequence[str], a: Mapping[str, Mapping[str, object]],
+                             b: Mapping[str, Mapping[str, object]], n_boot: int = N_BOOT,
+                             seed: int = BASE_SEED) -> np.ndarray:
+    """Replicates of ``metric(a) - metric(b)`` over the items both runs have, each resample
+    taking the same items for both (sorted item order, as ``paired_differences``)."""
+    shared = sorted(set(a) & set(b))
+    if not shared:
+        raise ValueError("the two runs share no item_id: they cannot be paired")
+    on_a, on_b = (metric_on_items(metric, run, shared, fields) for run in (a, b))
+    return bootstrap_statistic(lambda indices: on_a(indices) - on_b(indices), len(shared),
+                               n_boot, seed)
 
 
 def percentile_ci(replicates: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
@@ -107,8 +141,9 @@ def mean_sd(values: Iterable[float]) -> tuple[float, float]:
 def item_scale(value: float, item_mean: float) -> float | None:
     """How per-item scores map onto the reported value: 100 when the value is the mean of the
     items in percent. None when it is not (XSTest's refusal F1, AlpacaEval 2's length-controlled
-    win rate): resampling the items then bootstraps another quantity, and rescaling that spread
-    onto the reported value would test the wrong metric."""
+    win rate): resampling the scores then bootstraps another quantity, and rescaling that spread
+    onto the reported value would test the wrong metric (``ablate.spec.metrics`` recomputes the
+    metrics it knows on resampled items instead)."""
     if abs(item_mean * 100 - value) <= 0.05:
         return 100.0
     return None

@@ -39,7 +39,7 @@ def test_registry_has_the_papers_sources_and_the_demo_names():
             "mixed"} <= set(prompt_set_names())
 
 
-@pytest.mark.parametrize("name", ["ultrafeedback-slice", "hh-rlhf-slice"])
+@pytest.mark.parametrize("name", ["ultrafeedback-slice", "hh-rlhf-slice", "hh-rlhf-harmless-slice"])
 def test_shipped_slices_load_clean_with_disjoint_splits(name):
     train, test = load_preferences(DataRef(name=name)), load_preferences(DataRef(name=name), "test")
     assert 150 <= len(train) <= 200 and 35 <= len(test) <= 50

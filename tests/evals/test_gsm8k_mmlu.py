@@ -45,7 +45,7 @@ def test_gsm8k_paper_items_are_seed_42_sample(shared_data):
 
 
 @pytest.mark.parametrize("name,protocol", [("gsm8k", "paper"), ("gsm8k", "full"), ("mmlu", "paper"),
-                                           ("truthfulqa", "full")])
+                                           ("truthfulqa", "full"), ("xstest", "paper")])
 def test_shipped_slices_are_the_first_items(shared_data, name, protocol):
     shipped = read_jsonl(slice_path(name, protocol))
     assert shipped == get_benchmark(name).items(protocol, shared_data)[:len(shipped)]

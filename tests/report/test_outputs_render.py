@@ -51,7 +51,8 @@ def test_html_in_headless_chromium(toy_store, tmp_path):
                     reason="needs pdflatex (apt-get install -y texlive-latex-base "
                            "texlive-latex-recommended)")
 def test_latex_compiles(toy_store, tmp_path, paper_dir):
-    build_report(toy_store, "toy", ["smoke", "2", "4", "cost"], [], ["latex"], tmp_path / "r",
+    build_report(toy_store, "toy", ["smoke", "2", "3", "4", "5", "cost"], [], ["latex"],
+                 tmp_path / "r",
                  vs_paper=True)
     assert r"{\scriptsize (paper " in (tmp_path / "r" / "table2.tex").read_text()
     build_report(None, None, [], [], ["latex"], tmp_path / "p", paper_dir=paper_dir)

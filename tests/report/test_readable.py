@@ -116,8 +116,9 @@ def test_table_2_vs_paper_prints_the_papers_number_beside_each_cell(toy_store, t
 
 
 def test_vs_paper_on_a_table_without_paper_cells_is_one_clear_error(toy_store):
-    result = cli("--table", "4", "--vs-paper", "--grid", "toy", "--store", str(toy_store.root))
-    assert result.exit_code == 2 and "tables 1, 2" in result.output
+    result = cli("--table", "smoke", "--vs-paper", "--grid", "toy", "--store",
+                 str(toy_store.root))
+    assert result.exit_code == 2 and "tables 1, 2, 3, 4, 5" in result.output
     assert "Traceback" not in result.output
 
 
@@ -148,3 +149,102 @@ def test_a_plan_saved_without_its_words_takes_them_from_its_grid_file(toy_store,
     table = build_report(toy_store, "toy", ["1"], [], ["md"], tmp_path / "out").tables[0]
     assert table.title == "Table 1: From the grid file"
     assert [r.lead[0] for r in table.rows[:2]] == ["Base M (SFT)", "UF data"]
+
+
+def real_grid_store(tmp_path, name):
+    """A store of a grid of grids/ as planned, every eval with made-up per-item scores."""
+    from pathlib import Path
+
+    from ablate.cli import plan_of
+    from ablate.spec import load_grid
+    from ablate.store import RunStore, atomic_write_json
+    from report_store import write_eval
+
+    grid = Path(__file__).resolve().parents[2] / "grids" / f"{name}.yaml"
+    plan = plan_of(load_grid(grid))
+    store = RunStore(tmp_path / "runs")
+    store.save_plan(plan, source=str(grid))
+    for i, cell in enumerate(plan.cells):
+        for j, (bench, sid) in enumerate(cell.evals.items()):
+            if not store.step_dir(plan.steps[sid]).is_dir():  # best-of-N cells share some
+                write_eval(store, plan.steps[sid], bench, 0.3 + 0.05 * i, seed=10 * i + j)
+    for step in plan.steps.values():
+        if step.kind == "train_rm":
+            store.step_dir(step).mkdir(parents=True, exist_ok=True)
+            atomic_write_json(store.step_dir(step) / "result.json", {
+                "kind": "reward_model", "unit": "fraction", "metric": "heldout_pair_accuracy",
+                "value": 0.7})
+            atomic_write_json(store.step_dir(step) / "DONE.json", {"step": step.id})
+    return store
+
+
+def test_tables_3_and_4_vs_paper_match_rows_by_reward_model_and_prompts(tmp_path):
+    """The real Table 3 and 4 grids: each reward model's row (and Table 4's prompt set) beside
+    the paper's, column by column as the paper's CSV names them."""
+    t3 = pd.read_csv(SHIPPED / "table3_reward_models.csv").set_index("reward_model")
+    t4 = pd.read_csv(SHIPPED / "table4_policy_prompts.csv")
+    for name in ("3", "4"):
+        store = real_grid_store(tmp_path / name, f"table{name}")
+        result = cli("--table", name, "--vs-paper", "--grid", f"table{name}", "--store",
+                     str(store.root), "--out", str(tmp_path / name / "r"))
+        assert result.exit_code == 0, result.output
+        assert "No paper row" not in result.output and "rows matched by reward model" in result.output
+        table = build_report(store, f"table{name}", [name], [], ["md"], tmp_path / name / "x",
+                             vs_paper=True).tables[0]
+        for row in table.rows:
+            cells = {(c.key, dict(col.where).get("algorithm")): c
+                     for col, c in zip(table.columns, row.cells)}
+            if name == "3":
+                paper = t3.loc[row.lead[0]]
+                assert cells[("bench:gsm8k", "ppo")].paper == paper["ppo_gsm_acc"]
+                assert cells[("delta:average", "bon")].paper == paper["best_of_n_delta_over_sft"]
+                assert not cells[("rm:accuracy", None)].has_paper
+            else:
+                rm = row.lead[0].replace(" RM", "")
+                paper = t4[(t4.reward_model == rm) & (t4.prompts == row.lead[1])] \
+                    if not row.is_baseline else t4[t4.prompts.isna()]
+                assert cells[("coding", "ppo")].paper == paper.iloc[0]["coding"], row.lead
+        assert r"{\scriptsize (paper " in read(tmp_path / name / "r" / f"table{name}.tex")
+
+
+def test_table_5_vs_paper_matches_each_recipe_with_its_paper_row(tmp_path):
+    """The real Table 5 grid: SFT, DPO on UltraFeedback, PPO with the 13B and 70B UltraFeedback
+    RMs on UltraFeedback prompts and the 70B one on mixed prompts; each row beside its paper row,
+    matched by what trained it (not by the row's position or label)."""
+    from pathlib import Path
+
+    from ablate.cli import plan_of
+    from ablate.spec import load_grid
+    from ablate.store import RunStore
+    from report_store import write_eval
+
+    grid = Path(__file__).resolve().parents[2] / "grids" / "table5.yaml"
+    plan = plan_of(load_grid(grid))
+    store = RunStore(tmp_path / "runs")
+    store.save_plan(plan, source=str(grid))
+    for i, cell in enumerate(plan.cells):
+        for j, (bench, sid) in enumerate(cell.evals.items()):
+            write_eval(store, plan.steps[sid], bench, 0.3 + 0.05 * i, seed=10 * i + j)
+    result = cli("--table", "5", "--vs-paper", "--grid", "table5", "--store", str(store.root),
+                 "--out", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    paper = pd.read_csv(SHIPPED / PAPER_FILES["5"]).set_index("model")
+    out = build_report(store, "table5", ["5"], [], ["md"], tmp_path / "x").tables[0]
+    expected = {"Tulu 2 13B (SFT)": "TULU 2 13B SFT",
+                "+DPO on UltraF. (fine-grained)": "TULU 2+DPO 13B",
+                "+PPO on UltraF. (fine-grained), 13B UltraF. RM, UF prompts":
+                    "TULU 2+PPO 13B (13B UFRM)",
+                "+PPO on UltraF. (fine-grained), 70B UltraF. RM, UF prompts":
+                    "TULU 2+PPO 13B (70B UFRM)",
+                "+PPO on UltraF. (fine-grained), 70B UltraF. RM, Mixed prompts":
+                    "TULU 2+PPO 13B (70B UFRM+MP)"}
+    lines = {line.split("|")[1].strip(): line for line in result.output.splitlines()
+             if line.startswith("| ")}
+    assert len(out.rows) == len(expected)
+    for row in out.rows:
+        theirs = paper.loc[expected[row.lead[0]]]
+        ours = {c.key: c.stat.value for c in row.cells}
+        diff = fmt(ours["reasoning"] - theirs["reasoning"], signed=True)
+        assert f"(paper {theirs['reasoning']:.1f}, {diff})" in lines[row.lead[0]], row.lead[0]
+    assert "rows matched by recipe" in result.output and "No paper row" not in result.output
+    assert r"{\scriptsize (paper 53.1, " in read(tmp_path / "r" / "table5.tex")

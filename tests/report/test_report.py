@@ -467,3 +467,61 @@ def test_a_missing_per_item_scores_file_is_said_not_silently_dropped(toy_store, 
                for p in results.problems)
     row = results.frame[(results.frame.cell == cell.name) & (results.frame.benchmark == "mmlu")]
     assert row.ci_low.isna().all() and (row.status == "done").all()
+
+
+def test_xstest_refusal_f1_gets_a_ci_and_a_paired_test_from_its_items(tmp_path):
+    """Refusal F1 is not the mean of XSTest's item scores: the report recomputes F1 on resampled
+    items (the fields `unsafe` and `refused` each item wrote) for its CI and its paired test, and
+    says so only where the fields do not give the recorded value."""
+    from ablate.report.frame import load_results
+    from ablate.report.groups import group_stats
+    from ablate.spec.metrics import refusal_f1
+    from ablate.spec.plan import Cell, Plan, Step
+    from ablate.store import RunStore, atomic_write_jsonl
+
+    unsafe = [k % 2 == 0 for k in range(100)]
+    runs = {"sft": [u and k % 10 == 0 for k, u in enumerate(unsafe)],  # refuses 10 of 50
+            "dpo": [u and k % 5 != 4 for k, u in enumerate(unsafe)]}  # refuses 40 of 50
+    steps, cells = {}, []
+    for name, refused in runs.items():
+        step = Step.of("eval", f"eval xstest of {name}", {
+            "benchmark": "xstest", "protocol": "paper", "seed": 42, "model": {"builtin": name},
+            "judge": {"kind": "string_match"}})
+        steps[step.id] = step
+        cells.append(Cell(name, {"model": "m", "data": "none" if name == "sft" else "hh",
+                                 "algorithm": name, "reward_model": "none", "prompts": "none",
+                                 "seed": None}, None, {"xstest": step.id}, name == "sft"))
+    plan = Plan("xs", tuple(cells), steps)
+    store = RunStore(tmp_path / "runs")
+    store.save_plan(plan)
+    for cell in plan.cells:
+        folder = store.step_dir(plan.steps[cell.evals["xstest"]])
+        folder.mkdir(parents=True)
+        refused = runs[cell.name]
+        atomic_write_jsonl(folder / "scores.jsonl", [
+            {"item_id": str(k), "score": float(r == u), "unsafe": u, "refused": r,
+             "label": "2_full_refusal" if r else "1_full_compliance"}
+            for k, (u, r) in enumerate(zip(unsafe, refused))])
+        value = 100 * refusal_f1(unsafe, refused)
+        (folder / "result.json").write_text(json.dumps({
+            "kind": "eval", "benchmark": "xstest", "category": "safety", "protocol": "paper",
+            "metric": "refusal_f1", "value": value, "unit": "percent", "higher_is_better": True,
+            "category_score": value, "n_items": 100, "scores_file": "scores.jsonl"}))
+        (folder / "DONE.json").write_text("{}")
+    results = load_results(store, "xs")
+    assert results.not_resampled == {}
+    stats = group_stats(results)
+    sft, dpo = stats["sft"]["bench:xstest"], stats["dpo"]["bench:xstest"]
+    assert sft.value == pytest.approx(100 * 20 / 60) and dpo.value == pytest.approx(100 * 80 / 90)
+    assert sft.ci[0] < sft.value < sft.ci[1] and dpo.ci[0] < dpo.value < dpo.ci[1]
+    assert dpo.test.delta == pytest.approx(dpo.value - sft.value) and dpo.test.n_pairs == 100
+    assert dpo.test.ci_low > 20 and not dpo.test.within_noise and dpo.test.p_value < 0.01
+    assert stats["dpo"]["safety"].test is not None
+    # a scores file that does not give the recorded F1 is not resampled, and the report says so
+    folder = store.step_dir(plan.steps[plan.cells[1].evals["xstest"]])
+    data = json.loads((folder / "result.json").read_text())
+    (folder / "result.json").write_text(json.dumps({**data, "value": 50.0,
+                                                    "category_score": 50.0}))
+    results = load_results(store, "xs")
+    assert results.not_resampled == {"xstest": "refusal_f1"}
+    assert group_stats(results)["dpo"]["bench:xstest"].test is None

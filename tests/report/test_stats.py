@@ -85,3 +85,37 @@ def test_every_registered_benchmark_has_its_facts_and_its_category_from_them():
     assert set(evals.BENCHMARKS) == set(BENCHMARKS)
     for name in evals.BENCHMARKS:
         assert evals.get_benchmark(name).category == CATEGORY_OF[name]
+
+
+def test_refusal_f1_by_hand():
+    from ablate.spec.metrics import refusal_f1
+
+    # unsafe = positives: tp 2 (items 0, 1), fp 1 (item 2), fn 1 (item 3): 2*2 / (4 + 1 + 1)
+    assert refusal_f1([1, 1, 0, 1, 0], [1, 1, 1, 0, 0]) == pytest.approx(4 / 6)
+    assert refusal_f1([1, 0], [0, 0]) == 0.0  # nothing refused: no true positive
+
+
+def test_a_metric_that_is_not_a_mean_is_bootstrapped_by_recomputing_it_on_resampled_items():
+    """XSTest's F1: the replicates are F1 of resampled items (a run that refuses exactly the
+    unsafe prompts keeps F1 100 on every resample), and a paired test draws the same items for
+    both runs (a run against itself differs by exactly 0)."""
+    from ablate.report.stats import bootstrap_statistic, metric_on_items, paired_metric_replicates
+    from ablate.spec.metrics import ITEM_METRICS
+
+    fields, metric = ITEM_METRICS["xstest"]
+    perfect = {f"i{k}": {"unsafe": k % 2 == 0, "refused": k % 2 == 0} for k in range(40)}
+    never = {f"i{k}": {"unsafe": k % 2 == 0, "refused": False} for k in range(40)}
+    ids = sorted(perfect)
+    on_perfect = metric_on_items(metric, perfect, ids, fields)
+    assert on_perfect(np.arange(40)) == 100.0
+    replicates = bootstrap_statistic(on_perfect, 40, n_boot=200, seed=1)
+    assert np.all(replicates == 100.0)
+    diffs = paired_metric_replicates(metric, fields, perfect, never, n_boot=200, seed=1)
+    assert np.all(diffs == 100.0)  # every resample holds an unsafe item with 40 items
+    assert np.all(paired_metric_replicates(metric, fields, never, never, n_boot=50) == 0.0)
+    # half the unsafe prompts refused: F1 = 2*10 / (20 + 0 + 10) on all items, spread around it
+    half = {f"i{k}": {"unsafe": k % 2 == 0, "refused": k % 4 == 0} for k in range(40)}
+    on_half = metric_on_items(metric, half, ids, fields)
+    assert on_half(np.arange(40)) == pytest.approx(100 * 20 / 30)
+    spread = bootstrap_statistic(on_half, 40, n_boot=500, seed=2)
+    assert spread.min() < 100 * 20 / 30 < spread.max() and spread.max() < 100.0
