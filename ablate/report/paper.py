@@ -47,7 +47,8 @@ CELL_TABLES = {
         ("average", "ppo"): "avg_all_evals"}),
 }
 # the paper's names of PPO's prompt sets in Table 4 (ablate.data names -> the paper's)
-PROMPTS_IN_TABLE4 = {"ultrafeedback-prompts": "UF", "mixed": "Mixed"}
+PROMPTS_IN_TABLE4 = {"ultrafeedback-prompts": "UF", "tulu25-ultrafeedback-prompts": "UF",
+                     "mixed": "Mixed"}
 
 
 def _number(value, path: Path, line: int, column: str) -> float | None:
