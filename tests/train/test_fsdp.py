@@ -29,14 +29,15 @@ def step_json(recipe: str, config: dict) -> dict:
                    {**ROWS_FILE[recipe], **config}).to_json()
 
 
-def torchrun(tmp_path, recipe, config, rows, out, timeout=240, extra=(), expect_ok=True):
+def torchrun(tmp_path, recipe, config, rows, out, timeout=240, extra=(), expect_ok=True,
+             nproc=2):
     torchrun_bin = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     if torchrun_bin is None:
         pytest.skip("torchrun is not installed next to this Python")
     (tmp_path / "config.json").write_text(json.dumps(step_json(recipe, config)))
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
-    proc = subprocess.run([torchrun_bin, "--standalone", "--nproc_per_node", "2", "-m",
+    proc = subprocess.run([torchrun_bin, "--standalone", "--nproc_per_node", str(nproc), "-m",
                            "ablate.train.fsdp", recipe, "--config", str(tmp_path / "config.json"),
                            "--rows", str(tmp_path / "rows.jsonl"), "--out", str(out),
                            "--cache", str(tmp_path / "cache2"), *extra],
@@ -87,5 +88,23 @@ def test_rm_world_size_2_equals_1(tmp_path, tiny_model_dir):
     steps = [json.loads(l) for l in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert sorted(s["pairs"] for s in steps) == [1, 11]
     assert two["heldout_accuracy"] == one["heldout_accuracy"]
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-5)
+    assert_same_weights(tmp_path / "one" / "model", tmp_path / "two" / "model", atol=2e-5)
+
+
+@pytest.mark.slow
+def test_dpo_with_cpu_offload_and_checkpointing_on_2_ranks_equals_1_without(tmp_path,
+                                                                            tiny_model_dir):
+    """Both memory options change where tensors live and what is recomputed, not the result."""
+    rows = arithmetic_rows(12)
+    cfg = DPOConfig(lr=1e-3, warmup_ratio=0.0, epochs=1, batch_size=4, micro_batch_size=2,
+                    max_length=128, max_prompt_length=64)
+    one = train_dpo(tiny_model_dir, rows, cfg, 1, tmp_path / "one", tmp_path / "cache1")
+    saving = cfg.model_copy(update={"cpu_offload": True, "gradient_checkpointing": True})
+    torchrun(tmp_path, "dpo", {"model": {"path": str(tiny_model_dir)},
+                               "algorithm": saving.model_dump(), "seed": 1}, rows,
+             tmp_path / "two")
+    two = json.loads((tmp_path / "two" / "train_summary.json").read_text())
+    assert two["world_size"] == 2 and two["steps"] == one["steps"] == 3
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-5)
     assert_same_weights(tmp_path / "one" / "model", tmp_path / "two" / "model", atol=2e-5)
