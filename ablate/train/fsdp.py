@@ -347,7 +347,13 @@ def save_pretrained(root: nn.Module, hf_model: nn.Module, tokenizer, target: Pat
             if getattr(hf_model, "generation_config", None) is not None and \
                     hf_model.can_generate():
                 hf_model.generation_config.save_pretrained(tmp)
+    barrier()  # every process's file is in before the folder is published
     if is_main_process():
+        # the config names the model's dtype (fp32 while it trains); what "auto" loads is the
+        # dtype the weights were written in
+        config = json.loads((tmp / "config.json").read_text())
+        config["dtype"] = str(dtype).removeprefix("torch.")
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         tokenizer.save_pretrained(tmp)
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)

@@ -13,11 +13,14 @@ advantages whitened within the minibatch, and one step of the clipped policy and
 ``metrics.jsonl`` gets one line per iteration; its ``kl`` and ``rm_score`` are what the
 reward-vs-KL frontier plots.
 
-Under ``torchrun`` (``python -m ablate.train.fsdp ppo``) the policy, reference and value models
-are sharded with FSDP2 as DPO's policy is, and each process generates, scores and trains on its
-share of every batch: generation chunks of ``minibatch_size`` prompts and micro-batches go to the
-processes in turn, each chunk samples from its own seeded stream, and the sampled tokens and
-per-token statistics are gathered so that every process holds the whole experience. A run with N
+Under ``torchrun`` (``python -m ablate.train.fsdp ppo``) every model is sharded with FSDP2, loaded
+straight into shards (``fsdp.build_model``): the policy, the reference, the value model and the
+reward model, which scores each process's own batches of responses. Each process generates,
+scores and trains on its share of every batch: generation chunks of ``generation_batch_size``
+prompts (by default ``minibatch_size``) and micro-batches go to the processes in turn, each
+chunk samples from its own seeded stream through the sharded policy (one decoder layer gathered
+at a time, every process stepping until all are done), and the sampled tokens and per-token
+statistics are gathered so that every process holds the whole experience. A run with N
 processes therefore samples the same tokens and takes the same optimiser steps as one process, up
 to float rounding in the gradient sums (``tests/train/test_ppo_fsdp.py``).
 """

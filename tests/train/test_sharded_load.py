@@ -92,6 +92,7 @@ def test_a_sharded_model_saves_in_bf16_shards_that_transformers_reads_back(tmp_p
     for file in files:
         with safe_open(str(folder / file), "pt") as shard:
             assert {shard.get_slice(k).get_dtype() for k in shard.keys()} == {"BF16"}
+    assert json.loads((folder / "config.json").read_text())["dtype"] == "bfloat16"
     moved = torch.load(tmp_path / "moved.pt")
     reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
     assert reloaded.lm_head.weight is reloaded.model.embed_tokens.weight  # still tied
