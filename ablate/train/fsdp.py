@@ -222,7 +222,8 @@ def shard(root: nn.Module, hf_model: nn.Module, device: torch.device, *,
         if device.type == "cuda" else MixedPrecisionPolicy()
     options = {"mp_policy": policy}
     if cpu_offload:
-        options["offload_policy"] = CPUOffloadPolicy()
+        # pinned host memory speeds copies to a GPU, and cannot be had without one
+        options["offload_policy"] = CPUOffloadPolicy(pin_memory=device.type == "cuda")
     for layer in decoder_layers(hf_model):
         fully_shard(layer, **options)
     fully_shard(root, **options)
