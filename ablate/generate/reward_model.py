@@ -58,12 +58,18 @@ class LastTokenReward(nn.Module):
             return self.rm.score(pooled).squeeze(-1).float()
 
 
-def load_reward_model(model_dir: Path, dtype=torch.float32):
+def _from_pretrained(auto_class, folder: Path, dtype: torch.dtype, **kwargs) -> nn.Module:
+    return auto_class.from_pretrained(folder, dtype=dtype, **kwargs)
+
+
+def load_reward_model(model_dir: Path, dtype=torch.float32, build=_from_pretrained):
+    """The reward model (one label) and its tokenizer. ``build(auto_class, folder, dtype,
+    **config)`` makes the model: ``from_pretrained``, or a trainer's loader (a skeleton that
+    sharding fills, ``ablate.train.fsdp.build_model``)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1,
-                                                               dtype=dtype)
+    model = build(AutoModelForSequenceClassification, model_dir, dtype, num_labels=1)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
             else tokenizer.eos_token_id
@@ -71,15 +77,21 @@ def load_reward_model(model_dir: Path, dtype=torch.float32):
 
 
 class RewardScorer:
-    """Score chat responses with a trained reward model, frozen, in batches of similar length."""
+    """Score chat responses with a trained reward model, frozen, in batches of similar length.
+
+    ``build`` and ``place`` (the module to the device; a trainer shards it there) let a
+    multi-process trainer hold its shards only; the default is the whole model on ``device``."""
 
     def __init__(self, model_dir: Path | str, device: str | torch.device | None = None,
-                 batch_size: int = 8, max_length: int | None = None):
+                 batch_size: int = 8, max_length: int | None = None,
+                 dtype: torch.dtype = torch.float32, build=_from_pretrained,
+                 place: Callable[[nn.Module], nn.Module] | None = None):
         self.device = torch.device(device) if device else \
             torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model, self.tokenizer = load_reward_model(Path(model_dir))
+        model, self.tokenizer = load_reward_model(Path(model_dir), dtype, build)
         model.requires_grad_(False)
-        self.module = LastTokenReward(model).to(self.device).eval()
+        module = LastTokenReward(model).eval()
+        self.module = place(module) if place else module.to(self.device)
         self.pad_token_id = model.config.pad_token_id
         self.batch_size = batch_size
         self.max_length = max_length or getattr(model.config, "max_position_embeddings", 4096)
@@ -96,16 +108,24 @@ class RewardScorer:
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         return self.score_ids([self._tokens(p, r) for p, r in zip(prompts, responses)])
 
+    def batches(self, sequences: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Indices of ``sequences`` in batches of ``batch_size``, by length."""
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        return [order[start:start + self.batch_size]
+                for start in range(0, len(order), self.batch_size)]
+
     @torch.no_grad()
+    def score_batch(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+        """The reward of each token sequence of one batch (one forward)."""
+        ids, mask = pad_sequences(sequences, self.pad_token_id)
+        with autocast(self.device):
+            return [float(r) for r in self.module(ids.to(self.device),
+                                                  mask.to(self.device)).cpu().tolist()]
+
     def score_ids(self, sequences: Sequence[Sequence[int]]) -> list[float]:
         """The reward of each token sequence (``reward_model_ids``), in the order given."""
-        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
         scores = [0.0] * len(sequences)
-        for start in range(0, len(order), self.batch_size):
-            group = order[start:start + self.batch_size]
-            ids, mask = pad_sequences([sequences[i] for i in group], self.pad_token_id)
-            with autocast(self.device):
-                rewards = self.module(ids.to(self.device), mask.to(self.device)).cpu().tolist()
-            for i, reward in zip(group, rewards):
-                scores[i] = float(reward)
+        for group in self.batches(sequences):
+            for i, reward in zip(group, self.score_batch([sequences[i] for i in group])):
+                scores[i] = reward
         return scores

@@ -143,6 +143,12 @@ def adam_beta2():
                  "torch's default")
 
 
+def cpu_offload():
+    return execution(False, description="keep the sharded parameters, their gradients and the "
+                     "optimiser state in CPU memory, moved to the GPU for each use (several "
+                     "processes; less GPU memory, slower steps)")
+
+
 class PairTraining(Frozen):
     """What the pair trainers (DPO, RM) share: how pairs become batches and how they run."""
 
@@ -164,7 +170,7 @@ class PairTraining(Frozen):
         "false: the plain chosen and rejected sequences)")
     adam_beta2: float = adam_beta2()
     gradient_checkpointing: bool = execution(False)
-    cpu_offload: bool = execution(False)
+    cpu_offload: bool = cpu_offload()
     compile_regions: bool = execution(
         False, description="torch.compile each decoder layer's MLP and norms (fused "
         "element-wise kernels; attention and the varying lengths stay outside the graphs)")
@@ -279,6 +285,12 @@ class PPOConfig(Frozen):
     max_kl: float = Field(default=100.0, gt=0, description="stop the run if KL passes this")
     max_grad_norm: float = Field(default=1.0, gt=0, description="clip the gradient's "
                                  "norm to this (0 or less would zero or flip it)")
+    generation_batch_size: int | None = Field(
+        default=None, gt=0, description="prompts sampled together by transformers' generate "
+        "(None: minibatch_size); each batch samples from its own seeded stream, so this "
+        "decides which tokens are drawn, unlike a micro-batch size")
+    gradient_checkpointing: bool = execution(False)
+    cpu_offload: bool = cpu_offload()
     save_every_steps: int = execution(10, gt=0)
 
 

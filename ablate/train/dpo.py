@@ -155,15 +155,16 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
 
     device = device_for_training()
     context = forward_context(device, cfg.precision, cfg.attention_kernel)  # fails fast
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = fsdp.build_model(AutoModelForCausalLM, model_dir)
     model.config.use_cache = False
     if disable_dropout(model):
         log.info("DPO: dropout turned off (the reference log-probs are scored without it)")
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
     if cfg.compile_regions:
         log.info("DPO: %d regions compiled", compile_regions(model))
-    policy = fsdp.shard(CompletionLogps(model, context=context), model, device)
+    policy = fsdp.shard(CompletionLogps(model, context=context), model, device,
+                        cpu_offload=cfg.cpu_offload)
     masters = master_weights(model, cfg.precision)
     shared_prompt = shared_prompt_usable(model, cfg.shared_prompt, log, "DPO")
     pad_to = width_multiple(cfg.pad_multiple, device)
@@ -179,13 +180,14 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
                                                      pad_to)
         held_ref = (ref_chosen[len(train_pairs):], ref_rejected[len(train_pairs):])
     elif needs_ref:  # a frozen copy scores each micro-batch as it comes
-        frozen = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        frozen = fsdp.build_model(AutoModelForCausalLM, model_dir, fsdp.frozen_dtype(device))
         frozen.requires_grad_(False)
         if cfg.compile_regions:
             compile_regions(frozen)
         if masters is not None:
             cast_parameters(frozen, torch.bfloat16)
-        reference = fsdp.shard(CompletionLogps(frozen, context=context), frozen, device).eval()
+        reference = fsdp.shard(CompletionLogps(frozen, context=context), frozen, device,
+                               cpu_offload=cfg.cpu_offload).eval()
         held_ref = sequence_logps(reference, heldout, cfg.micro_batch_size * 2, pad_token_id,
                                   device, shared_prompt, pad_to) if heldout else (None, None)
     ref_seconds = time.perf_counter() - ref_started
@@ -241,7 +243,7 @@ def train_dpo(model_dir: Path, rows: Sequence[dict], cfg: DPOConfig, seed: int, 
     if masters is not None:  # the saved model gets the fp32 masters, not their bf16 rounding
         masters.restore_fp32(model)
     model.config.use_cache = True  # off for training; generation wants it
-    fsdp.save_pretrained(policy, model, tokenizer, out_dir / "model")
+    fsdp.save_pretrained(policy, model, tokenizer, out_dir / "model", fsdp.save_dtype(device))
     summary = {"loss": cfg.loss, "rows": len(rows), "train_pairs": n_train,
                "heldout_pairs": len(heldout), "skipped": dict(skipped),
                "heldout_before": before, "heldout_after": after,

@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -72,8 +73,25 @@ def init_from_env() -> bool:
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
-    dist.init_process_group(backend)
+    dist.init_process_group(backend, timeout=timedelta(seconds=collective_timeout_seconds()))
     return True
+
+
+def collective_timeout_seconds() -> float:
+    """How long a collective waits for the slowest process before the run fails:
+    ``$ABLATE_COLLECTIVE_TIMEOUT`` seconds, default an hour. The longest waits are the saves
+    (each process writes its part of the model, the others wait at the barrier that publishes
+    it: 13B in bf16 is 26 GB, minutes on a slow shared disk) and rank 0 reading a model before
+    it broadcasts the weights."""
+    text = os.environ.get("ABLATE_COLLECTIVE_TIMEOUT", "3600")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise RuntimeError(f"ABLATE_COLLECTIVE_TIMEOUT={text!r}: expected a number of seconds "
+                           "above 0")
+    return seconds
 
 
 def rank_slots(n_items: int) -> tuple[list[int], int]:
@@ -99,6 +117,17 @@ def all_reduce_max(value: int) -> int:
     return int(out)
 
 
+def held_parameters(module: nn.Module) -> list[int]:
+    """How many of ``module``'s parameters each process holds (its shards), by rank."""
+    mine = sum((p.to_local() if hasattr(p, "to_local") else p).numel()
+               for p in module.parameters())
+    if not dist.is_initialized():
+        return [mine]
+    counts = [torch.zeros(1, dtype=torch.long) for _ in range(world_size())]
+    dist.all_gather(counts, torch.tensor([mine]))
+    return [int(c) for c in counts]
+
+
 def combine_rows(rows: torch.Tensor, mine: torch.Tensor) -> torch.Tensor:
     """Each process filled the rows ``mine`` (bool ``[N]``, disjoint between processes) of
     ``rows``; return the whole tensor, the same on every process. A sum of the processes' rows
@@ -111,31 +140,24 @@ def combine_rows(rows: torch.Tensor, mine: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def gathered(root: nn.Module):
-    """Every parameter of a sharded module gathered on every process for the duration, with no
-    collective inside: for ``generate``, whose number of forwards differs between processes
-    (each samples its own prompts and stops when they end), so per-layer all-gathers would not
-    pair up. Costs the whole model's memory on each process while it lasts. A no-op for a single
-    process."""
+def generating(root: nn.Module):
+    """Ready a sharded module for ``generate`` through one of its submodules: the root's own
+    parameters (embeddings, final norm, output layer) stay gathered for the duration, and each
+    decoder layer gathers its weights for its forward and frees them after, as in training; so
+    a process never holds more than the root's parameters and one layer whole. Every process
+    must then run the same number of forwards (``generate(synced_gpus=True)`` and as many
+    generate calls on each). A no-op for a single process."""
     if not dist.is_initialized():
         yield root
         return
-    from torch.distributed.fsdp import FSDPModule
-
-    units = [m for m in root.modules() if isinstance(m, FSDPModule)]
     # The root must be initialised as FSDP's root before a submodule runs forward, or the first
     # decoder layer generate calls would make itself the root (torch 2.13 has no public call).
     root._get_fsdp_state()._lazy_init()
-    for unit in units:  # the same order on every process: these all-gathers pair up
-        unit.unshard()
-        unit.set_reshard_after_forward(False, recurse=False)  # layers' forwards keep them whole
+    root.unshard()
     try:
         yield root
     finally:
-        for unit in units:
-            if unit is not root:  # the root's own default is to stay gathered after forward
-                unit.set_reshard_after_forward(True, recurse=False)
-            unit.reshard()
+        root.reshard()
 
 
 def decoder_layers(hf_model: nn.Module) -> list[nn.Module]:
@@ -147,21 +169,100 @@ def decoder_layers(hf_model: nn.Module) -> list[nn.Module]:
     return layers
 
 
-def shard(root: nn.Module, hf_model: nn.Module, device: torch.device) -> nn.Module:
-    """``fully_shard`` each decoder layer, then the root (which then owns the embeddings and the
-    output layer). bf16 compute with fp32 gradient reduction on GPU; plain fp32 on CPU. A single
-    process returns the module moved to ``device``, unsharded."""
-    root.to(device)
+def build_model(auto_class, folder: Path, dtype: torch.dtype = torch.float32, **kwargs) -> nn.Module:
+    """``auto_class.from_pretrained(folder)`` for a single process. Under a multi-process launch,
+    the model's skeleton instead: parameters on the meta device (no memory), buffers computed on
+    the CPU as construction computes them (the rotary inverse frequencies); ``shard`` then gives
+    each process its shards of the weights rank 0 reads, so no other process ever holds the
+    whole model. ``kwargs`` are config settings (``num_labels=1``)."""
     if not dist.is_initialized():
-        return root
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        return auto_class.from_pretrained(folder, dtype=dtype, **kwargs)
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig
 
+    config = AutoConfig.from_pretrained(folder, **kwargs)
+    with init_empty_weights(include_buffers=False):
+        model = auto_class.from_config(config, dtype=dtype)
+    model.tie_weights()  # init_empty_weights gives each module a parameter of its own
+    return model
+
+
+def frozen_dtype(device: torch.device) -> torch.dtype:
+    """What a frozen model (PPO's reference and reward model) is held in: bf16 where several
+    processes run on GPUs, since FSDP's mixed precision there computes with a bf16 copy of every
+    weight anyway (the same figures in half the memory); fp32 elsewhere, where the compute
+    reads the fp32 weights. The paper's code held the weights of all four PPO models in fp32
+    and computed in bf16 (hamishivi/EasyLM@dbf2212c:EasyLM/models/llama/llama_train_ppo.py,
+    ``dtype='bf16'`` for the four models, whose ``param_dtype`` is fp32 in ``llama_model.py``)."""
+    return torch.bfloat16 if dist.is_initialized() and torch.device(device).type == "cuda" \
+        else torch.float32
+
+
+def save_dtype(device: torch.device) -> torch.dtype:
+    """What a trained model is saved in: bf16 after training on a GPU, where the forwards ran in
+    bf16 and evaluation loads models in bf16 (half the bytes to write and to read back for each
+    eval); fp32 on CPU, where they ran in fp32."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def shard(root: nn.Module, hf_model: nn.Module, device: torch.device, *,
+          cpu_offload: bool = False) -> nn.Module:
+    """``fully_shard`` each decoder layer, then the root (which then owns the embeddings and the
+    output layer). bf16 compute with fp32 gradient reduction on GPU; plain fp32 on CPU. A
+    skeleton from ``build_model`` is materialised empty and filled with rank 0's weights, each
+    process keeping only its shards. ``cpu_offload`` keeps the sharded parameters, their
+    gradients and so the optimiser state in CPU memory between uses. A single process returns
+    the module moved to ``device``, unsharded."""
+    if not dist.is_initialized():
+        return root.to(device)
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    skeleton = any(p.is_meta for p in root.parameters())
+    if not skeleton:
+        root.to("cpu" if cpu_offload else device)
+    buffers = {name: b.detach().clone() for name, b in root.named_buffers()}
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
         if device.type == "cuda" else MixedPrecisionPolicy()
+    options = {"mp_policy": policy}
+    if cpu_offload:
+        # pinned host memory speeds copies to a GPU, and cannot be had without one
+        options["offload_policy"] = CPUOffloadPolicy(pin_memory=device.type == "cuda")
     for layer in decoder_layers(hf_model):
-        fully_shard(layer, mp_policy=policy)
-    fully_shard(root, mp_policy=policy)
+        fully_shard(layer, **options)
+    fully_shard(root, **options)
+    if skeleton:
+        _load_into_shards(root, hf_model, buffers, torch.device("cpu") if cpu_offload else device)
     return root
+
+
+def _load_into_shards(root: nn.Module, hf_model: nn.Module, buffers: dict[str, torch.Tensor],
+                      device: torch.device) -> None:
+    """Materialise a sharded skeleton and fill it: rank 0 reads the pretrained weights into CPU
+    memory and broadcasts them one tensor at a time, each process keeping its own shards."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    root.to_empty(device=device)
+    with torch.no_grad():
+        # non-persistent buffers are in no checkpoint: back to their values at construction
+        for name, buffer in root.named_buffers():
+            buffer.copy_(buffers[name])
+    state: dict[str, torch.Tensor] = {}
+    if is_main_process():
+        prefix = next((f"{name}." for name, module in root.named_modules()
+                       if module is hf_model and name), "")
+        # from_pretrained initialises what the folder lacks (a new score head) as one process
+        # would, with the same random stream
+        whole = type(hf_model).from_pretrained(hf_model.config._name_or_path,
+                                               config=hf_model.config, dtype=hf_model.dtype)
+        state = {prefix + name: value for name, value in whole.state_dict().items()}
+        del whole
+    set_model_state_dict(root, state, options=StateDictOptions(full_state_dict=True,
+                                                               broadcast_from_rank0=True))
+    del state
+    # Every process continues from rank 0's random state, as if each had loaded the model itself
+    rng = [torch.get_rng_state()]
+    dist.broadcast_object_list(rng, src=0)
+    torch.set_rng_state(rng[0])
 
 
 def reshard(module: nn.Module) -> None:
@@ -230,38 +331,93 @@ def load_train_state(folder: Path, model: nn.Module, optimizer) -> None:
                    optim_state_dict=state["optimizer"])
 
 
-def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
-    """The whole model's weights on CPU, on the main process (None elsewhere)."""
-    if not dist.is_initialized():
-        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
-                                                                 cpu_offload=True))
-    if not is_main_process():
-        return None
-    # Tied weights (input and output embeddings) come back as two tensors; keep one name, as
-    # the unsharded model's own state dict would.
-    aliases = {name for name, _ in model.named_parameters(remove_duplicate=False)} - \
-        {name for name, _ in model.named_parameters()}
-    return {k: v for k, v in state.items() if k not in aliases}
-
-
-def save_pretrained(root: nn.Module, hf_model: nn.Module, tokenizer, target: Path) -> None:
+def save_pretrained(root: nn.Module, hf_model: nn.Module, tokenizer, target: Path,
+                    dtype: torch.dtype = torch.float32) -> None:
     """``hf_model``, a child of the sharded ``root``, as a transformers folder ``target`` with the
-    tokenizer: the main process writes the gathered weights to a temp folder and renames it into
-    place, so a folder at ``target`` is always whole; every process waits for it."""
-    child = next(name for name, module in root.named_children() if module is hf_model)
-    state = full_state_dict(root)
+    tokenizer, its weights in ``dtype``. Several processes write one safetensors file each (and
+    rank 0 the index, config and tokenizer): each tensor is gathered whole on the process that
+    owns it alone, one tensor at a time, so no process ever holds the whole model. Everything is
+    written to a temp folder renamed into place, so a folder at ``target`` is always whole."""
+    child = next((f"{name}." for name, module in root.named_modules()
+                  if module is hf_model and name), "")
+    tmp = target.parent / f".{target.name}.tmp"
     if is_main_process():
-        state = {k.removeprefix(f"{child}."): v for k, v in state.items()}
-        tmp = target.parent / f".{target.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    # Tied weights (input and output embeddings) are one tensor under two names: keep the
+    # first, as the unsharded model's own save does.
+    reshard(root)  # parameters as shards, not the gathered copies a last forward may leave
+    tensors = [(name.removeprefix(child), p) for name, p in root.named_parameters()]
+    tensors += [(f"{prefix}.{name}".lstrip(".").removeprefix(child), buffer)
+                for prefix, module in root.named_modules()
+                for name, buffer in module.named_buffers(recurse=False)
+                if name not in module._non_persistent_buffers_set]
+    if not dist.is_initialized():
+        state = {name: t.detach().to("cpu", dtype if t.is_floating_point() else t.dtype)
+                 for name, t in tensors}
         hf_model.save_pretrained(tmp, state_dict=state)
+    else:
+        _save_shards(tensors, tmp, dtype)
+        if is_main_process():
+            hf_model.config.save_pretrained(tmp)
+            if getattr(hf_model, "generation_config", None) is not None and \
+                    hf_model.can_generate():
+                hf_model.generation_config.save_pretrained(tmp)
+    barrier()  # every process's file is in before the folder is published
+    if is_main_process():
+        # the config names the model's dtype (fp32 while it trains); what "auto" loads is the
+        # dtype the weights were written in
+        config = json.loads((tmp / "config.json").read_text())
+        config["dtype"] = str(dtype).removeprefix("torch.")
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         tokenizer.save_pretrained(tmp)
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
     barrier()
+
+
+def _save_shards(tensors: list[tuple[str, torch.Tensor]], folder: Path,
+                 dtype: torch.dtype) -> None:
+    """Each process writes ``model-<k>-of-<n>.safetensors`` holding the tensors it owns (about
+    1/n of the bytes, assigned largest first to the process with the fewest); rank 0 writes the
+    index transformers reads. A sharded tensor is gathered to its owner only."""
+    from safetensors.torch import save_file
+    from torch.distributed.tensor import DTensor
+
+    size, me = world_size(), rank()
+    owned_bytes = [0] * size
+    owner: dict[str, int] = {}
+    for name, tensor in sorted(tensors, key=lambda item: -item[1].numel()):
+        k = owned_bytes.index(min(owned_bytes))
+        owner[name] = k
+        owned_bytes[k] += tensor.numel()
+    files = [f"model-{k + 1:05d}-of-{size:05d}.safetensors" for k in range(size)]
+    mine: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors:  # the same order everywhere: the gathers pair up
+        whole = _gather_to(tensor.detach(), owner[name]) if isinstance(tensor, DTensor) \
+            else tensor.detach()
+        if owner[name] == me:
+            mine[name] = whole.to("cpu", dtype if whole.is_floating_point() else whole.dtype)
+    save_file(mine, str(folder / files[me]), metadata={"format": "pt"})
+    if is_main_process():
+        total = sum(t.numel() * (dtype.itemsize if t.is_floating_point() else t.element_size())
+                    for _, t in tensors)
+        (folder / "model.safetensors.index.json").write_text(json.dumps(
+            {"metadata": {"total_size": total},
+             "weight_map": {name: files[owner[name]] for name, _ in tensors}}, indent=2))
+
+
+def _gather_to(param, dst: int) -> torch.Tensor | None:
+    """A dim-0 sharded DTensor whole on process ``dst`` (None elsewhere). FSDP2 shards as
+    ``torch.chunk`` does, so every process's piece is padded to the first one's rows."""
+    local = param.to_local()
+    rows = -(-param.shape[0] // world_size())
+    padded = local.new_zeros((rows, *param.shape[1:]))
+    padded[:local.shape[0]] = local
+    pieces = [torch.empty_like(padded) for _ in range(world_size())] if rank() == dst else None
+    dist.gather(padded, pieces, dst=dst)
+    return torch.cat(pieces)[:param.shape[0]] if rank() == dst else None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,11 +13,14 @@ advantages whitened within the minibatch, and one step of the clipped policy and
 ``metrics.jsonl`` gets one line per iteration; its ``kl`` and ``rm_score`` are what the
 reward-vs-KL frontier plots.
 
-Under ``torchrun`` (``python -m ablate.train.fsdp ppo``) the policy, reference and value models
-are sharded with FSDP2 as DPO's policy is, and each process generates, scores and trains on its
-share of every batch: generation chunks of ``minibatch_size`` prompts and micro-batches go to the
-processes in turn, each chunk samples from its own seeded stream, and the sampled tokens and
-per-token statistics are gathered so that every process holds the whole experience. A run with N
+Under ``torchrun`` (``python -m ablate.train.fsdp ppo``) every model is sharded with FSDP2, loaded
+straight into shards (``fsdp.build_model``): the policy, the reference, the value model and the
+reward model, which scores each process's own batches of responses. Each process generates,
+scores and trains on its share of every batch: generation chunks of ``generation_batch_size``
+prompts (by default ``minibatch_size``) and micro-batches go to the processes in turn, each
+chunk samples from its own seeded stream through the sharded policy (one decoder layer gathered
+at a time, every process stepping until all are done), and the sampled tokens and per-token
+statistics are gathered so that every process holds the whole experience. A run with N
 processes therefore samples the same tokens and takes the same optimiser steps as one process, up
 to float rounding in the gradient sums (``tests/train/test_ppo_fsdp.py``).
 """
@@ -45,7 +48,8 @@ from ablate.train.checkpoints import (
     MetricsLog, latest_checkpoint, publish_checkpoint, resume_generators, save_rank_rng,
 )
 from ablate.train.common import (
-    NoTrainingData, TrainingError, device_for_training, make_optimizer, plan_batches,
+    NoTrainingData, TrainingError, device_for_training, disable_dropout, make_optimizer,
+    plan_batches,
     warmup_then_linear,
 )
 from ablate.train.logps import token_logps
@@ -146,15 +150,15 @@ class ValueScores(nn.Module):
 
 
 def _load_models(policy_dir: Path, reward_model_dir: Path | None, cfg: PPOConfig, device, log):
+    """The tokenizer and the policy, reference and value models, each sharded over the
+    processes (loaded straight into shards: ``fsdp.build_model``), and where the value model
+    comes from."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, \
         AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    policy = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
-    reference = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
-    reference.requires_grad_(False)
     value_from = cfg.value_init
     if value_from == "reward_model" and reward_model_dir is None:
         log.info("no reward model to initialise the value model from (programmatic reward): "
@@ -165,23 +169,36 @@ def _load_models(policy_dir: Path, reward_model_dir: Path | None, cfg: PPOConfig
         raise TrainingError(f"value_init=reward_model needs a reward model that shares the "
                             f"policy's tokenizer (the value model reads the policy's tokens); "
                             f"{reward_model_dir} has a different one: use value_init: policy")
+    policy_lm = fsdp.build_model(AutoModelForCausalLM, policy_dir)
+    reference_lm = fsdp.build_model(AutoModelForCausalLM, policy_dir, fsdp.frozen_dtype(device))
+    reference_lm.requires_grad_(False)
     value_dir = reward_model_dir if value_from == "reward_model" else policy_dir
-    value_model = AutoModelForSequenceClassification.from_pretrained(value_dir, num_labels=1,
-                                                                     dtype=torch.float32)
-    if not hasattr(value_model, "score"):
-        raise TrainingError(f"{type(value_model).__name__} has no `score` head to use as the "
+    value_hf = fsdp.build_model(AutoModelForSequenceClassification, value_dir, num_labels=1)
+    if not hasattr(value_hf, "score"):
+        raise TrainingError(f"{type(value_hf).__name__} has no `score` head to use as the "
                             "value head")
+    reference_lm.eval()
+    for model in (policy_lm, value_hf):
+        # Training mode (checkpointing only engages in it) without dropout: old and new
+        # log-probs must be comparable
+        model.train()
+        disable_dropout(model)
+        if cfg.gradient_checkpointing:
+            model.activation_checkpointing_enable()
+    policy = fsdp.shard(PolicyScores.of(policy_lm, cfg), policy_lm, device,
+                        cpu_offload=cfg.cpu_offload)
+    reference = fsdp.shard(PolicyScores.of(reference_lm, cfg), reference_lm, device,
+                           cpu_offload=cfg.cpu_offload)
+    value_model = fsdp.shard(ValueScores(value_hf), value_hf, device, cpu_offload=cfg.cpu_offload)
     if value_from == "policy":
         # The policy has no value head and a new one is random: on SmolLM2 its values (mean 0.8
         # at the first iteration, explained variance -3 to -22) swamped a 0/1 reward in the first
         # advantages (perf/RESULTS.md, PPO third attempt). With the head at zero the first
         # advantages are the discounted returns, and the head learns from there.
         with torch.no_grad():
-            for param in value_model.score.parameters():
+            for param in value_hf.score.parameters():
                 param.zero_()
-    for model in (policy, reference, value_model):
-        model.to(device).eval()  # no dropout: old and new log-probs must be comparable
-    return tokenizer, policy, reference, value_model, value_from
+    return tokenizer, (policy, policy_lm), reference, (value_model, value_hf), value_from
 
 
 # ---------------------------------------------------------------- one iteration
@@ -390,15 +407,16 @@ def _train_on_rollout(policy, reference, value_model, optimizers, schedulers, ro
 def _generate(policy: nn.Module, lm: nn.Module, tokenizer, prompts: Sequence[PromptItem],
               cfg: PPOConfig, seed: int) -> Rollout:
     """One response per prompt with transformers ``generate``: the generation chunks of
-    ``minibatch_size`` prompts go to the processes in turn, each with its whole policy gathered,
-    and the sampled ids are then shared, so every process holds the same rollout."""
-    batch_size = cfg.minibatch_size
-    chunks, _ = fsdp.rank_slots(-(-len(prompts) // batch_size))
-    with fsdp.gathered(policy):
+    ``generation_batch_size`` prompts go to the processes in turn, each generating through its
+    sharded policy (one decoder layer gathered at a time, ``fsdp.generating``), and the sampled
+    ids are then shared, so every process holds the same rollout."""
+    batch_size = cfg.generation_batch_size or cfg.minibatch_size
+    chunks, calls = fsdp.rank_slots(-(-len(prompts) // batch_size))
+    with fsdp.generating(policy):
         prompt_ids, prompt_mask, generated, width = sample_token_ids(
             lm, tokenizer, prompts, temperature=cfg.temperature,
             max_new_tokens=cfg.max_response_length, seed=seed, batch_size=batch_size,
-            chunks=chunks, top_k=cfg.top_k)
+            chunks=chunks, calls=calls, top_k=cfg.top_k)
     mine = torch.zeros(len(prompts), dtype=torch.bool)
     for chunk in chunks:
         mine[chunk * batch_size:(chunk + 1) * batch_size] = True
@@ -483,18 +501,16 @@ def train_ppo(policy_dir: Path, rows: Sequence[dict], cfg: PPOConfig, seed: int,
     device = device or device_for_training()
     torch.manual_seed(seed)  # a value head initialised from the policy is random
     random.seed(seed)
-    tokenizer, policy_lm, reference_lm, value_hf, value_from = _load_models(
-        Path(policy_dir), None if reward_model_dir is None else Path(reward_model_dir), cfg,
-        device, log)
-    policy = fsdp.shard(PolicyScores.of(policy_lm, cfg), policy_lm, device)
-    reference = fsdp.shard(PolicyScores.of(reference_lm, cfg), reference_lm, device)
-    value_model = fsdp.shard(ValueScores(value_hf), value_hf, device)
+    tokenizer, (policy, policy_lm), reference, (value_model, value_hf), value_from = \
+        _load_models(Path(policy_dir), None if reward_model_dir is None
+                     else Path(reward_model_dir), cfg, device, log)
     items, skipped = tokenize_prompts(rows, tokenizer, cfg.max_prompt_length)
     if skipped:
         log.info("dropped %d of %d prompts: %s", sum(skipped.values()), len(rows), dict(skipped))
     if not items:
         raise NoTrainingData(f"no usable prompts: all {len(rows)} were dropped ({dict(skipped)})")
-    scorer = make_scorer(reward, reward_model_dir, device, tokenizer, log)
+    scorer = make_scorer(reward, reward_model_dir, device, tokenizer, log,
+                         fsdp.frozen_dtype(device), cfg.micro_batch_size)
     batches = plan_batches(len(items), cfg.prompts_per_batch, cfg.epochs, seed)
     total = len(batches)
     policy_opt = make_optimizer(policy, cfg.lr, 0.0, cfg.adam_beta2)
@@ -553,11 +569,15 @@ def train_ppo(policy_dir: Path, rows: Sequence[dict], cfg: PPOConfig, seed: int,
                 raise Stopped(iteration + 1, "iteration")
         if stop_after is not None and iteration + 1 >= stop_after:
             raise StopRequested(f"stopped after iteration {iteration + 1}")
-    fsdp.save_pretrained(policy, policy_lm, tokenizer, out_dir / "model")
+    fsdp.save_pretrained(policy, policy_lm, tokenizer, out_dir / "model", fsdp.save_dtype(device))
     summary = {"iterations": total, "resumed_from": start, "prompts": len(items),
                "prompts_dropped": dict(skipped),
                "prompts_skipped_by_loader": dict(loader_skipped or {}), "reward": reward, "value_init": value_from,
-               "generator": backend, "world_size": fsdp.world_size(), "last": last}
+               "generator": backend, "world_size": fsdp.world_size(), "last": last,
+               # each process's share of every model (its shards), by rank
+               "held_parameters": {name: fsdp.held_parameters(module) for name, module in (
+                   ("policy", policy), ("reference", reference), ("value", value_model),
+                   *([("reward_model", scorer.module)] if hasattr(scorer, "module") else []))}}
     if fsdp.is_main_process():
         atomic_write_json(out_dir / "train_summary.json", summary)
     return summary

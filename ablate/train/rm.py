@@ -98,7 +98,7 @@ def train_rm(model_dir: Path, rows: Sequence[dict], cfg: RMConfig, seed: int, ou
     fsdp.init_from_env()
     torch.manual_seed(seed)
     random.seed(seed)
-    model, tokenizer = load_reward_model(model_dir)
+    model, tokenizer = load_reward_model(model_dir, build=fsdp.build_model)
     if disable_dropout(model):
         log.info("RM: dropout turned off (held-out rewards are scored without it)")
     pad_token_id = model.config.pad_token_id
@@ -121,10 +121,10 @@ def train_rm(model_dir: Path, rows: Sequence[dict], cfg: RMConfig, seed: int, ou
     context = forward_context(device, cfg.precision, cfg.attention_kernel)  # fails fast
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
     if cfg.compile_regions:
         log.info("RM: %d regions compiled", compile_regions(model))
-    scorer = fsdp.shard(PairRewards(model, context), model, device)
+    scorer = fsdp.shard(PairRewards(model, context), model, device, cpu_offload=cfg.cpu_offload)
     masters = master_weights(model, cfg.precision)
     shared_prompt = shared_prompt_usable(model, cfg.shared_prompt, log, "RM")
 
@@ -157,7 +157,7 @@ def train_rm(model_dir: Path, rows: Sequence[dict], cfg: RMConfig, seed: int, ou
     after = heldout_accuracy()
     if masters is not None:  # the saved model gets the fp32 masters, not their bf16 rounding
         masters.restore_fp32(model)
-    fsdp.save_pretrained(scorer, model, tokenizer, out_dir / "model")
+    fsdp.save_pretrained(scorer, model, tokenizer, out_dir / "model", fsdp.save_dtype(device))
     result = RewardModelResult(
         metric="heldout_pair_accuracy", value=after, unit="fraction", heldout_accuracy=after,
         heldout_accuracy_before=before, heldout_pairs=len(heldout), train_pairs=len(train_pairs),

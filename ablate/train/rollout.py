@@ -21,6 +21,7 @@ from ablate.data.chat_tokens import as_messages, chat_ids, decode_after, reward_
 from ablate.generate.base import row_seed
 from ablate.generate.reward_model import RewardScorer
 from ablate.spec.seeds import derive_seed
+from ablate.train import fsdp
 from ablate.train.common import TrainingError
 from ablate.train.programmatic import RewardFunction, load_reward_function
 
@@ -139,11 +140,16 @@ def chunk_seed(seed: int, chunk: int) -> int:
 @torch.no_grad()
 def sample_token_ids(model, tokenizer, prompts: Sequence[PromptItem], *, temperature: float,
                      max_new_tokens: int, seed: int, batch_size: int,
-                     chunks: Sequence[int] | None = None,
+                     chunks: Sequence[int] | None = None, calls: int | None = None,
                      top_k: int = 0) -> tuple[Tensor, Tensor, Tensor, int]:
     """Sample one continuation per prompt of the chunks ``chunks`` (all when None) of
     ``batch_size`` prompts: temperature sampling from the ``top_k`` most likely tokens (0: from
     every token), no top-p and nothing else, as ``PPOConfig`` says.
+
+    Under several processes ``model`` is sharded (``fsdp.generating``): its forwards are
+    collective, so every process makes ``calls`` generate calls (a stand-in, discarded, where it
+    has fewer chunks) and each call keeps stepping until every process's call is done
+    (``synced_gpus``; a finished process's steps sample nothing).
 
     Returns the left-padded prompts (all of them), their mask, the sampled ids ``[N,
     max_new_tokens]`` (pad after a chunk's end; rows of chunks not sampled here are 0) and the
@@ -170,16 +176,18 @@ def sample_token_ids(model, tokenizer, prompts: Sequence[PromptItem], *, tempera
                                                pad_token_id=pad, eos_token_id=sorted(eos))
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            for chunk in range(n_chunks) if chunks is None else chunks:
+            todo = list(range(n_chunks) if chunks is None else chunks)
+            for call in range(len(todo) if calls is None else calls):
+                chunk = todo[call] if call < len(todo) else 0  # 0: a stand-in's prompts
                 rows = slice(chunk * batch_size, min((chunk + 1) * batch_size, len(prompts)))
                 torch.manual_seed(chunk_seed(seed, chunk))
                 out = model.generate(input_ids=prompt_ids[rows].to(device),
                                      attention_mask=prompt_mask[rows].to(device),
                                      generation_config=config,
-                                     # no per-step sync between processes: each samples its own
-                                     # chunks with its parameters already gathered
-                                     # (fsdp.gathered)
-                                     synced_gpus=False)[:, prompt_ids.shape[1]:].cpu()
+                                     synced_gpus=fsdp.world_size() > 1
+                                     )[:, prompt_ids.shape[1]:].cpu()
+                if call >= len(todo):
+                    continue
                 generated[rows] = pad
                 generated[rows, :out.shape[1]] = out
                 width = max(width, out.shape[1])
@@ -259,31 +267,57 @@ class RewardModelScorer:
     completion ids exactly as in RM training (``reward_model_ids``; tokenizing the conversation
     whole gives other ids, e.g. SentencePiece's "▁" before the reply), so an RM whose tokenizer
     differs from the policy's also scores the same text, not mismatched ids.
+
+    Under several processes the RM is sharded like the trained models (``fsdp.build_model``,
+    ``fsdp.shard``) and each process scores its own batches of the responses (a stand-in where
+    it has fewer, since every sharded forward is collective); the rewards are then summed so
+    that every process holds them all.
     """
 
-    def __init__(self, model_dir, device, policy_tokenizer, log, batch_size: int = 8):
-        self.scorer = RewardScorer(model_dir, device, batch_size)
+    def __init__(self, model_dir, device, policy_tokenizer, log, batch_size: int = 8,
+                 dtype: torch.dtype = torch.float32):
+        self.scorer = RewardScorer(model_dir, device, batch_size, dtype=dtype,
+                                   build=fsdp.build_model,
+                                   place=lambda module: fsdp.shard(module, module.rm, device))
         self.tokenizer, self.max_length = self.scorer.tokenizer, self.scorer.max_length
         if self.tokenizer.get_vocab() != policy_tokenizer.get_vocab():
             log.info("the reward model's tokenizer differs from the policy's: responses are "
                      "decoded and re-tokenised with the RM's tokenizer before scoring")
 
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.scorer.module
+
     def _ids(self, item: PromptItem, response: str) -> list[int]:
         return reward_model_ids(self.tokenizer, list(item.messages), response, self.max_length)
 
     def __call__(self, items: Sequence[PromptItem], responses: Sequence[str]) -> Tensor:
-        return torch.tensor(self.scorer.score_ids([self._ids(i, r) for i, r in
-                                                   zip(items, responses)]))
+        sequences = [self._ids(i, r) for i, r in zip(items, responses)]
+        batches = self.scorer.batches(sequences)
+        mine, slots = fsdp.rank_slots(len(batches))
+        scores = torch.zeros(len(sequences))
+        scored = torch.zeros(len(sequences), dtype=torch.bool)
+        for slot in range(slots):
+            group = batches[mine[slot]] if slot < len(mine) else batches[0]  # a stand-in
+            rewards = self.scorer.score_batch([sequences[i] for i in group])
+            if slot < len(mine):
+                scores[group] = torch.tensor(rewards)
+                scored[group] = True
+        fsdp.reshard(self.scorer.module)
+        return fsdp.combine_rows(scores, scored)
 
 
-def make_scorer(reward: str, reward_model_dir, device, policy_tokenizer, log
+def make_scorer(reward: str, reward_model_dir, device, policy_tokenizer, log,
+                dtype: torch.dtype = torch.float32, batch_size: int = 8
                 ) -> Callable[[Sequence[PromptItem], Sequence[str]], Tensor]:
-    """PPO's scorer: the reward model for ``reward_model``, else the programmatic reward function
-    ``reward`` names (``programmatic``)."""
+    """PPO's scorer: the reward model (held in ``dtype``, scoring ``batch_size`` responses a
+    forward) for ``reward_model``, else the programmatic reward function ``reward`` names
+    (``programmatic``)."""
     if reward == "reward_model":
         if reward_model_dir is None:
             raise TrainingError("PPO with reward 'reward_model' needs a reward_model input")
-        return RewardModelScorer(reward_model_dir, device, policy_tokenizer, log)
+        return RewardModelScorer(reward_model_dir, device, policy_tokenizer, log, batch_size,
+                                 dtype)
     function = programmatic_reward(reward)
     return lambda items, responses: torch.tensor([function(i, r) for i, r in
                                                   zip(items, responses)], dtype=torch.float32)

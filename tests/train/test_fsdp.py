@@ -90,3 +90,21 @@ def test_rm_world_size_2_equals_1(tmp_path, tiny_model_dir):
     assert two["heldout_accuracy"] == one["heldout_accuracy"]
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-5)
     assert_same_weights(tmp_path / "one" / "model", tmp_path / "two" / "model", atol=2e-5)
+
+
+@pytest.mark.slow
+def test_dpo_with_cpu_offload_and_checkpointing_on_2_ranks_equals_1_without(tmp_path,
+                                                                            tiny_model_dir):
+    """Both memory options change where tensors live and what is recomputed, not the result."""
+    rows = arithmetic_rows(12)
+    cfg = DPOConfig(lr=1e-3, warmup_ratio=0.0, epochs=1, batch_size=4, micro_batch_size=2,
+                    max_length=128, max_prompt_length=64)
+    one = train_dpo(tiny_model_dir, rows, cfg, 1, tmp_path / "one", tmp_path / "cache1")
+    saving = cfg.model_copy(update={"cpu_offload": True, "gradient_checkpointing": True})
+    torchrun(tmp_path, "dpo", {"model": {"path": str(tiny_model_dir)},
+                               "algorithm": saving.model_dump(), "seed": 1}, rows,
+             tmp_path / "two")
+    two = json.loads((tmp_path / "two" / "train_summary.json").read_text())
+    assert two["world_size"] == 2 and two["steps"] == one["steps"] == 3
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-5)
+    assert_same_weights(tmp_path / "one" / "model", tmp_path / "two" / "model", atol=2e-5)

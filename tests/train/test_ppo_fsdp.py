@@ -115,3 +115,51 @@ def test_torchrun_entry_passes_upstream_folders_to_the_step(tmp_path, monkeypatc
     with pytest.raises(SystemExit, match="expected ROLE=DIR"):
         fsdp.main(["ppo", "--config", str(config), "--out", str(tmp_path / "out"),
                    "--input", "reward_model"])
+
+
+@pytest.mark.slow
+def test_one_ppo_iteration_with_a_sharded_reward_model_on_2_and_4_ranks_equals_1(tmp_path):
+    """Every model sharded (policy, reference, value model from the RM, and the RM itself, each
+    process scoring its own batches of the responses): each rank holds about 1/world of each,
+    and the iteration's metrics and updated weights are the 1-process run's."""
+    from test_ppo import build_char_model, save_reward_model
+
+    policy = build_char_model(tmp_path / "policy")
+    rm_step = tmp_path / "rm_step"
+    save_reward_model(policy, rm_step / "model", seed=1)
+    rows = letter_prompts(8)
+    # one iteration of 8 prompts: generation batches of 2 (4 of them: one per rank on 4, two
+    # each on 2), minibatches of 4 in micro-batches of 2, the RM scoring 2 responses a forward
+    cfg = PPOConfig(lr=1e-3, beta=0.05, prompts_per_batch=8, minibatch_size=4,
+                    micro_batch_size=2, generation_batch_size=2, ppo_epochs=1, epochs=1,
+                    max_prompt_length=64, max_response_length=6, no_eos_penalty=0.0,
+                    no_eos_penalty_mode="add", value_init="reward_model", warmup_epochs=0.0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = train_ppo(policy, rows, cfg, 1, tmp_path / "one",
+                        reward_model_dir=rm_step / "model")
+    finally:
+        torch.set_num_threads(threads)
+    config = {"model": {"path": str(policy)}, "algorithm": cfg.model_dump(), "seed": 1}
+    for world in (2, 4):
+        out = tmp_path / f"world{world}"
+        torchrun(tmp_path, "ppo", config, rows, out, nproc=world,
+                 extra=["--input", f"reward_model={rm_step}"])
+        summary = json.loads((out / "train_summary.json").read_text())
+        assert summary["world_size"] == world and summary["iterations"] == 1
+        for name, held in summary["held_parameters"].items():
+            total = one["held_parameters"][name][0]
+            assert len(held) == world and sum(held) == total, name
+            # FSDP splits each tensor's rows as torch.chunk does: near-even pieces
+            assert max(abs(h - total / world) for h in held) <= 0.1 * total / world, (name, held)
+        [a], [b] = read_metrics(tmp_path / "one"), read_metrics(out)
+        assert a.keys() == b.keys()
+        for key in a.keys() - TIMING:
+            if key in EXACT:
+                assert a[key] == b[key], (world, key, a[key], b[key])
+            else:
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (world, key)
+        assert a["kl"] != 0.0  # the second minibatch saw the policy the first update moved
+        assert a["value_loss"] > 0 and a["policy_grad_norm"] > 0
+        assert_same_weights(tmp_path / "one" / "model", out / "model", atol=2e-5)

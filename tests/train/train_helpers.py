@@ -22,9 +22,17 @@ def arithmetic_rows(n: int, seed: int = 0) -> list[dict]:
 
 
 def load_weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    """A saved model's tensors, from one file or from the shards its index names."""
+    import json
+
     from safetensors.torch import load_file
 
-    return load_file(str(Path(model_dir) / "model.safetensors"))
+    index = Path(model_dir) / "model.safetensors.index.json"
+    if not index.is_file():
+        return load_file(str(Path(model_dir) / "model.safetensors"))
+    files = set(json.loads(index.read_text())["weight_map"].values())
+    return {name: tensor for file in sorted(files)
+            for name, tensor in load_file(str(Path(model_dir) / file)).items()}
 
 
 def assert_same_weights(dir_a: Path, dir_b: Path, atol: float = 1e-6) -> float:
