@@ -10,9 +10,10 @@ peaks (the start of a micro-batch's backward, AdamW's step, PPO's generation):
   and during the step, plus one state-sized temporary where AdamW is not fused; with
   ``cpu_offload`` all of it lives in host memory; over several ranks FSDP gathers
   ``PREFETCHED_LAYERS`` decoder layers at a time (bf16, its mixed precision on a GPU).
-- a frozen model as the trainers load it today (``FROZEN_BYTES``, ``REWARD_MODEL_WHOLE``): PPO's
-  reference and DPO's online reference in fp32, sharded with the policy; a reward model (PPO's,
-  best-of-N's) in fp32, whole on every GPU.
+- a frozen model as the trainers hold it (``frozen_bytes``, ``BEST_OF_N_REWARD_MODEL_WHOLE``):
+  PPO's reference and reward model and DPO's online reference sharded with the policy, in bf16
+  over several GPUs and fp32 on one (``ablate.train.fsdp.frozen_dtype``); best-of-N's reward
+  model (an evaluation runs as one process) in fp32, whole on its GPU.
 - activations of the longest micro-batch (``activation_bytes_per_token``): each decoder layer
   keeps its norms' fp32 inputs and outputs, the bf16 copies autocast feeds its five input
   projections, the rotated queries, the keys and values (repeated to every head: training
@@ -21,7 +22,8 @@ peaks (the start of a micro-batch's backward, AdamW's step, PPO's generation):
   chunk the output layer (``ablate.train.logps``): one chunk's logits and the layer's gradient
   (``output_layer_bytes``). On a CPU the math attention kernel also keeps each layer's softmax
   (``attention_scores_bytes``).
-- PPO's generation: the policy gathered whole in bf16 and a bf16 KV cache.
+- PPO's generation: through the sharded policy, which FSDP gathers a layer at a time
+  (``ablate.train.fsdp.generating``), and a bf16 KV cache for ``generation_batch_size`` prompts.
 
 Calibration (tests/launch/test_planner.py checks each within 15 %): the H200 DPO run of
 perf/RESULTS.md (1.7B shape, micro-batch 8 pairs, longest row 1,742 tokens, peak 58.6 GiB
@@ -63,11 +65,9 @@ USEFUL_FLOP_UTILISATION = 0.191
 LOGIT_CHUNK = 1024
 EVAL_CONTEXT = 4096  # tokens of prompt and reply an evaluation's KV cache is sized for
 HEADROOM = 0.95  # share of a GPU's memory a step may plan for (allocator fragmentation)
-# Frozen models as the trainers hold them: fp32 (ablate/train/ppo.py, ablate/train/dpo.py,
-# ablate/generate/reward_model.py); a reward model whole on each GPU that scores with it
-# (ablate/train/rollout.py RewardModelScorer, best-of-N's RewardScorer). Change these with them.
-FROZEN_BYTES = FP32
-REWARD_MODEL_WHOLE = True
+# Best-of-N's reward model is whole, in fp32, on the evaluation's GPU (an evaluation is one
+# process: ablate/generate/reward_model.py RewardScorer). Change it with that code.
+BEST_OF_N_REWARD_MODEL_WHOLE = True
 
 
 # ---------------------------------------------------------------- pure formulas
@@ -159,9 +159,15 @@ def gathered_layers_bytes(shape: ModelShape, world: int, offload: bool) -> float
     return PREFETCHED_LAYERS * shape.layer_params * BF16  # FSDP gathers bf16 on a GPU
 
 
+def frozen_bytes(world: int) -> int:
+    """Bytes per parameter of a frozen model in training: bf16 over several GPUs, fp32 on one
+    (``ablate.train.fsdp.frozen_dtype``)."""
+    return BF16 if world > 1 else FP32
+
+
 def frozen_model_bytes(params: float, world: int, whole: bool = False) -> float:
-    """A frozen model on one GPU: sharded 1/world, or ``whole``."""
-    return FROZEN_BYTES * params / (1 if whole else world)
+    """A frozen model on one GPU: sharded 1/world (training), or ``whole`` in fp32 (best-of-N)."""
+    return FP32 * params if whole else frozen_bytes(world) * params / world
 
 
 def kv_cache_bytes(shape: ModelShape, sequences: int, tokens: int) -> float:
@@ -280,10 +286,12 @@ def estimate_training(step: Step, shapes: dict[str, ModelShape], settings: Setti
                    trained_model_bytes(value.params, world, accumulating, offload).items()})
     states["reference"] = frozen_model_bytes(policy.params, world)
     if reward is not None:
-        states["reward model"] = frozen_model_bytes(reward.params, world, REWARD_MODEL_WHOLE)
-    generation = {**states, "policy gathered": BF16 * policy.params,
-                  # each process samples chunks of minibatch_size prompts (ablate.train.ppo)
-                  "kv cache": kv_cache_bytes(policy, algo.minibatch_size, sequence)}
+        states["reward model"] = frozen_model_bytes(reward.params, world)
+    # each process samples chunks of generation_batch_size prompts through the sharded policy,
+    # FSDP gathering its layers one at a time (ablate.train.rollout.sample_token_ids)
+    generating = algo.generation_batch_size or algo.minibatch_size
+    generation = {**states, "policy layers gathered": gathered_layers_bytes(policy, world, offload),
+                  "kv cache": kv_cache_bytes(policy, generating, sequence)}
     frozen = {k: v for k, v in states.items() if k in ("reference", "reward model")}
     phases = {"generation": generation}
     for role, shape, head in (("policy", policy, True), ("value", value, False)):
@@ -320,7 +328,7 @@ def estimate_eval(step: Step, shapes: dict[str, ModelShape], resources: Resource
     phases = {"generation": generation}
     if "reward_model" in shapes:
         phases["scoring"] = {"weights": generation["weights"], "reward model": frozen_model_bytes(
-            shapes["reward_model"].params, gpus, REWARD_MODEL_WHOLE)}
+            shapes["reward_model"].params, gpus, BEST_OF_N_REWARD_MODEL_WHOLE)}
     return Estimate(phases)
 
 
@@ -397,8 +405,9 @@ def plan_step(step: Step, shapes: dict[str, ModelShape], resources: Resources, g
     over = [phase for phase, parts in est.phases.items()
             if sum(parts.values()) > gpu_budget(gpu)]
     if "generation" in over:
-        options.append("a smaller minibatch_size (each process samples that many prompts at "
-                       "a time and their KV cache is the peak; it changes the run's result)")
+        options.append("a smaller generation_batch_size (each process samples that many "
+                       "prompts at a time and their KV cache is the peak; it changes which "
+                       "tokens are drawn)")
     if not can_checkpoint and any(phase.endswith("backward") for phase in over):
         options.append(f"activation checkpointing, which {step.kind} steps do not have")
     options += _code_limits(est, gpu)
@@ -407,11 +416,11 @@ def plan_step(step: Step, shapes: dict[str, ModelShape], resources: Resources, g
 
 
 def _code_limits(est: Estimate, gpu: GPUSpec) -> list[str]:
-    """What no setting changes: a reward model that alone takes a quarter of the GPU."""
-    whole = max((parts.get("reward model", 0) for parts in est.phases.values()), default=0)
-    if REWARD_MODEL_WHOLE and whole > gpu_budget(gpu) / 4:
-        return [f"a reward model held sharded or in bf16 (ablate loads it whole, in fp32, on "
-                f"every GPU that scores with it: {whole / GIB:.0f} GiB)"]
+    """What no setting changes: best-of-N's reward model that alone takes a quarter of the GPU."""
+    whole = est.phases.get("scoring", {}).get("reward model", 0)
+    if BEST_OF_N_REWARD_MODEL_WHOLE and whole > gpu_budget(gpu) / 4:
+        return [f"a reward model held sharded or in bf16 (best-of-N loads it whole, in fp32, "
+                f"on the evaluation's GPU: {whole / GIB:.0f} GiB)"]
     return []
 
 

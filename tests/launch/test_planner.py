@@ -53,8 +53,10 @@ def test_memory_formulas_by_hand():
         "weights": 100.0, "gradients": 100.0, "optimiser": 200.0}
     assert trained_model_bytes(100, 4, accumulating=False, offload=False)["gradients"] == 0
     assert set(trained_model_bytes(100, 4, True, offload=True).values()) == {0}
-    # frozen models in fp32, as the trainers load them: sharded, or a reward model whole
-    assert frozen_model_bytes(100, 4) == 100 and frozen_model_bytes(100, 4, whole=True) == 400
+    # frozen models as the trainers hold them: bf16 shards over several GPUs, fp32 on one, and
+    # best-of-N's reward model whole in fp32
+    assert frozen_model_bytes(100, 4) == 50 and frozen_model_bytes(100, 1) == 400
+    assert frozen_model_bytes(100, 4, whole=True) == 400
     assert optimiser_step_bytes(100, 4, offload=False, fused=True) == 400
     assert optimiser_step_bytes(100, 4, offload=False, fused=False) == 500  # a foreach temporary
     # two chunks' worth of answers: one chunk's fp32 logits and softmax, and the head's gradient
