@@ -51,7 +51,7 @@ def test_table2_trains_every_pair_of_those_splits_with_the_papers_settings():
         assert SOURCES[ref.name].hub_id == TULU25_PREFERENCES and ref.max_rows is None
         settings = {"train_dpo": lambda c: c.algorithm == DPOConfig(),
                     "train_rm": lambda c: c.train == RMConfig(),
-                    "train_ppo": lambda c: c.algorithm == PPOConfig()}[step.kind]
+                    "train_ppo": lambda c: c.algorithm == PPOConfig(generation_batch_size=8)}[step.kind]
         assert settings(config), step.name
 
 
