@@ -53,7 +53,7 @@ test: setup
 
 # The vLLM stage (CI runs it after `make test`): the tests marked vllm, in the vLLM venv.
 test-vllm: setup-vllm
-	$(VLLM_BIN)/python -m pytest -ra --durations=10 -m vllm tests/vllm
+	$(VLLM_BIN)/python -m pytest -ra --durations=10 -m vllm tests/vllm_engine
 
 clean-demo:
 	rm -rf $(STORE)/steps $(STORE)/grids $(STORE)/plans
