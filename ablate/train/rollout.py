@@ -225,11 +225,17 @@ class VLLMGenerator:
         stop_engine(llm)
 
     def sync_weights(self, policy) -> None:
-        """Load ``policy``'s parameters into the engine's model (by their transformers names,
-        which vLLM's loaders map to its own layout) and drop the prefix cache computed with the
-        old ones."""
+        """Load ``policy``'s parameters into the engine's model and drop the prefix cache computed
+        with the old ones. vLLM's in-place reload takes them by their transformers names and
+        redoes what loading does after the checkpoint is read (its CPU layers repack their
+        weights, so a plain ``load_weights`` on the running model fails)."""
         weights = [(name, p.detach()) for name, p in policy.state_dict().items()]
-        self.llm.apply_model(lambda model: model.load_weights(weights))
+        try:
+            self.llm.collective_rpc("reload_weights",
+                                    kwargs={"weights_iterator": iter(weights)})
+        except AttributeError as exc:
+            raise TrainingError("this vLLM version cannot reload weights in place "
+                                f"({exc}); set rollout_engine: transformers") from None
         self.llm.reset_prefix_cache()
 
     def continuation_logprobs(self, prompt_ids: Sequence[int], continuation: Sequence[int]
