@@ -51,6 +51,30 @@ def check_judges(plan: Plan, run_store: RunStore) -> None:
         fail("no usable judge, so nothing was run:\n  " + "\n  ".join(problems))
 
 
+def check_engine(plan: Plan, run_store: RunStore) -> None:
+    """Before anything runs: where an unfinished step will use vLLM (PPO's ``rollout_engine``, or
+    evals with ``$ABLATE_ENGINE=vllm``), vLLM is installed and supports each base model."""
+    from ablate.generate.base import ENGINE_VARIABLE
+
+    pending = [s for s in plan.order() if not run_store.is_done(s)]
+    on_vllm = [s for s in pending
+               if getattr(getattr(s.config, "algorithm", None), "rollout_engine", None) == "vllm"
+               or (s.kind == "eval" and os.environ.get(ENGINE_VARIABLE) == "vllm")]
+    if not on_vllm:
+        return
+    from ablate.generate import GenerationError
+    from ablate.generate.vllm_backend import check_model, import_vllm
+    from ablate.models import ModelError, resolve_model
+
+    models = {s.config.model for s in on_vllm if getattr(s.config, "model", None) is not None}
+    try:
+        import_vllm()
+        for model in sorted(models, key=str):
+            check_model(resolve_model(model))
+    except (GenerationError, ModelError) as exc:
+        fail(f"{exc}; nothing was run")
+
+
 def checked_store(run_store: RunStore) -> RunStore:
     """The store, if this ablate reads it as written (else the error says what to run)."""
     try:
@@ -405,6 +429,7 @@ def grid(file: Path = typer.Argument(..., help="Grid spec (YAML)"),
                 check_training_lengths(plan)
         except SpecError as exc:
             fail(f"{file}: {exc}")
+        check_engine(plan, run_store)
     if submit:
         from ablate.launch.default_profile import resolve_profile
         from ablate.launch.slurm import submit_from_cli

@@ -28,8 +28,10 @@ from ablate.evals.gsm8k import is_correct
 from ablate.evals.mmlu import LETTERS, build_user_turn
 from ablate.generate import SamplingParams, chat_prompt
 from ablate.generate.hf import HFBackend
+from ablate.spec.steps import EvalStep
 
 STOP = GSM8K_STOP["full"]
+MAX_NEW_TOKENS = 512
 
 
 def lm_eval_task_yaml(folder: Path, name: str, data: Path, body: str) -> None:
@@ -59,44 +61,63 @@ def run_lm_eval(model, tokenizer, folder: Path, task: str, batch_size: int, limi
     return clock.seconds, samples
 
 
-def main(argv=None) -> dict:
-    parser = benchmark_parser(__doc__, quick_help="fewer items (CPU, < 5 min)")
+def parse_args(doc: str, argv=None):
+    parser = benchmark_parser(doc, quick_help="fewer items (CPU, < 5 min)")
     parser.add_argument("--gsm8k-items", type=int)
     parser.add_argument("--mmlu-items", type=int)
     parser.add_argument("--lm-eval-batch-size", type=int, default=8)
     args = parser.parse_args(argv)
-    n_gsm8k = args.gsm8k_items or (8 if args.quick else 40)
-    n_mmlu = args.mmlu_items or (100 if args.quick else 500)
+    args.gsm8k_items = args.gsm8k_items or (8 if args.quick else 40)
+    args.mmlu_items = args.mmlu_items or (100 if args.quick else 500)
+    return args
+
+
+def items_and_prompts(backend, model_dir: Path, n_gsm8k: int, n_mmlu: int):
+    """The first GSM8k and MMLU items of the paper protocol, and their prompts as ablate builds
+    them (``backend`` gives the tokenizer)."""
+    env = EvalEnv(model_dir=model_dir, _backend=backend,
+                  config=EvalStep(benchmark="gsm8k", protocol="paper", seed=1))
+    gsm8k, mmlu = get_benchmark("gsm8k"), get_benchmark("mmlu")
+    gsm_items, _ = load_items(gsm8k, "paper", n_gsm8k)
+    mmlu_items, _ = load_items(mmlu, "paper", n_mmlu)
+    mmlu_prompts = [chat_prompt(backend.tokenizer, build_user_turn(i, [], "paper"),
+                                "The answer is:") for i in mmlu_items]
+    return gsm_items, gsm8k.prompts(gsm_items, env), mmlu_items, mmlu_prompts
+
+
+def write_lm_eval_tasks(folder: Path, gsm_items, gsm_prompts, mmlu_items, mmlu_prompts) -> None:
+    """lm-eval tasks ``ablate_gsm8k`` and ``ablate_mmlu`` on these prompts, in ``folder``."""
+    gsm_data, mmlu_data = folder / "gsm8k.jsonl", folder / "mmlu.jsonl"
+    gsm_data.write_text("".join(json.dumps({"prompt": p, "target": i["target"]}) + "\n"
+                                for p, i in zip(gsm_prompts, gsm_items)))
+    mmlu_data.write_text("".join(json.dumps({"prompt": p, "answer": i["answer"]}) + "\n"
+                                 for p, i in zip(mmlu_prompts, mmlu_items)))
+    until = json.dumps(list(STOP))
+    lm_eval_task_yaml(folder, "ablate_gsm8k", gsm_data,
+                      "output_type: generate_until\ndoc_to_target: \"{{target}}\"\n"
+                      f"generation_kwargs:\n  until: {until}\n  do_sample: false\n"
+                      f"  max_gen_toks: {MAX_NEW_TOKENS}\nmetric_list:\n  - metric: exact_match\n")
+    lm_eval_task_yaml(folder, "ablate_mmlu", mmlu_data,
+                      "output_type: multiple_choice\ndoc_to_target: answer\n"
+                      "doc_to_choice: [\"A\", \"B\", \"C\", \"D\"]\ntarget_delimiter: \" \"\n"
+                      "metric_list:\n  - metric: acc\n")
+
+
+def main(argv=None) -> dict:
+    args = parse_args(__doc__, argv)
+    n_gsm8k, n_mmlu = args.gsm8k_items, args.mmlu_items
 
     model_dir = resolve_model(args.model)
     backend = HFBackend(model_dir)
     tokenizer, model = backend.tokenizer, backend.model
-    env = EvalEnv(model_dir=model_dir, _backend=backend)
-    gsm8k, mmlu = get_benchmark("gsm8k"), get_benchmark("mmlu")
-    gsm_items, _ = load_items(gsm8k, "paper", n_gsm8k)
-    mmlu_items, _ = load_items(mmlu, "paper", n_mmlu)
-    gsm_prompts = gsm8k.prompts(gsm_items, env)
-    mmlu_prompts = [chat_prompt(tokenizer, build_user_turn(i, [], "paper"), "The answer is:")
-                    for i in mmlu_items]
+    gsm_items, gsm_prompts, mmlu_items, mmlu_prompts = items_and_prompts(
+        backend, model_dir, n_gsm8k, n_mmlu)
     report: dict = {"benchmark": "eval_vs_lmeval", "model": str(args.model), **run_context(),
                     "quick": args.quick}
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        gsm_data, mmlu_data = folder / "gsm8k.jsonl", folder / "mmlu.jsonl"
-        gsm_data.write_text("".join(json.dumps({"prompt": p, "target": i["target"]}) + "\n"
-                                    for p, i in zip(gsm_prompts, gsm_items)))
-        mmlu_data.write_text("".join(json.dumps({"prompt": p, "answer": i["answer"]}) + "\n"
-                                     for p, i in zip(mmlu_prompts, mmlu_items)))
-        until = json.dumps(list(STOP))
-        lm_eval_task_yaml(folder, "ablate_gsm8k", gsm_data,
-                          "output_type: generate_until\ndoc_to_target: \"{{target}}\"\n"
-                          f"generation_kwargs:\n  until: {until}\n  do_sample: false\n"
-                          "  max_gen_toks: 512\nmetric_list:\n  - metric: exact_match\n")
-        lm_eval_task_yaml(folder, "ablate_mmlu", mmlu_data,
-                          "output_type: multiple_choice\ndoc_to_target: answer\n"
-                          "doc_to_choice: [\"A\", \"B\", \"C\", \"D\"]\ntarget_delimiter: \" \"\n"
-                          "metric_list:\n  - metric: acc\n")
+        write_lm_eval_tasks(folder, gsm_items, gsm_prompts, mmlu_items, mmlu_prompts)
 
         # Warm both code paths (first calls pay one-time allocation and dispatch costs).
         backend.generate(gsm_prompts[:1], SamplingParams(max_new_tokens=2, stop=STOP))
@@ -104,7 +125,8 @@ def main(argv=None) -> dict:
 
         # ---- GSM8k
         with Clock() as clock:
-            ours = backend.generate(gsm_prompts, SamplingParams(max_new_tokens=512, stop=STOP))
+            ours = backend.generate(gsm_prompts, SamplingParams(max_new_tokens=MAX_NEW_TOKENS,
+                                                                stop=STOP))
         ours_s = clock.seconds
         theirs_s, samples = run_lm_eval(model, tokenizer, folder, "ablate_gsm8k",
                                         args.lm_eval_batch_size, n_gsm8k)

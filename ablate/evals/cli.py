@@ -110,8 +110,10 @@ def check_local_judges(judges: dict[str, JudgeSpec | None], protocol: str) -> No
 
 def run_suite(model: str, benchmarks: list[str], protocol: str, out: Path, limit: int | None = None,
               data_dir: Path | None = None, judge: str | None = None,
-              max_new_tokens: int | None = None, seed: int | None = None) -> dict:
-    """Run each benchmark; one that fails is recorded with its error and the others still run."""
+              max_new_tokens: int | None = None, seed: int | None = None,
+              engine: str = "auto") -> dict:
+    """Run each benchmark; one that fails is recorded with its error and the others still run.
+    ``engine``: the generation engine (``ablate.generate.load_backend``)."""
     from ablate.evals import get_benchmark
     from ablate.evals.runner import evaluate_benchmark
     from ablate.models import resolve_model
@@ -123,13 +125,13 @@ def run_suite(model: str, benchmarks: list[str], protocol: str, out: Path, limit
     check_local_judges(judges, protocol)
     model_spec = model_spec_for(model)
     model_dir = resolve_model(model_spec, fetch=True)  # downloaded here: steps read the cache
-    backend = None
+    from ablate.generate import load_backend
+
+    # loaded once, shared by every benchmark; before any runs, so that an engine that cannot
+    # load the model is one error, not one per benchmark
+    backend = load_backend(model_dir, engine)
 
     def evaluate(name: str):
-        nonlocal backend
-        if backend is None:  # loaded once, shared by every benchmark
-            from ablate.generate import load_backend
-            backend = load_backend(model_dir)
         config = eval_config(settings, name, model=model_spec, judge=judges[name])
         return evaluate_benchmark(config, model_dir, out / name, data_dir=data_dir,
                                   cache_dir=out / ".cache", backend=backend,
@@ -240,6 +242,8 @@ def eval_command(
                                             "$ABLATE_JUDGES or ./judges.yaml, or string_match"),
         max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens"),
         seed: Optional[int] = typer.Option(None, "--seed", help="[default: a grid's eval seed]"),
+        engine: str = typer.Option("auto", "--engine", help="hf (transformers), vllm, or auto: "
+                                   "$ABLATE_ENGINE, else vLLM on a GPU where installed, else hf"),
         outputs: Optional[Path] = typer.Option(
             None, "--outputs", help="Score this JSONL file of outputs made elsewhere instead of "
             "a model (lines: benchmark, item_id, output)"),
@@ -250,6 +254,7 @@ def eval_command(
     """Evaluate one model on benchmarks of the paper's suite; writes OUT/<benchmark>/result.json.
     Or score a file of outputs (--outputs), or export a benchmark's items (--export-items)."""
     from ablate.evals import EvalError, benchmark_names
+    from ablate.generate import GenerationError
     from ablate.models import ModelError
 
     modes = [m for m, on in (("MODEL", model), ("--outputs", outputs),
@@ -274,8 +279,8 @@ def eval_command(
             names = [n for n in benchmark_names() if n in summary["results"] or n in summary["failed"]]
         else:
             summary = run_suite(model, names, protocol, out, limit, data_dir, judge,
-                                max_new_tokens, seed)
-    except (EvalError, ModelError, SpecError) as exc:
+                                max_new_tokens, seed, engine)
+    except (EvalError, ModelError, SpecError, GenerationError) as exc:
         console.print(f"[red]error:[/] {exc}", highlight=False)
         raise typer.Exit(2)
     label = model or str(outputs)

@@ -65,6 +65,8 @@ def evaluate_benchmark(config: EvalStep, model_dir: Path, out_dir: Path, *,
                  config.protocol, data_root or "the shipped slice")
     try:
         results = bench.evaluate(items, env)
+        # vLLM's version is part of what made a result where it generated
+        engine_libraries = ("vllm",) if getattr(env._backend, "name", None) == "vllm" else ()
     finally:
         if backend is None and env._backend is not None:  # the one this evaluation loaded
             env._backend.close()
@@ -97,7 +99,7 @@ def evaluate_benchmark(config: EvalStep, model_dir: Path, out_dir: Path, *,
         category_score=bench.category_score(summary.value),
         secondary={k: _plain_number(v) for k, v in summary.secondary.items()},
         n_items=len(results), n_failed=summary.n_failed, limit=config.limit,
-        versions=library_versions(CORE_LIBRARIES + bench.libraries),
+        versions=library_versions(CORE_LIBRARIES + bench.libraries + engine_libraries),
         data_revision=bench.data_revision,
         data_source=config.module or (str(data_root) if data_root else "shipped slice"),
         sampler=config.sampler.model_dump(mode="json"),

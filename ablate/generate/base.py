@@ -116,10 +116,21 @@ def chat_prompt(tokenizer, user: str, assistant_prefix: str = "",
     return text + assistant_prefix
 
 
+ENGINE_VARIABLE = "ABLATE_ENGINE"  # what ``auto`` means where it is set: hf or vllm
+ENGINES = ("auto", "hf", "vllm")
+
+
 def load_backend(model_dir: Path | str, kind: str = "auto", **options) -> Backend:
-    """``vllm`` when requested (or ``auto`` on a GPU machine with vllm installed), else transformers."""
-    if kind not in ("auto", "hf", "vllm"):
-        raise GenerationError(f"unknown backend {kind!r}; valid: auto, hf, vllm")
+    """The engine ``kind`` names. ``auto``: ``$ABLATE_ENGINE`` where set, else vLLM on a GPU
+    machine where it is installed, else transformers (on a CPU, transformers: perf/RESULTS.md,
+    vLLM against lm-eval)."""
+    import os
+
+    if kind == "auto":
+        kind = os.environ.get(ENGINE_VARIABLE) or "auto"
+    if kind not in ENGINES:
+        raise GenerationError(f"unknown engine {kind!r} (argument or ${ENGINE_VARIABLE}); "
+                              f"valid: {', '.join(ENGINES)}")
     if kind == "vllm" or (kind == "auto" and _vllm_usable()):
         from ablate.generate.vllm_backend import VLLMBackend
         return VLLMBackend(model_dir, **options)

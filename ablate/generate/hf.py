@@ -32,6 +32,18 @@ from ablate.generate.base import (
 from ablate.generate.hf_cache import ATTENTION, growing_cache, register_attention
 
 
+def _cache_field() -> str:
+    """The name of a forward's KV cache, as keyword and as output field: ``cache`` since
+    transformers 5.24, ``past_key_values`` before (the transformers that vLLM's CPU build pins)."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    fields = CausalLMOutputWithPast.__dataclass_fields__
+    return "cache" if "cache" in fields else "past_key_values"
+
+
+CACHE = _cache_field()
+
+
 def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
     if not seqs:
         return 0
@@ -200,7 +212,7 @@ class _DecodeBatch:
         cache = (backend._expanded_cache(self.prefix_kv, n, room) if self.prefix_kv
                  else growing_cache(room))
         out = backend.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                            cache=cache, use_cache=True, logits_to_keep=1)
+                            **{CACHE: cache}, use_cache=True, logits_to_keep=1)
         return cache, mask.bool(), out.logits[:, -1, :]
 
     def _place(self, cache, mask: torch.Tensor, live: list[int], rows: list[_Row],
@@ -256,7 +268,7 @@ class _DecodeBatch:
         start = self._ensure_room(width)
         self.valid[:, start:start + width] = True
         out = self.backend.model(input_ids=ids, attention_mask=self.valid[:, :start + width],
-                                 position_ids=positions, cache=self.cache, use_cache=True)
+                                 position_ids=positions, **{CACHE: self.cache}, use_cache=True)
         if self.params.greedy:
             choices = out.logits.argmax(dim=-1).tolist()
         else:
@@ -370,7 +382,7 @@ class HFBackend:
     def _prefix_cache(self, prefix: list[int]):
         out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True,
                          logits_to_keep=1)
-        return [(layer.keys, layer.values) for layer in out.cache.layers]
+        return [(layer.keys, layer.values) for layer in getattr(out, CACHE).layers]
 
     def _expanded_cache(self, prefix_kv, rows: int, capacity: int | None = None):
         from transformers import DynamicCache
@@ -510,7 +522,7 @@ class HFBackend:
                 scores[k] = float(first[o[0]])
             if longest == 1:
                 continue
-            kv = [(layer.keys, layer.values) for layer in out.cache.layers]
+            kv = [(layer.keys, layer.values) for layer in getattr(out, CACHE).layers]
             cache = self._expanded_cache(kv, len(members))
             width = longest - 1  # the last token of an option is predicted, never fed
             ids = torch.full((len(members), width), self.pad_id, dtype=torch.long)
@@ -520,7 +532,7 @@ class HFBackend:
                 mask[m, len(context) + len(o) - 1:] = 0
             positions = torch.arange(len(context), len(context) + width).expand(len(members), -1)
             logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                position_ids=positions.to(self.device), cache=cache,
+                                position_ids=positions.to(self.device), **{CACHE: cache},
                                 use_cache=True).logits.float()
             logprobs = torch.log_softmax(logits, dim=-1)
             for m, (k, o) in enumerate(zip(members, options)):

@@ -525,10 +525,10 @@ def train_ppo(policy_dir: Path, rows: Sequence[dict], cfg: PPOConfig, seed: int,
         start = _load(found, policy, value_model, policy_opt, value_opt, schedulers, seed)
         log.info("resuming PPO from %s (iteration %d of %d)", found, start, total)
     backend = cfg.rollout_engine
-    if backend == "vllm" and not (vllm_usable() and device.type == "cuda"):
-        raise TrainingError("rollout_engine vllm needs vLLM and a CUDA GPU (pip install -e "
-                            "'.[vllm]'); set rollout_engine: transformers to sample with "
-                            "transformers")
+    if backend == "vllm" and not vllm_usable():
+        raise TrainingError("rollout_engine vllm needs vLLM, which is not installed here: "
+                            "make setup-vllm (README, Install); or set rollout_engine: "
+                            "transformers to sample with transformers")
     if backend == "vllm" and fsdp.world_size() > 1:
         raise TrainingError("vLLM rollouts are not wired for a sharded (multi-process) PPO run: "
                             "set rollout_engine: transformers or run one process")
@@ -536,39 +536,43 @@ def train_ppo(policy_dir: Path, rows: Sequence[dict], cfg: PPOConfig, seed: int,
                          + cfg.max_response_length) if backend == "vllm" else None
     metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=start)
     last: dict = {}
-    for iteration in range(start, total):
-        prompts: list[PromptItem] = [items[i] for i in batches[iteration]]
-        rollout_seed = derive_seed(seed, "rollout", iteration)
-        began = time.perf_counter()
-        if vllm is not None:
-            rollout = vllm.generate(policy_lm, prompts, temperature=cfg.temperature,
-                                    max_new_tokens=cfg.max_response_length, seed=rollout_seed,
-                                    top_k=cfg.top_k)
-        else:
-            rollout = _generate(policy, policy_lm, tokenizer, prompts, cfg, rollout_seed)
-        generation_seconds = time.perf_counter() - began
-        began = time.perf_counter()
-        scores = scorer(prompts, rollout.texts).float()
-        stats = _train_on_rollout(policy, reference, value_model, (policy_opt, value_opt),
-                                  schedulers, rollout, scores, [p.index for p in prompts], cfg,
-                                  device, seed, iteration)
-        training_seconds = time.perf_counter() - began
-        response_tokens = int(rollout.response_mask.sum())
-        last = {"step": iteration + 1, **stats, "prompts": len(prompts),
-                "response_tokens": response_tokens,
-                "generation_seconds": round(generation_seconds, 4),
-                "training_seconds": round(training_seconds, 4),
-                "rollout_tokens_per_second": round(response_tokens / generation_seconds, 2)}
-        metrics.write(last)
-        progress(iteration + 1, total, "ppo")
-        stop = stop_agreed()
-        if iteration + 1 < total and (stop or (iteration + 1) % cfg.save_every_steps == 0):
-            _save(checkpoints, iteration + 1, policy, value_model, policy_opt, value_opt,
-                  schedulers, {"total": total})
-            if stop:
-                raise Stopped(iteration + 1, "iteration")
-        if stop_after is not None and iteration + 1 >= stop_after:
-            raise StopRequested(f"stopped after iteration {iteration + 1}")
+    try:
+        for iteration in range(start, total):
+            prompts: list[PromptItem] = [items[i] for i in batches[iteration]]
+            rollout_seed = derive_seed(seed, "rollout", iteration)
+            began = time.perf_counter()
+            if vllm is not None:
+                rollout = vllm.generate(policy_lm, prompts, temperature=cfg.temperature,
+                                        max_new_tokens=cfg.max_response_length, seed=rollout_seed,
+                                        top_k=cfg.top_k)
+            else:
+                rollout = _generate(policy, policy_lm, tokenizer, prompts, cfg, rollout_seed)
+            generation_seconds = time.perf_counter() - began
+            began = time.perf_counter()
+            scores = scorer(prompts, rollout.texts).float()
+            stats = _train_on_rollout(policy, reference, value_model, (policy_opt, value_opt),
+                                      schedulers, rollout, scores, [p.index for p in prompts], cfg,
+                                      device, seed, iteration)
+            training_seconds = time.perf_counter() - began
+            response_tokens = int(rollout.response_mask.sum())
+            last = {"step": iteration + 1, **stats, "prompts": len(prompts),
+                    "response_tokens": response_tokens,
+                    "generation_seconds": round(generation_seconds, 4),
+                    "training_seconds": round(training_seconds, 4),
+                    "rollout_tokens_per_second": round(response_tokens / generation_seconds, 2)}
+            metrics.write(last)
+            progress(iteration + 1, total, "ppo")
+            stop = stop_agreed()
+            if iteration + 1 < total and (stop or (iteration + 1) % cfg.save_every_steps == 0):
+                _save(checkpoints, iteration + 1, policy, value_model, policy_opt, value_opt,
+                      schedulers, {"total": total})
+                if stop:
+                    raise Stopped(iteration + 1, "iteration")
+            if stop_after is not None and iteration + 1 >= stop_after:
+                raise StopRequested(f"stopped after iteration {iteration + 1}")
+    finally:
+        if vllm is not None:  # the engine's memory goes back when the step ends, however
+            vllm.close()
     fsdp.save_pretrained(policy, policy_lm, tokenizer, out_dir / "model", fsdp.save_dtype(device))
     summary = {"iterations": total, "resumed_from": start, "prompts": len(items),
                "prompts_dropped": dict(skipped),

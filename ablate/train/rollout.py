@@ -209,27 +209,55 @@ def generate_transformers(model, tokenizer, prompts: Sequence[PromptItem], *, te
 
 
 class VLLMGenerator:
-    """Rollouts with vLLM on a GPU, the policy's weights pushed into the engine each iteration.
+    """Rollouts with vLLM (``ablate.generate.vllm_backend``'s engine, in this process), the
+    policy's current weights loaded into the engine's model before each batch is sampled.
 
-    Only used when vllm is importable and CUDA is there; it has not been run in this project's
-    CPU-only checks, so a failure here names itself rather than falling back silently."""
+    float32 on a CPU, as the trainer computes there; bfloat16 on a GPU. ``close`` stops the engine
+    and gives its memory back (PPO calls it when the step ends)."""
 
     def __init__(self, model_dir, tokenizer, max_model_len: int, gpu_memory_utilization=0.3):
-        from vllm import LLM
+        from ablate.generate.base import GenerationError
+        from ablate.generate.vllm_backend import start_engine
 
         self.tokenizer = tokenizer
-        self.llm = LLM(model=str(model_dir), max_model_len=max_model_len, enforce_eager=True,
-                       gpu_memory_utilization=gpu_memory_utilization, dtype="bfloat16")
+        try:
+            self.llm = start_engine(model_dir, max_model_len=max_model_len,
+                                    gpu_memory_utilization=gpu_memory_utilization,
+                                    dtype="bfloat16" if torch.cuda.is_available() else "auto")
+        except GenerationError as exc:
+            raise TrainingError(f"rollout_engine vllm: {exc}") from None
+
+    def close(self) -> None:
+        from ablate.generate.vllm_backend import stop_engine
+
+        llm, self.llm = self.llm, None
+        stop_engine(llm)
 
     def sync_weights(self, policy) -> None:
+        """Load ``policy``'s parameters into the engine's model and drop the prefix cache computed
+        with the old ones. vLLM's in-place reload takes them by their transformers names and
+        redoes what loading does after the checkpoint is read (its CPU layers repack their
+        weights, so a plain ``load_weights`` on the running model fails)."""
         weights = [(name, p.detach()) for name, p in policy.state_dict().items()]
         try:
-            engine_model = (self.llm.llm_engine.model_executor.driver_worker.worker
-                            .model_runner.model)
-            engine_model.load_weights(weights)
+            self.llm.collective_rpc("reload_weights",
+                                    kwargs={"weights_iterator": iter(weights)})
         except AttributeError as exc:
-            raise TrainingError("this vLLM version does not expose its model for in-place weight "
-                                f"sync ({exc}); set rollout_engine: transformers") from None
+            raise TrainingError("this vLLM version cannot reload weights in place "
+                                f"({exc}); set rollout_engine: transformers") from None
+        self.llm.reset_prefix_cache()
+
+    def continuation_logprobs(self, prompt_ids: Sequence[int], continuation: Sequence[int]
+                              ) -> list[float]:
+        """The engine's log p(continuation token | everything before it), token by token: what
+        its current weights give, for checking them against the trainer's."""
+        from vllm import SamplingParams
+
+        whole = [int(i) for i in prompt_ids] + [int(i) for i in continuation]
+        out = self.llm.generate([{"prompt_token_ids": whole}],
+                                SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)
+        logprobs = out[0].prompt_logprobs
+        return [logprobs[t][whole[t]].logprob for t in range(len(prompt_ids), len(whole))]
 
     def generate(self, policy, prompts: Sequence[PromptItem], *, temperature: float,
                  max_new_tokens: int, seed: int, top_k: int = 0) -> Rollout:
@@ -254,7 +282,8 @@ class VLLMGenerator:
 
 
 def vllm_usable() -> bool:
-    return torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
+    """vLLM is installed: its CUDA build on a GPU, its CPU build elsewhere (make setup-vllm)."""
+    return importlib.util.find_spec("vllm") is not None
 
 
 # ---------------------------------------------------------------- rewards
