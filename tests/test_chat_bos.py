@@ -315,10 +315,12 @@ def test_encoding_for_generation_is_unchanged_without_an_added_bos(renders_bos, 
 
 
 class FakeLLM:
-    """Records the token ids vLLM would get; a prompt token's log-prob is its position."""
+    """Records the token ids vLLM would get; a prompt token's log-prob is its position; every
+    request generates the ids of "five"."""
 
-    def __init__(self):
+    def __init__(self, tokenizer):
         self.prompts = []
+        self.five = tokenizer("five", add_special_tokens=False)["input_ids"]
 
     def generate(self, inputs, sampling, use_tqdm=False):
         self.prompts.extend(p["prompt_token_ids"] for p in inputs)
@@ -328,8 +330,9 @@ class FakeLLM:
             ids = p["prompt_token_ids"]
             logprobs = [None] + [{tok: SimpleNamespace(logprob=float(t))}
                                  for t, tok in enumerate(ids) if t > 0]
-            outputs.append(SimpleNamespace(prompt_logprobs=logprobs,
-                                           outputs=[SimpleNamespace(text="five")]))
+            outputs.append(SimpleNamespace(
+                prompt_token_ids=ids, prompt_logprobs=logprobs,
+                outputs=[SimpleNamespace(text="five", token_ids=self.five)]))
         return outputs
 
 
@@ -345,19 +348,21 @@ def fake_vllm(monkeypatch):
 
 
 def test_vllm_samples_each_prompt_from_its_own_seed(fake_vllm, smollm2):
-    """vLLM draws sample j of a request from seed + j: one seed for all prompts would share
-    streams across prompts and let run seed s + 1 replay seed s's samples."""
+    """Each sample of each prompt is its own request with its own seed: one seed for all
+    prompts would share streams across prompts, and seeds s + j would let run seed s + 1 replay
+    seed s's samples."""
     from ablate.generate.vllm_backend import VLLMBackend
 
     backend = VLLMBackend.__new__(VLLMBackend)
-    backend.tokenizer, backend.llm = smollm2, FakeLLM()
+    backend.tokenizer, backend.llm, backend.max_model_len = smollm2, FakeLLM(smollm2), 2048
     prompts = ["say hi", "say bye", "say hi"]
-    backend.generate(prompts, SamplingParams(max_new_tokens=4, n=3, temperature=0.8, seed=1))
+    out = backend.generate(prompts, SamplingParams(max_new_tokens=4, n=3, temperature=0.8, seed=1))
+    assert out == [["five"] * 3] * 3
     first = [params.seed for params in backend.llm.sampling]
-    assert len(set(first)) == 3 and all(params.n == 3 for params in backend.llm.sampling)
+    assert len(first) == 9 and len(set(first)) == 9
     backend.generate(prompts, SamplingParams(max_new_tokens=4, n=3, temperature=0.8, seed=2))
     second = [params.seed for params in backend.llm.sampling]
-    assert not {s + j for s in first for j in range(3)} & {s + j for s in second for j in range(3)}
+    assert not set(first) & set(second)
     backend.generate(prompts, SamplingParams(max_new_tokens=4))
     assert all(params.seed is None for params in backend.llm.sampling)  # greedy
 
@@ -367,9 +372,13 @@ def test_vllm_backend_feeds_and_scores_the_same_ids(fake_vllm, tulu, smollm2):
 
     for tokenizer in (tulu, smollm2):
         backend = VLLMBackend.__new__(VLLMBackend)
-        backend.tokenizer, backend.llm = tokenizer, FakeLLM()
+        backend.tokenizer, backend.llm, backend.max_model_len = tokenizer, FakeLLM(tokenizer), 2048
         prompt = chat_prompt(tokenizer, "say hi")
-        assert backend.generate([prompt], SamplingParams(max_new_tokens=4)) == [["five"]]
+        # the reply is the generated ids decoded after the prompt, as the transformers backend
+        # decodes its own
+        expected = decode_after(tokenizer, encode_prompt(tokenizer, prompt), backend.llm.five)
+        assert expected.strip() == "five"
+        assert backend.generate([prompt], SamplingParams(max_new_tokens=4)) == [[expected]]
         assert backend.llm.prompts == [encode_prompt(tokenizer, prompt)]
         context = prompt + "the answer is "
         [scores] = backend.loglikelihood([(context, ["five", "four or six"])])

@@ -368,9 +368,9 @@ def save_pretrained(root: nn.Module, hf_model: nn.Module, tokenizer, target: Pat
     if is_main_process():
         # the config names the model's dtype (fp32 while it trains); what "auto" loads is the
         # dtype the weights were written in
-        config = json.loads((tmp / "config.json").read_text())
-        config["dtype"] = str(dtype).removeprefix("torch.")
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        saved = json.loads((tmp / "config.json").read_text())
+        saved["dtype"] = str(dtype).removeprefix("torch.")
+        (tmp / "config.json").write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
         tokenizer.save_pretrained(tmp)
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)

@@ -71,12 +71,11 @@ def test_eval_command_records_failures_and_continues(tiny_model_dir, tmp_path, m
 
     monkeypatch.setenv("ABLATE_DATA_DIR", str(tmp_path / "none"))
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, [str(tiny_model_dir), "--benchmarks", "gsm8k,xstest",
-                                      "--limit", "2", "--max-new-tokens", "4", "--out", str(out),
-                                      "--judge", "string_match"])
-    assert result.exit_code == 1, result.output  # xstest has no slice here: recorded as failed
+    result = CliRunner().invoke(app, [str(tiny_model_dir), "--benchmarks", "gsm8k,ifeval",
+                                      "--limit", "2", "--max-new-tokens", "4", "--out", str(out)])
+    assert result.exit_code == 1, result.output  # ifeval has no slice here: recorded as failed
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["results"]) == {"gsm8k"} and "xstest" in summary["failed"]
-    assert "ABLATE_DATA_DIR" in json.loads((out / "xstest" / "error.json").read_text())["error"]
+    assert set(summary["results"]) == {"gsm8k"} and "ifeval" in summary["failed"]
+    assert "ABLATE_DATA_DIR" in json.loads((out / "ifeval" / "error.json").read_text())["error"]
     bad = CliRunner().invoke(app, [str(tiny_model_dir), "--benchmarks", "gsm9k", "--out", str(out)])
     assert bad.exit_code == 2 and "unknown benchmark" in bad.output
