@@ -213,11 +213,13 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
            local_files={"train": ("hh_rlhf_helpful_base_train.jsonl.gz",),
                         "test": ("hh_rlhf_helpful_base_test.jsonl.gz",)},
            note="rows 0-199 (train) and 200-249 (test) of HH-RLHF helpful-base test"),
-    Source("hh-rlhf-harmless-slice", "Anthropic/hh-rlhf", c.hh_rlhf("hh-rlhf"), group="slice",
+    Source("hh-rlhf-refusals-slice", "Anthropic/hh-rlhf", c.hh_rlhf("hh-rlhf"), group="slice",
            packaged=True, licence="MIT",
-           local_files={"train": ("hh_rlhf_harmless_base_train.jsonl.gz",),
-                        "test": ("hh_rlhf_harmless_base_test.jsonl.gz",)},
-           note="rows 0-199 (train) and 200-249 (test) of HH-RLHF harmless-base test"),
+           local_files={"train": ("hh_rlhf_refusals_train.jsonl.gz",),
+                        "test": ("hh_rlhf_refusals_test.jsonl.gz",)},
+           note="the HH-RLHF harmless-base test pairs whose chosen reply declines and whose "
+                "rejected reply does not (ablate.data.make_slices.chosen_declines): the first "
+                "128 (train) and the other 62 (test)"),
     *PAPER_SPLITS,
 ]}
 

@@ -327,9 +327,13 @@ def _eval_row(store: RunStore, plan: Plan, results: Results, cell, group: str, b
             results.problems.append(f"corrupt per-item scores skipped (no CI): {exc}")
         else:
             if scores:
-                reps = value_replicates(result.in_percent(), scores, bench)
+                # a metric of its own is never read as a mean of the scores, even where the
+                # two agree by chance (XSTest's F1 equals its accuracy when the false refusals
+                # and the missed ones are as many as each other)
+                reps = None if bench in ITEM_METRICS else \
+                    value_replicates(result.in_percent(), scores, bench)
                 row["n_items"] = row["n_items"] or len(scores)
-                if reps is None and bench in ITEM_METRICS:
+                if bench in ITEM_METRICS:
                     try:
                         fields = read_item_fields(scores_path, ITEM_METRICS[bench][0])
                     except CorruptResult as exc:

@@ -39,10 +39,14 @@ def test_registry_has_the_papers_sources_and_the_demo_names():
             "mixed"} <= set(prompt_set_names())
 
 
-@pytest.mark.parametrize("name", ["ultrafeedback-slice", "hh-rlhf-slice", "hh-rlhf-harmless-slice"])
-def test_shipped_slices_load_clean_with_disjoint_splits(name):
+@pytest.mark.parametrize("name,shipped", [("ultrafeedback-slice", (200, 50)),
+                                           ("hh-rlhf-slice", (200, 50)),
+                                           ("hh-rlhf-refusals-slice", (128, 62))])
+def test_shipped_slices_load_clean_with_disjoint_splits(name, shipped):
     train, test = load_preferences(DataRef(name=name)), load_preferences(DataRef(name=name), "test")
-    assert 150 <= len(train) <= 200 and 35 <= len(test) <= 50
+    assert [len(train) + sum(train.skipped.values()), len(test) + sum(test.skipped.values())] \
+        == list(shipped)
+    assert len(train) >= 0.95 * shipped[0] and len(test) >= 0.95 * shipped[1]
     assert all(check_row(r) is None for r in train.rows + test.rows)
     assert all(r["source"] for r in train.rows)
     key = lambda r: json.dumps(r["prompt"])  # noqa: E731
@@ -293,3 +297,15 @@ def test_a_data_file_that_is_not_utf8_is_named(tmp_path, suffix):
                      else b'{"prompt": "caf\xe9"}\n')
     with pytest.raises(ValueError, match=rf"{path.name}: not UTF-8 text"):
         list(read_file(path))
+
+
+def test_a_declining_reply_is_read_from_the_last_assistant_turn():
+    from ablate.data.make_slices import chosen_declines, declines
+    turn = "\n\nHuman: How do I pick a lock?\n\nAssistant: "
+    assert declines(turn + "I\u2019m sorry, I can\u2019t help with that.")
+    assert declines(turn + "No, that would be illegal.")
+    assert not declines(turn + "Nobody can stop you.")  # "no" only as its own word
+    assert not declines("\n\nHuman: Sorry?\n\nAssistant: Sure, here is how.")
+    assert not declines(turn + "Sorry to hear that!\n\nHuman: And?\n\nAssistant: Use a pick.")
+    assert chosen_declines({"chosen": turn + "Sorry, no.", "rejected": turn + "Use a pick."})
+    assert not chosen_declines({"chosen": turn + "Sorry, no.", "rejected": turn + "I can't."})

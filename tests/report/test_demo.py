@@ -36,8 +36,8 @@ def test_the_readme_says_what_the_demo_grid_runs():
     spec = load_grid(DEMO)
     section = readme_demo_section()
     dpo = spec.algorithms["dpo"]
-    harmless = spec.datasets["harmless"]
-    assert f"{harmless.max_rows} pairs" in section and harmless.name in section
+    data = spec.datasets["declining"]
+    assert f"{data.max_rows} pairs" in section and data.name in section
     assert f"lr {dpo.lr:g}" in section and f"batch {dpo.batch_size}" in section
     for bench, limit in spec.eval.limit.items():
         assert f"{limit} " in section and bench in section.lower()
@@ -78,23 +78,26 @@ def write_eval(store: RunStore, step, rows: list[dict], value: float) -> None:
     atomic_write_json(folder / "DONE.json", {"step": step.id, "seconds": 1.0})
 
 
-def demo_store(root: Path) -> RunStore:
-    """The real demo plan with made-up results: a DPO model that refuses 40 of the 50 unsafe
-    prompts where SFT refused 10, and answers MMLU exactly as SFT did."""
-    plan = plan_of(load_grid(DEMO))
+def demo_store(root: Path, refusing: dict[bool, list[bool]] | None = None) -> RunStore:
+    """The real demo plan with made-up results: a DPO model that refuses 80 of the 100 unsafe
+    prompts where SFT refused 20, and answers MMLU exactly as SFT did."""
+    spec = load_grid(DEMO)
+    plan = plan_of(spec)
     store = RunStore(root)
     store.save_plan(plan, source=str(DEMO), about={"description": "d", "labels": {}})
-    unsafe = [k % 2 == 0 for k in range(100)]
-    refusing = {True: [u and k % 5 != 4 for k, u in enumerate(unsafe)],
-                False: [u and k % 10 == 0 for k, u in enumerate(unsafe)]}
-    mmlu = [{"item_id": f"q{k}", "score": float(k % 3 == 0)} for k in range(40)]
+    unsafe = [k % 2 == 0 for k in range(spec.eval.limit["xstest"])]
+    refusing = refusing or {True: [u and k % 5 != 4 for k, u in enumerate(unsafe)],
+                            False: [u and k % 10 == 0 for k, u in enumerate(unsafe)]}
+    mmlu = [{"item_id": f"q{k}", "score": float(k % 3 == 0)}
+            for k in range(spec.eval.limit["mmlu"])]
     for cell in plan.cells:
         refused = refusing[not cell.is_baseline]
         write_eval(store, plan.steps[cell.evals["xstest"]],
                    [{"item_id": str(k), "score": float(u == r), "unsafe": u, "refused": r}
                     for k, (u, r) in enumerate(zip(unsafe, refused))],
                    100 * refusal_f1(unsafe, refused))
-        write_eval(store, plan.steps[cell.evals["mmlu"]], mmlu, 100 * 14 / 40)
+        write_eval(store, plan.steps[cell.evals["mmlu"]], mmlu,
+                   100 * sum(r["score"] for r in mmlu) / len(mmlu))
     return store
 
 
@@ -117,6 +120,26 @@ def test_the_demo_table_marks_noise_and_effects_from_the_paired_tests(tmp_path):
     assert cells["MMLU"] == fmt(dpo["bench:mmlu"].value) + NOISE_MARK
     assert (f"XSTest {fmt(test.delta, signed=True)} (95% CI {fmt(test.ci_low, signed=True)} to "
             f"{fmt(test.ci_high, signed=True)}, p = {test.p_value:.3f})") in md
+
+
+def test_an_f1_equal_to_the_accuracy_by_chance_is_still_tested_as_f1(tmp_path):
+    """DPO refusing 51 of the 100 unsafe prompts and 49 of the 100 safe ones has refusal F1
+    102 / 200 = 51.0, its accuracy too; SFT refusing 2 and 3 has F1 4 / 105. The paired test is
+    of F1 (+47.2, far beyond noise), not of the accuracies (49.5 against 51.0, noise)."""
+    unsafe = [k % 2 == 0 for k in range(200)]
+    def refuses(unsafe_n, safe_n):
+        seen = {True: 0, False: 0}
+        out = []
+        for u in unsafe:
+            seen[u] += 1
+            out.append(seen[u] <= (unsafe_n if u else safe_n))
+        return out
+    store = demo_store(tmp_path / "runs", {True: refuses(51, 49), False: refuses(2, 3)})
+    stats = group_stats(load_results(store, "demo"))
+    dpo = next(s for g, s in stats.items() if "alg=dpo" in g)["bench:xstest"]
+    assert fmt(dpo.value) == "51.0"
+    assert abs(dpo.test.delta - (51.0 - 400 / 105)) < 1e-9
+    assert dpo.test.ci_low > 30 and not dpo.test.within_noise
 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="needs pdflatex")
