@@ -12,10 +12,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ablate.launch.checks import (
+    check_engine, check_judges, check_model_paths, check_plan_data, check_training_lengths,
+)
 from ablate.launch.dry_run import check_resources, show_plan, step_table
 from ablate.launch.fetch import fetch_plan
 from ablate.spec import GridSpec, Plan, SpecError, check_names, expand, load_grid
-from ablate.spec.judges import missing_credentials
 from ablate.spec.plan import StoreFormatError
 from ablate.store import RunStore
 from ablate.store.store import blocked_state
@@ -33,40 +35,6 @@ StoreOption = typer.Option(None, "--store", help="Run store folder [default: $AB
 
 def store_at(path: Optional[Path]) -> RunStore:
     return RunStore(path or os.environ.get("ABLATE_STORE", "runs"))
-
-
-def check_judges(plan: Plan, run_store: RunStore) -> None:
-    """Before anything runs: every judge an unfinished eval step needs can be reached (its API
-    key is set), or one message says what is missing and how to provide it."""
-    pending = {s.config.benchmark: s.config.judge for s in plan.order()
-               if s.kind == "eval" and s.config.judge is not None and not run_store.is_done(s)}
-    problems = missing_credentials(pending, os.environ)
-    if problems:
-        fail("no usable judge, so nothing was run:\n  " + "\n  ".join(problems))
-
-
-def check_engine(plan: Plan, run_store: RunStore) -> None:
-    """Before anything runs: where an unfinished step will use vLLM (PPO's ``rollout_engine``, or
-    evals with ``$ABLATE_ENGINE=vllm``), vLLM is installed and supports each base model."""
-    from ablate.generate.base import ENGINE_VARIABLE
-
-    pending = [s for s in plan.order() if not run_store.is_done(s)]
-    on_vllm = [s for s in pending
-               if getattr(getattr(s.config, "algorithm", None), "rollout_engine", None) == "vllm"
-               or (s.kind == "eval" and os.environ.get(ENGINE_VARIABLE) == "vllm")]
-    if not on_vllm:
-        return
-    from ablate.generate import GenerationError
-    from ablate.generate.vllm_backend import check_model, import_vllm
-    from ablate.models import ModelError, resolve_model
-
-    models = {s.config.model for s in on_vllm if getattr(s.config, "model", None) is not None}
-    try:
-        import_vllm()
-        for model in sorted(models, key=str):
-            check_model(resolve_model(model))
-    except (GenerationError, ModelError) as exc:
-        fail(f"{exc}; nothing was run")
 
 
 def checked_store(run_store: RunStore) -> RunStore:
@@ -110,70 +78,14 @@ def load_checked(path: Path, check_data: bool = False,
         check_model_paths(grid)
         plan = plan_of(grid)
         if check_data:
-            check_plan_data(plan)
+            check_plan_data(plan, console)
         if check_lengths:
-            check_training_lengths(plan)
+            check_training_lengths(plan, console)
     except SpecError as exc:
         if str(path) not in str(exc):
             exc = SpecError(f"{path}: {exc}")
         fail(str(exc))
     return grid, plan
-
-
-def check_training_lengths(plan: Plan) -> None:
-    """Each training step has something its length limits keep (counted as its trainer will);
-    a step whose model or data cannot be read here is named and left to its job."""
-    from ablate.train.preflight import usable_examples
-
-    for step in plan.order():
-        if not step.kind.startswith("train"):
-            continue
-        try:
-            usable, rows, skipped = usable_examples(step)
-        except Exception as exc:  # a hub model or dataset offline: the job will read it
-            console.print(f"[yellow]note:[/] {step.name}: lengths not checked here "
-                          f"({type(exc).__name__}: {str(exc)[:160]})", highlight=False)
-            continue
-        what = "prompts" if step.kind == "train_ppo" else "pairs"
-        if not usable:
-            raise SpecError(f"{step.name}: every one of its {rows:,} rows is dropped before "
-                            f"training ({', '.join(f'{k}: {v}' for k, v in skipped.items())}); "
-                            "raise its max_length / max_prompt_length, or check its data")
-        console.print(f"{step.name}: {usable:,} of {rows:,} {what} fit its length limits",
-                      highlight=False)
-
-
-def check_plan_data(plan: Plan) -> None:
-    """Each declared file or hub dataset opened and its rows counted; a SpecError when one has
-    no usable row (nothing would train)."""
-    from ablate.data.load import DataUnavailable
-    from ablate.data.own import check_source, plan_sources
-
-    for ref, prompts in plan_sources(plan):
-        try:
-            checked = check_source(ref, prompts)
-        except DataUnavailable as exc:
-            raise SpecError(str(exc)) from None
-        usable = len(checked.rows)
-        sampled = f" (first {checked.read:,} checked)" if checked.read < checked.total else ""
-        problems = "".join(f"\n  unusable: {line}" for line in checked.describe())
-        if not usable:
-            raise SpecError(f"{checked.label}: no usable row of {checked.read:,}{problems}")
-        console.print(f"data {ref.describe()}: {checked.total:,} rows{sampled}, {usable:,} "
-                      f"usable{problems}", highlight=False)
-
-
-def check_model_paths(grid: GridSpec) -> None:
-    """A local model folder that is not there fails every step that reads it, after queueing."""
-    from ablate.models import ModelError, resolve_model
-
-    for name, model in grid.models.items():
-        if model.path is None:
-            continue
-        try:
-            resolve_model(model)
-        except ModelError as exc:
-            raise SpecError(f"grid {grid.name!r}: models.{name}.path: {exc}") from None
 
 
 @app.command()
@@ -203,7 +115,10 @@ def grid(file: Path = typer.Argument(..., help="Grid spec (YAML)"),
                 fail(str(exc))
         return
     if not dry_run:
-        check_judges(plan, run_store)
+        try:
+            check_judges(plan, run_store)
+        except SpecError as exc:
+            fail(str(exc))
         # Models and data are downloaded here, once: the steps' own processes read them offline.
         # Then, before queueing, a training step whose length limits drop every example is
         # refused.
@@ -211,10 +126,13 @@ def grid(file: Path = typer.Argument(..., help="Grid spec (YAML)"),
         try:
             fetch_plan(todo, console)
             if submit:
-                check_training_lengths(plan)
+                check_training_lengths(plan, console)
         except SpecError as exc:
             fail(f"{file}: {exc}")
-        check_engine(plan, run_store)
+        try:
+            check_engine(plan, run_store)
+        except SpecError as exc:
+            fail(str(exc))
     if submit:
         from ablate.launch.default_profile import resolve_profile
         from ablate.launch.slurm import submit_from_cli
