@@ -42,6 +42,9 @@ class Source:
     # True: without a test split, a share of prompts is held out as one (rows.is_held_out);
     # False: train is every row, as the paper trained on every pair of a published split
     hold_out_test: bool = True
+    # a published split of the paper's: the registry name that rebuilds the same data set from
+    # its raw source (the paper's tables know both as one data set)
+    raw_name: str | None = None
     note: str = ""
 
 
@@ -69,6 +72,7 @@ class PromptSource:
     packaged: bool = False
     from_preferences: str | None = None  # the prompts of this preference dataset
     converter_version: int = 1
+    raw_name: str | None = None  # as Source.raw_name, for the paper's prompt sets
     note: str = ""
 
 
@@ -82,7 +86,7 @@ TULU25_PREFERENCES = "allenai/tulu-2.5-preference-data"
 TULU25_PREFERENCES_REVISION = "6e87e7ba11eeb2a21db459cf13267f62d1feea23"
 
 
-def tulu25(split: str, group: str, licence: str, paper_rows: int | None = None,
+def tulu25(split: str, raw_name: str, group: str, licence: str, paper_rows: int | None = None,
            note: str = "") -> Source:
     """One published split of the paper's preference data, as the paper trained on it (every
     row, no held-out share). On the hub it is the file ``data/<split>-*.jsonl`` (the card: "each
@@ -93,42 +97,45 @@ def tulu25(split: str, group: str, licence: str, paper_rows: int | None = None,
                   licence=f"ODC-BY (the collection); {licence}", group=group, revision=TULU25_PREFERENCES_REVISION,
                   hub_splits={"train": split}, hub_data_files={"train": f"data/{split}-*.jsonl"},
                   local_files={"train": (f"tulu-2.5-preference-data/data/{split}-*.jsonl",)},
-                  paper_rows=paper_rows, hold_out_test=False,
+                  paper_rows=paper_rows, hold_out_test=False, raw_name=raw_name,
                   note=f"split {split} of {TULU25_PREFERENCES}" + (f"; {note}" if note else ""))
 
 
-# Table 1's rows (and Tables 2 and 3's data) -> the split the paper trained on. Split names: the
+# Table 1's rows (and Tables 2 and 3's data) -> the split the paper trained on, each with the
+# raw-source rebuild of its data set (a downsample's is the whole set's). Split names: the
 # dataset card's split list (huggingface.co/datasets/allenai/tulu-2.5-preference-data, README) and
 # allenai/open-instruct docs/data/preference-data.md ("Tulu 2.5 Data", one entry per split); the
 # UltraFeedback split the paper's commands name: hamishivi/EasyLM@dbf2212
 # docs/paper_notes/unpacking_dpo_and_ppo.md (hf_split='ultrafeedback_mean_aspects'). Each split's
 # size on the hub equals Table 1's count except ultrafeedback_overall (58,933 at this revision).
 PAPER_SPLITS: list[Source] = [
-    tulu25("shp_2", "web", "Reddit data: Reddit API terms", 500_000),
-    tulu25("stack_exchange_paired", "web", "CC-BY-SA-4.0", 500_000),
-    tulu25("prm800k_pairs_phase2", "human", "MIT", 6_949,
+    tulu25("shp_2", "shp-2", "web", "Reddit data: Reddit API terms", 500_000),
+    tulu25("stack_exchange_paired", "stack-exchange", "web", "CC-BY-SA-4.0", 500_000),
+    tulu25("prm800k_pairs_phase2", "prm800k", "human", "MIT", 6_949,
            note="solution-level pairs from phase 2: ground truth vs a solution with an error"),
-    tulu25("chatbot_arena_2023", "human", "prompts CC-BY-4.0, model outputs CC-BY-NC-4.0", 20_465),
-    tulu25("chatbot_arena_2024", "human", "Apache-2.0", 34_269),
-    tulu25("alpaca_farm_human_pref", "human", "CC-BY-NC-4.0", 9_686),
-    tulu25("hh_rlhf", "human", "MIT", 158_530),
-    tulu25("helpsteer", "human", "CC-BY-4.0", 9_270),
-    tulu25("alpaca_farm_gpt4_pref", "synthetic", "CC-BY-NC-4.0", 19_465),
-    tulu25("capybara", "synthetic", "Apache-2.0", 7_563),
-    tulu25("orca_dpo_pairs", "synthetic", "Apache-2.0", 12_859),
-    tulu25("nectar", "synthetic", "Apache-2.0 (outputs also under the generating models' terms)",
-           180_099),
-    tulu25("ultrafeedback_overall", "synthetic", "MIT", 60_908,
+    tulu25("chatbot_arena_2023", "chatbot-arena-2023", "human",
+           "prompts CC-BY-4.0, model outputs CC-BY-NC-4.0", 20_465),
+    tulu25("chatbot_arena_2024", "chatbot-arena-2024", "human", "Apache-2.0", 34_269),
+    tulu25("alpaca_farm_human_pref", "alpacafarm-human", "human", "CC-BY-NC-4.0", 9_686),
+    tulu25("hh_rlhf", "hh-rlhf", "human", "MIT", 158_530),
+    tulu25("helpsteer", "helpsteer", "human", "CC-BY-4.0", 9_270),
+    tulu25("alpaca_farm_gpt4_pref", "alpacafarm-gpt4", "synthetic", "CC-BY-NC-4.0", 19_465),
+    tulu25("capybara", "capybara-7k", "synthetic", "Apache-2.0", 7_563),
+    tulu25("orca_dpo_pairs", "orca-pairs", "synthetic", "Apache-2.0", 12_859),
+    tulu25("nectar", "nectar", "synthetic",
+           "Apache-2.0 (outputs also under the generating models' terms)", 180_099),
+    tulu25("ultrafeedback_overall", "ultrafeedback-overall", "synthetic", "MIT", 60_908,
            note="H4's overall-score binarization on the fine-grained set's prompts"),
-    tulu25("ultrafeedback_mean_aspects", "synthetic", "MIT", 60_908,
+    tulu25("ultrafeedback_mean_aspects", "ultrafeedback-fg", "synthetic", "MIT", 60_908,
            note="the fine-grained (mean of aspects) binarization"),
     # Table 2's PPO data: random 60,908-pair downsamples of the large sets
-    tulu25("stack_exchange_60k", "web", "CC-BY-SA-4.0", note="Table 2's 60,908-pair downsample"),
-    tulu25("hh_rlhf_60k", "human", "MIT", note="Table 2's 60,908-pair downsample"),
-    tulu25("nectar_60k", "synthetic", "Apache-2.0", note="Table 2's 60,908-pair downsample"),
+    tulu25("stack_exchange_60k", "stack-exchange", "web", "CC-BY-SA-4.0",
+           note="Table 2's 60,908-pair downsample"),
+    tulu25("hh_rlhf_60k", "hh-rlhf", "human", "MIT", note="Table 2's 60,908-pair downsample"),
+    tulu25("nectar_60k", "nectar", "synthetic", "Apache-2.0", note="Table 2's 60,908-pair downsample"),
     # Table 3's 'Mix': HelpSteer, PRM800k, HH-RLHF, Nectar, StackExchange and UltraFeedback, the
     # last four downsampled to 60,908 (4 x 60,908 + 9,270 + 6,949 = 259,851 rows)
-    tulu25("preference_big_mixture", "mixture", "per component (see the card)",
+    tulu25("preference_big_mixture", "rm-mix", "mixture", "per component (see the card)",
            note="Table 3's Mix of six sets"),
 ]
 TULU25_PROMPTS_REVISION = "de267afac62d4131ce50f8529c6d6a4f29c5787b"
@@ -245,7 +252,7 @@ PROMPT_SETS: dict[str, PromptSource] = {p.name: p for p in [
     # docs/paper_notes/unpacking_dpo_and_ppo.md (tulu_prompt_dataset.hf_split='ultrafeedback_prompts')
     PromptSource("tulu25-ultrafeedback-prompts", licence="ODC-BY", hub_id=TULU25_PROMPTS,
                  revision=TULU25_PROMPTS_REVISION, split="ultrafeedback_prompts",
-                 convert=uf.chat_prompts,
+                 convert=uf.chat_prompts, raw_name="ultrafeedback-prompts",
                  note="the UltraFeedback prompts the paper's PPO ran on (hub only)"),
     PromptSource("mixed", licence="ODC-BY", hub_id=TULU25_PROMPTS,
                  revision=TULU25_PROMPTS_REVISION, split="ultrafeedback_code_math_prompts",
@@ -276,6 +283,14 @@ def converter_version(name: str, prompts: bool = False) -> str:
         return f"mix{mixture.mixing_version};" + ",".join(
             f"{part}:{converter_version(part)}" for part, _ in mixture.components)
     return str(SOURCES[name].converter_version)
+
+
+def paper_data_set(name: str, prompts: bool = False) -> str:
+    """The one registry name under which the paper's tables know a data set (``prompts``: a
+    prompt set): a published split's raw-source rebuild (``raw_name``), else the name itself, so
+    that a ``tulu25-*`` split and its rebuild find the same paper row."""
+    source = (PROMPT_SETS if prompts else SOURCES).get(name)
+    return getattr(source, "raw_name", None) or name
 
 
 def origin(name: str, prompts: bool = False) -> str:

@@ -14,7 +14,9 @@ set, PPO's reward model by its data and base model, and PPO's prompt set), as th
 5 describes each row. Tables 3 and 4 print other columns than the categories (best-of-N and PPO
 numbers per reward model, PPO per reward model and prompt set): ``CELL_TABLES`` maps each of their
 CSV columns onto a column of ablate's table, and ``paper_tables/reward_models.csv`` names a
-reward model (its data set and base model) as those tables do.
+reward model (its data set and base model) as those tables do. The three CSVs name a data set
+once, by ``ablate.data.registry.paper_data_set``: a published ``tulu25-*`` split and its
+raw-source rebuild are one data set of the paper's.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ablate.data.registry import paper_data_set
 from ablate.report.categories import CATEGORIES
 from ablate.report.frame import COLUMNS, CellInfo, Results, group_name as group_of, reward_model_of
 from ablate.report.groups import group_stats
@@ -46,9 +49,8 @@ CELL_TABLES = {
         ("bench:gsm8k", "ppo"): "gsm_acc", ("coding", "ppo"): "coding",
         ("average", "ppo"): "avg_all_evals"}),
 }
-# the paper's names of PPO's prompt sets in Table 4 (ablate.data names -> the paper's)
-PROMPTS_IN_TABLE4 = {"ultrafeedback-prompts": "UF", "tulu25-ultrafeedback-prompts": "UF",
-                     "mixed": "Mixed"}
+# the paper's names of PPO's prompt sets in Table 4 (paper_data_set names -> the paper's)
+PROMPTS_IN_TABLE4 = {"ultrafeedback-prompts": "UF", "mixed": "Mixed"}
 
 
 def _number(value, path: Path, line: int, column: str) -> float | None:
@@ -143,26 +145,34 @@ def _paper_row_key(results: Results, cell: CellInfo, names: dict) -> tuple | Non
         return ("sft",)
     step = results.plan.steps.get(cell.model_step or "") if results.plan else None
     algorithm = ALGORITHM_OF_STEP.get(step.kind) if step else None
-    name = names.get(data_set_of(results, cell) or "")
+    name = names.get(paper_data_set(data_set_of(results, cell) or ""))
     return (name, algorithm) if name and algorithm else None
+
+
+def _paper_name(ref) -> str:
+    """A step's data or prompts as the paper's CSVs name them ("" for none or an unnamed one)."""
+    if ref is None or not ref.name:
+        return ""
+    return paper_data_set(ref.name, prompts=getattr(ref, "source", None) == "prompt_set")
 
 
 def recipe_of(results: Results, cell: CellInfo) -> tuple[str, str, str, str, str] | None:
     """What trained a cell's model, as ``recipes.csv`` names Table 5's rows: (algorithm, DPO's
-    data set, the reward model's data set and base model, PPO's prompt set); "" where it does not
-    apply. None for a cell without a DPO or PPO step of its own."""
+    data set, the reward model's data set and base model, PPO's prompt set), data and prompts by
+    their ``paper_data_set`` names; "" where it does not apply. None for a cell without a DPO or
+    PPO step of its own."""
     plan = results.plan
     step = plan.steps.get(cell.model_step or "") if plan else None
     algorithm = ALGORITHM_OF_STEP.get(step.kind) if step else None
     if algorithm == "dpo":
-        return ("dpo", step.config.data.name or "", "", "", "")
+        return ("dpo", _paper_name(step.config.data), "", "", "")
     if algorithm != "ppo":
         return None
     rm = plan.steps.get(step.inputs.get("reward_model", ""))
     rm_data = getattr(getattr(rm, "config", None), "data", None)
     rm_model = getattr(getattr(rm, "config", None), "model", None)
-    return ("ppo", "", (rm_data.name or "") if rm_data else "",
-            (rm_model.hub or "") if rm_model else "", step.config.prompts.name or "")
+    return ("ppo", "", _paper_name(rm_data), (rm_model.hub or "") if rm_model else "",
+            _paper_name(step.config.prompts))
 
 
 def _table5_row_key(results: Results, cell: CellInfo) -> tuple | None:
@@ -182,7 +192,8 @@ def _reward_model_name(results: Results, group: str, table: str) -> str | None:
     if rm is None or getattr(rm.config, "data", None) is None:
         return None
     names = pd.read_csv(SHIPPED / "reward_models.csv", dtype=str)
-    hits = names[(names.data_set == rm.config.data.name) & (names.base == rm.config.model.hub)]
+    hits = names[(names.data_set == _paper_name(rm.config.data))
+                 & (names.base == rm.config.model.hub)]
     return hits.iloc[0][f"table{table}"] if len(hits) else None
 
 
@@ -200,7 +211,7 @@ def _cell_table_key(results: Results, table: TableResult, row) -> tuple | None:
     step = plan.steps.get(next((c.model_step for c in plan.cells
                                 if group_of(c.name) == row.groups[0]), None) or "")
     prompts = getattr(getattr(step, "config", None), "prompts", None)
-    paper_prompts = PROMPTS_IN_TABLE4.get(prompts.name or "") if prompts else None
+    paper_prompts = PROMPTS_IN_TABLE4.get(_paper_name(prompts))
     return (name, paper_prompts) if name and paper_prompts else None
 
 

@@ -84,3 +84,19 @@ def test_a_grid_can_still_name_a_raw_source_converter():
     assert differs and all("data=hh-rlhf" in n or "hh-rlhf" in n for n in differs)
     assert raw["train_dpo data=hh-rlhf,alg=dpo,rm=none,prompts=none,seed=1"].config.data.name \
         == "hh-rlhf"
+
+
+def test_each_published_split_names_its_raw_rebuild_in_the_registry():
+    """``raw_name`` (what the paper's tables match a split by) is a registry name of the same kind:
+    preference data for a split, a prompt set for the paper's prompts."""
+    from ablate.data.registry import MIXTURES, PAPER_SPLITS, paper_data_set
+
+    for split in PAPER_SPLITS:
+        assert split.raw_name in SOURCES or split.raw_name in MIXTURES, split.name
+        assert not split.raw_name.startswith("tulu25-"), split.name
+        assert paper_data_set(split.name) == paper_data_set(split.raw_name) == split.raw_name
+    assert paper_data_set("tulu25-hh-rlhf-60k") == paper_data_set("tulu25-hh-rlhf") == "hh-rlhf"
+    assert paper_data_set("tulu25-ultrafeedback-prompts", prompts=True) == "ultrafeedback-prompts"
+    assert PROMPT_SETS["tulu25-ultrafeedback-prompts"].raw_name in PROMPT_SETS
+    assert paper_data_set("mixed", prompts=True) == "mixed"
+    assert paper_data_set("my-own-data") == "my-own-data"

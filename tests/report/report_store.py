@@ -38,10 +38,10 @@ LABELS = {"m": "Tulu 2 13B", "uf": "UltraF.", "prompts.uf": "UF", "mixed": "Mixe
           "uf-13b": "13B UltraF. RM"}
 
 
-def build_plan(grid: str = "toy") -> Plan:
+def build_plan(grid: str = "toy", data_name: str = "ultrafeedback-fg") -> Plan:
     steps: dict[str, Step] = {}
     # data as expand writes it: the data set's name in ablate.data (how --vs-paper finds its row)
-    data = {"name": "ultrafeedback-fg", "max_rows": None, "sample_seed": 0}
+    data = {"name": data_name, "max_rows": None, "sample_seed": 0}
     rm = Step.of("train_rm", "rm uf-13b", {"model": {"builtin": "m"}, "data": data,
                                            "train": {}, "seed": 1})
     steps[rm.id] = rm

@@ -128,3 +128,18 @@ def test_shipped_tables_are_the_papers(paper_dir):
         pytest.skip(f"needs the paper's CSVs in {shared} to compare with")
     for name in [*PAPER_FILES.values(), *(file for file, _ in CELL_TABLES.values())]:
         assert (paper_dir / name).read_bytes() == (shared / name).read_bytes(), name
+
+
+def test_the_name_tables_name_each_paper_row_once():
+    """data_sets.csv, reward_models.csv and recipes.csv key a data set by one registry name
+    (``paper_data_set``), so no paper row is named twice."""
+    from ablate.report.paper import SHIPPED
+
+    names = {"data_sets.csv": ("table1", "table2"), "reward_models.csv": ("table3", "table4"),
+             "recipes.csv": ("table5",)}
+    for file, columns in names.items():
+        assert "tulu25-" not in (SHIPPED / file).read_text(), file
+        data = pd.read_csv(SHIPPED / file, dtype=str)
+        for column in columns:
+            named = data[column].dropna()
+            assert named.is_unique and len(named) > 0, (file, column)

@@ -5,6 +5,7 @@ import json
 import re
 
 import pandas as pd
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -12,7 +13,7 @@ from ablate.report.build import build_report
 from ablate.report.cli import report_command
 from ablate.report.paper import PAPER_FILES, SHIPPED
 from ablate.report.tables import fmt
-from report_store import DESCRIPTION, build_plan, detail_json, read
+from report_store import DESCRIPTION, build_plan, detail_json, fill_store, read
 
 DPO = "data=uf,alg=dpo"
 
@@ -151,8 +152,9 @@ def test_a_plan_saved_without_its_words_takes_them_from_its_grid_file(toy_store,
     assert [r.lead[0] for r in table.rows[:2]] == ["Base M (SFT)", "UF data"]
 
 
-def real_grid_store(tmp_path, name):
-    """A store of a grid of grids/ as planned, every eval with made-up per-item scores."""
+def real_grid_store(tmp_path, name, renamed: dict[str, str] | None = None):
+    """A store of a grid of grids/ as planned, every eval with made-up per-item scores;
+    ``renamed``: data and prompt-set names replaced in the grid's text first."""
     from pathlib import Path
 
     from ablate.cli import plan_of
@@ -161,6 +163,13 @@ def real_grid_store(tmp_path, name):
     from report_store import write_eval
 
     grid = Path(__file__).resolve().parents[2] / "grids" / f"{name}.yaml"
+    if renamed:
+        text = grid.read_text()
+        for old, new in renamed.items():
+            text = text.replace(f"name: {old}}}", f"name: {new}}}")
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        grid = tmp_path / grid.name
+        grid.write_text(text)
     plan = plan_of(load_grid(grid))
     store = RunStore(tmp_path / "runs")
     store.save_plan(plan, source=str(grid))
@@ -205,6 +214,45 @@ def test_tables_3_and_4_vs_paper_match_rows_by_reward_model_and_prompts(tmp_path
                     if not row.is_baseline else t4[t4.prompts.isna()]
                 assert cells[("coding", "ppo")].paper == paper.iloc[0]["coding"], row.lead
         assert r"{\scriptsize (paper " in read(tmp_path / name / "r" / f"table{name}.tex")
+
+
+# the paper grids' published splits and prompts -> their raw-source rebuilds (registry names)
+RAW_REBUILDS = {"tulu25-ultrafeedback-mean-aspects": "ultrafeedback-fg",
+                "tulu25-preference-big-mixture": "rm-mix",
+                "tulu25-ultrafeedback-prompts": "ultrafeedback-prompts"}
+
+
+def paper_numbers(store, name, out):
+    table = build_report(store, f"table{name}", [name], [], ["md"], out, vs_paper=True).tables[0]
+    return [(tuple(row.lead), [(cell.has_paper, cell.paper) for cell in row.cells])
+            for row in table.rows], table.notes[0]
+
+
+@pytest.mark.parametrize("name", ["3", "4", "5"])
+def test_a_published_split_and_its_raw_rebuild_find_the_same_paper_row(tmp_path, name):
+    """The real Tables 3-5 grids as shipped (tulu25-* data and prompts) and with their raw-source
+    rebuilds instead: every row beside the same paper row, the same numbers."""
+    published = real_grid_store(tmp_path / "published", f"table{name}")
+    rebuilt = real_grid_store(tmp_path / "rebuilt", f"table{name}", RAW_REBUILDS)
+    assert "tulu25-" not in (tmp_path / "rebuilt" / f"table{name}.yaml").read_text()
+    ours, note = paper_numbers(published, name, tmp_path / "a")
+    theirs, rebuilt_note = paper_numbers(rebuilt, name, tmp_path / "b")
+    assert "No paper row" not in note and "No paper row" not in rebuilt_note
+    assert any(paper is not None for _, cells in ours for _, paper in cells)
+    assert ours == theirs
+
+
+def test_table_2_finds_the_same_row_for_a_published_split_and_its_rebuild(tmp_path):
+    paper = pd.read_csv(SHIPPED / PAPER_FILES["2"])
+    uf_dpo = paper[(paper.dataset == "UltraFeedback (FG)") & (paper.algorithm == "DPO")].iloc[0]
+    for data in ("ultrafeedback-fg", "tulu25-ultrafeedback-mean-aspects"):
+        store = fill_store(tmp_path / data, build_plan(data_name=data))
+        table = build_report(store, "toy", ["2"], [], ["md"], tmp_path / data / "r",
+                             vs_paper=True).tables[0]
+        cells = {col.key: cell for col, cell in zip(table.columns, table.rows[1].cells)}
+        assert table.rows[1].lead[:2] == ["UltraF.", "DPO"], data
+        assert [cells[c].paper for c in ("factuality", "safety")] == \
+            [uf_dpo.factuality, uf_dpo.safety], data
 
 
 def test_table_5_vs_paper_matches_each_recipe_with_its_paper_row(tmp_path):
