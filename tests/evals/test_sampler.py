@@ -31,18 +31,21 @@ class FakeBackend:
 
 
 class LongestWins:
-    def __init__(self, model_dir):
-        self.model_dir = model_dir
+    def __init__(self, model_dir, reward_dtype):
+        self.model_dir, self.reward_dtype = model_dir, reward_dtype
 
     def score(self, prompts, responses):
         assert len(prompts) == len(responses)
         return [float(len(r)) for r in responses]
 
+    def close(self):
+        pass
+
 
 def test_greedy_and_best_of_n(monkeypatch, tmp_path):
     import ablate.generate.reward_model as reward_model
 
-    monkeypatch.setattr(reward_model, "RewardScorer", LongestWins)
+    monkeypatch.setattr(reward_model, "best_of_n_scorer", LongestWins)
     backend = FakeBackend()
     greedy = env(tmp_path, backend)
     assert greedy.generate(["a"], 5) == [["a:x"]] and backend.calls[-1].greedy
@@ -74,7 +77,7 @@ def test_result_says_whether_best_of_n_applied(monkeypatch, tmp_path):
         def loglikelihood(self, requests, progress=None):
             return [[-float(k) for k in range(len(options))] for _, options in requests]
 
-    monkeypatch.setattr(reward_model, "RewardScorer", LongestWins)
+    monkeypatch.setattr(reward_model, "best_of_n_scorer", LongestWins)
     monkeypatch.setenv("ABLATE_DATA_DIR", str(tmp_path / "none"))  # the shipped slices
     sampler = BestOfN(n=2, temperature=0.7, seed=1)
     applied = {}

@@ -1,0 +1,112 @@
+"""Best-of-N's scoring path: the generating model released before the reward model loads, the
+same choices and rewards as scoring beside it; the reward model's precision; and how the GPUs'
+memory is shared out for it (``ablate.generate.reward_model``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ablate.evals import EvalEnv
+from ablate.generate.base import GenerationError
+from ablate.spec.schema import BestOfN
+from ablate.spec.steps import EvalStep
+
+PROMPTS = ["What is 2 + 2?", "Name a colour."]
+
+
+@pytest.fixture(scope="module")
+def reward_model_dir(tmp_path_factory, tiny_model_dir):
+    """The tiny Llama with a random one-label head: a reward model as RM training writes one."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(7)
+    out = tmp_path_factory.mktemp("rm")
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1,
+                                                               dtype=torch.float32)
+    model.score.weight.data.normal_(0, 1.0)  # spread the rewards so that samples differ
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
+    return out
+
+
+def test_released_then_reloaded_scoring_chooses_as_scoring_beside_the_generator(
+        monkeypatch, tiny_model_dir, reward_model_dir, tmp_path):
+    """An evaluation's own backend is closed after the N samples are drawn and before the reward
+    model loads; the choices equal those of the earlier path (the generator kept, the reward
+    model loaded whole in fp32 beside it), and so do the rewards."""
+    import ablate.generate.reward_model as reward_model
+    from ablate.generate import SamplingParams, load_backend
+
+    sampler = BestOfN(n=4, temperature=1.0, seed=5)
+    config = EvalStep(benchmark="gsm8k", protocol="paper", seed=0, sampler=sampler)
+    env = EvalEnv(model_dir=tiny_model_dir, config=config, reward_model_dir=reward_model_dir,
+                  backend_kind="hf")
+
+    seen = {}
+    real_scorer = reward_model.best_of_n_scorer
+
+    def scorer(model_dir, reward_dtype):
+        seen["backend at load"] = env._backend
+        made = real_scorer(model_dir, reward_dtype)
+        real_score = made.score
+
+        def score(prompts, responses):
+            seen["rewards"] = real_score(prompts, responses)
+            return seen["rewards"]
+
+        made.score = score
+        return made
+
+    monkeypatch.setattr(reward_model, "best_of_n_scorer", scorer)
+    chosen = env.generate(PROMPTS, max_new_tokens=8)
+    assert seen["backend at load"] is None and env._backend is None  # released first
+
+    # the earlier path: the same samples from a generator that stays loaded, scored by the
+    # reward model as it was loaded before (whole, fp32, on this process's device)
+    kept = load_backend(tiny_model_dir, "hf")
+    samples = kept.generate(PROMPTS, SamplingParams(max_new_tokens=8, n=sampler.n,
+                                                    temperature=sampler.temperature,
+                                                    seed=sampler.seed))
+    kept.close()
+    assert len({s for row in samples for s in row}) > 2  # the samples differ, so choice matters
+    before = reward_model.RewardScorer(reward_model_dir)
+    rewards = before.score([p for p, row in zip(PROMPTS, samples) for _ in row],
+                           [s for row in samples for s in row])
+    assert seen["rewards"] == rewards  # the same numbers, not merely close
+    expected = [[row[max(range(len(row)), key=lambda k: rewards[i * len(row) + k])]]
+                for i, row in enumerate(samples)]
+    assert chosen == expected
+
+
+def test_reward_dtype_on_a_cpu(reward_model_dir):
+    """float32 is the model as it was always loaded; bfloat16 holds bf16 weights and scores
+    close to it; int8 is refused on a CPU with what to choose instead."""
+    import torch
+
+    from ablate.generate.reward_model import RewardScorer, best_of_n_scorer
+
+    prompts, replies = ["Hi"] * 3, ["Hello there.", "No.", "Good morning to you!"]
+    full = best_of_n_scorer(reward_model_dir, "float32")
+    assert full.module.rm.dtype == torch.float32 and full.device.type == "cpu"
+    assert full.score(prompts, replies) == RewardScorer(reward_model_dir).score(prompts, replies)
+    half = best_of_n_scorer(reward_model_dir, "bfloat16")
+    assert half.module.rm.dtype == torch.bfloat16
+    assert half.score(prompts, replies) == pytest.approx(full.score(prompts, replies), abs=0.1)
+    half.close()
+    assert half.module is None
+    with pytest.raises(GenerationError, match="CUDA GPUs only.*float32 or bfloat16"):
+        best_of_n_scorer(reward_model_dir, "int8")
+
+
+def test_max_memory_per_gpu_by_hand():
+    from ablate.generate.reward_model import scoring_max_memory
+
+    # half of each GPU's free memory, less one scoring batch of 10 bytes
+    assert scoring_max_memory([100, 80], batch_bytes=10, weight_bytes=70, headroom=0.5) == \
+        {0: 40, 1: 30}
+    # a GPU without room for the batch takes no layer
+    assert scoring_max_memory([100, 16], batch_bytes=10, weight_bytes=40, headroom=0.5) == {0: 40}
+    # weights that do not fit are refused (never placed in CPU memory or on disk)
+    with pytest.raises(GenerationError, match="more GPUs .steps.best_of_n"):
+        scoring_max_memory([100, 80], batch_bytes=10, weight_bytes=71, headroom=0.5)
