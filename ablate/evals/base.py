@@ -64,6 +64,7 @@ class EvalEnv:
 
     def __post_init__(self) -> None:
         self._owns_backend = self._backend is None  # a backend handed in is shared: kept open
+        self._released_engine: str | None = None
 
     @property
     def protocol(self) -> str:
@@ -89,11 +90,17 @@ class EvalEnv:
         return self._backend
 
     def release_backend(self) -> None:
-        """Free the model's memory for what runs after generation (a judge model), where this
-        evaluation loaded the model itself."""
+        """Free the model's memory for what runs after generation (a judge model, best-of-N's
+        reward model), where this evaluation loaded the model itself."""
         if self._owns_backend and self._backend is not None:
+            self._released_engine = getattr(self._backend, "name", None)
             self._backend.close()
             self._backend = None
+
+    @property
+    def engine(self) -> str | None:
+        """The name of the engine that generated (``vllm``, ``hf``), released or not."""
+        return getattr(self._backend, "name", None) or self._released_engine
 
     @property
     def tokenizer(self):

@@ -110,3 +110,29 @@ def test_max_memory_per_gpu_by_hand():
     # weights that do not fit are refused (never placed in CPU memory or on disk)
     with pytest.raises(GenerationError, match="more GPUs .steps.best_of_n"):
         scoring_max_memory([100, 80], batch_bytes=10, weight_bytes=71, headroom=0.5)
+
+
+def test_a_result_names_the_engine_released_before_scoring(monkeypatch, tmp_path):
+    """The engine is closed before the reward model loads; the result still lists vLLM's version
+    where vLLM generated."""
+    import ablate.generate
+    import ablate.generate.reward_model as reward_model
+    from ablate.evals.runner import evaluate_benchmark
+    from test_sampler import LongestWins
+
+    class FakeVLLM:
+        name, tokenizer, closed = "vllm", None, 0
+
+        def generate(self, prompts, params, progress=None):
+            return [[f"{p}:{'x' * (k + 1)}" for k in range(params.n)] for p in prompts]
+
+        def close(self):
+            FakeVLLM.closed += 1
+
+    monkeypatch.setattr(ablate.generate, "load_backend", lambda *a, **k: FakeVLLM())
+    monkeypatch.setattr(reward_model, "best_of_n_scorer", LongestWins)
+    monkeypatch.setenv("ABLATE_DATA_DIR", str(tmp_path / "none"))  # the shipped slice
+    config = EvalStep(benchmark="gsm8k", protocol="paper", seed=0, limit=1,
+                      sampler=BestOfN(n=2))
+    result = evaluate_benchmark(config, tmp_path, tmp_path / "out", reward_model_dir=tmp_path)
+    assert FakeVLLM.closed == 1 and "vllm" in result.versions
