@@ -137,7 +137,7 @@ class EvalEnv:
         if self.reward_model_dir is None:
             raise EvalError("a best_of_n sampler needs a reward_model input")
         self.best_of_n_calls += 1
-        from ablate.generate.reward_model import best_of_n_scorer  # heavy, so imported late
+        from ablate.generate.reward_model import best_of_n_rewards  # heavy, so imported late
 
         sampler = self.sampler
         params = SamplingParams(max_new_tokens=max_new_tokens, n=sampler.n,
@@ -147,12 +147,9 @@ class EvalEnv:
         # every sample is drawn: the engine's memory goes to the reward model (a 70B one fills
         # the job's GPUs); a benchmark asks for its generations once, so it is not reloaded
         self.release_backend()
-        scorer = best_of_n_scorer(self.reward_model_dir, sampler.reward_dtype)
         flat_prompts = [p for p, s in zip(rm_prompts, samples) for _ in s]
-        try:
-            scores = scorer.score(flat_prompts, [x for s in samples for x in s])
-        finally:
-            scorer.close()
+        scores = best_of_n_rewards(self.reward_model_dir, sampler.reward_dtype, flat_prompts,
+                                   [x for s in samples for x in s])
         best, k = [], 0
         for s in samples:
             chunk = list(scores[k:k + len(s)])

@@ -81,6 +81,26 @@ def load_reward_model(model_dir: Path, dtype=torch.float32, build=_from_pretrain
     return model, tokenizer
 
 
+def max_scored_length(config) -> int:
+    """The most tokens of a (prompt, response) a reward model reads: its context."""
+    return getattr(config, "max_position_embeddings", 4096)
+
+
+def scored_ids(tokenizer, prompts: Sequence[list[dict] | str], responses: Sequence[str],
+               max_length: int) -> list[list[int]]:
+    """What the reward model reads of each response to its prompt (chat messages, or a user
+    message's text): the ids RM training built for an answer (``reward_model_ids``)."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    ids = []
+    for prompt, response in zip(prompts, responses):
+        messages = as_messages(prompt, "user")
+        if messages is None:
+            raise ValueError(f"cannot score a response to an empty prompt: {prompt!r}")
+        ids.append(reward_model_ids(tokenizer, messages, response, max_length))
+    return ids
+
+
 class RewardScorer:
     """Score chat responses with a trained reward model, frozen, in batches of similar length.
 
@@ -101,19 +121,14 @@ class RewardScorer:
         self.bf16_autocast = bf16_autocast  # on a GPU (``forward.autocast``)
         self.pad_token_id = model.config.pad_token_id
         self.batch_size = batch_size
-        self.max_length = max_length or getattr(model.config, "max_position_embeddings", 4096)
+        self.max_length = max_length or max_scored_length(model.config)
 
     def _tokens(self, prompt: list[dict] | str, response: str) -> list[int]:
-        prompt_messages = as_messages(prompt, "user")
-        if prompt_messages is None:
-            raise ValueError(f"cannot score a response to an empty prompt: {prompt!r}")
-        return reward_model_ids(self.tokenizer, prompt_messages, response, self.max_length)
+        return scored_ids(self.tokenizer, [prompt], [response], self.max_length)[0]
 
     def score(self, prompts: Sequence[list[dict] | str], responses: Sequence[str]) -> list[float]:
         """The reward of each response to its prompt (chat messages, or a user message's text)."""
-        if len(prompts) != len(responses):
-            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        return self.score_ids([self._tokens(p, r) for p, r in zip(prompts, responses)])
+        return self.score_ids(scored_ids(self.tokenizer, prompts, responses, self.max_length))
 
     def batches(self, sequences: Sequence[Sequence[int]]) -> list[list[int]]:
         """Indices of ``sequences`` in batches of ``batch_size``, by length."""
@@ -167,8 +182,28 @@ def scoring_max_memory(free_bytes: Sequence[int], batch_bytes: float, weight_byt
     return budget
 
 
-def best_of_n_scorer(model_dir: Path | str, reward_dtype: str,
-                     batch_size: int = SCORING_BATCH) -> RewardScorer:
+def best_of_n_rewards(model_dir: Path | str, reward_dtype: str,
+                      prompts: Sequence[list[dict] | str], responses: Sequence[str],
+                      batch_size: int = SCORING_BATCH) -> list[float]:
+    """Best-of-N's rewards of ``responses``: tokenized first, so that on GPUs the room kept for
+    a scoring batch is that of the widest one; then the model loads (``best_of_n_scorer``),
+    scores and gives its memory back."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    max_length = max_scored_length(AutoConfig.from_pretrained(model_dir))
+    ids = scored_ids(AutoTokenizer.from_pretrained(model_dir), prompts, responses, max_length)
+    if not ids:
+        return []
+    scorer = best_of_n_scorer(model_dir, reward_dtype, batch_size,
+                              widest=max(len(seq) for seq in ids))
+    try:
+        return scorer.score_ids(ids)
+    finally:
+        scorer.close()
+
+
+def best_of_n_scorer(model_dir: Path | str, reward_dtype: str, batch_size: int = SCORING_BATCH,
+                     widest: int | None = None) -> RewardScorer:
     """Best-of-N's reward model, scoring in ``reward_dtype`` (``ablate.spec.schema.RewardDtype``).
     On a CPU the whole model in that dtype, in this process. On GPUs its decoder layers spread
     over all the visible ones by accelerate's device map (each layer whole on one GPU, the
@@ -182,13 +217,14 @@ def best_of_n_scorer(model_dir: Path | str, reward_dtype: str,
                 "or bfloat16")
         return RewardScorer(model_dir, torch.device("cpu"), batch_size,
                             dtype=TORCH_DTYPES[reward_dtype])
-    import json
     from functools import partial
 
-    model_dir = Path(model_dir)
-    config = json.loads((model_dir / "config.json").read_text())
-    shape = shape_from_config(config)
-    width = config.get("max_position_embeddings", 4096)  # the scorer's max_length
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    shape = shape_from_config(config.to_dict())
+    # the widest batch to come (``widest`` tokens, where known), else the model's context
+    width = min(widest or max_scored_length(config), max_scored_length(config))
     max_memory = scoring_max_memory(
         [torch.cuda.mem_get_info(gpu)[0] for gpu in range(torch.cuda.device_count())],
         scoring_batch_bytes(shape, batch_size, width, reward_dtype),

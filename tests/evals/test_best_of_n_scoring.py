@@ -44,21 +44,14 @@ def test_released_then_reloaded_scoring_chooses_as_scoring_beside_the_generator(
                   backend_kind="hf")
 
     seen = {}
-    real_scorer = reward_model.best_of_n_scorer
+    real_rewards = reward_model.best_of_n_rewards
 
-    def scorer(model_dir, reward_dtype):
+    def rewards(*args):
         seen["backend at load"] = env._backend
-        made = real_scorer(model_dir, reward_dtype)
-        real_score = made.score
+        seen["rewards"] = real_rewards(*args)
+        return seen["rewards"]
 
-        def score(prompts, responses):
-            seen["rewards"] = real_score(prompts, responses)
-            return seen["rewards"]
-
-        made.score = score
-        return made
-
-    monkeypatch.setattr(reward_model, "best_of_n_scorer", scorer)
+    monkeypatch.setattr(reward_model, "best_of_n_rewards", rewards)
     chosen = env.generate(PROMPTS, max_new_tokens=8)
     assert seen["backend at load"] is None and env._backend is None  # released first
 
@@ -118,7 +111,7 @@ def test_a_result_names_the_engine_released_before_scoring(monkeypatch, tmp_path
     import ablate.generate
     import ablate.generate.reward_model as reward_model
     from ablate.evals.runner import evaluate_benchmark
-    from test_sampler import LongestWins
+    from test_sampler import longest_wins
 
     class FakeVLLM:
         name, tokenizer, closed = "vllm", None, 0
@@ -130,7 +123,7 @@ def test_a_result_names_the_engine_released_before_scoring(monkeypatch, tmp_path
             FakeVLLM.closed += 1
 
     monkeypatch.setattr(ablate.generate, "load_backend", lambda *a, **k: FakeVLLM())
-    monkeypatch.setattr(reward_model, "best_of_n_scorer", LongestWins)
+    monkeypatch.setattr(reward_model, "best_of_n_rewards", longest_wins)
     monkeypatch.setenv("ABLATE_DATA_DIR", str(tmp_path / "none"))  # the shipped slice
     config = EvalStep(benchmark="gsm8k", protocol="paper", seed=0, limit=1,
                       sampler=BestOfN(n=2))
