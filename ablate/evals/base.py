@@ -137,9 +137,11 @@ class EvalEnv:
         if self.reward_model_dir is None:
             raise EvalError("a best_of_n sampler needs a reward_model input")
         self.best_of_n_calls += 1
-        from ablate.generate.reward_model import best_of_n_rewards  # heavy, so imported late
+        # heavy, so imported late
+        from ablate.generate.reward_model import best_of_n_rewards, check_reward_dtype
 
         sampler = self.sampler
+        check_reward_dtype(sampler.reward_dtype)  # before sampling, not after
         params = SamplingParams(max_new_tokens=max_new_tokens, n=sampler.n,
                                 temperature=sampler.temperature, seed=sampler.seed,
                                 stop=tuple(stop))

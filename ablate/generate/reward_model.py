@@ -182,6 +182,23 @@ def scoring_max_memory(free_bytes: Sequence[int], batch_bytes: float, weight_byt
     return budget
 
 
+def check_reward_dtype(reward_dtype: str) -> None:
+    """Refuse a precision this process cannot score in (int8 needs CUDA and bitsandbytes), so
+    that best-of-N stops before it samples."""
+    if reward_dtype != "int8":
+        return
+    if not torch.cuda.is_available():
+        raise GenerationError(
+            "reward_dtype int8 (LLM.int8, the paper's best-of-N scoring) runs on CUDA GPUs only "
+            "(bitsandbytes); on a CPU set the bon algorithm's reward_dtype to float32 or "
+            "bfloat16")
+    from importlib.util import find_spec
+
+    if find_spec("bitsandbytes") is None:
+        raise GenerationError("reward_dtype int8 needs bitsandbytes: pip install bitsandbytes "
+                              "(or set the bon algorithm's reward_dtype to float32 or bfloat16)")
+
+
 def best_of_n_rewards(model_dir: Path | str, reward_dtype: str,
                       prompts: Sequence[list[dict] | str], responses: Sequence[str],
                       batch_size: int = SCORING_BATCH) -> list[float]:
@@ -209,12 +226,8 @@ def best_of_n_scorer(model_dir: Path | str, reward_dtype: str, batch_size: int =
     over all the visible ones by accelerate's device map (each layer whole on one GPU, the
     activations passed from one to the next): one process, so best-of-N stays one evaluation
     job, and the memory the generating engine held is free by then (``EvalEnv`` releases it)."""
+    check_reward_dtype(reward_dtype)
     if not torch.cuda.is_available():
-        if reward_dtype == "int8":
-            raise GenerationError(
-                "reward_dtype int8 (LLM.int8, the paper's best-of-N scoring) runs on CUDA GPUs "
-                "only (bitsandbytes); on a CPU set the bon algorithm's reward_dtype to float32 "
-                "or bfloat16")
         return RewardScorer(model_dir, torch.device("cpu"), batch_size,
                             dtype=TORCH_DTYPES[reward_dtype])
     from functools import partial
@@ -231,11 +244,6 @@ def best_of_n_scorer(model_dir: Path | str, reward_dtype: str, batch_size: int =
         scoring_weight_bytes(shape, reward_dtype))
     load: dict = {"device_map": "auto", "max_memory": max_memory}
     if reward_dtype == "int8":
-        from importlib.util import find_spec
-
-        if find_spec("bitsandbytes") is None:
-            raise GenerationError("reward_dtype int8 needs bitsandbytes: pip install "
-                                  "bitsandbytes (or choose float32 or bfloat16)")
         from transformers import BitsAndBytesConfig
         load["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
     scorer = RewardScorer(model_dir, batch_size=batch_size, dtype=TORCH_DTYPES[reward_dtype],

@@ -14,6 +14,15 @@ from ablate.spec.steps import EvalStep
 PROMPTS = ["What is 2 + 2?", "Name a colour."]
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+on_a_cpu = pytest.mark.skipif(_has_cuda(), reason="the CPU's path (a GPU spreads the model)")
+
+
 @pytest.fixture(scope="module")
 def reward_model_dir(tmp_path_factory, tiny_model_dir):
     """The tiny Llama with a random one-label head: a reward model as RM training writes one."""
@@ -72,6 +81,7 @@ def test_released_then_reloaded_scoring_chooses_as_scoring_beside_the_generator(
     assert chosen == expected
 
 
+@on_a_cpu
 def test_reward_dtype_on_a_cpu(reward_model_dir):
     """float32 is the model as it was always loaded; bfloat16 holds bf16 weights and scores
     close to it; int8 is refused on a CPU with what to choose instead."""
@@ -90,6 +100,19 @@ def test_reward_dtype_on_a_cpu(reward_model_dir):
     assert half.module is None
     with pytest.raises(GenerationError, match="CUDA GPUs only.*float32 or bfloat16"):
         best_of_n_scorer(reward_model_dir, "int8")
+
+
+@on_a_cpu
+def test_int8_on_a_cpu_is_refused_before_sampling(tmp_path):
+    from test_sampler import FakeBackend
+
+    backend = FakeBackend()
+    config = EvalStep(benchmark="gsm8k", protocol="paper", seed=0,
+                      sampler=BestOfN(reward_dtype="int8"))
+    env = EvalEnv(model_dir=tmp_path, config=config, reward_model_dir=tmp_path, _backend=backend)
+    with pytest.raises(GenerationError, match="reward_dtype int8"):
+        env.generate(["a"], 5)
+    assert backend.calls == []  # nothing was sampled
 
 
 def test_max_memory_per_gpu_by_hand():
