@@ -152,3 +152,53 @@ def test_a_result_names_the_engine_released_before_scoring(monkeypatch, tmp_path
                       sampler=BestOfN(n=2))
     result = evaluate_benchmark(config, tmp_path, tmp_path / "out", reward_model_dir=tmp_path)
     assert FakeVLLM.closed == 1 and "vllm" in result.versions
+
+
+def test_on_gpus_the_model_is_spread_by_a_device_map_sized_for_the_widest_batch(
+        monkeypatch, reward_model_dir):
+    """The GPU branch's wiring, with CUDA stood in for (no GPU here): from_pretrained gets
+    device_map auto and each GPU's free memory less the widest batch's tensors, bf16 weights
+    keep autocast, int8 asks for bitsandbytes, and a model placed partly off the GPUs is
+    refused."""
+    import json
+    from types import SimpleNamespace
+
+    import torch
+
+    import ablate.generate.reward_model as reward_model
+    from ablate.spec.model_shapes import scoring_batch_bytes, shape_from_config
+
+    made = {}
+
+    class Captured:
+        def __init__(self, model_dir, **kwargs):
+            made.update(kwargs)
+            weight = SimpleNamespace(device=torch.device("cuda", 0))
+            self.module = SimpleNamespace(rm=SimpleNamespace(
+                get_input_embeddings=lambda: SimpleNamespace(weight=weight)))
+
+    gib = 2 ** 30
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda gpu: ((10 - gpu) * gib, 80 * gib))
+    monkeypatch.setattr(reward_model, "RewardScorer", Captured)
+    scorer = reward_model.best_of_n_scorer(reward_model_dir, "bfloat16", widest=12)
+    shape = shape_from_config(json.loads((reward_model_dir / "config.json").read_text()))
+    batch = scoring_batch_bytes(shape, 8, 12, "bfloat16")
+    assert made["build"].keywords == {
+        "device_map": "auto", "max_memory": {0: int(0.95 * 10 * gib - batch),
+                                             1: int(0.95 * 9 * gib - batch)}}
+    assert made["dtype"] == torch.bfloat16 and made["bf16_autocast"]
+    assert scorer.device == torch.device("cuda", 0)
+    from importlib.util import find_spec
+
+    if find_spec("bitsandbytes") is None:  # not installed here
+        with pytest.raises(GenerationError, match="needs bitsandbytes"):
+            reward_model.best_of_n_scorer(reward_model_dir, "int8")
+
+    placed = SimpleNamespace(rm=SimpleNamespace(hf_device_map={"model.layers.0": 0,
+                                                               "model.layers.1": "cpu"}))
+    with pytest.raises(GenerationError, match="did not fit the GPUs .parts went to cpu"):
+        made["place"](placed)
+    placed.rm.hf_device_map["model.layers.1"] = 1
+    assert made["place"](placed) is placed
