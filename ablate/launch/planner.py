@@ -49,6 +49,7 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import get_args
 
 from ablate.launch.profile import ClusterProfile, GPUSpec, Resources, resource_kind
 from ablate.spec.model_shapes import (
@@ -56,7 +57,7 @@ from ablate.spec.model_shapes import (
     shape_from_config,
 )
 from ablate.spec.plan import Plan, Step
-from ablate.spec.schema import ModelSpec
+from ablate.spec.schema import ModelSpec, RewardDtype
 
 GIB = 2 ** 30
 FP32, BF16 = 4, 2
@@ -370,9 +371,12 @@ def plan_step(step: Step, shapes: dict[str, ModelShape], resources: Resources, g
                 options.append(f"{gpus} GPUs (steps.{resource_kind(step)}: [{{min_params: "
                                f"{_billions(params)}, gpus_per_node: {gpus}}}] in the profile)")
                 break
-        if not ok and "scoring" in est.phases and step.config.sampler.reward_dtype != "int8":
-            options.append("a smaller reward_dtype (the bon algorithm's: bfloat16 or int8; it "
-                           "can change which sample wins)")
+        if not ok and "scoring" in est.phases:
+            dtypes = get_args(RewardDtype)  # largest first
+            smaller = dtypes[dtypes.index(step.config.sampler.reward_dtype) + 1:]
+            if smaller:
+                options.append(f"a smaller reward_dtype (the bon algorithm's: "
+                               f"{' or '.join(smaller)}; it can change which sample wins)")
         return StepPlan(step, resources, settings, False, est, params, None, ok,
                         () if ok else tuple(options))
     algo = step.config.algorithm if step.kind != "train_rm" else step.config.train

@@ -294,8 +294,8 @@ class PPOConfig(Frozen):
     save_every_steps: int = execution(10, gt=0)
 
 
-# What best-of-N's reward model scores in (``BestOfN.reward_dtype``). Scores in another precision
-# can rank a prompt's samples differently, so it is part of the result:
+# What best-of-N's reward model scores in (``BestOfN.reward_dtype``), largest first. Scores in
+# another precision can rank a prompt's samples differently, so it is part of the result:
 # - float32: fp32 weights; on a GPU the forward under bf16 autocast (what ablate always did)
 # - bfloat16: bf16 weights and activations (half the memory)
 # - int8: LLM.int8 (bitsandbytes) linear layers, the rest fp16 (a quarter of the memory); CUDA only
