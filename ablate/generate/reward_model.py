@@ -5,7 +5,8 @@ writes), whose reward for a chat response is the head's output at the last token
 ``LastTokenReward`` computes that reward for a batch of rows; RM training wraps it for pairs
 (``ablate.train.rm``). ``RewardScorer`` scores chat responses with it, on the ids RM training
 built for an answer (``reward_model_ids``): best-of-N sampling, the reward-model judge and PPO's
-reward all score through it.
+reward all score through it. ``best_of_n_rewards`` is best-of-N's: the model in the step's
+``reward_dtype``, on GPUs spread over all of them by accelerate's device map.
 """
 
 from __future__ import annotations
