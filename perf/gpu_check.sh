@@ -17,6 +17,10 @@
 #      with the GPU_CHECK_DPO_VARIANTS settings (ablate first, then TRL, then the variants; the
 #      comparison is written before the variants run); on failure it is retried once at half
 #      the micro-batch (without variants) if time allows
+#   3b. planner: perf.checks.planner_vs_peak, ablate's DPO trainer (models built by
+#      ablate.train.fsdp.build_model) on GPU_CHECK_PLANNER_PAIRS pairs at the DPO step's
+#      settings: peak GPU memory allocated beside the planner's estimate and their ratio
+#      -> $OUT/planner_gpu.json   (smoke: the estimate alone)
 #   4. perf.rm_vs_trl: 256 pairs of GPU_CHECK_DATA_FILE (64 of the shipped slice without
 #      it), same lengths and batches, then ablate alone with the GPU_CHECK_RM_VARIANTS settings
 #      -> $OUT/rm_gpu.json
@@ -39,7 +43,8 @@
 # Settings (environment): GPU_CHECK_SHAPE (smollm2-1.7b | smollm2-135m | tiny), GPU_CHECK_PAIRS,
 # GPU_CHECK_RM_PAIRS, GPU_CHECK_MAX_LENGTH, GPU_CHECK_MAX_PROMPT, GPU_CHECK_BATCH, GPU_CHECK_MICRO
 # (a number or auto), GPU_CHECK_GEN_PROMPTS, GPU_CHECK_GEN_TOKENS, GPU_CHECK_BUDGET,
-# GPU_CHECK_SKIP_WHEELS=1, GPU_CHECK_STEPS (default "dpo rm dpo_long syncs profile generate"),
+# GPU_CHECK_SKIP_WHEELS=1, GPU_CHECK_STEPS (default "dpo planner rm dpo_long syncs profile
+# generate"), GPU_CHECK_PLANNER_PAIRS,
 # GPU_CHECK_DATA_FILE, GPU_CHECK_LONG_PAIRS, GPU_CHECK_DPO_VARIANTS, GPU_CHECK_RM_VARIANTS,
 # GPU_CHECK_LONG_VARIANTS, GPU_CHECK_PROFILE_MODES, PYTHON, OUT.
 set -uo pipefail
@@ -67,7 +72,8 @@ else
   PY=${PYTHON:-python3}
 fi
 # the targets first (DPO and RM against TRL), then the long run, diagnostics last
-STEPS=${GPU_CHECK_STEPS:-dpo rm dpo_long syncs profile generate}
+STEPS=${GPU_CHECK_STEPS:-dpo planner rm dpo_long syncs profile generate}
+PLANNER_PAIRS=${GPU_CHECK_PLANNER_PAIRS:-16}  # two optimiser steps at batch 8
 DATA_FILE=${GPU_CHECK_DATA_FILE:-.gpu/data/train_1000.jsonl.gz}
 LONG_PAIRS=${GPU_CHECK_LONG_PAIRS:-2000}  # all that fit
 [ "$SMOKE" = 1 ] && LONG_PAIRS=${GPU_CHECK_LONG_PAIRS:-8}
@@ -201,6 +207,17 @@ main() {
           --data-file "$DATA_FILE" --max-length "$MAX_LENGTH" --max-prompt-length "$MAX_PROMPT" \
           --batch-size "$BATCH" --micro-batch-size "$micro" --allow-fewer --skip-save \
           --ablate-only --ablate-variants "$LONG_VARIANTS" --json "$OUT/dpo_long_gpu.json"
+        ;;
+      planner)
+        # the planner's peak memory for a DPO step of this shape beside the peak it reaches,
+        # trained with the current loading (ablate.train.fsdp.build_model); at toy size on the
+        # CPU only the estimate
+        local estimate_only=()
+        [ "$SMOKE" = 1 ] && estimate_only=(--estimate-only)
+        step planner 180 60 "$PY" -m perf.checks.planner_vs_peak --model "$MODEL" \
+          --pairs "$PLANNER_PAIRS" --max-length "$MAX_LENGTH" --max-prompt-length "$MAX_PROMPT" \
+          --batch-size "$BATCH" --micro-batch-size "$micro" --out "$WORK/planner" \
+          "${estimate_only[@]}" --json "$OUT/planner_gpu.json"
         ;;
       syncs)
         step syncs_model 60 20 "$PY" -m perf.random_model --shape tiny --out "$WORK/model-tiny" \

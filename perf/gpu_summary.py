@@ -3,7 +3,8 @@
     python -m perf.gpu_summary OUT_DIR [--out OUT_DIR/summary.md]
 
 OUT_DIR holds what ``perf/gpu_check.sh`` wrote (any of env_gpu.json, steps.json, dpo_gpu.json,
-rm_gpu.json, dpo_long_gpu.json, profile_gpu.json, syncs_gpu.json, generate_gpu.json), loose or
+rm_gpu.json, dpo_long_gpu.json, profile_gpu.json, syncs_gpu.json, generate_gpu.json,
+planner_gpu.json), loose or
 bundled in results.tgz. Targets: ablate's DPO and RM trainers at least 2x TRL's pairs/s, and at
 least 40 % useful-FLOP utilisation, read strictly: 8 x params x real tokens over the reference
 pass plus the training epoch, at the card's dense bf16 peak.
@@ -19,7 +20,7 @@ from pathlib import Path
 RATIO_TARGET = 2.0
 UTILISATION_TARGET = 0.40
 FILES = ("env_gpu", "steps", "dpo_gpu", "rm_gpu", "dpo_long_gpu", "profile_gpu", "syncs_gpu",
-         "generate_gpu")
+         "generate_gpu", "planner_gpu")
 
 
 def load_results(folder: Path) -> dict[str, dict]:
@@ -257,6 +258,13 @@ def summarise(results: dict[str, dict]) -> str:
         out += [f"## Generation: {generate.get('tokens_per_second')} tokens/s "
                 f"({generate.get('prompts')} prompts × {generate.get('max_new_tokens')} tokens)",
                 ""]
+    if "planner_gpu" in results:
+        planner = results["planner_gpu"]
+        out += [f"## The planner's peak memory against the DPO trainer's "
+                f"(`perf.checks.planner_vs_peak`): estimate {planner.get('estimate_gib')} GiB, "
+                f"measured {planner.get('measured_gib', '–')} GiB, ratio "
+                f"{planner.get('ratio', '–')} ({planner.get('pairs')} pairs, longest "
+                f"{planner.get('longest_tokens')} tokens)", ""]
     if "steps" in results:
         steps = results["steps"]
         out += [f"## Steps ({steps.get('total_seconds')} s of a {steps.get('budget_seconds')} s "

@@ -64,6 +64,7 @@ class EvalEnv:
 
     def __post_init__(self) -> None:
         self._owns_backend = self._backend is None  # a backend handed in is shared: kept open
+        self._released_engine: str | None = None
 
     @property
     def protocol(self) -> str:
@@ -89,11 +90,17 @@ class EvalEnv:
         return self._backend
 
     def release_backend(self) -> None:
-        """Free the model's memory for what runs after generation (a judge model), where this
-        evaluation loaded the model itself."""
+        """Free the model's memory for what runs after generation (a judge model, best-of-N's
+        reward model), where this evaluation loaded the model itself."""
         if self._owns_backend and self._backend is not None:
+            self._released_engine = getattr(self._backend, "name", None)
             self._backend.close()
             self._backend = None
+
+    @property
+    def engine(self) -> str | None:
+        """The name of the engine that generated (``vllm``, ``hf``), released or not."""
+        return getattr(self._backend, "name", None) or self._released_engine
 
     @property
     def tokenizer(self):
@@ -130,16 +137,21 @@ class EvalEnv:
         if self.reward_model_dir is None:
             raise EvalError("a best_of_n sampler needs a reward_model input")
         self.best_of_n_calls += 1
-        from ablate.generate.reward_model import RewardScorer  # heavy, so imported late
+        # heavy, so imported late
+        from ablate.generate.reward_model import best_of_n_rewards, check_reward_dtype
 
         sampler = self.sampler
+        check_reward_dtype(sampler.reward_dtype)  # before sampling, not after
         params = SamplingParams(max_new_tokens=max_new_tokens, n=sampler.n,
                                 temperature=sampler.temperature, seed=sampler.seed,
                                 stop=tuple(stop))
         samples = self.backend.generate(list(prompts), params, progress=self.progress)
-        scorer = RewardScorer(self.reward_model_dir)
+        # every sample is drawn: the engine's memory goes to the reward model (a 70B one fills
+        # the job's GPUs); a benchmark asks for its generations once, so it is not reloaded
+        self.release_backend()
         flat_prompts = [p for p, s in zip(rm_prompts, samples) for _ in s]
-        scores = scorer.score(flat_prompts, [x for s in samples for x in s])
+        scores = best_of_n_rewards(self.reward_model_dir, sampler.reward_dtype, flat_prompts,
+                                   [x for s in samples for x in s])
         best, k = [], 0
         for s in samples:
             chunk = list(scores[k:k + len(s)])

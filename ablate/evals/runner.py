@@ -69,7 +69,7 @@ def evaluate_benchmark(config: EvalStep, model_dir: Path, out_dir: Path, *,
     try:
         results = bench.evaluate(items, env)
         # vLLM's version is part of what made a result where it generated
-        engine_libraries = ("vllm",) if getattr(env._backend, "name", None) == "vllm" else ()
+        engine_libraries = ("vllm",) if env.engine == "vllm" else ()
     finally:
         if backend is None and env._backend is not None:  # the one this evaluation loaded
             env._backend.close()

@@ -10,10 +10,12 @@ peaks (the start of a micro-batch's backward, AdamW's step, PPO's generation):
   and during the step, plus one state-sized temporary where AdamW is not fused; with
   ``cpu_offload`` all of it lives in host memory; over several ranks FSDP gathers
   ``PREFETCHED_LAYERS`` decoder layers at a time (bf16, its mixed precision on a GPU).
-- a frozen model as the trainers hold it (``frozen_bytes``, ``BEST_OF_N_REWARD_MODEL_WHOLE``):
-  PPO's reference and reward model and DPO's online reference sharded with the policy, in bf16
-  over several GPUs and fp32 on one (``ablate.train.fsdp.frozen_dtype``); best-of-N's reward
-  model (an evaluation runs as one process) in fp32, whole on its GPU.
+- a frozen model as the trainers hold it (``frozen_bytes``): PPO's reference and reward model
+  and DPO's online reference sharded with the policy, in bf16 over several GPUs and fp32 on
+  one (``ablate.train.fsdp.frozen_dtype``).
+- best-of-N's scoring (``scoring_phase``): the generating model released, the reward model in
+  its ``reward_dtype`` spread layer by layer over the evaluation's GPUs (one process), and one
+  scoring batch (``ablate.spec.model_shapes.scoring_batch_bytes``).
 - activations of the longest micro-batch (``activation_bytes_per_token``): each decoder layer
   keeps its norms' fp32 inputs and outputs, the bf16 copies autocast feeds its five input
   projections, the rotated queries, the keys and values (repeated to every head: training
@@ -47,11 +49,15 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import get_args
 
 from ablate.launch.profile import ClusterProfile, GPUSpec, Resources, resource_kind
-from ablate.spec.model_shapes import KNOWN_SHAPES, ModelShape, shape_from_config
+from ablate.spec.model_shapes import (
+    GPU_HEADROOM, KNOWN_SHAPES, SCORING_BATCH, ModelShape, scoring_batch_bytes, scoring_weight_bytes,
+    shape_from_config,
+)
 from ablate.spec.plan import Plan, Step
-from ablate.spec.schema import ModelSpec
+from ablate.spec.schema import ModelSpec, RewardDtype
 
 GIB = 2 ** 30
 FP32, BF16 = 4, 2
@@ -64,10 +70,6 @@ USEFUL_FLOP_UTILISATION = 0.191
 # checks they agree)
 LOGIT_CHUNK = 1024
 EVAL_CONTEXT = 4096  # tokens of prompt and reply an evaluation's KV cache is sized for
-HEADROOM = 0.95  # share of a GPU's memory a step may plan for (allocator fragmentation)
-# Best-of-N's reward model is whole, in fp32, on the evaluation's GPU (an evaluation is one
-# process: ablate/generate/reward_model.py RewardScorer). Change it with that code.
-BEST_OF_N_REWARD_MODEL_WHOLE = True
 
 
 # ---------------------------------------------------------------- pure formulas
@@ -165,9 +167,20 @@ def frozen_bytes(world: int) -> int:
     return BF16 if world > 1 else FP32
 
 
-def frozen_model_bytes(params: float, world: int, whole: bool = False) -> float:
-    """A frozen model on one GPU: sharded 1/world (training), or ``whole`` in fp32 (best-of-N)."""
-    return FP32 * params if whole else frozen_bytes(world) * params / world
+def frozen_model_bytes(params: float, world: int) -> float:
+    """A frozen model in training on one GPU: sharded 1/world."""
+    return frozen_bytes(world) * params / world
+
+
+def scoring_phase(shape: ModelShape, dtype: str, gpus: int) -> dict[str, float]:
+    """Best-of-N's scoring on one GPU of ``gpus`` (``ablate.generate.reward_model.
+    best_of_n_scorer``): the generating engine released, the reward model's weights in ``dtype``
+    spread over the GPUs whole layer by whole layer (so one may hold a layer, or the
+    embeddings, more than its share), and one scoring batch at the evaluation's context."""
+    weights = scoring_weight_bytes(shape, dtype)
+    unit = weights * max(shape.layer_params, shape.vocab * shape.hidden) / shape.params
+    return {"reward model": weights / gpus + (unit if gpus > 1 else 0.0),
+            "scoring batch": scoring_batch_bytes(shape, SCORING_BATCH, EVAL_CONTEXT, dtype)}
 
 
 def kv_cache_bytes(shape: ModelShape, sequences: int, tokens: int) -> float:
@@ -319,22 +332,22 @@ def estimate_training(step: Step, shapes: dict[str, ModelShape], settings: Setti
 
 def estimate_eval(step: Step, shapes: dict[str, ModelShape], resources: Resources) -> Estimate:
     """An evaluation on one node: the model in bf16 over its GPUs with a KV cache for one
-    sequence (generation engines batch as memory allows); a best-of-N step then scores the
-    samples with the reward model, the generating model still loaded."""
+    sequence (generation engines batch as memory allows); a best-of-N step then releases it and
+    scores the samples with the reward model spread over the same GPUs (``scoring_phase``)."""
     gpus = max(1, resources.gpus_per_node)
     policy = shapes["policy"]
     generation = {"weights": BF16 * policy.params / gpus,
                   "kv cache": kv_cache_bytes(policy, 1, EVAL_CONTEXT) / gpus}
     phases = {"generation": generation}
     if "reward_model" in shapes:
-        phases["scoring"] = {"weights": generation["weights"], "reward model": frozen_model_bytes(
-            shapes["reward_model"].params, gpus, BEST_OF_N_REWARD_MODEL_WHOLE)}
+        phases["scoring"] = scoring_phase(shapes["reward_model"],
+                                          step.config.sampler.reward_dtype, gpus)
     return Estimate(phases)
 
 
 def gpu_budget(gpu: GPUSpec) -> float:
     """Bytes of one GPU a step may plan for."""
-    return HEADROOM * gpu.memory_gib * GIB
+    return GPU_HEADROOM * gpu.memory_gib * GIB
 
 
 def fits(estimate: Estimate, gpu: GPUSpec, resources: Resources) -> bool:
@@ -358,8 +371,14 @@ def plan_step(step: Step, shapes: dict[str, ModelShape], resources: Resources, g
                 options.append(f"{gpus} GPUs (steps.{resource_kind(step)}: [{{min_params: "
                                f"{_billions(params)}, gpus_per_node: {gpus}}}] in the profile)")
                 break
+        if not ok and "scoring" in est.phases:
+            dtypes = get_args(RewardDtype)  # largest first
+            smaller = dtypes[dtypes.index(step.config.sampler.reward_dtype) + 1:]
+            if smaller:
+                options.append(f"a smaller reward_dtype (the bon algorithm's: "
+                               f"{' or '.join(smaller)}; it can change which sample wins)")
         return StepPlan(step, resources, settings, False, est, params, None, ok,
-                        () if ok else tuple(options + _code_limits(est, gpu)))
+                        () if ok else tuple(options))
     algo = step.config.algorithm if step.kind != "train_rm" else step.config.train
     chosen = getattr(algo, "gradient_checkpointing", False)
     can_checkpoint = hasattr(algo, "gradient_checkpointing")
@@ -410,18 +429,8 @@ def plan_step(step: Step, shapes: dict[str, ModelShape], resources: Resources, g
                        "tokens are drawn)")
     if not can_checkpoint and any(phase.endswith("backward") for phase in over):
         options.append(f"activation checkpointing, which {step.kind} steps do not have")
-    options += _code_limits(est, gpu)
     return StepPlan(step, resources, settings, settings.checkpointing and not chosen, est, params,
                     hours, False, tuple(options), tokens=tokens)
-
-
-def _code_limits(est: Estimate, gpu: GPUSpec) -> list[str]:
-    """What no setting changes: best-of-N's reward model that alone takes a quarter of the GPU."""
-    whole = est.phases.get("scoring", {}).get("reward model", 0)
-    if BEST_OF_N_REWARD_MODEL_WHOLE and whole > gpu_budget(gpu) / 4:
-        return [f"a reward model held sharded or in bf16 (best-of-N loads it whole, in fp32, "
-                f"on the evaluation's GPU: {whole / GIB:.0f} GiB)"]
-    return []
 
 
 def _billions(params: float) -> str:

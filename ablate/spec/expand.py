@@ -13,7 +13,7 @@ from ablate.spec.load import SpecError
 from ablate.spec.plan import Cell, Plan, Step
 from ablate.spec.schema import (
     BestOfN, BoNConfig, CellRule, DataRef, DataSource, DPOConfig, EvalConfig, Greedy, GridSpec, JudgeSpec,
-    ModelSpec, PPOConfig, PromptSetRef, RewardModelSpec, Sampler,
+    ModelSpec, PAPER_BEST_OF_N_REWARD_DTYPE, PPOConfig, PromptSetRef, RewardModelSpec, Sampler,
 )
 from ablate.spec.steps import STEP_KINDS, DPOStep, EvalStep, PPOStep, PromptsRef, RMStep
 
@@ -60,11 +60,13 @@ def _apply_overrides(grid: GridSpec, cell: dict[str, Any], algo):
     for override in grid.overrides:
         if not _matches(override.match, cell):
             continue
-        data = algo.model_dump()
+        # the fields the grid set, so that a default that depends on the protocol stays unset
+        data = algo.model_dump(exclude_unset=True)
+        valid = type(algo).model_fields
         for key, value in override.set.items():
-            if key not in data:
+            if key not in valid:
                 raise SpecError(f"grid {grid.name!r}: override {override.name!r} sets unknown key "
-                                f"{key!r} of {type(algo).__name__}; valid: {', '.join(sorted(data))}")
+                                f"{key!r} of {type(algo).__name__}; valid: {', '.join(sorted(valid))}")
             data[key] = value
         try:
             algo = type(algo).model_validate(data)
@@ -168,6 +170,14 @@ def eval_config(settings: EvalConfig, benchmark: str, *, judge: JudgeSpec | None
         shots=settings.mmlu_shots if benchmark == "mmlu" else 0,
         classifier=settings.toxigen_classifier if benchmark == "toxigen" else None, model=model,
         module=custom.module if custom else None, category=facts.category if custom else None)
+
+
+def best_of_n_reward_dtype(algo: BoNConfig, protocol: str) -> str:
+    """The precision a best-of-N cell's reward model scores in: the algorithm's where set, else
+    the paper's under protocol paper."""
+    if protocol == "paper" and "reward_dtype" not in algo.model_fields_set:
+        return PAPER_BEST_OF_N_REWARD_DTYPE
+    return algo.reward_dtype
 
 
 def _eval_steps(grid: GridSpec, label: str, model: ModelSpec | None,
@@ -282,7 +292,8 @@ def expand(grid: GridSpec, *, resolve: Resolver = _unresolved,
                                 "`programmatic`), or exclude the cell")
             rm_id = add(_rm_step(grid, cell["reward_model"], cell, resolve))
             model_step = None
-            sampler = BestOfN(n=algo.n, temperature=algo.temperature, seed=cell["seed"])
+            sampler = BestOfN(n=algo.n, temperature=algo.temperature, seed=cell["seed"],
+                              reward_dtype=best_of_n_reward_dtype(algo, grid.eval.protocol))
             evals = _eval_steps(grid, name, model, {"reward_model": rm_id}, facts, sampler)
         cells.append(Cell(name=name, axes={**cell, "overrides": applied}, model_step=model_step,
                           evals={b: add(s) for b, s in evals.items()}))

@@ -41,6 +41,40 @@ class ModelShape:
         return f"{self.params / 1e9:.2f}B"
 
 
+# The share of a GPU's memory a step may plan for (the rest: allocator fragmentation, CUDA's
+# context); the planner and best-of-N's placement of its reward model both apply it
+GPU_HEADROOM = 0.95
+# Sequences of one reward-model forward at inference (``ablate.generate.reward_model``)
+SCORING_BATCH = 8
+# Bytes per weight of a reward model scoring in each ``RewardDtype`` (ablate.spec.schema): int8
+# quantises the decoder layers' linear weights only (embeddings, norms and the head stay fp16)
+SCORING_WEIGHT_BYTES = {"float32": 4, "bfloat16": 2, "int8": 2}
+INT8_LINEAR_BYTES = 1
+
+
+def scoring_weight_bytes(shape: ModelShape, dtype: str) -> float:
+    """A reward model's weights in ``dtype`` (a ``RewardDtype``)."""
+    if dtype != "int8":
+        return SCORING_WEIGHT_BYTES[dtype] * shape.params
+    linear = shape.layers * (shape.layer_params - 2 * shape.hidden)
+    return INT8_LINEAR_BYTES * linear + SCORING_WEIGHT_BYTES[dtype] * (shape.params - linear)
+
+
+def scoring_batch_bytes(shape: ModelShape, rows: int, width: int, dtype: str) -> float:
+    """What one scoring forward of ``rows`` × ``width`` tokens adds on a GPU that runs one of its
+    layers (no gradients: a layer's tensors are freed as the next is made): the residual stream
+    and its normed copy, the compute-dtype copy a matmul reads, then the larger of attention's
+    queries, keys, values (repeated to every head under a mask) and output and the gated MLP's
+    three live tensors (up, silu(gate), their product); and the boolean 4-D attention mask
+    (``ablate.generate.forward``)."""
+    h, f = shape.hidden, shape.intermediate
+    q = shape.heads * (shape.head_dim or h // shape.heads)
+    residual = SCORING_WEIGHT_BYTES[dtype]  # float32's residual stream stays fp32 under autocast
+    compute = 2  # bf16 autocast, bf16, or int8's fp16
+    per_token = 2 * residual * h + compute * (h + max(4 * q, 3 * f))
+    return rows * width * per_token + rows * width * width
+
+
 def shape_from_config(config: Mapping) -> ModelShape:
     """The shape in a transformers ``config.json`` of a Llama-like decoder (KeyError when a
     field is missing)."""

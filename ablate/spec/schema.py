@@ -294,12 +294,28 @@ class PPOConfig(Frozen):
     save_every_steps: int = execution(10, gt=0)
 
 
+# What best-of-N's reward model scores in (``BestOfN.reward_dtype``), largest first. Scores in
+# another precision can rank a prompt's samples differently, so it is part of the result:
+# - float32: fp32 weights; on a GPU the forward under bf16 autocast (what ablate always did)
+# - bfloat16: bf16 weights and activations (half the memory)
+# - int8: LLM.int8 (bitsandbytes) linear layers, the rest fp16 (a quarter of the memory); CUDA only
+RewardDtype = Literal["float32", "bfloat16", "int8"]
+# The paper's code scored best-of-N in 8 bits: it stopped vLLM, then loaded the reward model with
+# ``AutoModelForSequenceClassification.from_pretrained(path, load_in_8bit=True,
+# device_map="auto")`` (allenai/open-instruct@61b0d6896:eval/utils.py, ``bon_generation_vllm``;
+# bitsandbytes then computes the unquantised parts in fp16). The paper protocol's default.
+PAPER_BEST_OF_N_REWARD_DTYPE: RewardDtype = "int8"
+
+
 class BoNConfig(Frozen):
-    """Best-of-N: sample N responses from the SFT model, keep the one the RM scores highest."""
+    """Best-of-N: sample N responses from the SFT model, keep the one the RM scores highest.
+    ``reward_dtype``: what the RM scores in (``RewardDtype``); unset, the eval protocol's
+    (the paper's int8 under protocol paper, float32 otherwise)."""
 
     kind: Literal["bon"] = "bon"
     n: int = Field(default=16, gt=0)
     temperature: float = Field(default=0.7, gt=0)
+    reward_dtype: RewardDtype = "float32"
 
 
 AlgorithmConfig = Annotated[Union[DPOConfig, PPOConfig, BoNConfig], Field(discriminator="kind")]
@@ -354,6 +370,8 @@ class BestOfN(Frozen):
     n: int = Field(default=16, gt=0)
     temperature: float = Field(default=0.7, gt=0)
     seed: int = 1
+    # float32 (the default) keeps the ids of steps made before it existed, which scored so
+    reward_dtype: RewardDtype = "float32"
 
 
 class PassAtK(Frozen):

@@ -30,19 +30,16 @@ class FakeBackend:
         return [[f"{p}:{'x' * (k + 1)}" for k in range(params.n)] for p in prompts]
 
 
-class LongestWins:
-    def __init__(self, model_dir):
-        self.model_dir = model_dir
-
-    def score(self, prompts, responses):
-        assert len(prompts) == len(responses)
-        return [float(len(r)) for r in responses]
+def longest_wins(model_dir, reward_dtype, prompts, responses):
+    """Best-of-N's rewards (``best_of_n_rewards``) as a stand-in: the longer, the better."""
+    assert len(prompts) == len(responses)
+    return [float(len(r)) for r in responses]
 
 
 def test_greedy_and_best_of_n(monkeypatch, tmp_path):
     import ablate.generate.reward_model as reward_model
 
-    monkeypatch.setattr(reward_model, "RewardScorer", LongestWins)
+    monkeypatch.setattr(reward_model, "best_of_n_rewards", longest_wins)
     backend = FakeBackend()
     greedy = env(tmp_path, backend)
     assert greedy.generate(["a"], 5) == [["a:x"]] and backend.calls[-1].greedy
@@ -74,7 +71,7 @@ def test_result_says_whether_best_of_n_applied(monkeypatch, tmp_path):
         def loglikelihood(self, requests, progress=None):
             return [[-float(k) for k in range(len(options))] for _, options in requests]
 
-    monkeypatch.setattr(reward_model, "RewardScorer", LongestWins)
+    monkeypatch.setattr(reward_model, "best_of_n_rewards", longest_wins)
     monkeypatch.setenv("ABLATE_DATA_DIR", str(tmp_path / "none"))  # the shipped slices
     sampler = BestOfN(n=2, temperature=0.7, seed=1)
     applied = {}

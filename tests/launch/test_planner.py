@@ -53,10 +53,8 @@ def test_memory_formulas_by_hand():
         "weights": 100.0, "gradients": 100.0, "optimiser": 200.0}
     assert trained_model_bytes(100, 4, accumulating=False, offload=False)["gradients"] == 0
     assert set(trained_model_bytes(100, 4, True, offload=True).values()) == {0}
-    # frozen models as the trainers hold them: bf16 shards over several GPUs, fp32 on one, and
-    # best-of-N's reward model whole in fp32
+    # frozen models as the trainers hold them: bf16 shards over several GPUs, fp32 on one
     assert frozen_model_bytes(100, 4) == 50 and frozen_model_bytes(100, 1) == 400
-    assert frozen_model_bytes(100, 4, whole=True) == 400
     assert optimiser_step_bytes(100, 4, offload=False, fused=True) == 400
     assert optimiser_step_bytes(100, 4, offload=False, fused=False) == 500  # a foreach temporary
     # two chunks' worth of answers: one chunk's fp32 logits and softmax, and the head's gradient
@@ -178,8 +176,65 @@ def test_table3_dry_run_refuses_70b_rms_on_one_node_and_accepts_them_on_four(tmp
 
     accepted = runner.invoke(app, [*base, str(REPO / "slurm" / "example-gpu.yaml")], env=env)
     lines = " ".join(accepted.output.split())
-    assert "refused: train_rm" not in lines and "refused: train_dpo" not in lines, lines
+    assert accepted.exit_code == 0 and "refused" not in lines, lines
     assert "peak memory per GPU" in lines and "GPU-hours" in lines
+
+
+def test_best_of_n_scoring_formulas_by_hand():
+    from ablate.launch.planner import scoring_phase
+    from ablate.spec.model_shapes import scoring_batch_bytes, scoring_weight_bytes
+
+    assert TINY.params == 1352
+    assert scoring_weight_bytes(TINY, "float32") == 4 * 1352
+    assert scoring_weight_bytes(TINY, "bfloat16") == 2 * 1352
+    # int8: the layers' linear weights (2 · (592 - 16 norm weights)) one byte each, the rest fp16
+    assert scoring_weight_bytes(TINY, "int8") == 1152 + 2 * (1352 - 1152)
+    # a token: the residual and its normed copy 2·2·8, the bf16 input 2·8, the MLP's three live
+    # tensors 3·2·16 (larger than attention's 4·2·8); plus the 3·5·5 boolean mask
+    assert scoring_batch_bytes(TINY, rows=3, width=5, dtype="bfloat16") == \
+        15 * (32 + 16 + 96) + 75
+    # float32 weights under autocast: an fp32 residual stream, bf16 matmul outputs
+    assert scoring_batch_bytes(TINY, rows=3, width=5, dtype="float32") == \
+        15 * (64 + 16 + 96) + 75
+    # one GPU holds the model; two hold half each, and one may hold a whole layer (592 of the
+    # 1352 parameters) more
+    assert scoring_phase(TINY, "bfloat16", 1)["reward model"] == 2704
+    assert scoring_phase(TINY, "bfloat16", 2)["reward model"] == 1352 + 2704 * 592 / 1352
+
+
+def test_best_of_n_with_a_70b_reward_model_fits_its_gpus_or_says_how_many(tmp_path):
+    """Best-of-N releases the generator and spreads the reward model over the job's GPUs: the
+    paper protocol's int8 70B RM fits the example's 4 GPUs; in bfloat16 on one GPU it is refused,
+    naming the GPUs that would hold it and the smaller reward_dtype."""
+    from ablate.launch.planner import plan_resources
+    from ablate.spec import expand, load_grid
+
+    def bon70(grid_spec, profile):
+        grid = tmp_path / "table3.yaml"
+        grid.write_text(yaml.safe_dump(grid_spec))
+        plans = plan_resources(expand(load_grid(grid)), profile)
+        return next(sp for sp in plans if sp.step.name.startswith("eval gsm8k")
+                    and "rm=uf-70b" in sp.step.name and "alg=bon" in sp.step.name)
+
+    spec = yaml.safe_load((REPO / "grids" / "table3.yaml").read_text())
+    example = load_profile(REPO / "slurm" / "example-gpu.yaml").config
+    paper = bon70(spec, example)
+    assert paper.step.config.sampler.reward_dtype == "int8" and paper.fits
+    assert paper.resources.gpus_per_node == 4 and paper.estimate.peak_phase == "scoring"
+    scoring = paper.estimate.phases["scoring"]
+    assert 16 * GIB < scoring["reward model"] < 18 * GIB  # 69B in ~1 byte each, over 4 GPUs
+
+    spec["algorithms"] = {"bon": {"kind": "bon", "reward_dtype": "bfloat16"}}
+    one_gpu = ClusterProfile.model_validate(yaml.safe_load(
+        (REPO / "slurm" / "example-gpu.yaml").read_text().split("# --- resources by step")[0]
+        + "gpu: {memory_gib: 80}\n"))
+    refused = bon70(spec, one_gpu)
+    assert refused.step.config.sampler.reward_dtype == "bfloat16"
+    assert not refused.fits and refused.resources.gpus_per_node == 1
+    assert refused.options[0] == ("2 GPUs (steps.best_of_n: [{min_params: 68B, "
+                                  "gpus_per_node: 2}] in the profile)")
+    assert refused.options[1].startswith("a smaller reward_dtype (the bon algorithm's: int8;")
+    assert bon70(spec, example).fits  # bfloat16 over 4 GPUs
 
 
 def test_planned_settings_keep_every_step_id(tmp_path):

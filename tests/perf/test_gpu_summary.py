@@ -103,3 +103,11 @@ def test_a_cpu_run_is_not_a_gpu_comparison_and_bundles_are_read(summary, tmp_pat
 def test_missing_folder_is_a_clear_error(summary, tmp_path):
     with pytest.raises(SystemExit, match="no such folder"):
         summary.main([str(tmp_path / "nope")])
+
+
+def test_the_planner_step_is_on_the_page(summary, tmp_path):
+    page = page_for(summary, tmp_path, planner_gpu={
+        "estimate_gib": 62.193, "measured_gib": 58.6, "ratio": 1.061, "pairs": 16,
+        "longest_tokens": 1742})
+    assert ("estimate 62.193 GiB, measured 58.6 GiB, ratio 1.061 (16 pairs, longest 1742 "
+            "tokens)") in page

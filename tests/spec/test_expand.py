@@ -223,3 +223,37 @@ def test_training_without_a_data_axis_is_an_error_at_expansion():
     with pytest.raises(SpecError, match=r"reward model 'same' \(data: cell\)"):
         expand(grid(axes={"model": ["m"], "algorithm": ["ppo"], "reward_model": ["same"],
                           "prompts": ["gsm8k-train"]}))
+
+
+def test_best_of_n_reward_dtype_is_the_papers_under_protocol_paper():
+    """The paper scored best-of-N in int8: the paper protocol's default; another protocol keeps
+    float32 (the ids made before the field existed); a grid's own choice wins, also through an
+    override that sets another field."""
+    from ablate.spec.schema import BestOfN
+
+    def dtypes(**overrides):
+        plan = expand(grid(axes={"model": ["m"], "data": ["a"], "algorithm": ["bon"],
+                                 "reward_model": ["same"]}, **overrides))
+        return {s.config.sampler.reward_dtype for s in plan.steps.values()
+                if s.kind == "eval" and isinstance(s.config.sampler, BestOfN)}
+
+    assert dtypes() == {"int8"}  # the grid's eval protocol defaults to paper
+    assert dtypes(eval={"benchmarks": ["gsm8k"], "protocol": "full"}) == {"float32"}
+    own = {"algorithms": {"bon16": {"kind": "bon", "reward_dtype": "bfloat16"}},
+           "axes": {"model": ["m"], "data": ["a"], "algorithm": ["bon16"],
+                    "reward_model": ["same"]}}
+    plan = expand(grid(**own))
+    assert {s.config.sampler.reward_dtype for s in plan.steps.values()
+            if s.kind == "eval" and s.inputs.get("reward_model")} == {"bfloat16"}
+    n8 = [{"name": "n8", "match": {"algorithm": "bon"}, "set": {"n": 8}}]
+    assert dtypes(overrides=n8) == {"int8"}
+    # at its default the field leaves an id as it was; another precision is another result
+    from ablate.spec.plan import Step
+    from ablate.spec.steps import EvalStep
+
+    def step_id(sampler):
+        return Step("e", EvalStep(benchmark="gsm8k", protocol="paper", seed=1, sampler=sampler),
+                    {"reward_model": "r"}).id
+
+    assert step_id(BestOfN()) == step_id(BestOfN(reward_dtype="float32"))
+    assert step_id(BestOfN()) != step_id(BestOfN(reward_dtype="int8"))
