@@ -125,7 +125,7 @@ def show(name: str = typer.Argument(..., help="dataset or prompt-set name"),
     console.print(f"[bold]{name}[/] ({what}): {len(rows):,} rows", highlight=False)
     source = SOURCES.get(name)
     if source and source.paper_rows:
-        console.print(f"paper (Table 1): {source.paper_rows:,} rows; source {source.hub_id}")
+        console.print(f"the paper's size: {source.paper_rows:,} rows; source {source.hub_id}")
     lengths = Table(title="length in characters")
     for column in ("field", "mean", "median", "min", "max"):
         lengths.add_column(column)

@@ -1,7 +1,8 @@
 """The named preference datasets, mixtures and prompt sets, with where each comes from.
 
-Names are what grids use (``DataRef.name``). ``paper_rows`` is the size Table 1 of Ivison et al.
-(2024) reports, for ``ablate data show`` to compare against. ``revision`` is the hub revision the
+Names are what grids use (``DataRef.name``). ``paper_rows`` is the size the paper (Ivison et al.,
+2024) gives a data set (Table 1's counts, Table 2's 60,908-pair downsamples), for ``ablate data
+show`` to compare against and for the planner to size a step before its data is downloaded. ``revision`` is the hub revision the
 loader asks for; a commit hash pins it, ``main`` is used where no commit could be checked from
 here. ``local_files`` are glob patterns, relative to ``$ABLATE_DATA_DIR`` (or to the shipped
 slices folder when ``packaged``), that replace the hub when present.
@@ -73,6 +74,9 @@ class PromptSource:
     from_preferences: str | None = None  # the prompts of this preference dataset
     converter_version: int = 1
     raw_name: str | None = None  # as Source.raw_name, for the paper's prompt sets
+    # as Source.paper_rows: Table 4's "60K prompts" (the 60,908 of UltraFeedback, and the mixed
+    # set downsampled to that size), Figure 3's "20K prompts"
+    paper_rows: int | None = None
     note: str = ""
 
 
@@ -129,14 +133,16 @@ PAPER_SPLITS: list[Source] = [
     tulu25("ultrafeedback_mean_aspects", "ultrafeedback-fg", "synthetic", "MIT", 60_908,
            note="the fine-grained (mean of aspects) binarization"),
     # Table 2's PPO data: random 60,908-pair downsamples of the large sets
-    tulu25("stack_exchange_60k", "stack-exchange", "web", "CC-BY-SA-4.0",
+    tulu25("stack_exchange_60k", "stack-exchange", "web", "CC-BY-SA-4.0", 60_908,
            note="Table 2's 60,908-pair downsample"),
-    tulu25("hh_rlhf_60k", "hh-rlhf", "human", "MIT", note="Table 2's 60,908-pair downsample"),
-    tulu25("nectar_60k", "nectar", "synthetic", "Apache-2.0", note="Table 2's 60,908-pair downsample"),
+    tulu25("hh_rlhf_60k", "hh-rlhf", "human", "MIT", 60_908,
+           note="Table 2's 60,908-pair downsample"),
+    tulu25("nectar_60k", "nectar", "synthetic", "Apache-2.0", 60_908,
+           note="Table 2's 60,908-pair downsample"),
     # Table 3's 'Mix': HelpSteer, PRM800k, HH-RLHF, Nectar, StackExchange and UltraFeedback, the
     # last four downsampled to 60,908 (4 x 60,908 + 9,270 + 6,949 = 259,851 rows)
     tulu25("preference_big_mixture", "rm-mix", "mixture", "per component (see the card)",
-           note="Table 3's Mix of six sets"),
+           259_851, note="Table 3's Mix of six sets"),
 ]
 TULU25_PROMPTS_REVISION = "de267afac62d4131ce50f8529c6d6a4f29c5787b"
 
@@ -239,24 +245,24 @@ MIXTURES: dict[str, Mixture] = {m.name: m for m in [
 
 PROMPT_SETS: dict[str, PromptSource] = {p.name: p for p in [
     PromptSource("ultrafeedback-prompts", licence="MIT", from_preferences="ultrafeedback-fg",
-                 note="the prompts of the fine-grained UltraFeedback set"),
+                 paper_rows=60_908, note="the prompts of the fine-grained UltraFeedback set"),
     PromptSource("gsm8k-train", licence="MIT", hub_id="openai/gsm8k", config="main",
-                 convert=uf.gsm8k_prompts, local_files=("gsm8k/train.jsonl",)),
+                 convert=uf.gsm8k_prompts, local_files=("gsm8k/train.jsonl",), paper_rows=7_473),
     PromptSource("gsm8k-train-slice", licence="MIT", hub_id="openai/gsm8k", config="main",
                  convert=uf.gsm8k_prompts, packaged=True, local_files=("gsm8k_train.jsonl.gz",),
                  note="the first 200 GSM8k train questions, shipped"),
     PromptSource("math-mined", licence="ODC-BY", hub_id=TULU25_PROMPTS,
                  revision=TULU25_PROMPTS_REVISION, split="math_prompts_20k",
-                 convert=uf.chat_prompts, note="math prompts mined from several datasets (hub only)"),
+                 convert=uf.chat_prompts, paper_rows=20_000, note="math prompts mined from several datasets (hub only)"),
     # The paper's PPO prompts for Tables 3-5: hamishivi/EasyLM@dbf2212
     # docs/paper_notes/unpacking_dpo_and_ppo.md (tulu_prompt_dataset.hf_split='ultrafeedback_prompts')
     PromptSource("tulu25-ultrafeedback-prompts", licence="ODC-BY", hub_id=TULU25_PROMPTS,
                  revision=TULU25_PROMPTS_REVISION, split="ultrafeedback_prompts",
-                 convert=uf.chat_prompts, raw_name="ultrafeedback-prompts",
+                 convert=uf.chat_prompts, raw_name="ultrafeedback-prompts", paper_rows=60_908,
                  note="the UltraFeedback prompts the paper's PPO ran on (hub only)"),
     PromptSource("mixed", licence="ODC-BY", hub_id=TULU25_PROMPTS,
                  revision=TULU25_PROMPTS_REVISION, split="ultrafeedback_code_math_prompts",
-                 convert=uf.chat_prompts,
+                 convert=uf.chat_prompts, paper_rows=60_908,
                  note="UltraFeedback + math + code prompts, downsampled to the UltraFeedback size"),
 ]}
 
@@ -283,6 +289,13 @@ def converter_version(name: str, prompts: bool = False) -> str:
         return f"mix{mixture.mixing_version};" + ",".join(
             f"{part}:{converter_version(part)}" for part, _ in mixture.components)
     return str(SOURCES[name].converter_version)
+
+
+def published_rows(name: str | None, prompts: bool = False) -> int | None:
+    """The rows a registry data set has as the paper used it (``Source.paper_rows``), where
+    known: a size to plan with before the data is downloaded."""
+    source = (PROMPT_SETS if prompts else SOURCES).get(name or "")
+    return getattr(source, "paper_rows", None)
 
 
 def paper_data_set(name: str, prompts: bool = False) -> str:

@@ -118,8 +118,9 @@ def check_resources(plan: Plan, profile, console: Console, only_refusals: bool =
     if not only_refusals:
         console.print(resources_table(plans, profile))
         hours = sum(sp.gpu_hours or 0 for sp in plans)
-        console.print(f"training: {hours:,.0f} GPU-hours in all (the steps whose rows are known; "
-                      "at most, where tokens were not counted); checkpointing on, then the "
+        console.print(f"training: {hours:,.0f} GPU-hours in all (the steps whose rows are known: "
+                      "counted, the grid's max_rows or the paper's size; at most, where tokens "
+                      "were not counted); checkpointing on, then the "
                       "micro-batch halved, where a step would not fit otherwise", highlight=False)
     refused = [sp for sp in plans if not sp.fits]
     for sp in refused:

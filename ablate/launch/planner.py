@@ -34,7 +34,8 @@ allocated; the formulas: 62.2) and CPU runs of two small random models
 GPU-hours: FLOPs (8·P·T for DPO's reference pass plus training, 6·P·T for a reward model,
 forward and backward passes of every PPO model, 2·P·T more where checkpointing recomputes the
 forward) at ``USEFUL_FLOP_UTILISATION`` of the GPU's dense bf16 peak, with T the data's real
-tokens where counted, else at the step's length limits (an upper bound).
+tokens where counted, else at the step's length limits (an upper bound) for its
+rows (its ``max_rows``, else the paper's size of a registry data set: ``published_rows``).
 
 The rules ``plan_step`` applies to a training step, in order, until it fits: activation
 checkpointing on (on where the config sets ``gradient_checkpointing: true``, else only where the
@@ -486,10 +487,15 @@ def resolve_shape(spec: ModelSpec, cache_root: Path | None = None) -> ModelShape
 
 
 def limit_tokens(step: Step) -> Tokens:
-    """A training step's tokens as its config bounds them: its data's ``max_rows`` (if any)
-    examples at its length limits."""
-    ref = getattr(step.config, "data", None) or step.config.prompts
-    return Tokens(ref.max_rows)
+    """A training step's tokens as its config bounds them: its data's ``max_rows``, else the
+    published size of a registry data set (if known), examples at its length limits."""
+    from ablate.data.registry import published_rows
+
+    data = getattr(step.config, "data", None)
+    ref = data or step.config.prompts
+    # PPO's prompts are a prompt set's, or the prompts of preference data (Table 2)
+    prompt_set = data is None and getattr(ref, "source", None) != "preference_data"
+    return Tokens(ref.max_rows or published_rows(ref.name, prompts=prompt_set))
 
 
 def counted_tokens(step: Step, examples: list) -> Tokens:

@@ -97,7 +97,7 @@ def test_data_show_names_the_split_its_skips_and_refuses_a_test_split(tmp_path, 
     monkeypatch.setenv("COLUMNS", "200")
     out = CliRunner().invoke(app, ["show", "tulu25-hh-rlhf", "--n-examples", "0"])
     assert out.exit_code == 0, out.output
-    assert "60 rows" in out.output and "paper (Table 1): 158,530 rows" in out.output
+    assert "60 rows" in out.output and "the paper's size: 158,530 rows" in out.output
     for reason in EXPECTED_SKIPS:
         assert reason in out.output
     out = CliRunner().invoke(app, ["show", "tulu25-hh-rlhf", "--split", "test"])

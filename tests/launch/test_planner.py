@@ -393,3 +393,26 @@ def test_each_job_asks_sbatch_for_its_step_kind_and_size(tmp_path):
     assert "#SBATCH --gpus-per-node=4" in script[bon70]
     baseline = next(name for name in script if name.startswith("eval gsm8k") and "SFT" in name)
     assert "#SBATCH --gpus-per-node=1" in script[baseline]
+
+
+def test_a_step_whose_data_is_not_here_is_sized_at_the_papers_row_count():
+    """Before a download, a paper split's training step is sized at the paper's count (Table 2's
+    60,908-pair downsample; Table 4's 60K prompts), and a grid's own max_rows wins."""
+    import dataclasses
+
+    from ablate.cli import plan_of
+    from ablate.launch.planner import limit_tokens
+    from ablate.spec import load_grid
+
+    plan = plan_of(load_grid(REPO / "grids" / "table2.yaml"))
+    counts = {step.config.data.name: limit_tokens(step).examples
+              for step in plan.steps.values() if step.kind == "train_dpo"}
+    assert counts["tulu25-hh-rlhf-60k"] == 60_908
+    assert counts["tulu25-chatbot-arena-2023"] == 20_465
+    ppo = [limit_tokens(step).examples for step in plan.steps.values()
+           if step.kind == "train_ppo"]
+    assert ppo and all(n is not None and n > 0 for n in ppo)
+    capped = next(s for s in plan.steps.values() if s.kind == "train_dpo")
+    capped = dataclasses.replace(capped, config=capped.config.model_copy(update={
+        "data": capped.config.data.model_copy(update={"max_rows": 100})}))
+    assert limit_tokens(capped).examples == 100
