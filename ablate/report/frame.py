@@ -70,6 +70,8 @@ class Results:
     # a grid's own benchmarks (eval.custom) -> their categories: columns beside the paper's six
     own_categories: dict[str, str] = field(default_factory=dict)
     value_replicates: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # cache
+    # (cell, benchmark) -> the numbers an eval reports beside its value (``secondary``)
+    secondary: dict[tuple[str, str], dict] = field(default_factory=dict)
     # benchmark -> its metric, where the value is not the mean of the per-item scores: no CI and
     # no paired test for it (``stats.item_scale``)
     not_resampled: dict[str, str] = field(default_factory=dict)
@@ -316,6 +318,8 @@ def _eval_row(store: RunStore, plan: Plan, results: Results, cell, group: str, b
                metric=result.metric, n_items=result.n_items,
                seconds=done.get("seconds", extra.get("seconds")),
                judge_calls=extra.get("judge_calls", result.secondary.get("judge_calls")))
+    if result.secondary:
+        results.secondary[(cell.name, bench)] = dict(result.secondary)
     scores_path = folder / result.scores_file
     if not scores_path.is_file():
         results.problems.append(f"per-item scores missing ({scores_path}): no CI or paired "

@@ -383,6 +383,36 @@ def data_notes(results: Results) -> list[str]:
     return [f"trained on {source}: {', '.join(steps)}" for source, steps in found.items()]
 
 
+# A benchmark whose value hides what moved it -> the secondary numbers its evals report that
+# show it, and what they are: XSTest's F1 rises as much by refusing the safe prompts too.
+EXPLAINED_BY = {
+    "xstest": (("refusal_rate_unsafe", "refusal_rate_safe"),
+               "refusals (% of the unsafe / safe prompts)"),
+}
+
+
+def explaining_notes(results: Results, rows: list[TableRow], columns: list[Column]) -> list[str]:
+    """One note per shown benchmark of ``EXPLAINED_BY``: each row's secondary numbers (the mean
+    over its cells' seeds)."""
+    notes = []
+    for bench, (keys, what) in EXPLAINED_BY.items():
+        if f"bench:{bench}" not in {c.key for c in columns}:
+            continue
+        at = [c.key for c in columns].index(f"bench:{bench}")
+        parts = []
+        for row in rows:
+            group = None if row.is_summary else row.cells[at].group
+            found = [results.secondary.get((info.name, bench), {}) for info in results.cells
+                     if group is not None and info.group == group]
+            numbers = [[f[k] for f in found if isinstance(f.get(k), (int, float))] for k in keys]
+            if all(numbers):
+                parts.append(f"{' '.join(row.lead).strip()} "
+                             + " / ".join(fmt(sum(n) / len(n)) for n in numbers))
+        if parts:
+            notes.append(f"{label(bench)} {what}: " + "; ".join(parts) + ".")
+    return notes
+
+
 def _notes(spec: TableSpec, results: Results, rows: list[TableRow], columns: list[Column]) -> list[str]:
     notes = []
     if any(c.within_noise for r in rows for c in r.cells):
@@ -399,6 +429,7 @@ def _notes(spec: TableSpec, results: Results, rows: list[TableRow], columns: lis
         # missing † (categories and averages repeat them)
         notes.append("beyond noise (paired difference from the SFT baseline on the same items): "
                      + "; ".join(beyond) + ".")
+    notes.extend(explaining_notes(results, rows, columns))
     if any(c.stat and c.stat.n_seeds > 1 for r in rows for c in r.cells):
         notes.append("a ± b: mean ± sd across seeds.")
     missing = [f"{' '.join(r.lead).strip()} / {col.label}" for r in rows if not r.is_summary

@@ -77,9 +77,12 @@ def wait_settled(plan, store, timeout: float = 900) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         release_requeued()
-        # squeue --states=all also lists jobs that ended a moment ago
+        # squeue --states=all also lists jobs that ended a moment ago; a step that failed and
+        # asked for its job to be requeued is "retrying" before SLURM lists the job as queued
+        # again (longer on a loaded machine)
         if not [j for j, seen in slurm_states(recorded_jobs(plan, store)).items()
-                if seen["state"] in LIVE_STATES]:
+                if seen["state"] in LIVE_STATES] \
+                and not [s for s in plan.steps.values() if store.state(s).get("state") == "retrying"]:
             return
         time.sleep(1)
     raise AssertionError(f"jobs still queued after {timeout} s: {slurm_states(recorded_jobs(plan, store))}")

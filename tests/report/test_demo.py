@@ -66,7 +66,8 @@ def test_the_demo_runs_from_shipped_data(monkeypatch):
     assert kinds == {"train_dpo", "eval"}
 
 
-def write_eval(store: RunStore, step, rows: list[dict], value: float) -> None:
+def write_eval(store: RunStore, step, rows: list[dict], value: float,
+               secondary: dict | None = None) -> None:
     folder = store.step_dir(step)
     folder.mkdir(parents=True)
     atomic_write_jsonl(folder / "scores.jsonl", rows)
@@ -74,7 +75,7 @@ def write_eval(store: RunStore, step, rows: list[dict], value: float) -> None:
         "kind": "eval", "benchmark": step.config.benchmark, "category": "x",
         "protocol": step.config.protocol, "metric": "m", "value": value, "unit": "percent",
         "higher_is_better": True, "category_score": value, "n_items": len(rows),
-        "scores_file": "scores.jsonl"})
+        "scores_file": "scores.jsonl", "secondary": secondary or {}})
     atomic_write_json(folder / "DONE.json", {"step": step.id, "seconds": 1.0})
 
 
@@ -95,7 +96,11 @@ def demo_store(root: Path, refusing: dict[bool, list[bool]] | None = None) -> Ru
         write_eval(store, plan.steps[cell.evals["xstest"]],
                    [{"item_id": str(k), "score": float(u == r), "unsafe": u, "refused": r}
                     for k, (u, r) in enumerate(zip(unsafe, refused))],
-                   100 * refusal_f1(unsafe, refused))
+                   100 * refusal_f1(unsafe, refused),
+                   {f"refusal_rate_{kind}": 100 * sum(r for u, r in zip(unsafe, refused)
+                                                      if u == (kind == "unsafe"))
+                    / sum(u == (kind == "unsafe") for u in unsafe)
+                    for kind in ("unsafe", "safe")})
         write_eval(store, plan.steps[cell.evals["mmlu"]], mmlu,
                    100 * sum(r["score"] for r in mmlu) / len(mmlu))
     return store
@@ -120,6 +125,9 @@ def test_the_demo_table_marks_noise_and_effects_from_the_paired_tests(tmp_path):
     assert cells["MMLU"] == fmt(dpo["bench:mmlu"].value) + NOISE_MARK
     assert (f"XSTest {fmt(test.delta, signed=True)} (95% CI {fmt(test.ci_low, signed=True)} to "
             f"{fmt(test.ci_high, signed=True)}, p = {test.p_value:.3f})") in md
+    # what moved F1: the share of unsafe and of safe prompts each model refused
+    note = next(line for line in lines if line.startswith("- XSTest refusals"))
+    assert note.endswith("(SFT) 20.0 / 0.0; " + row.split("|")[1].strip() + " 80.0 / 0.0.")
 
 
 def test_an_f1_equal_to_the_accuracy_by_chance_is_still_tested_as_f1(tmp_path):
