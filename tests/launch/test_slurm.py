@@ -77,12 +77,13 @@ def wait_settled(plan, store, timeout: float = 900) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         release_requeued()
-        # squeue --states=all also lists jobs that ended a moment ago; a step that failed and
-        # asked for its job to be requeued is "retrying" before SLURM lists the job as queued
-        # again (longer on a loaded machine)
+        # squeue --states=all also lists jobs that ended a moment ago; a step that asked for its
+        # job to be requeued (after a failure, or stopped before the time limit) is "retrying"
+        # or "queued" before SLURM lists the job as pending again (longer on a loaded machine)
         if not [j for j, seen in slurm_states(recorded_jobs(plan, store)).items()
                 if seen["state"] in LIVE_STATES] \
-                and not [s for s in plan.steps.values() if store.state(s).get("state") == "retrying"]:
+                and not [s for s in plan.steps.values()
+                         if store.state(s).get("state") in ("retrying", "queued")]:
             return
         time.sleep(1)
     raise AssertionError(f"jobs still queued after {timeout} s: {slurm_states(recorded_jobs(plan, store))}")
@@ -318,7 +319,7 @@ def test_a_time_limit_stops_training_at_a_checkpoint_and_the_job_resumes_from_it
     # loaded machine, slow to start the processes, may need a requeue for each step)
     monkeypatch.setenv("ABLATE_TEST_STEP_PAUSE", "12")
     profile = tmp_path / "short.yaml"
-    profile.write_text("partition: debug\nnode_gpus: 0\nsignal_delay_s: 60\nmax_requeues: 6\n"
+    profile.write_text("partition: debug\nnode_gpus: 0\nsignal_delay_s: 60\nmax_requeues: 10\n"
                        "train: {nodes: 2, procs_per_node: 1, cpus_per_task: 1, mem_gb: 3, "
                        "time_min: 2}\neval: {cpus_per_task: 1, mem_gb: 2, time_min: 30}\n")
     store = RunStore(tmp_path / "store")
