@@ -52,6 +52,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import get_args
 
+from ablate.data.registry import published_rows
 from ablate.launch.profile import ClusterProfile, GPUSpec, Resources, resource_kind
 from ablate.spec.model_shapes import (
     GPU_HEADROOM, KNOWN_SHAPES, SCORING_BATCH, ModelShape, scoring_batch_bytes, scoring_weight_bytes,
@@ -489,8 +490,6 @@ def resolve_shape(spec: ModelSpec, cache_root: Path | None = None) -> ModelShape
 def limit_tokens(step: Step) -> Tokens:
     """A training step's tokens as its config bounds them: its data's ``max_rows``, else the
     published size of a registry data set (if known), examples at its length limits."""
-    from ablate.data.registry import published_rows
-
     data = getattr(step.config, "data", None)
     ref = data or step.config.prompts
     # PPO's prompts are a prompt set's, or the prompts of preference data (Table 2)
