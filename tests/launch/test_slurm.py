@@ -10,6 +10,7 @@ jobs through ``ABLATE_RUNNERS``.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -21,7 +22,10 @@ from typer.testing import CliRunner
 from ablate.cli import app, plan_of
 from ablate.launch.local import run_plan
 from ablate.launch.profile import load_profile
-from ablate.launch.slurm import LIVE_STATES, cancel_plan, slurm_states, submit_plan
+from ablate.launch.job import log_tail
+from ablate.launch.slurm import (
+    LIVE_STATES, TRACKED, cancel_plan, refresh_states, slurm_states, submit_plan,
+)
 from ablate.spec import load_grid
 from ablate.store import RunStore
 from ablate.train.checkpoints import latest_checkpoint
@@ -57,13 +61,22 @@ def quiet() -> Console:
     return Console(file=open("/dev/null", "w"))
 
 
-def release_requeued() -> None:
-    """SLURM holds a requeued job for ~2 minutes (reason BeginTime); start it now instead."""
+# When the test first saw each requeued job held (job id -> time).
+_held_since: dict[str, float] = {}
+
+
+def release_requeued(after: float = 10) -> None:
+    """SLURM holds a requeued job for ~2 minutes (reason BeginTime) while its nodes clean up the
+    last run; start it ``after`` seconds instead: sooner, but not while the last run's processes
+    may still be exiting (slow on a loaded machine)."""
     out = subprocess.run(["squeue", "--noheader", "--array", "--format=%i|%r"],
                          capture_output=True, text=True)
     for line in out.stdout.splitlines():
         job_id, _, reason = line.partition("|")
-        if reason.strip() == "BeginTime":
+        if reason.strip() != "BeginTime":
+            _held_since.pop(job_id, None)
+            continue
+        if time.time() - _held_since.setdefault(job_id, time.time()) >= after:
             subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"],
                            capture_output=True)
 
@@ -73,20 +86,41 @@ def recorded_jobs(plan, store) -> list[str]:
 
 
 def wait_settled(plan, store, timeout: float = 900) -> None:
-    """Until none of the plan's jobs is queued or running any more."""
+    """Until no step of the plan has a job that will still run, as ``ablate status`` sees it
+    (the store's states corrected by squeue: a step whose job is gone is "lost", not "queued")."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         release_requeued()
-        # squeue --states=all also lists jobs that ended a moment ago; a step that asked for its
-        # job to be requeued (after a failure, or stopped before the time limit) is "retrying"
-        # or "queued" before SLURM lists the job as pending again (longer on a loaded machine)
-        if not [j for j, seen in slurm_states(recorded_jobs(plan, store)).items()
-                if seen["state"] in LIVE_STATES] \
-                and not [s for s in plan.steps.values()
-                         if store.state(s).get("state") in ("retrying", "queued")]:
+        states = refresh_states(plan, store, {s.id: store.state(s) for s in plan.steps.values()})
+        # TRACKED: submitted, running, queued, retrying; or a live SLURM state ("completing")
+        if not [sid for sid, state in states.items() if state.get("state") in TRACKED
+                or str(state.get("state")).upper() in LIVE_STATES]:
             return
         time.sleep(1)
-    raise AssertionError(f"jobs still queued after {timeout} s: {slurm_states(recorded_jobs(plan, store))}")
+    raise AssertionError(f"jobs still queued after {timeout} s:\n{diagnosis(plan, store)}")
+
+
+def diagnosis(plan, store) -> str:
+    """What a failed SLURM test needs to be understood afterwards: each step's state as status
+    sees it, its log's end, and its job's output and scheduler events."""
+    states = refresh_states(plan, store, {s.id: store.state(s) for s in plan.steps.values()})
+    conf = Path(os.environ.get("SLURM_CONF", "/nonexistent"))
+    controller_log = conf.parent / "log" / "slurmctld.log"
+    out = []
+    for step in plan.steps.values():
+        state = states[step.id]
+        out.append(f"== {step.name}: {json.dumps(state, default=str)[:2000]}")
+        out.append(log_tail(store.step_dir(step) / "log.txt", 15))
+        for key in ("slurm_log", "slurm_err"):
+            if state.get(key):
+                out.append(f"-- {state[key]}\n{log_tail(Path(state[key]), 15)}")
+        job = str(state.get("slurm_job_id") or "").split("_")[0]
+        if job and controller_log.is_file():
+            events = [line for line in controller_log.read_text(errors="replace").splitlines()
+                      if f"JobId={job} " in line or f"JobId={job}_" in line
+                      or line.endswith(f"JobId={job}")]
+            out.append("-- slurmctld:\n" + "\n".join(events[-30:]))
+    return "\n".join(out)
 
 
 def results(plan, store) -> dict:
@@ -183,7 +217,7 @@ def test_requeued_training_resumes_from_its_checkpoint(slurm_cluster, job_env, l
     subprocess.run(["scontrol", "requeue", job_id], check=True)
     wait_settled(plan, store)
 
-    assert store.is_done(train), store.state(train)
+    assert store.is_done(train), diagnosis(plan, store)
     summary = json.loads((store.step_dir(train) / "train_summary.json").read_text())
     assert summary["resumed_from_step"] >= 2
     log = (store.step_dir(train) / "log.txt").read_text()
@@ -227,7 +261,7 @@ def test_failing_evaluation_is_retried_then_failed_while_others_finish(slurm_clu
     rows = submit_plan(plan, store, load_profile(LOCAL_PROFILE))
     assert [r["step"] for r in rows if r["action"] == "submitted"] == [mmlu.id]
     wait_settled(plan, store)
-    assert store.is_done(mmlu)
+    assert store.is_done(mmlu), diagnosis(plan, store)
 
 
 def test_cancel_stops_queued_and_running_jobs(slurm_cluster, job_env, monkeypatch, tmp_path):
@@ -284,7 +318,7 @@ def test_multi_process_training_runs_torchrun_inside_the_job(slurm_cluster, job_
     submit_plan(plan, store, load_profile(profile))
     wait_settled(plan, store)
     train = next(s for s in plan.steps.values() if s.kind == "train_dpo")
-    assert store.is_done(train), store.state(train)
+    assert store.is_done(train), diagnosis(plan, store)
     summary = json.loads((store.step_dir(train) / "train_summary.json").read_text())
     assert summary["world_size"] == 2
     assert "DPO done" in (store.step_dir(train) / "torchrun-node0.log").read_text()
@@ -298,8 +332,8 @@ def test_multi_process_training_runs_torchrun_inside_the_job(slurm_cluster, job_
 @pytest.mark.slow
 def test_a_time_limit_stops_training_at_a_checkpoint_and_the_job_resumes_from_it(
         slurm_cluster, job_env, tmp_path, monkeypatch):
-    """Two nodes, one training process each (torchrun), a 2-minute time limit and SLURM's warning
-    signal 60 s before it; the DPO step, paced to run longer than that, is asked to stop, saves a
+    """Two nodes, one training process each (torchrun), a 3-minute time limit and SLURM's warning
+    signal 90 s before it; the DPO step, paced to run longer than that, is asked to stop, saves a
     checkpoint after the step it is in (periodic saves are off), and the job requeues and
     resumes from it: the loss curve is the uninterrupted one-process run's."""
     from ablate.launch.job import run_step
@@ -315,19 +349,22 @@ def test_a_time_limit_stops_training_at_a_checkpoint_and_the_job_resumes_from_it
 
     monkeypatch.setenv("ABLATE_RUNNERS", "eval=slurm_runners:weights_eval,"
                        "train_dpo=slurm_runners:paced_train_dpo")
-    # 12 s a step, 70 s and more: longer than the 30-60 s after which SLURM's warning comes (a
-    # loaded machine, slow to start the processes, may need a requeue for each step)
-    monkeypatch.setenv("ABLATE_TEST_STEP_PAUSE", "12")
+    # 16 s a step, 100 s and more: longer than the 30-90 s after which SLURM's warning comes (it
+    # may come up to 60 s early). Each run makes at least one step, since the stop is read at a
+    # step's end: a loaded machine, slow to start the processes, may need a requeue for each.
+    # The 90 s left after the warning hold the stop (one paced step), the save and the requeue.
+    monkeypatch.setenv("ABLATE_TEST_STEP_PAUSE", "16")
     profile = tmp_path / "short.yaml"
-    profile.write_text("partition: debug\nnode_gpus: 0\nsignal_delay_s: 60\nmax_requeues: 10\n"
+    profile.write_text("partition: debug\nnode_gpus: 0\nsignal_delay_s: 90\nmax_requeues: 10\n"
                        "train: {nodes: 2, procs_per_node: 1, cpus_per_task: 1, mem_gb: 3, "
-                       "time_min: 2}\neval: {cpus_per_task: 1, mem_gb: 2, time_min: 30}\n")
+                       "time_min: 3}\neval: {cpus_per_task: 1, mem_gb: 2, time_min: 30}\n")
     store = RunStore(tmp_path / "store")
     submit_plan(plan, store, load_profile(profile))
     wait_settled(plan, store)
 
     folder = store.step_dir(train)
-    assert store.is_done(train), (store.state(train), (folder / "torchrun-node0.log").read_text())
+    assert store.is_done(train), (diagnosis(plan, store),
+                                  log_tail(folder / "torchrun-node0.log", 30))
     summary = json.loads((folder / "train_summary.json").read_text())
     # only the stop could have saved: the resumed run started from a step > 0
     assert 0 < summary["resumed_from_step"] < summary["steps"]

@@ -20,7 +20,7 @@ from ablate.launch.slurm import submit_plan
 from ablate.spec import load_grid
 from ablate.store import RunStore
 
-from test_slurm import wait_settled
+from test_slurm import diagnosis, wait_settled
 
 pytestmark = pytest.mark.slurm
 
@@ -78,7 +78,7 @@ def test_two_nodes_train_dpo_and_ppo_to_the_one_process_losses(slurm_cluster, jo
 
     for step in (s for s in plan.steps.values() if s.kind.startswith("train")):
         folder = store.step_dir(step)
-        assert store.is_done(step), (store.state(step), [
+        assert store.is_done(step), (diagnosis(plan, store), [
             p.read_text()[-3000:] for p in folder.glob("torchrun-node*.log")])
         assert json.loads((folder / "train_summary.json").read_text())["world_size"] == 4
         # each node's torchrun ran two of the four ranks, each with 4 CPUs / 2 processes threads
