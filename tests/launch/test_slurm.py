@@ -86,15 +86,19 @@ def recorded_jobs(plan, store) -> list[str]:
 
 
 def wait_settled(plan, store, timeout: float = 900) -> None:
-    """Until no step of the plan has a job that will still run, as ``ablate status`` sees it
-    (the store's states corrected by squeue: a step whose job is gone is "lost", not "queued")."""
+    """Until none of the plan's jobs is listed as live (squeue --states=all also lists jobs that
+    ended a moment ago), and no step is waiting for one as ``ablate status`` sees it: the store's
+    states corrected by squeue, where a step left "queued" or "retrying" whose job is gone is
+    "lost", and one whose job is requeued is "queued" again."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         release_requeued()
+        live_jobs = [j for j, seen in slurm_states(recorded_jobs(plan, store)).items()
+                     if seen["state"] in LIVE_STATES]
         states = refresh_states(plan, store, {s.id: store.state(s) for s in plan.steps.values()})
-        # TRACKED: submitted, running, queued, retrying; or a live SLURM state ("completing")
-        if not [sid for sid, state in states.items() if state.get("state") in TRACKED
-                or str(state.get("state")).upper() in LIVE_STATES]:
+        waiting = [sid for sid, state in states.items() if state.get("state") in TRACKED
+                   or str(state.get("state")).upper() in LIVE_STATES]
+        if not live_jobs and not waiting:
             return
         time.sleep(1)
     raise AssertionError(f"jobs still queued after {timeout} s:\n{diagnosis(plan, store)}")
@@ -109,7 +113,8 @@ def diagnosis(plan, store) -> str:
     out = []
     for step in plan.steps.values():
         state = states[step.id]
-        out.append(f"== {step.name}: {json.dumps(state, default=str)[:2000]}")
+        shown = {k: v for k, v in state.items() if k != "outputs"}  # the files of a done step
+        out.append(f"== {step.name}: {json.dumps(shown, default=str)[:2000]}")
         out.append(log_tail(store.step_dir(step) / "log.txt", 15))
         for key in ("slurm_log", "slurm_err"):
             if state.get(key):
