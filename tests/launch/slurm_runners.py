@@ -40,16 +40,30 @@ def weights_eval(ctx) -> None:
 
 
 def paced_train_dpo(ctx) -> None:
-    """The real DPO runner, pausing after each optimiser step so that a test can requeue the job
-    between its first checkpoint and its end (on an idle CPU the tiny model trains in a second)."""
+    """The real DPO runner, pausing ``ABLATE_TEST_STEP_PAUSE`` seconds after each optimiser step
+    so that a test can requeue the job between its first checkpoint and its end (on an idle CPU
+    the tiny model trains in a second).
+
+    ``ABLATE_TEST_HOLD_FOR_STOP=1``: a run that starts from no checkpoint holds after its first
+    step until it is asked to stop (``ablate.train.stop``), then trains on; it stops after its
+    next step. For the time-limit test: SLURM's warning comes tens of seconds early or late."""
+    from ablate.train.checkpoints import latest_checkpoint
     from ablate.train.dpo import run_step
+    from ablate.train.stop import stop_requested
 
     pause = float(os.environ.get("ABLATE_TEST_STEP_PAUSE", "1.0"))
+    hold = (os.environ.get("ABLATE_TEST_HOLD_FOR_STOP") == "1"
+            and latest_checkpoint(ctx.out_dir / "checkpoints") is None)
     report = ctx.progress
 
-    def paced(*args, **kwargs):
-        report(*args, **kwargs)
-        time.sleep(pause)
+    def paced(step, *args, **kwargs):
+        report(step, *args, **kwargs)
+        if hold and step == 1:
+            deadline = time.time() + 600
+            while not stop_requested() and time.time() < deadline:
+                time.sleep(0.2)
+        else:
+            time.sleep(pause)
 
     ctx.progress = paced
     run_step(ctx)

@@ -338,9 +338,9 @@ def test_multi_process_training_runs_torchrun_inside_the_job(slurm_cluster, job_
 def test_a_time_limit_stops_training_at_a_checkpoint_and_the_job_resumes_from_it(
         slurm_cluster, job_env, tmp_path, monkeypatch):
     """Two nodes, one training process each (torchrun), a 3-minute time limit and SLURM's warning
-    signal 90 s before it; the DPO step, paced to run longer than that, is asked to stop, saves a
-    checkpoint after the step it is in (periodic saves are off), and the job requeues and
-    resumes from it: the loss curve is the uninterrupted one-process run's."""
+    signal 90 s before it; the DPO step, held after its first step until that warning comes, is
+    asked to stop, saves a checkpoint after its next step (periodic saves are off), and the job
+    requeues and resumes from it: the loss curve is the uninterrupted one-process run's."""
     from ablate.launch.job import run_step
 
     grid = write_grid(tmp_path, "timelimit", baseline=False)
@@ -354,11 +354,13 @@ def test_a_time_limit_stops_training_at_a_checkpoint_and_the_job_resumes_from_it
 
     monkeypatch.setenv("ABLATE_RUNNERS", "eval=slurm_runners:weights_eval,"
                        "train_dpo=slurm_runners:paced_train_dpo")
-    # 16 s a step, 100 s and more: longer than the 30-90 s after which SLURM's warning comes (it
-    # may come up to 60 s early). Each run makes at least one step, since the stop is read at a
-    # step's end: a loaded machine, slow to start the processes, may need a requeue for each.
-    # The 90 s left after the warning hold the stop (one paced step), the save and the requeue.
-    monkeypatch.setenv("ABLATE_TEST_STEP_PAUSE", "16")
+    # SLURM's warning came between 69 and over 105 s into the 3-minute job here (its timer runs
+    # every 30 s or so, later on a loaded machine): the first run waits for it instead of being
+    # paced to outlast it. The 70 s and more left after the warning hold the stop (one step),
+    # the save and the requeue; the resumed run, 1 s a step, ends before its own warning, or
+    # stops and requeues again.
+    monkeypatch.setenv("ABLATE_TEST_STEP_PAUSE", "1")
+    monkeypatch.setenv("ABLATE_TEST_HOLD_FOR_STOP", "1")
     profile = tmp_path / "short.yaml"
     profile.write_text("partition: debug\nnode_gpus: 0\nsignal_delay_s: 90\nmax_requeues: 10\n"
                        "train: {nodes: 2, procs_per_node: 1, cpus_per_task: 1, mem_gb: 3, "
@@ -372,7 +374,7 @@ def test_a_time_limit_stops_training_at_a_checkpoint_and_the_job_resumes_from_it
                                   log_tail(folder / "torchrun-node0.log", 30))
     summary = json.loads((folder / "train_summary.json").read_text())
     # only the stop could have saved: the resumed run started from a step > 0
-    assert 0 < summary["resumed_from_step"] < summary["steps"]
+    assert 0 < summary["resumed_from_step"] < summary["steps"], diagnosis(plan, store)
     assert summary["world_size"] == 2
     log = (folder / "log.txt").read_text()
     assert "stopped on request after optimiser step" in log
