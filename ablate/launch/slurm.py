@@ -402,6 +402,16 @@ def refresh_states(plan: Plan, store: RunStore, states: dict[str, dict]) -> dict
                         or "DependencyNeverSatisfied" in info["reason"]):
             # SLURM cancelled it (--kill-on-invalid-dep) or holds it for good
             out[sid] = {**now, **blocked, "slurm_log": log}
+        elif now.get("state") in ("queued", "retrying") and (
+                info is None or info["state"] in FAILED_STATES | {"COMPLETED"}):
+            # the step asked for its job to be requeued, and SLURM ended the job instead (the
+            # time limit came before the requeue, or the requeued run died before starting)
+            asked = now.get("reason") if now["state"] == "queued" else now.get("error")
+            ended = "is gone from the queue" if info is None else f"ended {info['state']}"
+            out[sid] = {**now, "state": "lost" if info is None else "failed", "log": log,
+                        "error": f"SLURM job {job_id} {ended} after the step asked for it to be "
+                                 f"requeued ({asked or 'no reason recorded'}); submit again to "
+                                 "run it (a training step resumes from its last checkpoint)"}
         elif info is None:
             out[sid] = {**now, "state": "lost", "log": log,
                         "error": now.get("error") or f"SLURM job {job_id} is gone from the queue "

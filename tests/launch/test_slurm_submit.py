@@ -164,6 +164,37 @@ def test_status_reads_squeue_and_the_store(plan, tmp_path, monkeypatch):
     assert shown[:4] == ["running", "queued", "blocked", "lost"]
 
 
+def test_a_step_whose_requeue_never_ran_is_shown_lost_or_failed_with_why(plan, tmp_path,
+                                                                       monkeypatch):
+    """A step stopped before its time limit is "queued" in the store until its requeued run
+    starts; if SLURM ends the job instead, status says so, not "queued" for ever."""
+    store = RunStore(tmp_path)
+    train = next(s for s in plan.order() if s.kind == "train_dpo")
+    # evaluations of the base model: not blocked by the training's end
+    evals = [s for s in plan.order() if s.kind == "eval" and train.id not in s.inputs.values()][:2]
+    assert len(evals) == 2
+    store.set_state(train, "queued", slurm_job_id="7",
+                    reason="requeued before the time limit: stopped on request after optimiser "
+                           "step 2; its checkpoint is saved")
+    store.set_state(evals[0], "retrying", slurm_job_id="8_0", error="RuntimeError: boom")
+    store.set_state(evals[1], "retrying", slurm_job_id="8_1", error="RuntimeError: boom")
+    monkeypatch.setattr(slurm.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    monkeypatch.setattr(slurm, "slurm_states", lambda ids: {
+        "7": {"state": "TIMEOUT", "reason": "TimeLimit"},
+        "8_1": {"state": "PENDING", "reason": "BeginTime"}})  # 8_0 is gone
+    states = refresh_states(plan, store, {s.id: store.state(s) for s in plan.order()})
+    assert states[train.id]["state"] == "failed"
+    assert states[train.id]["error"] == (
+        "SLURM job 7 ended TIMEOUT after the step asked for it to be requeued (requeued before "
+        "the time limit: stopped on request after optimiser step 2; its checkpoint is saved); "
+        "submit again to run it (a training step resumes from its last checkpoint)")
+    assert states[evals[0].id]["state"] == "lost"
+    assert states[evals[0].id]["error"].startswith(
+        "SLURM job 8_0 is gone from the queue after the step asked for it to be requeued "
+        "(RuntimeError: boom)")
+    assert states[evals[1].id]["state"] == "retrying"  # its requeued run waits: still true
+
+
 def test_status_shows_dependents_of_a_failed_step_as_blocked(plan, tmp_path, monkeypatch):
     store = RunStore(tmp_path)
     train = next(s for s in plan.order() if s.kind == "train_dpo")
