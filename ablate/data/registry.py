@@ -2,9 +2,9 @@
 
 Names are what grids use (``DataRef.name``). ``paper_rows`` is the size the paper (Ivison et al.,
 2024) gives a data set (Table 1's counts, Table 2's 60,908-pair downsamples), for ``ablate data
-show`` to compare against and for the planner to size a step before its data is downloaded. ``revision`` is the hub revision the
-loader asks for; a commit hash pins it, ``main`` is used where no commit could be checked from
-here. ``local_files`` are glob patterns, relative to ``$ABLATE_DATA_DIR`` (or to the shipped
+show`` to compare against and for the planner to size a step before its data is downloaded.
+``revision`` is the hub revision the loader asks for; a commit hash pins it, ``main`` is used
+where no commit could be checked from here. ``local_files`` are glob patterns, relative to ``$ABLATE_DATA_DIR`` (or to the shipped
 slices folder when ``packaged``), that replace the hub when present.
 
 The paper trained on the published splits of ``allenai/tulu-2.5-preference-data`` (one file per
@@ -253,7 +253,8 @@ PROMPT_SETS: dict[str, PromptSource] = {p.name: p for p in [
                  note="the first 200 GSM8k train questions, shipped"),
     PromptSource("math-mined", licence="ODC-BY", hub_id=TULU25_PROMPTS,
                  revision=TULU25_PROMPTS_REVISION, split="math_prompts_20k",
-                 convert=uf.chat_prompts, paper_rows=20_000, note="math prompts mined from several datasets (hub only)"),
+                 convert=uf.chat_prompts, paper_rows=20_000,
+                 note="math prompts mined from several datasets (hub only)"),
     # The paper's PPO prompts for Tables 3-5: hamishivi/EasyLM@dbf2212
     # docs/paper_notes/unpacking_dpo_and_ppo.md (tulu_prompt_dataset.hf_split='ultrafeedback_prompts')
     PromptSource("tulu25-ultrafeedback-prompts", licence="ODC-BY", hub_id=TULU25_PROMPTS,
@@ -295,7 +296,7 @@ def published_rows(name: str | None, prompts: bool = False) -> int | None:
     """The rows a registry data set has as the paper used it (``Source.paper_rows``), where
     known: a size to plan with before the data is downloaded."""
     source = (PROMPT_SETS if prompts else SOURCES).get(name or "")
-    return getattr(source, "paper_rows", None)
+    return source.paper_rows if source else None
 
 
 def paper_data_set(name: str, prompts: bool = False) -> str:

@@ -402,28 +402,8 @@ def refresh_states(plan: Plan, store: RunStore, states: dict[str, dict]) -> dict
                         or "DependencyNeverSatisfied" in info["reason"]):
             # SLURM cancelled it (--kill-on-invalid-dep) or holds it for good
             out[sid] = {**now, **blocked, "slurm_log": log}
-        elif now.get("state") in ("queued", "retrying") and (
-                info is None or info["state"] in FAILED_STATES | {"COMPLETED"}):
-            # the step asked for its job to be requeued, and SLURM ended the job instead (the
-            # time limit came before the requeue, or the requeued run died before starting)
-            asked = now.get("reason") if now["state"] == "queued" else now.get("error")
-            ended = "is gone from the queue" if info is None else f"ended {info['state']}"
-            out[sid] = {**now, "state": "lost" if info is None else "failed", "log": log,
-                        "error": f"SLURM job {job_id} {ended} after the step asked for it to be "
-                                 f"requeued ({asked or 'no reason recorded'}); submit again to "
-                                 "run it (a training step resumes from its last checkpoint)"}
-        elif info is None:
-            out[sid] = {**now, "state": "lost", "log": log,
-                        "error": now.get("error") or f"SLURM job {job_id} is gone from the queue "
-                        "and the step did not finish (cancelled, killed or out of memory?)"}
-        elif info["state"] in FAILED_STATES:
-            out[sid] = {**now, "state": "failed", "log": log,
-                        "error": now.get("error") or f"SLURM job {job_id}: {info['state']} "
-                        f"({info['reason']})"}
-        elif info["state"] == "COMPLETED":  # the job ended well but the step has no result
-            out[sid] = {**now, "state": "lost", "log": log,
-                        "error": now.get("error") or f"SLURM job {job_id} completed but the "
-                        "step recorded no result"}
+        elif info is None or info["state"] in FAILED_STATES or info["state"] == "COMPLETED":
+            out[sid] = {**now, **_job_ended(now, job_id, info), "log": log}
         elif now.get("state") == "retrying" and info["state"] != "RUNNING":
             # requeued after a failed attempt: the attempt's error is why it runs again
             out[sid] = {**now, "state": "retrying", "reason": info["reason"], "log": log,
@@ -438,6 +418,28 @@ def refresh_states(plan: Plan, store: RunStore, states: dict[str, dict]) -> dict
         else:
             out[sid] = {**now, "state": info["state"].lower(), "log": log}
     return out
+
+
+def _job_ended(now: dict, job_id: str, info: dict | None) -> dict:
+    """The state and error of a step whose job ended, or is gone from the queue, without a
+    result: failed where SLURM says the job failed, else lost."""
+    state = "failed" if info is not None and info["state"] in FAILED_STATES else "lost"
+    if now.get("state") in ("queued", "retrying"):
+        # the step asked for its job to be requeued, and SLURM ended the job instead (the time
+        # limit came before the requeue, or the requeued run died before starting)
+        asked = now.get("reason") if now["state"] == "queued" else now.get("error")
+        ended = "is gone from the queue" if info is None else f"ended {info['state']}"
+        return {"state": state, "error": f"SLURM job {job_id} {ended} after the step asked for "
+                f"it to be requeued ({asked or 'no reason recorded'}); submit again to run it "
+                "(a training step resumes from its last checkpoint)"}
+    if info is None:
+        error = (f"SLURM job {job_id} is gone from the queue and the step did not finish "
+                 "(cancelled, killed or out of memory?)")
+    elif state == "failed":
+        error = f"SLURM job {job_id}: {info['state']} ({info['reason']})"
+    else:  # the job ended well but the step has no result
+        error = f"SLURM job {job_id} completed but the step recorded no result"
+    return {"state": state, "error": now.get("error") or error}
 
 
 def cancel_steps(steps: Iterable[Step], store: RunStore) -> list[str]:

@@ -395,15 +395,18 @@ def explaining_notes(results: Results, rows: list[TableRow], columns: list[Colum
     """One note per shown benchmark of ``EXPLAINED_BY``: each row's secondary numbers (the mean
     over its cells' seeds)."""
     notes = []
+    shown = [c.key for c in columns]
     for bench, (keys, what) in EXPLAINED_BY.items():
-        if f"bench:{bench}" not in {c.key for c in columns}:
+        if f"bench:{bench}" not in shown:
             continue
-        at = [c.key for c in columns].index(f"bench:{bench}")
+        at = shown.index(f"bench:{bench}")
         parts = []
         for row in rows:
             group = None if row.is_summary else row.cells[at].group
+            if group is None:
+                continue
             found = [results.secondary.get((info.name, bench), {}) for info in results.cells
-                     if group is not None and info.group == group]
+                     if info.group == group]
             numbers = [[f[k] for f in found if isinstance(f.get(k), (int, float))] for k in keys]
             if all(numbers):
                 parts.append(f"{' '.join(row.lead).strip()} "
