@@ -81,7 +81,9 @@ def test_validate_refuses_what_would_only_fail_or_escape_the_store_later(tmp_pat
     assert expected in " ".join(result.output.split()) and str(bad) in result.output
 
 
-def test_a_grid_file_that_is_not_utf8_is_named(tmp_path):
+def test_a_grid_file_that_is_not_utf8_is_named(tmp_path, monkeypatch):
+    # wide enough for the message on one line: where it wraps depends on the temp path's length
+    monkeypatch.setenv("COLUMNS", "400")
     bad = tmp_path / "latin1.yaml"
     bad.write_bytes((REPO / "grids" / "smoke.yaml").read_bytes() + "# caf\xe9\n".encode("latin-1"))
     result = invoke("validate", bad)
